@@ -1,0 +1,218 @@
+"""Many graphs as one: disjoint-union batches, padding to fixed sizes, and size buckets.
+
+A jit-compiled function recompiles for every new ``(n_nodes, n_edges)``. Padding each batch up to a
+bucket size (`bucket_size`, `pad_to_bucket`) bounds the number of distinct shapes, and so the number of
+compilations, by the number of buckets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import _checks
+from ._graph import Graph
+
+
+def batch(graphs: Sequence[Graph]) -> Graph:
+    """The disjoint union of ``graphs``: node ids of graph g are shifted by the nodes before it.
+
+    The adjacency of the result is block diagonal, ``blockdiag(A_1, ..., A_G)``. Per-graph node and
+    edge counts are stored (``n_node_per_graph``, ``n_edge_per_graph``), so `unbatch` and graph-level
+    readouts (``graph.node_graph_index()``) work. Batching batches flattens them. Eager only.
+
+    Args:
+      graphs: a non-empty sequence of graphs; all weighted or all unweighted, with weights of equal
+        trailing shape.
+
+    Returns:
+      One `Graph` with N = sum of n_nodes and E = sum of n_edges.
+
+    Example:
+      >>> import jgrad
+      >>> g = jgrad.Graph.from_edges([0], [1], n_nodes=2)
+      >>> b = jgrad.batch([g, g])
+      >>> b.senders.tolist(), b.receivers.tolist(), b.n_node_per_graph.tolist()
+      ([0, 2], [1, 3], [2, 2])
+    """
+    graphs = list(graphs)
+    if not graphs:
+        raise ValueError("batch: needs at least one graph; got an empty sequence.")
+    for i, g in enumerate(graphs):
+        if not isinstance(g, Graph):
+            raise TypeError(f"batch: graphs[{i}] is a {type(g).__name__}, expected a jgrad.Graph.")
+        _checks.require_concrete("batch", g.senders)
+    weighted = [g.edge_weight is not None for g in graphs]
+    if any(weighted) and not all(weighted):
+        unweighted = [i for i, w in enumerate(weighted) if not w]
+        raise ValueError(
+            f"batch: graphs must be all weighted or all unweighted; graphs {unweighted[:5]} have no "
+            "edge_weight. Give them weights of ones with g.with_edge_weight(jnp.ones(g.n_edges))."
+        )
+    node_counts = np.concatenate([_node_counts(g) for g in graphs])
+    edge_counts = np.concatenate([_edge_counts(g) for g in graphs])
+    offsets = np.cumsum([0] + [g.n_nodes for g in graphs[:-1]])
+    senders = np.concatenate([np.asarray(g.senders) + o for g, o in zip(graphs, offsets)])
+    receivers = np.concatenate([np.asarray(g.receivers) + o for g, o in zip(graphs, offsets)])
+    edge_weight = jnp.concatenate([g.edge_weight for g in graphs]) if all(weighted) else None
+    return Graph(
+        senders=jnp.asarray(senders, jnp.int32),
+        receivers=jnp.asarray(receivers, jnp.int32),
+        n_nodes=int(sum(g.n_nodes for g in graphs)),
+        edge_weight=edge_weight,
+        node_mask=_concat_masks([g.node_mask for g in graphs], [g.n_nodes for g in graphs]),
+        edge_mask=_concat_masks([g.edge_mask for g in graphs], [g.n_edges for g in graphs]),
+        graph_mask=_concat_masks([g.graph_mask for g in graphs], [g.n_graphs for g in graphs]),
+        n_node_per_graph=jnp.asarray(node_counts, jnp.int32),
+        n_edge_per_graph=jnp.asarray(edge_counts, jnp.int32),
+    )
+
+
+def _node_counts(g: Graph) -> np.ndarray:
+    return np.asarray([g.n_nodes]) if g.n_node_per_graph is None else np.asarray(g.n_node_per_graph)
+
+
+def _edge_counts(g: Graph) -> np.ndarray:
+    return np.asarray([g.n_edges]) if g.n_edge_per_graph is None else np.asarray(g.n_edge_per_graph)
+
+
+def _concat_masks(masks: list, sizes: list[int]):
+    if all(m is None for m in masks):
+        return None
+    return jnp.concatenate([jnp.ones((n,), bool) if m is None else m for m, n in zip(masks, sizes)])
+
+
+def unbatch(graph: Graph) -> list[Graph]:
+    """Splits a batch back into its graphs; the padding graph of a padded batch is dropped. Eager only.
+
+    Edges are assigned to the graph that owns their receiver, so edges appended after batching (for
+    example self loops) are split correctly. Padding edges are dropped.
+    """
+    if graph.n_node_per_graph is None:
+        return [graph]
+    _checks.require_concrete("unbatch", graph.senders, graph.n_node_per_graph)
+    counts = np.asarray(graph.n_node_per_graph)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    senders = np.asarray(graph.senders)
+    receivers = np.asarray(graph.receivers)
+    live = np.ones(graph.n_edges, bool) if graph.edge_mask is None else np.asarray(graph.edge_mask)
+    owner = np.searchsorted(offsets, receivers, side="right") - 1
+    graph_live = np.ones(len(counts), bool) if graph.graph_mask is None else np.asarray(graph.graph_mask)
+    out = []
+    for g in range(len(counts)):
+        if not graph_live[g]:
+            continue
+        select = np.flatnonzero((owner == g) & live)
+        weight = None if graph.edge_weight is None else jnp.asarray(graph.edge_weight)[select]
+        node_mask = None
+        if graph.node_mask is not None:
+            node_mask = jnp.asarray(graph.node_mask)[offsets[g]:offsets[g + 1]]
+            if bool(node_mask.all()):
+                node_mask = None
+        out.append(Graph(
+            senders=jnp.asarray(senders[select] - offsets[g], jnp.int32),
+            receivers=jnp.asarray(receivers[select] - offsets[g], jnp.int32),
+            n_nodes=int(counts[g]),
+            edge_weight=weight,
+            node_mask=node_mask,
+        ))
+    return out
+
+
+def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
+    """Pads ``graph`` to exactly ``n_nodes`` nodes and ``n_edges`` edges, with masks.
+
+    Padding nodes are appended after the real ones; padding edges are self loops on the first padding
+    node, so at least one padding node is needed when edges are padded. The padding forms one extra
+    graph in the batch (``graph_mask`` False), so graph-level readouts keep their real graphs intact.
+    Every jgrad op ignores padding edges; padding nodes receive nothing and output 0.
+
+    Args:
+      graph: the graph or batch to pad.
+      n_nodes: target N (>= graph.n_nodes, and > graph.n_nodes if edges are padded).
+      n_edges: target E (>= graph.n_edges).
+
+    Returns:
+      A padded `Graph` with ``node_mask``, ``edge_mask`` and ``graph_mask`` set.
+
+    Example:
+      >>> import jgrad
+      >>> g = jgrad.pad(jgrad.Graph.from_edges([0], [1], n_nodes=2), n_nodes=4, n_edges=3)
+      >>> g.node_mask.tolist(), g.edge_mask.tolist(), g.senders.tolist()
+      ([True, True, False, False], [True, False, False], [0, 2, 2])
+    """
+    n_nodes = _checks.check_n_nodes("pad", n_nodes)
+    n_edges = _checks.check_n_nodes("pad", n_edges)
+    extra_nodes = n_nodes - graph.n_nodes
+    extra_edges = n_edges - graph.n_edges
+    problems = []
+    if extra_nodes < 0:
+        problems.append(f"n_nodes={n_nodes} is smaller than the graph's {graph.n_nodes} nodes.")
+    if extra_edges < 0:
+        problems.append(f"n_edges={n_edges} is smaller than the graph's {graph.n_edges} edges.")
+    if extra_edges > 0 and extra_nodes == 0:
+        problems.append(
+            f"padding {extra_edges} edges needs at least one padding node; got n_nodes={n_nodes}, "
+            f"expected > {graph.n_nodes}. Use pad_to_bucket, which reserves one."
+        )
+    if problems:
+        raise ValueError("pad: " + " ".join(problems))
+    pad_node = graph.n_nodes
+    pad_index = jnp.full((extra_edges,), pad_node, jnp.int32)
+    edge_weight = graph.edge_weight
+    if edge_weight is not None:
+        edge_weight = jnp.concatenate([edge_weight, jnp.zeros((extra_edges,) + edge_weight.shape[1:],
+                                                              edge_weight.dtype)])
+    ones = lambda n: jnp.ones((n,), bool)
+    old_node_mask = ones(graph.n_nodes) if graph.node_mask is None else graph.node_mask
+    old_edge_mask = ones(graph.n_edges) if graph.edge_mask is None else graph.edge_mask
+    old_graph_mask = ones(graph.n_graphs) if graph.graph_mask is None else graph.graph_mask
+    n_node_per_graph = _node_counts(graph)
+    n_edge_per_graph = _edge_counts(graph)
+    if extra_nodes:
+        n_node_per_graph = np.append(n_node_per_graph, extra_nodes)
+        n_edge_per_graph = np.append(n_edge_per_graph, extra_edges)
+        old_graph_mask = jnp.concatenate([old_graph_mask, jnp.zeros((1,), bool)])
+    return Graph(
+        senders=jnp.concatenate([graph.senders, pad_index]),
+        receivers=jnp.concatenate([graph.receivers, pad_index]),
+        n_nodes=n_nodes,
+        edge_weight=edge_weight,
+        node_mask=jnp.concatenate([old_node_mask, jnp.zeros((extra_nodes,), bool)]),
+        edge_mask=jnp.concatenate([old_edge_mask, jnp.zeros((extra_edges,), bool)]),
+        graph_mask=old_graph_mask,
+        n_node_per_graph=jnp.asarray(n_node_per_graph, jnp.int32),
+        n_edge_per_graph=jnp.asarray(n_edge_per_graph, jnp.int32),
+    )
+
+
+def bucket_size(size: int, *, growth: float = 2.0, minimum: int = 16) -> int:
+    """The smallest bucket >= ``size`` in the geometric ladder ``minimum * growth**k``.
+
+    With growth 2, sizes up to S fall in about log2(S / minimum) + 1 buckets, and padding wastes
+    less than half of any bucket.
+
+    Example:
+      >>> from jgrad.graph import bucket_size
+      >>> [bucket_size(n) for n in (1, 16, 17, 100)]
+      [16, 16, 32, 128]
+    """
+    if growth <= 1.0:
+        raise ValueError(f"bucket_size: growth must be > 1; got {growth}.")
+    if size <= minimum:
+        return minimum
+    steps = math.ceil(math.log(size / minimum, growth) - 1e-9)
+    return int(math.ceil(minimum * growth**steps))
+
+
+def pad_to_bucket(graph: Graph, *, growth: float = 2.0, minimum: int = 16) -> Graph:
+    """Pads to the next bucket sizes (`bucket_size`), reserving one padding node for padding edges."""
+    return pad(
+        graph,
+        n_nodes=bucket_size(graph.n_nodes + 1, growth=growth, minimum=minimum),
+        n_edges=bucket_size(graph.n_edges, growth=growth, minimum=minimum),
+    )
