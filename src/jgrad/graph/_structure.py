@@ -61,8 +61,11 @@ def _select_edges(graph: Graph, keep: np.ndarray) -> Graph:
     take = lambda a: None if a is None else jnp.asarray(a)[index]
     n_edge_per_graph = graph.n_edge_per_graph
     if n_edge_per_graph is not None:
-        edge_graph = np.repeat(np.arange(graph.n_graphs), np.asarray(n_edge_per_graph))
-        n_edge_per_graph = jnp.asarray(np.bincount(edge_graph[keep], minlength=graph.n_graphs), jnp.int32)
+        # An edge belongs to the graph of its receiver (as in `unbatch`); edges need not be grouped by
+        # graph, e.g. after `add_self_loops` appends the loops of every graph at the end.
+        offsets = np.concatenate([[0], np.cumsum(np.asarray(graph.n_node_per_graph))])
+        owner = np.searchsorted(offsets, np.asarray(graph.receivers)[keep], side="right") - 1
+        n_edge_per_graph = jnp.asarray(np.bincount(owner, minlength=graph.n_graphs), jnp.int32)
     return dataclasses.replace(
         graph,
         senders=take(graph.senders),
