@@ -146,7 +146,7 @@ def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
       ([True, True, False, False], [True, False, False], [0, 2, 2])
     """
     n_nodes = _checks.check_n_nodes("pad", n_nodes)
-    n_edges = _checks.check_n_nodes("pad", n_edges)
+    n_edges = _checks.check_n_nodes("pad", n_edges, name="n_edges")
     extra_nodes = n_nodes - graph.n_nodes
     extra_edges = n_edges - graph.n_edges
     problems = []

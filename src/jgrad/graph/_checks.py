@@ -28,20 +28,22 @@ def is_concrete(*values: Any) -> bool:
     return not any(isinstance(v, jax.core.Tracer) for v in values)
 
 
-def check_n_nodes(where: str, n_nodes: Any) -> int:
+def check_n_nodes(where: str, n_nodes: Any, name: str = "n_nodes") -> int:
+    """Checks a static non-negative int; ``name`` is the argument named in messages."""
     if isinstance(n_nodes, jax.core.Tracer):
         raise TypeError(
-            f"{where}: n_nodes must be a static Python int, not a traced value; got {n_nodes!r}. "
+            f"{where}: {name} must be a static Python int, not a traced value; got {n_nodes!r}. "
             "Mark it static (jax.jit(..., static_argnames=...)) or compute it outside jit."
         )
     if isinstance(n_nodes, (bool, np.bool_)) or not isinstance(n_nodes, (int, np.integer)):
-        raise TypeError(f"{where}: n_nodes must be an int; got {type(n_nodes).__name__} {n_nodes!r}.")
+        raise TypeError(f"{where}: {name} must be an int; got {type(n_nodes).__name__} {n_nodes!r}.")
     if n_nodes < 0:
-        raise ValueError(f"{where}: n_nodes must be non-negative; got {n_nodes}.")
+        raise ValueError(f"{where}: {name} must be non-negative; got {n_nodes}.")
     return int(n_nodes)
 
 
-def _as_index_array(where: str, name: str, value: Any) -> jax.Array:
+def _as_index_array(where: str, name: str, value: Any) -> Any:
+    """Checks dtype and rank; returns ``value`` unconverted, so range checks see the original values."""
     dtype = getattr(value, "dtype", None)
     if dtype is None:
         value = np.asarray(value)
@@ -55,24 +57,25 @@ def _as_index_array(where: str, name: str, value: Any) -> jax.Array:
         )
     if np.ndim(value) != 1:
         raise ValueError(f"{where}: {name} must be 1-D (E,); got shape {tuple(np.shape(value))}.")
-    return jnp.asarray(value, jnp.int32)
+    return value
 
 
 def check_edge_index(where: str, senders: Any, receivers: Any, n_nodes: int) -> tuple[jax.Array, jax.Array]:
     """Checks dtype, rank, equal length and (when concrete) range; returns int32 arrays."""
     senders = _as_index_array(where, "senders", senders)
     receivers = _as_index_array(where, "receivers", receivers)
-    if senders.shape != receivers.shape:
+    if np.shape(senders) != np.shape(receivers):
         raise ValueError(
-            f"{where}: senders and receivers must have the same length; got {senders.shape[0]} senders "
-            f"and {receivers.shape[0]} receivers."
+            f"{where}: senders and receivers must have the same length; got {np.shape(senders)[0]} senders "
+            f"and {np.shape(receivers)[0]} receivers."
         )
     if is_concrete(senders, receivers):
+        # Check before the int32 cast, which would wrap out-of-range int64 values into range.
         problems = _index_problems("senders", np.asarray(senders), n_nodes)
         problems += _index_problems("receivers", np.asarray(receivers), n_nodes)
         if problems:
             raise ValueError(f"{where}: " + " ".join(problems))
-    return senders, receivers
+    return jnp.asarray(senders, jnp.int32), jnp.asarray(receivers, jnp.int32)
 
 
 def _index_problems(name: str, index: np.ndarray, n_nodes: int) -> list[str]:
@@ -141,6 +144,8 @@ def require_concrete(where: str, *values: Any) -> None:
 def graph_value_checks(graph: Any) -> None:
     """Adds checkify checks (indices in range, finite weights) for a Graph; use under `checkify`."""
     n = graph.n_nodes
+    if graph.n_edges == 0:  # nothing to check, and argmin of an empty array is an error
+        return
     for name in ("senders", "receivers"):
         index = getattr(graph, name)
         valid = (index >= 0) & (index < n)
@@ -151,7 +156,7 @@ def graph_value_checks(graph: Any) -> None:
             jnp.all(valid),
             f"Graph: {name}[{{position}}]={{value}} is out of range; expected 0 <= index < n_nodes={n}.",
             position=first_bad,
-            value=index[first_bad] if index.shape[0] else jnp.int32(0),
+            value=index[first_bad],
         )
     if graph.edge_weight is not None:
         finite = jnp.isfinite(graph.edge_weight).reshape(graph.n_edges, -1).all(axis=1)
