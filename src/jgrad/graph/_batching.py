@@ -11,6 +11,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -107,12 +108,11 @@ def unbatch(graph: Graph) -> list[Graph]:
         if not graph_live[g]:
             continue
         select = np.flatnonzero((owner == g) & live)
-        weight = None if graph.edge_weight is None else jnp.asarray(graph.edge_weight)[select]
+        weight = None if graph.edge_weight is None else _take(graph.edge_weight, select)
         node_mask = None
         if graph.node_mask is not None:
-            node_mask = jnp.asarray(graph.node_mask)[offsets[g]:offsets[g + 1]]
-            if bool(node_mask.all()):
-                node_mask = None
+            node_mask = np.asarray(graph.node_mask)[offsets[g]:offsets[g + 1]]
+            node_mask = None if node_mask.all() else jnp.asarray(node_mask)
         out.append(Graph(
             senders=jnp.asarray(senders[select] - offsets[g], jnp.int32),
             receivers=jnp.asarray(receivers[select] - offsets[g], jnp.int32),
@@ -121,6 +121,13 @@ def unbatch(graph: Graph) -> list[Graph]:
             node_mask=node_mask,
         ))
     return out
+
+
+def _take(values, index: np.ndarray):
+    """``values[index]``, on the host when ``values`` is concrete (eager jnp indexing compiles per shape)."""
+    if _checks.is_concrete(values):
+        return jnp.asarray(np.asarray(values)[index])
+    return jnp.asarray(values)[index]
 
 
 def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
@@ -161,30 +168,35 @@ def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
         )
     if problems:
         raise ValueError("pad: " + " ".join(problems))
+    # Build on the host when the graph is concrete: eager jnp ops would compile for every new shape,
+    # which costs more than the recompiles that padding to buckets saves.
+    xp = np if _checks.is_concrete(*jax.tree.leaves(graph)) else jnp
     pad_node = graph.n_nodes
-    pad_index = jnp.full((extra_edges,), pad_node, jnp.int32)
+    pad_index = xp.full((extra_edges,), pad_node, np.int32)
     edge_weight = graph.edge_weight
     if edge_weight is not None:
-        edge_weight = jnp.concatenate([edge_weight, jnp.zeros((extra_edges,) + edge_weight.shape[1:],
-                                                              edge_weight.dtype)])
-    ones = lambda n: jnp.ones((n,), bool)
-    old_node_mask = ones(graph.n_nodes) if graph.node_mask is None else graph.node_mask
-    old_edge_mask = ones(graph.n_edges) if graph.edge_mask is None else graph.edge_mask
-    old_graph_mask = ones(graph.n_graphs) if graph.graph_mask is None else graph.graph_mask
+        edge_weight = xp.asarray(edge_weight)
+        edge_weight = xp.concatenate([edge_weight, xp.zeros((extra_edges,) + edge_weight.shape[1:],
+                                                            edge_weight.dtype)])
+        edge_weight = jnp.asarray(edge_weight)
+    ones = lambda n: xp.ones((n,), bool)
+    old_node_mask = ones(graph.n_nodes) if graph.node_mask is None else xp.asarray(graph.node_mask)
+    old_edge_mask = ones(graph.n_edges) if graph.edge_mask is None else xp.asarray(graph.edge_mask)
+    old_graph_mask = ones(graph.n_graphs) if graph.graph_mask is None else xp.asarray(graph.graph_mask)
     n_node_per_graph = _node_counts(graph)
     n_edge_per_graph = _edge_counts(graph)
     if extra_nodes:
         n_node_per_graph = np.append(n_node_per_graph, extra_nodes)
         n_edge_per_graph = np.append(n_edge_per_graph, extra_edges)
-        old_graph_mask = jnp.concatenate([old_graph_mask, jnp.zeros((1,), bool)])
+        old_graph_mask = xp.concatenate([old_graph_mask, xp.zeros((1,), bool)])
     return Graph(
-        senders=jnp.concatenate([graph.senders, pad_index]),
-        receivers=jnp.concatenate([graph.receivers, pad_index]),
+        senders=jnp.asarray(xp.concatenate([xp.asarray(graph.senders), pad_index]), jnp.int32),
+        receivers=jnp.asarray(xp.concatenate([xp.asarray(graph.receivers), pad_index]), jnp.int32),
         n_nodes=n_nodes,
         edge_weight=edge_weight,
-        node_mask=jnp.concatenate([old_node_mask, jnp.zeros((extra_nodes,), bool)]),
-        edge_mask=jnp.concatenate([old_edge_mask, jnp.zeros((extra_edges,), bool)]),
-        graph_mask=old_graph_mask,
+        node_mask=jnp.asarray(xp.concatenate([old_node_mask, xp.zeros((extra_nodes,), bool)])),
+        edge_mask=jnp.asarray(xp.concatenate([old_edge_mask, xp.zeros((extra_edges,), bool)])),
+        graph_mask=jnp.asarray(old_graph_mask),
         n_node_per_graph=jnp.asarray(n_node_per_graph, jnp.int32),
         n_edge_per_graph=jnp.asarray(n_edge_per_graph, jnp.int32),
     )
