@@ -28,8 +28,9 @@ class Graph:
       receivers: destination node of each edge, shape (E,), int32.
       n_nodes: number of nodes N, a static Python int (it fixes output shapes; changing it recompiles).
       edge_weight: weight of each edge, shape (E,) or (E, ...), float; ``None`` for an unweighted graph
-        (every edge weighs 1). Differentiable: ``jax.grad`` w.r.t. a Graph yields a Graph whose
-        ``edge_weight`` holds dL/dw.
+        (every edge weighs 1). Differentiable: ``jax.grad(f, allow_int=True)`` w.r.t. a Graph yields a
+        Graph whose ``edge_weight`` holds dL/dw (the integer index leaves need ``allow_int``; or
+        differentiate w.r.t. the weights, ``jax.grad(lambda w: f(graph.with_edge_weight(w)))``).
       node_mask: (N,) bool, False for padding nodes; ``None`` when nothing is padded.
       edge_mask: (E,) bool, False for padding edges; ``None`` when nothing is padded. Padding edges
         contribute nothing to any jgrad op.
