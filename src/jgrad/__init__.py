@@ -4,6 +4,7 @@ Matrix convention: ``A[v, u]`` is the weight of the edge ``u -> v``, so aggregat
 """
 
 from . import graph as graph
+from . import ops as ops
 from .graph import Graph as Graph
 from .graph import batch as batch
 from .graph import checked as checked
@@ -17,6 +18,7 @@ __all__ = [
     "batch",
     "checked",
     "graph",
+    "ops",
     "pad",
     "unbatch",
 ]

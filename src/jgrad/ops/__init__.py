@@ -1,0 +1,41 @@
+"""Differentiable message-passing kernels: segment reductions, g-SpMM, g-SDDMM, edge softmax, norms.
+
+Every op is a pure function of arrays and a `jgrad.Graph`; it works under ``jit``, ``vmap``, reverse
+mode of any order and forward mode.
+"""
+
+from ._edge_softmax import edge_softmax as edge_softmax
+from ._gsddmm import gsddmm as gsddmm
+from ._gspmm import gspmm as gspmm
+from ._gspmm import spmm as spmm
+from ._messages import EDGE_OPS as EDGE_OPS
+from ._messages import MESSAGE_OPS as MESSAGE_OPS
+from ._norm import gcn_norm as gcn_norm
+from ._norm import row_norm as row_norm
+from ._segment import segment_logsumexp as segment_logsumexp
+from ._segment import segment_max as segment_max
+from ._segment import segment_mean as segment_mean
+from ._segment import segment_min as segment_min
+from ._segment import segment_reduce as segment_reduce
+from ._segment import segment_softmax as segment_softmax
+from ._segment import segment_std as segment_std
+from ._segment import segment_sum as segment_sum
+
+__all__ = [
+    "EDGE_OPS",
+    "MESSAGE_OPS",
+    "edge_softmax",
+    "gcn_norm",
+    "gsddmm",
+    "gspmm",
+    "row_norm",
+    "segment_logsumexp",
+    "segment_max",
+    "segment_mean",
+    "segment_min",
+    "segment_reduce",
+    "segment_softmax",
+    "segment_std",
+    "segment_sum",
+    "spmm",
+]

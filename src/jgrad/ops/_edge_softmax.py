@@ -1,0 +1,91 @@
+"""Softmax of edge scores over each node's incoming edges (the attention weights of GAT).
+
+Backward, with ``a = edge_softmax(logits)`` and cotangent ``g``::
+
+    dlogits[e] = a[e] * (g[e] - sum over edges e' into receivers[e] of a[e'] * g[e'])
+
+The inner sum is a g-SpMM (``copy_e``, ``sum``) and its read-back per edge a g-SDDMM (``copy_rhs``
+at the receiver). The saved residual is ``a`` itself, O(E·H).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ..graph import Graph
+from . import _gsddmm
+from ._dispatch import in_forward_mode
+from ._messages import align_edge
+from ._segment import segment_softmax
+
+ArrayLike = jax.typing.ArrayLike
+
+
+def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
+    """Normalises edge scores into a distribution over each receiver's incoming edges.
+
+    Semantics: ``out[e] = exp(logits[e]) / sum(exp(logits[e']) for e' with receivers[e'] == receivers[e])``.
+
+    Args:
+      graph: the graph; padding edges get weight 0 and take no share.
+      logits: edge scores, shape (E,) or (E, ...) such as (E, H) for H attention heads, float.
+
+    Returns:
+      Array of the shape of ``logits``; for every receiver with incoming edges, its edges' values are
+      non-negative and sum to 1 (per head).
+
+    Notes:
+      Stable for scores of any magnitude (the per-receiver maximum is subtracted; no inf or NaN in
+      value or gradient for scores up to 1e4 and beyond). Custom VJP built from gspmm and gsddmm;
+      reverse mode to any order, forward mode, ``jit`` and ``vmap`` all work.
+
+    Example:
+      >>> import jax.numpy as jnp, jgrad
+      >>> g = jgrad.Graph.from_edges([0, 1, 2], [2, 2, 0], n_nodes=3)
+      >>> jgrad.ops.edge_softmax(g, jnp.array([0.0, 0.0, 5.0])).tolist()
+      [0.5, 0.5, 1.0]
+    """
+    logits = jnp.asarray(logits)
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(f"edge_softmax: logits must be a float array; got dtype {logits.dtype}.")
+    if logits.ndim == 0 or logits.shape[0] != graph.n_edges:
+        raise ValueError(
+            f"edge_softmax: logits must have one row per edge; got shape {tuple(logits.shape)}, "
+            f"expected ({graph.n_edges}, ...)."
+        )
+    return _edge_softmax(graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, logits)
+
+
+def _edge_softmax(n, senders, receivers, mask, logits):
+    if in_forward_mode(logits):
+        return segment_softmax(logits, receivers, n, mask=mask)
+    return _edge_softmax_vjp(n, senders, receivers, mask, logits)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _edge_softmax_vjp(n, senders, receivers, mask, logits):
+    return segment_softmax(logits, receivers, n, mask=mask)
+
+
+def _edge_softmax_fwd(n, senders, receivers, mask, logits):
+    out = segment_softmax(logits, receivers, n, mask=mask)
+    return out, (senders, receivers, mask, out)
+
+
+def _edge_softmax_bwd(n, residuals, cotangent):
+    from ._gspmm import _gspmm
+
+    senders, receivers, mask, out = residuals
+    weighted = out * cotangent
+    per_node = _gspmm("copy_e", "sum", "split", n, senders, receivers, mask, None, weighted)
+    per_edge = _gsddmm._gsddmm("copy_rhs", n, senders, receivers, mask, None, per_node, "u", "v")
+    d_logits = out * (cotangent - per_edge)
+    if mask is not None:
+        d_logits = jnp.where(align_edge(mask, d_logits.ndim), d_logits, jnp.zeros((), d_logits.dtype))
+    return None, None, None, d_logits
+
+
+_edge_softmax_vjp.defvjp(_edge_softmax_fwd, _edge_softmax_bwd)

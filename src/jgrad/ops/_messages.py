@@ -1,0 +1,115 @@
+"""Message and edge ops shared by gspmm and gsddmm: names, broadcasting and partial derivatives.
+
+Broadcasting of edge data against node data is *left-aligned* after the edge axis: an edge array of
+shape (E, d1, ..., dk) is padded with trailing 1s to the rank of the node array, and each dimension must
+then equal the node array's or be 1. So for u of shape (N, H, F) the edge data may be (E,), (E, 1),
+(E, H), (E, H, 1) or (E, H, F).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from .._types import check_choice
+
+MessageOp = Literal["copy_u", "copy_e", "u_add_e", "u_sub_e", "u_mul_e", "u_div_e"]
+MESSAGE_OPS: tuple[str, ...] = ("copy_u", "copy_e", "u_add_e", "u_sub_e", "u_mul_e", "u_div_e")
+
+EdgeOp = Literal["add", "sub", "mul", "div", "dot", "copy_lhs", "copy_rhs"]
+EDGE_OPS: tuple[str, ...] = ("add", "sub", "mul", "div", "dot", "copy_lhs", "copy_rhs")
+
+Target = Literal["u", "v", "e"]
+TARGETS: tuple[str, ...] = ("u", "v", "e")
+
+
+def check_message_op(where: str, op: str) -> None:
+    check_choice(where, "message op", op, MESSAGE_OPS)
+
+
+def uses_u(op: str) -> bool:
+    return op != "copy_e"
+
+
+def uses_e(op: str) -> bool:
+    return op != "copy_u"
+
+
+def align_edge(edge: jax.Array, node_rank: int) -> jax.Array:
+    """Pads ``edge`` (E, ...) with trailing size-1 axes to rank ``node_rank`` (left-aligned broadcast)."""
+    return edge.reshape(edge.shape + (1,) * max(node_rank - edge.ndim, 0))
+
+
+def check_broadcast(where: str, edge_name: str, edge_shape: tuple, node_name: str, node_shape: tuple) -> None:
+    """Raises if edge data of ``edge_shape`` (E, ...) cannot broadcast against node data (N, ...)."""
+    trailing = tuple(edge_shape[1:])
+    node_trailing = tuple(node_shape[1:])
+    ok = len(trailing) <= len(node_trailing) and all(
+        d == 1 or d == n for d, n in zip(trailing, node_trailing)
+    )
+    if not ok:
+        e = edge_shape[0]
+        expected = [(e,), (e, 1)]
+        if len(node_trailing) >= 2:
+            expected.append((e,) + node_trailing[:-1] + (1,))
+        expected.append((e,) + node_trailing)
+        listed = ", ".join(str(s) for s in dict.fromkeys(expected))
+        raise ValueError(
+            f"{where}: {edge_name} cannot broadcast against {node_name} of shape {tuple(node_shape)}; "
+            f"got {tuple(edge_shape)}, expected one of {listed}."
+        )
+
+
+def message(op: str, u_edge: jax.Array | None, e: jax.Array | None) -> jax.Array:
+    """The per-edge message ``op(u[senders[e]], e[e])``; ``u_edge`` is already gathered, (E, ...)."""
+    if op == "copy_u":
+        return u_edge
+    if op == "copy_e":
+        return e
+    e = align_edge(e, u_edge.ndim)
+    if op == "u_add_e":
+        return u_edge + e
+    if op == "u_sub_e":
+        return u_edge - e
+    if op == "u_mul_e":
+        return u_edge * e
+    return u_edge / e  # u_div_e
+
+
+def sum_to_shape(x: jax.Array, shape: tuple) -> jax.Array:
+    """Sums ``x`` over the axes where ``shape`` (left-aligned, padded with 1s) has size 1 and x has not.
+
+    The cotangent of a left-aligned broadcast: returns an array of exactly ``shape``.
+    """
+    padded = tuple(shape) + (1,) * (x.ndim - len(shape))
+    axes = tuple(i for i, (s, d) in enumerate(zip(padded, x.shape)) if s == 1 and d != 1)
+    if axes:
+        x = jnp.sum(x, axis=axes, keepdims=True)
+    return x.reshape(shape)
+
+
+def output_shape(op: str, n: int, u_shape: tuple | None, e_shape: tuple | None) -> tuple:
+    if op == "copy_e":
+        return (n,) + tuple(e_shape[1:])
+    return (n,) + tuple(u_shape[1:])
+
+
+def edge_binary(op: str, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    """The per-edge binary op of gsddmm on gathered (E, ...) operands, broadcast left-aligned."""
+    if op == "copy_lhs":
+        return lhs
+    if op == "copy_rhs":
+        return rhs
+    rank = max(lhs.ndim, rhs.ndim)
+    lhs, rhs = align_edge(lhs, rank), align_edge(rhs, rank)
+    if op == "add":
+        return lhs + rhs
+    if op == "sub":
+        return lhs - rhs
+    if op == "mul":
+        return lhs * rhs
+    if op == "div":
+        return lhs / rhs
+    return jnp.sum(lhs * rhs, axis=-1, keepdims=True)  # dot
