@@ -218,6 +218,9 @@ def bucket_size(size: int, *, growth: float = 2.0, minimum: int = 16) -> int:
     if size <= minimum:
         return minimum
     steps = math.ceil(math.log(size / minimum, growth) - 1e-9)
+    # Buckets are rounded up to ints, so a lower step may already hold `size` (e.g. growth 1.25).
+    while steps > 0 and math.ceil(minimum * growth ** (steps - 1)) >= size:
+        steps -= 1
     return int(math.ceil(minimum * growth**steps))
 
 
