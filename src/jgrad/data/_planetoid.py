@@ -1,0 +1,294 @@
+"""The Planetoid citation datasets (Cora, Citeseer, Pubmed) from their original ``ind.<name>.*`` files."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jgrad.graph import Graph
+
+from ._dataset import NodeDataset, symmetric_edges
+from ._safe_pickle import ForbiddenGlobalError, load_restricted
+
+PLANETOID_NAMES = ("cora", "citeseer", "pubmed")
+_PICKLED_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph")
+_N_VAL = 500
+_ENV_VAR = "JGRAD_DATA"
+
+
+class PlanetoidArrays(NamedTuple):
+    """Everything `load_planetoid` builds, as numpy arrays, before the `Graph` is made."""
+
+    senders: np.ndarray  # (E,) int32
+    receivers: np.ndarray  # (E,) int32
+    n_nodes: int
+    features: np.ndarray  # (N, F) float32, rows sum to 1 or are zero
+    labels: np.ndarray  # (N,) int32
+    train_mask: np.ndarray  # (N,) bool
+    val_mask: np.ndarray  # (N,) bool
+    test_mask: np.ndarray  # (N,) bool
+    n_classes: int
+
+
+def load_planetoid(name: str, root: str | os.PathLike | None = None) -> NodeDataset:
+    """Loads Cora, Citeseer or Pubmed with the public Planetoid split.
+
+    Reads the eight files ``ind.<name>.{x,y,tx,ty,allx,ally,graph,test.index}`` of the Planetoid release
+    and processes them as Kipf and Welling's GCN code does:
+
+    - **Nodes**: the ``len(allx)`` labelled-or-unlabelled training nodes come first, then the test nodes,
+      ``N = max(len(allx), max(test.index) + 1)``. Node ``v < len(allx)`` has features ``allx[v]`` and the
+      label ``argmax(ally[v])``; node ``test.index[i]`` has ``tx[i]`` and ``argmax(ty[i])``. Nodes that
+      are in neither (Citeseer's 15 isolated nodes inside the test range) get zero features and label 0;
+      they are in no split. An all-zero one-hot row also gives label 0.
+    - **Features**: dense float32, each row divided by its sum so that it sums to 1; zero rows stay zero.
+    - **Edges**: every ``u: [v, ...]`` entry of the adjacency dict gives ``u -> v``; the reverse of every
+      edge is added, self loops are dropped and duplicates merged, as PyTorch Geometric does. The graph is
+      symmetric and unweighted, with edges sorted by receiver, then sender. This gives 10556 directed
+      edges (5278 pairs) for Cora and 9104 (4552 pairs) for Citeseer, whose lists also hold 124 self loops.
+    - **Split** (the public one): train on nodes ``range(len(y))`` (20 per class: 140 for Cora, 120 for
+      Citeseer, 60 for Pubmed), validate on the next 500, test on the 1000 nodes of ``test.index``.
+
+    The pickles are read with a restricted unpickler that only admits numpy and scipy array types and
+    builtin containers, so a tampered file cannot run code. Sparse feature files need scipy.
+
+    Args:
+      name: ``"cora"``, ``"citeseer"`` or ``"pubmed"`` (any case).
+      root: the folder holding the files. Defaults to the ``JGRAD_DATA`` environment variable. If the
+        files are not in the folder itself but in its ``planetoid`` subfolder, that is used.
+
+    Returns:
+      A `NodeDataset` of numpy arrays: Cora has N=2708, F=1433, 7 classes; Citeseer N=3327, F=3703,
+      6 classes; Pubmed N=19717, F=500, 3 classes.
+
+    Raises:
+      ValueError: for an unknown ``name``, or a file that is truncated, corrupted or inconsistent with the
+        others (the message names the file and what is wrong).
+      FileNotFoundError: if neither ``root`` nor ``JGRAD_DATA`` is given, or a file is missing.
+      pickle.UnpicklingError: (`ForbiddenGlobalError`) if a file asks to load anything beyond array types.
+    """
+    key = _check_name(name)
+    arrays = _planetoid_arrays(_planetoid_dir(key, root), key)
+    return NodeDataset(
+        graph=Graph.from_edges(arrays.senders, arrays.receivers, arrays.n_nodes),
+        features=arrays.features,
+        labels=arrays.labels,
+        train_mask=arrays.train_mask,
+        val_mask=arrays.val_mask,
+        test_mask=arrays.test_mask,
+        n_classes=arrays.n_classes,
+        name=key,
+    )
+
+
+def _check_name(name: Any) -> str:
+    key = name.lower() if isinstance(name, str) else name
+    if key not in PLANETOID_NAMES:
+        raise ValueError(f"load_planetoid: unknown dataset name; got {name!r}, expected one of {PLANETOID_NAMES}.")
+    return key
+
+
+def _planetoid_dir(name: str, root: str | os.PathLike | None) -> Path:
+    key = _check_name(name)
+    if root is None:
+        env = os.environ.get(_ENV_VAR)
+        if not env:
+            raise FileNotFoundError(
+                f"load_planetoid: no data folder for {key!r}; pass root=... or set the {_ENV_VAR} environment "
+                f"variable to the folder holding ind.{key}.x and the other Planetoid files."
+            )
+        origin, folder = _ENV_VAR, Path(env).expanduser()
+    else:
+        origin, folder = "root", Path(root).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"load_planetoid: {origin} is not a folder; got {str(folder)!r}.")
+    if not (folder / f"ind.{key}.x").exists() and (folder / "planetoid" / f"ind.{key}.x").exists():
+        folder = folder / "planetoid"
+    return folder
+
+
+def _planetoid_arrays(folder: Path, name: str) -> PlanetoidArrays:
+    """Reads and processes the files of dataset ``name`` in ``folder`` (see `load_planetoid`)."""
+    folder = Path(folder)
+    raw = {part: _read_pickle(folder / f"ind.{name}.{part}", name) for part in _PICKLED_PARTS}
+    test_index = _read_test_index(folder / f"ind.{name}.test.index", name)
+    names = {part: f"ind.{name}.{part}" for part in (*_PICKLED_PARTS, "test.index")}
+
+    x, tx, allx = (_as_features(raw[part], names[part]) for part in ("x", "tx", "allx"))
+    y, ty, ally = (_as_one_hot(raw[part], names[part]) for part in ("y", "ty", "ally"))
+    adjacency = raw["graph"]
+    if not isinstance(adjacency, Mapping):
+        raise ValueError(f"load_planetoid: {names['graph']} is not an adjacency dict; got {type(adjacency).__name__}.")
+
+    n_labelled, n_features, n_classes = allx.shape[0], allx.shape[1], ally.shape[1]
+    problems = []
+
+    def expect(ok: bool, file: str, what: str) -> None:
+        if not ok:
+            problems.append(f"load_planetoid: {file} does not match the other files; {what}.")
+
+    expect(x.shape[1] == n_features, names["x"], f"got {x.shape[1]} features, expected {n_features} as in allx")
+    expect(tx.shape[1] == n_features, names["tx"], f"got {tx.shape[1]} features, expected {n_features} as in allx")
+    expect(x.shape[0] == y.shape[0], names["y"], f"got {y.shape[0]} rows, expected {x.shape[0]} as in x")
+    expect(ally.shape[0] == n_labelled, names["ally"], f"got {ally.shape[0]} rows, expected {n_labelled} as in allx")
+    expect(tx.shape[0] == ty.shape[0], names["ty"], f"got {ty.shape[0]} rows, expected {tx.shape[0]} as in tx")
+    expect(
+        tx.shape[0] == test_index.size,
+        names["test.index"],
+        f"got {test_index.size} indices, expected {tx.shape[0]}, one per row of tx",
+    )
+    expect(y.shape[1] == n_classes, names["y"], f"got {y.shape[1]} classes, expected {n_classes} as in ally")
+    expect(ty.shape[1] == n_classes, names["ty"], f"got {ty.shape[1]} classes, expected {n_classes} as in ally")
+    expect(
+        y.shape[0] + _N_VAL <= n_labelled,
+        names["allx"],
+        f"got {n_labelled} rows, expected at least len(y) + {_N_VAL} = {y.shape[0] + _N_VAL} for the split",
+    )
+    if test_index.size:
+        expect(
+            test_index.min() >= n_labelled,
+            names["test.index"],
+            f"got index {int(test_index.min())}, expected test nodes to follow the {n_labelled} rows of allx",
+        )
+        expect(
+            np.unique(test_index).size == test_index.size, names["test.index"], "got repeated indices, expected none"
+        )
+    if problems:
+        raise ValueError("\n".join(problems))
+
+    n_nodes = max(n_labelled, int(test_index.max()) + 1 if test_index.size else 0)
+    features = np.zeros((n_nodes, n_features), dtype=np.float64)
+    features[:n_labelled] = allx
+    features[test_index] = tx
+    one_hot = np.zeros((n_nodes, n_classes), dtype=ally.dtype)
+    one_hot[:n_labelled] = ally
+    one_hot[test_index] = ty
+    labels = np.argmax(one_hot, axis=1).astype(np.int32) if n_classes else np.zeros(n_nodes, np.int32)
+
+    row_sum = features.sum(axis=1, keepdims=True)
+    features = np.divide(features, row_sum, out=np.zeros_like(features), where=row_sum != 0).astype(np.float32)
+
+    train_mask = np.zeros(n_nodes, dtype=bool)
+    train_mask[: y.shape[0]] = True
+    val_mask = np.zeros(n_nodes, dtype=bool)
+    val_mask[y.shape[0] : y.shape[0] + _N_VAL] = True
+    test_mask = np.zeros(n_nodes, dtype=bool)
+    test_mask[test_index] = True
+
+    senders, receivers = _planetoid_edges(adjacency, n_nodes, names["graph"])
+    return PlanetoidArrays(
+        senders, receivers, n_nodes, features, labels, train_mask, val_mask, test_mask, int(n_classes)
+    )
+
+
+def _planetoid_edges(adjacency: Mapping[Any, Any], n_nodes: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Turns ``{u: [v, ...]}`` into a symmetric edge list without self loops or duplicates.
+
+    Returns:
+      ``(senders, receivers)``, int32 arrays of shape (E,), sorted by receiver, then sender.
+
+    Raises:
+      ValueError: if a node id is not an integer in ``[0, n_nodes)``; names ``source``.
+    """
+    try:
+        counts = [len(neighbours) for neighbours in adjacency.values()]
+        neighbours = list(itertools.chain.from_iterable(adjacency.values()))
+    except TypeError:
+        raise ValueError(
+            f"load_planetoid: {source} is not an adjacency dict; expected {{node: [neighbour, ...]}} lists."
+        ) from None
+    keys = np.asarray(list(adjacency.keys()))
+    targets = np.asarray(neighbours)
+    problems = []
+    for what, ids in (("node", keys), ("neighbour", targets)):
+        if ids.size and ids.dtype.kind not in "iu":
+            problems.append(f"load_planetoid: {source} has a {what} id that is not an integer; got dtype {ids.dtype}.")
+        elif ids.size and (ids.min() < 0 or ids.max() >= n_nodes):
+            bad = ids[(ids < 0) | (ids >= n_nodes)][0]
+            problems.append(
+                f"load_planetoid: {source} has a {what} id out of range; got {int(bad)}, "
+                f"expected 0 <= id < n_nodes={n_nodes}."
+            )
+    if problems:
+        raise ValueError("\n".join(problems))
+    senders = np.repeat(keys.astype(np.int64), counts)
+    receivers = targets.astype(np.int64)
+    return symmetric_edges(senders, receivers, n_nodes)
+
+
+def _read_pickle(path: Path, name: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"load_planetoid: {path.name} not found in {str(path.parent)!r}; the folder must hold the Planetoid "
+            f"files ind.{name}.{{x,y,tx,ty,allx,ally,graph,test.index}}."
+        )
+    try:
+        with path.open("rb") as file:
+            value = load_restricted(file, source=path.name)
+            trailing = file.read(1)
+    except ForbiddenGlobalError:
+        raise
+    except Exception as error:  # A damaged pickle can fail in many ways; all mean the same to the user.
+        raise ValueError(
+            f"load_planetoid: {path.name} is truncated or corrupted; unpickling it failed with "
+            f"{type(error).__name__}: {error}. Replace {str(path)!r} with a fresh copy."
+        ) from None
+    if trailing:
+        raise ValueError(
+            f"load_planetoid: {path.name} is corrupted; it has data after the end of the pickle. "
+            f"Replace {str(path)!r} with a fresh copy."
+        )
+    return value
+
+
+def _read_test_index(path: Path, name: str) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"load_planetoid: {path.name} not found in {str(path.parent)!r}; the folder must hold the Planetoid "
+            f"files ind.{name}.{{x,y,tx,ty,allx,ally,graph,test.index}}."
+        )
+    try:
+        text = path.read_text(encoding="ascii")
+    except (UnicodeDecodeError, OSError) as error:
+        raise ValueError(f"load_planetoid: {path.name} is not a text file of integers ({error}).") from None
+    values = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                values.append(int(line))
+            except ValueError:
+                raise ValueError(
+                    f"load_planetoid: {path.name} line {line_number} is not an integer; got {line.strip()[:40]!r}."
+                ) from None
+    return np.asarray(values, dtype=np.int64)
+
+
+def _as_features(value: Any, source: str) -> np.ndarray:
+    """A feature matrix (scipy CSR/CSC or 2-D numpy array) as a dense float64 array."""
+    if isinstance(value, np.ndarray):
+        dense = value
+    elif hasattr(value, "check_format") and hasattr(value, "toarray"):  # only scipy sparse types can get here
+        try:
+            value.check_format(full_check=True)
+            dense = value.toarray()
+        except Exception as error:
+            raise ValueError(f"load_planetoid: {source} holds a damaged sparse matrix ({error}).") from None
+    else:
+        raise ValueError(f"load_planetoid: {source} is not a feature matrix; got {type(value).__name__}.")
+    if dense.ndim != 2 or dense.dtype.kind not in "biuf":
+        raise ValueError(
+            f"load_planetoid: {source} is not a 2-D numeric matrix; got shape {dense.shape}, dtype {dense.dtype}."
+        )
+    return dense.astype(np.float64, copy=False)
+
+
+def _as_one_hot(value: Any, source: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.ndim != 2 or value.dtype.kind not in "biuf":
+        got = f"shape {value.shape}, dtype {value.dtype}" if isinstance(value, np.ndarray) else type(value).__name__
+        raise ValueError(f"load_planetoid: {source} is not a 2-D one-hot label matrix; got {got}.")
+    return value

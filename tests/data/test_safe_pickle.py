@@ -1,0 +1,91 @@
+"""The restricted unpickler: array files load, anything that could run code is refused before it runs."""
+
+import collections
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from jgrad.data import ForbiddenGlobalError
+from jgrad.data._safe_pickle import load_restricted
+
+
+class _RunsCommand:
+    """Unpickling this with plain pickle would run a shell command."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_malicious_pickle_is_refused_without_running_the_command(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "ind.cora.graph"
+    path.write_bytes(pickle.dumps(_RunsCommand(f"touch {marker}"), protocol=2))
+    with path.open("rb") as file, pytest.raises(ForbiddenGlobalError) as error:
+        load_restricted(file, source=path.name)
+    message = str(error.value)
+    assert f"refusing to load '{os.system.__module__}.system' from ind.cora.graph" in message
+    assert "only numpy/scipy array types" in message
+    assert isinstance(error.value, pickle.UnpicklingError)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "payload, forbidden",
+    [
+        (b"cbuiltins\neval\n(S'1 + 1'\ntR.", "builtins.eval"),
+        (b"c__builtin__\ngetattr\n(S'x'\nS'y'\ntR.", "__builtin__.getattr"),
+        (b"csubprocess\nPopen\n(S'true'\ntR.", "subprocess.Popen"),
+        (b"cnumpy\nload\n(S'x.npy'\ntR.", "numpy.load"),
+        (b"ccopyreg\n_reconstructor\n.", "copyreg._reconstructor"),
+        (pickle.dumps(print, protocol=4), "builtins.print"),
+    ],
+    ids=["eval", "py2-getattr", "popen", "numpy-load", "copyreg", "stack-global"],
+)
+def test_every_global_outside_the_allowlist_is_refused(payload, forbidden):
+    with pytest.raises(ForbiddenGlobalError, match=f"refusing to load '{forbidden}' from blob"):
+        load_restricted(payload, source="blob")
+
+
+def test_persistent_ids_are_refused():
+    with pytest.raises(ForbiddenGlobalError, match="persistent id from blob"):
+        load_restricted(b"Pfoo\n.", source="blob")
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_numpy_arrays_and_adjacency_dicts_round_trip(protocol):
+    value = {
+        "one_hot": np.eye(3, dtype=np.int32),
+        "graph": collections.defaultdict(list, {0: [1, 2], 2: [0]}),
+        "ids": {1, 2},
+    }
+    if protocol == 2:
+        value.pop("one_hot")  # Python 3 writes bytes at protocol 2 through _codecs.encode, which is refused.
+    loaded = load_restricted(pickle.dumps(value, protocol=protocol))
+    assert loaded["graph"] == value["graph"] and isinstance(loaded["graph"], collections.defaultdict)
+    assert loaded["ids"] == {1, 2}
+    if "one_hot" in value:
+        np.testing.assert_array_equal(loaded["one_hot"], value["one_hot"])
+
+
+@pytest.mark.parametrize("kind", ["csr_matrix", "csc_matrix", "csr_array", "csc_array"])
+def test_scipy_sparse_matrices_round_trip(kind):
+    sparse = pytest.importorskip("scipy.sparse")
+    matrix = getattr(sparse, kind)(np.array([[0.0, 1.5], [2.0, 0.0]], dtype=np.float32))
+    loaded = load_restricted(io.BytesIO(pickle.dumps(matrix, protocol=4)))
+    assert type(loaded) is type(matrix)
+    np.testing.assert_array_equal(loaded.toarray(), matrix.toarray())
+
+
+def test_python2_module_paths_of_the_original_files_are_accepted(planetoid_dir):
+    with (planetoid_dir / "ind.cora.x").open("rb") as file:  # numpy.core.multiarray, scipy.sparse.csr
+        features = load_restricted(file, source="ind.cora.x")
+    assert features.shape == (140, 1433)
+    with (planetoid_dir / "ind.cora.graph").open("rb") as file:  # collections.defaultdict, __builtin__.list
+        adjacency = load_restricted(file, source="ind.cora.graph")
+    assert len(adjacency) == 2708
