@@ -3,8 +3,13 @@
 Matrix convention: ``A[v, u]`` is the weight of the edge ``u -> v``, so aggregation is ``y = A @ x``.
 """
 
+from . import gradients as gradients
 from . import graph as graph
+from . import nn as nn
 from . import ops as ops
+from .gradients import AdjacencyGrad as AdjacencyGrad
+from .gradients import adjacency_grad as adjacency_grad
+from .gradients import edge_grad as edge_grad
 from .graph import Graph as Graph
 from .graph import batch as batch
 from .graph import checked as checked
@@ -14,10 +19,15 @@ from .graph import unbatch as unbatch
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdjacencyGrad",
     "Graph",
+    "adjacency_grad",
     "batch",
     "checked",
+    "edge_grad",
+    "gradients",
     "graph",
+    "nn",
     "ops",
     "pad",
     "unbatch",

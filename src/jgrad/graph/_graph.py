@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
+from . import _checks, _taps
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -247,4 +247,8 @@ jax.tree_util.register_dataclass(
 
 def _degree(graph: Graph, index: jax.Array, weighted: bool) -> jax.Array:
     weight = graph.weights() if weighted else graph.with_edge_weight(None).weights()
-    return jax.ops.segment_sum(weight, index, num_segments=graph.n_nodes)
+    degree = jax.ops.segment_sum(weight, index, num_segments=graph.n_nodes)
+    recorder = _taps.active_recorder()
+    if weighted and recorder is not None:  # adjacency_grad is tracing: probe the weighted degree
+        degree = recorder.tap_degree(graph.edge_weight, index, degree)
+    return degree

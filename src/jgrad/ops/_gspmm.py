@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from .._types import REDUCERS, TIE_RULES, check_choice
 from ..graph import Graph
+from ..graph import _taps
 from . import _gsddmm
 from ._dispatch import in_forward_mode
 from ._messages import (
@@ -91,8 +92,13 @@ def gspmm(
     check_choice(where, "message op", op, MESSAGE_OPS)
     check_choice(where, "reducer", reduce, REDUCERS)
     check_choice(where, "tie rule", tie, TIE_RULES)
+    tracked = e  # the caller's object: adjacency_grad's tap matches weights by identity
     u, e = _check_operands(where, graph, op, u, e)
-    return _gspmm(op, reduce, tie, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, u, e)
+    out = _gspmm(op, reduce, tie, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, u, e)
+    recorder = _taps.active_recorder()
+    if recorder is not None:
+        out = recorder.tap_gspmm(graph.senders, graph.receivers, op, reduce, u, tracked, out)
+    return out
 
 
 def spmm(graph: Graph, x: ArrayLike, edge_weight: ArrayLike | None = None) -> jax.Array:
