@@ -1,0 +1,581 @@
+"""Graph layers as pure functions ``layer(params, graph, x, ...) -> y``, built on `jgrad.ops`.
+
+Every function here is a pure function of a parameter mapping, a `jgrad.Graph` and node features: no
+state, no Flax, and randomness only through a keyword-only ``key``. The Flax NNX modules in `jgrad.nn`
+own the parameters and call these functions; the functions can equally be used with a hand-made
+parameter dict.
+
+Conventions shared by every layer:
+
+- ``x``: node features, shape (N, F_in), float. ``graph.n_nodes`` must be N and F_in must match the
+  layer's kernel; a mismatch raises a ``ValueError`` naming ``in_features``.
+- A kernel has shape (F_in, F_out) and is applied as ``x @ kernel`` (Flax's layout); a bias has shape
+  (F_out,) and may be absent (``None`` or missing from ``params``).
+- Edge weights: the graph's ``edge_weight`` (shape (E,); ``None`` means every edge weighs 1) enters
+  every layer whose maths has room for it, and the output is differentiable w.r.t. it. Aggregation
+  follows jgrad's convention: ``A[v, u]`` is the weight of ``u -> v`` and aggregation is ``A @ x``.
+- Propagations that normalise by degrees (GCN, the weighted mean) touch the adjacency only through
+  ``spmm(graph, .)`` with the graph's own weights and the weighted in-degree ``graph.in_degree()``,
+  never through per-edge normalised weights, so adjacency gradients factor through them.
+  GCN, the mean and GIN's sum go through `jgrad.gradients.propagate`, which `jgrad.adjacency_grad`
+  can factor.
+- Padding (``graph.edge_mask`` / ``graph.node_mask``): padding edges carry nothing, and padding nodes
+  have no edges to real nodes, so real rows never see padding; padding rows hold values of no meaning
+  (GCN's implicit self loop still applies to them). Readouts (`readout`) leave padding nodes out.
+- Transforms: every function works under ``jax.jit`` (the graph is an argument; string options and
+  ``rate``-like floats are static Python values), ``jax.vmap`` (e.g. over a batch of edge weights,
+  ``jax.vmap(lambda w: f(params, graph.with_edge_weight(w), x))``) and ``jax.grad`` w.r.t. params,
+  features and edge weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .._types import REDUCERS, check_choice
+from ..gradients import propagate
+from ..graph import Graph
+from ..ops import edge_softmax, gsddmm, gspmm, segment_reduce, spmm
+
+ArrayLike = jax.typing.ArrayLike
+Params = Mapping[str, Any]
+
+SAGE_AGGREGATORS: tuple[str, ...] = ("mean", "max", "sum")
+"""Valid ``aggregator`` names of `sage_conv`."""
+
+READOUTS: tuple[str, ...] = ("sum", "mean", "max")
+"""Valid ``reduce`` names of `readout`."""
+
+__all__ = [
+    "READOUTS",
+    "SAGE_AGGREGATORS",
+    "dropout",
+    "gat_conv",
+    "gcn_conv",
+    "gcn_scaling",
+    "gin_conv",
+    "graph_conv",
+    "mean_aggregate",
+    "message_passing",
+    "readout",
+    "sage_conv",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks and small helpers
+# --------------------------------------------------------------------------------------------------
+def _check_features(where: str, graph: Graph, x: ArrayLike, in_features: int | None) -> jax.Array:
+    """Returns x as an array after checking it is (graph.n_nodes, in_features) and floating."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{where}: x must be a float array; got dtype {x.dtype}. "
+                        f"Cast it, e.g. x.astype(jnp.float32).")
+    expected = f"({graph.n_nodes}, {'F' if in_features is None else in_features})"
+    if x.ndim != 2:
+        raise ValueError(f"{where}: x must have shape (N, F_in); got shape {tuple(x.shape)}, expected "
+                         f"{expected}.")
+    problems = []
+    if x.shape[0] != graph.n_nodes:
+        problems.append(f"x must have one row per node; got {x.shape[0]} rows, expected "
+                        f"n_nodes={graph.n_nodes}.")
+    if in_features is not None and x.shape[1] != in_features:
+        problems.append(f"x has the wrong feature dimension; got shape {tuple(x.shape)}, expected "
+                        f"{expected} for in_features={in_features}.")
+    if problems:
+        raise ValueError(f"{where}: " + " ".join(problems))
+    return x
+
+
+def _check_scalar_weights(where: str, graph: Graph) -> None:
+    weight = graph.edge_weight
+    if weight is not None and jnp.ndim(weight) != 1:
+        raise ValueError(f"{where}: needs one scalar weight per edge; got edge_weight of shape "
+                         f"{tuple(jnp.shape(weight))}, expected ({graph.n_edges},).")
+
+
+def _kernel_in(where: str, kernel: Any) -> int:
+    shape = jnp.shape(kernel)
+    if len(shape) != 2:
+        raise ValueError(f"{where}: a kernel must have shape (F_in, F_out); got {tuple(shape)}.")
+    return int(shape[0])
+
+
+def _bias(params: Params, y: jax.Array) -> jax.Array:
+    bias = params.get("bias")
+    return y if bias is None else y + bias
+
+
+def _column(v: jax.Array) -> jax.Array:
+    """(N,) -> (N, 1), so that a per-node scale multiplies (N, F) without rank promotion."""
+    return v[:, None]
+
+
+def _safe_inverse_power(degree: jax.Array, power: float) -> jax.Array:
+    """``degree ** -power`` where degree > 0, else 0, with a zero (not NaN) gradient there."""
+    positive = degree > 0
+    safe = jnp.where(positive, degree, jnp.ones((), degree.dtype))
+    return jnp.where(positive, safe ** (-power), jnp.zeros((), degree.dtype))
+
+
+def _in_degree(graph: Graph, dtype: Any) -> jax.Array:
+    """The weighted in-degree; an unweighted graph's counts are cast to the feature dtype."""
+    degree = graph.in_degree()
+    return degree if graph.edge_weight is not None else degree.astype(dtype)
+
+
+def dropout(x: ArrayLike, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zeroes each entry with probability ``rate`` and scales the rest by 1/(1 - rate).
+
+    Active only when ``key`` is given (and ``rate > 0``); with ``key=None`` it returns ``x`` unchanged,
+    which is how jgrad layers switch between training and evaluation without state.
+
+    Args:
+      x: any float array.
+      rate: drop probability, a Python float in [0, 1).
+      key: a PRNG key, or ``None`` for no dropout.
+
+    Returns:
+      An array of x's shape and dtype.
+
+    Raises:
+      ValueError: ``rate`` outside [0, 1).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jgrad.nn.functional import dropout
+      >>> dropout(jnp.ones(3), 0.5, None).tolist()
+      [1.0, 1.0, 1.0]
+      >>> sorted(set(dropout(jnp.ones(100), 0.5, jax.random.key(0)).tolist()))
+      [0.0, 2.0]
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout: rate must be in [0, 1); got {rate}.")
+    x = jnp.asarray(x)
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Propagations
+# --------------------------------------------------------------------------------------------------
+def gcn_scaling(
+    graph: Graph, *, add_self_loops: bool = True, fill: float = 1.0, dtype: Any = jnp.float32
+) -> jax.Array:
+    """The node scaling of GCN's symmetric normalisation, ``D̂^-1/2`` as an (N,) vector.
+
+    Semantics: ``deg[v] = sum of w[e] over edges e into v (+ fill if add_self_loops)``, and the result
+    is ``deg ** -1/2``, or 0 where ``deg == 0`` (value and gradient finite), as in `propagate`.
+
+    Computing it once and passing it as ``scaling=`` to several `gcn_conv` calls on the same graph
+    (as `jgrad.nn.GCN` does, and as ``GCNConv(cached=True)`` requires) avoids recomputing the degrees.
+    It is still an ordinary function of the edge weights: compute it inside the differentiated function
+    to keep its contribution to edge-weight gradients.
+
+    Args:
+      graph: the graph; edge weights must be scalars, (E,).
+      add_self_loops: count a self loop of weight ``fill`` per node.
+      fill: weight of the self loops.
+      dtype: dtype of the degrees of an unweighted graph (a weighted graph uses its weights' dtype).
+
+    Returns:
+      (N,) float array.
+
+    Example:
+      >>> import jgrad
+      >>> g = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 1], n_nodes=3)
+      >>> jgrad.nn.functional.gcn_scaling(g).tolist()  # degrees 1, 3, 2 with the loops
+      [1.0, 0.5773502588272095, 0.7071067690849304]
+    """
+    _check_scalar_weights("gcn_scaling", graph)
+    degree = _in_degree(graph, dtype)
+    if add_self_loops:
+        degree = degree + fill
+    return _safe_inverse_power(degree, 0.5)
+
+
+def _gcn_propagate(graph, x, *, normalize, add_self_loops, fill, scaling):
+    """``D̂^-1/2 (A + fill I) D̂^-1/2 x`` as node scalings around the raw-weight spmm (`propagate`)."""
+    if scaling is None or not normalize:
+        return propagate(graph, x, norm="sym" if normalize else "none", add_self_loops=add_self_loops,
+                         fill=fill)
+    # The same maths as propagate(norm="sym"), with the node scaling supplied by the caller.
+    scaling = jnp.asarray(scaling)
+    if scaling.shape != (graph.n_nodes,):
+        raise ValueError(f"gcn_conv: scaling must have shape (N,); got {tuple(scaling.shape)}, "
+                         f"expected ({graph.n_nodes},). Build it with gcn_scaling(graph).")
+    scaled = _column(scaling.astype(x.dtype)) * x
+    y = spmm(graph, scaled)
+    if add_self_loops:
+        y = y + fill * scaled
+    return _column(scaling.astype(x.dtype)) * y
+
+
+def mean_aggregate(graph: Graph, x: ArrayLike) -> jax.Array:
+    """The edge-weighted mean of incoming neighbour features, ``D^-1 A x`` (row normalisation).
+
+    Semantics: ``y[v] = sum_e w[e] x[senders[e]] / sum_e w[e]`` over edges ``e`` into ``v``; a node
+    whose incoming weights sum to 0 (no incoming edge) gets 0, with a finite gradient.
+    Written as ``deg^-1 * spmm(graph, x)`` with ``deg = graph.in_degree()``
+    (``propagate(graph, x, norm="row", add_self_loops=False)``).
+
+    Args:
+      graph: the graph, scalar (E,) edge weights or unweighted.
+      x: node features, shape (N, F).
+
+    Returns:
+      (N, F).
+
+    Example:
+      >>> import jax.numpy as jnp, jgrad
+      >>> g = jgrad.Graph.from_edges([0, 1], [2, 2], n_nodes=3, edge_weight=[1.0, 3.0])
+      >>> jgrad.nn.functional.mean_aggregate(g, jnp.array([[4.0], [8.0], [0.0]])).tolist()
+      [[0.0], [0.0], [7.0]]
+    """
+    _check_scalar_weights("mean_aggregate", graph)
+    x = _check_features("mean_aggregate", graph, x, None)
+    return propagate(graph, x, norm="row", add_self_loops=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------------
+def gcn_conv(
+    params: Params,
+    graph: Graph,
+    x: ArrayLike,
+    *,
+    normalize: bool = True,
+    add_self_loops: bool = True,
+    fill: float = 1.0,
+    scaling: ArrayLike | None = None,
+) -> jax.Array:
+    """Graph convolution of Kipf & Welling: ``D̂^-1/2 Â D̂^-1/2 x W + b`` with ``Â = A + fill·I``.
+
+    Semantics: ``y = s * (A @ (s * xW) + fill * s * xW) + b`` with ``s = gcn_scaling(graph)``; no
+    activation. With ``normalize=False`` it is ``(A + fill·I) @ xW + b`` (``A @ xW + b`` without loops).
+
+    Args:
+      params: ``{"kernel": (F_in, F_out), "bias": (F_out,) or None}``.
+      graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights.
+      x: node features, shape (N, F_in).
+      normalize: apply the symmetric degree normalisation.
+      add_self_loops: add a self loop of weight ``fill`` to every (non-padding) node. Existing self
+        loops are kept, so a node that already has one ends up with both.
+      fill: weight of the added self loops.
+      scaling: optional precomputed ``gcn_scaling(graph, add_self_loops=..., fill=...)``, (N,).
+
+    Returns:
+      (N, F_out).
+
+    Raises:
+      ValueError: x is not (N, in_features); non-scalar edge weights; scaling of the wrong shape.
+      TypeError: non-float x.
+
+    References:
+      Kipf & Welling, Semi-Supervised Classification with Graph Convolutional Networks, ICLR 2017.
+
+    Example:
+      >>> import jax.numpy as jnp, jgrad
+      >>> g = jgrad.Graph.from_edges([0, 1], [1, 0], n_nodes=2)
+      >>> params = {"kernel": jnp.ones((1, 1)), "bias": None}
+      >>> y = jgrad.nn.functional.gcn_conv(params, g, jnp.array([[2.0], [4.0]]))
+      >>> jnp.round(y, 4).tolist()  # every degree is 2: the mean of self and neighbour
+      [[3.0], [3.0]]
+    """
+    where = "gcn_conv"
+    kernel = params["kernel"]
+    x = _check_features(where, graph, x, _kernel_in(where, kernel))
+    _check_scalar_weights(where, graph)
+    h = x @ kernel
+    y = _gcn_propagate(graph, h, normalize=normalize, add_self_loops=add_self_loops, fill=fill,
+                       scaling=scaling)
+    return _bias(params, y)
+
+
+def graph_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
+    """Neighbour-mean convolution with separate neighbour and root weights.
+
+    Semantics: ``y[v] = (sum_e w[e] x[u_e] / sum_e w[e]) @ neighbour_kernel + x[v] @ root_kernel + b``
+    over edges ``e = (u_e -> v)``: the edge-weighted mean of `mean_aggregate`.
+
+    Args:
+      params: ``{"neighbour_kernel": (F_in, F_out), "root_kernel": (F_in, F_out), "bias": (F_out,)
+        or None}``.
+      graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights
+        (through the mean).
+      x: node features, shape (N, F_in).
+
+    Returns:
+      (N, F_out). A node without incoming edges gets ``x[v] @ root_kernel + b``.
+
+    Example:
+      >>> import jax.numpy as jnp, jgrad
+      >>> g = jgrad.Graph.from_edges([0, 1], [2, 2], n_nodes=3)
+      >>> params = {"neighbour_kernel": jnp.ones((1, 1)), "root_kernel": 10 * jnp.ones((1, 1))}
+      >>> jgrad.nn.functional.graph_conv(params, g, jnp.array([[1.0], [3.0], [1.0]])).tolist()
+      [[10.0], [30.0], [12.0]]
+    """
+    where = "graph_conv"
+    x = _check_features(where, graph, x, _kernel_in(where, params["root_kernel"]))
+    _check_scalar_weights(where, graph)
+    y = mean_aggregate(graph, x) @ params["neighbour_kernel"] + x @ params["root_kernel"]
+    return _bias(params, y)
+
+
+def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "mean") -> jax.Array:
+    """GraphSAGE convolution: ``y[v] = agg({x[u] : u -> v}) @ neighbour_kernel + x[v] @ root_kernel + b``.
+
+    Aggregators, over edges ``e = (u -> v)`` with weight ``w[e]``:
+
+    - ``"mean"``: ``sum_e w[e] x[u] / sum_e w[e]`` (edge-weighted mean, `mean_aggregate`);
+    - ``"sum"``: ``sum_e w[e] x[u]`` (``A @ x``);
+    - ``"max"``: elementwise ``max_e w[e] x[u]``; the gradient at ties is split equally.
+
+    A node without incoming edges aggregates to 0.
+
+    Args:
+      params: ``{"neighbour_kernel": (F_in, F_out), "root_kernel": (F_in, F_out), "bias": (F_out,)
+        or None}``.
+      graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights.
+      x: node features, shape (N, F_in).
+      aggregator: ``"mean"``, ``"max"`` or ``"sum"``.
+
+    Returns:
+      (N, F_out).
+
+    References:
+      Hamilton, Ying & Leskovec, Inductive Representation Learning on Large Graphs, NeurIPS 2017.
+
+    Example:
+      >>> import jax.numpy as jnp, jgrad
+      >>> g = jgrad.Graph.from_edges([0, 1], [2, 2], n_nodes=3)
+      >>> params = {"neighbour_kernel": jnp.ones((1, 1)), "root_kernel": jnp.zeros((1, 1))}
+      >>> x = jnp.array([[1.0], [3.0], [0.0]])
+      >>> jgrad.nn.functional.sage_conv(params, g, x, aggregator="max").tolist()
+      [[0.0], [0.0], [3.0]]
+    """
+    where = "sage_conv"
+    check_choice(where, "aggregator", aggregator, SAGE_AGGREGATORS)
+    x = _check_features(where, graph, x, _kernel_in(where, params["root_kernel"]))
+    _check_scalar_weights(where, graph)
+    if aggregator == "mean":
+        neighbours = mean_aggregate(graph, x)
+    elif aggregator == "sum":
+        neighbours = spmm(graph, x)
+    elif graph.edge_weight is None:
+        neighbours = gspmm(graph, "copy_u", "max", u=x)
+    else:
+        neighbours = gspmm(graph, "u_mul_e", "max", u=x, e=graph.edge_weight)
+    y = neighbours @ params["neighbour_kernel"] + x @ params["root_kernel"]
+    return _bias(params, y)
+
+
+def gat_conv(
+    params: Params,
+    graph: Graph,
+    x: ArrayLike,
+    *,
+    concat: bool = True,
+    negative_slope: float = 0.2,
+    dropout_rate: float = 0.0,
+    add_self_loops: bool = True,
+    key: jax.Array | None = None,
+) -> jax.Array:
+    """Graph attention (GAT): each node attends over its incoming edges, with H heads.
+
+    Semantics, with ``h = (x @ kernel)`` viewed as (N, H, F_out) and for every edge ``e = (u -> v)``
+    of the graph with self loops added::
+
+        score[e, k] = leaky_relu(<att_src[k], h[u, k]> + <att_dst[k], h[v, k]>, negative_slope)
+        alpha[e, k] = edge_softmax(score)[e, k] * w[e]          # softmax over the edges into v
+        out[v, k]   = sum_e dropout(alpha)[e, k] * h[u, k]
+
+    then the heads are concatenated, (N, H·F_out), or averaged, (N, F_out), and the bias is added.
+    Scores use g-SDDMM, the softmax `jgrad.ops.edge_softmax` and the aggregation g-SpMM.
+
+    Args:
+      params: ``{"kernel": (F_in, H·F_out), "att_src": (H, F_out), "att_dst": (H, F_out),
+        "bias": (H·F_out,) if concat else (F_out,), or None}``; H and F_out are read from ``att_src``.
+      graph: the graph; scalar (E,) edge weights, if present, multiply the attention after the
+        softmax (added self loops weigh 1); differentiable w.r.t. them.
+      x: node features, shape (N, F_in).
+      concat: concatenate the heads (True) or average them (False).
+      negative_slope: slope of the LeakyReLU on the scores.
+      dropout_rate: dropout on the attention coefficients, applied only when ``key`` is given.
+      add_self_loops: let every node attend to itself, as in the paper (existing self loops are kept,
+        so a node with one attends to itself twice; padding nodes get none).
+      key: PRNG key for attention dropout; ``None`` disables dropout.
+
+    Returns:
+      (N, H·F_out) if ``concat`` else (N, F_out). A node with no incoming edge (possible only without
+      self loops) gets the bias.
+
+    References:
+      Veličković et al., Graph Attention Networks, ICLR 2018.
+
+    Example:
+      >>> import jax.numpy as jnp, jgrad
+      >>> g = jgrad.Graph.from_edges([0], [1], n_nodes=2)
+      >>> params = {"kernel": jnp.ones((1, 1)), "att_src": jnp.zeros((1, 1)),
+      ...           "att_dst": jnp.zeros((1, 1))}
+      >>> jgrad.nn.functional.gat_conv(params, g, jnp.array([[2.0], [4.0]])).tolist()
+      [[2.0], [3.0]]
+    """
+    where = "gat_conv"
+    kernel, att_src, att_dst = params["kernel"], params["att_src"], params["att_dst"]
+    x = _check_features(where, graph, x, _kernel_in(where, kernel))
+    _check_scalar_weights(where, graph)
+    if jnp.ndim(att_src) != 2 or jnp.shape(att_dst) != jnp.shape(att_src) or \
+            jnp.shape(kernel)[1] != jnp.shape(att_src)[0] * jnp.shape(att_src)[1]:
+        raise ValueError(f"{where}: att_src and att_dst must both have shape (H, F_out) with "
+                         f"kernel (F_in, H·F_out); got att_src {tuple(jnp.shape(att_src))}, att_dst "
+                         f"{tuple(jnp.shape(att_dst))}, kernel {tuple(jnp.shape(kernel))}.")
+    heads, out_features = jnp.shape(att_src)
+    if add_self_loops:
+        graph = graph.add_self_loops(1.0)
+    h = (x @ kernel).reshape(graph.n_nodes, heads, out_features)
+    score_src = jnp.sum(h * att_src, axis=-1)  # (N, H)
+    score_dst = jnp.sum(h * att_dst, axis=-1)
+    scores = gsddmm(graph, "add", score_src, score_dst, "u", "v")  # (E, H)
+    alpha = edge_softmax(graph, jax.nn.leaky_relu(scores, negative_slope))
+    if graph.edge_weight is not None:
+        alpha = alpha * _column(graph.edge_weight)
+    alpha = dropout(alpha, dropout_rate, key)
+    out = gspmm(graph, "u_mul_e", "sum", u=h, e=alpha[..., None])  # (N, H, F_out)
+    out = out.reshape(graph.n_nodes, heads * out_features) if concat else jnp.mean(out, axis=1)
+    return _bias(params, out)
+
+
+def gin_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
+    """Graph isomorphism convolution: ``y[v] = MLP((1 + eps) x[v] + sum_e w[e] x[u_e])``.
+
+    The MLP is a stack of dense layers with ReLU between them (none after the last).
+
+    Args:
+      params: ``{"eps": scalar or None (means 0), "mlp": [{"kernel": (F_in, F_hidden), "bias": ...},
+        ..., {"kernel": (F_hidden, F_out), "bias": ...}]}``.
+      graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights.
+      x: node features, shape (N, F_in).
+
+    Returns:
+      (N, F_out).
+
+    References:
+      Xu, Hu, Leskovec & Jegelka, How Powerful are Graph Neural Networks?, ICLR 2019.
+
+    Example:
+      >>> import jax.numpy as jnp, jgrad
+      >>> g = jgrad.Graph.from_edges([0], [1], n_nodes=2)
+      >>> params = {"eps": jnp.array(1.0), "mlp": [{"kernel": jnp.ones((1, 1)), "bias": None}]}
+      >>> jgrad.nn.functional.gin_conv(params, g, jnp.array([[2.0], [4.0]])).tolist()
+      [[4.0], [10.0]]
+    """
+    where = "gin_conv"
+    mlp = params["mlp"]
+    if not isinstance(mlp, Sequence) or len(mlp) == 0:
+        raise ValueError(f"{where}: params['mlp'] must be a non-empty list of dense layers; got {mlp!r}.")
+    x = _check_features(where, graph, x, _kernel_in(where, mlp[0]["kernel"]))
+    _check_scalar_weights(where, graph)
+    eps = params.get("eps")
+    h = propagate(graph, x, norm="none", add_self_loops=True, fill=1.0 if eps is None else 1.0 + eps)
+    for i, layer in enumerate(mlp):
+        if i > 0:
+            h = jax.nn.relu(h)
+        h = _bias(layer, h @ layer["kernel"])
+    return h
+
+
+def message_passing(
+    graph: Graph,
+    x: ArrayLike,
+    message_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
+    aggregate: str = "sum",
+    update_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    edge_data: Any = None,
+) -> jax.Array:
+    """A generic message-passing block: user messages, a segment reduction, a user update.
+
+    Semantics, for every edge ``e = (senders[e] -> receivers[e])``::
+
+        m[e]   = message_fn(x[senders[e]], x[receivers[e]], edge_data[e])
+        agg[v] = aggregate(m[e] for e into v)          # jgrad.ops.segment_reduce at the receivers
+        out    = update_fn(x, agg)                     # or agg when update_fn is None
+
+    This materialises the (E, F') messages; prefer the fused layers when a message is a product of a
+    node feature and an edge weight.
+
+    Args:
+      graph: the graph; padding edges (``edge_mask`` False) are left out of the reduction.
+      x: node features, shape (N, ...), or any pytree of (N, ...) arrays (gathered leaf by leaf).
+      message_fn: ``(x_sender, x_receiver, edge_data) -> (E, F')``; x_sender and x_receiver are x
+        gathered at the senders and receivers of every edge.
+      aggregate: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"``; empty segments give 0.
+      update_fn: optional ``(x, aggregated) -> out``.
+      edge_data: per-edge data passed to message_fn, (E, ...) or a pytree of them; defaults to
+        ``graph.edge_weight`` (``None`` for an unweighted graph).
+
+    Returns:
+      ``update_fn(x, agg)``, or ``agg`` of shape (N, F').
+
+    Example:
+      >>> import jax.numpy as jnp, jgrad
+      >>> g = jgrad.Graph.from_edges([0, 1], [2, 2], n_nodes=3)
+      >>> x = jnp.array([[1.0], [2.0], [3.0]])
+      >>> diff = lambda xs, xr, e: xs - xr
+      >>> jgrad.nn.functional.message_passing(g, x, diff, "sum").tolist()
+      [[0.0], [0.0], [-3.0]]
+    """
+    where = "message_passing"
+    check_choice(where, "aggregate", aggregate, REDUCERS)
+    if not callable(message_fn):
+        raise TypeError(f"{where}: message_fn must be callable; got {type(message_fn).__name__}.")
+    x = jax.tree.map(jnp.asarray, x)
+    bad = [tuple(leaf.shape) for leaf in jax.tree.leaves(x) if leaf.ndim == 0 or leaf.shape[0] != graph.n_nodes]
+    if bad:
+        raise ValueError(f"{where}: x must have one row per node; got shapes {bad}, expected "
+                         f"({graph.n_nodes}, ...).")
+    if edge_data is None:
+        edge_data = graph.edge_weight
+    x_sender = jax.tree.map(lambda leaf: leaf[graph.senders], x)
+    x_receiver = jax.tree.map(lambda leaf: leaf[graph.receivers], x)
+    messages = jnp.asarray(message_fn(x_sender, x_receiver, edge_data))
+    if messages.ndim == 0 or messages.shape[0] != graph.n_edges:
+        raise ValueError(f"{where}: message_fn must return one row per edge; got shape "
+                         f"{tuple(messages.shape)}, expected ({graph.n_edges}, ...).")
+    aggregated = segment_reduce(messages, graph.receivers, graph.n_nodes, aggregate, mask=graph.edge_mask)
+    return aggregated if update_fn is None else update_fn(x, aggregated)
+
+
+def readout(graph: Graph, h: ArrayLike, reduce: str = "sum") -> jax.Array:
+    """Graph-level readout: reduces node features over each graph of a (padded) batch.
+
+    Semantics: ``out[g] = reduce(h[v] for v in graph g if node_mask[v])`` with the graph of each node
+    from ``graph.node_graph_index()``. Padding nodes are excluded; the padding graph that `jgrad.pad`
+    appends (``graph_mask`` False) gets a row of zeros, like any graph without nodes.
+
+    Args:
+      graph: a single graph (G = 1) or a batch from `jgrad.batch` / `jgrad.pad`.
+      h: node features, shape (N, F).
+      reduce: ``"sum"``, ``"mean"`` or ``"max"``.
+
+    Returns:
+      (G, F), G = ``graph.n_graphs``.
+
+    Example:
+      >>> import jax.numpy as jnp, jgrad
+      >>> g = jgrad.Graph.from_edges([0], [1], n_nodes=2)
+      >>> b = jgrad.batch([g, g])
+      >>> jgrad.nn.readout(b, jnp.array([[1.0], [2.0], [3.0], [4.0]]), "mean").tolist()
+      [[1.5], [3.5]]
+    """
+    where = "readout"
+    check_choice(where, "reduce", reduce, READOUTS)
+    h = _check_features(where, graph, h, None)
+    return segment_reduce(h, graph.node_graph_index(), graph.n_graphs, reduce, mask=graph.node_mask)
