@@ -1,0 +1,276 @@
+"""Structural transforms: reverse, self loops, coalesce, to_undirected, sort_by_receiver."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from graph_strategies import edge_multiset, graphs, host_dense
+from hypothesis import given, settings
+
+import jgrad
+from jgrad import Graph
+from jgrad.graph import add_self_loops, coalesce, remove_self_loops, sort_by_receiver, to_undirected
+
+PROPERTY = settings(max_examples=30, deadline=None)
+_to_dense = jax.jit(Graph.to_dense)  # one compilation per shape, for property tests over many shapes
+
+
+def _weighted_graph() -> Graph:
+    return Graph.from_edges([0, 1, 1, 2, 0], [1, 2, 2, 0, 1], n_nodes=4,
+                            edge_weight=[1.0, 2.0, 3.0, 4.0, 5.0])
+
+
+# --------------------------------------------------------------------------------------------------
+# reverse
+# --------------------------------------------------------------------------------------------------
+def test_reverse_swaps_senders_and_receivers_and_transposes_the_adjacency():
+    g = _weighted_graph()
+    r = g.reverse()
+    np.testing.assert_array_equal(r.senders, g.receivers)
+    np.testing.assert_array_equal(r.receivers, g.senders)
+    np.testing.assert_array_equal(r.to_dense(), g.to_dense().T)
+
+
+def test_reverse_works_under_jit():
+    g = _weighted_graph()
+    np.testing.assert_array_equal(jax.jit(lambda graph: graph.reverse().to_dense())(g), g.to_dense().T)
+
+
+@PROPERTY
+@given(graphs())
+def test_reverse_twice_is_the_identity(g):
+    rr = g.reverse().reverse()
+    np.testing.assert_array_equal(rr.senders, g.senders)
+    np.testing.assert_array_equal(rr.receivers, g.receivers)
+    assert rr.n_nodes == g.n_nodes
+    if g.is_weighted:
+        np.testing.assert_array_equal(rr.edge_weight, g.edge_weight)
+
+
+@settings(max_examples=20, deadline=None)  # compiles to_dense for each new shape
+@given(graphs())
+def test_to_dense_of_reverse_is_the_transpose(g):
+    np.testing.assert_array_equal(_to_dense(g.reverse()), _to_dense(g).T)
+
+
+# --------------------------------------------------------------------------------------------------
+# add_self_loops / remove_self_loops
+# --------------------------------------------------------------------------------------------------
+def test_add_self_loops_on_an_unweighted_graph_adds_the_identity_and_stays_unweighted():
+    g = Graph.from_edges([0, 1], [1, 2], n_nodes=3)
+    looped = add_self_loops(g)
+    assert not looped.is_weighted
+    assert looped.n_edges == 5
+    np.testing.assert_array_equal(looped.senders[2:], [0, 1, 2])
+    np.testing.assert_array_equal(looped.receivers[2:], [0, 1, 2])
+    np.testing.assert_array_equal(looped.to_dense(), g.to_dense() + np.eye(3))
+
+
+def test_add_self_loops_on_a_weighted_graph_uses_fill_as_the_loop_weight():
+    g = _weighted_graph()
+    looped = g.add_self_loops(fill=0.5)
+    np.testing.assert_array_equal(looped.edge_weight[g.n_edges:], [0.5] * 4)
+    np.testing.assert_array_equal(looped.to_dense(), g.to_dense() + 0.5 * np.eye(4))
+
+
+def test_add_self_loops_with_fill_other_than_one_makes_an_unweighted_graph_weighted():
+    g = Graph.from_edges([0], [1], n_nodes=2)
+    looped = add_self_loops(g, fill=3.0)
+    assert looped.is_weighted
+    np.testing.assert_array_equal(looped.edge_weight, [1.0, 3.0, 3.0])
+
+
+def test_add_self_loops_broadcasts_fill_over_multi_head_weights():
+    g = Graph.from_edges([0], [1], n_nodes=2, edge_weight=np.array([[1.0, 2.0]], np.float32))
+    looped = add_self_loops(g, fill=2.0)
+    np.testing.assert_array_equal(looped.edge_weight, [[1.0, 2.0], [2.0, 2.0], [2.0, 2.0]])
+
+
+def test_add_self_loops_keeps_existing_loops():
+    g = Graph.from_edges([0], [0], n_nodes=2)
+    np.testing.assert_array_equal(add_self_loops(g).to_dense(), [[2.0, 0.0], [0.0, 1.0]])
+
+
+def test_add_self_loops_masks_loops_on_padding_nodes():
+    g = Graph.from_edges([0, 1], [1, 0], n_nodes=2, edge_weight=[2.0, 3.0])
+    padded = jgrad.pad(g, n_nodes=4, n_edges=3)
+    looped = add_self_loops(padded)
+    np.testing.assert_array_equal(looped.edge_mask, [True, True, False, True, True, False, False])
+    dense = np.asarray(looped.to_dense())
+    np.testing.assert_array_equal(dense[:2, :2], [[1.0, 3.0], [2.0, 1.0]])
+    np.testing.assert_array_equal(dense[2:], 0.0)
+    np.testing.assert_array_equal(looped.in_degree(weighted=False), [2.0, 2.0, 0.0, 0.0])
+
+
+def test_add_self_loops_is_jit_safe_including_a_traced_fill():
+    g = _weighted_graph()
+    out = jax.jit(lambda graph, fill: add_self_loops(graph, fill).to_dense())(g, jnp.float32(2.0))
+    np.testing.assert_array_equal(out, g.to_dense() + 2.0 * np.eye(4))
+
+
+def test_add_self_loops_on_a_batch_updates_edge_counts_and_unbatches():
+    g1 = Graph.from_edges([0], [1], n_nodes=2)
+    g2 = Graph.from_edges([0, 1], [1, 2], n_nodes=3)
+    looped = add_self_loops(jgrad.batch([g1, g2]))
+    np.testing.assert_array_equal(looped.n_edge_per_graph, [3, 5])
+    parts = jgrad.unbatch(looped)
+    np.testing.assert_array_equal(parts[0].to_dense(), add_self_loops(g1).to_dense())
+    np.testing.assert_array_equal(parts[1].to_dense(), add_self_loops(g2).to_dense())
+
+
+def test_remove_self_loops_drops_every_loop_and_keeps_weights_aligned():
+    g = Graph.from_edges([0, 1, 1, 2, 2], [0, 2, 1, 0, 2], n_nodes=3, edge_weight=[1.0, 2.0, 3.0, 4.0, 5.0])
+    r = remove_self_loops(g)
+    np.testing.assert_array_equal(r.senders, [1, 2])
+    np.testing.assert_array_equal(r.receivers, [2, 0])
+    np.testing.assert_array_equal(r.edge_weight, [2.0, 4.0])
+    np.testing.assert_array_equal(g.remove_self_loops().to_dense(), r.to_dense())
+
+
+def test_remove_self_loops_undoes_add_self_loops_on_a_loop_free_graph():
+    g = _weighted_graph()
+    np.testing.assert_array_equal(remove_self_loops(add_self_loops(g, fill=7.0)).to_dense(), g.to_dense())
+
+
+def test_remove_self_loops_on_a_batch_with_appended_loops_keeps_edge_counts_right():
+    g = Graph.from_edges([0], [1], n_nodes=2)
+    r = remove_self_loops(add_self_loops(jgrad.batch([g, g])))
+    np.testing.assert_array_equal(r.n_edge_per_graph, [1, 1])
+    assert [part.n_edges for part in jgrad.unbatch(r)] == [1, 1]
+
+
+# --------------------------------------------------------------------------------------------------
+# coalesce
+# --------------------------------------------------------------------------------------------------
+def test_coalesce_sums_duplicate_weights_and_sorts_by_receiver_then_sender():
+    g = Graph.from_edges([2, 0, 1, 0, 2], [0, 1, 0, 1, 0], n_nodes=3, edge_weight=[1.0, 2.0, 3.0, 4.0, 5.0])
+    c = coalesce(g)
+    assert list(zip(c.receivers.tolist(), c.senders.tolist())) == [(0, 1), (0, 2), (1, 0)]
+    np.testing.assert_array_equal(c.edge_weight, [3.0, 6.0, 6.0])
+    np.testing.assert_array_equal(c.to_dense(), g.to_dense())
+
+
+def test_coalesce_sums_multi_head_weights():
+    g = Graph.from_edges([0, 0], [1, 1], n_nodes=2, edge_weight=np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+    np.testing.assert_array_equal(coalesce(g).edge_weight, [[4.0, 6.0]])
+
+
+def test_coalesce_of_an_unweighted_graph_keeps_the_pattern():
+    g = Graph.from_edges([0, 0, 1], [1, 1, 0], n_nodes=2)
+    c = g.coalesce()
+    assert c.n_edges == 2
+    np.testing.assert_array_equal(c.to_dense() != 0, g.to_dense() != 0)
+
+
+def test_coalesce_drops_padding_edges_and_keeps_the_node_mask():
+    g = jgrad.pad(_weighted_graph(), n_nodes=6, n_edges=9)
+    c = coalesce(g)
+    assert c.edge_mask is None
+    assert c.n_edges == 3  # (0, 1) and (1, 2) appear twice
+    np.testing.assert_array_equal(c.node_mask, g.node_mask)
+    np.testing.assert_array_equal(c.to_dense(), g.to_dense())
+    np.testing.assert_array_equal(c.n_edge_per_graph, [3, 0])
+
+
+def test_coalesce_on_a_batch_recounts_edges_per_graph():
+    g1 = Graph.from_edges([0, 0], [1, 1], n_nodes=2)
+    g2 = Graph.from_edges([0, 1, 0], [1, 0, 1], n_nodes=2)
+    c = coalesce(jgrad.batch([g1, g2]))
+    np.testing.assert_array_equal(c.n_edge_per_graph, [1, 2])
+
+
+@PROPERTY
+@given(graphs())
+def test_coalesce_is_idempotent_and_preserves_to_dense(g):
+    once = coalesce(g)
+    twice = coalesce(once)
+    np.testing.assert_array_equal(twice.senders, once.senders)
+    np.testing.assert_array_equal(twice.receivers, once.receivers)
+    if g.is_weighted:
+        np.testing.assert_array_equal(twice.edge_weight, once.edge_weight)
+        np.testing.assert_array_equal(host_dense(once), host_dense(g))
+    else:
+        np.testing.assert_array_equal(host_dense(once) != 0, host_dense(g) != 0)
+    pairs = list(zip(once.receivers.tolist(), once.senders.tolist()))
+    assert pairs == sorted(set(pairs))  # sorted, no duplicates
+
+
+# --------------------------------------------------------------------------------------------------
+# to_undirected
+# --------------------------------------------------------------------------------------------------
+def test_to_undirected_adds_missing_reverse_edges_with_the_same_weight():
+    g = Graph.from_edges([0, 1, 2], [1, 0, 3], n_nodes=4, edge_weight=[1.0, 2.0, 5.0])
+    u = to_undirected(g)
+    dense = np.asarray(u.to_dense())
+    np.testing.assert_array_equal(dense != 0, dense.T != 0)
+    assert dense[3, 2] == 5.0 and dense[2, 3] == 5.0
+    assert dense[1, 0] == 1.0 and dense[0, 1] == 2.0  # existing pairs keep their own weights
+
+
+def test_to_undirected_does_not_double_self_loops():
+    g = Graph.from_edges([1], [1], n_nodes=2, edge_weight=[3.0])
+    np.testing.assert_array_equal(to_undirected(g).to_dense(), [[0.0, 0.0], [0.0, 3.0]])
+
+
+def test_to_undirected_of_a_symmetric_graph_is_unchanged_up_to_order():
+    g = Graph.from_edges([1, 0, 2, 1], [0, 1, 1, 2], n_nodes=3, edge_weight=[1.0, 1.0, 2.0, 2.0])
+    u = g.to_undirected()
+    assert edge_multiset(u) == edge_multiset(g)
+    np.testing.assert_array_equal(u.to_dense(), g.to_dense())
+
+
+def test_to_undirected_on_a_batch_recounts_edges_per_graph():
+    g1 = Graph.from_edges([0], [1], n_nodes=2)
+    g2 = Graph.from_edges([0, 1], [1, 2], n_nodes=3)
+    u = to_undirected(jgrad.batch([g1, g2]))
+    np.testing.assert_array_equal(u.n_edge_per_graph, [2, 4])
+    assert [part.n_edges for part in jgrad.unbatch(u)] == [2, 4]
+
+
+def test_to_undirected_drops_padding_edges():
+    g = jgrad.pad(Graph.from_edges([0], [1], n_nodes=2), n_nodes=3, n_edges=4)
+    u = to_undirected(g)
+    assert u.edge_mask is None and u.n_edges == 2
+
+
+@settings(max_examples=20, deadline=None)
+@given(graphs())
+def test_to_undirected_gives_a_symmetric_nonzero_pattern(g):
+    dense = host_dense(to_undirected(g))
+    np.testing.assert_array_equal(dense != 0, dense.T != 0)
+    original = host_dense(g)
+    np.testing.assert_array_equal(dense != 0, (original != 0) | (original.T != 0))
+
+
+# --------------------------------------------------------------------------------------------------
+# sort_by_receiver
+# --------------------------------------------------------------------------------------------------
+def test_sort_by_receiver_returns_the_permutation_that_sorts():
+    g = Graph.from_edges([3, 0, 2, 1, 0], [1, 2, 0, 1, 1], n_nodes=4, edge_weight=[1.0, 2.0, 3.0, 4.0, 5.0])
+    s, perm = sort_by_receiver(g)
+    assert perm.dtype == jnp.int32
+    np.testing.assert_array_equal(s.senders, g.senders[perm])
+    np.testing.assert_array_equal(s.receivers, g.receivers[perm])
+    np.testing.assert_array_equal(s.edge_weight, g.edge_weight[perm])
+    assert list(zip(s.receivers.tolist(), s.senders.tolist())) == [(0, 2), (1, 0), (1, 1), (1, 3), (2, 0)]
+    np.testing.assert_array_equal(s.to_dense(), g.to_dense())
+    values = jnp.arange(5.0)[perm]  # per-edge values in sorted order, scattered back
+    np.testing.assert_array_equal(jnp.zeros(5).at[perm].set(values), jnp.arange(5.0))
+
+
+def test_sort_by_receiver_permutes_the_edge_mask():
+    g = jgrad.pad(Graph.from_edges([1, 0], [1, 0], n_nodes=2), n_nodes=3, n_edges=3)
+    s, perm = g.sort_by_receiver()
+    np.testing.assert_array_equal(s.edge_mask, g.edge_mask[perm])
+    np.testing.assert_array_equal(s.to_dense(), g.to_dense())
+
+
+def test_sort_by_receiver_is_jit_safe():
+    g = _weighted_graph()
+    s_jit, perm_jit = jax.jit(sort_by_receiver)(g)
+    s, perm = sort_by_receiver(g)
+    np.testing.assert_array_equal(perm_jit, perm)
+    np.testing.assert_array_equal(s_jit.receivers, s.receivers)
+    assert np.all(np.diff(np.asarray(s_jit.receivers)) >= 0)
