@@ -191,16 +191,15 @@ def _gspmm_vjp(op, reduce, tie, n, senders, receivers, mask, u, e):
 
 def _gspmm_fwd(op, reduce, tie, n, senders, receivers, mask, u, e):
     out = _forward(op, reduce, tie, n, senders, receivers, mask, u, e)
-    saved_out = out if reduce in ("max", "min") else None
-    return out, (senders, receivers, mask, u, e, saved_out)
+    return out, (senders, receivers, mask, u, e)
 
 
 def _gspmm_bwd(op, reduce, tie, n, residuals, cotangent):
-    senders, receivers, mask, u, e, out = residuals
+    senders, receivers, mask, u, e = residuals
     if reduce in ("sum", "mean"):
         du, de = _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent)
     else:
-        du, de = _extremum_backward(op, tie, n, senders, receivers, mask, u, e, out, cotangent)
+        du, de = _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotangent)
     return None, None, None, du, de
 
 
@@ -243,14 +242,23 @@ def _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent):
     return du, de
 
 
-def _extremum_backward(op, tie, n, senders, receivers, mask, u, e, out, cotangent):
-    """Routes the cotangent of max/min to the message(s) that attained the extremum."""
+def _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotangent):
+    """Routes the cotangent of max/min to the message(s) that attained the extremum.
+
+    The extremum is recomputed exactly from the messages: the forward value is a weighted sum of the
+    tied messages, which can differ from them in the last bit (three ties share 1/3 each), so comparing
+    against it could miss every tied message and drop the gradient.
+    """
     e_safe = _safe_edge_data(e, mask)
     u_edge = u[senders] if uses_u(op) else None
     msg = jax.lax.stop_gradient(message(op, u_edge, e_safe))
-    hit = msg == jax.lax.stop_gradient(out)[receivers]
-    if mask is not None:
-        hit = hit & align_edge(mask, hit.ndim)
+    live = jnp.ones((msg.shape[0],), bool) if mask is None else mask
+    live = align_edge(live, msg.ndim)
+    if reduce == "max":
+        top = jax.ops.segment_max(jnp.where(live, msg, -jnp.inf), receivers, num_segments=n)
+    else:
+        top = jax.ops.segment_min(jnp.where(live, msg, jnp.inf), receivers, num_segments=n)
+    hit = (msg == top[receivers]) & live
     if tie == "split":
         count = segment_sum(hit.astype(cotangent.dtype), receivers, n)
         share = hit / jnp.maximum(count, 1.0)[receivers]
