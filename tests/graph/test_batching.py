@@ -273,3 +273,10 @@ def test_bucketing_bounds_recompiles_of_a_jitted_function():
     assert len(traces) == len(raw_shapes) > 30
     unbucketed.trace(graphs_[0])
     assert len(traces) == len(raw_shapes)
+
+
+def test_batch_rejects_edge_weights_of_different_trailing_shapes():
+    a = jgrad.Graph.from_edges([0], [1], n_nodes=2, edge_weight=[1.0])
+    b = jgrad.Graph.from_edges([0], [1], n_nodes=2, edge_weight=[[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"same trailing shape.*graphs\[1\]: \(E, 2\)"):
+        jgrad.batch([a, b])

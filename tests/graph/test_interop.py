@@ -112,3 +112,9 @@ def test_to_networkx_sums_duplicates_and_drops_padding():
 def test_networkx_and_scipy_agree():
     g = _weighted_graph()
     np.testing.assert_array_equal(nx.to_scipy_sparse_array(to_networkx(g)).T.toarray(), to_scipy(g).toarray())
+
+
+def test_to_networkx_rejects_vector_edge_weights():
+    g = jgrad.Graph.from_edges([0], [1], n_nodes=2, edge_weight=[[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"to_networkx: needs scalar edge weights"):
+        jgrad.graph.to_networkx(g)

@@ -274,3 +274,11 @@ def test_sort_by_receiver_is_jit_safe():
     np.testing.assert_array_equal(perm_jit, perm)
     np.testing.assert_array_equal(s_jit.receivers, s.receivers)
     assert np.all(np.diff(np.asarray(s_jit.receivers)) >= 0)
+
+
+def test_coalesce_of_unweighted_duplicates_keeps_the_adjacency():
+    g = jgrad.Graph.from_edges([0, 0, 1], [1, 1, 0], n_nodes=2)
+    merged = g.coalesce()
+    assert merged.n_edges == 2
+    np.testing.assert_array_equal(np.asarray(merged.to_dense()), np.asarray(g.to_dense()))
+    assert jgrad.Graph.from_edges([0, 1], [1, 0], n_nodes=2).coalesce().edge_weight is None

@@ -54,6 +54,12 @@ def batch(graphs: Sequence[Graph]) -> Graph:
             f"batch: graphs must be all weighted or all unweighted; graphs {unweighted[:5]} have no "
             "edge_weight. Give them weights of ones with g.with_edge_weight(jnp.ones(g.n_edges))."
         )
+    if all(weighted):
+        shapes = [tuple(g.edge_weight.shape[1:]) for g in graphs]
+        if len(set(shapes)) > 1:
+            listed = ", ".join(f"graphs[{i}]: (E, {', '.join(map(str, s))})" if s else f"graphs[{i}]: (E,)"
+                               for i, s in enumerate(shapes[:5]))
+            raise ValueError(f"batch: edge weights must have the same trailing shape; got {listed}.")
     node_counts = np.concatenate([_node_counts(g) for g in graphs])
     edge_counts = np.concatenate([_edge_counts(g) for g in graphs])
     offsets = np.cumsum([0] + [g.n_nodes for g in graphs[:-1]])

@@ -72,9 +72,11 @@ def to_networkx(graph: Graph) -> Any:
     import networkx as nx
 
     _checks.require_concrete("to_networkx", graph.senders)
+    weight = np.asarray(graph.weights())
+    if weight.ndim != 1:
+        raise ValueError(f"to_networkx: needs scalar edge weights; got edge_weight of shape {weight.shape}.")
     out = nx.DiGraph()
     out.add_nodes_from(range(graph.n_nodes))
-    weight = np.asarray(graph.weights())
     live = np.ones(graph.n_edges, bool) if graph.edge_mask is None else np.asarray(graph.edge_mask)
     for s, r, w, keep in zip(np.asarray(graph.senders), np.asarray(graph.receivers), weight, live):
         if not keep:

@@ -107,7 +107,9 @@ def sort_by_receiver(graph: Graph) -> tuple[Graph, jax.Array]:
 def coalesce(graph: Graph) -> Graph:
     """Merges duplicate edges (same sender and receiver), summing their weights. Eager only.
 
-    The result is sorted by (receiver, sender). Padding edges are dropped first, so a padded graph
+    ``to_dense()`` is unchanged: an unweighted graph with duplicate edges becomes weighted, each merged
+    edge weighing its multiplicity (an unweighted graph without duplicates stays unweighted). The
+    result is sorted by (receiver, sender). Padding edges are dropped first, so a padded graph
     comes back unpadded in its edges (node masks are kept). Coalescing twice changes nothing.
     """
     _checks.require_concrete("coalesce", graph.senders, graph.receivers)
@@ -119,6 +121,10 @@ def coalesce(graph: Graph) -> Graph:
     key = receivers * max(graph.n_nodes, 1) + senders
     unique_key, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     edge_weight = graph.edge_weight
+    if edge_weight is None and unique_key.shape[0] < key.shape[0]:
+        # Duplicates of an unweighted graph become one edge weighing their count, so that the
+        # adjacency (and every aggregation over it) is unchanged.
+        edge_weight = np.ones(key.shape[0], np.float32)
     if edge_weight is not None:
         host = np.asarray(edge_weight)
         merged = np.zeros((unique_key.shape[0],) + host.shape[1:], host.dtype)
