@@ -7,6 +7,7 @@ from . import gradients as gradients
 from . import graph as graph
 from . import nn as nn
 from . import ops as ops
+from . import parallel as parallel
 from .gradients import AdjacencyGrad as AdjacencyGrad
 from .gradients import adjacency_grad as adjacency_grad
 from .gradients import edge_grad as edge_grad
@@ -30,5 +31,6 @@ __all__ = [
     "nn",
     "ops",
     "pad",
+    "parallel",
     "unbatch",
 ]
