@@ -1,0 +1,7 @@
+"""``python -m jgrad.cli``: the ``jgrad`` command line."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,139 @@
+"""Experiments from a `jgrad.config.Config`: dataset, model and optimizer factories, train and evaluate."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+import yaml
+from flax import nnx
+
+from .. import nn
+from ..config import Config, DataConfig, ModelConfig, OptimConfig, config_to_dict, save_config
+from ..data import NodeDataset, csbm, karate_club, load_planetoid
+from ._checkpoint import Checkpointer
+from ._fit import FitResult, fit, format_table
+from ._model import init_params
+from ._optim import make_optimizer
+from ._step import EarlyStopping, evaluate
+
+
+def load_dataset(config: DataConfig, data_dir: str | os.PathLike | None = None) -> NodeDataset:
+    """The dataset ``config`` names. Planetoid files come from ``data_dir``, else ``config.root``, else
+    the ``JGRAD_DATA`` environment variable."""
+    if config.name == "karate":
+        return karate_club()
+    if config.name == "csbm":
+        return csbm(config.n_nodes, config.n_classes, avg_degree=config.avg_degree, homophily=config.homophily,
+                    feature_dim=config.feature_dim, signal=config.signal, seed=config.seed)
+    return load_planetoid(config.name, data_dir if data_dir is not None else config.root)
+
+
+def create_model(config: ModelConfig, in_features: int, n_classes: int) -> Callable[[nnx.Rngs], nnx.Module]:
+    """A function ``rngs -> model`` building the `jgrad.nn` model ``config`` describes."""
+    common = dict(dropout=config.dropout)
+    if config.name == "gcn":
+        return lambda rngs: nn.GCN(in_features, config.hidden, n_classes, n_layers=config.n_layers,
+                                   rngs=rngs, **common)
+    if config.name == "gat":
+        return lambda rngs: nn.GAT(in_features, config.hidden, n_classes, heads=config.heads,
+                                   out_heads=config.out_heads, rngs=rngs, **common)
+    if config.name == "sage":
+        return lambda rngs: nn.GraphSAGE(in_features, config.hidden, n_classes, n_layers=config.n_layers,
+                                         aggregator=config.aggregator, rngs=rngs, **common)
+    if config.name == "gin":
+        return lambda rngs: nn.GIN(in_features, config.hidden, n_classes, n_layers=config.n_layers,
+                                   rngs=rngs, **common)
+    raise ValueError(f"create_model: unknown model; got {config.name!r}, expected gcn, gat, sage or gin.")
+
+
+def create_optimizer(config: OptimConfig) -> optax.GradientTransformation:
+    """`make_optimizer` with the config's learning rate, weight decay and decayed parameters."""
+    return make_optimizer(config.learning_rate, config.weight_decay, config.decay)
+
+
+def train_and_evaluate(
+    config: Config,
+    workdir: str | os.PathLike | None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
+) -> FitResult:
+    """Trains ``config.train.seeds`` seeds of the configured model on the configured dataset.
+
+    With a ``workdir``, the resolved config is saved as ``workdir/config.yaml`` next to the checkpoints,
+    ``metrics.jsonl`` and ``results.json``; a workdir that already holds a run resumes it, provided the
+    config is the same.
+
+    Raises:
+      ValueError: the workdir holds a run with a different config.
+      FileNotFoundError: the dataset's files are missing.
+    """
+    if workdir is not None:
+        workdir = Path(workdir)
+        saved = workdir / "config.yaml"
+        if saved.exists() and yaml.safe_load(saved.read_text()) != config_to_dict(config):
+            raise ValueError(f"train: {workdir} holds a run with a different config ({saved}); "
+                             "use a new --workdir or the same config to resume.")
+        save_config(config, saved)
+    dataset = load_dataset(config.data, data_dir)
+    train = config.train
+    return fit(
+        create_model(config.model, dataset.n_features, dataset.n_classes),
+        dataset,
+        create_optimizer(config.optim),
+        seeds=range(train.seed, train.seed + train.seeds),
+        epochs=train.epochs,
+        early_stopping=EarlyStopping(train.early_stopping, train.patience),
+        log_every=train.log_every,
+        checkpoint_every=train.checkpoint_every,
+        workdir=workdir,
+        progress=train.progress if progress is None else progress,
+    )
+
+
+def evaluate_checkpoint(
+    config: Config, workdir: str | os.PathLike, *, data_dir: str | os.PathLike | None = None
+) -> tuple[tuple[int, ...], dict[str, np.ndarray]]:
+    """Scores the best parameters saved in ``workdir`` on the configured dataset.
+
+    Returns:
+      ``(seeds, scores)`` with per-seed arrays ``best_epoch`` and ``{train,val,test}_{loss,acc}``.
+
+    Raises:
+      FileNotFoundError: no checkpoint in ``workdir``.
+    """
+    checkpoints = Path(workdir) / "checkpoints"
+    if not (checkpoints / "best").is_dir():
+        raise FileNotFoundError(f"eval: no checkpoint in {checkpoints}; run `jgrad train` with this workdir.")
+    dataset = jax.device_put(load_dataset(config.data, data_dir))
+    seeds = tuple(range(config.train.seed, config.train.seed + config.train.seeds))
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(np.asarray(seeds, np.uint32))
+    make = create_model(config.model, dataset.n_features, dataset.n_classes)
+    model_def, like = _abstract_params(make, keys[:, 0])
+    checkpointer = Checkpointer(checkpoints)
+    try:
+        best = checkpointer.restore_best(like)
+    finally:
+        checkpointer.close()
+    scores = jax.jit(jax.vmap(lambda p, d: evaluate(model_def, p, d), in_axes=(0, None)))(best["params"], dataset)
+    scores = {"best_epoch": np.asarray(best["best_epoch"]), **jax.device_get(scores)}
+    return seeds, scores
+
+
+def _abstract_params(make, keys) -> tuple[Any, Any]:
+    holder = {}
+
+    def build(k):
+        model_def, params = init_params(make, k)
+        holder["model_def"] = model_def
+        return params
+
+    like = jax.eval_shape(build, keys)
+    return holder["model_def"], like
+

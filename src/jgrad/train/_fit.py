@@ -1,0 +1,237 @@
+"""`fit`: full-batch node classification over several seeds in one compiled, vmapped run."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from ._checkpoint import Checkpointer
+from ._logging import MetricsLog, Progress, write_json_atomic
+from ._model import ModelDef, init_params
+from ._state import TrainState
+from ._step import EarlyStopping, evaluate, make_epoch_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the message names the epoch, the seed and the checkpoint."""
+
+
+class FitResult(NamedTuple):
+    """What `fit` returns.
+
+    Attributes:
+      state: the final `TrainState`, every leaf with a leading seed axis B.
+      model_def: the static half of the model (``model_def.apply(params, graph, x)``).
+      seeds: the B integer seeds.
+      epochs_run: epochs the batch ran (until every seed had stopped, or ``epochs``).
+      scores: per-seed numpy arrays of shape (B,): ``best_epoch``, ``stop_epoch`` (0 if it never
+        stopped), and ``{train,val,test}_{loss,acc}`` of the kept parameters.
+      compile_seconds: time to compile the epoch loop.
+      seconds_per_epoch: wall time per epoch of the compiled loop (all B seeds together), excluding
+        compilation and checkpoint writes; ``nan`` if no epoch ran in this call.
+    """
+
+    state: TrainState
+    model_def: ModelDef
+    seeds: tuple[int, ...]
+    epochs_run: int
+    scores: dict[str, np.ndarray]
+    compile_seconds: float
+    seconds_per_epoch: float
+
+    def summary(self) -> dict[str, Any]:
+        """Mean and standard deviation (over seeds) of each score, plus timings, as plain Python."""
+        out: dict[str, Any] = {"seeds": list(self.seeds), "epochs_run": self.epochs_run,
+                               "compile_seconds": self.compile_seconds,
+                               "seconds_per_epoch": self.seconds_per_epoch}
+        for name, values in self.scores.items():
+            values = np.asarray(values, np.float64)
+            out[name] = {"mean": float(values.mean()), "std": float(values.std()), "per_seed": values.tolist()}
+        return out
+
+    def table(self) -> str:
+        """A plain-text table: one row per seed, then mean ± std."""
+        return format_table(self.seeds, self.scores)
+
+
+def format_table(seeds: Sequence[int], scores: dict[str, np.ndarray]) -> str:
+    """The per-seed table printed at the end of a run (see `FitResult.table`)."""
+    columns = [("best_epoch", "best ep", "{:.0f}"), ("stop_epoch", "stop ep", "{:.0f}"),
+               ("train_acc", "train acc", "{:.4f}"), ("val_loss", "val loss", "{:.4f}"),
+               ("val_acc", "val acc", "{:.4f}"), ("test_acc", "test acc", "{:.4f}")]
+    columns = [c for c in columns if c[0] in scores]
+    header = ["seed"] + [title for _, title, _ in columns]
+    rows = [[str(seed)] + [fmt.format(float(scores[name][i])) for name, _, fmt in columns]
+            for i, seed in enumerate(seeds)]
+    mean_row = ["mean"] + [fmt.format(float(np.mean(scores[name]))) for name, _, fmt in columns]
+    std_row = ["± std"] + [fmt.format(float(np.std(scores[name]))) for name, _, fmt in columns]
+    rows += [mean_row, std_row]
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    line = lambda row: "  ".join(cell.rjust(width) for cell, width in zip(row, widths))
+    rule = "-" * len(line(header))
+    return "\n".join([line(header), rule] + [line(r) for r in rows[:-2]] + [rule] + [line(r) for r in rows[-2:]])
+
+
+def fit(
+    make_model: Callable[[nnx.Rngs], nnx.Module],
+    dataset: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    seeds: int | Sequence[int] = 1,
+    epochs: int = 200,
+    early_stopping: EarlyStopping = EarlyStopping(),
+    log_every: int = 10,
+    workdir: str | os.PathLike | None = None,
+    checkpoint_every: int = 50,
+    progress: bool = True,
+    on_chunk: Callable[[int, TrainState], None] | None = None,
+) -> FitResult:
+    """Trains a node classifier full-batch, for several seeds at once, with per-seed early stopping.
+
+    Seed ``s`` draws its initial parameters and its dropout stream from ``jax.random.key(s)``. All B seeds
+    are one ``jax.vmap`` over the epoch step (`make_epoch_step`), so they share one compilation; every
+    ``log_every`` epochs run as one compiled ``lax.scan`` whose state buffers are donated. A seed that
+    early-stops is frozen while the others continue, so its result equals a run with that seed alone
+    (up to float reassociation in batched matrix products); the batch ends when all have stopped.
+
+    With ``workdir``, it writes ``workdir/checkpoints/{last,best}`` every ``checkpoint_every`` epochs and
+    at the end, appends per-epoch metrics to ``workdir/metrics.jsonl`` and writes ``workdir/results.json``.
+    If ``workdir`` already holds a checkpoint, the run resumes from it and reaches the same final state
+    as an uninterrupted run (deterministic on CPU).
+
+    Args:
+      make_model: builds the model from an `nnx.Rngs`; called once per seed inside ``jax.vmap``.
+      dataset: a `jgrad.data.NodeDataset`; moved to the device once.
+      optimizer: e.g. `make_optimizer`.
+      seeds: B seeds ``0..B-1`` if an int, else the seeds themselves.
+      epochs: the most epochs to run.
+      early_stopping: the stopping criterion and patience (`EarlyStopping`).
+      log_every: epochs per compiled chunk; logs, the progress bar and the NaN check follow chunks.
+      workdir: where checkpoints and logs go; None keeps everything in memory.
+      checkpoint_every: epochs between checkpoints, a multiple of ``log_every``.
+      progress: show a progress bar on stderr.
+      on_chunk: called as ``on_chunk(epoch, state)`` after each chunk (and its checkpoint).
+
+    Returns:
+      A `FitResult`.
+
+    Raises:
+      NonFiniteLossError: the training loss became NaN or infinite. Nothing from that chunk is saved,
+        so the last checkpoint on disk is the last good one; the message names it.
+      ValueError: inconsistent arguments (bad ``checkpoint_every``, no seeds, ...).
+    """
+    seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
+    early_stopping = EarlyStopping(*early_stopping).check()
+    problems = []
+    if not seeds:
+        problems.append("fit: needs at least one seed; got none.")
+    if epochs < 1 or log_every < 1:
+        problems.append(f"fit: epochs and log_every must be >= 1; got epochs={epochs}, log_every={log_every}.")
+    elif checkpoint_every < 1 or checkpoint_every % log_every:
+        problems.append(f"fit: checkpoint_every must be a positive multiple of log_every={log_every}; "
+                        f"got {checkpoint_every}.")
+    if problems:
+        raise ValueError("\n".join(problems))
+
+    dataset = jax.device_put(dataset)
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(np.asarray(seeds, np.uint32))
+    model_def, params = init_params(make_model, keys[:, 0])
+    create = jax.vmap(lambda p, k: TrainState.create(p, optimizer, k, window=early_stopping.window))
+    state = jax.jit(create)(params, keys[:, 1])
+
+    checkpointer = log = None
+    start = 0
+    if workdir is not None:
+        workdir = Path(workdir)
+        checkpointer = Checkpointer(workdir / "checkpoints")
+        log = MetricsLog(workdir / "metrics.jsonl")
+        if checkpointer.latest_epoch() is not None:
+            start, state = checkpointer.restore_last(state)
+        log.truncate(start)
+
+    batched_step = jax.vmap(make_epoch_step(model_def, optimizer, early_stopping), in_axes=(0, None))
+
+    def run_chunk(state, data, length):
+        return jax.lax.scan(lambda s, _: batched_step(s, data), state, None, length=length)
+
+    compiled: dict[int, Any] = {}
+    compile_seconds = 0.0
+
+    def chunk_fn(length: int):
+        nonlocal compile_seconds
+        if length not in compiled:
+            begin = time.perf_counter()
+            jitted = jax.jit(run_chunk, static_argnums=2, donate_argnums=0)
+            compiled[length] = jitted.lower(state, dataset, length).compile()
+            compile_seconds += time.perf_counter() - begin
+        return compiled[length]
+
+    epoch = start
+    run_seconds = 0.0
+    saved_epoch = start if start else None
+    bar = Progress(epochs, initial=start, enabled=progress)
+    try:
+        while epoch < epochs and not bool(np.all(jax.device_get(state.stopped))):
+            length = min(log_every, epochs - epoch)
+            run = chunk_fn(length)
+            begin = time.perf_counter()
+            state, metrics = run(state, dataset)
+            metrics = jax.device_get(metrics)
+            run_seconds += time.perf_counter() - begin
+            _check_finite(metrics, epoch, seeds, log, saved_epoch, checkpointer)
+            if log is not None:
+                log.append(epoch + 1, metrics)
+            epoch += length
+            bar.update(length, {"loss": float(np.mean(metrics["loss"][-1])),
+                                "val_acc": float(np.mean(metrics["val_acc"][-1])),
+                                "test_acc": float(np.mean(metrics["test_acc"][-1]))})
+            finished = epoch >= epochs or bool(np.all(metrics["stopped"][-1]))
+            if checkpointer is not None and (epoch % checkpoint_every == 0 or finished):
+                checkpointer.save(epoch, state)
+                saved_epoch = epoch
+            if on_chunk is not None:
+                on_chunk(epoch, state)
+    finally:
+        bar.close()
+        if checkpointer is not None:
+            checkpointer.close()
+
+    evaluate_all = jax.jit(jax.vmap(lambda p, data: evaluate(model_def, p, data), in_axes=(0, None)))
+    scores = jax.device_get(evaluate_all(state.best_params, dataset))
+    scores = {"best_epoch": np.asarray(state.best_epoch), "stop_epoch": np.asarray(state.stop_epoch),
+              **{name: np.asarray(value) for name, value in scores.items()}}
+    ran = epoch - start
+    result = FitResult(state=state, model_def=model_def, seeds=seeds, epochs_run=epoch, scores=scores,
+                       compile_seconds=compile_seconds,
+                       seconds_per_epoch=run_seconds / ran if ran else float("nan"))
+    if workdir is not None:
+        write_json_atomic(workdir / "results.json", result.summary())
+    return result
+
+
+def _check_finite(metrics, first_epoch, seeds, log, saved_epoch, checkpointer) -> None:
+    loss = np.asarray(metrics["loss"])
+    bad = ~np.isfinite(loss)
+    if not bad.any():
+        return
+    row, column = (int(i) for i in np.argwhere(bad)[0])
+    if log is not None and row:
+        log.append(first_epoch + 1, {name: values[:row] for name, values in metrics.items()})
+    if checkpointer is None:
+        where = "no checkpoint was written (no workdir)"
+    elif saved_epoch is None:
+        where = f"no checkpoint had been written yet in {checkpointer.directory}"
+    else:
+        where = f"the last good checkpoint is epoch {saved_epoch} in {checkpointer.directory}"
+    raise NonFiniteLossError(
+        f"fit: the training loss is {loss[row, column]} at epoch {first_epoch + row + 1} (seed {seeds[column]}); "
+        f"training stopped and {where}. Lower the learning rate or check the inputs for NaN/Inf."
+    )
