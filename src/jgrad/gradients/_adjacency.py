@@ -374,47 +374,74 @@ def adjacency_grad(
     return result.symmetric() if symmetric else result
 
 
+def _split_arrays(args: tuple) -> tuple[list, Callable[[list], tuple]]:
+    """The array leaves of ``args`` (passed through ``jit``) and a function rebuilding ``args`` from them.
+
+    Non-array leaves (Python numbers, strings, callables) stay as they are, closed over as constants.
+    """
+    leaves, treedef = jax.tree.flatten(args)
+    is_array = [isinstance(leaf, (jax.Array, np.ndarray, np.generic)) for leaf in leaves]
+    arrays = [leaf for leaf, flag in zip(leaves, is_array) if flag]
+
+    def rebuild(new_arrays: list) -> tuple:
+        it = iter(new_arrays)
+        return jax.tree.unflatten(treedef, [next(it) if flag else leaf for leaf, flag in zip(leaves, is_array)])
+
+    return arrays, rebuild
+
+
 def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> AdjacencyGrad:
     where = "adjacency_grad"
-    discovered: list[Recorder] = []
+    arrays, rebuild = _split_arrays(args)
 
-    def discover(w):
-        tracked = dataclasses.replace(graph, edge_weight=w)
-        recorder = Recorder(w, tracked.senders, tracked.receivers)
-        discovered.append(recorder)
-        with recording(recorder):
-            value = fn(tracked, *args)
-        check_scalar(where, value)
-        return value
-
-    jax.eval_shape(discover, weight)
-    first = discovered[-1]
-    probes = [jnp.zeros(shape, dtype) for shape, dtype in zip(first.shapes, first.dtypes)]
-
-    def objective(probe_values, w):
+    def run(probe_values, w, graph, args):
         tracked = dataclasses.replace(graph, edge_weight=w)
         recorder = Recorder(w, tracked.senders, tracked.receivers, probe_values)
         with recording(recorder):
             value = fn(tracked, *args)
-        if len(recorder.kinds) != len(probe_values):
-            raise ValueError(f"{where}: the model used the adjacency {len(recorder.kinds)} times on its "
-                             f"second trace, expected {len(probe_values)} as on the first.")
-        return value, [m for m in recorder.messages if m is not None]
+        check_scalar(where, value)
+        return value, recorder
+
+    def build(graph, w, arrays):
+        args = rebuild(arrays)
+        discovered: list[Recorder] = []
+        # pass 1: how many probes, of which shapes (abstract evaluation, no FLOPs)
+        jax.eval_shape(lambda w: discovered.append(run(None, w, graph, args)[1]) or 0.0, w)
+        first = discovered[-1]
+        probes = [jnp.zeros(shape, dtype) for shape, dtype in zip(first.shapes, first.dtypes)]
+
+        def objective(probe_values, w):
+            value, recorder = run(probe_values, w, graph, args)
+            if len(recorder.kinds) != len(probe_values):
+                raise ValueError(f"{where}: the model used the adjacency {len(recorder.kinds)} times on "
+                                 f"its second trace, expected {len(probe_values)} as on the first.")
+            return value, [m for m in recorder.messages if m is not None]
+
+        # pass 2: dL/dprobes = G_c and g_d, and dL/dw for the check, in one backward pass
+        (probe_grads, weight_grad), messages = jax.grad(objective, argnums=(0, 1), has_aux=True)(probes, w)
+        result = _assemble(first.kinds, probe_grads, messages, graph, w.dtype)
+        return dataclasses.replace(result, edge_error=_edge_error(result, weight_grad, graph.edge_mask))
 
     try:
-        (probe_grads, weight_grad), messages = jax.grad(objective, argnums=(0, 1), has_aux=True)(probes, weight)
+        result = jax.jit(build)(graph, weight, arrays)
     except jax.errors.UnexpectedTracerError as error:
         raise ValueError(
             f"{where}: an aggregation inside a jax transformation of the model (lax.scan, fori_loop, "
             "vmap, a jitted sub-function) cannot be tapped; write propagation loops as Python loops, "
             "or use mode='dense' for small graphs."
         ) from error
+    if check:
+        _raise_if_nonlinear(result.edge_error, weight.dtype)
+    return result
 
-    n, dtype = graph.n_nodes, weight.dtype
+
+def _assemble(kinds, probe_grads, messages, graph: Graph, dtype) -> AdjacencyGrad:
+    """Stacks the recorded (G_c, M_c) and degree terms into the (N, R) factors."""
+    n = graph.n_nodes
     ones = jnp.ones((n, 1), dtype)
     lefts, rights = [], []
     message_iter = iter(messages)
-    for kind, grad in zip(first.kinds, probe_grads):
+    for kind, grad in zip(kinds, probe_grads):
         grad = grad.reshape(n, -1).astype(dtype)
         if kind in ("spmm", "spmm_t"):
             message = next(message_iter).reshape(n, -1).astype(dtype)
@@ -426,11 +453,9 @@ def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> Ad
         else:
             lefts.append(ones)
             rights.append(grad)
-    left = jnp.concatenate(lefts, axis=1) if lefts else jnp.zeros((n, 0), dtype)
-    right = jnp.concatenate(rights, axis=1) if rights else jnp.zeros((n, 0), dtype)
-    result = AdjacencyGrad(
-        left=left,
-        right=right,
+    return AdjacencyGrad(
+        left=jnp.concatenate(lefts, axis=1) if lefts else jnp.zeros((n, 0), dtype),
+        right=jnp.concatenate(rights, axis=1) if rights else jnp.zeros((n, 0), dtype),
         diagonal_offset=jnp.zeros((n,), dtype),
         senders=graph.senders,
         receivers=graph.receivers,
@@ -438,11 +463,6 @@ def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> Ad
         edge_error=jnp.zeros((), dtype),
         n_nodes=n,
     )
-    error = _edge_error(result, weight_grad, graph.edge_mask)
-    result = dataclasses.replace(result, edge_error=error)
-    if check:
-        _raise_if_nonlinear(error, dtype)
-    return result
 
 
 def _edge_error(result: AdjacencyGrad, weight_grad: jax.Array, edge_mask) -> jax.Array:
@@ -495,12 +515,17 @@ def _dense_grad(fn, graph: Graph, args, weight: jax.Array, force: bool) -> Adjac
         n_edge_per_graph=None,
     )
 
-    def loss(w):
-        value = fn(complete.with_edge_weight(w), *args)
-        check_scalar("adjacency_grad", value)
-        return value
+    arrays, rebuild = _split_arrays(args)
 
-    grad = jax.grad(loss)(dense.reshape(-1)).reshape(n, n)
+    def dense_gradient(complete, w, arrays):
+        def loss(w):
+            value = fn(complete.with_edge_weight(w), *rebuild(arrays))
+            check_scalar("adjacency_grad", value)
+            return value
+
+        return jax.grad(loss)(w).reshape(n, n)
+
+    grad = jax.jit(dense_gradient)(complete, dense.reshape(-1), arrays)
     return AdjacencyGrad(
         left=grad,
         right=jnp.eye(n, dtype=dtype),

@@ -1,0 +1,344 @@
+"""adjacency_grad: exact against jax.grad on a dense adjacency, factored accessors, non-linear detection."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jgrad
+from jgrad.gradients import AdjacencyGrad, adjacency_grad, edge_grad, propagate
+
+N = 9
+F = 3
+
+
+def _random_graph(n=N, n_edges=24, seed=0, weighted=True, dtype=np.float64):
+    """A directed graph without duplicate pairs or self loops, with node n-1 isolated."""
+    rng = np.random.default_rng(seed)
+    pairs = [(u, v) for u in range(n - 1) for v in range(n - 1) if u != v]
+    chosen = rng.choice(len(pairs), size=n_edges, replace=False)
+    senders = np.array([pairs[i][0] for i in chosen])
+    receivers = np.array([pairs[i][1] for i in chosen])
+    weight = (rng.random(n_edges) + 0.5).astype(dtype) if weighted else None
+    return jgrad.Graph.from_edges(senders, receivers, n, edge_weight=weight)
+
+
+def _params(seed=1, f_in=F, hidden=4, f_out=2):
+    rng = np.random.default_rng(seed)
+    return {
+        "w1": jnp.asarray(rng.standard_normal((f_in, hidden)) / 2),
+        "w2": jnp.asarray(rng.standard_normal((hidden, f_out)) / 2),
+        "ws": jnp.asarray(rng.standard_normal((f_in, hidden)) / 2),
+        "x": jnp.asarray(rng.standard_normal((N, f_in))),
+        "c": jnp.asarray(rng.standard_normal((N, f_out))),
+    }
+
+
+def _inverse(values, power):
+    positive = values > 0
+    safe = jnp.where(positive, values, 1.0)
+    return jnp.where(positive, safe ** -power, 0.0)
+
+
+# Each family: (model on a Graph, the same model on a dense adjacency A[v, u]).
+def _gcn(g, p):
+    h = jax.nn.relu(propagate(g, p["x"] @ p["w1"]))
+    return jnp.sum(jnp.tanh(propagate(g, h @ p["w2"])) * p["c"])
+
+
+def _gcn_dense(a, p):
+    a_hat = a + jnp.eye(N)
+    s = _inverse(a_hat.sum(1), 0.5)[:, None]
+    step = lambda z: s * (a_hat @ (s * z))
+    h = jax.nn.relu(step(p["x"] @ p["w1"]))
+    return jnp.sum(jnp.tanh(step(h @ p["w2"])) * p["c"])
+
+
+def _sage(g, p):
+    mean = lambda z: propagate(g, z, norm="row", add_self_loops=False)
+    h = jax.nn.relu(p["x"] @ p["ws"] + mean(p["x"]) @ p["w1"])
+    return jnp.sum(jnp.tanh(mean(h) @ p["w2"]) * p["c"])
+
+
+def _sage_dense(a, p):
+    mean = lambda z: _inverse(a.sum(1), 1.0)[:, None] * (a @ z)
+    h = jax.nn.relu(p["x"] @ p["ws"] + mean(p["x"]) @ p["w1"])
+    return jnp.sum(jnp.tanh(mean(h) @ p["w2"]) * p["c"])
+
+
+def _gin(g, p, eps=0.3):
+    h = jnp.tanh((jgrad.ops.spmm(g, p["x"]) + (1 + eps) * p["x"]) @ p["w1"])
+    return jnp.sum(jnp.tanh(propagate(g, h, norm="none", fill=1 + eps) @ p["w2"]) * p["c"])
+
+
+def _gin_dense(a, p, eps=0.3):
+    h = jnp.tanh((a @ p["x"] + (1 + eps) * p["x"]) @ p["w1"])
+    return jnp.sum(jnp.tanh((a @ h + (1 + eps) * h) @ p["w2"]) * p["c"])
+
+
+def _appnp(g, p, steps=3, alpha=0.2):
+    h0 = jnp.tanh(p["x"] @ p["w1"]) @ p["w2"]
+    z = h0
+    for _ in range(steps):
+        z = (1 - alpha) * propagate(g, z) + alpha * h0
+    return jnp.sum(jnp.sin(z) * p["c"])
+
+
+def _appnp_dense(a, p, steps=3, alpha=0.2):
+    h0 = jnp.tanh(p["x"] @ p["w1"]) @ p["w2"]
+    a_hat = a + jnp.eye(N)
+    s = _inverse(a_hat.sum(1), 0.5)[:, None]
+    z = h0
+    for _ in range(steps):
+        z = (1 - alpha) * s * (a_hat @ (s * z)) + alpha * h0
+    return jnp.sum(jnp.sin(z) * p["c"])
+
+
+def _reverse_out_degree(g, p):
+    """Aggregation on the reversed graph (A^T @ m) and the weighted out-degree."""
+    h = jnp.tanh(jgrad.ops.spmm(g.reverse(), p["x"]) @ p["w1"])
+    scale = _inverse(g.out_degree() + 1.0, 1.0)[:, None]
+    return jnp.sum(jnp.tanh(scale * jgrad.ops.spmm(g, h) @ p["w2"]) * p["c"])
+
+
+def _reverse_out_degree_dense(a, p):
+    h = jnp.tanh((a.T @ p["x"]) @ p["w1"])
+    scale = _inverse(a.sum(0) + 1.0, 1.0)[:, None]
+    return jnp.sum(jnp.tanh(scale * (a @ h) @ p["w2"]) * p["c"])
+
+
+FAMILIES = {
+    "gcn": (_gcn, _gcn_dense),
+    "sage_mean": (_sage, _sage_dense),
+    "gin": (_gin, _gin_dense),
+    "appnp": (_appnp, _appnp_dense),
+    "reverse_out_degree": (_reverse_out_degree, _reverse_out_degree_dense),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_factored_gradient_equals_dense_autodiff(x64, family):
+    model, dense_model = FAMILIES[family]
+    graph, params = _random_graph(), _params()
+    grad = adjacency_grad(model, graph, params)
+    expected = jax.grad(dense_model)(graph.to_dense(), params)
+    assert isinstance(grad, AdjacencyGrad)
+    np.testing.assert_allclose(grad.dense(), expected, rtol=1e-10, atol=1e-12 * np.abs(expected).max())
+    np.testing.assert_allclose(grad.at(graph.receivers, graph.senders), edge_grad(model, graph, params),
+                               rtol=1e-10, atol=1e-13)
+
+
+def test_unweighted_graph_is_differentiated_at_ones(x64):
+    graph, params = _random_graph(weighted=False), _params()
+    grad = adjacency_grad(_gcn, graph, params)
+    expected = jax.grad(_gcn_dense)(graph.to_dense().astype(jnp.float64), params)
+    np.testing.assert_allclose(grad.dense(), expected, rtol=1e-10, atol=1e-13)
+
+
+def test_at_existing_edges_equals_edge_grad_in_float32():
+    graph = _random_graph(weighted=False)
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), _params())
+    grad = adjacency_grad(_gcn, graph, params)
+    assert grad.left.dtype == jnp.float32
+    np.testing.assert_allclose(grad.at(graph.receivers, graph.senders), edge_grad(_gcn, graph, params),
+                               rtol=1e-5, atol=1e-6)
+    assert float(grad.edge_error) < 1e-4
+
+
+def test_row_and_at_agree_with_dense(x64):
+    graph, params = _random_graph(), _params()
+    grad = adjacency_grad(_sage, graph, params)
+    dense = grad.dense()
+    for v in (0, 4, N - 1):
+        np.testing.assert_allclose(grad.row(v), dense[v], rtol=1e-12, atol=1e-14)
+    rows, cols = jnp.array([0, 3, 8, 2]), jnp.array([0, 5, 1, 2])
+    np.testing.assert_allclose(grad.at(rows, cols), dense[rows, cols], rtol=1e-12, atol=1e-14)
+    # rank: one column per aggregated feature, one per degree call
+    assert grad.rank == F + 4 + 2
+
+
+def test_symmetric_counts_both_directions_and_the_diagonal_once(x64):
+    graph, params = _random_graph().to_undirected(), _params()
+    grad = adjacency_grad(_gcn, graph, params)
+    g = grad.dense()
+    expected = g + g.T - jnp.diag(jnp.diag(g))
+    np.testing.assert_allclose(grad.symmetric().dense(), expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(adjacency_grad(_gcn, graph, params, symmetric=True).dense(), expected,
+                               rtol=1e-12, atol=1e-14)
+    sym = grad.symmetric()
+    assert sym.is_symmetric and sym.symmetric() is sym
+    np.testing.assert_allclose(sym.row(3), expected[3], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(sym.at(jnp.array([2, 5]), jnp.array([2, 1])), expected[[2, 5], [2, 1]],
+                               rtol=1e-12, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------------
+# topk against a dense argsort
+# --------------------------------------------------------------------------------------------------
+def _topk_graph():
+    rng = np.random.default_rng(3)
+    n, e = 150, 500
+    senders, receivers = rng.integers(0, n, e), rng.integers(0, n, e)
+    keep = senders != receivers
+    graph = jgrad.Graph.from_edges(senders[keep], receivers[keep], n)
+    x = jnp.asarray(rng.standard_normal((n, 2)))
+    c = jnp.asarray(rng.standard_normal((n, 2)))
+    model = lambda g, x, c: jnp.sum(jnp.tanh(propagate(g, jnp.tanh(propagate(g, x)))) * c)
+    return graph, x, c, model
+
+
+def _expected_topk(dense, graph, k, among, sign, symmetric):
+    n = dense.shape[0]
+    allowed = np.ones((n, n), bool)
+    existing = np.zeros((n, n), bool)
+    existing[np.asarray(graph.receivers), np.asarray(graph.senders)] = True
+    if symmetric:
+        existing = existing | existing.T
+        allowed &= np.triu(np.ones((n, n), bool))
+    if among == "non_edges":
+        allowed &= ~existing & ~np.eye(n, dtype=bool)
+    elif among == "edges":
+        allowed &= existing
+    scores = np.where(allowed, sign * np.asarray(dense), -np.inf)
+    flat = np.argsort(-scores, axis=None, kind="stable")[:k]
+    return np.sort(flat), np.asarray(dense).reshape(-1)[flat]  # best first
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["directed", "symmetric"])
+@pytest.mark.parametrize("sign", [1, -1], ids=["largest", "most_negative"])
+@pytest.mark.parametrize("among", ["non_edges", "edges", "all"])
+def test_topk_matches_dense_argsort(x64, among, sign, symmetric):
+    graph, x, c, model = _topk_graph()
+    grad = adjacency_grad(model, graph, x, c, symmetric=symmetric)
+    k = 20
+    top = grad.topk(k, among=among, sign=sign, block_size=32)
+    positions, values = _expected_topk(grad.dense(), graph, k, among, sign, symmetric)
+    n = graph.n_nodes
+    np.testing.assert_array_equal(np.sort(np.asarray(top.rows) * n + np.asarray(top.cols)), positions)
+    np.testing.assert_allclose(top.values, values, rtol=1e-12)
+    np.testing.assert_allclose(top.values, grad.at(top.rows, top.cols), rtol=1e-12)
+    assert np.all(np.diff(sign * np.asarray(top.values)) <= 0)  # best first
+
+
+def test_topk_under_jit_matches_eager(x64):
+    graph, x, c, model = _topk_graph()
+    grad = adjacency_grad(model, graph, x, c)
+    eager = grad.topk(7, block_size=64)
+    traced = jax.jit(lambda gr: gr.topk(7, block_size=64))(grad)
+    np.testing.assert_array_equal(eager.rows, traced.rows)
+    np.testing.assert_array_equal(eager.cols, traced.cols)
+    np.testing.assert_allclose(eager.values, traced.values, rtol=1e-12)
+
+
+def test_topk_pads_when_fewer_candidates_than_k(x64):
+    graph = jgrad.Graph.from_edges([0, 1], [1, 2], n_nodes=3)
+    x = jnp.array([[1.0], [2.0], [3.0]])
+    grad = adjacency_grad(lambda g, x: jgrad.ops.spmm(g, x).sum(), graph, x)
+    top = grad.topk(4, among="edges")
+    assert top.rows.tolist()[2:] == [-1, -1] and np.isnan(np.asarray(top.values)[2:]).all()
+    assert sorted(zip(top.rows.tolist()[:2], top.cols.tolist()[:2])) == [(1, 0), (2, 1)]
+
+
+def test_topk_rejects_bad_arguments():
+    graph = jgrad.Graph.from_edges([0], [1], n_nodes=2)
+    grad = adjacency_grad(lambda g: jgrad.ops.spmm(g, jnp.ones((2, 1))).sum(), graph)
+    with pytest.raises(ValueError, match="unknown candidate set 'missing'"):
+        grad.topk(1, among="missing")
+    with pytest.raises(ValueError, match="sign must be"):
+        grad.topk(1, sign=2)
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        grad.topk(0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-linear models
+# --------------------------------------------------------------------------------------------------
+def _gcn_norm_model(g, p):
+    norm = jgrad.ops.gcn_norm(g)
+    h = jax.nn.relu(jgrad.ops.spmm(norm, p["x"] @ p["w1"]))
+    return jnp.sum(jnp.tanh(jgrad.ops.spmm(norm, h @ p["w2"])) * p["c"])
+
+
+def _attention_model(g, p):
+    h = p["x"] @ p["w1"]
+    logits = g.edge_weight * jgrad.ops.gsddmm(g, "dot", h, h, "u", "v")[:, 0]
+    alpha = jgrad.ops.edge_softmax(g, logits)
+    return jnp.sum(jnp.tanh(jgrad.ops.spmm(g, h, alpha) @ p["w2"]) * p["c"])
+
+
+@pytest.mark.parametrize("model", [_gcn_norm_model, _attention_model], ids=["gcn_norm", "attention"])
+def test_non_linear_use_of_the_adjacency_raises(x64, model):
+    graph, params = _random_graph(), _params()
+    with pytest.raises(ValueError, match="uses the adjacency non-linearly.*mode='dense'"):
+        adjacency_grad(model, graph, params)
+
+
+def test_non_linear_use_is_detected_in_float32():
+    graph = _random_graph(dtype=np.float32)
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), _params())
+    with pytest.raises(ValueError, match="max relative error"):
+        adjacency_grad(_gcn_norm_model, graph, params)
+
+
+def test_dense_mode_handles_a_non_linear_model(x64):
+    graph, params = _random_graph(), _params()
+    grad = adjacency_grad(_gcn_norm_model, graph, params, mode="dense")
+    # gcn_norm on the dense adjacency is the same GCN as _gcn_dense
+    expected = jax.grad(_gcn_dense)(graph.to_dense(), params)
+    np.testing.assert_allclose(grad.dense(), expected, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(grad.at(graph.receivers, graph.senders), edge_grad(_gcn_norm_model, graph, params),
+                               rtol=1e-10, atol=1e-13)
+    top = grad.topk(3, among="non_edges")
+    np.testing.assert_allclose(top.values, grad.at(top.rows, top.cols))
+
+
+def test_dense_mode_refuses_large_graphs_unless_forced():
+    graph = jgrad.Graph.from_edges([0], [1], n_nodes=3000)
+    with pytest.raises(ValueError, match="n_nodes=3000, expected at most 2048"):
+        adjacency_grad(lambda g: jgrad.ops.spmm(g, jnp.ones((3000, 1))).sum(), graph, mode="dense")
+
+
+def test_rejects_bad_inputs():
+    graph = jgrad.Graph.from_edges([0], [1], n_nodes=2)
+    with pytest.raises(ValueError, match="fn must return a scalar"):
+        adjacency_grad(lambda g: jgrad.ops.spmm(g, jnp.ones((2, 1))), graph)
+    with pytest.raises(ValueError, match="unknown mode 'sparse'"):
+        adjacency_grad(lambda g: g.in_degree().sum(), graph, mode="sparse")
+    with pytest.raises(ValueError, match="one scalar weight per edge"):
+        adjacency_grad(lambda g: g.in_degree().sum(), graph.with_edge_weight(jnp.ones((1, 2))))
+
+
+def test_taps_inside_lax_scan_raise_a_clear_error():
+    graph = _random_graph(dtype=np.float32)
+    x = jnp.ones((N, 2))
+
+    def model(g, x):
+        z, _ = jax.lax.scan(lambda z, _: (jgrad.ops.spmm(g, z), None), x, None, length=2)
+        return z.sum()
+
+    with pytest.raises(ValueError, match="write propagation loops as Python loops"):
+        adjacency_grad(model, graph, x)
+
+
+def test_works_under_jit(x64):
+    graph, params = _random_graph(), _params()
+
+    @jax.jit
+    def dense_grad(weight):
+        grad = adjacency_grad(_gcn, graph.with_edge_weight(weight), params)
+        return grad.dense(), grad.edge_error
+
+    dense, error = dense_grad(graph.edge_weight)
+    np.testing.assert_allclose(dense, jax.grad(_gcn_dense)(graph.to_dense(), params), rtol=1e-10, atol=1e-13)
+    assert float(error) < 1e-12
+
+
+def test_no_tap_fires_outside_adjacency_grad():
+    graph = _random_graph(dtype=np.float32)
+    x = jnp.ones((N, 2))
+    np.testing.assert_allclose(jgrad.ops.spmm(graph, x), graph.to_dense() @ x, rtol=1e-6)
+    from jgrad.graph._taps import active_recorder
+
+    assert active_recorder() is None
