@@ -116,6 +116,29 @@ def check_edge_weight(where: str, edge_weight: Any, n_edges: int) -> jax.Array:
     return edge_weight
 
 
+def check_graph_indices(where: str, graph: Any) -> None:
+    """Eagerly checks that a graph's (unmasked) indices lie in ``[0, n_nodes)``; skipped on tracers.
+
+    Ops call this because the plain ``Graph(...)`` constructor (and any pytree rebuild) does not
+    validate, and an out-of-range index would otherwise be clamped by gathers and dropped by the
+    segment reductions: a silently wrong result rather than an error.
+    """
+    if graph.n_edges == 0 or not is_concrete(graph.senders, graph.receivers, graph.edge_mask):
+        return
+    live = None if graph.edge_mask is None else np.asarray(graph.edge_mask, bool)
+    problems = []
+    for name in ("senders", "receivers"):
+        index = np.asarray(getattr(graph, name))
+        if live is not None:
+            index = np.where(live, index, 0)
+        problems += _index_problems(name, index, graph.n_nodes)
+    if problems:
+        raise ValueError(
+            f"{where}: the graph has indices out of range: " + " ".join(problems)
+            + " Build graphs with Graph.from_edges, which validates them."
+        )
+
+
 def check_dense_square(where: str, adjacency: Any) -> np.ndarray:
     if isinstance(adjacency, jax.core.Tracer):
         raise TypeError(f"{where}: needs a concrete matrix (the edge count depends on its values); "
@@ -168,13 +191,34 @@ def graph_value_checks(graph: Any) -> None:
         )
 
 
-def checked(fn: Callable[..., Any], *, jit: bool = True) -> Callable[..., Any]:
+def finite_checks(where: str, name: str, value: Any) -> None:
+    """Adds a checkify check that the float array ``value`` is finite, naming its first bad element.
+
+    Use under `checkify` (`checked` calls it on every floating-point argument); integer and boolean
+    arrays are ignored.
+    """
+    if not (hasattr(value, "dtype") and jnp.issubdtype(value.dtype, jnp.inexact)) or value.size == 0:
+        return
+    finite = jnp.isfinite(value).reshape(-1)
+    first_bad = jnp.argmin(finite)
+    checkify.check(
+        jnp.all(finite),
+        f"{where}: {name} is not finite; got {{value}} at flat index {{position}} of shape "
+        f"{tuple(value.shape)}, expected finite values.",
+        value=value.reshape(-1)[first_bad],
+        position=first_bad,
+    )
+
+
+def checked(fn: Callable[..., Any], *, jit: bool = True, finite_inputs: bool = True) -> Callable[..., Any]:
     """Wraps ``fn`` so that bad graphs and non-finite values raise even inside compiled code.
 
     Every `Graph` among the arguments gets its value checks (indices in ``[0, n_nodes)``, finite
-    weights); every floating-point output is checked to be finite, and checkify's NaN checks watch every
-    operation. The wrapped function is compiled with ``jax.jit`` (unless ``jit=False``) and raises
-    ``checkify.JaxRuntimeError`` naming the first problem.
+    weights); with ``finite_inputs`` every other floating-point argument (e.g. node features) is checked
+    to be finite; every floating-point output is checked to be finite, and checkify's NaN checks watch
+    every operation. The wrapped function is compiled with ``jax.jit`` (unless ``jit=False``) and raises
+    ``checkify.JaxRuntimeError`` naming the first problem. Pass ``finite_inputs=False`` when infinite
+    inputs are intended (e.g. ``-inf`` logits that mask entries).
 
     Example:
       >>> import jax.numpy as jnp, jgrad
@@ -187,11 +231,14 @@ def checked(fn: Callable[..., Any], *, jit: bool = True) -> Callable[..., Any]:
     from ._graph import Graph
 
     def validated(*args: Any, **kwargs: Any) -> Any:
-        for leaf in jax.tree.leaves((args, kwargs), is_leaf=lambda x: isinstance(x, Graph)):
+        name = getattr(fn, "__name__", "fn")
+        leaves = jax.tree_util.tree_leaves_with_path((args, kwargs), is_leaf=lambda x: isinstance(x, Graph))
+        for path, leaf in leaves:
             if isinstance(leaf, Graph):
                 graph_value_checks(leaf)
+            elif finite_inputs:
+                finite_checks(name, "argument " + _argument_name(path), leaf)
         out = fn(*args, **kwargs)
-        name = getattr(fn, "__name__", "fn")
         for leaf in jax.tree.leaves(out):
             if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
                 checkify.check(jnp.all(jnp.isfinite(leaf)), f"{name}: an output is not finite.")
@@ -207,3 +254,9 @@ def checked(fn: Callable[..., Any], *, jit: bool = True) -> Callable[..., Any]:
         return out
 
     return wrapper
+
+
+def _argument_name(path: tuple) -> str:
+    """``args[1]`` / ``kwargs['x']`` style name of a leaf of ``(args, kwargs)`` from its tree path."""
+    head, *rest = path
+    return ("args" if head.idx == 0 else "kwargs") + "".join(str(key) for key in rest)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ..graph import Graph
+from ..graph._checks import check_graph_indices
 from . import _gsddmm
 from ._dispatch import in_forward_mode
 from ._messages import align_edge
@@ -56,6 +57,7 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
             f"edge_softmax: logits must have one row per edge; got shape {tuple(logits.shape)}, "
             f"expected ({graph.n_edges}, ...)."
         )
+    check_graph_indices("edge_softmax", graph)
     return _edge_softmax(graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, logits)
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from .._types import check_choice
 from ..graph import Graph
+from ..graph._checks import check_graph_indices
 from ._dispatch import in_forward_mode
 from ._messages import EDGE_OPS, TARGETS, align_edge, edge_binary, sum_to_shape
 
@@ -53,7 +54,8 @@ def gsddmm(
 
     Raises:
       ValueError: unknown op/target, missing operand, wrong leading dimension, shapes that do not
-        broadcast. TypeError: non-float operands.
+        broadcast, and (when the graph is concrete, i.e. outside ``jit``) indices outside
+        ``[0, n_nodes)``. TypeError: non-float operands.
 
     Notes:
       Differentiable w.r.t. lhs and rhs in reverse mode (custom VJP; cotangents of node operands are
@@ -74,6 +76,7 @@ def gsddmm(
     rhs = _check_operand(where, graph, "rhs", rhs, rhs_target, needed=op != "copy_lhs")
     if lhs is not None and rhs is not None:
         _check_pair(where, lhs.shape, rhs.shape)
+    check_graph_indices(where, graph)
     return _gsddmm(op, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, lhs, rhs,
                    lhs_target, rhs_target)
 

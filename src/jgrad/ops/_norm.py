@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from ..graph import Graph
+from ..graph._checks import check_graph_indices
 from ._segment import segment_sum
 
 ArrayLike = jax.typing.ArrayLike
@@ -33,6 +34,7 @@ def _scalar_weights(where: str, graph: Graph, edge_weight) -> jax.Array:
                          f"expected ({graph.n_edges},).")
     if not jnp.issubdtype(weight.dtype, jnp.floating):
         raise TypeError(f"{where}: edge_weight must be a float array; got dtype {weight.dtype}.")
+    check_graph_indices(where, graph)
     return weight
 
 
