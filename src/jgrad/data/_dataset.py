@@ -79,8 +79,8 @@ class NodeDataset:
           The `NodeDataset`, holding numpy arrays.
 
         Raises:
-          ValueError: if a shape disagrees with ``N``, a label is outside ``[0, n_classes)``, or
-            ``n_classes`` is not positive. Every problem found is reported.
+          ValueError: if a shape disagrees with ``N``, a feature is NaN or infinite, a label is outside
+            ``[0, n_classes)``, or ``n_classes`` is not positive. Every problem found is reported.
           TypeError: if labels are not integers or a mask is not boolean.
         """
         n_nodes = int(graph.n_nodes)
@@ -105,6 +105,13 @@ class NodeDataset:
         if features.ndim != 2 or features.shape[0] != n_nodes:
             problems.append(
                 f"{where}: features has the wrong shape; got {features.shape}, expected (N, F) with N={n_nodes}."
+            )
+        elif features.dtype.kind in "fc" and not np.isfinite(features).all():
+            bad = np.argwhere(~np.isfinite(features))
+            row, column = (int(i) for i in bad[0])
+            problems.append(
+                f"{where}: features must be finite; got {len(bad)} non-finite value(s), the first "
+                f"features[{row}, {column}]={features[row, column]}."
             )
         if labels.shape != (n_nodes,):
             problems.append(f"{where}: labels has the wrong shape; got {labels.shape}, expected ({n_nodes},).")
