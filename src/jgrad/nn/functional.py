@@ -107,7 +107,7 @@ def _kernel_in(where: str, kernel: Any) -> int:
 
 def _bias(params: Params, y: jax.Array) -> jax.Array:
     bias = params.get("bias")
-    return y if bias is None else y + bias
+    return y if bias is None else y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
 def _column(v: jax.Array) -> jax.Array:
@@ -441,8 +441,8 @@ def gat_conv(
     if add_self_loops:
         graph = graph.add_self_loops(1.0)
     h = (x @ kernel).reshape(graph.n_nodes, heads, out_features)
-    score_src = jnp.sum(h * att_src, axis=-1)  # (N, H)
-    score_dst = jnp.sum(h * att_dst, axis=-1)
+    score_src = jnp.sum(h * att_src[None], axis=-1)  # (N, H)
+    score_dst = jnp.sum(h * att_dst[None], axis=-1)
     scores = gsddmm(graph, "add", score_src, score_dst, "u", "v")  # (E, H)
     alpha = edge_softmax(graph, jax.nn.leaky_relu(scores, negative_slope))
     if graph.edge_weight is not None:
