@@ -1,0 +1,82 @@
+"""nn.functional directly: options the modules do not expose, the generic message-passing block, dropout,
+and the error messages of every check."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jgrad
+from jgrad.nn import functional as F
+
+GRAPH = jgrad.Graph.from_edges([0, 1, 2, 2], [1, 2, 0, 1], n_nodes=3, edge_weight=[0.5, 2.0, 1.5, 1.0])
+X = jnp.array([[1.0, -1.0], [2.0, 0.5], [-3.0, 4.0]])
+KERNEL = jnp.array([[1.0, 2.0, 0.0], [0.5, -1.0, 1.0]])
+
+
+def test_gcn_conv_without_normalisation_is_a_plus_fill_identity():
+    a = np.asarray(GRAPH.to_dense())
+    run = jax.jit(lambda fill, loops: F.gcn_conv({"kernel": KERNEL}, GRAPH, X, normalize=False,
+                                                 add_self_loops=loops, fill=fill), static_argnums=1)
+    np.testing.assert_allclose(run(2.0, True), (a + 2.0 * np.eye(3)) @ X @ KERNEL, rtol=1e-6)
+    np.testing.assert_allclose(run(2.0, False), a @ X @ KERNEL, rtol=1e-6)
+
+
+def test_gcn_scaling_is_inverse_square_root_of_weighted_degree_plus_fill():
+    np.testing.assert_allclose(F.gcn_scaling(GRAPH, fill=0.5), 1.0 / np.sqrt([1.5 + 0.5, 1.5 + 0.5, 2.0 + 0.5]),
+                               rtol=1e-6)
+    isolated = jgrad.Graph.from_edges([0], [1], n_nodes=3)
+    np.testing.assert_allclose(F.gcn_scaling(isolated, add_self_loops=False), [0.0, 1.0, 0.0])
+
+
+def test_message_passing_sums_user_messages_and_skips_padding_edges():
+    padded = jgrad.pad(GRAPH, n_nodes=4, n_edges=6)
+    x = jnp.concatenate([X, jnp.full((1, 2), 1e3)])
+
+    def message(x_sender, x_receiver, edge_data):
+        return edge_data[:, None] * (x_sender["h"] - x_receiver["h"])
+
+    def update(x, aggregated):
+        return x["h"] + aggregated
+
+    out = jax.jit(lambda g, x: F.message_passing(g, {"h": x}, message, "sum", update))(padded, x)
+    a = np.asarray(GRAPH.to_dense())
+    expected = X + a @ X - a.sum(1, keepdims=True) * X
+    np.testing.assert_allclose(out[:3], expected, rtol=1e-6)
+    np.testing.assert_allclose(out[3], x[3])  # the padding node receives nothing
+
+
+def test_dropout_scales_kept_entries_and_is_identity_without_key():
+    x = jnp.ones((1000,))
+    np.testing.assert_array_equal(F.dropout(x, 0.3, None), x)
+    dropped = F.dropout(x, 0.3, jax.random.key(0))
+    kept = dropped != 0
+    np.testing.assert_allclose(dropped[kept], 1.0 / 0.7, rtol=1e-6)
+    assert 0.6 < float(kept.mean()) < 0.8
+    with pytest.raises(ValueError, match=r"dropout: rate must be in \[0, 1\); got 1\.0"):
+        F.dropout(x, 1.0, jax.random.key(0))
+
+
+def test_functional_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"gcn_conv: a kernel must have shape \(F_in, F_out\); got \(2,\)"):
+        F.gcn_conv({"kernel": jnp.ones(2)}, GRAPH, X)
+    with pytest.raises(ValueError, match=r"gat_conv: att_src and att_dst must both have shape \(H, F_out\) "
+                                         r"with kernel \(F_in, H·F_out\); got att_src \(2, 3\), att_dst \(2, 2\)"):
+        F.gat_conv({"kernel": jnp.ones((2, 6)), "att_src": jnp.ones((2, 3)), "att_dst": jnp.ones((2, 2))},
+                   GRAPH, X)
+    with pytest.raises(ValueError, match=r"gin_conv: params\['mlp'\] must be a non-empty list"):
+        F.gin_conv({"mlp": []}, GRAPH, X)
+    with pytest.raises(ValueError, match="sage_conv: unknown aggregator 'median'"):
+        F.sage_conv({"neighbour_kernel": KERNEL, "root_kernel": KERNEL}, GRAPH, X, aggregator="median")
+    with pytest.raises(ValueError, match="message_passing: unknown aggregate 'prod'"):
+        F.message_passing(GRAPH, X, lambda s, r, e: s, "prod")
+    with pytest.raises(TypeError, match="message_passing: message_fn must be callable; got int"):
+        F.message_passing(GRAPH, X, 3)
+    with pytest.raises(ValueError, match=r"message_passing: x must have one row per node; got shapes \[\(2, 2\)\]"):
+        F.message_passing(GRAPH, X[:2], lambda s, r, e: s)
+    with pytest.raises(ValueError, match=r"message_fn must return one row per edge; got shape \(3, 2\), expected \(4, \.\.\.\)"):
+        F.message_passing(GRAPH, X, lambda s, r, e: s[:3])
+    with pytest.raises(ValueError, match=r"mean_aggregate: x must have one row per node; got 2 rows"):
+        F.mean_aggregate(GRAPH, X[:2])
