@@ -1,0 +1,103 @@
+"""Focused behaviour of edge_softmax: input errors, stability at huge logits, padding, forward mode.
+
+Agreement with a dense masked softmax and with plain autodiff lives in test_common_suite.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jgrad
+from jgrad import Graph
+from jgrad.ops import edge_softmax
+
+N, E, H = 6, 16, 2
+
+
+@pytest.fixture(scope="module")
+def graph():
+    rng = np.random.default_rng(0)
+    return Graph.from_edges(rng.integers(0, N, E), rng.integers(0, N - 1, E), N)  # node 5 receives nothing
+
+
+def _group_sums(graph, values):
+    return jax.ops.segment_sum(values, graph.receivers, graph.n_nodes)
+
+
+def test_non_float_logits_raise_type_error(graph):
+    with pytest.raises(TypeError, match=r"edge_softmax: logits must be a float array; got dtype int32\."):
+        edge_softmax(graph, jnp.ones((E,), jnp.int32))
+
+
+@pytest.mark.parametrize("shape", [(E - 1,), (), (N, H)])
+def test_wrong_leading_dimension_raises(graph, shape):
+    message = f"edge_softmax: logits must have one row per edge; got shape {tuple(shape)}, expected (16, ...)."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        edge_softmax(graph, jnp.ones(shape))
+
+
+@pytest.mark.parametrize("scale", [1e4, -1e4])
+@pytest.mark.parametrize("trailing", [(), (H,)])
+def test_huge_logits_give_finite_values_and_gradients(graph, scale, trailing):
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(scale * (1.0 + rng.uniform(size=(E,) + trailing)), jnp.float32)
+    out = edge_softmax(graph, logits)
+    grad = jax.grad(lambda z: jnp.sum(edge_softmax(graph, z) * jnp.arange(E).reshape((E,) + (1,) * len(trailing))))(
+        logits)
+    assert np.isfinite(out).all() and np.isfinite(grad).all()
+    receiving = np.isin(np.arange(N), np.asarray(graph.receivers))
+    np.testing.assert_allclose(np.asarray(_group_sums(graph, out))[receiving], 1.0, rtol=1e-5)
+    # The gradient of a softmax sums to zero within each receiver's group.
+    np.testing.assert_allclose(_group_sums(graph, grad), 0.0, atol=1e-3)
+    hessian = jax.hessian(lambda z: jnp.sum(edge_softmax(graph, z) ** 2))(logits)
+    assert np.isfinite(hessian).all()
+
+
+def test_is_invariant_to_a_shift_per_receiver(graph, x64):
+    rng = np.random.default_rng(2)
+    logits = jnp.asarray(rng.normal(size=(E, H)))
+    shift = jnp.asarray(rng.normal(size=(N, H)) * 1e3)
+    np.testing.assert_allclose(edge_softmax(graph, logits + shift[graph.receivers]), edge_softmax(graph, logits),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_padding_edges_get_zero_and_take_no_share(graph, x64):
+    padded = jgrad.pad(graph, n_nodes=N + 1, n_edges=E + 4)
+    logits = jnp.concatenate([jnp.linspace(-1.0, 1.0, E), jnp.full((4,), 50.0)])
+    out = edge_softmax(padded, logits)
+    np.testing.assert_allclose(out[:E], edge_softmax(graph, logits[:E]), rtol=1e-12)
+    np.testing.assert_array_equal(out[E:], 0.0)
+    grad = jax.grad(lambda z: jnp.sum(edge_softmax(padded, z) * jnp.arange(E + 4.0)))(logits)
+    np.testing.assert_array_equal(grad[E:], 0.0)
+
+
+def test_residual_is_the_output_only():
+    n, e, h = 8, 4000, 4
+    rng = np.random.default_rng(3)
+    graph = Graph.from_edges(rng.integers(0, n, e), rng.integers(0, n, e), n)
+    _, f_vjp = jax.vjp(lambda z: edge_softmax(graph, z), jnp.asarray(rng.normal(size=(e, h)), jnp.float32))
+    float_leaves = [leaf for leaf in jax.tree.leaves(f_vjp) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    assert [leaf.shape for leaf in float_leaves] == [(e, h)]
+
+
+def _plain(graph, logits):
+    top = jax.ops.segment_max(logits, graph.receivers, graph.n_nodes)
+    exp = jnp.exp(logits - jax.lax.stop_gradient(top)[graph.receivers])
+    return exp / _group_sums(graph, exp)[graph.receivers]
+
+
+def test_forward_mode_and_higher_order_equal_plain_autodiff(graph, x64):
+    logits = jnp.asarray(np.random.default_rng(4).normal(size=(E,)))
+    loss = lambda fn: lambda z: jnp.sum(fn(graph, z) * jnp.linspace(0.0, 1.0, E))  # noqa: E731
+    np.testing.assert_allclose(jax.jacfwd(lambda z: edge_softmax(graph, z))(logits),
+                               jax.jacfwd(lambda z: _plain(graph, z))(logits), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(jax.hessian(loss(edge_softmax))(logits), jax.hessian(loss(_plain))(logits),
+                               rtol=1e-10, atol=1e-13)
+    tangent = jnp.ones_like(logits)
+    got = jax.jit(lambda z, t: jax.jvp(lambda z: edge_softmax(graph, z), (z,), (t,)))(logits, tangent)
+    np.testing.assert_allclose(got[1], jax.jvp(lambda z: _plain(graph, z), (logits,), (tangent,))[1], atol=1e-14)
