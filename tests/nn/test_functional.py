@@ -76,7 +76,8 @@ def test_functional_errors_name_the_argument():
         F.message_passing(GRAPH, X, 3)
     with pytest.raises(ValueError, match=r"message_passing: x must have one row per node; got shapes \[\(2, 2\)\]"):
         F.message_passing(GRAPH, X[:2], lambda s, r, e: s)
-    with pytest.raises(ValueError, match=r"message_fn must return one row per edge; got shape \(3, 2\), expected \(4, \.\.\.\)"):
+    with pytest.raises(ValueError, match=r"message_fn must return one row per edge; got shape \(3, 2\), "
+                                         r"expected \(4, \.\.\.\)"):
         F.message_passing(GRAPH, X, lambda s, r, e: s[:3])
     with pytest.raises(ValueError, match=r"mean_aggregate: x must have one row per node; got 2 rows"):
         F.mean_aggregate(GRAPH, X[:2])

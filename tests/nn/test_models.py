@@ -112,7 +112,8 @@ def test_readout_excludes_padding_nodes():
 
 
 def test_model_constructor_and_input_errors():
-    with pytest.raises(ValueError, match=r"GCN: n_layers must be an int >= 1; got 0\. dropout must be in \[0, 1\); got 1\.0"):
+    with pytest.raises(ValueError, match=r"GCN: n_layers must be an int >= 1; got 0\. "
+                                         r"dropout must be in \[0, 1\); got 1\.0"):
         GCN(4, 8, 3, n_layers=0, dropout=1.0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="GIN: unknown readout 'avg'"):
         GIN(4, 8, 3, readout="avg", rngs=nnx.Rngs(0))

@@ -14,11 +14,12 @@ Conventions shared by every layer:
 - Edge weights: the graph's ``edge_weight`` (shape (E,); ``None`` means every edge weighs 1) enters
   every layer whose maths has room for it, and the output is differentiable w.r.t. it. Aggregation
   follows jgrad's convention: ``A[v, u]`` is the weight of ``u -> v`` and aggregation is ``A @ x``.
-- Propagations that normalise by degrees (GCN, the weighted mean) touch the adjacency only through
-  ``spmm(graph, .)`` with the graph's own weights and the weighted in-degree ``graph.in_degree()``,
-  never through per-edge normalised weights, so adjacency gradients factor through them.
-  GCN, the mean and GIN's sum go through `jgrad.gradients.propagate`, which `jgrad.adjacency_grad`
-  can factor.
+- GCN, the weighted mean (`graph_conv`, ``sage_conv(aggregator="mean")``) and GIN's sum go through
+  `jgrad.gradients.propagate`: they touch the adjacency only through ``spmm(graph, .)`` with the
+  graph's own weights and the weighted in-degree ``graph.in_degree()``, never through per-edge
+  normalised weights, so `jgrad.adjacency_grad` can factor their gradient w.r.t. every entry of A.
+  GAT (weights multiply a softmax) and the max aggregator use the weights non-linearly: edge-weight
+  gradients are exact, but `jgrad.adjacency_grad` does not apply to them.
 - Padding (``graph.edge_mask`` / ``graph.node_mask``): padding edges carry nothing, and padding nodes
   have no edges to real nodes, so real rows never see padding; padding rows hold values of no meaning
   (GCN's implicit self loop still applies to them). Readouts (`readout`) leave padding nodes out.
