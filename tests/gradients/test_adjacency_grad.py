@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -189,6 +191,13 @@ def _topk_graph():
     return graph, x, c, model
 
 
+@functools.lru_cache(maxsize=None)
+def _topk_grad(symmetric):
+    """One float64 gradient per orientation, shared by the topk grid (call under the x64 fixture)."""
+    graph, x, c, model = _topk_graph()
+    return graph, adjacency_grad(model, graph, x, c, symmetric=symmetric)
+
+
 def _expected_topk(dense, graph, k, among, sign, symmetric):
     n = dense.shape[0]
     allowed = np.ones((n, n), bool)
@@ -210,8 +219,7 @@ def _expected_topk(dense, graph, k, among, sign, symmetric):
 @pytest.mark.parametrize("sign", [1, -1], ids=["largest", "most_negative"])
 @pytest.mark.parametrize("among", ["non_edges", "edges", "all"])
 def test_topk_matches_dense_argsort(x64, among, sign, symmetric):
-    graph, x, c, model = _topk_graph()
-    grad = adjacency_grad(model, graph, x, c, symmetric=symmetric)
+    graph, grad = _topk_grad(symmetric)
     k = 20
     top = grad.topk(k, among=among, sign=sign, block_size=32)
     positions, values = _expected_topk(grad.dense(), graph, k, among, sign, symmetric)
