@@ -3,6 +3,7 @@
 Matrix convention: ``A[v, u]`` is the weight of the edge ``u -> v``, so aggregation is ``y = A @ x``.
 """
 
+from . import data as data
 from . import gradients as gradients
 from . import graph as graph
 from . import nn as nn
@@ -19,12 +20,25 @@ from .graph import unbatch as unbatch
 
 __version__ = "0.1.0"
 
+# Heavier subpackages (checkpointing, benchmarks, attacks) load on first attribute access.
+_LAZY_SUBMODULES = ("attacks", "bench", "train")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'jgrad' has no attribute {name!r}")
+
+
 __all__ = [
     "AdjacencyGrad",
     "Graph",
     "adjacency_grad",
     "batch",
     "checked",
+    "data",
     "edge_grad",
     "gradients",
     "graph",
