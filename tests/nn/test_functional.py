@@ -81,3 +81,17 @@ def test_functional_errors_name_the_argument():
         F.message_passing(GRAPH, X, lambda s, r, e: s[:3])
     with pytest.raises(ValueError, match=r"mean_aggregate: x must have one row per node; got 2 rows"):
         F.mean_aggregate(GRAPH, X[:2])
+
+
+def test_gat_conv_attends_to_an_existing_self_loop_once():
+    import jax
+    heads, out = 2, 3
+    keys = jax.random.split(jax.random.key(3), 4)
+    params = {"kernel": jax.random.normal(keys[0], (4, heads * out)),
+              "att_src": jax.random.normal(keys[1], (heads, out)),
+              "att_dst": jax.random.normal(keys[2], (heads, out))}
+    x = jax.random.normal(keys[3], (3, 4))
+    with_loop = jgrad.Graph.from_edges([0, 1, 1, 2], [1, 1, 2, 0], n_nodes=3)
+    without_loop = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
+    np.testing.assert_allclose(jgrad.nn.functional.gat_conv(params, with_loop, x),
+                               jgrad.nn.functional.gat_conv(params, without_loop, x), rtol=1e-5, atol=1e-6)

@@ -31,6 +31,8 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -410,8 +412,8 @@ def gat_conv(
       concat: concatenate the heads (True) or average them (False).
       negative_slope: slope of the LeakyReLU on the scores.
       dropout_rate: dropout on the attention coefficients, applied only when ``key`` is given.
-      add_self_loops: let every node attend to itself, as in the paper (existing self loops are kept,
-        so a node with one attends to itself twice; padding nodes get none).
+      add_self_loops: let every node attend to itself once, as in the paper: existing self loops are
+        masked out and one loop of weight 1 is added per node (padding nodes get none).
       key: PRNG key for attention dropout; ``None`` disables dropout.
 
     Returns:
@@ -439,8 +441,10 @@ def gat_conv(
                          f"kernel (F_in, H·F_out); got att_src {tuple(jnp.shape(att_src))}, att_dst "
                          f"{tuple(jnp.shape(att_dst))}, kernel {tuple(jnp.shape(kernel))}.")
     heads, out_features = jnp.shape(att_src)
-    if add_self_loops:
-        graph = graph.add_self_loops(1.0)
+    if add_self_loops:  # replace any existing loop by one fresh loop per node (masking is jit-safe)
+        not_loop = graph.senders != graph.receivers
+        edge_mask = not_loop if graph.edge_mask is None else graph.edge_mask & not_loop
+        graph = dataclasses.replace(graph, edge_mask=edge_mask).add_self_loops(1.0)
     h = (x @ kernel).reshape(graph.n_nodes, heads, out_features)
     score_src = jnp.sum(h * att_src[None], axis=-1)  # (N, H)
     score_dst = jnp.sum(h * att_dst[None], axis=-1)
