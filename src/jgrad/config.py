@@ -85,6 +85,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 50
     progress: bool = True
+    monitor_penalty: bool = False  # early-stop on val loss + L2 penalty, as the GCN reference code does
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ from ._model import ModelDef as ModelDef
 from ._model import init_params as init_params
 from ._model import split_model as split_model
 from ._optim import decay_mask as decay_mask
+from ._optim import l2_penalty as l2_penalty
 from ._optim import make_optimizer as make_optimizer
 from ._state import TrainState as TrainState
 from ._step import EarlyStopping as EarlyStopping
@@ -52,6 +53,7 @@ __all__ = [
     "format_table",
     "graph_classification_loss",
     "init_params",
+    "l2_penalty",
     "load_dataset",
     "make_epoch_step",
     "make_graph_batches",

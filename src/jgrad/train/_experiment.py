@@ -19,7 +19,7 @@ from ..data import NodeDataset, csbm, karate_club, load_planetoid
 from ._checkpoint import Checkpointer
 from ._fit import FitResult, fit, format_table
 from ._model import init_params
-from ._optim import make_optimizer
+from ._optim import l2_penalty, make_optimizer
 from ._step import EarlyStopping, evaluate
 
 
@@ -94,7 +94,12 @@ def train_and_evaluate(
         checkpoint_every=train.checkpoint_every,
         workdir=workdir,
         progress=train.progress if progress is None else progress,
+        penalty=_penalty(config.optim) if train.monitor_penalty else None,
     )
+
+
+def _penalty(config: OptimConfig):
+    return lambda params: l2_penalty(params, config.weight_decay, config.decay)
 
 
 def evaluate_checkpoint(

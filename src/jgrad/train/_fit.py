@@ -93,6 +93,7 @@ def fit(
     checkpoint_every: int = 50,
     progress: bool = True,
     on_chunk: Callable[[int, TrainState], None] | None = None,
+    penalty: Callable[[Any], jax.Array] | None = None,
 ) -> FitResult:
     """Trains a node classifier full-batch, for several seeds at once, with per-seed early stopping.
 
@@ -119,6 +120,7 @@ def fit(
       checkpoint_every: epochs between checkpoints, a multiple of ``log_every``.
       progress: show a progress bar on stderr.
       on_chunk: called as ``on_chunk(epoch, state)`` after each chunk (and its checkpoint).
+      penalty: added to the validation loss that early stopping judges (see `make_epoch_step`).
 
     Returns:
       A `FitResult`.
@@ -157,7 +159,7 @@ def fit(
             start, state = checkpointer.restore_last(state)
         log.truncate(start)
 
-    batched_step = jax.vmap(make_epoch_step(model_def, optimizer, early_stopping), in_axes=(0, None))
+    batched_step = jax.vmap(make_epoch_step(model_def, optimizer, early_stopping, penalty=penalty), in_axes=(0, None))
 
     def run_chunk(state, data, length):
         return jax.lax.scan(lambda s, _: batched_step(s, data), state, None, length=length)

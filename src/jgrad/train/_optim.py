@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 DECAY_PRESETS = ("all", "first_layer", "none")
@@ -96,3 +97,14 @@ def make_optimizer(
         optax.masked(optax.add_decayed_weights(weight_decay), lambda params: decay_mask(params, decay)),
         adam,
     )
+
+
+def l2_penalty(params: Any, weight_decay: float, decay: str = "all") -> jax.Array:
+    """The penalty ``weight_decay / 2 * sum(w**2)`` over the weights `decay_mask` selects, a scalar.
+
+    Its gradient is what `make_optimizer` adds. Useful to monitor the same objective the reference GCN
+    code early-stops on (its validation "loss" includes this term).
+    """
+    mask = decay_mask(params, decay)
+    squares = [jnp.sum(jnp.square(leaf)) for leaf, on in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if on]
+    return 0.5 * weight_decay * sum(squares, jnp.zeros((), jnp.float32))

@@ -65,7 +65,7 @@ class TrainState:
             opt_state=optimizer.init(params),
             step=jnp.zeros((), jnp.int32),
             key=key,
-            best_params=params,
+            best_params=jax.tree.map(jnp.copy, params),  # distinct buffers, so the state can be donated
             best_val_loss=jnp.full((), jnp.inf, jnp.float32),
             best_val_acc=jnp.full((), -jnp.inf, jnp.float32),
             best_epoch=jnp.zeros((), jnp.int32),

@@ -194,8 +194,12 @@ def make_epoch_step(
     early_stopping: EarlyStopping,
     *,
     loss_fn: LossFn = node_classification_loss,
+    penalty: Callable[[Params], jax.Array] | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
     """One full-batch epoch: `make_train_step`, then `evaluate`, then ``early_stopping.update``.
+
+    With ``penalty`` (e.g. `l2_penalty`), early stopping judges ``val_loss + penalty(params)``, as the
+    reference GCN code does; the reported ``val_loss`` stays the plain cross-entropy.
 
     Returns ``epoch_step(state, dataset) -> (state, metrics)``, pure. A state that has already stopped
     comes back unchanged (parameters, optimizer state, step and key all frozen), so vmapping over seeds
@@ -208,7 +212,8 @@ def make_epoch_step(
     def epoch_step(state: TrainState, dataset: Any) -> tuple[TrainState, Metrics]:
         new_state, step_metrics = train_step(state, dataset)
         metrics = evaluate(model_def, new_state.params, dataset)
-        new_state = early_stopping.update(new_state, metrics["val_loss"], metrics["val_acc"])
+        monitored = metrics["val_loss"] if penalty is None else metrics["val_loss"] + penalty(new_state.params)
+        new_state = early_stopping.update(new_state, monitored, metrics["val_acc"])
         new_state = jax.tree.map(lambda old, new: jnp.where(state.stopped, old, new), state, new_state)
         return new_state, {**step_metrics, **metrics, "stopped": new_state.stopped}
 
