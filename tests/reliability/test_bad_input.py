@@ -11,6 +11,8 @@ they must give.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import pickle
 import shutil
 from collections.abc import Callable
@@ -350,13 +352,56 @@ CASES: list[Case] = [
 ]
 
 
+class CommandFailed(Exception):
+    """A CLI command exited non-zero; the message is what it printed to stderr."""
+
+
+def _cli(env, *argv: str, config: str | None = None):
+    """Runs ``jgrad ARGV`` in-process (``CONFIG`` in argv is replaced by a file holding ``config``)."""
+    from jgrad.cli import main
+
+    if config is not None:
+        path = env.tmp_path / "config.yaml"
+        path.write_text(config)
+        argv = tuple(str(path) if arg == "CONFIG" else arg for arg in argv)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = main(list(argv))
+    if status != 0:
+        raise CommandFailed(f"exit status {status}: {stderr.getvalue().strip()}")
+    return status
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+_KARATE = "name: x\ndata:\n  name: karate\nmodel:\n  name: gcn\n"
+CLI = CommandFailed
+CASES += [
+    Case("cli-train/unknown-key", lambda env: _cli(env, "train", "CONFIG", config=_KARATE + "  hiden: 16\n"), CLI,
+         r"exit status 2: jgrad train: config: unknown key 'model.hiden'; valid keys in model: name, hidden"),
+    Case("cli-train/unknown-section", lambda env: _cli(env, "train", "CONFIG", config=_KARATE + "trian:\n  epochs: 1\n"),
+         CLI, r"exit status 2: .*unknown key 'trian'"),
+    Case("cli-train/wrong-type", lambda env: _cli(env, "train", "CONFIG", "--set", "model.hidden=abc", config=_KARATE),
+         CLI, r"exit status 2: .*model.hidden must be int; got 'abc'"),
+    Case("cli-train/unknown-override", lambda env: _cli(env, "train", "CONFIG", "--set", "optim.lr=1", config=_KARATE),
+         CLI, r"exit status 2: .*unknown key 'optim.lr'"),
+    Case("cli-train/missing-config", lambda env: _cli(env, "train", str(env.tmp_path / "none.yaml")), CLI,
+         r"exit status 2: jgrad train: config: no config file at"),
+    Case("cli-train/missing-dataset-files", lambda env: _cli(env, "train", str(CONFIGS / "gcn_cora_tiny.yaml"), "--data-dir",
+                                                             str(env.tmp_path)), CLI,
+         r"exit status 2: jgrad train: load_planetoid: ind.cora.x not found"),
+    Case("cli-eval/no-checkpoint", lambda env: _cli(env, "eval", str(CONFIGS / "gcn_karate_tiny.yaml"), "--workdir",
+                                                    str(env.tmp_path)), CLI,
+         r"exit status 2: jgrad eval: eval: no checkpoint in"),
+]
+
+
 def _without_env(fn):
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("JGRAD_DATA", raising=False)
         return fn()
 
 
-MIN_CASES = 128
+MIN_CASES = 135
 
 
 def test_the_bad_input_table_is_large():
