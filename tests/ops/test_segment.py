@@ -405,3 +405,13 @@ def test_segment_std_rejects_bad_ddof_and_eps():
         segment_std(*args, ddof=0.5)
     with pytest.raises(ValueError, match=r"segment_std: eps is negative or NaN; got -0.1"):
         segment_std(*args, eps=-0.1)
+
+
+def test_segment_max_with_three_ties_returns_the_exact_maximum_and_splits_the_gradient():
+    value = np.float32(0.1) * np.float32(3.0)  # a value whose thirds do not sum back exactly
+    data = jnp.full((3,), value, jnp.float32)
+    ids = jnp.zeros((3,), jnp.int32)
+    out = segment_max(data, ids, 1)
+    assert out[0] == value
+    grad = jax.grad(lambda d: segment_max(d, ids, 1)[0])(data)
+    np.testing.assert_allclose(grad, np.full(3, 1 / 3), rtol=1e-6)

@@ -556,7 +556,11 @@ def _extremum(
         selected = hit & (position == _gather(first, routed))
         weight = selected.astype(data.dtype)
     contribution = jnp.where(selected, data, 0) * lax.stop_gradient(weight)
-    return _sum(contribution, routed, num_segments, sorted_hint)
+    linear = _sum(contribution, routed, num_segments, sorted_hint)
+    # The value is the exact extremum (a tie-weighted sum can be one rounding off it); the linear term
+    # contributes zero to the value and carries the gradient (double where keeps inf data finite).
+    carrier = jnp.where(jnp.isfinite(linear), linear - lax.stop_gradient(linear), 0)
+    return extremum.astype(linear.dtype) + carrier
 
 
 def _shift_by_max(
