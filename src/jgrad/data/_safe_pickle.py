@@ -2,7 +2,8 @@
 
 Unpickling can call any importable function, so loading a pickle from the internet with `pickle.load` runs
 whatever code its author chose. `load_restricted` instead resolves globals through a fixed allowlist: numpy
-array reconstruction, scipy's CSR/CSC matrix classes and a few builtin containers. Any other global (a
+array reconstruction, scipy's CSR/CSC matrix classes, a few builtin containers, and ``_codecs.encode``
+restricted to latin-1 (how Python 3 writes numpy buffers at pickle protocol 2). Any other global (a
 function such as ``os.system``, a class from an unrelated module) raises `ForbiddenGlobalError` before
 anything is called.
 
@@ -70,6 +71,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         candidates = ALLOWED_GLOBALS.get((module, name))
         if candidates is None:
             raise ForbiddenGlobalError(
@@ -84,6 +87,19 @@ class RestrictedUnpickler(pickle.Unpickler):
             f"refusing to load a persistent id from {self._source}: only numpy/scipy array types and builtin "
             "containers are allowed."
         )
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """Protocol-2 pickles of numpy buffers written by Python 3 call ``_codecs.encode(text, "latin1")``.
+
+    Only that one codec is admitted: any other encoding (some codecs decompress or transform data)
+    is refused.
+    """
+    if encoding.replace("-", "").replace("_", "").lower() not in ("latin1", "iso88591"):
+        raise ForbiddenGlobalError(f"refusing _codecs.encode with encoding {encoding!r}: only latin1 is allowed.")
+    if not isinstance(text, str):
+        raise ForbiddenGlobalError("refusing _codecs.encode of a non-string argument.")
+    return text.encode("latin1")
 
 
 def _resolve(candidates: tuple[tuple[str, str], ...], requested: str, source: str) -> Any:
