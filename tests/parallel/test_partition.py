@@ -1,0 +1,106 @@
+"""partition_edges, ShardedGraph layout helpers, meshes and the checks of the parallel API (one device)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jgrad
+from jgrad.parallel import (
+    make_data_mesh,
+    make_mesh,
+    partition_edges,
+    shard_batch,
+    sharded_edge_softmax,
+    sharded_gspmm,
+    sharded_spmm,
+    stack_graphs,
+)
+
+
+def _graph(n=9, e=23, seed=0):
+    rng = np.random.default_rng(seed)
+    return jgrad.Graph.from_edges(rng.integers(0, n, e), rng.integers(0, n, e), n,
+                                  edge_weight=rng.uniform(0.5, 1.5, e).astype(np.float32))
+
+
+@pytest.mark.parametrize("n_shards", [1, 2, 4, 7, 30])
+def test_partition_balances_edges_and_pads_with_masked_slots(n_shards):
+    graph = _graph()
+    sg = partition_edges(graph, n_shards)
+    counts = sg.edges_per_shard()
+    assert sg.senders.shape == (n_shards, -(-23 // n_shards))
+    assert counts.sum() == 23 and counts.max() - counts.min() <= 1
+    mask = np.asarray(sg.edge_mask)
+    assert np.all(np.asarray(sg.edge_weight)[~mask] == 0)
+    # Every real edge appears exactly once, with its weight.
+    ids = np.asarray(sg.edge_id)[mask]
+    assert sorted(ids.tolist()) == list(range(23))
+    np.testing.assert_array_equal(np.asarray(sg.senders)[mask], np.asarray(graph.senders)[ids])
+    np.testing.assert_array_equal(np.asarray(sg.edge_weight)[mask], np.asarray(graph.edge_weight)[ids])
+
+
+def test_shard_and_unshard_edge_data_are_inverse_and_differentiable():
+    graph = _graph()
+    sg = partition_edges(graph, 4)
+    data = jnp.arange(23.0 * 2).reshape(23, 2)
+    np.testing.assert_array_equal(sg.unshard_edge_data(sg.shard_edge_data(data)), data)
+    grad = jax.grad(lambda d: jnp.sum(sg.shard_edge_data(d) ** 2))(data)
+    np.testing.assert_allclose(grad, 2 * data)
+
+
+def test_partition_drops_padding_edges_and_handles_zero_edges():
+    padded = jgrad.pad(_graph(), n_nodes=12, n_edges=40)
+    sg = partition_edges(padded, 3)
+    assert sg.n_edges == 23 and sg.edges_per_shard().sum() == 23
+    empty = partition_edges(jgrad.Graph.from_edges(np.zeros(0, int), np.zeros(0, int), 3), 2)
+    assert empty.senders.shape == (2, 1) and not np.asarray(empty.edge_mask).any()
+    out = sharded_spmm(make_mesh(1), partition_edges(jgrad.Graph.from_edges([], [], 3), 1), jnp.ones((3, 2)))
+    np.testing.assert_array_equal(out, np.zeros((3, 2)))
+
+
+def test_one_shard_matches_the_plain_ops():
+    graph = _graph()
+    mesh = make_mesh(1)
+    sg = partition_edges(graph, 1).put(mesh)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(9, 3)).astype(np.float32))
+    np.testing.assert_allclose(sharded_spmm(mesh, sg, x), jgrad.ops.spmm(graph, x), rtol=1e-6)
+    for reduce in ("mean", "max", "min"):
+        np.testing.assert_allclose(sharded_gspmm(mesh, sg, "copy_u", reduce, x),
+                                   jgrad.ops.gspmm(graph, "copy_u", reduce, x), rtol=1e-6)
+    logits = jnp.linspace(-3.0, 3.0, 23)
+    np.testing.assert_allclose(sg.unshard_edge_data(sharded_edge_softmax(mesh, sg, sg.shard_edge_data(logits))),
+                               jgrad.ops.edge_softmax(graph, logits), rtol=1e-6)
+
+
+def test_errors_name_the_problem():
+    graph = _graph()
+    mesh = make_mesh(1)
+    with pytest.raises(ValueError, match=r"partition_edges: n_shards must be a positive int; got 0"):
+        partition_edges(graph, 0)
+    with pytest.raises(ValueError, match=r"the graph has 2 edge shards but the mesh's 'edges' axis has 1 devices"):
+        sharded_spmm(mesh, partition_edges(graph, 2), jnp.ones((9, 1)))
+    sg = partition_edges(graph, 1)
+    with pytest.raises(ValueError, match=r"sharded_gspmm: e must have the shard layout; got shape \(23,\)"):
+        sharded_gspmm(mesh, sg, "u_mul_e", "sum", jnp.ones((9, 1)), jnp.ones(23))
+    with pytest.raises(ValueError, match=r"u must have one row per node; got shape \(8, 1\)"):
+        sharded_gspmm(mesh, sg, "copy_u", "sum", jnp.ones((8, 1)))
+    with pytest.raises(ValueError, match=r"unknown reducer 'avg'"):
+        sharded_gspmm(mesh, sg, "copy_u", "avg", jnp.ones((9, 1)))
+    with pytest.raises(TypeError, match=r"u must be a float array; got dtype int32"):
+        sharded_gspmm(mesh, sg, "copy_u", "sum", jnp.ones((9, 1), jnp.int32))
+    with pytest.raises(ValueError, match=r"make_mesh: needs n_edge_shards \* n_feature_shards = 64 devices"):
+        make_mesh(64)
+    with pytest.raises(ValueError, match=r"shard_batch: every leaf needs the same leading batch size"):
+        shard_batch({"a": jnp.ones((3,)), "b": jnp.ones((2,))}, make_data_mesh(1))
+
+
+def test_stack_graphs_pads_to_common_sizes():
+    graphs = [jgrad.Graph.from_edges([0], [1], 2), jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], 3)]
+    stacked = stack_graphs(graphs)
+    assert stacked.senders.shape == (2, 3) and stacked.node_mask.shape == (2, 4)
+    assert np.asarray(stacked.edge_mask).sum(axis=1).tolist() == [1, 3]
+    out = jax.vmap(lambda g: jgrad.ops.spmm(g, jnp.ones((4, 1))))(stacked)
+    assert out[:, :, 0].tolist() == [[0, 1, 0, 0], [1, 1, 1, 0]]
