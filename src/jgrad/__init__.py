@@ -3,6 +3,7 @@
 Matrix convention: ``A[v, u]`` is the weight of the edge ``u -> v``, so aggregation is ``y = A @ x``.
 """
 
+from . import attacks as attacks
 from . import data as data
 from . import gradients as gradients
 from . import graph as graph
@@ -36,6 +37,7 @@ __all__ = [
     "AdjacencyGrad",
     "Graph",
     "adjacency_grad",
+    "attacks",
     "batch",
     "checked",
     "data",

@@ -1,0 +1,212 @@
+"""Meta-gradients through a training run: Metattack's "Meta-Self" attack (Zügner & Günnemann, 2019).
+
+The attacker trains a linearised two-layer GCN surrogate ``logits = Â² X W1 W2`` for T steps of SGD with
+momentum from a fixed initialisation, and differentiates the loss after training, cross-entropy on the
+unlabelled nodes against self-training labels, w.r.t. the adjacency *through the whole training run*
+(a `jax.lax.scan`, each step under `jax.checkpoint`, the inner gradient taken by `jax.grad`: reverse
+mode of order two).
+
+Why the all-pairs meta-gradient stays factored. The surrogate is linear in its input, so the adjacency
+enters the training run only through ``Â²`` applied to fixed matrices, and it can be applied *outside*
+the scan. With ``Â`` symmetric (an undirected graph)::
+
+    training data   (Â² X)[train] = (Â² E_train)^T X       E_train: (N, n_train) indicator columns
+    final logits    Â² (X W1_T W2_T)                      (N, C)
+
+so the loss is a function of four `propagate` calls, two on the ``n_train`` indicator columns and two on
+the C final logits, and nothing inside the scan touches ``A``. `jgrad.adjacency_grad` then returns the
+exact meta-gradient as factors of rank ``2 n_train + 2 C`` plus degree terms (doubled by `symmetric`),
+never an N x N array. When the features are narrower than the training set (F < n_train, e.g. a CSBM),
+``Â² X`` itself is propagated instead (rank ``2 F``), see `MetaConfig.form`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._types import check_choice
+from ..gradients import AdjacencyGrad, adjacency_grad, propagate
+from ..graph import Graph
+from ._features import Features, SparseFeatures, features_matmul, features_rmatmul, n_features
+from ._flips import GreedyResult, greedy_flips
+from ._models import SURROGATE, GCNConfig, gcn_logits, init_gcn, masked_cross_entropy, train_gcn
+
+FORMS = ("auto", "train", "features")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """The inner training run of the meta-gradient (static).
+
+    Attributes:
+      hidden: hidden width H of the linearised surrogate.
+      steps: inner training steps T.
+      learning_rate: SGD step size.
+      momentum: heavy-ball momentum, ``v <- momentum v + g;  W <- W - learning_rate v``.
+      checkpoint: recompute each inner step in the backward pass (`jax.checkpoint`) instead of storing
+        its intermediates; memory O(T·F·H) for the carried weights only.
+      form: how ``Â²`` is hoisted out of the scan: ``"train"`` propagates the train indicator columns
+        (rank ~ 2 n_train), ``"features"`` propagates X (rank ~ 2 F), ``"auto"`` picks the narrower.
+    """
+
+    hidden: int = 16
+    steps: int = 100
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    checkpoint: bool = True
+    form: Literal["auto", "train", "features"] = "auto"
+
+
+def inner_train(params: dict[str, jax.Array], data: jax.Array, labels: jax.Array,
+                config: MetaConfig = MetaConfig()) -> dict[str, jax.Array]:
+    """T steps of SGD with momentum on ``mean CE(data @ W1 @ W2, labels)``; returns the final weights.
+
+    Args:
+      params: ``{"w1": (F, H), "w2": (H, C)}`` initial weights.
+      data: (n_train, F) propagated features of the training nodes, ``(Â² X)[train]``.
+      labels: (n_train,) int labels.
+      config: `MetaConfig`.
+
+    Differentiable w.r.t. ``params`` and ``data`` to any order (a `jax.lax.scan`; with
+    ``config.checkpoint`` each step is rematerialised in the backward pass).
+    """
+
+    def loss(p):
+        logits = data @ p["w1"] @ p["w2"]
+        return masked_cross_entropy(logits, labels, jnp.ones(labels.shape, bool))
+
+    def step(carry, _):
+        p, v = carry
+        g = jax.grad(loss)(p)
+        v = jax.tree.map(lambda v_, g_: config.momentum * v_ + g_, v, g)
+        p = jax.tree.map(lambda p_, v_: p_ - config.learning_rate * v_, p, v)
+        return (p, v), None
+
+    body = jax.checkpoint(step) if config.checkpoint else step
+    velocity = jax.tree.map(jnp.zeros_like, params)
+    (params, _), _ = jax.lax.scan(body, (params, velocity), None, length=config.steps)
+    return params
+
+
+def resolve_form(config: MetaConfig, n_train: int, n_feature: int) -> str:
+    """The hoisting form `MetaConfig.form` resolves to for these sizes."""
+    check_choice("MetaConfig", "form", config.form, FORMS)
+    if config.form != "auto":
+        return config.form
+    return "features" if n_feature <= n_train else "train"
+
+
+def meta_self_loss(
+    graph: Graph,
+    x: Features,
+    train_index: jax.Array,
+    train_labels: jax.Array,
+    unlabeled_mask: jax.Array,
+    pseudo_labels: jax.Array,
+    params: dict[str, jax.Array],
+    config: MetaConfig = MetaConfig(),
+) -> jax.Array:
+    """The Meta-Self attacker loss of a graph: train the surrogate on it, then score the unlabelled nodes.
+
+    ``L(A) = mean_{v unlabelled} CE(Â² X W1_T W2_T [v], pseudo_labels[v])`` where ``(W1_T, W2_T)`` are the
+    weights after `inner_train` on ``(Â² X)[train_index]`` from ``params``, and ``Â = D^-1/2 (A + I) D^-1/2``.
+
+    Args:
+      graph: an undirected graph (both directions of each edge, equal weights); the weights may be traced.
+      x: (N, F) features, dense or `SparseFeatures`.
+      train_index: (n_train,) int indices of the labelled training nodes.
+      train_labels: (n_train,) their labels.
+      unlabeled_mask: (N,) bool, the nodes the attacker scores.
+      pseudo_labels: (N,) int self-training labels.
+      params: initial surrogate weights ``{"w1": (F, H), "w2": (H, C)}``.
+      config: `MetaConfig`.
+
+    Returns:
+      The scalar loss. Every use of the adjacency is a `propagate` outside the inner scan, so
+      ``jgrad.adjacency_grad(meta_self_loss, graph, ...)`` is the exact factored meta-gradient.
+    """
+    dtype = params["w1"].dtype
+    n_train = int(train_index.shape[0])
+    if resolve_form(config, n_train, n_features(x)) == "features":
+        dense = x.todense() if isinstance(x, SparseFeatures) else jnp.asarray(x)
+        propagated = propagate(graph, propagate(graph, dense.astype(dtype)))  # Â² X, (N, F)
+        trained = inner_train(params, propagated[train_index], train_labels, config)
+        logits = propagated @ (trained["w1"] @ trained["w2"])
+    else:
+        indicator = (jnp.arange(graph.n_nodes)[:, None] == train_index[None, :]).astype(dtype)
+        columns = propagate(graph, propagate(graph, indicator))  # Â² E_train, (N, n_train)
+        data = features_rmatmul(x, columns).T  # (Â² X)[train] because Â is symmetric
+        trained = inner_train(params, data, train_labels, config)
+        logits = propagate(graph, propagate(graph, features_matmul(x, trained["w1"] @ trained["w2"])))
+    return masked_cross_entropy(logits, pseudo_labels, unlabeled_mask)
+
+
+def self_training_labels(graph: Graph, x: Features, labels: jax.Array, train_mask: jax.Array,
+                         val_mask: jax.Array, *, key: jax.Array, n_classes: int,
+                         config: GCNConfig = SURROGATE) -> jax.Array:
+    """Labels for the Meta-Self loss: a linearised GCN trained on the clean graph predicts every node,
+    and the training nodes keep their true labels. Shape (N,), int32."""
+    params = train_gcn(graph, x, labels, train_mask, val_mask, key=key, n_classes=n_classes, config=config)
+    predicted = jnp.argmax(gcn_logits(params, graph, x, config), axis=-1)
+    return jnp.where(train_mask, labels, predicted).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaProblem:
+    """Everything `meta_gradient` needs besides the graph: features, labels and the fixed initialisation."""
+
+    x: Any
+    train_index: jax.Array
+    train_labels: jax.Array
+    unlabeled_mask: jax.Array
+    pseudo_labels: jax.Array
+    params: dict[str, jax.Array]
+    config: MetaConfig = MetaConfig()
+
+    @classmethod
+    def create(cls, graph: Graph, x: Features, labels: Any, train_mask: Any, val_mask: Any, *,
+               key: jax.Array, n_classes: int, config: MetaConfig = MetaConfig(),
+               dtype: Any = jnp.float32) -> MetaProblem:
+        """Trains the self-training surrogate on the clean graph and draws the fixed inner initialisation."""
+        label_key, init_key = jax.random.split(key)
+        labels, train_mask = jnp.asarray(labels), jnp.asarray(train_mask)
+        pseudo = self_training_labels(graph, x, labels, train_mask, jnp.asarray(val_mask), key=label_key,
+                                      n_classes=n_classes)
+        train_index = jnp.asarray(np.flatnonzero(np.asarray(train_mask)), jnp.int32)
+        width = GCNConfig(hidden=config.hidden, relu=False, bias=False, dropout=0.0)
+        params = init_gcn(init_key, n_features(x), n_classes, width, dtype)
+        return cls(x, train_index, labels[train_index], ~train_mask, pseudo, params, config)
+
+    def loss(self, graph: Graph) -> jax.Array:
+        """`meta_self_loss` of ``graph``."""
+        return meta_self_loss(graph, self.x, self.train_index, self.train_labels, self.unlabeled_mask,
+                              self.pseudo_labels, self.params, self.config)
+
+
+def meta_gradient(problem: MetaProblem, graph: Graph, *, mode: Literal["factored", "dense"] = "factored",
+                  check: bool = True) -> AdjacencyGrad:
+    """The symmetric meta-gradient ``dL/dA`` of the Meta-Self loss for every unordered pair, as factors.
+
+    Exactly the gradient of the attacker loss after T inner training steps, w.r.t. the undirected
+    adjacency (`AdjacencyGrad.symmetric`); ``mode="dense"`` runs the same computation on the complete
+    graph (small graphs only, for checking). Jit the call, not the loss.
+    """
+    return adjacency_grad(lambda g: problem.loss(g), graph, symmetric=True, mode=mode, check=check)
+
+
+def metattack(problem: MetaProblem, graph: Graph, budget: int, *, flips_per_step: int = 1,
+              log: Callable[[str], None] | None = None) -> GreedyResult:
+    """Metattack (Meta-Self): greedy flips by the meta-gradient score ``dL/da (1 - 2a)``, recomputed each step.
+
+    No self loops, no pair flipped twice, no singleton created (`FlipSet`). ``flips_per_step`` > 1 takes
+    several of the best-scoring flips per meta-gradient (the original takes one).
+    """
+    dtype = problem.params["w1"].dtype
+    return greedy_flips(lambda g: meta_gradient(problem, g, check=False), graph, budget,
+                        flips_per_step=flips_per_step, dtype=dtype, log=log)

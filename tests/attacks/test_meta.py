@@ -1,0 +1,128 @@
+"""The factored meta-gradient equals the gradient of a dense-adjacency implementation of the same inner loop."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jgrad import attacks
+from jgrad.data import csbm
+
+
+def _dense_meta_loss(adjacency, problem, x):
+    """The Meta-Self loss written naively: dense Â, the full forward pass inside every training step."""
+    config = problem.config
+    a_hat = adjacency + jnp.eye(adjacency.shape[0], dtype=adjacency.dtype)
+    scale = a_hat.sum(axis=1) ** -0.5
+    s = scale[:, None] * a_hat * scale[None, :]
+    train = jnp.zeros(adjacency.shape[0], bool).at[problem.train_index].set(True)
+    labels = jnp.zeros(adjacency.shape[0], jnp.int32).at[problem.train_index].set(problem.train_labels)
+
+    def logits(p):
+        return s @ (s @ (x @ p["w1"])) @ p["w2"]
+
+    def step(carry, _):
+        p, v = carry
+        g = jax.grad(lambda q: attacks.masked_cross_entropy(logits(q), labels, train))(p)
+        v = jax.tree.map(lambda v_, g_: config.momentum * v_ + g_, v, g)
+        return (jax.tree.map(lambda p_, v_: p_ - config.learning_rate * v_, p, v), v), None
+
+    velocity = jax.tree.map(jnp.zeros_like, problem.params)
+    (p, _), _ = jax.lax.scan(step, (problem.params, velocity), None, length=config.steps)
+    return attacks.masked_cross_entropy(logits(p), problem.pseudo_labels, problem.unlabeled_mask)
+
+
+def _small_problem(form, n_nodes=24, feature_dim=6):
+    """A CSBM graph and a Meta-Self problem on it; the true labels stand in for the self-training labels."""
+    data = csbm(n_nodes, 3, avg_degree=4.0, feature_dim=feature_dim, train_fraction=0.3, val_fraction=0.2, seed=1)
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    x = jnp.asarray(data.features, dtype)
+    config = attacks.MetaConfig(hidden=4, steps=15, form=form)
+    train_index = jnp.asarray(np.flatnonzero(data.train_mask), jnp.int32)
+    labels = jnp.asarray(data.labels)
+    params = attacks.init_gcn(jax.random.key(3), feature_dim, 3, attacks.GCNConfig(hidden=4, bias=False), dtype)
+    problem = attacks.MetaProblem(x, train_index, labels[train_index], ~jnp.asarray(data.train_mask), labels,
+                                  params, config)
+    return data, x, problem
+
+
+@pytest.mark.parametrize("form", ["train", "features"])
+def test_meta_gradient_matches_dense_inner_loop_in_float64(x64, form):
+    data, x, problem = _small_problem(form)
+    flip_set = attacks.FlipSet(data.graph, 4, jnp.float64)
+    i, j = flip_set.pairs[0]
+    flip_set.flip(int(i), int(j))  # a removed edge (weight 0) and an added one (a filled padding slot)
+    flip_set.flip(*next((u, v) for u in range(24) for v in range(u + 1, 24) if not flip_set.is_edge(u, v)))
+    graph = flip_set.graph()
+    factored = attacks.meta_gradient(problem, graph)  # also checked against edge_grad at existing edges
+    adjacency = graph.to_dense().astype(jnp.float64)
+    dense = jax.grad(_dense_meta_loss)(adjacency, problem, x)
+    expected = dense + dense.T - jnp.diag(jnp.diag(dense))  # d/da_ij with A[i, j] = A[j, i] = a_ij
+    np.testing.assert_allclose(factored.dense(), expected, rtol=1e-9, atol=1e-12)
+    assert float(jnp.max(jnp.abs(expected))) > 1e-4
+
+
+def test_meta_gradient_factored_agrees_with_dense_mode(x64):
+    data, _, problem = _small_problem("auto")
+    factored = attacks.meta_gradient(problem, data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64)))
+    dense = attacks.meta_gradient(problem, data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64)),
+                                  mode="dense")
+    np.testing.assert_allclose(factored.dense(), dense.dense(), rtol=1e-9, atol=1e-12)
+
+
+def test_meta_gradient_rank_is_independent_of_inner_steps():
+    data, _, problem = _small_problem("train")
+
+    def rank(steps):
+        longer = dataclasses.replace(problem, config=attacks.MetaConfig(hidden=4, steps=steps, form="train"))
+        shape = jax.eval_shape(lambda g: attacks.meta_gradient(longer, g, check=False), data.graph).left.shape
+        return shape[1]
+
+    n_train = int(problem.train_index.shape[0])
+    assert rank(10) == rank(1000) == 2 * (2 * n_train + 2 * 3 + 4)  # symmetric: two spmm per propagate pair
+
+
+def test_inner_train_is_sgd_with_momentum():
+    key = jax.random.key(0)
+    data = jax.random.normal(key, (5, 3))
+    labels = jnp.array([0, 1, 0, 1, 1])
+    params = {"w1": jax.random.normal(jax.random.key(1), (3, 2)), "w2": jax.random.normal(jax.random.key(2), (2, 2))}
+    config = attacks.MetaConfig(steps=3, learning_rate=0.1, momentum=0.9)
+    p, v = params, jax.tree.map(jnp.zeros_like, params)
+    for _ in range(3):
+        g = jax.grad(lambda q: attacks.masked_cross_entropy(data @ q["w1"] @ q["w2"], labels, jnp.ones(5, bool)))(p)
+        v = jax.tree.map(lambda a, b: 0.9 * a + b, v, g)
+        p = jax.tree.map(lambda a, b: a - 0.1 * b, p, v)
+    out = attacks.inner_train(params, data, labels, config)
+    for name in ("w1", "w2"):
+        np.testing.assert_allclose(out[name], p[name], rtol=1e-5, atol=1e-6)
+
+
+def test_metattack_flips_the_budget_without_singletons_or_self_loops():
+    data, x, problem = _small_problem("auto")
+    result = attacks.metattack(problem, data.graph, 6, flips_per_step=2)
+    assert result.flips.shape == (6, 2) and result.steps == 3
+    assert np.all(result.flips[:, 0] < result.flips[:, 1])
+    assert len({tuple(f) for f in result.flips.tolist()}) == 6
+    perturbed = attacks.perturbed_graph(data.graph, result.flips)
+    degree = np.bincount(np.asarray(perturbed.receivers), minlength=data.graph.n_nodes)
+    clean = np.bincount(np.asarray(data.graph.receivers), minlength=data.graph.n_nodes)
+    assert np.all(degree[clean > 0] > 0)
+
+
+def test_metattack_first_flip_is_the_best_dense_score(x64):
+    data, x, problem = _small_problem("auto")
+    result = attacks.metattack(problem, data.graph, 1)
+    graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
+    adjacency = np.asarray(graph.to_dense())
+    score = np.asarray(attacks.meta_gradient(problem, graph).dense()) * (1 - 2 * adjacency)
+    degree = adjacency.sum(axis=1)
+    n = adjacency.shape[0]
+    allowed = np.triu(np.ones((n, n), bool), 1)
+    allowed &= ~((adjacency > 0) & ((degree[:, None] <= 1) | (degree[None, :] <= 1)))
+    best = np.unravel_index(np.argmax(np.where(allowed, score, -np.inf)), score.shape)
+    assert tuple(result.flips[0]) == tuple(int(b) for b in best)
