@@ -1,0 +1,156 @@
+"""Benchmark problems (graphs with features) and the layer maths each workload times.
+
+The layer maths is written once per framework over a small set of graph primitives (`Primitives`), so
+every implementation runs the same computation and only the message-passing kernels differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+FEATURES = 64
+N_CLASSES = 8
+WORKLOADS = (
+    "gcn_fwd", "gcn_fwdbwd", "sage_fwd", "sage_fwdbwd", "gat_fwd", "gat_fwdbwd",
+    "sddmm_fwd", "sddmm_fwdbwd", "gcn_train", "gat_train",
+)
+LAYER_WORKLOADS = tuple(w for w in WORKLOADS if not w.endswith("_train"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A graph with self loops and GCN-normalised weights, features, labels and parameters (numpy)."""
+
+    name: str
+    n_nodes: int
+    senders: np.ndarray  # (E,) int32
+    receivers: np.ndarray  # (E,) int32
+    weight: np.ndarray  # (E,) float32, D^-1/2 (A + I) D^-1/2
+    x: np.ndarray  # (N, F_in) float32
+    labels: np.ndarray  # (N,) int32
+    train_mask: np.ndarray  # (N,) bool
+    params: dict  # name -> float32 array
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.senders.shape[0])
+
+
+def _with_self_loops(senders, receivers, n_nodes):
+    loops = np.arange(n_nodes, dtype=np.int64)
+    keep = senders != receivers
+    senders = np.concatenate([senders[keep], loops])
+    receivers = np.concatenate([receivers[keep], loops])
+    order = np.lexsort((senders, receivers))
+    return senders[order].astype(np.int32), receivers[order].astype(np.int32)
+
+
+def make_problem(name, senders, receivers, n_nodes, x, labels, train_mask, *, seed=0) -> Problem:
+    senders, receivers = _with_self_loops(np.asarray(senders), np.asarray(receivers), n_nodes)
+    degree = np.bincount(receivers, minlength=n_nodes).astype(np.float64)
+    scale = 1.0 / np.sqrt(np.maximum(degree, 1.0))
+    weight = (scale[senders] * scale[receivers]).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    f_in = x.shape[1]
+
+    def glorot(*shape):
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / sum(shape[-2:]))).astype(np.float32)
+
+    params = {
+        "w_layer": glorot(f_in, FEATURES),  # the single-layer workloads: F_in -> F
+        "w1": glorot(f_in, FEATURES), "w2": glorot(FEATURES, N_CLASSES),
+        "a_src": glorot(FEATURES, 1)[:, 0], "a_dst": glorot(FEATURES, 1)[:, 0],
+        "a2_src": glorot(N_CLASSES, 1)[:, 0], "a2_dst": glorot(N_CLASSES, 1)[:, 0],
+        "cotangent": rng.standard_normal((n_nodes, FEATURES)).astype(np.float32),
+    }
+    return Problem(name, n_nodes, senders, receivers, weight, x.astype(np.float32), labels.astype(np.int32),
+                   train_mask, params)
+
+
+def synthetic_problem(n_nodes: int, *, seed: int = 0) -> Problem:
+    """A power-law (Chung-Lu) graph with average degree 16, F = 64 random features, random labels."""
+    from ..data._synthetic import _power_law_edges
+
+    senders, receivers = _power_law_edges(n_nodes, 16.0, 2.5, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((n_nodes, FEATURES)).astype(np.float32)
+    labels = rng.integers(0, N_CLASSES, n_nodes)
+    train_mask = rng.random(n_nodes) < 0.1
+    return make_problem(f"powerlaw-{n_nodes}", senders, receivers, n_nodes, x, labels, train_mask, seed=seed)
+
+
+def cora_problem(root) -> Problem:
+    """Cora with its public split; raises FileNotFoundError when the files are missing."""
+    from ..data import load_planetoid
+
+    data = load_planetoid("cora", root)
+    graph = data.graph
+    return make_problem("cora", np.asarray(graph.senders), np.asarray(graph.receivers), graph.n_nodes,
+                        np.asarray(data.features), np.asarray(data.labels) % N_CLASSES, np.asarray(data.train_mask))
+
+
+class Primitives(NamedTuple):
+    """Graph kernels one implementation provides; the layer maths below is built only from these."""
+
+    aggregate: Callable  # (h (N, F), w (E,)) -> (N, F): out[r] += w * h[s]
+    mean: Callable  # h (N, F) -> (N, F): mean over incoming edges
+    softmax: Callable  # logits (E,) -> (E,): softmax over each receiver's incoming edges
+    edge_dot: Callable  # (a (N, F), b (N, F)) -> (E,): <a[s], b[r]>
+    at_senders: Callable  # v (N,) -> (E,)
+    at_receivers: Callable  # v (N,) -> (E,)
+
+
+def layer_functions(np_like: Any, relu: Callable, leaky_relu: Callable, log_softmax: Callable):
+    """The layers and losses, written once for any array library with ``@``, ``sum`` and ``exp``."""
+
+    def gcn(p, prim, x, w):
+        return prim.aggregate(x @ p["w_layer"], w)
+
+    def sage(p, prim, x):
+        return prim.mean(x) @ p["w_layer"]
+
+    def gat_attention(prim, h, a_src, a_dst):
+        logits = leaky_relu(prim.at_senders(h @ a_src) + prim.at_receivers(h @ a_dst))
+        return prim.softmax(logits)
+
+    def gat(p, prim, x):
+        h = x @ p["w_layer"]
+        return prim.aggregate(h, gat_attention(prim, h, p["a_src"], p["a_dst"]))
+
+    def sddmm(prim, x):
+        return prim.edge_dot(x, x)
+
+    def cross_entropy(logits, labels_one_hot, mask):
+        per_node = -(log_softmax(logits) * labels_one_hot).sum(-1)
+        return (per_node * mask).sum() / mask.sum()
+
+    def gcn_model(p, prim, x, w):
+        h = relu(prim.aggregate(x @ p["w1"], w))
+        return prim.aggregate(h @ p["w2"], w)
+
+    def gat_model(p, prim, x):
+        h = x @ p["w1"]
+        h = relu(prim.aggregate(h, gat_attention(prim, h, p["a_src"], p["a_dst"])))
+        h = h @ p["w2"]
+        return prim.aggregate(h, gat_attention(prim, h, p["a2_src"], p["a2_dst"]))
+
+    return dict(gcn=gcn, sage=sage, gat=gat, sddmm=sddmm, cross_entropy=cross_entropy,
+                gcn_model=gcn_model, gat_model=gat_model)
+
+
+def bytes_moved(workload: str, problem: Problem, itemsize: int = 4) -> float | None:
+    """A lower bound on memory traffic of the message passing in a layer workload, in bytes.
+
+    One aggregation reads a feature row per edge plus its index and weight, ``E·(F·s + 8)``, and writes
+    ``N·F·s``. A backward pass adds the reverse aggregation and the per-edge products (about two more
+    aggregations' worth). Dense matmuls are left out. None for the training steps.
+    """
+    if workload not in LAYER_WORKLOADS:
+        return None
+    e, n, f = problem.n_edges, problem.n_nodes, FEATURES
+    one = e * (f * itemsize + 8) + n * f * itemsize
+    passes = {"gcn": 1, "sage": 1, "gat": 1, "sddmm": 1}[workload.split("_")[0]]
+    return float(one * passes * (3 if workload.endswith("fwdbwd") else 1))
