@@ -8,6 +8,8 @@ from ._edge_softmax import edge_softmax as edge_softmax
 from ._gsddmm import gsddmm as gsddmm
 from ._gspmm import gspmm as gspmm
 from ._gspmm import spmm as spmm
+from ._layout import Layout as Layout
+from ._layout import plan_layout as plan_layout
 from ._messages import EDGE_OPS as EDGE_OPS
 from ._messages import MESSAGE_OPS as MESSAGE_OPS
 from ._norm import gcn_norm as gcn_norm
@@ -23,11 +25,13 @@ from ._segment import segment_sum as segment_sum
 
 __all__ = [
     "EDGE_OPS",
+    "Layout",
     "MESSAGE_OPS",
     "edge_softmax",
     "gcn_norm",
     "gsddmm",
     "gspmm",
+    "plan_layout",
     "row_norm",
     "segment_logsumexp",
     "segment_max",

@@ -1,0 +1,139 @@
+"""Sum aggregation and per-edge products on a bucketed `Layout`, with a custom VJP.
+
+``layout_sum(layout, u, w)`` computes ``out[receivers[e]] += w[e] * u[senders[e]]`` (or ``u[...]``
+alone when ``w`` is None) as gathers and dense reductions over the neighbour tables of the layout; no
+scatter-add and no (E, F) intermediate. Its backward reuses the layout:
+
+* ``du = A^T @ dout``: `layout_sum` on ``layout.transpose()``, the reversed graph's tables.
+* ``dw[e] = <dout[receivers[e]], u[senders[e]]>``: `layout_edge_dot` on the forward tables, read back
+  into edge order by a gather (``slot_of_edge``).
+
+Both are differentiable again (the backward calls `layout_sum` and plain JAX), so higher orders work.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._layout import Layout, Side
+
+
+def _append_zero_row(x: jax.Array) -> jax.Array:
+    return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)])
+
+
+def _map_chunks(fn, arrays):
+    """``fn`` over the leading (chunk) axis: directly for one chunk, else with ``lax.map``."""
+    if jax.tree.leaves(arrays)[0].shape[0] == 1:
+        return fn(jax.tree.map(lambda a: a[0], arrays))[None]
+    return jax.lax.map(fn, arrays)
+
+
+def _side_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
+    """``out[v] = sum over slots of v of w[slot] * u[neighbour]`` for (N, M) ``u`` and (E,) ``w``."""
+    n, m = u.shape
+    u_ext = _append_zero_row(u)
+    w_ext = None if w is None else _append_zero_row(w.astype(u.dtype))
+    parts = []
+    for bucket in side.buckets:
+        def reduce_chunk(chunk):
+            neighbours, edge_ids = chunk
+            gathered = u_ext.at[neighbours].get(mode="promise_in_bounds")  # (R, K, M)
+            if w_ext is not None:
+                gathered = gathered * w_ext.at[edge_ids].get(mode="promise_in_bounds")[..., None]
+            return gathered.sum(axis=1)
+
+        rows = _map_chunks(reduce_chunk, (bucket.neighbours, bucket.edge_ids)).reshape(-1, m)
+        rows = rows[: bucket.n_receivers * bucket.split]
+        if bucket.split > 1:
+            rows = rows.reshape(bucket.n_receivers, bucket.split, m).sum(axis=1)
+        parts.append(rows)
+    parts.append(jnp.zeros((1, m), u.dtype))
+    return jnp.concatenate(parts).at[side.output_position].get(mode="promise_in_bounds")
+
+
+def layout_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
+    """``out[e] = <v[row node of e], u[neighbour of e]>`` for (N, M) ``u``, ``v``; shape (E,).
+
+    Padding edges (absent from the tables) get 0. Plain JAX, differentiable in every mode.
+    """
+    u_ext = _append_zero_row(u)
+    v_ext = _append_zero_row(v)
+    slots = []
+    for bucket in side.buckets:
+        def dot_chunk(chunk):
+            neighbours, row_nodes = chunk
+            gathered = u_ext.at[neighbours].get(mode="promise_in_bounds")  # (R, K, M)
+            rows = v_ext.at[row_nodes].get(mode="promise_in_bounds")  # (R, M)
+            return jnp.einsum("rkm,rm->rk", gathered, rows)
+
+        slots.append(_map_chunks(dot_chunk, (bucket.neighbours, bucket.row_nodes)).reshape(-1))
+    slots.append(jnp.zeros((1,), jnp.result_type(u, v)))
+    return jnp.concatenate(slots).at[side.slot_of_edge].get(mode="promise_in_bounds")
+
+
+@jax.custom_vjp
+def layout_sum(layout: Layout, u: jax.Array, w: jax.Array | None) -> jax.Array:
+    """``out[receivers[e]] += w[e] * u[senders[e]]`` on the layout; u (N, M), w (E,) or None.
+
+    Returns (N, M) in u's dtype (w is cast to it).
+    """
+    return _side_sum(layout.forward, u, w)
+
+
+def _layout_sum_fwd(layout, u, w):
+    return _side_sum(layout.forward, u, w), (layout, u, w)
+
+
+def _layout_sum_bwd(residuals, cotangent):
+    layout, u, w = residuals
+    du = layout_sum(layout.transpose(), cotangent, w)
+    dw = None
+    if w is not None:
+        dw = layout_edge_dot(layout.forward, u, cotangent).astype(w.dtype)
+    return None, du, dw
+
+
+layout_sum.defvjp(_layout_sum_fwd, _layout_sum_bwd)
+
+
+LAYOUT_OPS = ("copy_u", "u_mul_e")
+LAYOUT_REDUCERS = ("sum", "mean")
+
+
+def check_layout(where: str, layout, n_nodes: int, n_edges: int, op: str, reduce: str, e) -> None:
+    """Raises if ``layout`` cannot run this gspmm: wrong type or size, or an op it does not cover."""
+    if not isinstance(layout, Layout):
+        raise TypeError(f"{where}: layout must be a jgrad.ops.Layout from plan_layout(graph); "
+                        f"got {type(layout).__name__}.")
+    problems = []
+    if (layout.n_nodes, layout.n_edges) != (n_nodes, n_edges):
+        problems.append(f"the layout was planned for another graph; got n_nodes={layout.n_nodes}, "
+                        f"n_edges={layout.n_edges}, expected n_nodes={n_nodes}, n_edges={n_edges}.")
+    if op not in LAYOUT_OPS:
+        problems.append(f"the layout path supports op {' or '.join(map(repr, LAYOUT_OPS))}; got {op!r}.")
+    if reduce not in LAYOUT_REDUCERS:
+        problems.append(f"the layout path supports reduce "
+                        f"{' or '.join(map(repr, LAYOUT_REDUCERS))}; got {reduce!r}.")
+    if op == "u_mul_e" and e is not None and any(d != 1 for d in e.shape[1:]):
+        problems.append(f"the layout path needs one scalar per edge; got e of shape {tuple(e.shape)}, "
+                        f"expected ({n_edges},) or ({n_edges}, 1).")
+    if problems:
+        raise ValueError(f"{where}: " + " ".join(problems) + " Leave out layout= for the general path.")
+
+
+def layout_gspmm(layout: Layout, op: str, reduce: str, u: jax.Array, e: jax.Array | None) -> jax.Array:
+    """gspmm for ``copy_u`` / ``u_mul_e`` with scalar edge data and ``sum`` / ``mean``, on the layout."""
+    trailing = tuple(u.shape[1:])
+    w = None
+    if op == "u_mul_e":
+        extra = e.ndim - u.ndim
+        trailing = trailing + (1,) * max(extra, 0)
+        dtype = jnp.result_type(u, e)
+        u, w = u.astype(dtype), e.reshape(e.shape[0]).astype(dtype)
+    out = layout_sum(layout, u.reshape(u.shape[0], -1), w)
+    if reduce == "mean":
+        count = jnp.maximum(layout.forward.in_degree, 1).astype(out.dtype)
+        out = out / count[:, None]
+    return out.reshape((u.shape[0],) + trailing)
