@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from .._types import REDUCERS, TIE_RULES, check_choice
 from ..graph import Graph
 from ..graph import _taps
+from ..graph._checks import check_graph_indices
 from . import _gsddmm, _kernels
 from ._dispatch import in_forward_mode
 from ._layout import Layout
@@ -48,6 +49,7 @@ def gspmm(
     *,
     tie: str = "split",
     layout: Layout | None = None,
+    accumulate_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
     """Reduces, at every node, the messages of its incoming edges.
 
@@ -71,15 +73,22 @@ def gspmm(
         scatter-add, and the backward uses the reversed graph's tables. Values and gradients equal
         the default path's up to float rounding; forward mode falls back to the default path. Any
         other op, reducer or edge shape raises.
+      accumulate_dtype: optional float dtype, at least as wide as the operands, in which messages are
+        formed and reduced, e.g. ``jnp.float32`` for bfloat16 ``u``: u and e are converted to it
+        before the gather, so every product and every partial sum is in float32, and the output has
+        this dtype. The backward pass accumulates in it too, and the cotangents come back in the
+        operands' own dtypes. ``None`` uses the operands' common dtype (summing a bfloat16 hub of
+        degree 10^5 in bfloat16 stalls at 256; see docs/numerics.md for the bounds).
 
     Returns:
-      (N, ...) with u's trailing shape (e's for ``copy_e``). A node with no incoming edge gets 0 for
-      every reducer.
+      (N, ...) with u's trailing shape (e's for ``copy_e``), dtype ``accumulate_dtype`` or the
+      operands' common dtype. A node with no incoming edge gets 0 for every reducer.
 
     Raises:
       ValueError: unknown op/reducer/tie, missing operand, wrong leading dimension, shapes that
-        cannot broadcast.
-      TypeError: non-float operands.
+        cannot broadcast, an ``accumulate_dtype`` narrower than the operands, and (when the graph is
+        concrete, i.e. outside ``jit``) indices outside ``[0, n_nodes)``.
+      TypeError: non-float operands or a non-float ``accumulate_dtype``.
 
     Notes:
       Differentiable w.r.t. u and e in reverse mode (custom VJP: node cotangent by g-SpMM on the
@@ -102,6 +111,8 @@ def gspmm(
     check_choice(where, "tie rule", tie, TIE_RULES)
     tracked = e  # the caller's object: adjacency_grad's tap matches weights by identity
     u, e = _check_operands(where, graph, op, u, e)
+    u, e = _common_dtype(where, u, e, accumulate_dtype)
+    check_graph_indices(where, graph)
     if layout is not None:
         _kernels.check_layout(where, layout, graph.n_nodes, graph.n_edges, op, reduce, e)
     if layout is not None and not in_forward_mode(u, e):
@@ -120,6 +131,7 @@ def spmm(
     edge_weight: ArrayLike | None = None,
     *,
     layout: Layout | None = None,
+    accumulate_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
     """Weighted sum aggregation ``y = A @ x``: ``y[receivers[e]] += w[e] * x[senders[e]]``.
 
@@ -129,6 +141,8 @@ def spmm(
       x: node features, shape (N, ...).
       edge_weight: optional (E,) or broadcastable (E, ...) weights overriding the graph's.
       layout: optional `jgrad.ops.Layout` from ``plan_layout(graph)`` (see `gspmm`).
+      accumulate_dtype: optional wider float dtype for the products and sums (see `gspmm`), e.g.
+        ``jnp.float32`` for bfloat16 ``x``; the output has this dtype.
 
     Returns:
       (N, ...), equal to ``graph.to_dense() @ x`` for (N, F) features.
@@ -141,8 +155,8 @@ def spmm(
     """
     weight = graph.edge_weight if edge_weight is None else edge_weight
     if weight is None:
-        return gspmm(graph, "copy_u", "sum", u=x, layout=layout)
-    return gspmm(graph, "u_mul_e", "sum", u=x, layout=layout, e=weight)
+        return gspmm(graph, "copy_u", "sum", u=x, layout=layout, accumulate_dtype=accumulate_dtype)
+    return gspmm(graph, "u_mul_e", "sum", u=x, layout=layout, e=weight, accumulate_dtype=accumulate_dtype)
 
 
 def _check_operands(where: str, graph: Graph, op: str, u, e):
@@ -170,6 +184,32 @@ def _check_operands(where: str, graph: Graph, op: str, u, e):
     if u is not None and e is not None:
         check_broadcast(where, "e", e.shape, "u", u.shape)
     return u, e
+
+
+def _common_dtype(where: str, u, e, accumulate_dtype):
+    """Converts u and e to ``accumulate_dtype`` (or their common dtype) before any message is formed.
+
+    The conversion is differentiable, so autodiff returns each cotangent in its operand's own dtype
+    (a bfloat16 u gets a bfloat16 gradient even though it was accumulated in float32).
+    """
+    operands = [value for value in (u, e) if value is not None]
+    if accumulate_dtype is None:
+        target = jnp.result_type(*operands)
+    else:
+        try:
+            target = jnp.dtype(accumulate_dtype)
+        except TypeError:
+            target = None
+        if target is None or not jnp.issubdtype(target, jnp.floating):
+            raise TypeError(f"{where}: accumulate_dtype must be a float dtype; got {accumulate_dtype!r}, "
+                            "expected e.g. jnp.float32.")
+        narrower = [str(value.dtype) for value in operands
+                    if jnp.finfo(value.dtype).bits > jnp.finfo(target).bits]
+        if narrower:
+            raise ValueError(f"{where}: accumulate_dtype is narrower than the operands; got {target.name}, "
+                             f"expected at least as wide as {', '.join(narrower)}.")
+    cast = lambda value: value if value is None or value.dtype == target else value.astype(target)
+    return cast(u), cast(e)
 
 
 def _float_array(where: str, name: str, value) -> jax.Array:
