@@ -89,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run(name, args.seeds, args.data_dir, not args.no_progress) for name in args.only]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    previous = out / "reproduce.json"
+    if previous.exists() and set(args.only) != set(EXPERIMENTS):  # keep the other experiments' rows
+        kept = {row["name"]: row for row in json.loads(previous.read_text())["results"]}
+        kept.update({row["name"]: row for row in rows})
+        rows = [kept[name] for name in EXPERIMENTS if name in kept]
     payload = {"device": device, "jax": jax.__version__, "python": platform.python_version(), "results": rows}
     (out / "reproduce.json").write_text(json.dumps(payload, indent=2) + "\n")
     table = markdown(rows, device)
