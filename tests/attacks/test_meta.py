@@ -126,3 +126,53 @@ def test_metattack_first_flip_is_the_best_dense_score(x64):
     allowed &= ~((adjacency > 0) & ((degree[:, None] <= 1) | (degree[None, :] <= 1)))
     best = np.unravel_index(np.argmax(np.where(allowed, score, -np.inf)), score.shape)
     assert tuple(result.flips[0]) == tuple(int(b) for b in best)
+
+
+def test_metattack_redraw_draws_fresh_initial_weights_per_step():
+    _, _, problem = _small_problem("auto")
+    key = jax.random.key(5)
+    inits = [problem.initial_params(attacks.step_key(key, s)) for s in range(3)]
+    for name in ("w1", "w2"):
+        assert inits[0][name].shape == problem.params[name].shape and inits[0][name].dtype == problem.params[name].dtype
+        for a in range(3):
+            for b in range(a + 1, 3):
+                assert not np.allclose(inits[a][name], inits[b][name])
+        again = problem.initial_params(attacks.step_key(key, 1))[name]
+        np.testing.assert_array_equal(again, inits[1][name])
+        bound = 1.0 / np.sqrt(problem.params[name].shape[1])
+        assert np.all(np.abs(np.asarray(inits[0][name])) <= bound)
+
+
+def test_metattack_redraw_is_deterministic_and_compiles_once():
+    data, _, problem = _small_problem("auto")
+    key = jax.random.key(5)
+    first = attacks.metattack(problem, data.graph, 6, flips_per_step=2, key=key)
+    second = attacks.metattack(problem, data.graph, 6, flips_per_step=2, key=key)
+    np.testing.assert_array_equal(first.flips, second.flips)
+    traces = []
+
+    def score(g, k):
+        traces.append(1)
+        return attacks.meta_gradient(problem.with_initial_params(k), g, check=False)
+
+    third = attacks.greedy_flips(score, data.graph, 6, flips_per_step=2, key=key)
+    assert third.steps == 3 and len(traces) == 1
+    np.testing.assert_array_equal(third.flips, first.flips)
+
+
+def test_metattack_redraw_scores_each_step_from_its_own_initialisation(x64):
+    data, _, problem = _small_problem("auto")
+    key = jax.random.key(5)
+    result = attacks.metattack(problem, data.graph, 1, key=key)
+    graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
+    adjacency = np.asarray(graph.to_dense())
+    grad = attacks.meta_gradient(problem.with_initial_params(attacks.step_key(key, 0)), graph)
+    score = np.asarray(grad.dense()) * (1 - 2 * adjacency)
+    degree = adjacency.sum(axis=1)
+    n = adjacency.shape[0]
+    allowed = np.triu(np.ones((n, n), bool), 1)
+    allowed &= ~((adjacency > 0) & ((degree[:, None] <= 1) | (degree[None, :] <= 1)))
+    best = np.unravel_index(np.argmax(np.where(allowed, score, -np.inf)), score.shape)
+    assert tuple(result.flips[0]) == tuple(int(b) for b in best)
+    fixed = np.asarray(attacks.meta_gradient(problem, graph).dense())
+    assert not np.allclose(np.asarray(grad.dense()), fixed)  # the redrawn start changes the meta-gradient

@@ -29,6 +29,7 @@ from ._flips import choose_flips as choose_flips
 from ._flips import flip_scores as flip_scores
 from ._flips import greedy_flips as greedy_flips
 from ._flips import perturbed_graph as perturbed_graph
+from ._flips import step_key as step_key
 from ._meta import MetaConfig as MetaConfig
 from ._meta import MetaProblem as MetaProblem
 from ._meta import inner_train as inner_train
@@ -79,6 +80,7 @@ __all__ = [
     "project_budget",
     "random_split",
     "self_training_labels",
+    "step_key",
     "train_gcn",
     "undirected_pairs",
     "victim_accuracy",

@@ -189,6 +189,11 @@ def choose_flips(scores: FlipScores, flip_set: FlipSet, k: int) -> list[tuple[in
     return chosen
 
 
+def step_key(key: jax.Array, step: int) -> jax.Array:
+    """The PRNG key `greedy_flips` hands to scoring step ``step`` (counted from 0): ``fold_in(key, step)``."""
+    return jax.random.fold_in(key, step)
+
+
 class GreedyResult(NamedTuple):
     """The flips of a greedy attack in the order they were made, and its cost.
 
@@ -212,17 +217,21 @@ def greedy_flips(
     *,
     flips_per_step: int = 1,
     dtype: Any = jnp.float32,
+    key: jax.Array | None = None,
     log: Callable[[str], None] | None = None,
 ) -> GreedyResult:
     """Flips ``budget`` pairs greedily: score all pairs, flip the best ``flips_per_step``, repeat.
 
     Args:
       score_fn: ``score_fn(graph) -> AdjacencyGrad``, the gradient of the attacker's loss w.r.t. the
-        adjacency of the perturbed graph (made symmetric here); traced once under ``jax.jit``.
+        adjacency of the perturbed graph (made symmetric here); traced once under ``jax.jit``. With
+        ``key``, ``score_fn(graph, step_key)`` instead.
       graph: the clean undirected graph.
       budget: number of pairs to flip.
       flips_per_step: flips taken from each scoring step (keyword-only).
       dtype: edge-weight dtype of the scored graphs.
+      key: optional PRNG key; scoring step ``s`` (from 0) receives `step_key` ``(key, s)``, an argument
+        of the jitted step, so the step still compiles once and the attack is deterministic given ``key``.
       log: optional callback receiving one progress line per step.
 
     Returns:
@@ -233,13 +242,15 @@ def greedy_flips(
     k = max(2 * flips_per_step, 8)
 
     @jax.jit
-    def step(g, removable):
-        return flip_scores(score_fn(g).symmetric(), pairs, removable, k)
+    def step(g, removable, step_key):
+        grad = score_fn(g) if step_key is None else score_fn(g, step_key)
+        return flip_scores(grad.symmetric(), pairs, removable, k)
 
     start, times, steps = time.perf_counter(), [], 0
     while len(flip_set.flips) < budget:
         t0 = time.perf_counter()
-        scores = step(flip_set.graph(), jnp.asarray(flip_set.removable()))
+        scores = step(flip_set.graph(), jnp.asarray(flip_set.removable()),
+                      None if key is None else step_key(key, steps))
         chosen = choose_flips(scores, flip_set, min(flips_per_step, budget - len(flip_set.flips)))
         times.append(time.perf_counter() - t0)
         steps += 1

@@ -1,7 +1,8 @@
 """Meta-gradients through a training run: Metattack's "Meta-Self" attack (Zügner & Günnemann, 2019).
 
 The attacker trains a linearised two-layer GCN surrogate ``logits = Â² X W1 W2`` for T steps of SGD with
-momentum from a fixed initialisation, and differentiates the loss after training, cross-entropy on the
+momentum from a given initialisation (fixed, or re-drawn at every meta-step as in the reference
+implementation, see `metattack`), and differentiates the loss after training, cross-entropy on the
 unlabelled nodes against self-training labels, w.r.t. the adjacency *through the whole training run*
 (a `jax.lax.scan`, each step under `jax.checkpoint`, the inner gradient taken by `jax.grad`: reverse
 mode of order two).
@@ -34,7 +35,7 @@ from .._types import check_choice
 from ..gradients import AdjacencyGrad, adjacency_grad, propagate
 from ..graph import Graph
 from ._features import Features, SparseFeatures, features_matmul, features_rmatmul, n_features
-from ._flips import GreedyResult, greedy_flips
+from ._flips import GreedyResult, greedy_flips, step_key
 from ._models import SURROGATE, GCNConfig, gcn_logits, init_gcn, masked_cross_entropy, train_gcn
 
 FORMS = ("auto", "train", "features")
@@ -159,7 +160,11 @@ def self_training_labels(graph: Graph, x: Features, labels: jax.Array, train_mas
 
 @dataclasses.dataclass(frozen=True)
 class MetaProblem:
-    """Everything `meta_gradient` needs besides the graph: features, labels and the fixed initialisation."""
+    """Everything `meta_gradient` needs besides the graph: features, labels and the inner initialisation.
+
+    ``params`` is the initialisation of every inner training run, unless `metattack` is given a key, in
+    which case each meta-step draws its own with `initial_params`.
+    """
 
     x: Any
     train_index: jax.Array
@@ -183,6 +188,17 @@ class MetaProblem:
         params = init_gcn(init_key, n_features(x), n_classes, width, dtype)
         return cls(x, train_index, labels[train_index], ~train_mask, pseudo, params, config)
 
+    def initial_params(self, key: jax.Array) -> dict[str, jax.Array]:
+        """Fresh surrogate weights drawn from ``key``, with the shapes, dtype and distribution of ``params``
+        (`init_gcn`, ``U(-1/sqrt(F_out), 1/sqrt(F_out))``); jit-able."""
+        n_in, hidden = self.params["w1"].shape
+        width = GCNConfig(hidden=hidden, relu=False, bias=False, dropout=0.0)
+        return init_gcn(key, n_in, self.params["w2"].shape[1], width, self.params["w1"].dtype)
+
+    def with_initial_params(self, key: jax.Array) -> MetaProblem:
+        """This problem with ``params`` replaced by `initial_params` ``(key)``."""
+        return dataclasses.replace(self, params=self.initial_params(key))
+
     def loss(self, graph: Graph) -> jax.Array:
         """`meta_self_loss` of ``graph``."""
         return meta_self_loss(graph, self.x, self.train_index, self.train_labels, self.unlabeled_mask,
@@ -201,12 +217,20 @@ def meta_gradient(problem: MetaProblem, graph: Graph, *, mode: Literal["factored
 
 
 def metattack(problem: MetaProblem, graph: Graph, budget: int, *, flips_per_step: int = 1,
-              log: Callable[[str], None] | None = None) -> GreedyResult:
+              key: jax.Array | None = None, log: Callable[[str], None] | None = None) -> GreedyResult:
     """Metattack (Meta-Self): greedy flips by the meta-gradient score ``dL/da (1 - 2a)``, recomputed each step.
 
     No self loops, no pair flipped twice, no singleton created (`FlipSet`). ``flips_per_step`` > 1 takes
     several of the best-scoring flips per meta-gradient (the original takes one).
+
+    Without ``key`` every meta-step trains the surrogate from ``problem.params``. With ``key``, meta-step
+    ``s`` (from 0) trains it from ``problem.initial_params(step_key(key, s))``, fresh weights at every
+    meta-step as the reference implementation does; the key is an argument of the jitted step (one
+    compilation) and the attack is deterministic given ``key``.
     """
     dtype = problem.params["w1"].dtype
-    return greedy_flips(lambda g: meta_gradient(problem, g, check=False), graph, budget,
-                        flips_per_step=flips_per_step, dtype=dtype, log=log)
+    if key is None:
+        return greedy_flips(lambda g: meta_gradient(problem, g, check=False), graph, budget,
+                            flips_per_step=flips_per_step, dtype=dtype, log=log)
+    return greedy_flips(lambda g, k: meta_gradient(problem.with_initial_params(k), g, check=False), graph,
+                        budget, flips_per_step=flips_per_step, dtype=dtype, key=key, log=log)
