@@ -62,6 +62,7 @@ class ModelConfig:
     heads: int = 8
     out_heads: int = 1
     aggregator: str = "mean"
+    use_bias: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

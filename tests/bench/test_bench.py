@@ -2,9 +2,7 @@
 
 import json
 
-import pytest
 
-pytest.importorskip("matplotlib")
 
 
 def test_quick_benchmark_on_a_tiny_graph_writes_json_table_and_chart(tmp_path):

@@ -112,7 +112,7 @@ def test_test_rows_follow_the_order_of_test_index(planetoid_dir, cora):
 
 def _write_toy_planetoid(folder: Path) -> dict:
     """A tiny Citeseer-like dataset: 502 allx rows, 3 test nodes 502, 503, 505 (504 is a gap), 3 classes."""
-    sparse = pytest.importorskip("scipy.sparse")
+    import scipy.sparse as sparse
     rng = np.random.default_rng(0)
     n_labelled, n_features = 502, 4
     allx = rng.integers(0, 3, (n_labelled, n_features)).astype(np.float32)

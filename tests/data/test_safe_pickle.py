@@ -73,7 +73,7 @@ def test_numpy_arrays_and_adjacency_dicts_round_trip(protocol):
 
 @pytest.mark.parametrize("kind", ["csr_matrix", "csc_matrix", "csr_array", "csc_array"])
 def test_scipy_sparse_matrices_round_trip(kind):
-    sparse = pytest.importorskip("scipy.sparse")
+    import scipy.sparse as sparse
     matrix = getattr(sparse, kind)(np.array([[0.0, 1.5], [2.0, 0.0]], dtype=np.float32))
     loaded = load_restricted(io.BytesIO(pickle.dumps(matrix, protocol=4)))
     assert type(loaded) is type(matrix)

@@ -64,7 +64,8 @@ class GCN(nnx.Module):
       dropout: dropout rate, applied only when a ``key`` is passed.
       rngs: `nnx.Rngs` for the initialisation.
 
-    Parameter paths: ``("layers", i, "kernel")``, ``("layers", i, "bias")``.
+    Parameter paths: ``("layers", i, "kernel")``, ``("layers", i, "bias")`` (no bias with
+    ``use_bias=False``, as in the paper's layers).
 
     Example:
       >>> import jax, jax.numpy as jnp, jgrad
@@ -76,10 +77,10 @@ class GCN(nnx.Module):
     """
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int, *, n_layers: int = 2,
-                 dropout: float = 0.5, rngs: nnx.Rngs, param_dtype: Any = jnp.float32):
+                 dropout: float = 0.5, use_bias: bool = True, rngs: nnx.Rngs, param_dtype: Any = jnp.float32):
         _check_model("GCN", n_layers, dropout)
         self.dropout = dropout
-        self.layers = nnx.List([GCNConv(i, o, rngs=rngs, param_dtype=param_dtype)
+        self.layers = nnx.List([GCNConv(i, o, rngs=rngs, use_bias=use_bias, param_dtype=param_dtype)
                                 for i, o in _widths(in_features, hidden_features, out_features, n_layers)])
 
     def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:

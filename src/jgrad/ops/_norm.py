@@ -68,7 +68,7 @@ def gcn_norm(
     Example:
       >>> import jgrad
       >>> g = jgrad.Graph.from_edges([0, 1], [1, 0], n_nodes=2)
-      >>> jgrad.ops.gcn_norm(g).edge_weight.tolist()  # every degree is 2 with the loops
+      >>> [round(w, 6) for w in jgrad.ops.gcn_norm(g).edge_weight.tolist()]  # every degree is 2
       [0.5, 0.5, 0.5, 0.5]
     """
     weight = _scalar_weights("gcn_norm", graph, edge_weight)

@@ -39,7 +39,7 @@ def create_model(config: ModelConfig, in_features: int, n_classes: int) -> Calla
     common = dict(dropout=config.dropout)
     if config.name == "gcn":
         return lambda rngs: nn.GCN(in_features, config.hidden, n_classes, n_layers=config.n_layers,
-                                   rngs=rngs, **common)
+                                   use_bias=config.use_bias, rngs=rngs, **common)
     if config.name == "gat":
         return lambda rngs: nn.GAT(in_features, config.hidden, n_classes, heads=config.heads,
                                    out_heads=config.out_heads, rngs=rngs, **common)
