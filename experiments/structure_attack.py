@@ -287,6 +287,9 @@ def report(config: AttackConfig) -> str:
         path = Path(f"{config.output}_{name}.json")
         if path.exists():
             parts[name] = json.loads(path.read_text())
+    if "flips_per_step" in parts.get("meta", {}):
+        k = parts["meta"]["flips_per_step"]
+        titles["meta"] = f"Metattack, {k} flip{'s' if k > 1 else ''}/meta-step"
     for name, part in parts.items():
         if name in titles and part.get("redraw_init"):
             titles[name] += ", init redrawn per meta-step"
