@@ -28,6 +28,7 @@ from ._dispatch import in_forward_mode
 from ._layout import Layout
 from ._messages import (
     MESSAGE_OPS,
+    check_operands,
     align_edge,
     check_broadcast,
     message,
@@ -160,27 +161,13 @@ def spmm(
 
 
 def _check_operands(where: str, graph: Graph, op: str, u, e):
-    problems = []
-    if uses_u(op):
-        if u is None:
-            raise ValueError(f"{where}: op {op!r} needs node data u; got u=None.")
-        u = _float_array(where, "u", u)
-        if u.ndim == 0 or u.shape[0] != graph.n_nodes:
-            problems.append(f"u must have one row per node; got shape {tuple(u.shape)}, expected "
-                            f"({graph.n_nodes}, ...) for n_nodes={graph.n_nodes}.")
-    else:
-        u = None
-    if uses_e(op):
-        if e is None:
-            raise ValueError(f"{where}: op {op!r} needs edge data e; got e=None.")
-        e = _float_array(where, "e", e)
+    def edge_problem(e):
         if e.ndim == 0 or e.shape[0] != graph.n_edges:
-            problems.append(f"e must have one row per edge; got shape {tuple(e.shape)}, expected "
-                            f"({graph.n_edges}, ...) for {graph.n_edges} edges.")
-    else:
-        e = None
-    if problems:
-        raise ValueError(f"{where}: " + " ".join(problems))
+            return (f"e must have one row per edge; got shape {tuple(e.shape)}, expected "
+                    f"({graph.n_edges}, ...) for {graph.n_edges} edges.")
+        return None
+
+    u, e = check_operands(where, op, u, e, graph.n_nodes, edge_problem)
     if u is not None and e is not None:
         check_broadcast(where, "e", e.shape, "u", u.shape)
     return u, e
@@ -210,14 +197,6 @@ def _common_dtype(where: str, u, e, accumulate_dtype):
                              f"expected at least as wide as {', '.join(narrower)}.")
     cast = lambda value: value if value is None or value.dtype == target else value.astype(target)
     return cast(u), cast(e)
-
-
-def _float_array(where: str, name: str, value) -> jax.Array:
-    value = jnp.asarray(value)
-    if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise TypeError(f"{where}: {name} must be a float array; got dtype {value.dtype}. "
-                        f"Cast it, e.g. {name}.astype(jnp.float32).")
-    return value
 
 
 # --------------------------------------------------------------------------------------------------

@@ -113,3 +113,43 @@ def edge_binary(op: str, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
     if op == "div":
         return lhs / rhs
     return jnp.sum(lhs * rhs, axis=-1, keepdims=True)  # dot
+
+
+def check_operands(where: str, op: str, u, e, n_nodes: int, edge_problem):
+    """Validates gspmm-style operands; returns ``(u, e)`` as float arrays (None where unused).
+
+    ``u`` must be a float (N, ...) array when the op reads node data, ``e`` a float array when it reads
+    edge data; ``edge_problem(e)`` returns a message for a badly shaped ``e`` (its expected layout
+    differs between one device and sharded edges) or None. Every shape problem is reported at once.
+    """
+    problems = []
+    if uses_u(op):
+        if u is None:
+            raise ValueError(f"{where}: op {op!r} needs node data u; got u=None.")
+        u = float_array(where, "u", u)
+        if u.ndim == 0 or u.shape[0] != n_nodes:
+            problems.append(f"u must have one row per node; got shape {tuple(u.shape)}, expected "
+                            f"({n_nodes}, ...) for n_nodes={n_nodes}.")
+    else:
+        u = None
+    if uses_e(op):
+        if e is None:
+            raise ValueError(f"{where}: op {op!r} needs edge data e; got e=None.")
+        e = float_array(where, "e", e)
+        problem = edge_problem(e)
+        if problem:
+            problems.append(problem)
+    else:
+        e = None
+    if problems:
+        raise ValueError(f"{where}: " + " ".join(problems))
+    return u, e
+
+
+def float_array(where: str, name: str, value) -> jax.Array:
+    """``value`` as a jax array, or a TypeError naming ``name`` if its dtype is not floating."""
+    value = jnp.asarray(value)
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{where}: {name} must be a float array; got dtype {value.dtype}. "
+                        f"Cast it, e.g. {name}.astype(jnp.float32).")
+    return value

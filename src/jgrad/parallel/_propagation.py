@@ -22,7 +22,16 @@ from jax.sharding import PartitionSpec as P
 from .._types import REDUCERS, TIE_RULES, check_choice
 from ..graph import Graph
 from ..ops import gspmm
-from ..ops._messages import MESSAGE_OPS, align_edge, check_broadcast, message, sum_to_shape, uses_e, uses_u
+from ..ops._messages import (
+    MESSAGE_OPS,
+    align_edge,
+    check_broadcast,
+    check_operands,
+    message,
+    sum_to_shape,
+    uses_e,
+    uses_u,
+)
 from ._mesh import EDGE_AXIS, FEATURE_AXIS, shard_map
 from ._partition import ShardedGraph, check_mesh
 
@@ -191,36 +200,15 @@ def sharded_edge_softmax(mesh: Mesh, graph: ShardedGraph, logits: ArrayLike) -> 
 # --------------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------------
-def _float(where: str, name: str, value) -> jax.Array:
-    value = jnp.asarray(value)
-    if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise TypeError(f"{where}: {name} must be a float array; got dtype {value.dtype}.")
-    return value
-
-
 def _check_operands(where: str, graph: ShardedGraph, op: str, u, e):
-    problems = []
-    if uses_u(op):
-        if u is None:
-            raise ValueError(f"{where}: op {op!r} needs node data u; got u=None.")
-        u = _float(where, "u", u)
-        if u.ndim == 0 or u.shape[0] != graph.n_nodes:
-            problems.append(f"u must have one row per node; got shape {tuple(u.shape)}, expected "
-                            f"({graph.n_nodes}, ...) for n_nodes={graph.n_nodes}.")
-    else:
-        u = None
-    if uses_e(op):
-        if e is None:
-            raise ValueError(f"{where}: op {op!r} needs edge data e; got e=None.")
-        e = _float(where, "e", e)
+    def edge_problem(e):
         if e.shape[:2] != graph.senders.shape:
-            problems.append(f"e must have the shard layout; got shape {tuple(e.shape)}, expected "
-                            f"{tuple(graph.senders.shape)} + (...). Convert (E, ...) edge data with "
-                            "graph.shard_edge_data(e).")
-    else:
-        e = None
-    if problems:
-        raise ValueError(f"{where}: " + " ".join(problems))
+            return (f"e must have the shard layout; got shape {tuple(e.shape)}, expected "
+                    f"{tuple(graph.senders.shape)} + (...). Convert (E, ...) edge data with "
+                    "graph.shard_edge_data(e).")
+        return None
+
+    u, e = check_operands(where, op, u, e, graph.n_nodes, edge_problem)
     if u is not None and e is not None:
         check_broadcast(where, "e", e.shape[1:], "u", u.shape)
     return u, e
