@@ -143,6 +143,9 @@ def _check_value(name: str, value: Any, kind: Any, choices: tuple | None) -> Any
         if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = float(value)
             break
+        if target is float and isinstance(value, str) and _is_float_text(value):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+            break
         if target in (int, str, bool) and type(value) is target:
             break
     else:
@@ -151,6 +154,14 @@ def _check_value(name: str, value: Any, kind: Any, choices: tuple | None) -> Any
     if choices is not None and value not in choices:
         raise ConfigError(f"config: {name} must be one of {', '.join(map(str, choices))}; got {value!r}.")
     return value
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity")
 
 
 def _union_type() -> Any:

@@ -47,6 +47,9 @@ def test_train_tiny_karate_then_eval(tmp_path, capsys):
     assert "best checkpoint" in table
     test_acc = f"{sum(results['test_acc']['per_seed']) / 3:.4f}"
     assert test_acc in table
+    # Without the overrides, eval reads the run's own saved config (3 seeds, hidden 8).
+    assert main(["eval", str(CONFIGS / "gcn_karate_tiny.yaml"), "--workdir", str(workdir)]) == 0
+    assert test_acc in capsys.readouterr().out
 
     # The same workdir with another config is refused rather than silently mixed.
     assert main(["train", str(CONFIGS / "gcn_karate_tiny.yaml"), "--workdir", str(workdir)]) == 2
@@ -93,3 +96,39 @@ def test_bench_without_the_module_says_it_is_unavailable(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "jgrad.bench", None)
     assert main(["bench"]) == 2
     assert "unavailable" in capsys.readouterr().err
+
+
+def test_workdir_that_is_a_file_prints_one_line_and_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    assert main(["train", str(CONFIGS / "gcn_karate_tiny.yaml"), "--workdir", str(blocker)]) == 2
+    assert "jgrad train:" in capsys.readouterr().err
+
+
+def test_negative_seed_is_a_clear_error(capsys):
+    assert main(["demo", "--seed", "-1"]) == 2
+    assert "seeds must be integers in [0, 2**32); got [-1]" in capsys.readouterr().err
+
+
+def test_demo_rejects_a_non_positive_top_before_printing(capsys):
+    assert main(["demo", "--top", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "--top must be at least 1; got 0" in captured.err and captured.out == ""
+
+
+def test_tampered_dataset_pickle_is_a_one_line_error(tmp_path, planetoid_dir, capsys):
+    import os
+    import pickle as pickle_module
+    import shutil
+
+    for path in planetoid_dir.glob("ind.cora.*"):
+        shutil.copy(path, tmp_path / path.name)
+
+    class RunsCommand:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    (tmp_path / "ind.cora.graph").write_bytes(pickle_module.dumps(RunsCommand()))
+    assert main(["train", str(CONFIGS / "gcn_cora_tiny.yaml"), "--data-dir", str(tmp_path),
+                 "--workdir", str(tmp_path / "run")]) == 2
+    assert "refusing to load" in capsys.readouterr().err

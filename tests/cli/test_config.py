@@ -89,3 +89,14 @@ def test_saved_config_loads_back_to_the_same_value(tmp_path):
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
     assert isinstance(config, Config)
+
+
+def test_exponent_floats_written_in_a_config_file_load_as_floats(tmp_path):
+    from jgrad.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  learning_rate: 1e-3\n")
+    assert load_config(path, []).optim.learning_rate == 1e-3
+    path.write_text("optim:\n  learning_rate: fast\n")
+    with pytest.raises(ConfigError, match="learning_rate must be float; got 'fast'"):
+        load_config(path, [])

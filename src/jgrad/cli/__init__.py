@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pickle
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"jgrad {args.command}: {error}", file=sys.stderr)
         return 1
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, OSError, ValueError, pickle.UnpicklingError) as error:
         message = " ".join(str(error).split("\n")) if isinstance(error, ConfigError) else str(error)
         print(f"jgrad {args.command}: {message}", file=sys.stderr)
         return 2
@@ -97,9 +99,14 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    from ..config import load_config
     from ..train import evaluate_checkpoint, format_table
 
-    config = _load(args)
+    saved = Path(args.workdir) / "config.yaml"
+    if saved.is_file():  # the run's own resolved config (e.g. its seed count), then any --set on top
+        config = load_config(saved, list(args.overrides))
+    else:
+        config = _load(args)
     seeds, scores = evaluate_checkpoint(config, args.workdir, data_dir=args.data_dir)
     print(f"{config.name}: best checkpoint in {args.workdir}")
     print(format_table(seeds, scores))

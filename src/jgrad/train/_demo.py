@@ -40,6 +40,8 @@ def run_demo(*, node: int | None = None, k: int = 5, seed: int = 0, epochs: int 
       ``{"test_acc", "node", "label", "probability", "edges", "add_harmful", "add_helpful"}`` where each
       edge list holds ``(u, v, dL/dA)`` triples.
     """
+    if int(k) < 1:
+        raise ValueError(f"demo: --top must be at least 1; got {k}.")
     data = karate_club()
     make_model = lambda rngs: nn.GCN(data.n_features, 16, data.n_classes, dropout=0.5, rngs=rngs)
     result = fit(make_model, data, make_optimizer(0.01, 5e-4, "first_layer"), seeds=(seed,), epochs=epochs,

@@ -17,7 +17,7 @@ from .. import nn
 from ..config import Config, DataConfig, ModelConfig, OptimConfig, config_to_dict, save_config
 from ..data import NodeDataset, csbm, karate_club, load_planetoid
 from ._checkpoint import Checkpointer
-from ._fit import FitResult, fit, format_table
+from ._fit import FitResult, _seed_array, fit, format_table
 from ._model import init_params
 from ._optim import l2_penalty, make_optimizer
 from ._step import EarlyStopping, evaluate
@@ -118,7 +118,7 @@ def evaluate_checkpoint(
         raise FileNotFoundError(f"eval: no checkpoint in {checkpoints}; run `jgrad train` with this workdir.")
     dataset = jax.device_put(load_dataset(config.data, data_dir))
     seeds = tuple(range(config.train.seed, config.train.seed + config.train.seeds))
-    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(np.asarray(seeds, np.uint32))
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(_seed_array(seeds))
     make = create_model(config.model, dataset.n_features, dataset.n_classes)
     model_def, like = _abstract_params(make, keys[:, 0])
     checkpointer = Checkpointer(checkpoints)

@@ -144,7 +144,7 @@ def fit(
         raise ValueError("\n".join(problems))
 
     dataset = jax.device_put(dataset)
-    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(np.asarray(seeds, np.uint32))
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(_seed_array(seeds))
     model_def, params = init_params(make_model, keys[:, 0])
     create = jax.vmap(lambda p, k: TrainState.create(p, optimizer, k, window=early_stopping.window))
     state = jax.jit(create)(params, keys[:, 1])
@@ -237,3 +237,11 @@ def _check_finite(metrics, first_epoch, seeds, log, saved_epoch, checkpointer) -
         f"fit: the training loss is {loss[row, column]} at epoch {first_epoch + row + 1} (seed {seeds[column]}); "
         f"training stopped and {where}. Lower the learning rate or check the inputs for NaN/Inf."
     )
+
+
+def _seed_array(seeds) -> np.ndarray:
+    """Seeds as uint32 for ``jax.random.key``; raises ValueError naming a seed outside [0, 2**32)."""
+    bad = [s for s in seeds if not 0 <= int(s) < 2**32]
+    if bad:
+        raise ValueError(f"fit: seeds must be integers in [0, 2**32); got {bad[:5]}.")
+    return np.asarray([int(s) for s in seeds], np.uint32)
