@@ -415,3 +415,16 @@ def test_segment_max_with_three_ties_returns_the_exact_maximum_and_splits_the_gr
     assert out[0] == value
     grad = jax.grad(lambda d: segment_max(d, ids, 1)[0])(data)
     np.testing.assert_allclose(grad, np.full(3, 1 / 3), rtol=1e-6)
+
+
+def test_segment_whose_logits_are_all_minus_inf_gives_zero_softmax_and_no_nan_gradient():
+    logits = jnp.array([-jnp.inf, -jnp.inf, 1.0, 2.0])
+    ids = jnp.array([0, 0, 1, 1])
+    out = segment_softmax(logits, ids, 2)
+    np.testing.assert_allclose(out, [0.0, 0.0, 0.26894143, 0.73105857], rtol=1e-6)
+    lse = segment_logsumexp(logits, ids, 2)
+    assert lse[0] == -jnp.inf
+    grad = jax.grad(lambda d: segment_logsumexp(d, ids, 2)[1])(logits)
+    np.testing.assert_allclose(grad, [0.0, 0.0, 0.26894143, 0.73105857], rtol=1e-6)
+    grad = jax.grad(lambda d: jnp.sum(segment_softmax(d, ids, 2) * jnp.arange(4.0)))(logits)
+    assert bool(jnp.all(jnp.isfinite(grad)))

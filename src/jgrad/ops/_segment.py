@@ -249,7 +249,7 @@ def segment_logsumexp(
 
     Returns:
       Shape ``(S, ...)``, floating dtype. An empty (or fully masked) segment gives 0, not ``-inf``, with
-      zero gradient.
+      zero gradient; a segment whose entries are all ``-inf`` gives ``-inf`` with zero gradient.
 
     Raises:
       TypeError: see :func:`segment_sum`.
@@ -267,8 +267,10 @@ def segment_logsumexp(
     valid = _entry_mask(data, routed, num_segments)
     exps = jnp.where(valid, jnp.exp(shifted), 0)
     total = _sum(exps, segment_ids, num_segments, indices_are_sorted)
-    safe_total = jnp.where(nonempty, total, 1)
-    return jnp.where(nonempty, jnp.log(safe_total) + shift, 0)
+    positive = nonempty & (total > 0)  # total is 0 only when every logit of the segment is -inf
+    safe_total = jnp.where(positive, total, 1)
+    value = jnp.where(positive, jnp.log(safe_total) + shift, -jnp.inf)
+    return jnp.where(nonempty, value, 0)
 
 
 def segment_softmax(
@@ -300,7 +302,8 @@ def segment_softmax(
 
     Returns:
       Shape ``(E, ...)`` like ``logits``, floating dtype. Entries with out-of-range ids get 0, like masked
-      ones. Over each non-empty segment the outputs sum to 1.
+      ones. Over each non-empty segment the outputs sum to 1, except that a segment whose logits are all
+      ``-inf`` (a masking idiom) gets 0 with zero gradient; a ``+inf`` logit gives NaN.
 
     Raises:
       TypeError: see :func:`segment_sum`.
@@ -318,8 +321,10 @@ def segment_softmax(
     valid = _entry_mask(logits, routed, num_segments)
     exps = jnp.where(valid, jnp.exp(shifted), 0)
     total = _gather(_sum(exps, segment_ids, num_segments, indices_are_sorted), routed)
-    # A valid entry's segment contains its maximum, which contributes exp(0) = 1, so total >= 1 there.
-    return jnp.where(valid, exps / jnp.where(valid, total, 1), 0)
+    # A finite segment maximum contributes exp(0) = 1, so total >= 1; total is 0 only when every logit
+    # of the segment is -inf, and that segment gets 0 (double where: no NaN in value or gradient).
+    live = valid & (total > 0)
+    return jnp.where(live, exps / jnp.where(live, total, 1), 0)
 
 
 def segment_std(
