@@ -280,3 +280,13 @@ def test_batch_rejects_edge_weights_of_different_trailing_shapes():
     b = jgrad.Graph.from_edges([0], [1], n_nodes=2, edge_weight=[[1.0, 2.0]])
     with pytest.raises(ValueError, match=r"same trailing shape.*graphs\[1\]: \(E, 2\)"):
         jgrad.batch([a, b])
+
+
+def test_pad_of_a_batch_works_under_jit():
+    g = jgrad.Graph.from_edges([0, 1], [1, 0], n_nodes=2)
+    batch = jgrad.batch([g, g])
+    eager = jgrad.pad(batch, 8, 10)
+    traced = jax.jit(lambda b: jgrad.pad(b, 8, 10))(batch)
+    for name in ("senders", "receivers", "node_mask", "edge_mask", "graph_mask", "n_node_per_graph",
+                 "n_edge_per_graph"):
+        np.testing.assert_array_equal(np.asarray(getattr(traced, name)), np.asarray(getattr(eager, name)))

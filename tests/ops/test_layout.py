@@ -132,3 +132,12 @@ def test_layout_rejects_unsupported_ops_and_foreign_layouts():
         plan_layout(graph, max_width=12)
     with pytest.raises(TypeError, match="plan_layout: the graph's indices are traced"):
         jax.jit(lambda s: plan_layout(Graph(s, s, 3)))(jnp.zeros(2, jnp.int32))
+
+
+def test_a_layout_planned_for_another_graph_of_the_same_size_is_refused():
+    import jgrad
+    a = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
+    b = jgrad.Graph.from_edges([0, 1, 2], [1, 1, 0], n_nodes=3)
+    x = jnp.ones((3, 2))
+    with pytest.raises(ValueError, match="planned for another graph with the same sizes"):
+        jgrad.ops.spmm(b, x, layout=jgrad.ops.plan_layout(a))

@@ -58,8 +58,9 @@ def propagate(
       fill: weight of the implicit self loop (keyword-only); may be a traced scalar.
 
     Returns:
-      (N, ...), x's shape and dtype. Equal to ``spmm(gcn_norm(graph), x)`` for ``norm="sym"`` and to
-      ``spmm(row_norm(graph), x)`` for ``norm="row", add_self_loops=False``.
+      (N, ...), x's shape and dtype. On real (non-padding) nodes, equal to ``spmm(gcn_norm(graph), x)``
+      for ``norm="sym"`` and to ``spmm(row_norm(graph), x)`` for ``norm="row", add_self_loops=False``
+      (padding nodes get their implicit self loop here, and none in `gcn_norm`).
 
     Notes:
       A node whose degree is 0 gets scale 0 (value and gradient finite, no NaN). Differentiable

@@ -79,12 +79,12 @@ def batch(graphs: Sequence[Graph]) -> Graph:
     )
 
 
-def _node_counts(g: Graph) -> np.ndarray:
-    return np.asarray([g.n_nodes]) if g.n_node_per_graph is None else np.asarray(g.n_node_per_graph)
+def _node_counts(g: Graph, xp=np):
+    return xp.asarray([g.n_nodes]) if g.n_node_per_graph is None else xp.asarray(g.n_node_per_graph)
 
 
-def _edge_counts(g: Graph) -> np.ndarray:
-    return np.asarray([g.n_edges]) if g.n_edge_per_graph is None else np.asarray(g.n_edge_per_graph)
+def _edge_counts(g: Graph, xp=np):
+    return xp.asarray([g.n_edges]) if g.n_edge_per_graph is None else xp.asarray(g.n_edge_per_graph)
 
 
 def _concat_masks(masks: list, sizes: list[int]):
@@ -189,11 +189,11 @@ def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
     old_node_mask = ones(graph.n_nodes) if graph.node_mask is None else xp.asarray(graph.node_mask)
     old_edge_mask = ones(graph.n_edges) if graph.edge_mask is None else xp.asarray(graph.edge_mask)
     old_graph_mask = ones(graph.n_graphs) if graph.graph_mask is None else xp.asarray(graph.graph_mask)
-    n_node_per_graph = _node_counts(graph)
-    n_edge_per_graph = _edge_counts(graph)
+    n_node_per_graph = _node_counts(graph, xp)
+    n_edge_per_graph = _edge_counts(graph, xp)
     if extra_nodes:
-        n_node_per_graph = np.append(n_node_per_graph, extra_nodes)
-        n_edge_per_graph = np.append(n_edge_per_graph, extra_edges)
+        n_node_per_graph = xp.append(n_node_per_graph, extra_nodes)
+        n_edge_per_graph = xp.append(n_edge_per_graph, extra_edges)
         old_graph_mask = xp.concatenate([old_graph_mask, xp.zeros((1,), bool)])
     return Graph(
         senders=jnp.asarray(xp.concatenate([xp.asarray(graph.senders), pad_index]), jnp.int32),

@@ -209,7 +209,7 @@ class Graph:
         return coalesce(self)
 
     def to_undirected(self) -> Graph:
-        """Adds every reverse edge and merges duplicates (weights of a pair are summed). Eager only."""
+        """Adds each missing reverse edge (same weight) and merges duplicate edges. Eager only."""
         from ._structure import to_undirected
 
         return to_undirected(self)

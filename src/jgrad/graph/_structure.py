@@ -170,14 +170,5 @@ def to_undirected(graph: Graph) -> Graph:
         receivers=jnp.asarray(np.concatenate([receivers, extra_receivers]), jnp.int32),
         edge_weight=edge_weight,
     )
-    return _recount_edges(coalesce(both))
+    return coalesce(both)  # coalesce recounts the per-graph edges of a batch
 
-
-def _recount_edges(graph: Graph) -> Graph:
-    """Recomputes per-graph edge counts of a batch from the receivers (host-side)."""
-    if graph.n_node_per_graph is None:
-        return graph
-    offsets = np.concatenate([[0], np.cumsum(np.asarray(graph.n_node_per_graph))])
-    owner = np.searchsorted(offsets, np.asarray(graph.receivers), side="right") - 1
-    counts = np.bincount(owner, minlength=graph.n_graphs)
-    return dataclasses.replace(graph, n_edge_per_graph=jnp.asarray(counts, jnp.int32))

@@ -43,6 +43,7 @@ from .._types import REDUCERS, check_choice
 from ..gradients import propagate
 from ..graph import Graph
 from ..ops import edge_softmax, gsddmm, gspmm, segment_reduce, spmm
+from ..ops._norm import safe_inverse_power
 
 ArrayLike = jax.typing.ArrayLike
 Params = Mapping[str, Any]
@@ -116,13 +117,6 @@ def _bias(params: Params, y: jax.Array) -> jax.Array:
 def _column(v: jax.Array) -> jax.Array:
     """(N,) -> (N, 1), so that a per-node scale multiplies (N, F) without rank promotion."""
     return v[:, None]
-
-
-def _safe_inverse_power(degree: jax.Array, power: float) -> jax.Array:
-    """``degree ** -power`` where degree > 0, else 0, with a zero (not NaN) gradient there."""
-    positive = degree > 0
-    safe = jnp.where(positive, degree, jnp.ones((), degree.dtype))
-    return jnp.where(positive, safe ** (-power), jnp.zeros((), degree.dtype))
 
 
 def _in_degree(graph: Graph, dtype: Any) -> jax.Array:
@@ -200,7 +194,7 @@ def gcn_scaling(
     degree = _in_degree(graph, dtype)
     if add_self_loops:
         degree = degree + fill
-    return _safe_inverse_power(degree, 0.5)
+    return safe_inverse_power(degree, 0.5)
 
 
 def _gcn_propagate(graph, x, *, normalize, add_self_loops, fill, scaling):

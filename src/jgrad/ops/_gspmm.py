@@ -115,7 +115,7 @@ def gspmm(
     u, e = _common_dtype(where, u, e, accumulate_dtype)
     check_graph_indices(where, graph)
     if layout is not None:
-        _kernels.check_layout(where, layout, graph.n_nodes, graph.n_edges, op, reduce, e)
+        _kernels.check_layout(where, layout, graph.n_nodes, graph.n_edges, op, reduce, e, graph)
     if layout is not None and not in_forward_mode(u, e):
         out = _kernels.layout_gspmm(layout, op, reduce, u, e)
     else:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from ..graph._checks import is_concrete
 from ._layout import Layout, Side
 
 
@@ -102,8 +104,14 @@ LAYOUT_OPS = ("copy_u", "u_mul_e")
 LAYOUT_REDUCERS = ("sum", "mean")
 
 
-def check_layout(where: str, layout, n_nodes: int, n_edges: int, op: str, reduce: str, e) -> None:
-    """Raises if ``layout`` cannot run this gspmm: wrong type or size, or an op it does not cover."""
+def check_layout(where: str, layout, n_nodes: int, n_edges: int, op: str, reduce: str, e,
+                 graph=None) -> None:
+    """Raises if ``layout`` cannot run this gspmm: wrong type or size, or an op it does not cover.
+
+    When ``graph`` is given with concrete indices, the layout's in-degrees are also compared with the
+    graph's live edges, so a layout planned for another graph of the same size is refused (under
+    ``jit`` that comparison is skipped: plan the layout from the same graph).
+    """
     if not isinstance(layout, Layout):
         raise TypeError(f"{where}: layout must be a jgrad.ops.Layout from plan_layout(graph); "
                         f"got {type(layout).__name__}.")
@@ -119,6 +127,14 @@ def check_layout(where: str, layout, n_nodes: int, n_edges: int, op: str, reduce
     if op == "u_mul_e" and e is not None and any(d != 1 for d in e.shape[1:]):
         problems.append(f"the layout path needs one scalar per edge; got e of shape {tuple(e.shape)}, "
                         f"expected ({n_edges},) or ({n_edges}, 1).")
+    if not problems and graph is not None and is_concrete(graph.receivers, graph.edge_mask,
+                                                          layout.forward.in_degree):
+        receivers = np.asarray(graph.receivers)
+        if graph.edge_mask is not None:
+            receivers = receivers[np.asarray(graph.edge_mask)]
+        if not np.array_equal(np.bincount(receivers, minlength=n_nodes), np.asarray(layout.forward.in_degree)):
+            problems.append("the layout was planned for another graph with the same sizes (its in-degrees "
+                            "differ from this graph's); plan it with plan_layout(graph).")
     if problems:
         raise ValueError(f"{where}: " + " ".join(problems) + " Leave out layout= for the general path.")
 
