@@ -120,12 +120,7 @@ def test_metattack_first_flip_is_the_best_dense_score(x64):
     graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
     adjacency = np.asarray(graph.to_dense())
     score = np.asarray(attacks.meta_gradient(problem, graph).dense()) * (1 - 2 * adjacency)
-    degree = adjacency.sum(axis=1)
-    n = adjacency.shape[0]
-    allowed = np.triu(np.ones((n, n), bool), 1)
-    allowed &= ~((adjacency > 0) & ((degree[:, None] <= 1) | (degree[None, :] <= 1)))
-    best = np.unravel_index(np.argmax(np.where(allowed, score, -np.inf)), score.shape)
-    assert tuple(result.flips[0]) == tuple(int(b) for b in best)
+    assert tuple(result.flips[0]) == _best_allowed_flip(score, adjacency)
 
 
 def test_metattack_redraw_draws_fresh_initial_weights_per_step():
@@ -168,11 +163,16 @@ def test_metattack_redraw_scores_each_step_from_its_own_initialisation(x64):
     adjacency = np.asarray(graph.to_dense())
     grad = attacks.meta_gradient(problem.with_initial_params(attacks.step_key(key, 0)), graph)
     score = np.asarray(grad.dense()) * (1 - 2 * adjacency)
+    assert tuple(result.flips[0]) == _best_allowed_flip(score, adjacency)
+    fixed = np.asarray(attacks.meta_gradient(problem, graph).dense())
+    assert not np.allclose(np.asarray(grad.dense()), fixed)  # the redrawn start changes the meta-gradient
+
+
+def _best_allowed_flip(score: np.ndarray, adjacency: np.ndarray) -> tuple[int, int]:
+    """Dense reference of the flip rule: the best upper-triangle pair that leaves no node without neighbours."""
     degree = adjacency.sum(axis=1)
     n = adjacency.shape[0]
     allowed = np.triu(np.ones((n, n), bool), 1)
     allowed &= ~((adjacency > 0) & ((degree[:, None] <= 1) | (degree[None, :] <= 1)))
     best = np.unravel_index(np.argmax(np.where(allowed, score, -np.inf)), score.shape)
-    assert tuple(result.flips[0]) == tuple(int(b) for b in best)
-    fixed = np.asarray(attacks.meta_gradient(problem, graph).dense())
-    assert not np.allclose(np.asarray(grad.dense()), fixed)  # the redrawn start changes the meta-gradient
+    return tuple(int(b) for b in best)

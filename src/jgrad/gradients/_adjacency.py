@@ -13,7 +13,6 @@ library finds ``G_c`` by adding zero probes to each tapped output (see `jgrad.gr
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -453,9 +452,19 @@ def _assemble(kinds, probe_grads, messages, graph: Graph, dtype) -> AdjacencyGra
         else:
             lefts.append(ones)
             rights.append(grad)
+    return _directed_grad(
+        graph,
+        jnp.concatenate(lefts, axis=1) if lefts else jnp.zeros((n, 0), dtype),
+        jnp.concatenate(rights, axis=1) if rights else jnp.zeros((n, 0), dtype),
+    )
+
+
+def _directed_grad(graph: Graph, left: jax.Array, right: jax.Array) -> AdjacencyGrad:
+    """``left @ right.T`` as the (not symmetrised) gradient w.r.t. ``graph``'s adjacency."""
+    n, dtype = graph.n_nodes, left.dtype
     return AdjacencyGrad(
-        left=jnp.concatenate(lefts, axis=1) if lefts else jnp.zeros((n, 0), dtype),
-        right=jnp.concatenate(rights, axis=1) if rights else jnp.zeros((n, 0), dtype),
+        left=left,
+        right=right,
         diagonal_offset=jnp.zeros((n,), dtype),
         senders=graph.senders,
         receivers=graph.receivers,
@@ -526,13 +535,4 @@ def _dense_grad(fn, graph: Graph, args, weight: jax.Array, force: bool) -> Adjac
         return jax.grad(loss)(w).reshape(n, n)
 
     grad = jax.jit(dense_gradient)(complete, dense.reshape(-1), arrays)
-    return AdjacencyGrad(
-        left=grad,
-        right=jnp.eye(n, dtype=dtype),
-        diagonal_offset=jnp.zeros((n,), dtype),
-        senders=graph.senders,
-        receivers=graph.receivers,
-        edge_mask=graph.edge_mask,
-        edge_error=jnp.zeros((), dtype),
-        n_nodes=n,
-    )
+    return _directed_grad(graph, grad, jnp.eye(n, dtype=grad.dtype))

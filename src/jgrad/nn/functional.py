@@ -319,11 +319,7 @@ def graph_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
       >>> jgrad.nn.functional.graph_conv(params, g, jnp.array([[1.0], [3.0], [1.0]])).tolist()
       [[10.0], [30.0], [12.0]]
     """
-    where = "graph_conv"
-    x = _check_features(where, graph, x, _kernel_in(where, params["root_kernel"]))
-    _check_scalar_weights(where, graph)
-    y = mean_aggregate(graph, x) @ params["neighbour_kernel"] + x @ params["root_kernel"]
-    return _bias(params, y)
+    return _neighbour_root_conv("graph_conv", params, graph, x, "mean")
 
 
 def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "mean") -> jax.Array:
@@ -358,8 +354,12 @@ def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "
       >>> jgrad.nn.functional.sage_conv(params, g, x, aggregator="max").tolist()
       [[0.0], [0.0], [3.0]]
     """
-    where = "sage_conv"
-    check_choice(where, "aggregator", aggregator, SAGE_AGGREGATORS)
+    check_choice("sage_conv", "aggregator", aggregator, SAGE_AGGREGATORS)
+    return _neighbour_root_conv("sage_conv", params, graph, x, aggregator)
+
+
+def _neighbour_root_conv(where: str, params: Params, graph: Graph, x: ArrayLike, aggregator: str) -> jax.Array:
+    """``agg(x over incoming edges) @ neighbour_kernel + x @ root_kernel + b``: graph_conv and sage_conv."""
     x = _check_features(where, graph, x, _kernel_in(where, params["root_kernel"]))
     _check_scalar_weights(where, graph)
     if aggregator == "mean":
