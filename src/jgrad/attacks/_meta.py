@@ -35,7 +35,7 @@ from .._types import check_choice
 from ..gradients import AdjacencyGrad, adjacency_grad, propagate
 from ..graph import Graph
 from ._features import Features, SparseFeatures, features_matmul, features_rmatmul, n_features
-from ._flips import GreedyResult, greedy_flips, step_key
+from ._flips import GreedyResult, greedy_flips
 from ._models import SURROGATE, GCNConfig, gcn_logits, init_gcn, masked_cross_entropy, train_gcn
 
 FORMS = ("auto", "train", "features")

@@ -109,8 +109,6 @@ def _jax_step(impl: str, workload: str, problem: Problem):
     import jax
     import jax.numpy as jnp
 
-    import jgrad
-
     arrays = _graph_arrays(impl, problem)
     n = problem.n_nodes
     fns = layer_functions(jnp, jax.nn.relu, lambda v: jax.nn.leaky_relu(v, 0.2), jax.nn.log_softmax)

@@ -7,7 +7,6 @@ compilations, by the number of buckets.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 

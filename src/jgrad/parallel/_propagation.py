@@ -29,8 +29,6 @@ from ..ops._messages import (
     check_operands,
     message,
     sum_to_shape,
-    uses_e,
-    uses_u,
 )
 from ._mesh import EDGE_AXIS, FEATURE_AXIS, shard_map
 from ._partition import ShardedGraph, check_mesh

@@ -76,8 +76,8 @@ def run_demo(*, node: int | None = None, k: int = 5, seed: int = 0, epochs: int 
         pair_grad[key] = pair_grad.get(key, 0.0) + float(g)
     ranked = sorted(pair_grad.items(), key=lambda item: -abs(item[1]))[:k]
     edges = [(u, v, g) for (u, v), g in ranked]
-    out(f"\nMost influential existing friendships (jgrad.edge_grad; dL/dw < 0: the edge supports the "
-        f"prediction, removing it raises L):")
+    out("\nMost influential existing friendships (jgrad.edge_grad; dL/dw < 0: the edge supports the "
+        "prediction, removing it raises L):")
     _table(edges, out)
 
     grad = adjacency_grad(loss, data.graph, features, symmetric=True)

@@ -17,7 +17,7 @@ from .. import nn
 from ..config import Config, DataConfig, ModelConfig, OptimConfig, config_to_dict, save_config
 from ..data import NodeDataset, csbm, karate_club, load_planetoid
 from ._checkpoint import Checkpointer
-from ._fit import FitResult, _seed_array, fit, format_table
+from ._fit import FitResult, _seed_array, fit
 from ._model import init_params
 from ._optim import l2_penalty, make_optimizer
 from ._step import EarlyStopping, evaluate
