@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+import jgrad
 from jgrad import Graph
 from jgrad.graph import pad
 from jgrad.ops import Layout, gspmm, plan_layout, spmm
@@ -30,6 +31,17 @@ GRAPHS = {
 CASES = [("copy_u", "sum"), ("copy_u", "mean"), ("u_mul_e", "sum"), ("u_mul_e", "mean")]
 
 
+@pytest.fixture(params=["native", "xla"])
+def kernel(request, monkeypatch):
+    """Runs a test on the native CPU kernels and on the bucketed XLA formulation (used off CPU)."""
+    if request.param == "xla":
+        monkeypatch.setenv("JGRAD_NATIVE", "0")
+    else:
+        monkeypatch.delenv("JGRAD_NATIVE", raising=False)
+        assert jgrad.ops.native_available(), "the native CPU kernels did not build on this machine"
+    return request.param
+
+
 def _operands(graph, features=(3,), edge_shape=(), seed=0):
     rng = np.random.default_rng(seed)
     u = jnp.asarray(rng.standard_normal((graph.n_nodes,) + features))
@@ -43,7 +55,7 @@ def _plan(graph):
 
 @pytest.mark.parametrize("graph_name", sorted(GRAPHS))
 @pytest.mark.parametrize("op,reduce", CASES)
-def test_layout_matches_default_path_in_value_and_gradient(x64, graph_name, op, reduce):
+def test_layout_matches_default_path_in_value_and_gradient(x64, kernel, graph_name, op, reduce):
     graph = GRAPHS[graph_name]
     layout = _plan(graph)
     u, e = _operands(graph)
@@ -62,7 +74,7 @@ def test_layout_matches_default_path_in_value_and_gradient(x64, graph_name, op, 
 
 
 @pytest.mark.parametrize("op,reduce", CASES)
-def test_layout_gradients_pass_numerical_check_to_second_order(x64, op, reduce):
+def test_layout_gradients_pass_numerical_check_to_second_order(x64, kernel, op, reduce):
     graph = GRAPHS["skewed"]
     layout = _plan(graph)
     u, e = _operands(graph, features=(2,))
@@ -135,7 +147,6 @@ def test_layout_rejects_unsupported_ops_and_foreign_layouts():
 
 
 def test_a_layout_planned_for_another_graph_of_the_same_size_is_refused():
-    import jgrad
     a = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
     b = jgrad.Graph.from_edges([0, 1, 2], [1, 1, 0], n_nodes=3)
     x = jnp.ones((3, 2))

@@ -12,6 +12,7 @@ from ._layout import Layout as Layout
 from ._layout import plan_layout as plan_layout
 from ._messages import EDGE_OPS as EDGE_OPS
 from ._messages import MESSAGE_OPS as MESSAGE_OPS
+from ._native import available as native_available
 from ._norm import gcn_norm as gcn_norm
 from ._norm import row_norm as row_norm
 from ._segment import segment_logsumexp as segment_logsumexp
@@ -31,6 +32,7 @@ __all__ = [
     "gcn_norm",
     "gsddmm",
     "gspmm",
+    "native_available",
     "plan_layout",
     "row_norm",
     "segment_logsumexp",

@@ -1,14 +1,16 @@
-"""Sum aggregation and per-edge products on a bucketed `Layout`, with a custom VJP.
+"""Sum aggregation and per-edge products on a `Layout`, with custom VJPs.
 
 ``layout_sum(layout, u, w)`` computes ``out[receivers[e]] += w[e] * u[senders[e]]`` (or ``u[...]``
-alone when ``w`` is None) as gathers and dense reductions over the neighbour tables of the layout; no
-scatter-add and no (E, F) intermediate. Its backward reuses the layout:
+alone when ``w`` is None) with no scatter-add and no (E, F) intermediate. Its backward reuses the layout:
 
-* ``du = A^T @ dout``: `layout_sum` on ``layout.transpose()``, the reversed graph's tables.
-* ``dw[e] = <dout[receivers[e]], u[senders[e]]>``: `layout_edge_dot` on the forward tables, read back
-  into edge order by a gather (``slot_of_edge``).
+* ``du = A^T @ dout``: `layout_sum` on ``layout.transpose()``, the reversed graph.
+* ``dw[e] = <dout[receivers[e]], u[senders[e]]>``: `layout_edge_dot`, a g-SDDMM.
 
-Both are differentiable again (the backward calls `layout_sum` and plain JAX), so higher orders work.
+`layout_edge_dot` has its own VJP built from `layout_sum`, so every order of reverse mode works.
+
+Two formulations, chosen per platform when the computation is lowered: on CPU, for float32/float64,
+the native CSR kernels of `jgrad.ops._native` (when they are built); everywhere else gathers and dense
+reductions over the degree-bucketed neighbour tables (XLA only).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..graph._checks import is_concrete
+from . import _native
 from ._layout import Layout, Side
 
 
@@ -32,8 +35,20 @@ def _map_chunks(fn, arrays):
     return jax.lax.map(fn, arrays)
 
 
+def _use_native(*arrays) -> bool:
+    return _native.available() and all(_native.supports(a.dtype) for a in arrays if a is not None)
+
+
 def _side_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
     """``out[v] = sum over slots of v of w[slot] * u[neighbour]`` for (N, M) ``u`` and (E,) ``w``."""
+    if _use_native(u, w):
+        return jax.lax.platform_dependent(u, w, cpu=lambda u, w: _native.csr_sum(side.csr, u, w),
+                                          default=lambda u, w: _bucket_sum(side, u, w))
+    return _bucket_sum(side, u, w)
+
+
+def _bucket_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
+    """`_side_sum` as gathers and dense reductions over the bucket tables."""
     n, m = u.shape
     u_ext = _append_zero_row(u)
     w_ext = None if w is None else _append_zero_row(w.astype(u.dtype))
@@ -55,11 +70,41 @@ def _side_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
     return jnp.concatenate(parts).at[side.output_position].get(mode="promise_in_bounds")
 
 
-def layout_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
-    """``out[e] = <v[row node of e], u[neighbour of e]>`` for (N, M) ``u``, ``v``; shape (E,).
+@jax.custom_vjp
+def layout_edge_dot(layout: Layout, u: jax.Array, v: jax.Array) -> jax.Array:
+    """``out[e] = <v[receivers[e]], u[senders[e]]>`` for (N, M) ``u``, ``v``; shape (E,).
 
-    Padding edges (absent from the tables) get 0. Plain JAX, differentiable in every mode.
+    Padding edges (absent from the layout) get 0.
     """
+    return _side_edge_dot(layout.forward, u, v)
+
+
+def _layout_edge_dot_fwd(layout, u, v):
+    # The primal goes through the custom-VJP function again, so that an outer differentiation (reverse
+    # over reverse) sees a differentiable call rather than the native kernel.
+    return layout_edge_dot(layout, u, v), (layout, u, v)
+
+
+def _layout_edge_dot_bwd(residuals, cotangent):
+    layout, u, v = residuals
+    du = layout_sum(layout.transpose(), v, cotangent).astype(u.dtype)  # du[s] = sum_e g[e] v[r]
+    dv = layout_sum(layout, u, cotangent).astype(v.dtype)  # dv[r] = sum_e g[e] u[s]
+    return None, du, dv
+
+
+layout_edge_dot.defvjp(_layout_edge_dot_fwd, _layout_edge_dot_bwd)
+
+
+def _side_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
+    if _use_native(u, v) and u.dtype == v.dtype:
+        n_edges = side.slot_of_edge.shape[0]
+        return jax.lax.platform_dependent(u, v, cpu=lambda u, v: _native.csr_edge_dot(side.csr, u, v, n_edges),
+                                          default=lambda u, v: _bucket_edge_dot(side, u, v))
+    return _bucket_edge_dot(side, u, v)
+
+
+def _bucket_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
+    """`_side_edge_dot` as gathers and row dot products over the bucket tables."""
     u_ext = _append_zero_row(u)
     v_ext = _append_zero_row(v)
     slots = []
@@ -85,7 +130,8 @@ def layout_sum(layout: Layout, u: jax.Array, w: jax.Array | None) -> jax.Array:
 
 
 def _layout_sum_fwd(layout, u, w):
-    return _side_sum(layout.forward, u, w), (layout, u, w)
+    # The primal goes through the custom-VJP function again (see _layout_edge_dot_fwd).
+    return layout_sum(layout, u, w), (layout, u, w)
 
 
 def _layout_sum_bwd(residuals, cotangent):
@@ -93,7 +139,7 @@ def _layout_sum_bwd(residuals, cotangent):
     du = layout_sum(layout.transpose(), cotangent, w)
     dw = None
     if w is not None:
-        dw = layout_edge_dot(layout.forward, u, cotangent).astype(w.dtype)
+        dw = layout_edge_dot(layout, u, cotangent).astype(w.dtype)
     return None, du, dw
 
 

@@ -16,6 +16,10 @@ followed by a dense reduction over a neighbour axis, which XLA runs much faster:
 Padded slots are at most ``E`` (each row is less than twice its degree) plus one partly filled chunk
 per bucket. A `Layout` holds this layout for the graph and for its reverse, which the custom VJP of
 `jgrad.ops.gspmm` uses for the node cotangent ``du = A^T @ dout``.
+
+Each side also keeps the plain CSR order of its edges (`Csr`: row offsets, neighbours, edge ids). On
+CPU the native kernels of `jgrad.ops._native` run on it; the bucket tables serve the XLA formulation
+used on other platforms and where the native kernels are unavailable.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..graph import Graph
+from ._native import Csr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +64,15 @@ class Side:
       slot_of_edge: (E,) int32 position of each edge among the flattened slots of all buckets; padding
         edges point one past the last slot.
       in_degree: (N,) int32 count of incoming (non-padding) edges.
+      csr: the same edges in CSR order (`Csr`, rows = the receivers of this direction); padding edges
+        are left out.
     """
 
     buckets: tuple
     output_position: jax.Array
     slot_of_edge: jax.Array
     in_degree: jax.Array
+    csr: Csr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +105,7 @@ class Layout:
 
 jax.tree_util.register_dataclass(Bucket, data_fields=["neighbours", "edge_ids", "row_nodes"],
                                  meta_fields=["n_receivers", "split"])
-jax.tree_util.register_dataclass(Side, data_fields=["buckets", "output_position", "slot_of_edge", "in_degree"],
+jax.tree_util.register_dataclass(Side, data_fields=["buckets", "output_position", "slot_of_edge", "in_degree", "csr"],
                                  meta_fields=[])
 jax.tree_util.register_dataclass(Layout, data_fields=["forward", "reverse"], meta_fields=["n_nodes", "n_edges"])
 
@@ -202,4 +210,6 @@ def _plan_side(rows, cols, mask, n, n_edges, max_width, chunk_edges) -> Side:
         output_position=jnp.asarray(output_position, jnp.int32),
         slot_of_edge=jnp.asarray(slot_of_edge, jnp.int32),
         in_degree=jnp.asarray(degree, jnp.int32),
+        csr=Csr(row_ptr=jnp.asarray(np.concatenate([[0], np.cumsum(degree)]), jnp.int32),
+                cols=jnp.asarray(cols[order], jnp.int32), edge_ids=jnp.asarray(order, jnp.int32)),
     )

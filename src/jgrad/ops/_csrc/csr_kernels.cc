@@ -1,0 +1,216 @@
+// CPU kernels for sum aggregation and per-edge dot products over a CSR-ordered graph, called from JAX
+// through the XLA FFI (see jgrad/ops/_native.py, which compiles this file on first use).
+//
+// A CSR side of a graph is (row_ptr, cols, edge_ids): the slots row_ptr[r] .. row_ptr[r+1]-1 hold
+// the neighbours cols[k] of row r and the id edge_ids[k] of the edge behind each slot.
+//
+//   jgrad_csr_sum:      out[r, :] = sum_k w[edge_ids[k]] * u[cols[k], :]     (w of size 0: no weights)
+//   jgrad_csr_edge_dot: out[edge_ids[k]] = <v[r, :], u[cols[k], :]>;  edges in no slot get 0
+//
+// Each output row is owned by one thread and accumulated in place, so there are no atomics and no
+// (E, M) intermediate. Rows are split between threads by slot count, so hubs do not unbalance them.
+// float32 and float64 are supported; the index arrays are int32.
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+int ThreadBudget() {
+  static const int budget = [] {
+    if (const char* env = std::getenv("JGRAD_NUM_THREADS")) {
+      int value = std::atoi(env);
+      if (value > 0) return value;
+    }
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+    return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  }();
+  return budget;
+}
+
+// Runs body(first_row, last_row) over [0, n_rows), split into contiguous ranges of about equal slot
+// counts; small problems stay on the calling thread.
+template <typename Body>
+void ParallelRows(const int32_t* row_ptr, int64_t n_rows, int64_t work, const Body& body) {
+  constexpr int64_t kWorkPerThread = int64_t{1} << 16;
+  int threads = static_cast<int>(std::min<int64_t>(ThreadBudget(), std::max<int64_t>(1, work / kWorkPerThread)));
+  if (threads <= 1 || n_rows < 2) {
+    body(int64_t{0}, n_rows);
+    return;
+  }
+  const int64_t n_slots = row_ptr[n_rows];
+  std::vector<int64_t> bounds(threads + 1, n_rows);
+  bounds[0] = 0;
+  for (int t = 1; t < threads; ++t) {
+    const int64_t target = n_slots * t / threads;
+    bounds[t] = std::lower_bound(row_ptr, row_ptr + n_rows + 1, target) - row_ptr;
+    bounds[t] = std::max(bounds[t], bounds[t - 1]);
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  for (int t = 1; t < threads; ++t) pool.emplace_back(body, bounds[t], bounds[t + 1]);
+  body(bounds[0], bounds[1]);
+  for (auto& thread : pool) thread.join();
+}
+
+template <typename T>
+inline void PrefetchRow(const T* row, int64_t m) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t offset = 0; offset < m * static_cast<int64_t>(sizeof(T)); offset += 64) {
+    __builtin_prefetch(bytes + offset, 0, 0);
+  }
+}
+
+constexpr int64_t kPrefetchDistance = 6;
+
+template <typename T>
+void CsrSum(const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u, const T* w,
+            bool weighted, int64_t n_rows, int64_t m, T* out) {
+  ParallelRows(row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      T* __restrict__ acc = out + r * m;
+      std::fill(acc, acc + m, T(0));
+      const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
+      for (int64_t k = begin; k < end; ++k) {
+        if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+        const T* __restrict__ row = u + static_cast<int64_t>(cols[k]) * m;
+        if (weighted) {
+          const T scale = w[edge_ids[k]];
+          for (int64_t j = 0; j < m; ++j) acc[j] += scale * row[j];
+        } else {
+          for (int64_t j = 0; j < m; ++j) acc[j] += row[j];
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+inline T Dot(const T* __restrict__ a, const T* __restrict__ b, int64_t m) {
+  constexpr int kLanes = 8;
+  T lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= m; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lanes[l] += a[j + l] * b[j + l];
+  }
+  T total = 0;
+  for (; j < m; ++j) total += a[j] * b[j];
+  for (int l = 0; l < kLanes; ++l) total += lanes[l];
+  return total;
+}
+
+template <typename T>
+void CsrEdgeDot(const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u, const T* v,
+                int64_t n_rows, int64_t m, int64_t n_edges, T* out) {
+  std::fill(out, out + n_edges, T(0));
+  ParallelRows(row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      const T* own = v + r * m;
+      const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
+      for (int64_t k = begin; k < end; ++k) {
+        if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+        out[edge_ids[k]] = Dot(own, u + static_cast<int64_t>(cols[k]) * m, m);
+      }
+    }
+  });
+}
+
+int64_t Rows(const ffi::AnyBuffer& buffer) { return buffer.dimensions().size() ? buffer.dimensions()[0] : 1; }
+
+int64_t RowWidth(const ffi::AnyBuffer& buffer) {
+  const int64_t rows = Rows(buffer);
+  return rows ? static_cast<int64_t>(buffer.element_count()) / rows : 0;
+}
+
+ffi::Error CheckIndexTypes(const ffi::AnyBuffer& row_ptr, const ffi::AnyBuffer& cols, const ffi::AnyBuffer& edge_ids) {
+  for (const auto* buffer : {&row_ptr, &cols, &edge_ids}) {
+    if (buffer->element_type() != ffi::DataType::S32) {
+      return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad csr kernels: index arrays must be int32");
+    }
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error CsrSumImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer u,
+                      ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out) {
+  if (auto error = CheckIndexTypes(row_ptr, cols, edge_ids); error.failure()) return error;
+  const auto type = u.element_type();
+  if (out->element_type() != type || (w.element_count() > 0 && w.element_type() != type)) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum: u, w and out must share one dtype");
+  }
+  const int64_t n_rows = Rows(*out), m = RowWidth(*out);
+  if (RowWidth(u) != m || static_cast<int64_t>(row_ptr.element_count()) != n_rows + 1) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum: inconsistent shapes");
+  }
+  const auto* rp = row_ptr.typed_data<int32_t>();
+  const auto* cs = cols.typed_data<int32_t>();
+  const auto* ids = edge_ids.typed_data<int32_t>();
+  const bool weighted = w.element_count() > 0;
+  if (type == ffi::DataType::F32) {
+    CsrSum(rp, cs, ids, u.typed_data<float>(), weighted ? w.typed_data<float>() : nullptr, weighted, n_rows, m,
+           out->typed_data<float>());
+  } else if (type == ffi::DataType::F64) {
+    CsrSum(rp, cs, ids, u.typed_data<double>(), weighted ? w.typed_data<double>() : nullptr, weighted, n_rows, m,
+           out->typed_data<double>());
+  } else {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum: dtype must be float32 or float64");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error CsrEdgeDotImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer u,
+                          ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out) {
+  if (auto error = CheckIndexTypes(row_ptr, cols, edge_ids); error.failure()) return error;
+  const auto type = u.element_type();
+  if (v.element_type() != type || out->element_type() != type) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_edge_dot: u, v and out must share one dtype");
+  }
+  const int64_t n_rows = Rows(v), m = RowWidth(v), n_edges = out->element_count();
+  if (RowWidth(u) != m || static_cast<int64_t>(row_ptr.element_count()) != n_rows + 1) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_edge_dot: inconsistent shapes");
+  }
+  const auto* rp = row_ptr.typed_data<int32_t>();
+  const auto* cs = cols.typed_data<int32_t>();
+  const auto* ids = edge_ids.typed_data<int32_t>();
+  if (type == ffi::DataType::F32) {
+    CsrEdgeDot(rp, cs, ids, u.typed_data<float>(), v.typed_data<float>(), n_rows, m, n_edges,
+               out->typed_data<float>());
+  } else if (type == ffi::DataType::F64) {
+    CsrEdgeDot(rp, cs, ids, u.typed_data<double>(), v.typed_data<double>(), n_rows, m, n_edges,
+               out->typed_data<double>());
+  } else {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_edge_dot: dtype must be float32 or float64");
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSum, CsrSumImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
+                                  .Arg<ffi::AnyBuffer>()  // cols (S,)
+                                  .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
+                                  .Arg<ffi::AnyBuffer>()  // u (N, M)
+                                  .Arg<ffi::AnyBuffer>()  // w (E,) or (0,)
+                                  .Ret<ffi::AnyBuffer>());  // out (R, M)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrEdgeDot, CsrEdgeDotImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
+                                  .Arg<ffi::AnyBuffer>()  // cols (S,)
+                                  .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
+                                  .Arg<ffi::AnyBuffer>()  // u (N, M)
+                                  .Arg<ffi::AnyBuffer>()  // v (R, M)
+                                  .Ret<ffi::AnyBuffer>());  // out (E,)

@@ -1,0 +1,157 @@
+"""Native CPU kernels for the layout path: CSR sum aggregation and per-edge dot products.
+
+XLA's CPU backend runs ``gather + segment_sum`` as a serial scatter-add. The two kernels in
+``_csrc/csr_kernels.cc`` walk a graph in CSR order instead (each output row owned by one thread,
+no atomics, no (E, M) intermediate) and are called through the XLA FFI:
+
+* ``csr_sum(csr, u, w)``: ``out[r] = sum_k w[edge_ids[k]] * u[cols[k]]`` over the slots of row r;
+* ``csr_edge_dot(csr, u, v, n_edges)``: ``out[edge_ids[k]] = <v[r], u[cols[k]]>``.
+
+The source is compiled with the system C++ compiler on first use (``$CXX``, else ``c++``/``g++``)
+against the XLA FFI headers that ship with jaxlib, for this machine's processor, and cached in
+``$JGRAD_CACHE_DIR`` (default ``~/.cache/jgrad``), keyed by the source, the flags, jaxlib's version
+and the processor. Without a compiler, or with ``JGRAD_NATIVE=0``, `available` is False and the
+layout path uses its XLA formulation; a failed build says why once, as a warning. The kernels
+handle float32 and float64 on CPU; `jgrad.ops._kernels` chooses them per platform at lowering time,
+so on GPU and TPU the XLA formulation runs. ``JGRAD_NUM_THREADS`` caps the threads a kernel uses
+(default: the cores this process may run on).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+
+SOURCE = Path(__file__).with_name("_csrc") / "csr_kernels.cc"
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno")
+TARGETS = {"jgrad_csr_sum": "JgradCsrSum", "jgrad_csr_edge_dot": "JgradCsrEdgeDot"}
+NATIVE_DTYPES = (jnp.float32, jnp.float64)
+
+
+class Csr(NamedTuple):
+    """One direction of a graph in CSR order: row r's slots are ``row_ptr[r] .. row_ptr[r+1] - 1``.
+
+    Attributes:
+      row_ptr: (R + 1,) int32 slot offsets.
+      cols: (S,) int32 neighbour (sender of this direction) of each slot.
+      edge_ids: (S,) int32 edge id of each slot.
+    """
+
+    row_ptr: jax.Array
+    cols: jax.Array
+    edge_ids: jax.Array
+
+
+def disabled_by_env() -> bool:
+    """True when ``JGRAD_NATIVE`` is set to 0, false or off."""
+    return os.environ.get("JGRAD_NATIVE", "1").strip().lower() in ("0", "false", "off", "no")
+
+
+def available() -> bool:
+    """Whether the native CPU kernels are built and registered (builds them on the first call)."""
+    return not disabled_by_env() and _load() is not None
+
+
+def supports(dtype) -> bool:
+    """Whether the kernels handle arrays of ``dtype`` (float32 and float64)."""
+    return any(jnp.dtype(dtype) == jnp.dtype(d) for d in NATIVE_DTYPES)
+
+
+def csr_sum(csr: Csr, u: jax.Array, w: jax.Array | None) -> jax.Array:
+    """``out[r] = sum over slots k of row r of w[edge_ids[k]] * u[cols[k]]``; u (N, M), w (E,) or None.
+
+    Returns (R, M) in u's dtype. Forward only: differentiate through `jgrad.ops._kernels.layout_sum`.
+    """
+    n_rows = csr.row_ptr.shape[0] - 1
+    w = jnp.zeros((0,), u.dtype) if w is None else w.astype(u.dtype)
+    call = jax.ffi.ffi_call("jgrad_csr_sum", jax.ShapeDtypeStruct((n_rows, u.shape[1]), u.dtype),
+                            vmap_method="sequential")
+    return call(csr.row_ptr, csr.cols, csr.edge_ids, u, w)
+
+
+def csr_edge_dot(csr: Csr, u: jax.Array, v: jax.Array, n_edges: int) -> jax.Array:
+    """``out[edge_ids[k]] = <v[r], u[cols[k]]>`` for every slot k of row r; u (N, M), v (R, M).
+
+    Returns (n_edges,); edges in no slot (padding) get 0.
+    """
+    call = jax.ffi.ffi_call("jgrad_csr_edge_dot", jax.ShapeDtypeStruct((n_edges,), u.dtype),
+                            vmap_method="sequential")
+    return call(csr.row_ptr, csr.cols, csr.edge_ids, u, v.astype(u.dtype))
+
+
+def _compiler() -> str | None:
+    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def _processor_signature() -> str:
+    """The processor's feature flags (``-march=native`` builds are only valid on a matching CPU)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("JGRAD_CACHE_DIR") or Path.home() / ".cache" / "jgrad"
+    return Path(root) / "native"
+
+
+def _library_path(compiler: str) -> Path:
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), compiler.encode(), jaxlib.__version__.encode(),
+                 platform.machine().encode(), _processor_signature().encode()):
+        key.update(part)
+        key.update(b"\0")
+    return _cache_dir() / f"libjgrad_csr_{key.hexdigest()[:16]}.so"
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compiles the kernels into ``target``, atomically (concurrent builders each write their own file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        output = Path(scratch) / target.name
+        command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(output)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr.strip()[-2000:]}")
+        os.replace(output, target)
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | None:
+    compiler = _compiler()
+    if compiler is None:
+        warnings.warn("jgrad: no C++ compiler found (set CXX); the layout path uses its XLA formulation on CPU.",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    try:
+        path = _library_path(compiler)
+        if not path.exists():
+            _build(compiler, path)
+        library = ctypes.cdll.LoadLibrary(str(path))
+        for name, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    except (OSError, RuntimeError, AttributeError) as error:
+        warnings.warn(f"jgrad: building the native CPU kernels failed; the layout path uses its XLA "
+                      f"formulation on CPU. {error}", RuntimeWarning, stacklevel=3)
+        return None
+    return library

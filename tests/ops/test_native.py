@@ -1,0 +1,154 @@
+"""The native CPU kernels: values against numpy, threading, vmap/jit, the per-platform choice, the build."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jgrad
+from jgrad.ops import _native, plan_layout, spmm
+
+pytestmark = [pytest.mark.skipif(_native.disabled_by_env(), reason="JGRAD_NATIVE=0 turns the native kernels off"),
+              pytest.mark.usefixtures("x64")]
+
+
+def _csr(senders, receivers, n_rows, mask=None):
+    senders, receivers = np.asarray(senders), np.asarray(receivers)
+    real = np.arange(len(senders)) if mask is None else np.flatnonzero(mask)
+    order = real[np.argsort(receivers[real], kind="stable")]
+    degree = np.bincount(receivers[real], minlength=n_rows)
+    return _native.Csr(jnp.asarray(np.concatenate([[0], np.cumsum(degree)]), jnp.int32),
+                       jnp.asarray(senders[order], jnp.int32), jnp.asarray(order, jnp.int32))
+
+
+def _random_graph(n, e, seed=0, hub_share=0.0):
+    rng = np.random.default_rng(seed)
+    senders, receivers = rng.integers(0, n, e), rng.integers(0, n, e)
+    receivers[: int(hub_share * e)] = 0
+    return senders, receivers
+
+
+def _sum_reference(senders, receivers, n, u, w, mask=None):
+    out = np.zeros((n, u.shape[1]))
+    weights = np.ones(len(senders)) if w is None else np.asarray(w, np.float64)
+    keep = np.ones(len(senders), bool) if mask is None else mask
+    np.add.at(out, receivers[keep], weights[keep, None] * np.asarray(u, np.float64)[senders[keep]])
+    return out
+
+
+def test_the_kernels_build_on_this_machine():
+    assert _native.available(), "the native CPU kernels did not build (is a C++ compiler installed?)"
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
+@pytest.mark.parametrize("width", [1, 5, 8, 13, 64])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_csr_sum_matches_numpy(dtype, tolerance, width, weighted):
+    senders, receivers = _random_graph(60, 500, seed=width)
+    rng = np.random.default_rng(1)
+    u = rng.standard_normal((60, width))
+    w = rng.standard_normal(500) if weighted else None
+    got = _native.csr_sum(_csr(senders, receivers, 60), jnp.asarray(u, dtype),
+                          None if w is None else jnp.asarray(w, dtype))
+    assert got.dtype == dtype and got.shape == (60, width)
+    np.testing.assert_allclose(got, _sum_reference(senders, receivers, 60, u, w), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-5), (jnp.float64, 1e-12)])
+@pytest.mark.parametrize("width", [1, 7, 8, 17, 64])
+def test_csr_edge_dot_matches_numpy(dtype, tolerance, width):
+    senders, receivers = _random_graph(50, 400, seed=width)
+    rng = np.random.default_rng(2)
+    u, v = rng.standard_normal((50, width)), rng.standard_normal((50, width))
+    got = _native.csr_edge_dot(_csr(senders, receivers, 50), jnp.asarray(u, dtype), jnp.asarray(v, dtype), 400)
+    np.testing.assert_allclose(got, np.sum(v[receivers] * u[senders], axis=1), rtol=tolerance, atol=tolerance)
+
+
+def test_edges_left_out_of_the_csr_get_zero_and_send_nothing():
+    senders, receivers = _random_graph(30, 200, seed=3)
+    mask = np.random.default_rng(3).random(200) < 0.7
+    csr = _csr(senders, receivers, 30, mask)
+    u = np.random.default_rng(4).standard_normal((30, 6))
+    got = _native.csr_sum(csr, jnp.asarray(u), jnp.ones(200))
+    np.testing.assert_allclose(got, _sum_reference(senders, receivers, 30, u, None, mask), rtol=1e-5, atol=1e-5)
+    dots = np.asarray(_native.csr_edge_dot(csr, jnp.asarray(u), jnp.asarray(u), 200))
+    assert np.all(dots[~mask] == 0.0) and np.all(dots[mask] != 0.0)
+
+
+def test_many_threads_with_a_hub_give_the_serial_result(monkeypatch):
+    # Big enough to be split between threads; half of the edges go into one hub row.
+    senders, receivers = _random_graph(3000, 60_000, seed=5, hub_share=0.5)
+    rng = np.random.default_rng(5)
+    u, w = rng.standard_normal((3000, 16)), rng.standard_normal(60_000)
+    csr = _csr(senders, receivers, 3000)
+    got = _native.csr_sum(csr, jnp.asarray(u), jnp.asarray(w))
+    np.testing.assert_allclose(got, _sum_reference(senders, receivers, 3000, u, w), rtol=1e-10, atol=1e-10)
+    dots = _native.csr_edge_dot(csr, jnp.asarray(u), jnp.asarray(u), 60_000)
+    np.testing.assert_allclose(dots, np.sum(u[receivers] * u[senders], axis=1), rtol=1e-10, atol=1e-10)
+
+
+def test_empty_rows_and_a_graph_without_edges():
+    csr = _csr(np.zeros(0, int), np.zeros(0, int), 4)
+    np.testing.assert_array_equal(_native.csr_sum(csr, jnp.ones((4, 3)), None), np.zeros((4, 3)))
+    assert _native.csr_edge_dot(csr, jnp.ones((4, 3)), jnp.ones((4, 3)), 0).shape == (0,)
+
+
+def test_csr_sum_under_jit_and_vmap():
+    senders, receivers = _random_graph(40, 300, seed=6)
+    csr = _csr(senders, receivers, 40)
+    rng = np.random.default_rng(6)
+    u, w = jnp.asarray(rng.standard_normal((3, 40, 5))), jnp.asarray(rng.standard_normal((3, 300)))
+    batched = jax.jit(jax.vmap(lambda u, w: _native.csr_sum(csr, u, w)))(u, w)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], _sum_reference(senders, receivers, 40, u[i], w[i]), rtol=1e-10)
+
+
+def _exported_text(platform):
+    graph = jgrad.Graph.from_edges([0, 1, 2, 2], [1, 2, 0, 1], n_nodes=3)
+    layout = plan_layout(graph)
+
+    def step(x, w):
+        return jax.grad(lambda x, w: jnp.sum(spmm(graph, x, w, layout=layout) ** 2), (0, 1))(x, w)
+
+    allow = [jax.export.DisabledSafetyCheck.custom_call(name) for name in _native.TARGETS]
+    exported = jax.export.export(jax.jit(step), platforms=[platform], disabled_checks=allow)(
+        jnp.ones((3, 4)), jnp.ones(4))
+    return exported.mlir_module()
+
+
+def test_cpu_lowering_calls_the_native_kernels_and_gpu_lowering_does_not():
+    assert "jgrad_csr_sum" in _exported_text("cpu") and "jgrad_csr_edge_dot" in _exported_text("cpu")
+    gpu = _exported_text("cuda")
+    assert "jgrad_csr" not in gpu and "gather" in gpu  # the bucketed XLA formulation
+
+
+def test_other_dtypes_use_the_xla_formulation():
+    graph = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
+    x = jnp.arange(6.0, dtype=jnp.bfloat16).reshape(3, 2)
+    got = spmm(graph, x, layout=plan_layout(graph))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(x, np.float32)[[2, 0, 1]])
+
+
+def test_a_failed_build_warns_once_and_reports_unavailable(monkeypatch, tmp_path):
+    monkeypatch.setenv("JGRAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    _native._load.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="building the native CPU kernels failed"):
+            assert not _native.available()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not _native.available()  # cached: no second warning
+    finally:
+        monkeypatch.undo()
+        _native._load.cache_clear()
+    assert _native.available()
+
+
+def test_the_environment_switch_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("JGRAD_NATIVE", "0")
+    assert not _native.available()
+    assert not jgrad.ops.native_available()
