@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 import jgrad
 from jgrad import Graph
 from jgrad.graph import pad
-from jgrad.ops import Layout, gspmm, plan_layout, spmm
+from jgrad.ops import Layout, gsddmm, gspmm, plan_layout, spmm
 
 
 def _skewed_graph(n_nodes=40, n_edges=300, seed=0):
@@ -152,3 +152,42 @@ def test_a_layout_planned_for_another_graph_of_the_same_size_is_refused():
     x = jnp.ones((3, 2))
     with pytest.raises(ValueError, match="planned for another graph with the same sizes"):
         jgrad.ops.spmm(b, x, layout=jgrad.ops.plan_layout(a))
+
+
+@pytest.mark.parametrize("graph_name", sorted(GRAPHS))
+@pytest.mark.parametrize("lhs_target,rhs_target", [("u", "v"), ("v", "u")])
+def test_gsddmm_dot_on_the_layout_matches_default_path(x64, kernel, graph_name, lhs_target, rhs_target):
+    graph = GRAPHS[graph_name]
+    layout = _plan(graph)
+    rng = np.random.default_rng(7)
+    a, b = (jnp.asarray(rng.standard_normal((graph.n_nodes, 5))) for _ in range(2))
+
+    def loss(a, b, layout):
+        return jnp.sum(jnp.sin(gsddmm(graph, "dot", a, b, lhs_target, rhs_target, layout=layout)))
+
+    np.testing.assert_allclose(gsddmm(graph, "dot", a, b, lhs_target, rhs_target, layout=layout),
+                               gsddmm(graph, "dot", a, b, lhs_target, rhs_target), rtol=1e-12, atol=1e-12)
+    for got, want in zip(jax.grad(loss, (0, 1))(a, b, layout), jax.grad(loss, (0, 1))(a, b, None)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_gsddmm_dot_on_the_layout_passes_numerical_check_to_second_order(x64, kernel):
+    graph = GRAPHS["skewed"]
+    layout = _plan(graph)
+    rng = np.random.default_rng(8)
+    a, b = (jnp.asarray(rng.standard_normal((graph.n_nodes, 2))) for _ in range(2))
+    check_grads(lambda a, b: gsddmm(graph, "dot", a, b, layout=layout), (a, b), order=2, modes=("rev",))
+
+
+def test_gsddmm_layout_rejects_what_it_does_not_cover():
+    graph = GRAPHS["skewed"]
+    layout = _plan(graph)
+    x = jnp.ones((graph.n_nodes, 3))
+    with pytest.raises(ValueError, match="gsddmm: the layout path supports op 'dot'; got 'mul'"):
+        gsddmm(graph, "mul", x, x, layout=layout)
+    with pytest.raises(ValueError, match="one operand at 'u' and one at 'v'; got lhs_target='u', rhs_target='u'"):
+        gsddmm(graph, "dot", x, x, "u", "u", layout=layout)
+    with pytest.raises(ValueError, match=r"lhs and rhs of one shape \(N, F\); got \(40, 3\) and \(40, 1\)"):
+        gsddmm(graph, "dot", x, jnp.ones((graph.n_nodes, 1)), layout=layout)
+    with pytest.raises(ValueError, match="planned for another graph; got n_nodes=3"):
+        gsddmm(graph, "dot", x, x, layout=_plan(GRAPHS["single_edge"]))

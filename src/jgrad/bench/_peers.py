@@ -72,7 +72,7 @@ def _jax_primitives(impl: str, n: int, arrays: dict) -> Primitives:
             aggregate=lambda h, w: jgrad.ops.spmm(graph, h, w, layout=layout),
             mean=lambda h: jgrad.ops.gspmm(graph, "copy_u", "mean", h, layout=layout),
             softmax=lambda logits: jgrad.ops.edge_softmax(graph, logits),
-            edge_dot=lambda a, b: jgrad.ops.gsddmm(graph, "dot", a, b, "u", "v")[:, 0],
+            edge_dot=lambda a, b: jgrad.ops.gsddmm(graph, "dot", a, b, "u", "v", layout=layout)[:, 0],
             at_senders=at_s, at_receivers=at_r)
     if impl == "plain_jax":
         return Primitives(

@@ -20,7 +20,9 @@ import jax.numpy as jnp
 from .._types import check_choice
 from ..graph import Graph
 from ..graph._checks import check_graph_indices
+from . import _kernels
 from ._dispatch import in_forward_mode
+from ._layout import Layout
 from ._messages import EDGE_OPS, TARGETS, align_edge, edge_binary, sum_to_shape
 
 ArrayLike = jax.typing.ArrayLike
@@ -33,6 +35,8 @@ def gsddmm(
     rhs: ArrayLike | None,
     lhs_target: str = "u",
     rhs_target: str = "v",
+    *,
+    layout: Layout | None = None,
 ) -> jax.Array:
     """Computes one value per edge from data at its sender, its receiver or the edge itself.
 
@@ -48,6 +52,11 @@ def gsddmm(
         shapes broadcast left-aligned (each axis equal or 1; the shorter one padded with 1s on the
         right), e.g. (N, H, F) with (E, H, 1).
       lhs_target, rhs_target: ``"u"``, ``"v"`` or ``"e"``.
+      layout: optional `jgrad.ops.Layout` from ``plan_layout(graph)``. With it, ``"dot"`` of two (N, F)
+        node arrays, one at ``"u"`` and one at ``"v"``, runs on the layout (on CPU the native kernel:
+        one pass over the edges in CSR order, no (E, F) intermediate); values and gradients equal the
+        default path's up to float rounding, and forward mode falls back to the default path. Any
+        other op, target pair or shape raises.
 
     Returns:
       (E, ...) with the broadcast trailing shape; for ``"dot"`` the last axis has size 1.
@@ -77,6 +86,11 @@ def gsddmm(
     if lhs is not None and rhs is not None:
         _check_pair(where, lhs.shape, rhs.shape)
     check_graph_indices(where, graph)
+    if layout is not None:
+        _kernels.check_sddmm_layout(where, layout, graph.n_nodes, graph.n_edges, op, lhs, rhs, lhs_target,
+                                    rhs_target, graph)
+        if not in_forward_mode(lhs, rhs):
+            return _kernels.layout_gsddmm(layout, lhs, rhs, lhs_target)
     return _gsddmm(op, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, lhs, rhs,
                    lhs_target, rhs_target)
 

@@ -158,13 +158,7 @@ def check_layout(where: str, layout, n_nodes: int, n_edges: int, op: str, reduce
     graph's live edges, so a layout planned for another graph of the same size is refused (under
     ``jit`` that comparison is skipped: plan the layout from the same graph).
     """
-    if not isinstance(layout, Layout):
-        raise TypeError(f"{where}: layout must be a jgrad.ops.Layout from plan_layout(graph); "
-                        f"got {type(layout).__name__}.")
     problems = []
-    if (layout.n_nodes, layout.n_edges) != (n_nodes, n_edges):
-        problems.append(f"the layout was planned for another graph; got n_nodes={layout.n_nodes}, "
-                        f"n_edges={layout.n_edges}, expected n_nodes={n_nodes}, n_edges={n_edges}.")
     if op not in LAYOUT_OPS:
         problems.append(f"the layout path supports op {' or '.join(map(repr, LAYOUT_OPS))}; got {op!r}.")
     if reduce not in LAYOUT_REDUCERS:
@@ -173,6 +167,32 @@ def check_layout(where: str, layout, n_nodes: int, n_edges: int, op: str, reduce
     if op == "u_mul_e" and e is not None and any(d != 1 for d in e.shape[1:]):
         problems.append(f"the layout path needs one scalar per edge; got e of shape {tuple(e.shape)}, "
                         f"expected ({n_edges},) or ({n_edges}, 1).")
+    _raise_layout_problems(where, layout, n_nodes, n_edges, graph, problems)
+
+
+def check_sddmm_layout(where: str, layout, n_nodes: int, n_edges: int, op: str, lhs, rhs, lhs_target: str,
+                       rhs_target: str, graph=None) -> None:
+    """Raises if ``layout`` cannot run this gsddmm: it covers ``"dot"`` of two (N, F) node arrays, one
+    at the sender and one at the receiver (see `check_layout` for the graph checks)."""
+    problems = []
+    if op != "dot":
+        problems.append(f"the layout path supports op 'dot'; got {op!r}.")
+    if {lhs_target, rhs_target} != {"u", "v"}:
+        problems.append(f"the layout path needs one operand at 'u' and one at 'v'; got lhs_target="
+                        f"{lhs_target!r}, rhs_target={rhs_target!r}.")
+    if lhs is not None and rhs is not None and (lhs.ndim != 2 or lhs.shape != rhs.shape):
+        problems.append(f"the layout path needs lhs and rhs of one shape (N, F); got {tuple(lhs.shape)} "
+                        f"and {tuple(rhs.shape)}.")
+    _raise_layout_problems(where, layout, n_nodes, n_edges, graph, problems)
+
+
+def _raise_layout_problems(where, layout, n_nodes, n_edges, graph, problems) -> None:
+    if not isinstance(layout, Layout):
+        raise TypeError(f"{where}: layout must be a jgrad.ops.Layout from plan_layout(graph); "
+                        f"got {type(layout).__name__}.")
+    if (layout.n_nodes, layout.n_edges) != (n_nodes, n_edges):
+        problems.insert(0, f"the layout was planned for another graph; got n_nodes={layout.n_nodes}, "
+                        f"n_edges={layout.n_edges}, expected n_nodes={n_nodes}, n_edges={n_edges}.")
     if not problems and graph is not None and is_concrete(graph.receivers, graph.edge_mask,
                                                           layout.forward.in_degree):
         receivers = np.asarray(graph.receivers)
@@ -199,3 +219,10 @@ def layout_gspmm(layout: Layout, op: str, reduce: str, u: jax.Array, e: jax.Arra
         count = jnp.maximum(layout.forward.in_degree, 1).astype(out.dtype)
         out = out / count[:, None]
     return out.reshape((u.shape[0],) + trailing)
+
+
+def layout_gsddmm(layout: Layout, lhs: jax.Array, rhs: jax.Array, lhs_target: str) -> jax.Array:
+    """gsddmm ``"dot"`` of two (N, F) node arrays on the layout; returns (E, 1)."""
+    u, v = (lhs, rhs) if lhs_target == "u" else (rhs, lhs)
+    dtype = jnp.result_type(u, v)
+    return layout_edge_dot(layout, u.astype(dtype), v.astype(dtype))[:, None]
