@@ -6,7 +6,9 @@ alone when ``w`` is None) with no scatter-add and no (E, F) intermediate. Its ba
 * ``du = A^T @ dout``: `layout_sum` on ``layout.transpose()``, the reversed graph.
 * ``dw[e] = <dout[receivers[e]], u[senders[e]]>``: `layout_edge_dot`, a g-SDDMM.
 
-`layout_edge_dot` has its own VJP built from `layout_sum`, so every order of reverse mode works.
+With weights both come from `layout_sum_backward`, which on CPU walks the reversed graph once and uses
+each gathered row of ``dout`` for both. `layout_edge_dot` and `layout_sum_backward` have their own
+VJPs built from `layout_sum` and `layout_edge_dot`, so every order of reverse mode works.
 
 Two formulations, chosen per platform when the computation is lowered: on CPU, for float32/float64,
 the native CSR kernels of `jgrad.ops._native` (when they are built); everywhere else gathers and dense
@@ -136,14 +138,46 @@ def _layout_sum_fwd(layout, u, w):
 
 def _layout_sum_bwd(residuals, cotangent):
     layout, u, w = residuals
-    du = layout_sum(layout.transpose(), cotangent, w)
-    dw = None
-    if w is not None:
-        dw = layout_edge_dot(layout, u, cotangent).astype(w.dtype)
-    return None, du, dw
+    if w is None:
+        return None, layout_sum(layout.transpose(), cotangent, None), None
+    du, dw = layout_sum_backward(layout, cotangent, w, u)
+    return None, du, dw.astype(w.dtype)
 
 
 layout_sum.defvjp(_layout_sum_fwd, _layout_sum_bwd)
+
+
+@jax.custom_vjp
+def layout_sum_backward(layout: Layout, g: jax.Array, w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The cotangents of a weighted `layout_sum`: ``(A^T @ g, dw)`` with ``dw[e] = <g[receivers[e]], u[senders[e]]>``.
+
+    g, u (N, M), w (E,). Equal to ``(layout_sum(layout.transpose(), g, w), layout_edge_dot(layout, u, g))``;
+    on CPU one native pass over the reversed graph reads each gathered row of g once for both.
+    """
+    if _use_native(g, w, u) and g.dtype == w.dtype == u.dtype:
+        return jax.lax.platform_dependent(g, w, u, cpu=lambda g, w, u: _native.csr_sum_dot(layout.reverse.csr, g, u, w),
+                                          default=lambda g, w, u: _separate_backward(layout, g, w, u))
+    return _separate_backward(layout, g, w, u)
+
+
+def _separate_backward(layout, g, w, u):
+    return _side_sum(layout.reverse, g, w), _side_edge_dot(layout.forward, u, g)
+
+
+def _layout_sum_backward_fwd(layout, g, w, u):
+    return layout_sum_backward(layout, g, w, u), (layout, g, w, u)  # primal via the custom VJP (see above)
+
+
+def _layout_sum_backward_bwd(residuals, cotangents):
+    layout, g, w, u = residuals
+    a, b = cotangents  # of A^T g (N, M) and of dw (E,)
+    dg = layout_sum(layout, a, w) + layout_sum(layout, u, b)
+    dw = layout_edge_dot(layout, a, g)
+    du = layout_sum(layout.transpose(), g, b)
+    return None, dg.astype(g.dtype), dw.astype(w.dtype), du.astype(u.dtype)
+
+
+layout_sum_backward.defvjp(_layout_sum_backward_fwd, _layout_sum_backward_bwd)
 
 
 LAYOUT_OPS = ("copy_u", "u_mul_e")

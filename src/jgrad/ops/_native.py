@@ -5,7 +5,9 @@ XLA's CPU backend runs ``gather + segment_sum`` as a serial scatter-add. The two
 no atomics, no (E, M) intermediate) and are called through the XLA FFI:
 
 * ``csr_sum(csr, u, w)``: ``out[r] = sum_k w[edge_ids[k]] * u[cols[k]]`` over the slots of row r;
-* ``csr_edge_dot(csr, u, v, n_edges)``: ``out[edge_ids[k]] = <v[r], u[cols[k]]>``.
+* ``csr_edge_dot(csr, u, v, n_edges)``: ``out[edge_ids[k]] = <v[r], u[cols[k]]>``;
+* ``csr_sum_dot(csr, g, u, w)``: both of the above in one pass, sharing each gathered row of ``g``
+  (the backward of a weighted sum computes its node and edge cotangents this way).
 
 The source is compiled with the system C++ compiler on first use (``$CXX``, else ``c++``/``g++``)
 against the XLA FFI headers that ship with jaxlib, for this machine's processor, and cached in
@@ -37,7 +39,8 @@ import jaxlib
 
 SOURCE = Path(__file__).with_name("_csrc") / "csr_kernels.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno")
-TARGETS = {"jgrad_csr_sum": "JgradCsrSum", "jgrad_csr_edge_dot": "JgradCsrEdgeDot"}
+TARGETS = {"jgrad_csr_sum": "JgradCsrSum", "jgrad_csr_edge_dot": "JgradCsrEdgeDot",
+           "jgrad_csr_sum_dot": "JgradCsrSumDot"}
 NATIVE_DTYPES = (jnp.float32, jnp.float64)
 
 
@@ -90,6 +93,19 @@ def csr_edge_dot(csr: Csr, u: jax.Array, v: jax.Array, n_edges: int) -> jax.Arra
     call = jax.ffi.ffi_call("jgrad_csr_edge_dot", jax.ShapeDtypeStruct((n_edges,), u.dtype),
                             vmap_method="sequential")
     return call(csr.row_ptr, csr.cols, csr.edge_ids, u, v.astype(u.dtype))
+
+
+def csr_sum_dot(csr: Csr, g: jax.Array, u: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(out, dots)`` with ``out[r] = sum_k w[edge_ids[k]] g[cols[k]]`` and ``dots[edge_ids[k]] = <u[r], g[cols[k]]>``.
+
+    g (N, M) is gathered, u (R, M) has one row per CSR row, w (E,). Returns (R, M) and (E,) in g's dtype;
+    edges in no slot get a dot of 0. Each gathered row of g is read once for both results.
+    """
+    n_rows = csr.row_ptr.shape[0] - 1
+    shapes = (jax.ShapeDtypeStruct((n_rows, g.shape[1]), g.dtype), jax.ShapeDtypeStruct(w.shape, g.dtype))
+    call = jax.ffi.ffi_call("jgrad_csr_sum_dot", shapes, vmap_method="sequential")
+    out, dots = call(csr.row_ptr, csr.cols, csr.edge_ids, g, u.astype(g.dtype), w.astype(g.dtype))
+    return out, dots
 
 
 def _compiler() -> str | None:

@@ -6,6 +6,9 @@
 //
 //   jgrad_csr_sum:      out[r, :] = sum_k w[edge_ids[k]] * u[cols[k], :]     (w of size 0: no weights)
 //   jgrad_csr_edge_dot: out[edge_ids[k]] = <v[r, :], u[cols[k], :]>;  edges in no slot get 0
+//   jgrad_csr_sum_dot:  both at once over one side, sharing each gathered row g[cols[k]]:
+//                       out[r, :] = sum_k w[edge_ids[k]] * g[cols[k], :],  dots[edge_ids[k]] = <u[r, :], g[cols[k], :]>
+//                       (the backward of a weighted sum: the node and edge cotangents in one pass)
 //
 // Each output row is owned by one thread and accumulated in place, so there are no atomics and no
 // (E, M) intermediate. Rows are split between threads by slot count, so hubs do not unbalance them.
@@ -126,6 +129,28 @@ void CsrEdgeDot(const int32_t* row_ptr, const int32_t* cols, const int32_t* edge
   });
 }
 
+template <typename T>
+void CsrSumDot(const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* g, const T* u,
+               const T* w, int64_t n_rows, int64_t m, int64_t n_edges, T* out, T* dots) {
+  std::fill(dots, dots + n_edges, T(0));
+  ParallelRows(row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      T* __restrict__ acc = out + r * m;
+      const T* own = u + r * m;
+      std::fill(acc, acc + m, T(0));
+      const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
+      for (int64_t k = begin; k < end; ++k) {
+        if (k + kPrefetchDistance < end) PrefetchRow(g + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+        const T* __restrict__ row = g + static_cast<int64_t>(cols[k]) * m;
+        const int32_t edge = edge_ids[k];
+        dots[edge] = Dot(own, row, m);
+        const T scale = w[edge];
+        for (int64_t j = 0; j < m; ++j) acc[j] += scale * row[j];
+      }
+    }
+  });
+}
+
 int64_t Rows(const ffi::AnyBuffer& buffer) { return buffer.dimensions().size() ? buffer.dimensions()[0] : 1; }
 
 int64_t RowWidth(const ffi::AnyBuffer& buffer) {
@@ -195,6 +220,36 @@ ffi::Error CsrEdgeDotImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyB
   return ffi::Error::Success();
 }
 
+ffi::Error CsrSumDotImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer g,
+                         ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out,
+                         ffi::Result<ffi::AnyBuffer> dots) {
+  if (auto error = CheckIndexTypes(row_ptr, cols, edge_ids); error.failure()) return error;
+  const auto type = g.element_type();
+  for (auto t : {u.element_type(), w.element_type(), out->element_type(), dots->element_type()}) {
+    if (t != type) {
+      return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum_dot: g, u, w and the outputs must share one dtype");
+    }
+  }
+  const int64_t n_rows = Rows(*out), m = RowWidth(*out), n_edges = dots->element_count();
+  if (RowWidth(g) != m || RowWidth(u) != m || Rows(u) != n_rows || static_cast<int64_t>(w.element_count()) != n_edges ||
+      static_cast<int64_t>(row_ptr.element_count()) != n_rows + 1) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum_dot: inconsistent shapes");
+  }
+  const auto* rp = row_ptr.typed_data<int32_t>();
+  const auto* cs = cols.typed_data<int32_t>();
+  const auto* ids = edge_ids.typed_data<int32_t>();
+  if (type == ffi::DataType::F32) {
+    CsrSumDot(rp, cs, ids, g.typed_data<float>(), u.typed_data<float>(), w.typed_data<float>(), n_rows, m, n_edges,
+              out->typed_data<float>(), dots->typed_data<float>());
+  } else if (type == ffi::DataType::F64) {
+    CsrSumDot(rp, cs, ids, g.typed_data<double>(), u.typed_data<double>(), w.typed_data<double>(), n_rows, m,
+              n_edges, out->typed_data<double>(), dots->typed_data<double>());
+  } else {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum_dot: dtype must be float32 or float64");
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSum, CsrSumImpl,
@@ -214,3 +269,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrEdgeDot, CsrEdgeDotImpl,
                                   .Arg<ffi::AnyBuffer>()  // u (N, M)
                                   .Arg<ffi::AnyBuffer>()  // v (R, M)
                                   .Ret<ffi::AnyBuffer>());  // out (E,)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSumDot, CsrSumDotImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
+                                  .Arg<ffi::AnyBuffer>()  // cols (S,)
+                                  .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
+                                  .Arg<ffi::AnyBuffer>()  // g (N, M), gathered
+                                  .Arg<ffi::AnyBuffer>()  // u (R, M), one row per output row
+                                  .Arg<ffi::AnyBuffer>()  // w (E,)
+                                  .Ret<ffi::AnyBuffer>()  // out (R, M)
+                                  .Ret<ffi::AnyBuffer>());  // dots (E,)
