@@ -36,8 +36,10 @@ def star():
     rng = np.random.default_rng(0)
     senders = np.concatenate([np.arange(1, N), rng.integers(0, N, RANDOM_EDGES)])
     receivers = np.concatenate([np.zeros(LEAVES, np.int64), rng.integers(0, N, RANDOM_EDGES)])
+    graph = Graph.from_edges(senders, receivers, N)
     return dict(
-        graph=Graph.from_edges(senders, receivers, N),
+        graph=graph,
+        layout=ops.plan_layout(graph),  # on CPU: the native CSR kernels
         senders=senders,
         receivers=receivers,
         hub_degree=int(np.sum(receivers == 0)),
@@ -71,11 +73,14 @@ def _abs_propagation(star, x, reduce="sum"):
 
 @pytest.mark.parametrize("features", ["positive", "signed"])
 @pytest.mark.parametrize("reduce", ["sum", "mean"])
-def test_sum_and_mean_at_a_hub_of_degree_1e5_stay_within_the_sqrt_degree_bound(star, features, reduce):
+@pytest.mark.parametrize("path", ["default", "layout"])
+def test_sum_and_mean_at_a_hub_of_degree_1e5_stay_within_the_sqrt_degree_bound(star, features, reduce, path):
     x = star[features]
-    low, high = _in_both(lambda x, w: ops.gspmm(star["graph"], "u_mul_e", reduce, x, w), x, star["weight"])
+    layout = star["layout"] if path == "layout" else None
+    low, high = _in_both(lambda x, w: ops.gspmm(star["graph"], "u_mul_e", reduce, x, w, layout=layout), x,
+                         star["weight"])
     error = _normwise(low, high, _abs_propagation(star, x, reduce))
-    MEASURED[f"{reduce} ({features})"] = error
+    MEASURED[f"{reduce} ({features}{', layout' if layout is not None else ''})"] = error
     degree = star["hub_degree"]
     assert degree >= LEAVES
     # Each message w*x is one rounding (u32); the sum of `degree` of them grows like sqrt(degree).
@@ -118,13 +123,15 @@ def test_edge_softmax_over_1e5_incoming_edges(star):
     assert abs(low[hub].sum() - 1.0) <= star["hub_degree"] * U32
 
 
-def test_gsddmm_dot_is_within_the_length_F_dot_product_bound(star):
+@pytest.mark.parametrize("path", ["default", "layout"])
+def test_gsddmm_dot_is_within_the_length_F_dot_product_bound(star, path):
     x = star["signed"]
-    low, high = _in_both(lambda x: ops.gsddmm(star["graph"], "dot", x, x), x)
+    layout = star["layout"] if path == "layout" else None
+    low, high = _in_both(lambda x: ops.gsddmm(star["graph"], "dot", x, x, layout=layout), x)
     terms = np.abs(x.astype(np.float64))
     scale = np.sum(terms[star["senders"]] * terms[star["receivers"]], axis=1, keepdims=True)
     error = _normwise(low, high, scale)
-    MEASURED["gsddmm dot"] = error
+    MEASURED[f"gsddmm dot{' (layout)' if layout is not None else ''}"] = error
     assert error <= F * U32, error
 
 
