@@ -42,6 +42,7 @@ class DataSection:
     name: str = "cora"  # cora | citeseer | karate | csbm
     root: str | None = None
     largest_component: bool = True
+    normalize_features: bool = True  # planetoid: rows sum to 1; false keeps the raw binary features
     train: float = 0.1
     val: float = 0.1
     n_nodes: int = 500  # csbm only
@@ -58,6 +59,7 @@ class AttackSection:
     budgets: str = "0.01,0.05,0.10"  # fractions of the clean graph's undirected edges
     flips_per_step: int = 2  # meta-gradient attack
     redraw_init: bool = False  # meta-gradient attack: fresh surrogate initialisation at every meta-step
+    inits: int = 1  # meta-gradient attack: surrogate initialisations whose attacker losses are averaged
     gradient_flips_per_step: int = 1
     hidden: int = 16
     inner_steps: int = 100
@@ -118,7 +120,7 @@ def load_dataset(config: AttackConfig):
         dataset = csbm(data.n_nodes, data.n_classes, avg_degree=data.avg_degree, homophily=data.homophily,
                        feature_dim=data.feature_dim, signal=data.signal, seed=0)
     else:
-        dataset = load_planetoid(data.name, data.root)
+        dataset = load_planetoid(data.name, data.root, normalize_features=data.normalize_features)
     return attacks.largest_component(dataset) if data.largest_component else dataset
 
 
@@ -143,7 +145,8 @@ def run_attack(name: str, config: AttackConfig) -> dict:
     record = {"attack": name, "dataset": dataset.name, "n_nodes": dataset.n_nodes, "n_edges": n_pairs,
               "budgets": {f"{f:g}": b for f, b in budgets}, "seeds": []}
     if name == "meta":
-        record.update(flips_per_step=config.attack.flips_per_step, redraw_init=config.attack.redraw_init)
+        record.update(flips_per_step=config.attack.flips_per_step, redraw_init=config.attack.redraw_init,
+                      normalize_features=config.data.normalize_features, inits=config.attack.inits)
     output = Path(f"{config.output}_{name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     for seed in range(config.eval.seeds):
@@ -163,7 +166,7 @@ def run_attack(name: str, config: AttackConfig) -> dict:
                                                  momentum=config.attack.momentum)
                 problem = attacks.MetaProblem.create(split.graph, x, split.labels, split.train_mask,
                                                      split.val_mask, key=key, n_classes=dataset.n_classes,
-                                                     config=meta_config)
+                                                     config=meta_config, inits=config.attack.inits)
                 result = attacks.metattack(problem, split.graph, largest,
                                            flips_per_step=config.attack.flips_per_step,
                                            key=_redraw_key(config, key), log=progress)
@@ -275,6 +278,10 @@ def _variants(config: AttackConfig) -> dict[str, str]:
         "meta_1flip": "Metattack, 1 flip/meta-step",
         "meta_2flips": "Metattack, 2 flips/meta-step",
         "meta_4flips": "Metattack, 4 flips/meta-step",
+        "meta_raw": "Metattack, 1 flip/meta-step, raw binary features",
+        "meta_raw_redraw": "Metattack, 1 flip/meta-step, raw binary features",
+        "meta_raw_ensemble": "Metattack, 1 flip/meta-step, raw binary features",
+        "meta_ensemble": "Metattack, 1 flip/meta-step",
         "gradient": "greedy gradient (fixed GCN)",
         "pgd": "PGD (fixed GCN)",
     }
@@ -291,8 +298,12 @@ def report(config: AttackConfig) -> str:
         k = parts["meta"]["flips_per_step"]
         titles["meta"] = f"Metattack, {k} flip{'s' if k > 1 else ''}/meta-step"
     for name, part in parts.items():
+        if name in titles and part.get("normalize_features") is False and "raw" not in titles[name]:
+            titles[name] += ", raw binary features"
         if name in titles and part.get("redraw_init"):
             titles[name] += ", init redrawn per meta-step"
+        if name in titles and part.get("inits", 1) > 1:
+            titles[name] += f", loss averaged over {part['inits']} inits"
     fractions = [f"{float(f):g}" for f in ["0"] + config.attack.budgets.split(",")]
     names = [n for n in titles if n in parts and (n == "meta" or titles[n] != titles["meta"] or "meta" not in parts)]
     lines = [f"# Structure attacks on GCN ({config.data.name}, largest connected component, poisoning)", "",
@@ -346,6 +357,9 @@ def report(config: AttackConfig) -> str:
               f"edge (removal) plus the top {a.pgd_candidates} x budget non-edges of the factored gradient on the clean "
               f"graph (additions); {a.pgd_iterations} projected steps of size {a.pgd_learning_rate:g}/sqrt(t+1), "
               f"projection by bisection, best of {a.pgd_samples} Bernoulli samples within budget.",
+              "- Features: each row divided by its sum, except in the columns marked \"raw binary features\", "
+              "which use Cora's 0/1 bag-of-words features as the reference attack and Pro-GNN code do (victim and "
+              "surrogate alike); with them the clean accuracy matches the published one.",
               "- Victim: GCN, hidden 16, ReLU, dropout 0.5, Adam lr 0.01, weight decay 5e-4, "
               f"{config.eval.epochs} epochs, parameters of the best validation accuracy.",
               "- Published numbers: Pro-GNN (Jin et al., 2020) Table 2, GCN under Metattack on Cora; they evaluate "

@@ -176,3 +176,35 @@ def _best_allowed_flip(score: np.ndarray, adjacency: np.ndarray) -> tuple[int, i
     allowed &= ~((adjacency > 0) & ((degree[:, None] <= 1) | (degree[None, :] <= 1)))
     best = np.unravel_index(np.argmax(np.where(allowed, score, -np.inf)), score.shape)
     return tuple(int(b) for b in best)
+
+
+@pytest.mark.parametrize("form", ["train", "features"])
+def test_an_ensemble_meta_gradient_is_the_mean_of_its_members_against_the_dense_loop(x64, form):
+    data, x, problem = _small_problem(form)
+    members = [problem.params, problem.initial_params(jax.random.key(7)), problem.initial_params(jax.random.key(8))]
+    ensemble = dataclasses.replace(problem, params=jax.tree.map(lambda *m: jnp.stack(m), *members))
+    assert ensemble.inits == 3 and problem.inits == 1
+    graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
+    factored = attacks.meta_gradient(ensemble, graph)
+    adjacency = graph.to_dense().astype(jnp.float64)
+    dense = sum(jax.grad(_dense_meta_loss)(adjacency, dataclasses.replace(problem, params=m), x) for m in members) / 3
+    expected = dense + dense.T - jnp.diag(jnp.diag(dense))
+    np.testing.assert_allclose(factored.dense(), expected, rtol=1e-9, atol=1e-12)
+    single = attacks.meta_gradient(problem, graph)
+    # "train" form: the final logits of K members are propagated together, 2 x 2 x (K - 1) x C more columns
+    # (symmetric: x 2); "features" form: only Â² X is propagated, whatever K.
+    assert factored.rank - single.rank == (2 * 2 * (3 - 1) * 3 if form == "train" else 0)
+    fresh = ensemble.initial_params(jax.random.key(9))
+    assert fresh["w1"].shape == ensemble.params["w1"].shape
+
+
+def test_metaproblem_create_draws_an_ensemble_whose_first_member_is_the_single_init():
+    data = csbm(30, 3, avg_degree=4.0, feature_dim=5, train_fraction=0.3, val_fraction=0.2, seed=2)
+    args = (data.graph, jnp.asarray(data.features), data.labels, data.train_mask, data.val_mask)
+    single = attacks.MetaProblem.create(*args, key=jax.random.key(0), n_classes=3)
+    ensemble = attacks.MetaProblem.create(*args, key=jax.random.key(0), n_classes=3, inits=4)
+    assert ensemble.params["w1"].shape == (4,) + single.params["w1"].shape
+    np.testing.assert_array_equal(ensemble.params["w1"][0], single.params["w1"])
+    assert not np.allclose(ensemble.params["w1"][1], single.params["w1"])
+    with pytest.raises(ValueError, match="inits must be a positive int; got 0"):
+        attacks.MetaProblem.create(*args, key=jax.random.key(0), n_classes=3, inits=0)

@@ -125,7 +125,9 @@ def meta_self_loss(
       train_labels: (n_train,) their labels.
       unlabeled_mask: (N,) bool, the nodes the attacker scores.
       pseudo_labels: (N,) int self-training labels.
-      params: initial surrogate weights ``{"w1": (F, H), "w2": (H, C)}``.
+      params: initial surrogate weights ``{"w1": (F, H), "w2": (H, C)}``, or an ensemble of K
+        initialisations ``{"w1": (K, F, H), "w2": (K, H, C)}``: each is trained and the loss is the mean
+        of the K losses (the propagations are shared, so the factored rank grows by 2(K-1)C only).
       config: `MetaConfig`.
 
     Returns:
@@ -133,19 +135,27 @@ def meta_self_loss(
       ``jgrad.adjacency_grad(meta_self_loss, graph, ...)`` is the exact factored meta-gradient.
     """
     dtype = params["w1"].dtype
+    ensemble = params["w1"].ndim == 3
+    batch = params if ensemble else jax.tree.map(lambda p: p[None], params)  # (K, ...) leaves
     n_train = int(train_index.shape[0])
+
+    def products(data):  # (F, K*C): W1_T W2_T of every trained initialisation, side by side
+        trained = jax.vmap(lambda p: inner_train(p, data, train_labels, config))(batch)
+        product = jnp.einsum("kfh,khc->fkc", trained["w1"], trained["w2"])
+        return product.reshape(product.shape[0], -1)
+
     if resolve_form(config, n_train, n_features(x)) == "features":
         dense = x.todense() if isinstance(x, SparseFeatures) else jnp.asarray(x)
         propagated = propagate(graph, propagate(graph, dense.astype(dtype)))  # Â² X, (N, F)
-        trained = inner_train(params, propagated[train_index], train_labels, config)
-        logits = propagated @ (trained["w1"] @ trained["w2"])
+        logits = propagated @ products(propagated[train_index])
     else:
         indicator = (jnp.arange(graph.n_nodes)[:, None] == train_index[None, :]).astype(dtype)
         columns = propagate(graph, propagate(graph, indicator))  # Â² E_train, (N, n_train)
         data = features_rmatmul(x, columns).T  # (Â² X)[train] because Â is symmetric
-        trained = inner_train(params, data, train_labels, config)
-        logits = propagate(graph, propagate(graph, features_matmul(x, trained["w1"] @ trained["w2"])))
-    return masked_cross_entropy(logits, pseudo_labels, unlabeled_mask)
+        logits = propagate(graph, propagate(graph, features_matmul(x, products(data))))
+    logits = logits.reshape(logits.shape[0], -1, batch["w2"].shape[-1])  # (N, K, C)
+    losses = jax.vmap(lambda l: masked_cross_entropy(l, pseudo_labels, unlabeled_mask), in_axes=1)(logits)
+    return jnp.mean(losses)
 
 
 def self_training_labels(graph: Graph, x: Features, labels: jax.Array, train_mask: jax.Array,
@@ -177,8 +187,15 @@ class MetaProblem:
     @classmethod
     def create(cls, graph: Graph, x: Features, labels: Any, train_mask: Any, val_mask: Any, *,
                key: jax.Array, n_classes: int, config: MetaConfig = MetaConfig(),
-               dtype: Any = jnp.float32) -> MetaProblem:
-        """Trains the self-training surrogate on the clean graph and draws the fixed inner initialisation."""
+               dtype: Any = jnp.float32, inits: int = 1) -> MetaProblem:
+        """Trains the self-training surrogate on the clean graph and draws the fixed inner initialisation.
+
+        With ``inits`` > 1 it draws an ensemble of that many initialisations (leaves (K, ...)); the
+        attacker loss is then the mean over them (see `meta_self_loss`). The first member is the single
+        initialisation ``inits=1`` would draw.
+        """
+        if not isinstance(inits, int) or inits < 1:
+            raise ValueError(f"MetaProblem.create: inits must be a positive int; got {inits!r}.")
         label_key, init_key = jax.random.split(key)
         labels, train_mask = jnp.asarray(labels), jnp.asarray(train_mask)
         pseudo = self_training_labels(graph, x, labels, train_mask, jnp.asarray(val_mask), key=label_key,
@@ -186,14 +203,26 @@ class MetaProblem:
         train_index = jnp.asarray(np.flatnonzero(np.asarray(train_mask)), jnp.int32)
         width = GCNConfig(hidden=config.hidden, relu=False, bias=False, dropout=0.0)
         params = init_gcn(init_key, n_features(x), n_classes, width, dtype)
+        if inits > 1:
+            extra = [init_gcn(jax.random.fold_in(init_key, i), n_features(x), n_classes, width, dtype)
+                     for i in range(1, inits)]
+            params = jax.tree.map(lambda *members: jnp.stack(members), params, *extra)
         return cls(x, train_index, labels[train_index], ~train_mask, pseudo, params, config)
+
+    @property
+    def inits(self) -> int:
+        """How many initialisations the attacker loss averages over (1 unless an ensemble)."""
+        return int(self.params["w1"].shape[0]) if self.params["w1"].ndim == 3 else 1
 
     def initial_params(self, key: jax.Array) -> dict[str, jax.Array]:
         """Fresh surrogate weights drawn from ``key``, with the shapes, dtype and distribution of ``params``
-        (`init_gcn`, ``U(-1/sqrt(F_out), 1/sqrt(F_out))``); jit-able."""
-        n_in, hidden = self.params["w1"].shape
+        (`init_gcn`, ``U(-1/sqrt(F_out), 1/sqrt(F_out))``; an ensemble gets as many fresh members); jit-able."""
+        n_in, hidden = self.params["w1"].shape[-2:]
         width = GCNConfig(hidden=hidden, relu=False, bias=False, dropout=0.0)
-        return init_gcn(key, n_in, self.params["w2"].shape[1], width, self.params["w1"].dtype)
+        draw = lambda k: init_gcn(k, n_in, self.params["w2"].shape[-1], width, self.params["w1"].dtype)
+        if self.inits == 1:
+            return draw(key)
+        return jax.vmap(draw)(jax.random.split(key, self.inits))
 
     def with_initial_params(self, key: jax.Array) -> MetaProblem:
         """This problem with ``params`` replaced by `initial_params` ``(key)``."""

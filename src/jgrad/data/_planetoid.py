@@ -27,7 +27,7 @@ class PlanetoidArrays(NamedTuple):
     senders: np.ndarray  # (E,) int32
     receivers: np.ndarray  # (E,) int32
     n_nodes: int
-    features: np.ndarray  # (N, F) float32, rows sum to 1 or are zero
+    features: np.ndarray  # (N, F) float64, raw values as in the files
     labels: np.ndarray  # (N,) int32
     train_mask: np.ndarray  # (N,) bool
     val_mask: np.ndarray  # (N,) bool
@@ -35,7 +35,8 @@ class PlanetoidArrays(NamedTuple):
     n_classes: int
 
 
-def load_planetoid(name: str, root: str | os.PathLike | None = None) -> NodeDataset:
+def load_planetoid(name: str, root: str | os.PathLike | None = None, *,
+                   normalize_features: bool = True) -> NodeDataset:
     """Loads Cora, Citeseer or Pubmed with the public Planetoid split.
 
     Reads the eight files ``ind.<name>.{x,y,tx,ty,allx,ally,graph,test.index}`` of the Planetoid release
@@ -47,6 +48,8 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None) -> NodeData
       are in neither (Citeseer's 15 isolated nodes inside the test range) get zero features and label 0;
       they are in no split. An all-zero one-hot row also gives label 0.
     - **Features**: dense float32, each row divided by its sum so that it sums to 1; zero rows stay zero.
+      With ``normalize_features=False`` they are the raw (binary bag-of-words for Cora and Citeseer) values,
+      as the Metattack and Pro-GNN attack code uses them.
     - **Edges**: every ``u: [v, ...]`` entry of the adjacency dict gives ``u -> v``; the reverse of every
       edge is added, self loops are dropped and duplicates merged, as PyTorch Geometric does. The graph is
       symmetric and unweighted, with edges sorted by receiver, then sender. This gives 10556 directed
@@ -61,6 +64,7 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None) -> NodeData
       name: ``"cora"``, ``"citeseer"`` or ``"pubmed"`` (any case).
       root: the folder holding the files. Defaults to the ``JGRAD_DATA`` environment variable. If the
         files are not in the folder itself but in its ``planetoid`` subfolder, that is used.
+      normalize_features: divide each feature row by its sum (the default) or keep the raw values.
 
     Returns:
       A `NodeDataset` of numpy arrays: Cora has N=2708, F=1433, 7 classes; Citeseer N=3327, F=3703,
@@ -74,9 +78,13 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None) -> NodeData
     """
     key = _check_name(name)
     arrays = _planetoid_arrays(_planetoid_dir(key, root), key)
+    features = arrays.features
+    if normalize_features:
+        row_sum = features.sum(axis=1, keepdims=True)
+        features = np.divide(features, row_sum, out=np.zeros_like(features), where=row_sum != 0)
     return NodeDataset(
         graph=Graph.from_edges(arrays.senders, arrays.receivers, arrays.n_nodes),
-        features=arrays.features,
+        features=features.astype(np.float32),
         labels=arrays.labels,
         train_mask=arrays.train_mask,
         val_mask=arrays.val_mask,
@@ -169,9 +177,6 @@ def _planetoid_arrays(folder: Path, name: str) -> PlanetoidArrays:
     one_hot[:n_labelled] = ally
     one_hot[test_index] = ty
     labels = np.argmax(one_hot, axis=1).astype(np.int32) if n_classes else np.zeros(n_nodes, np.int32)
-
-    row_sum = features.sum(axis=1, keepdims=True)
-    features = np.divide(features, row_sum, out=np.zeros_like(features), where=row_sum != 0).astype(np.float32)
 
     train_mask = np.zeros(n_nodes, dtype=bool)
     train_mask[: y.shape[0]] = True

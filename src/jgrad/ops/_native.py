@@ -73,11 +73,18 @@ def supports(dtype) -> bool:
     return any(jnp.dtype(dtype) == jnp.dtype(d) for d in NATIVE_DTYPES)
 
 
+def _require() -> None:
+    if _load() is None:
+        raise RuntimeError("jgrad: the native CPU kernels are not available (see the warning above); "
+                           "check jgrad.ops.native_available() before calling them.")
+
+
 def csr_sum(csr: Csr, u: jax.Array, w: jax.Array | None) -> jax.Array:
     """``out[r] = sum over slots k of row r of w[edge_ids[k]] * u[cols[k]]``; u (N, M), w (E,) or None.
 
     Returns (R, M) in u's dtype. Forward only: differentiate through `jgrad.ops._kernels.layout_sum`.
     """
+    _require()
     n_rows = csr.row_ptr.shape[0] - 1
     w = jnp.zeros((0,), u.dtype) if w is None else w.astype(u.dtype)
     call = jax.ffi.ffi_call("jgrad_csr_sum", jax.ShapeDtypeStruct((n_rows, u.shape[1]), u.dtype),
@@ -90,6 +97,7 @@ def csr_edge_dot(csr: Csr, u: jax.Array, v: jax.Array, n_edges: int) -> jax.Arra
 
     Returns (n_edges,); edges in no slot (padding) get 0.
     """
+    _require()
     call = jax.ffi.ffi_call("jgrad_csr_edge_dot", jax.ShapeDtypeStruct((n_edges,), u.dtype),
                             vmap_method="sequential")
     return call(csr.row_ptr, csr.cols, csr.edge_ids, u, v.astype(u.dtype))
@@ -101,6 +109,7 @@ def csr_sum_dot(csr: Csr, g: jax.Array, u: jax.Array, w: jax.Array) -> tuple[jax
     g (N, M) is gathered, u (R, M) has one row per CSR row, w (E,). Returns (R, M) and (E,) in g's dtype;
     edges in no slot get a dot of 0. Each gathered row of g is read once for both results.
     """
+    _require()
     n_rows = csr.row_ptr.shape[0] - 1
     shapes = (jax.ShapeDtypeStruct((n_rows, g.shape[1]), g.dtype), jax.ShapeDtypeStruct(w.shape, g.dtype))
     call = jax.ffi.ffi_call("jgrad_csr_sum_dot", shapes, vmap_method="sequential")
