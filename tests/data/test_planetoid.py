@@ -83,6 +83,13 @@ def test_planetoid_features_are_row_normalised(request, name):
     assert int((~nonzero).sum()) == expected_zero_rows
 
 
+def test_planetoid_raw_features_are_the_binary_words_that_normalise_to_the_default(cora, planetoid_dir):
+    raw = load_planetoid("cora", root=planetoid_dir, normalize_features=False).features
+    assert raw.dtype == np.float32 and set(np.unique(raw)) == {0.0, 1.0}
+    row_sum = raw.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(raw / row_sum, cora.features, rtol=1e-6)
+
+
 def test_citeseer_isolated_test_range_nodes_get_zero_features_and_no_split(citeseer, planetoid_dir):
     test_index = np.loadtxt(planetoid_dir / "ind.citeseer.test.index", dtype=np.int64)
     gaps = np.setdiff1d(np.arange(test_index.min(), test_index.max() + 1), test_index)
@@ -137,16 +144,15 @@ def _write_toy_planetoid(folder: Path) -> dict:
     return dict(allx=allx, ally=ally, tx=tx, ty=ty, test_index=test_index)
 
 
-def test_processing_places_test_rows_fills_gaps_and_normalises(tmp_path):
+def test_processing_places_test_rows_and_fills_gaps(tmp_path):
     raw = _write_toy_planetoid(tmp_path)
-    arrays = _planetoid_arrays(tmp_path, "toy")
+    arrays = _planetoid_arrays(tmp_path, "toy")  # raw values; load_planetoid normalises the rows
     assert arrays.n_nodes == 506
     assert arrays.features.shape == (506, 4) and arrays.n_classes == 3
-    row = lambda v: v / v.sum()  # noqa: E731
-    np.testing.assert_allclose(arrays.features[505], row(raw["tx"][0]))
-    np.testing.assert_allclose(arrays.features[502], row(raw["tx"][1]))
-    np.testing.assert_allclose(arrays.features[503], row(raw["tx"][2]))
-    np.testing.assert_allclose(arrays.features[10], row(raw["allx"][10]), rtol=1e-6)
+    np.testing.assert_allclose(arrays.features[505], (raw["tx"][0]))
+    np.testing.assert_allclose(arrays.features[502], (raw["tx"][1]))
+    np.testing.assert_allclose(arrays.features[503], (raw["tx"][2]))
+    np.testing.assert_allclose(arrays.features[10], (raw["allx"][10]), rtol=1e-6)
     assert not arrays.features[504].any() and not arrays.features[7].any()
     assert arrays.labels[[505, 502, 503, 504]].tolist() == [2, 0, 1, 0]
     assert arrays.labels[:6].tolist() == [0, 1, 2, 0, 1, 2]
