@@ -149,10 +149,10 @@ def test_processing_places_test_rows_and_fills_gaps(tmp_path):
     arrays = _planetoid_arrays(tmp_path, "toy")  # raw values; load_planetoid normalises the rows
     assert arrays.n_nodes == 506
     assert arrays.features.shape == (506, 4) and arrays.n_classes == 3
-    np.testing.assert_allclose(arrays.features[505], (raw["tx"][0]))
-    np.testing.assert_allclose(arrays.features[502], (raw["tx"][1]))
-    np.testing.assert_allclose(arrays.features[503], (raw["tx"][2]))
-    np.testing.assert_allclose(arrays.features[10], (raw["allx"][10]), rtol=1e-6)
+    np.testing.assert_allclose(arrays.features[505], raw["tx"][0])
+    np.testing.assert_allclose(arrays.features[502], raw["tx"][1])
+    np.testing.assert_allclose(arrays.features[503], raw["tx"][2])
+    np.testing.assert_allclose(arrays.features[10], raw["allx"][10], rtol=1e-6)
     assert not arrays.features[504].any() and not arrays.features[7].any()
     assert arrays.labels[[505, 502, 503, 504]].tolist() == [2, 0, 1, 0]
     assert arrays.labels[:6].tolist() == [0, 1, 2, 0, 1, 2]
