@@ -1,8 +1,9 @@
 """Native CPU kernels for the layout path: CSR sum aggregation and per-edge dot products.
 
-XLA's CPU backend runs ``gather + segment_sum`` as a serial scatter-add. The two kernels in
-``_csrc/csr_kernels.cc`` walk a graph in CSR order instead (each output row owned by one thread,
-no atomics, no (E, M) intermediate) and are called through the XLA FFI:
+XLA's CPU backend runs ``gather + segment_sum`` as a serial scatter-add. The kernels in
+``_csrc/csr_kernels.cc`` walk a graph in CSR order instead (each output row owned by one thread, no
+atomics, no (E, M) intermediate; the work is shared with XLA's intra-op thread pool) and are called
+through the XLA FFI:
 
 * ``csr_sum(csr, u, w)``: ``out[r] = sum_k w[edge_ids[k]] * u[cols[k]]`` over the slots of row r;
 * ``csr_edge_dot(csr, u, v, n_edges)``: ``out[edge_ids[k]] = <v[r], u[cols[k]]>``;

@@ -11,12 +11,15 @@
 //                       (the backward of a weighted sum: the node and edge cotangents in one pass)
 //
 // Each output row is owned by one thread and accumulated in place, so there are no atomics and no
-// (E, M) intermediate. Rows are split between threads by slot count, so hubs do not unbalance them.
+// (E, M) intermediate. Rows are cut into chunks of equal slot count (hubs do not unbalance them) that
+// the calling thread and helpers on XLA's intra-op thread pool work through.
 // float32 and float64 are supported; the index arrays are int32.
 
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -42,29 +45,42 @@ int ThreadBudget() {
   return budget;
 }
 
-// Runs body(first_row, last_row) over [0, n_rows), split into contiguous ranges of about equal slot
-// counts; small problems stay on the calling thread.
+// Runs body(first_row, last_row) over [0, n_rows), cut into contiguous chunks of about equal slot
+// counts. The calling thread works through the chunks and helper tasks on XLA's intra-op thread pool
+// join in when they get a thread; the caller then waits only for chunks already taken, so a busy pool
+// slows the call down but cannot deadlock it. Small problems stay on the calling thread.
 template <typename Body>
-void ParallelRows(const int32_t* row_ptr, int64_t n_rows, int64_t work, const Body& body) {
+void ParallelRows(ffi::ThreadPool& pool, const int32_t* row_ptr, int64_t n_rows, int64_t work, const Body& body) {
   constexpr int64_t kWorkPerThread = int64_t{1} << 16;
-  int threads = static_cast<int>(std::min<int64_t>(ThreadBudget(), std::max<int64_t>(1, work / kWorkPerThread)));
+  const int64_t threads =
+      std::min<int64_t>(ThreadBudget(), std::max<int64_t>(1, work / kWorkPerThread));
   if (threads <= 1 || n_rows < 2) {
     body(int64_t{0}, n_rows);
     return;
   }
+  const int64_t n_chunks = std::min<int64_t>(n_rows, 8 * threads);
   const int64_t n_slots = row_ptr[n_rows];
-  std::vector<int64_t> bounds(threads + 1, n_rows);
+  std::vector<int64_t> bounds(n_chunks + 1, n_rows);
   bounds[0] = 0;
-  for (int t = 1; t < threads; ++t) {
-    const int64_t target = n_slots * t / threads;
-    bounds[t] = std::lower_bound(row_ptr, row_ptr + n_rows + 1, target) - row_ptr;
-    bounds[t] = std::max(bounds[t], bounds[t - 1]);
+  for (int64_t c = 1; c < n_chunks; ++c) {
+    bounds[c] = std::lower_bound(row_ptr, row_ptr + n_rows + 1, n_slots * c / n_chunks) - row_ptr;
+    bounds[c] = std::max(bounds[c], bounds[c - 1]);
   }
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  for (int t = 1; t < threads; ++t) pool.emplace_back(body, bounds[t], bounds[t + 1]);
-  body(bounds[0], bounds[1]);
-  for (auto& thread : pool) thread.join();
+  struct Progress {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+  auto progress = std::make_shared<Progress>();
+  auto work_through = [progress, n_chunks, &bounds, &body] {
+    for (int64_t c; (c = progress->next.fetch_add(1)) < n_chunks;) {
+      body(bounds[c], bounds[c + 1]);
+      progress->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  // A helper that starts after every chunk is taken touches only `progress` (kept alive by its copy).
+  for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work_through)(work_through));
+  work_through();
+  while (progress->done.load(std::memory_order_acquire) < n_chunks) std::this_thread::yield();
 }
 
 template <typename T>
@@ -78,9 +94,9 @@ inline void PrefetchRow(const T* row, int64_t m) {
 constexpr int64_t kPrefetchDistance = 6;
 
 template <typename T>
-void CsrSum(const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u, const T* w,
+void CsrSum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u, const T* w,
             bool weighted, int64_t n_rows, int64_t m, T* out) {
-  ParallelRows(row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+  ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       T* __restrict__ acc = out + r * m;
       std::fill(acc, acc + m, T(0));
@@ -114,10 +130,10 @@ inline T Dot(const T* __restrict__ a, const T* __restrict__ b, int64_t m) {
 }
 
 template <typename T>
-void CsrEdgeDot(const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u, const T* v,
+void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u, const T* v,
                 int64_t n_rows, int64_t m, int64_t n_edges, T* out) {
   std::fill(out, out + n_edges, T(0));
-  ParallelRows(row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+  ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       const T* own = v + r * m;
       const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
@@ -130,10 +146,10 @@ void CsrEdgeDot(const int32_t* row_ptr, const int32_t* cols, const int32_t* edge
 }
 
 template <typename T>
-void CsrSumDot(const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* g, const T* u,
+void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* g, const T* u,
                const T* w, int64_t n_rows, int64_t m, int64_t n_edges, T* out, T* dots) {
   std::fill(dots, dots + n_edges, T(0));
-  ParallelRows(row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+  ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       T* __restrict__ acc = out + r * m;
       const T* own = u + r * m;
@@ -167,7 +183,7 @@ ffi::Error CheckIndexTypes(const ffi::AnyBuffer& row_ptr, const ffi::AnyBuffer& 
   return ffi::Error::Success();
 }
 
-ffi::Error CsrSumImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer u,
+ffi::Error CsrSumImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer u,
                       ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out) {
   if (auto error = CheckIndexTypes(row_ptr, cols, edge_ids); error.failure()) return error;
   const auto type = u.element_type();
@@ -183,10 +199,10 @@ ffi::Error CsrSumImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffe
   const auto* ids = edge_ids.typed_data<int32_t>();
   const bool weighted = w.element_count() > 0;
   if (type == ffi::DataType::F32) {
-    CsrSum(rp, cs, ids, u.typed_data<float>(), weighted ? w.typed_data<float>() : nullptr, weighted, n_rows, m,
+    CsrSum(pool, rp, cs, ids, u.typed_data<float>(), weighted ? w.typed_data<float>() : nullptr, weighted, n_rows, m,
            out->typed_data<float>());
   } else if (type == ffi::DataType::F64) {
-    CsrSum(rp, cs, ids, u.typed_data<double>(), weighted ? w.typed_data<double>() : nullptr, weighted, n_rows, m,
+    CsrSum(pool, rp, cs, ids, u.typed_data<double>(), weighted ? w.typed_data<double>() : nullptr, weighted, n_rows, m,
            out->typed_data<double>());
   } else {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum: dtype must be float32 or float64");
@@ -194,7 +210,7 @@ ffi::Error CsrSumImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffe
   return ffi::Error::Success();
 }
 
-ffi::Error CsrEdgeDotImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer u,
+ffi::Error CsrEdgeDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer u,
                           ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out) {
   if (auto error = CheckIndexTypes(row_ptr, cols, edge_ids); error.failure()) return error;
   const auto type = u.element_type();
@@ -209,10 +225,10 @@ ffi::Error CsrEdgeDotImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyB
   const auto* cs = cols.typed_data<int32_t>();
   const auto* ids = edge_ids.typed_data<int32_t>();
   if (type == ffi::DataType::F32) {
-    CsrEdgeDot(rp, cs, ids, u.typed_data<float>(), v.typed_data<float>(), n_rows, m, n_edges,
+    CsrEdgeDot(pool, rp, cs, ids, u.typed_data<float>(), v.typed_data<float>(), n_rows, m, n_edges,
                out->typed_data<float>());
   } else if (type == ffi::DataType::F64) {
-    CsrEdgeDot(rp, cs, ids, u.typed_data<double>(), v.typed_data<double>(), n_rows, m, n_edges,
+    CsrEdgeDot(pool, rp, cs, ids, u.typed_data<double>(), v.typed_data<double>(), n_rows, m, n_edges,
                out->typed_data<double>());
   } else {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_edge_dot: dtype must be float32 or float64");
@@ -220,7 +236,7 @@ ffi::Error CsrEdgeDotImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyB
   return ffi::Error::Success();
 }
 
-ffi::Error CsrSumDotImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer g,
+ffi::Error CsrSumDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer g,
                          ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out,
                          ffi::Result<ffi::AnyBuffer> dots) {
   if (auto error = CheckIndexTypes(row_ptr, cols, edge_ids); error.failure()) return error;
@@ -239,10 +255,10 @@ ffi::Error CsrSumDotImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBu
   const auto* cs = cols.typed_data<int32_t>();
   const auto* ids = edge_ids.typed_data<int32_t>();
   if (type == ffi::DataType::F32) {
-    CsrSumDot(rp, cs, ids, g.typed_data<float>(), u.typed_data<float>(), w.typed_data<float>(), n_rows, m, n_edges,
+    CsrSumDot(pool, rp, cs, ids, g.typed_data<float>(), u.typed_data<float>(), w.typed_data<float>(), n_rows, m, n_edges,
               out->typed_data<float>(), dots->typed_data<float>());
   } else if (type == ffi::DataType::F64) {
-    CsrSumDot(rp, cs, ids, g.typed_data<double>(), u.typed_data<double>(), w.typed_data<double>(), n_rows, m,
+    CsrSumDot(pool, rp, cs, ids, g.typed_data<double>(), u.typed_data<double>(), w.typed_data<double>(), n_rows, m,
               n_edges, out->typed_data<double>(), dots->typed_data<double>());
   } else {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum_dot: dtype must be float32 or float64");
@@ -254,6 +270,7 @@ ffi::Error CsrSumDotImpl(ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBu
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSum, CsrSumImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
                                   .Arg<ffi::AnyBuffer>()  // cols (S,)
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
@@ -263,6 +280,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSum, CsrSumImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrEdgeDot, CsrEdgeDotImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
                                   .Arg<ffi::AnyBuffer>()  // cols (S,)
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
@@ -272,6 +290,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrEdgeDot, CsrEdgeDotImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSumDot, CsrSumDotImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
                                   .Arg<ffi::AnyBuffer>()  // cols (S,)
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
