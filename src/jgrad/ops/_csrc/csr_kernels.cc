@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <string>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -94,8 +95,8 @@ inline void PrefetchRow(const T* row, int64_t m) {
 constexpr int64_t kPrefetchDistance = 6;
 
 template <typename T>
-void CsrSum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u, const T* w,
-            bool weighted, int64_t n_rows, int64_t m, T* out) {
+void CsrSum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u,
+            const T* w, bool weighted, int64_t n_rows, int64_t m, T* out) {
   ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       T* __restrict__ acc = out + r * m;
@@ -130,8 +131,8 @@ inline T Dot(const T* __restrict__ a, const T* __restrict__ b, int64_t m) {
 }
 
 template <typename T>
-void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u, const T* v,
-                int64_t n_rows, int64_t m, int64_t n_edges, T* out) {
+void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
+                const T* u, const T* v, int64_t n_rows, int64_t m, int64_t n_edges, T* out) {
   std::fill(out, out + n_edges, T(0));
   ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
@@ -146,8 +147,9 @@ void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* co
 }
 
 template <typename T>
-void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* g, const T* u,
-               const T* w, int64_t n_rows, int64_t m, int64_t n_edges, T* out, T* dots) {
+void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
+               const T* g, const T* u, const T* w, int64_t n_rows, int64_t m, int64_t n_edges, T* out,
+               T* dots) {
   std::fill(dots, dots + n_edges, T(0));
   ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
@@ -174,96 +176,97 @@ int64_t RowWidth(const ffi::AnyBuffer& buffer) {
   return rows ? static_cast<int64_t>(buffer.element_count()) / rows : 0;
 }
 
-ffi::Error CheckIndexTypes(const ffi::AnyBuffer& row_ptr, const ffi::AnyBuffer& cols, const ffi::AnyBuffer& edge_ids) {
+ffi::Error Invalid(const char* kernel, const char* problem) {
+  return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(kernel) + ": " + problem);
+}
+
+// The CSR index arrays, checked to be int32 with one offset per row plus one.
+struct CsrIndices {
+  const int32_t* row_ptr;
+  const int32_t* cols;
+  const int32_t* edge_ids;
+};
+
+ffi::Error ReadIndices(const char* kernel, const ffi::AnyBuffer& row_ptr, const ffi::AnyBuffer& cols,
+                       const ffi::AnyBuffer& edge_ids, int64_t n_rows, CsrIndices& indices) {
   for (const auto* buffer : {&row_ptr, &cols, &edge_ids}) {
-    if (buffer->element_type() != ffi::DataType::S32) {
-      return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad csr kernels: index arrays must be int32");
-    }
+    if (buffer->element_type() != ffi::DataType::S32) return Invalid(kernel, "index arrays must be int32");
+  }
+  if (static_cast<int64_t>(row_ptr.element_count()) != n_rows + 1) {
+    return Invalid(kernel, "row_ptr must have one entry per output row plus one");
+  }
+  indices = {row_ptr.typed_data<int32_t>(), cols.typed_data<int32_t>(), edge_ids.typed_data<int32_t>()};
+  return ffi::Error::Success();
+}
+
+// Calls run(T{}) with T = float or double for the buffers' common dtype.
+template <typename Run>
+ffi::Error ForFloatType(const char* kernel, const std::vector<ffi::DataType>& types, const Run& run) {
+  const ffi::DataType type = types.front();
+  for (ffi::DataType other : types) {
+    if (other != type) return Invalid(kernel, "all float operands and results must share one dtype");
+  }
+  if (type == ffi::DataType::F32) {
+    run(float{});
+  } else if (type == ffi::DataType::F64) {
+    run(double{});
+  } else {
+    return Invalid(kernel, "dtype must be float32 or float64");
   }
   return ffi::Error::Success();
 }
 
-ffi::Error CsrSumImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer u,
-                      ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out) {
-  if (auto error = CheckIndexTypes(row_ptr, cols, edge_ids); error.failure()) return error;
-  const auto type = u.element_type();
-  if (out->element_type() != type || (w.element_count() > 0 && w.element_type() != type)) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum: u, w and out must share one dtype");
-  }
+ffi::Error CsrSumImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
+                      ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out) {
+  constexpr const char* kKernel = "jgrad_csr_sum";
   const int64_t n_rows = Rows(*out), m = RowWidth(*out);
-  if (RowWidth(u) != m || static_cast<int64_t>(row_ptr.element_count()) != n_rows + 1) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum: inconsistent shapes");
-  }
-  const auto* rp = row_ptr.typed_data<int32_t>();
-  const auto* cs = cols.typed_data<int32_t>();
-  const auto* ids = edge_ids.typed_data<int32_t>();
   const bool weighted = w.element_count() > 0;
-  if (type == ffi::DataType::F32) {
-    CsrSum(pool, rp, cs, ids, u.typed_data<float>(), weighted ? w.typed_data<float>() : nullptr, weighted, n_rows, m,
-           out->typed_data<float>());
-  } else if (type == ffi::DataType::F64) {
-    CsrSum(pool, rp, cs, ids, u.typed_data<double>(), weighted ? w.typed_data<double>() : nullptr, weighted, n_rows, m,
-           out->typed_data<double>());
-  } else {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum: dtype must be float32 or float64");
-  }
-  return ffi::Error::Success();
+  CsrIndices csr;
+  if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
+  if (RowWidth(u) != m) return Invalid(kKernel, "u and out must have the same row width");
+  std::vector<ffi::DataType> types = {u.element_type(), out->element_type()};
+  if (weighted) types.push_back(w.element_type());
+  return ForFloatType(kKernel, types, [&](auto zero) {
+    using T = decltype(zero);
+    CsrSum(pool, csr.row_ptr, csr.cols, csr.edge_ids, u.typed_data<T>(), weighted ? w.typed_data<T>() : nullptr,
+           weighted, n_rows, m, out->typed_data<T>());
+  });
 }
 
-ffi::Error CsrEdgeDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer u,
-                          ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out) {
-  if (auto error = CheckIndexTypes(row_ptr, cols, edge_ids); error.failure()) return error;
-  const auto type = u.element_type();
-  if (v.element_type() != type || out->element_type() != type) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_edge_dot: u, v and out must share one dtype");
-  }
+ffi::Error CsrEdgeDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
+                          ffi::AnyBuffer u, ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out) {
+  constexpr const char* kKernel = "jgrad_csr_edge_dot";
   const int64_t n_rows = Rows(v), m = RowWidth(v), n_edges = out->element_count();
-  if (RowWidth(u) != m || static_cast<int64_t>(row_ptr.element_count()) != n_rows + 1) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_edge_dot: inconsistent shapes");
-  }
-  const auto* rp = row_ptr.typed_data<int32_t>();
-  const auto* cs = cols.typed_data<int32_t>();
-  const auto* ids = edge_ids.typed_data<int32_t>();
-  if (type == ffi::DataType::F32) {
-    CsrEdgeDot(pool, rp, cs, ids, u.typed_data<float>(), v.typed_data<float>(), n_rows, m, n_edges,
-               out->typed_data<float>());
-  } else if (type == ffi::DataType::F64) {
-    CsrEdgeDot(pool, rp, cs, ids, u.typed_data<double>(), v.typed_data<double>(), n_rows, m, n_edges,
-               out->typed_data<double>());
-  } else {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_edge_dot: dtype must be float32 or float64");
-  }
-  return ffi::Error::Success();
+  CsrIndices csr;
+  if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
+  if (RowWidth(u) != m) return Invalid(kKernel, "u and v must have the same row width");
+  return ForFloatType(kKernel, {u.element_type(), v.element_type(), out->element_type()}, [&](auto zero) {
+    using T = decltype(zero);
+    CsrEdgeDot(pool, csr.row_ptr, csr.cols, csr.edge_ids, u.typed_data<T>(), v.typed_data<T>(), n_rows, m, n_edges,
+               out->typed_data<T>());
+  });
 }
 
-ffi::Error CsrSumDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids, ffi::AnyBuffer g,
-                         ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out,
+ffi::Error CsrSumDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
+                         ffi::AnyBuffer g, ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out,
                          ffi::Result<ffi::AnyBuffer> dots) {
-  if (auto error = CheckIndexTypes(row_ptr, cols, edge_ids); error.failure()) return error;
-  const auto type = g.element_type();
-  for (auto t : {u.element_type(), w.element_type(), out->element_type(), dots->element_type()}) {
-    if (t != type) {
-      return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum_dot: g, u, w and the outputs must share one dtype");
-    }
-  }
+  constexpr const char* kKernel = "jgrad_csr_sum_dot";
   const int64_t n_rows = Rows(*out), m = RowWidth(*out), n_edges = dots->element_count();
-  if (RowWidth(g) != m || RowWidth(u) != m || Rows(u) != n_rows || static_cast<int64_t>(w.element_count()) != n_edges ||
-      static_cast<int64_t>(row_ptr.element_count()) != n_rows + 1) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum_dot: inconsistent shapes");
+  CsrIndices csr;
+  if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
+  if (RowWidth(g) != m || RowWidth(u) != m || Rows(u) != n_rows) {
+    return Invalid(kKernel, "g, u and out must have the same row width, and u one row per output row");
   }
-  const auto* rp = row_ptr.typed_data<int32_t>();
-  const auto* cs = cols.typed_data<int32_t>();
-  const auto* ids = edge_ids.typed_data<int32_t>();
-  if (type == ffi::DataType::F32) {
-    CsrSumDot(pool, rp, cs, ids, g.typed_data<float>(), u.typed_data<float>(), w.typed_data<float>(), n_rows, m, n_edges,
-              out->typed_data<float>(), dots->typed_data<float>());
-  } else if (type == ffi::DataType::F64) {
-    CsrSumDot(pool, rp, cs, ids, g.typed_data<double>(), u.typed_data<double>(), w.typed_data<double>(), n_rows, m,
-              n_edges, out->typed_data<double>(), dots->typed_data<double>());
-  } else {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jgrad_csr_sum_dot: dtype must be float32 or float64");
+  if (static_cast<int64_t>(w.element_count()) != n_edges) {
+    return Invalid(kKernel, "w and dots must have one entry per edge");
   }
-  return ffi::Error::Success();
+  const std::vector<ffi::DataType> types = {g.element_type(), u.element_type(), w.element_type(),
+                                            out->element_type(), dots->element_type()};
+  return ForFloatType(kKernel, types, [&](auto zero) {
+    using T = decltype(zero);
+    CsrSumDot(pool, csr.row_ptr, csr.cols, csr.edge_ids, g.typed_data<T>(), u.typed_data<T>(), w.typed_data<T>(),
+              n_rows, m, n_edges, out->typed_data<T>(), dots->typed_data<T>());
+  });
 }
 
 }  // namespace
