@@ -1,8 +1,10 @@
 """Peak memory of one step, each implementation in its own process.
 
-The child builds the problem, runs the step once (compilation included), resets the kernel's peak-RSS
-mark (``/proc/self/clear_refs``), runs the step again and reports the rise of the peak RSS above the
-RSS before that call: the transient memory of one step, without compilation or the inputs.
+The child builds the problem, runs the step once (compilation included), hands the memory the C
+allocator keeps cached back to the system (``malloc_trim``, where glibc has it, so the second step
+cannot hide inside memory left over from the first), resets the kernel's peak-RSS mark
+(``/proc/self/clear_refs``), runs the step again and reports the rise of the peak RSS above the RSS
+before that call: the transient memory of one step, without compilation or the inputs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ def measure_in_subprocess(problem_spec: dict, impl: str, workload: str, timeout:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _release_cached_memory() -> None:
+    """Returns freed heap memory to the system (glibc ``malloc_trim``); a no-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 def _child(request: str) -> None:
     from . import _peers
     from .__init__ import load_problem
@@ -42,6 +56,7 @@ def _child(request: str) -> None:
     problem = load_problem(spec["problem"])
     step, args = _peers.build(spec["impl"], spec["workload"], problem)
     _peers.block(step(*args))
+    _release_cached_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
