@@ -282,6 +282,7 @@ def _variants(config: AttackConfig) -> dict[str, str]:
         "meta_raw_redraw": "Metattack, 1 flip/meta-step, raw binary features",
         "meta_raw_ensemble": "Metattack, 1 flip/meta-step, raw binary features",
         "meta_ensemble": "Metattack, 1 flip/meta-step",
+        "meta_ensemble8": "Metattack, 1 flip/meta-step",
         "gradient": "greedy gradient (fixed GCN)",
         "pgd": "PGD (fixed GCN)",
     }
@@ -343,7 +344,9 @@ def report(config: AttackConfig) -> str:
               f"- Metattack (Meta-Self): linearised 2-layer GCN surrogate (H={a.hidden}), T={a.inner_steps} inner steps of "
               f"SGD with momentum (lr {a.inner_learning_rate}, momentum {a.momentum}) from a fixed initialisation per seed "
               "(\"init redrawn per meta-step\": fresh random weights at every meta-step, as in the reference "
-              "implementation, from a key derived from the seed), "
+              "implementation, from a key derived from the seed; \"loss averaged over K inits\": the attacker loss "
+              "is the mean over K fixed initialisations, each trained by its own inner loop, so the meta-gradient "
+              "aims at the victim's unknown initialisation rather than one draw), "
               "attacker loss = cross-entropy on the unlabelled nodes against self-training labels of a linearised GCN "
               "trained on the clean graph. The meta-gradient is exact (second-order reverse mode through the "
               "checkpointed training scan) and kept as factors: the surrogate is linear, so the adjacency enters "
