@@ -101,7 +101,7 @@ def test_layout_handles_trailing_shapes_like_default_path(x64, features, edge_sh
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_layout_under_jit_vmap_over_edge_weights_and_forward_mode(x64):
+def test_layout_under_jit_vmap_over_edge_weights_and_forward_mode(x64, kernel):
     graph = GRAPHS["skewed"]
     layout = _plan(graph)
     u, _ = _operands(graph)
