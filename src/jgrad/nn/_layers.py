@@ -18,6 +18,7 @@ from flax import nnx
 
 from .._types import REDUCERS, check_choice
 from ..graph import Graph
+from ..ops import Layout
 from . import functional as F
 
 _glorot = nnx.initializers.glorot_uniform()
@@ -93,16 +94,18 @@ class GCNConv(nnx.Module):
         return F.gcn_scaling(graph, add_self_loops=self.add_self_loops, dtype=self.kernel[...].dtype)
 
     def __call__(
-        self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None, scaling: jax.Array | None = None
+        self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None, scaling: jax.Array | None = None,
+        layout: Layout | None = None,
     ) -> jax.Array:
-        """(N, in_features) -> (N, out_features). ``key`` is unused (the layer has no dropout)."""
+        """(N, in_features) -> (N, out_features). ``key`` is unused (the layer has no dropout); ``layout``
+        (``jgrad.ops.plan_layout(graph)``) runs the aggregation on the layout path."""
         del key
         if self.cached and self.normalize and scaling is None:
             raise ValueError("GCNConv: cached=True needs the precomputed normalisation; got scaling=None, "
                              "expected scaling=layer.prepare(graph).")
         params = {"kernel": self.kernel[...], "bias": _value(self.bias)}
         return F.gcn_conv(params, graph, x, normalize=self.normalize, add_self_loops=self.add_self_loops,
-                          scaling=scaling)
+                          scaling=scaling, layout=layout)
 
 
 class GraphConv(nnx.Module):

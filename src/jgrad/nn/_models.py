@@ -28,6 +28,7 @@ from flax import nnx
 
 from .._types import check_choice
 from ..graph import Graph
+from ..ops import Layout
 from . import functional as F
 from ._layers import GATConv, GCNConv, GINConv, SAGEConv
 
@@ -83,13 +84,15 @@ class GCN(nnx.Module):
         self.layers = nnx.List([GCNConv(i, o, rngs=rngs, use_bias=use_bias, param_dtype=param_dtype)
                                 for i, o in _widths(in_features, hidden_features, out_features, n_layers)])
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features) logits."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
+                 layout: Layout | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features) logits; ``layout`` (``jgrad.ops.plan_layout(graph)``)
+        runs every aggregation on the layout path (on CPU the native kernels)."""
         keys = _split(key, len(self.layers))
         scaling = self.layers[0].prepare(graph)
         for i, layer in enumerate(self.layers):
             x = F.dropout(x, self.dropout, keys[i])
-            x = layer(graph, x, scaling=scaling)
+            x = layer(graph, x, scaling=scaling, layout=layout)
             if i < len(self.layers) - 1:
                 x = jax.nn.relu(x)
         return x

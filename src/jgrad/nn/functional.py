@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from .._types import REDUCERS, check_choice
 from ..gradients import propagate
 from ..graph import Graph
-from ..ops import edge_softmax, gsddmm, gspmm, segment_reduce, spmm
+from ..ops import Layout, edge_softmax, gsddmm, gspmm, segment_reduce, spmm
 from ..ops._norm import safe_inverse_power
 
 ArrayLike = jax.typing.ArrayLike
@@ -197,18 +197,18 @@ def gcn_scaling(
     return safe_inverse_power(degree, 0.5)
 
 
-def _gcn_propagate(graph, x, *, normalize, add_self_loops, fill, scaling):
+def _gcn_propagate(graph, x, *, normalize, add_self_loops, fill, scaling, layout):
     """``D̂^-1/2 (A + fill I) D̂^-1/2 x`` as node scalings around the raw-weight spmm (`propagate`)."""
     if scaling is None or not normalize:
         return propagate(graph, x, norm="sym" if normalize else "none", add_self_loops=add_self_loops,
-                         fill=fill)
+                         fill=fill, layout=layout)
     # The same maths as propagate(norm="sym"), with the node scaling supplied by the caller.
     scaling = jnp.asarray(scaling)
     if scaling.shape != (graph.n_nodes,):
         raise ValueError(f"gcn_conv: scaling must have shape (N,); got {tuple(scaling.shape)}, "
                          f"expected ({graph.n_nodes},). Build it with gcn_scaling(graph).")
     scaled = _column(scaling.astype(x.dtype)) * x
-    y = spmm(graph, scaled)
+    y = spmm(graph, scaled, layout=layout)
     if add_self_loops:
         y = y + fill * scaled
     return _column(scaling.astype(x.dtype)) * y
@@ -252,6 +252,7 @@ def gcn_conv(
     add_self_loops: bool = True,
     fill: float = 1.0,
     scaling: ArrayLike | None = None,
+    layout: Layout | None = None,
 ) -> jax.Array:
     """Graph convolution of Kipf & Welling: ``D̂^-1/2 Â D̂^-1/2 x W + b`` with ``Â = A + fill·I``.
 
@@ -267,6 +268,8 @@ def gcn_conv(
         loops are kept, so a node that already has one ends up with both.
       fill: weight of the added self loops.
       scaling: optional precomputed ``gcn_scaling(graph, add_self_loops=..., fill=...)``, (N,).
+      layout: optional ``jgrad.ops.plan_layout(graph)``: the aggregation runs on it (on CPU the native
+        CSR kernels; same values and gradients).
 
     Returns:
       (N, F_out).
@@ -292,7 +295,7 @@ def gcn_conv(
     _check_scalar_weights(where, graph)
     h = x @ kernel
     y = _gcn_propagate(graph, h, normalize=normalize, add_self_loops=add_self_loops, fill=fill,
-                       scaling=scaling)
+                       scaling=scaling, layout=layout)
     return _bias(params, y)
 
 
