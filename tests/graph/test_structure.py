@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from graph_strategies import edge_multiset, graphs, host_dense
 from hypothesis import given, settings
 

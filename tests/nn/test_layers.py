@@ -11,7 +11,6 @@ from flax import nnx
 
 import jgrad
 from jgrad.nn import GATConv, GCNConv, GINConv, GraphConv, MessagePassing, SAGEConv
-from jgrad.nn import functional as F
 
 # Node 4 is isolated; no duplicate edges and no self loops, so the dense matrix holds every edge.
 SENDERS = [0, 1, 1, 2, 3, 0, 2]

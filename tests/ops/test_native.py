@@ -121,7 +121,8 @@ def _exported_text(platform):
     layout = plan_layout(graph)
 
     def loss(x, w):
-        return jnp.sum(spmm(graph, x, w, layout=layout) ** 2) + jnp.sum(jnp.sin(gsddmm(graph, "dot", x, x, layout=layout)))
+        aggregated = spmm(graph, x, w, layout=layout)
+        return jnp.sum(aggregated**2) + jnp.sum(jnp.sin(gsddmm(graph, "dot", x, x, layout=layout)))
 
     def step(x, w):
         return jax.grad(loss, (0, 1))(x, w)
