@@ -163,7 +163,8 @@ def _plan_side(rows, cols, mask, n, n_edges, max_width, chunk_edges) -> Side:
     real = np.arange(n_edges) if mask is None else np.nonzero(mask)[0]
     order = real[np.argsort(rows[real], kind="stable")]  # edge ids grouped by row node
     degree = np.bincount(rows[real], minlength=n).astype(np.int64)
-    start = np.concatenate([[0], np.cumsum(degree)[:-1]])
+    row_ptr = np.concatenate([[0], np.cumsum(degree)])  # CSR offsets; row v's edges start at row_ptr[v]
+    start = row_ptr[:-1]
     width = np.zeros(n, np.int64)
     has_edges = degree > 0
     width[has_edges] = 1 << np.ceil(np.log2(degree[has_edges])).astype(np.int64)
@@ -210,6 +211,6 @@ def _plan_side(rows, cols, mask, n, n_edges, max_width, chunk_edges) -> Side:
         output_position=jnp.asarray(output_position, jnp.int32),
         slot_of_edge=jnp.asarray(slot_of_edge, jnp.int32),
         in_degree=jnp.asarray(degree, jnp.int32),
-        csr=Csr(row_ptr=jnp.asarray(np.concatenate([[0], np.cumsum(degree)]), jnp.int32),
+        csr=Csr(row_ptr=jnp.asarray(row_ptr, jnp.int32),
                 cols=jnp.asarray(cols[order], jnp.int32), edge_ids=jnp.asarray(order, jnp.int32)),
     )
