@@ -1,14 +1,17 @@
 """Structure attacks on a GCN (poisoning): Metattack (Meta-Self), greedy gradient flips and PGD.
 
     python experiments/structure_attack.py --config configs/structure_attack.yaml [--only meta] [--set a.b=c]
+    python experiments/structure_attack.py --config configs/structure_attack.yaml --evaluate [--only meta]
     python experiments/structure_attack.py --config configs/structure_attack.yaml --report
 
 For each seed: a stratified random 10% / 10% / 80% split of the largest connected component, the attack
 at the largest budget (greedy attacks are evaluated at every budget from prefixes of the same run, PGD
-runs once per budget), and ``eval.victim_runs`` GCNs retrained on each perturbed graph. Each attack
-writes ``<output>_<attack>.json``; ``--report`` merges them into ``<output>.json``, ``.md`` and ``.png``
-next to the published Metattack numbers of Pro-GNN (Jin et al., 2020, Table 2, GCN on Cora).
-The ``scale`` entry times a few meta-gradient steps on a large CSBM graph.
+runs once per budget), and ``eval.victim_runs`` GCNs retrained on each perturbed graph, under both
+victim model-selection rules (`jgrad.attacks.GCNConfig.selection`; ``eval.selection`` is the one
+reported). Each attack writes ``<output>_<attack>.json`` with its flips; ``--evaluate`` retrains the
+victims on those flips without attacking again; ``--report`` merges the files into ``<output>.json``,
+``.md`` and ``.png`` next to the published Metattack numbers of Pro-GNN (Jin et al., 2020, Table 2,
+GCN on Cora). The ``scale`` entry times a few meta-gradient steps on a large CSBM graph.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ PUBLISHED = {  # Pro-GNN Table 2, GCN under Metattack on Cora (LCC), mean ± std
     0.15: (65.10, 0.71), 0.20: (59.56, 2.72), 0.25: (47.53, 1.96),
 }
 ATTACKS = ("meta", "gradient", "pgd", "scale")
+SELECTIONS = ("loss_or_accuracy", "accuracy")  # victim model-selection rules, jgrad.attacks.GCNConfig.selection
+SELECTION_TEXT = {
+    "loss_or_accuracy": "the last epoch that improved the best validation loss or accuracy (the reference GCN's rule)",
+    "accuracy": "the epoch of the best validation accuracy",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +68,7 @@ class AttackSection:
     flips_per_step: int = 2  # meta-gradient attack
     redraw_init: bool = False  # meta-gradient attack: fresh surrogate initialisation at every meta-step
     inits: int = 1  # meta-gradient attack: surrogate initialisations whose attacker losses are averaged
+    attacker_loss: str = "ce"  # meta-gradient attack: ce (Meta-Self) | masked_ce (still-correct nodes only)
     gradient_flips_per_step: int = 1
     hidden: int = 16
     inner_steps: int = 100
@@ -76,6 +85,7 @@ class EvalSection:
     seeds: int = 5
     victim_runs: int = 5
     epochs: int = 200
+    selection: str = "loss_or_accuracy"  # victim model selection reported: loss_or_accuracy | accuracy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +119,11 @@ def peak_memory_mib() -> float:
 
 def load_config(path: str | None, overrides: list[str]) -> AttackConfig:
     values = yaml.safe_load(Path(path).read_text()) if path else {}
-    return config_from_dict(apply_overrides(dict(values or {}), overrides, AttackConfig), AttackConfig)
+    config = config_from_dict(apply_overrides(dict(values or {}), overrides, AttackConfig), AttackConfig)
+    if config.eval.selection not in SELECTIONS:
+        raise SystemExit(f"structure_attack: eval.selection must be one of {', '.join(SELECTIONS)}; "
+                         f"got {config.eval.selection!r}.")
+    return config
 
 
 def load_dataset(config: AttackConfig):
@@ -140,30 +154,29 @@ def run_attack(name: str, config: AttackConfig) -> dict:
     n_pairs = len(attacks.undirected_pairs(dataset.graph))
     budgets = budgets_of(config, n_pairs)
     largest = max(b for _, b in budgets)
-    victim = dataclasses.replace(attacks.VICTIM, epochs=config.eval.epochs)
+    victim = victim_config(config)
     log(f"{name}: {dataset.name} N={dataset.n_nodes} undirected edges={n_pairs} budgets={budgets}")
     record = {"attack": name, "dataset": dataset.name, "n_nodes": dataset.n_nodes, "n_edges": n_pairs,
               "budgets": {f"{f:g}": b for f, b in budgets}, "seeds": []}
     if name == "meta":
         record.update(flips_per_step=config.attack.flips_per_step, redraw_init=config.attack.redraw_init,
-                      normalize_features=config.data.normalize_features, inits=config.attack.inits)
+                      normalize_features=config.data.normalize_features, inits=config.attack.inits,
+                      attacker_loss=config.attack.attacker_loss)
     output = Path(f"{config.output}_{name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     for seed in range(config.eval.seeds):
         split = attacks.random_split(dataset, train=config.data.train, val=config.data.val, seed=seed)
         labels = jnp.asarray(split.labels)
-        masks = tuple(jnp.asarray(m) for m in (split.train_mask, split.val_mask, split.test_mask))
-        padded = 2 * (n_pairs + largest)
-        victim_keys = jax.random.split(jax.random.key(1000 + seed), config.eval.victim_runs)
         key = jax.random.key(seed)
         start = time.perf_counter()
-        entry = {"seed": seed, "accuracy": {}}
+        entry = {"seed": seed}
         progress = _progress(f"{name} seed {seed}")
         if name in ("meta", "gradient"):
             if name == "meta":
                 meta_config = attacks.MetaConfig(hidden=config.attack.hidden, steps=config.attack.inner_steps,
                                                  learning_rate=config.attack.inner_learning_rate,
-                                                 momentum=config.attack.momentum)
+                                                 momentum=config.attack.momentum,
+                                                 attacker_loss=config.attack.attacker_loss)
                 problem = attacks.MetaProblem.create(split.graph, x, split.labels, split.train_mask,
                                                      split.val_mask, key=key, n_classes=dataset.n_classes,
                                                      config=meta_config, inits=config.attack.inits)
@@ -191,14 +204,8 @@ def run_attack(name: str, config: AttackConfig) -> dict:
                                             samples=config.attack.pgd_samples, log=progress)
                 flips_at[b], seconds = result.flips, seconds + result.seconds
             entry.update(attack_seconds=seconds)
-        for fraction, b in [(0.0, 0)] + budgets:
-            flips = flips_at.get(b, np.zeros((0, 2), np.int64))
-            graph = attacks.perturbed_graph(split.graph, flips, n_edges=padded)
-            accuracy = evaluate(graph, x, labels, masks, victim_keys, n_classes=dataset.n_classes, config=victim)
-            entry["accuracy"][f"{fraction:g}"] = float(jnp.mean(accuracy))
-            entry.setdefault("flips_made", {})[f"{fraction:g}"] = int(len(flips))
-            entry.setdefault("added", {})[f"{fraction:g}"] = int(
-                sum(not _is_edge(split.graph, i, j) for i, j in flips))
+        entry["flips"] = {f"{fraction:g}": np.asarray(flips_at[b]).tolist() for fraction, b in budgets}
+        entry.update(evaluate_flips(config, dataset, x, split, seed, entry["flips"]))
         entry["seconds"] = time.perf_counter() - start
         entry["peak_memory_mib"] = peak_memory_mib()
         record["seeds"].append(entry)
@@ -209,6 +216,52 @@ def run_attack(name: str, config: AttackConfig) -> dict:
 
 
 evaluate = jax.jit(attacks.victim_accuracy, static_argnames=("n_classes", "config"))
+
+
+def victim_config(config: AttackConfig, selection: str | None = None) -> attacks.GCNConfig:
+    return dataclasses.replace(attacks.VICTIM, epochs=config.eval.epochs, selection=selection or config.eval.selection)
+
+
+def evaluate_flips(config: AttackConfig, dataset, x, split, seed: int, flips: dict[str, list]) -> dict:
+    """Test accuracy of victims retrained on the clean graph and on each budget's flips, under both
+    model-selection rules (``accuracy`` holds the one ``eval.selection`` names)."""
+    labels = jnp.asarray(split.labels)
+    masks = tuple(jnp.asarray(m) for m in (split.train_mask, split.val_mask, split.test_mask))
+    n_pairs = len(attacks.undirected_pairs(split.graph))
+    padded = 2 * (n_pairs + max((int(float(f) * n_pairs) for f in flips), default=0))  # one shape per run
+    victim_keys = jax.random.split(jax.random.key(1000 + seed), config.eval.victim_runs)
+    by_rule = {rule: {} for rule in SELECTIONS}
+    made, added = {}, {}
+    for fraction, pairs in [("0", [])] + list(flips.items()):
+        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+        graph = attacks.perturbed_graph(split.graph, pairs, n_edges=padded)
+        for rule in by_rule:
+            accuracy = evaluate(graph, x, labels, masks, victim_keys, n_classes=dataset.n_classes,
+                                config=victim_config(config, rule))
+            by_rule[rule][fraction] = float(jnp.mean(accuracy))
+        made[fraction] = int(len(pairs))
+        added[fraction] = int(sum(not _is_edge(split.graph, i, j) for i, j in pairs))
+    return {"accuracy": by_rule[config.eval.selection], "accuracy_by_selection": by_rule,
+            "selection": config.eval.selection, "flips_made": made, "added": added}
+
+
+def reevaluate(name: str, config: AttackConfig) -> dict:
+    """Retrains the victims on the flips a finished attack saved (``<output>_<name>.json``), in place."""
+    path = Path(f"{config.output}_{name}.json")
+    if not path.exists():
+        raise SystemExit(f"structure_attack: --evaluate needs {path}; run the {name!r} attack first.")
+    record = json.loads(path.read_text())
+    dataset = load_dataset(config)
+    x = features_of(dataset)
+    for entry in record["seeds"]:
+        if "flips" not in entry:
+            raise SystemExit(f"structure_attack: {path} seed {entry['seed']} has no saved flips (written by an "
+                             "older version); run the attack again.")
+        split = attacks.random_split(dataset, train=config.data.train, val=config.data.val, seed=entry["seed"])
+        entry.update(evaluate_flips(config, dataset, x, split, entry["seed"], entry["flips"]))
+        log(f"{name} seed {entry['seed']}: accuracy {entry['accuracy']}")
+    path.write_text(json.dumps(record, indent=1))
+    return record
 
 
 def _redraw_key(config: AttackConfig, key: jax.Array) -> jax.Array | None:
@@ -305,6 +358,8 @@ def report(config: AttackConfig) -> str:
             titles[name] += ", init redrawn per meta-step"
         if name in titles and part.get("inits", 1) > 1:
             titles[name] += f", loss averaged over {part['inits']} inits"
+        if name in titles and part.get("attacker_loss", "ce") == "masked_ce":
+            titles[name] += ", masked CE"
     fractions = [f"{float(f):g}" for f in ["0"] + config.attack.budgets.split(",")]
     names = [n for n in titles if n in parts and (n == "meta" or titles[n] != titles["meta"] or "meta" not in parts)]
     lines = [f"# Structure attacks on GCN ({config.data.name}, largest connected component, poisoning)", "",
@@ -331,6 +386,13 @@ def report(config: AttackConfig) -> str:
             line += (f" ({int(np.mean([s['steps'] for s in seeds]))} scoring steps, median "
                      f"{np.median([s['seconds_per_step'] for s in seeds]):.2f} s each)")
         line += f"; peak RSS of the process {max(s['peak_memory_mib'] for s in seeds):.0f} MiB."
+        other = [r for r in SELECTIONS if r != config.eval.selection][0]
+        if all(other in s.get("accuracy_by_selection", {}) for s in seeds):
+            cells = []
+            for f in fractions[1:]:
+                mean, std = summarize([s["accuracy_by_selection"][other][f] for s in seeds])
+                cells.append(f"{float(f) * 100:g}%: {mean:.2f} ± {std:.2f}")
+            line += f" Victims selected by {SELECTION_TEXT[other]} instead: {', '.join(cells)}."
         lines.append(line)
     if "scale" in parts:
         s = parts["scale"]
@@ -364,7 +426,7 @@ def report(config: AttackConfig) -> str:
               "which use Cora's 0/1 bag-of-words features as the reference attack and Pro-GNN code do (victim and "
               "surrogate alike); with them the clean accuracy matches the published one.",
               "- Victim: GCN, hidden 16, ReLU, dropout 0.5, Adam lr 0.01, weight decay 5e-4, "
-              f"{config.eval.epochs} epochs, parameters of the best validation accuracy.",
+              f"{config.eval.epochs} epochs, parameters of {SELECTION_TEXT[config.eval.selection]}.",
               "- Published numbers: Pro-GNN (Jin et al., 2020) Table 2, GCN under Metattack on Cora; they evaluate "
               "one pre-attacked graph per budget over 10 runs, here each seed attacks its own split."]
     text = "\n".join(lines) + "\n"
@@ -406,10 +468,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=None)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--only", default=None, help="comma-separated attacks to run (overrides attack.attacks)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="retrain the victims on the flips saved by earlier runs (no attack)")
     parser.add_argument("--report", action="store_true", help="merge the per-attack results and plot")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
-    if not args.report:
+    if args.evaluate:
+        for name in (args.only or config.attack.attacks).split(","):
+            reevaluate(name, config)
+    elif not args.report:
         names = (args.only or config.attack.attacks).split(",")
         for name in names:
             if name not in ATTACKS:

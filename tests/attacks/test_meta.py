@@ -33,7 +33,11 @@ def _dense_meta_loss(adjacency, problem, x):
 
     velocity = jax.tree.map(jnp.zeros_like, problem.params)
     (p, _), _ = jax.lax.scan(step, (problem.params, velocity), None, length=config.steps)
-    return attacks.masked_cross_entropy(logits(p), problem.pseudo_labels, problem.unlabeled_mask)
+    final = logits(p)
+    scored = problem.unlabeled_mask
+    if config.attacker_loss == "masked_ce":  # only the nodes still predicted as their self-training label
+        scored = scored & (np.argmax(np.asarray(jax.lax.stop_gradient(final)), axis=1) == problem.pseudo_labels)
+    return attacks.masked_cross_entropy(final, problem.pseudo_labels, scored)
 
 
 def _small_problem(form, n_nodes=24, feature_dim=6):
@@ -64,6 +68,23 @@ def test_meta_gradient_matches_dense_inner_loop_in_float64(x64, form):
     expected = dense + dense.T - jnp.diag(jnp.diag(dense))  # d/da_ij with A[i, j] = A[j, i] = a_ij
     np.testing.assert_allclose(factored.dense(), expected, rtol=1e-9, atol=1e-12)
     assert float(jnp.max(jnp.abs(expected))) > 1e-4
+
+
+def test_masked_ce_meta_gradient_matches_dense_inner_loop_and_differs_from_ce(x64):
+    data, x, ce_problem = _small_problem("train")
+    problem = dataclasses.replace(ce_problem, config=dataclasses.replace(ce_problem.config, attacker_loss="masked_ce"))
+    graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
+    adjacency = graph.to_dense()
+    dense = jax.grad(lambda a: _dense_meta_loss(a, problem, x))(adjacency)
+    expected = dense + dense.T - jnp.diag(jnp.diag(dense))
+    np.testing.assert_allclose(attacks.meta_gradient(problem, graph).dense(), expected, rtol=1e-9, atol=1e-12)
+    ce = attacks.meta_gradient(ce_problem, graph).dense()
+    assert float(jnp.max(jnp.abs(ce - expected))) > 1e-3 * float(jnp.max(jnp.abs(ce)))  # some node was masked out
+
+
+def test_attacker_loss_names_bad_choices():
+    with pytest.raises(ValueError, match="attacker_loss"):
+        attacks.MetaConfig(attacker_loss="margin")
 
 
 def test_meta_gradient_factored_agrees_with_dense_mode(x64):

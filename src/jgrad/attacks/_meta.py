@@ -39,6 +39,7 @@ from ._flips import GreedyResult, greedy_flips
 from ._models import SURROGATE, GCNConfig, gcn_logits, init_gcn, masked_cross_entropy, train_gcn
 
 FORMS = ("auto", "train", "features")
+ATTACKER_LOSSES = ("ce", "masked_ce")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,10 @@ class MetaConfig:
         its intermediates; memory O(T·F·H) for the carried weights only.
       form: how ``Â²`` is hoisted out of the scan: ``"train"`` propagates the train indicator columns
         (rank ~ 2 n_train), ``"features"`` propagates X (rank ~ 2 F), ``"auto"`` picks the narrower.
+      attacker_loss: ``"ce"``, cross-entropy over every unlabelled node (Meta-Self); ``"masked_ce"``,
+        cross-entropy over the unlabelled nodes the trained surrogate still classifies as their
+        self-training label (the mask is held constant in the gradient), so flips go to nodes not yet
+        misclassified instead of pushing lost ones further (Geisler et al., 2021).
     """
 
     hidden: int = 16
@@ -62,6 +67,10 @@ class MetaConfig:
     momentum: float = 0.9
     checkpoint: bool = True
     form: Literal["auto", "train", "features"] = "auto"
+    attacker_loss: Literal["ce", "masked_ce"] = "ce"
+
+    def __post_init__(self):
+        check_choice("MetaConfig", "attacker_loss", self.attacker_loss, ATTACKER_LOSSES)
 
 
 def inner_train(params: dict[str, jax.Array], data: jax.Array, labels: jax.Array,
@@ -115,7 +124,8 @@ def meta_self_loss(
 ) -> jax.Array:
     """The Meta-Self attacker loss of a graph: train the surrogate on it, then score the unlabelled nodes.
 
-    ``L(A) = mean_{v unlabelled} CE(Â² X W1_T W2_T [v], pseudo_labels[v])`` where ``(W1_T, W2_T)`` are the
+    ``L(A) = mean_{v unlabelled} CE(Â² X W1_T W2_T [v], pseudo_labels[v])`` (or its masked form,
+    `MetaConfig.attacker_loss`) where ``(W1_T, W2_T)`` are the
     weights after `inner_train` on ``(Â² X)[train_index]`` from ``params``, and ``Â = D^-1/2 (A + I) D^-1/2``.
 
     Args:
@@ -154,8 +164,17 @@ def meta_self_loss(
         data = features_rmatmul(x, columns).T  # (Â² X)[train] because Â is symmetric
         logits = propagate(graph, propagate(graph, features_matmul(x, products(data))))
     logits = logits.reshape(logits.shape[0], -1, batch["w2"].shape[-1])  # (N, K, C)
-    losses = jax.vmap(lambda l: masked_cross_entropy(l, pseudo_labels, unlabeled_mask), in_axes=1)(logits)
+    losses = jax.vmap(lambda l: attacker_loss(l, pseudo_labels, unlabeled_mask, config), in_axes=1)(logits)
     return jnp.mean(losses)
+
+
+def attacker_loss(logits: jax.Array, pseudo_labels: jax.Array, unlabeled_mask: jax.Array,
+                  config: MetaConfig = MetaConfig()) -> jax.Array:
+    """The attacker's loss on (N, C) surrogate logits, `MetaConfig.attacker_loss`; a scalar."""
+    mask = unlabeled_mask
+    if config.attacker_loss == "masked_ce":
+        mask = mask & (jnp.argmax(jax.lax.stop_gradient(logits), axis=-1) == pseudo_labels)
+    return masked_cross_entropy(logits, pseudo_labels, mask)
 
 
 def self_training_labels(graph: Graph, x: Features, labels: jax.Array, train_mask: jax.Array,

@@ -1,0 +1,59 @@
+"""The victim GCN's training: which epoch's parameters each model-selection rule returns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jgrad import attacks
+from jgrad.data import csbm
+
+
+def _epochs_by_hand(data, x, config, key):
+    """Every epoch's parameters with their validation loss and accuracy, from an eager loop (no dropout)."""
+    params = attacks.init_gcn(jax.random.split(key)[0], x.shape[1], data.n_classes, config)
+    optimizer = optax.chain(optax.add_decayed_weights(config.weight_decay), optax.adam(config.learning_rate))
+    state = optimizer.init(params)
+    labels, train, val = (jnp.asarray(a) for a in (data.labels, data.train_mask, data.val_mask))
+    history = []
+    for _ in range(config.epochs):
+        grads = jax.grad(lambda p: attacks.masked_cross_entropy(attacks.gcn_logits(p, data.graph, x, config),
+                                                                labels, train))(params)
+        updates, state = optimizer.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        logits = attacks.gcn_logits(params, data.graph, x, config)
+        history.append((params, float(attacks.masked_cross_entropy(logits, labels, val)),
+                        float(attacks.masked_accuracy(logits, labels, val))))
+    return history
+
+
+@pytest.mark.parametrize("selection", ["accuracy", "loss_or_accuracy"])
+def test_train_gcn_returns_the_epoch_its_selection_rule_names(selection):
+    data = csbm(80, 3, avg_degree=4.0, feature_dim=6, train_fraction=0.2, val_fraction=0.3, seed=1)
+    x = jnp.asarray(data.features)
+    config = attacks.GCNConfig(hidden=8, dropout=0.0, learning_rate=0.01, epochs=40, selection=selection)
+    key = jax.random.key(5)
+    history = _epochs_by_hand(data, x, config, key)
+    chosen, best_loss, best_acc = None, np.inf, -1.0
+    for epoch, (_, loss, acc) in enumerate(history):
+        if acc > best_acc or (selection == "loss_or_accuracy" and loss < best_loss):
+            chosen = epoch
+        best_loss, best_acc = min(best_loss, loss), max(best_acc, acc)
+    accuracy_epoch = int(np.argmax([acc for _, _, acc in history]))
+    if selection == "loss_or_accuracy":  # the case must tell the rules apart
+        assert chosen != accuracy_epoch
+    trained = attacks.train_gcn(data.graph, x, data.labels, jnp.asarray(data.train_mask),
+                                jnp.asarray(data.val_mask), key=key, n_classes=data.n_classes, config=config)
+    for name, value in history[chosen][0].items():
+        np.testing.assert_allclose(trained[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_victim_uses_the_reference_selection_rule_and_bad_rules_are_named():
+    assert attacks.VICTIM.selection == "loss_or_accuracy"
+    with pytest.raises(ValueError, match="selection"):
+        dataclasses.replace(attacks.VICTIM, selection="val_loss")
