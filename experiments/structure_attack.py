@@ -166,7 +166,6 @@ def run_attack(name: str, config: AttackConfig) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     for seed in range(config.eval.seeds):
         split = attacks.random_split(dataset, train=config.data.train, val=config.data.val, seed=seed)
-        labels = jnp.asarray(split.labels)
         key = jax.random.key(seed)
         start = time.perf_counter()
         entry = {"seed": seed}

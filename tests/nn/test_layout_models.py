@@ -59,3 +59,33 @@ def test_adjacency_grad_of_a_model_on_a_layout_equals_the_default_one(x64):
     got = jgrad.adjacency_grad(lambda g: loss(g, layout), graph).dense()
     want = jgrad.adjacency_grad(lambda g: loss(g, None), graph).dense()
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: jgrad.nn.GraphSAGE(5, 8, 3, aggregator="mean", dropout=0.0, rngs=nnx.Rngs(0)),
+    lambda: jgrad.nn.GraphSAGE(5, 8, 3, aggregator="sum", dropout=0.0, rngs=nnx.Rngs(0)),
+    lambda: jgrad.nn.GIN(5, 8, 3, n_layers=2, dropout=0.0, rngs=nnx.Rngs(0)),
+], ids=["sage-mean", "sage-sum", "gin"])
+def test_sage_and_gin_with_a_layout_give_the_same_logits_and_gradients(x64, make):
+    graph, x = _graph_and_features(seed=3)
+    layout = plan_layout(graph)
+    model = make()
+    graphdef, params = nnx.split(model)
+
+    def loss(params, w, layout):
+        return jnp.sum(jnp.tanh(nnx.merge(graphdef, params)(graph.with_edge_weight(w), x, layout=layout)))
+
+    np.testing.assert_allclose(model(graph, x, layout=layout), model(graph, x), rtol=1e-10, atol=1e-12)
+    got = jax.grad(loss, (0, 1))(params, graph.edge_weight, layout)
+    want = jax.grad(loss, (0, 1))(params, graph.edge_weight, None)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_graph_conv_on_a_layout_matches_and_max_aggregation_refuses_one(x64):
+    graph, x = _graph_and_features(seed=4)
+    layout = plan_layout(graph)
+    layer = jgrad.nn.GraphConv(5, 4, rngs=nnx.Rngs(1))
+    np.testing.assert_allclose(layer(graph, x, layout=layout), layer(graph, x), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="sage_conv: a layout runs sum and mean aggregations only"):
+        jgrad.nn.SAGEConv(5, 4, aggregator="max", rngs=nnx.Rngs(1))(graph, x, layout=layout)

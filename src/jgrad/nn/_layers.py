@@ -130,12 +130,14 @@ class GraphConv(nnx.Module):
         self.root_kernel = _kernel(rngs, (in_features, out_features), param_dtype)
         self.bias = _bias(use_bias, out_features, param_dtype)
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features). ``key`` is unused."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
+                 layout: Layout | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features). ``key`` is unused; ``layout``
+        (``jgrad.ops.plan_layout(graph)``) runs the aggregation on the layout path."""
         del key
         params = {"neighbour_kernel": self.neighbour_kernel[...], "root_kernel": self.root_kernel[...],
                   "bias": _value(self.bias)}
-        return F.graph_conv(params, graph, x)
+        return F.graph_conv(params, graph, x, layout=layout)
 
 
 class SAGEConv(nnx.Module):
@@ -162,12 +164,14 @@ class SAGEConv(nnx.Module):
         self.root_kernel = _kernel(rngs, (in_features, out_features), param_dtype)
         self.bias = _bias(use_bias, out_features, param_dtype)
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features). ``key`` is unused."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
+                 layout: Layout | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features). ``key`` is unused; ``layout``
+        (``jgrad.ops.plan_layout(graph)``) runs a mean or sum aggregation on the layout path."""
         del key
         params = {"neighbour_kernel": self.neighbour_kernel[...], "root_kernel": self.root_kernel[...],
                   "bias": _value(self.bias)}
-        return F.sage_conv(params, graph, x, aggregator=self.aggregator)
+        return F.sage_conv(params, graph, x, aggregator=self.aggregator, layout=layout)
 
 
 class GATConv(nnx.Module):
@@ -247,12 +251,14 @@ class GINConv(nnx.Module):
             nnx.Linear(hidden, out_features, rngs=rngs, param_dtype=param_dtype, kernel_init=_glorot),
         ])
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features). ``key`` is unused."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
+                 layout: Layout | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features). ``key`` is unused; ``layout``
+        (``jgrad.ops.plan_layout(graph)``) runs the neighbour sum on the layout path."""
         del key
         eps = self.eps[...] if self.train_eps else self.eps
         mlp = [{"kernel": dense.kernel[...], "bias": _value(dense.bias)} for dense in self.mlp]
-        return F.gin_conv({"eps": eps, "mlp": mlp}, graph, x)
+        return F.gin_conv({"eps": eps, "mlp": mlp}, graph, x, layout=layout)
 
 
 class MessagePassing(nnx.Module):

@@ -164,12 +164,14 @@ class GraphSAGE(nnx.Module):
             for i, o in _widths(in_features, hidden_features, out_features, n_layers)
         ])
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features) logits."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
+                 layout: Layout | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features) logits; ``layout`` (``jgrad.ops.plan_layout(graph)``)
+        runs every mean or sum aggregation on the layout path."""
         keys = _split(key, len(self.layers))
         for i, layer in enumerate(self.layers):
             x = F.dropout(x, self.dropout, keys[i])
-            x = layer(graph, x)
+            x = layer(graph, x, layout=layout)
             if i < len(self.layers) - 1:
                 x = jax.nn.relu(x)
         return x
@@ -219,10 +221,12 @@ class GIN(nnx.Module):
         ])
         self.head = nnx.Linear(hidden_features, out_features, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features), or (G, out_features) with a readout."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
+                 layout: Layout | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features), or (G, out_features) with a readout; ``layout``
+        (``jgrad.ops.plan_layout(graph)``) runs every neighbour sum on the layout path."""
         for layer in self.layers:
-            x = jax.nn.relu(layer(graph, x))
+            x = jax.nn.relu(layer(graph, x, layout=layout))
         if self.readout is not None:
             x = F.readout(graph, x, self.readout)
         return self.head(F.dropout(x, self.dropout, key))

@@ -214,7 +214,7 @@ def _gcn_propagate(graph, x, *, normalize, add_self_loops, fill, scaling, layout
     return _column(scaling.astype(x.dtype)) * y
 
 
-def mean_aggregate(graph: Graph, x: ArrayLike) -> jax.Array:
+def mean_aggregate(graph: Graph, x: ArrayLike, *, layout: Layout | None = None) -> jax.Array:
     """The edge-weighted mean of incoming neighbour features, ``D^-1 A x`` (row normalisation).
 
     Semantics: ``y[v] = sum_e w[e] x[senders[e]] / sum_e w[e]`` over edges ``e`` into ``v``; a node
@@ -225,6 +225,7 @@ def mean_aggregate(graph: Graph, x: ArrayLike) -> jax.Array:
     Args:
       graph: the graph, scalar (E,) edge weights or unweighted.
       x: node features, shape (N, F).
+      layout: optional ``jgrad.ops.plan_layout(graph)``: the aggregation runs on it.
 
     Returns:
       (N, F).
@@ -237,7 +238,7 @@ def mean_aggregate(graph: Graph, x: ArrayLike) -> jax.Array:
     """
     _check_scalar_weights("mean_aggregate", graph)
     x = _check_features("mean_aggregate", graph, x, None)
-    return propagate(graph, x, norm="row", add_self_loops=False)
+    return propagate(graph, x, norm="row", add_self_loops=False, layout=layout)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,7 +300,7 @@ def gcn_conv(
     return _bias(params, y)
 
 
-def graph_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
+def graph_conv(params: Params, graph: Graph, x: ArrayLike, *, layout: Layout | None = None) -> jax.Array:
     """Neighbour-mean convolution with separate neighbour and root weights.
 
     Semantics: ``y[v] = (sum_e w[e] x[u_e] / sum_e w[e]) @ neighbour_kernel + x[v] @ root_kernel + b``
@@ -311,6 +312,7 @@ def graph_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
       graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights
         (through the mean).
       x: node features, shape (N, F_in).
+      layout: optional ``jgrad.ops.plan_layout(graph)``: the aggregation runs on it.
 
     Returns:
       (N, F_out). A node without incoming edges gets ``x[v] @ root_kernel + b``.
@@ -322,10 +324,11 @@ def graph_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
       >>> jgrad.nn.functional.graph_conv(params, g, jnp.array([[1.0], [3.0], [1.0]])).tolist()
       [[10.0], [30.0], [12.0]]
     """
-    return _neighbour_root_conv("graph_conv", params, graph, x, "mean")
+    return _neighbour_root_conv("graph_conv", params, graph, x, "mean", layout)
 
 
-def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "mean") -> jax.Array:
+def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "mean",
+              layout: Layout | None = None) -> jax.Array:
     """GraphSAGE convolution: ``y[v] = agg({x[u] : u -> v}) @ neighbour_kernel + x[v] @ root_kernel + b``.
 
     Aggregators, over edges ``e = (u -> v)`` with weight ``w[e]``:
@@ -342,6 +345,8 @@ def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "
       graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights.
       x: node features, shape (N, F_in).
       aggregator: ``"mean"``, ``"max"`` or ``"sum"``.
+      layout: optional ``jgrad.ops.plan_layout(graph)`` for the ``"mean"`` and ``"sum"`` aggregations
+        (a layout carries scalar edge weights summed per node, so ``"max"`` refuses one).
 
     Returns:
       (N, F_out).
@@ -358,17 +363,21 @@ def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "
       [[0.0], [0.0], [3.0]]
     """
     check_choice("sage_conv", "aggregator", aggregator, SAGE_AGGREGATORS)
-    return _neighbour_root_conv("sage_conv", params, graph, x, aggregator)
+    return _neighbour_root_conv("sage_conv", params, graph, x, aggregator, layout)
 
 
-def _neighbour_root_conv(where: str, params: Params, graph: Graph, x: ArrayLike, aggregator: str) -> jax.Array:
+def _neighbour_root_conv(where: str, params: Params, graph: Graph, x: ArrayLike, aggregator: str,
+                         layout: Layout | None) -> jax.Array:
     """``agg(x over incoming edges) @ neighbour_kernel + x @ root_kernel + b``: graph_conv and sage_conv."""
     x = _check_features(where, graph, x, _kernel_in(where, params["root_kernel"]))
     _check_scalar_weights(where, graph)
+    if layout is not None and aggregator == "max":
+        raise ValueError(f"{where}: a layout runs sum and mean aggregations only; aggregator 'max' takes "
+                         "layout=None.")
     if aggregator == "mean":
-        neighbours = mean_aggregate(graph, x)
+        neighbours = mean_aggregate(graph, x, layout=layout)
     elif aggregator == "sum":
-        neighbours = spmm(graph, x)
+        neighbours = spmm(graph, x, layout=layout)
     elif graph.edge_weight is None:
         neighbours = gspmm(graph, "copy_u", "max", u=x)
     else:
@@ -455,7 +464,7 @@ def gat_conv(
     return _bias(params, out)
 
 
-def gin_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
+def gin_conv(params: Params, graph: Graph, x: ArrayLike, *, layout: Layout | None = None) -> jax.Array:
     """Graph isomorphism convolution: ``y[v] = MLP((1 + eps) x[v] + sum_e w[e] x[u_e])``.
 
     The MLP is a stack of dense layers with ReLU between them (none after the last).
@@ -465,6 +474,7 @@ def gin_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
         ..., {"kernel": (F_hidden, F_out), "bias": ...}]}``.
       graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights.
       x: node features, shape (N, F_in).
+      layout: optional ``jgrad.ops.plan_layout(graph)``: the neighbour sum runs on it.
 
     Returns:
       (N, F_out).
@@ -486,7 +496,8 @@ def gin_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
     x = _check_features(where, graph, x, _kernel_in(where, mlp[0]["kernel"]))
     _check_scalar_weights(where, graph)
     eps = params.get("eps")
-    h = propagate(graph, x, norm="none", add_self_loops=True, fill=1.0 if eps is None else 1.0 + eps)
+    h = propagate(graph, x, norm="none", add_self_loops=True, fill=1.0 if eps is None else 1.0 + eps,
+                  layout=layout)
     for i, layer in enumerate(mlp):
         if i > 0:
             h = jax.nn.relu(h)
