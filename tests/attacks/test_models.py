@@ -57,3 +57,18 @@ def test_victim_uses_the_reference_selection_rule_and_bad_rules_are_named():
     assert attacks.VICTIM.selection == "loss_or_accuracy"
     with pytest.raises(ValueError, match="selection"):
         dataclasses.replace(attacks.VICTIM, selection="val_loss")
+
+
+def test_without_validation_nodes_only_the_last_epoch_rule_trains():
+    data = csbm(40, 2, avg_degree=4.0, feature_dim=4, train_fraction=0.3, val_fraction=0.2, seed=0)
+    x, train = jnp.asarray(data.features), jnp.asarray(data.train_mask)
+    no_val = jnp.zeros_like(train)
+    config = attacks.GCNConfig(hidden=4, dropout=0.0, epochs=15)
+    with pytest.raises(ValueError, match="val_mask selects no node"):
+        attacks.train_gcn(data.graph, x, data.labels, train, no_val, key=jax.random.key(0), n_classes=2, config=config)
+    last = dataclasses.replace(config, selection="last")
+    trained = attacks.train_gcn(data.graph, x, data.labels, train, no_val, key=jax.random.key(0), n_classes=2,
+                                config=last)
+    final = _epochs_by_hand(data, x, last, jax.random.key(0))[-1][0]
+    for name, value in final.items():
+        np.testing.assert_allclose(trained[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
