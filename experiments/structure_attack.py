@@ -335,6 +335,7 @@ def _variants(config: AttackConfig) -> dict[str, str]:
         "meta_raw_ensemble": "Metattack, 1 flip/meta-step, raw binary features",
         "meta_ensemble": "Metattack, 1 flip/meta-step",
         "meta_ensemble8": "Metattack, 1 flip/meta-step",
+        "meta_masked_ce": "Metattack, 1 flip/meta-step",
         "gradient": "greedy gradient (fixed GCN)",
         "pgd": "PGD (fixed GCN)",
     }
@@ -427,7 +428,9 @@ def report(config: AttackConfig) -> str:
               "- Victim: GCN, hidden 16, ReLU, dropout 0.5, Adam lr 0.01, weight decay 5e-4, "
               f"{config.eval.epochs} epochs, parameters of {SELECTION_TEXT[config.eval.selection]}.",
               "- Published numbers: Pro-GNN (Jin et al., 2020) Table 2, GCN under Metattack on Cora; they evaluate "
-              "one pre-attacked graph per budget over 10 runs, here each seed attacks its own split."]
+              "one pre-attacked graph per budget over 10 runs, here each seed attacks its own split.",
+              "- Times: each variant is one run of the script, the runs one after another on the same machine, "
+              "some of them beside other jobs; read them as upper bounds."]
     text = "\n".join(lines) + "\n"
     Path(f"{config.output}.md").write_text(text)
     Path(f"{config.output}.json").write_text(json.dumps({"published": {f"{k:g}": v for k, v in PUBLISHED.items()},
