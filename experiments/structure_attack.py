@@ -433,10 +433,17 @@ def report(config: AttackConfig) -> str:
               "some of them beside other jobs; read them as upper bounds."]
     text = "\n".join(lines) + "\n"
     Path(f"{config.output}.md").write_text(text)
+    runs = {name: _without_flips(part) for name, part in parts.items()}  # the per-attack files keep them
     Path(f"{config.output}.json").write_text(json.dumps({"published": {f"{k:g}": v for k, v in PUBLISHED.items()},
-                                                         "summary": table, "runs": parts}, indent=1))
+                                                         "summary": table, "runs": runs}, indent=1))
     _plot(config, table, fractions, titles)
     return text
+
+
+def _without_flips(part: dict) -> dict:
+    if "seeds" not in part:
+        return part
+    return {**part, "seeds": [{k: v for k, v in seed.items() if k != "flips"} for seed in part["seeds"]]}
 
 
 def _plot(config: AttackConfig, table: dict, fractions: list[str], titles: dict[str, str]) -> None:
