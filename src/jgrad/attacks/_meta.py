@@ -220,7 +220,7 @@ class MetaProblem:
         pseudo = self_training_labels(graph, x, labels, train_mask, jnp.asarray(val_mask), key=label_key,
                                       n_classes=n_classes)
         train_index = jnp.asarray(np.flatnonzero(np.asarray(train_mask)), jnp.int32)
-        width = GCNConfig(hidden=config.hidden, relu=False, bias=False, dropout=0.0)
+        width = dataclasses.replace(SURROGATE, hidden=config.hidden)
         params = init_gcn(init_key, n_features(x), n_classes, width, dtype)
         if inits > 1:
             extra = [init_gcn(jax.random.fold_in(init_key, i), n_features(x), n_classes, width, dtype)
@@ -237,7 +237,7 @@ class MetaProblem:
         """Fresh surrogate weights drawn from ``key``, with the shapes, dtype and distribution of ``params``
         (`init_gcn`, ``U(-1/sqrt(F_out), 1/sqrt(F_out))``; an ensemble gets as many fresh members); jit-able."""
         n_in, hidden = self.params["w1"].shape[-2:]
-        width = GCNConfig(hidden=hidden, relu=False, bias=False, dropout=0.0)
+        width = dataclasses.replace(SURROGATE, hidden=hidden)
         draw = lambda k: init_gcn(k, n_in, self.params["w2"].shape[-1], width, self.params["w1"].dtype)
         if self.inits == 1:
             return draw(key)

@@ -128,16 +128,17 @@ def train_gcn(graph: Graph, x: Features, labels: jax.Array, train_mask: jax.Arra
         grads = jax.grad(loss_fn)(p, step_key)
         updates, state = optimizer.update(grads, state, p)
         p = optax.apply_updates(p, updates)
+        if config.selection == "last":  # no validation pass needed
+            return (p, state, p, best_acc, best_loss), None
         logits = gcn_logits(p, graph, x, config)
         acc = masked_accuracy(logits, labels, val_mask)
-        loss = masked_cross_entropy(logits, labels, val_mask)
         better = acc > best_acc
         if config.selection == "loss_or_accuracy":
+            loss = masked_cross_entropy(logits, labels, val_mask)
             better = better | (loss < best_loss)
-        elif config.selection == "last":
-            better = jnp.asarray(True)
+            best_loss = jnp.minimum(loss, best_loss)
         best = jax.tree.map(lambda new, old: jnp.where(better, new, old), p, best)
-        return (p, state, best, jnp.maximum(acc, best_acc), jnp.minimum(loss, best_loss)), None
+        return (p, state, best, jnp.maximum(acc, best_acc), best_loss), None
 
     carry = (params, optimizer.init(params), params, jnp.asarray(-1.0), jnp.asarray(jnp.inf))
     (_, _, best, _, _), _ = jax.lax.scan(epoch, carry, jax.random.split(dropout_key, config.epochs))
