@@ -83,6 +83,7 @@ class AttackSection:
 @dataclasses.dataclass(frozen=True)
 class EvalSection:
     seeds: int = 5
+    first_seed: int = 0  # seeds first_seed, ..., first_seed + seeds - 1 (each its own split); tune on others
     victim_runs: int = 5
     epochs: int = 200
     selection: str = "loss_or_accuracy"  # victim model selection reported: loss_or_accuracy | accuracy
@@ -156,15 +157,17 @@ def run_attack(name: str, config: AttackConfig) -> dict:
     largest = max(b for _, b in budgets)
     victim = victim_config(config)
     log(f"{name}: {dataset.name} N={dataset.n_nodes} undirected edges={n_pairs} budgets={budgets}")
-    record = {"attack": name, "dataset": dataset.name, "n_nodes": dataset.n_nodes, "n_edges": n_pairs,
+    record = {"attack": name, "dataset": dataset.name, "n_nodes": dataset.n_nodes, "n_classes": dataset.n_classes,
+              "n_edges": n_pairs,
               "budgets": {f"{f:g}": b for f, b in budgets}, "seeds": []}
     if name == "meta":
         record.update(flips_per_step=config.attack.flips_per_step, redraw_init=config.attack.redraw_init,
                       normalize_features=config.data.normalize_features, inits=config.attack.inits,
-                      attacker_loss=config.attack.attacker_loss)
+                      attacker_loss=config.attack.attacker_loss, inner_steps=config.attack.inner_steps,
+                      inner_learning_rate=config.attack.inner_learning_rate)
     output = Path(f"{config.output}_{name}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
-    for seed in range(config.eval.seeds):
+    for seed in range(config.eval.first_seed, config.eval.first_seed + config.eval.seeds):
         split = attacks.random_split(dataset, train=config.data.train, val=config.data.val, seed=seed)
         key = jax.random.key(seed)
         start = time.perf_counter()
@@ -179,6 +182,7 @@ def run_attack(name: str, config: AttackConfig) -> dict:
                 problem = attacks.MetaProblem.create(split.graph, x, split.labels, split.train_mask,
                                                      split.val_mask, key=key, n_classes=dataset.n_classes,
                                                      config=meta_config, inits=config.attack.inits)
+                entry["surrogate_fit"] = surrogate_fit(problem, split.graph, name, seed, dataset.n_classes)
                 result = attacks.metattack(problem, split.graph, largest,
                                            flips_per_step=config.attack.flips_per_step,
                                            key=_redraw_key(config, key), log=progress)
@@ -212,6 +216,15 @@ def run_attack(name: str, config: AttackConfig) -> dict:
             f"peak RSS {entry['peak_memory_mib']:.0f} MiB")
         output.write_text(json.dumps(record, indent=1))
     return record
+
+
+def surrogate_fit(problem, graph, name: str, seed: int, n_classes: int) -> dict:
+    """The inner surrogate's fit on the clean graph (`jgrad.attacks.MetaProblem.surrogate_fit`), logged."""
+    fit = {k: float(v) for k, v in jax.device_get(jax.jit(problem.surrogate_fit)(graph))._asdict().items()}
+    log(f"{name} seed {seed}: surrogate after {problem.config.steps} inner steps (lr {problem.config.learning_rate:g}): "
+        f"train loss {fit['train_loss']:.3f} (untrained: {np.log(n_classes):.3f}), train accuracy "
+        f"{fit['train_accuracy']:.3f}, agrees with the self-training labels on {fit['pseudo_agreement']:.3f}")
+    return fit
 
 
 evaluate = jax.jit(attacks.victim_accuracy, static_argnames=("n_classes", "config"))
@@ -386,6 +399,11 @@ def report(config: AttackConfig) -> str:
             line += (f" ({int(np.mean([s['steps'] for s in seeds]))} scoring steps, median "
                      f"{np.median([s['seconds_per_step'] for s in seeds]):.2f} s each)")
         line += f"; peak RSS of the process {max(s['peak_memory_mib'] for s in seeds):.0f} MiB."
+        if all("surrogate_fit" in s for s in seeds):
+            fit = {k: np.mean([s["surrogate_fit"][k] for s in seeds]) for k in seeds[0]["surrogate_fit"]}
+            line += (f" Surrogate after {parts[n]['inner_steps']} inner steps of lr {parts[n]['inner_learning_rate']:g}: "
+                     f"train loss {fit['train_loss']:.3f} (untrained: {np.log(parts[n]['n_classes']):.2f}), "
+                     f"train accuracy {100 * fit['train_accuracy']:.1f}%.")
         other = [r for r in SELECTIONS if r != config.eval.selection][0]
         if all(other in s.get("accuracy_by_selection", {}) for s in seeds):
             cells = []
@@ -404,7 +422,8 @@ def report(config: AttackConfig) -> str:
     a = config.attack
     lines += ["", "Notes:",
               f"- Metattack (Meta-Self): linearised 2-layer GCN surrogate (H={a.hidden}), T={a.inner_steps} inner steps of "
-              f"SGD with momentum (lr {a.inner_learning_rate}, momentum {a.momentum}) from a fixed initialisation per seed "
+              f"SGD with momentum (momentum {a.momentum}; the learning rate of each variant is listed above) from a fixed "
+              "initialisation per seed "
               "(\"init redrawn per meta-step\": fresh random weights at every meta-step, as in the reference "
               "implementation, from a key derived from the seed; \"loss averaged over K inits\": the attacker loss "
               "is the mean over K fixed initialisations, each trained by its own inner loop, so the meta-gradient "

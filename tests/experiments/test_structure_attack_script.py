@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def test_attack_saves_flips_and_both_selection_rules_then_reevaluates_and_report
     assert {f: len(pairs) for f, pairs in seed["flips"].items()} == budgets
     assert set(seed["accuracy_by_selection"]) == {"loss_or_accuracy", "accuracy"}
     assert seed["accuracy"] == seed["accuracy_by_selection"]["loss_or_accuracy"]
+    fit = seed["surrogate_fit"]  # the inner surrogate on the clean graph beats uniform predictions
+    assert 0 < fit["train_loss"] < math.log(3) and fit["train_accuracy"] > 0.5
 
     script.main(["--config", config, "--evaluate", "--only", "meta", "--set", f"output={output}"])
     again = json.loads(Path(f"{output}_meta.json").read_text())["seeds"][0]
@@ -40,6 +43,7 @@ def test_attack_saves_flips_and_both_selection_rules_then_reevaluates_and_report
     text = Path(f"{output}.md").read_text()
     assert "| 10% |" in text and "greedy gradient (fixed GCN)" in text
     assert "Victims selected by the epoch of the best validation accuracy instead" in text
+    assert "Surrogate after 10 inner steps of lr 0.1: train loss" in text
     assert Path(f"{output}.png").stat().st_size > 0
 
 

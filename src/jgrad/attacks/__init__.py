@@ -4,7 +4,8 @@
   (adding a non-edge or removing an edge), re-scored each step, never as an N x N array.
 - `gradient_attack`: greedy flips by the gradient of a fixed, clean-trained surrogate.
 - `metattack`, `meta_gradient`, `MetaProblem`: Metattack's Meta-Self attack; the gradient of the
-  attacker loss through T steps of surrogate training (`jax.lax.scan`, second-order reverse mode).
+  attacker loss through T steps of surrogate training (`jax.lax.scan`, second-order reverse mode);
+  `surrogate_logits` and `MetaProblem.surrogate_fit` show what that training run reaches.
 - `pgd_attack`: projected gradient descent on a relaxed perturbation of candidate pairs (Xu et al., 2019).
 - `train_gcn`, `victim_accuracy`: the victim GCN, retrained on the perturbed graph (poisoning).
 - `largest_component`, `random_split`, `perturbed_graph`: the evaluation setting.
@@ -32,11 +33,13 @@ from ._flips import perturbed_graph as perturbed_graph
 from ._flips import step_key as step_key
 from ._meta import MetaConfig as MetaConfig
 from ._meta import MetaProblem as MetaProblem
+from ._meta import SurrogateFit as SurrogateFit
 from ._meta import inner_train as inner_train
 from ._meta import meta_gradient as meta_gradient
 from ._meta import meta_self_loss as meta_self_loss
 from ._meta import metattack as metattack
 from ._meta import self_training_labels as self_training_labels
+from ._meta import surrogate_logits as surrogate_logits
 from ._models import SURROGATE as SURROGATE
 from ._models import VICTIM as VICTIM
 from ._models import GCNConfig as GCNConfig
@@ -58,6 +61,7 @@ __all__ = [
     "MetaProblem",
     "PGDResult",
     "SparseFeatures",
+    "SurrogateFit",
     "Target",
     "choose_flips",
     "features_matmul",
@@ -81,6 +85,7 @@ __all__ = [
     "random_split",
     "self_training_labels",
     "step_key",
+    "surrogate_logits",
     "train_gcn",
     "undirected_pairs",
     "victim_accuracy",

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from .._types import check_choice
 from ..gradients import AdjacencyGrad, adjacency_grad, propagate
@@ -49,7 +50,9 @@ class MetaConfig:
     Attributes:
       hidden: hidden width H of the linearised surrogate.
       steps: inner training steps T.
-      learning_rate: SGD step size.
+      learning_rate: SGD step size. The right value depends on the scale of the features: the reference
+        0.1 trains the surrogate on 0/1 bag-of-words features, but hardly moves it from its
+        initialisation when the rows are normalised to sum to 1. Check with `MetaProblem.surrogate_fit`.
       momentum: heavy-ball momentum, ``v <- momentum v + g;  W <- W - learning_rate v``.
       checkpoint: recompute each inner step in the backward pass (`jax.checkpoint`) instead of storing
         its intermediates; memory O(T·F·H) for the carried weights only.
@@ -112,6 +115,42 @@ def resolve_form(config: MetaConfig, n_train: int, n_feature: int) -> str:
     return "features" if n_feature <= n_train else "train"
 
 
+def surrogate_logits(
+    graph: Graph,
+    x: Features,
+    train_index: jax.Array,
+    train_labels: jax.Array,
+    params: dict[str, jax.Array],
+    config: MetaConfig = MetaConfig(),
+) -> jax.Array:
+    """(N, K, C) logits ``Â² X W1_T W2_T`` of the surrogate after `inner_train` on ``graph``, one per initialisation.
+
+    ``(W1_T, W2_T)`` are the weights after `inner_train` on ``(Â² X)[train_index]`` from each of the K
+    initialisations in ``params`` (leaves (F, H) and (H, C), K = 1, or (K, F, H) and (K, H, C)), with
+    ``Â = D^-1/2 (A + I) D^-1/2``. Every use of the adjacency is a `propagate` outside the inner scan
+    (see the module docstring), so the adjacency gradient of any loss of these logits stays factored.
+    """
+    dtype = params["w1"].dtype
+    batch = params if params["w1"].ndim == 3 else jax.tree.map(lambda p: p[None], params)  # (K, ...) leaves
+    n_train = int(train_index.shape[0])
+
+    def products(data):  # (F, K*C): W1_T W2_T of every trained initialisation, side by side
+        trained = jax.vmap(lambda p: inner_train(p, data, train_labels, config))(batch)
+        product = jnp.einsum("kfh,khc->fkc", trained["w1"], trained["w2"])
+        return product.reshape(product.shape[0], -1)
+
+    if resolve_form(config, n_train, n_features(x)) == "features":
+        dense = x.todense() if isinstance(x, SparseFeatures) else jnp.asarray(x)
+        propagated = propagate(graph, propagate(graph, dense.astype(dtype)))  # Â² X, (N, F)
+        logits = propagated @ products(propagated[train_index])
+    else:
+        indicator = (jnp.arange(graph.n_nodes)[:, None] == train_index[None, :]).astype(dtype)
+        columns = propagate(graph, propagate(graph, indicator))  # Â² E_train, (N, n_train)
+        data = features_rmatmul(x, columns).T  # (Â² X)[train] because Â is symmetric
+        logits = propagate(graph, propagate(graph, features_matmul(x, products(data))))
+    return logits.reshape(logits.shape[0], -1, batch["w2"].shape[-1])
+
+
 def meta_self_loss(
     graph: Graph,
     x: Features,
@@ -125,8 +164,7 @@ def meta_self_loss(
     """The Meta-Self attacker loss of a graph: train the surrogate on it, then score the unlabelled nodes.
 
     ``L(A) = mean_{v unlabelled} CE(Â² X W1_T W2_T [v], pseudo_labels[v])`` (or its masked form,
-    `MetaConfig.attacker_loss`) where ``(W1_T, W2_T)`` are the
-    weights after `inner_train` on ``(Â² X)[train_index]`` from ``params``, and ``Â = D^-1/2 (A + I) D^-1/2``.
+    `MetaConfig.attacker_loss`), with the trained weights of `surrogate_logits`.
 
     Args:
       graph: an undirected graph (both directions of each edge, equal weights); the weights may be traced.
@@ -144,26 +182,7 @@ def meta_self_loss(
       The scalar loss. Every use of the adjacency is a `propagate` outside the inner scan, so
       ``jgrad.adjacency_grad(meta_self_loss, graph, ...)`` is the exact factored meta-gradient.
     """
-    dtype = params["w1"].dtype
-    ensemble = params["w1"].ndim == 3
-    batch = params if ensemble else jax.tree.map(lambda p: p[None], params)  # (K, ...) leaves
-    n_train = int(train_index.shape[0])
-
-    def products(data):  # (F, K*C): W1_T W2_T of every trained initialisation, side by side
-        trained = jax.vmap(lambda p: inner_train(p, data, train_labels, config))(batch)
-        product = jnp.einsum("kfh,khc->fkc", trained["w1"], trained["w2"])
-        return product.reshape(product.shape[0], -1)
-
-    if resolve_form(config, n_train, n_features(x)) == "features":
-        dense = x.todense() if isinstance(x, SparseFeatures) else jnp.asarray(x)
-        propagated = propagate(graph, propagate(graph, dense.astype(dtype)))  # Â² X, (N, F)
-        logits = propagated @ products(propagated[train_index])
-    else:
-        indicator = (jnp.arange(graph.n_nodes)[:, None] == train_index[None, :]).astype(dtype)
-        columns = propagate(graph, propagate(graph, indicator))  # Â² E_train, (N, n_train)
-        data = features_rmatmul(x, columns).T  # (Â² X)[train] because Â is symmetric
-        logits = propagate(graph, propagate(graph, features_matmul(x, products(data))))
-    logits = logits.reshape(logits.shape[0], -1, batch["w2"].shape[-1])  # (N, K, C)
+    logits = surrogate_logits(graph, x, train_index, train_labels, params, config)  # (N, K, C)
     losses = jax.vmap(lambda l: attacker_loss(l, pseudo_labels, unlabeled_mask, config), in_axes=1)(logits)
     return jnp.mean(losses)
 
@@ -185,6 +204,20 @@ def self_training_labels(graph: Graph, x: Features, labels: jax.Array, train_mas
     params = train_gcn(graph, x, labels, train_mask, val_mask, key=key, n_classes=n_classes, config=config)
     predicted = jnp.argmax(gcn_logits(params, graph, x, config), axis=-1)
     return jnp.where(train_mask, labels, predicted).astype(jnp.int32)
+
+
+class SurrogateFit(NamedTuple):
+    """The surrogate after its inner training run (`MetaProblem.surrogate_fit`); scalars, means over inits.
+
+    Attributes:
+      train_loss: cross-entropy on the training nodes (``log C`` is an untrained model).
+      train_accuracy: accuracy on the training nodes.
+      pseudo_agreement: fraction of the unlabelled nodes predicted as their self-training label.
+    """
+
+    train_loss: jax.Array
+    train_accuracy: jax.Array
+    pseudo_agreement: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +284,22 @@ class MetaProblem:
         """`meta_self_loss` of ``graph``."""
         return meta_self_loss(graph, self.x, self.train_index, self.train_labels, self.unlabeled_mask,
                               self.pseudo_labels, self.params, self.config)
+
+    def surrogate_fit(self, graph: Graph) -> SurrogateFit:
+        """How well the inner training run fits on ``graph``: `SurrogateFit`, means over the initialisations.
+
+        A training loss still near ``log C`` means the surrogate hardly trains in ``config.steps`` steps
+        (the learning rate is too small for the scale of the features), and the meta-gradient then
+        describes a barely trained model. Jit-able.
+        """
+        logits = surrogate_logits(graph, self.x, self.train_index, self.train_labels, self.params, self.config)
+        train_logits = logits[self.train_index]  # (n_train, K, C)
+        train_loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+            train_logits, self.train_labels[:, None]))
+        train_accuracy = jnp.mean(jnp.argmax(train_logits, axis=-1) == self.train_labels[:, None])
+        agree = (jnp.argmax(logits, axis=-1) == self.pseudo_labels[:, None]) & self.unlabeled_mask[:, None]
+        pseudo_agreement = jnp.sum(agree) / (jnp.maximum(jnp.sum(self.unlabeled_mask), 1) * logits.shape[1])
+        return SurrogateFit(train_loss, train_accuracy.astype(train_loss.dtype), pseudo_agreement.astype(train_loss.dtype))
 
 
 def meta_gradient(problem: MetaProblem, graph: Graph, *, mode: Literal["factored", "dense"] = "factored",
