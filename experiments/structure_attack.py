@@ -72,7 +72,7 @@ class AttackSection:
     gradient_flips_per_step: int = 1
     hidden: int = 16
     inner_steps: int = 100
-    inner_learning_rate: float = 0.1
+    inner_learning_rate: float = 1.0  # for row-normalised features; see docs/attacks.md
     momentum: float = 0.9
     pgd_iterations: int = 100
     pgd_learning_rate: float = 200.0
@@ -98,6 +98,7 @@ class ScaleSection:
     train: float = 0.1
     meta_steps: int = 3
     flips_per_step: int = 1
+    inner_learning_rate: float = 0.1  # CSBM features have unit scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +312,7 @@ def run_scale(config: AttackConfig) -> dict:
     n_pairs = len(attacks.undirected_pairs(dataset.graph))
     log(f"scale: CSBM N={dataset.n_nodes} undirected edges={n_pairs} F={scale.feature_dim}")
     meta_config = attacks.MetaConfig(hidden=config.attack.hidden, steps=config.attack.inner_steps,
-                                     learning_rate=config.attack.inner_learning_rate, momentum=config.attack.momentum)
+                                     learning_rate=scale.inner_learning_rate, momentum=config.attack.momentum)
     problem = attacks.MetaProblem.create(dataset.graph, x, dataset.labels, dataset.train_mask, dataset.val_mask,
                                          key=jax.random.key(0), n_classes=scale.n_classes, config=meta_config)
     setup = time.perf_counter() - start
@@ -319,7 +320,8 @@ def run_scale(config: AttackConfig) -> dict:
     result = attacks.metattack(problem, dataset.graph, budget, flips_per_step=scale.flips_per_step,
                                key=_redraw_key(config, jax.random.key(0)), log=lambda line: log(f"scale {line}"))
     record = {"attack": "scale", "n_nodes": dataset.n_nodes, "n_edges": n_pairs, "feature_dim": scale.feature_dim,
-              "inner_steps": config.attack.inner_steps, "redraw_init": config.attack.redraw_init,
+              "inner_steps": config.attack.inner_steps, "inner_learning_rate": scale.inner_learning_rate,
+              "redraw_init": config.attack.redraw_init,
               "meta_steps": result.steps, "setup_seconds": setup,
               "attack_seconds": result.seconds, "seconds_per_step": result.seconds_per_step,
               "peak_memory_mib": peak_memory_mib(),
@@ -335,82 +337,100 @@ def summarize(values: list[float]) -> tuple[float, float]:
     return 100 * float(np.mean(values)), 100 * float(np.std(values))
 
 
-def _variants(config: AttackConfig) -> dict[str, str]:
-    """Result files `report` merges, by suffix, with their labels (extra Metattack runs are ablations)."""
-    k = config.attack.flips_per_step
-    return {
-        "meta": f"Metattack, {k} flip{'s' if k > 1 else ''}/meta-step",
-        "meta_1flip": "Metattack, 1 flip/meta-step",
-        "meta_2flips": "Metattack, 2 flips/meta-step",
-        "meta_4flips": "Metattack, 4 flips/meta-step",
-        "meta_raw": "Metattack, 1 flip/meta-step, raw binary features",
-        "meta_raw_redraw": "Metattack, 1 flip/meta-step, raw binary features",
-        "meta_raw_ensemble": "Metattack, 1 flip/meta-step, raw binary features",
-        "meta_ensemble": "Metattack, 1 flip/meta-step",
-        "meta_ensemble8": "Metattack, 1 flip/meta-step",
-        "meta_masked_ce": "Metattack, 1 flip/meta-step",
-        "gradient": "greedy gradient (fixed GCN)",
-        "pgd": "PGD (fixed GCN)",
-    }
+FIXED_MODEL_ATTACKS = {"gradient": "greedy gradient (fixed GCN)", "pgd": "PGD (fixed GCN)"}
+
+
+def meta_label(part: dict, first_seed: int = 0) -> str:
+    """A Metattack run's label from the options its result file records (and its seeds, if they are not
+    the configured ones starting at ``first_seed``)."""
+    bits = [f"inner lr {part['inner_learning_rate']:g}"]
+    seeds = [s["seed"] for s in part["seeds"]]
+    if seeds and seeds[0] != first_seed:
+        bits.append(f"seeds {seeds[0]}-{seeds[-1]}")
+    if part["inits"] > 1:
+        bits.append(f"loss over {part['inits']} inits")
+    if part["redraw_init"]:
+        bits.append("init redrawn per meta-step")
+    if part["flips_per_step"] > 1:
+        bits.append(f"{part['flips_per_step']} flips/meta-step")
+    if not part["normalize_features"]:
+        bits.append("raw 0/1 features")
+    if part["attacker_loss"] != "ce":
+        bits.append("masked CE")
+    return "Metattack, " + ", ".join(bits)
+
+
+def load_results(config: AttackConfig) -> dict[str, dict]:
+    """The result files of one output prefix: ``meta`` (the configured run), ``meta_*`` (variants run
+    with other settings), ``gradient``, ``pgd`` and ``scale``, keyed by suffix."""
+    prefix = Path(config.output)
+    parts = {}
+    for path in sorted(prefix.parent.glob(f"{prefix.name}_*.json")):
+        suffix = path.stem[len(prefix.name) + 1:]
+        if suffix in ("meta", "scale", *FIXED_MODEL_ATTACKS) or suffix.startswith("meta_"):
+            parts[suffix] = json.loads(path.read_text())
+    return parts
+
+
+def _cell(seeds: list[dict], fraction: str, rule: str | None = None) -> str:
+    values = [(s["accuracy_by_selection"][rule] if rule else s["accuracy"])[fraction] for s in seeds]
+    return "%.2f ± %.2f" % summarize(values)
 
 
 def report(config: AttackConfig) -> str:
-    titles = _variants(config)
-    parts = {}
-    for name in list(titles) + ["scale"]:
-        path = Path(f"{config.output}_{name}.json")
-        if path.exists():
-            parts[name] = json.loads(path.read_text())
-    if "flips_per_step" in parts.get("meta", {}):
-        k = parts["meta"]["flips_per_step"]
-        titles["meta"] = f"Metattack, {k} flip{'s' if k > 1 else ''}/meta-step"
-    for name, part in parts.items():
-        if name in titles and part.get("normalize_features") is False and "raw" not in titles[name]:
-            titles[name] += ", raw binary features"
-        if name in titles and part.get("redraw_init"):
-            titles[name] += ", init redrawn per meta-step"
-        if name in titles and part.get("inits", 1) > 1:
-            titles[name] += f", loss averaged over {part['inits']} inits"
-        if name in titles and part.get("attacker_loss", "ce") == "masked_ce":
-            titles[name] += ", masked CE"
+    parts = load_results(config)
+    attacks_run = {n: p for n, p in parts.items() if n != "scale"}
+    titles = {n: meta_label(p, config.eval.first_seed) if n.startswith("meta") else FIXED_MODEL_ATTACKS[n]
+              for n, p in attacks_run.items()}
+    main_names = [n for n in ("meta", *FIXED_MODEL_ATTACKS) if n in attacks_run]
     fractions = [f"{float(f):g}" for f in ["0"] + config.attack.budgets.split(",")]
-    names = [n for n in titles if n in parts and (n == "meta" or titles[n] != titles["meta"] or "meta" not in parts)]
+    ranked_at = "0.05" if "0.05" in fractions else fractions[-1]
+    variants = sorted((n for n in attacks_run if n.startswith("meta")),
+                      key=lambda n: (n != "meta", _mean(attacks_run[n], ranked_at), n))
+    other = [r for r in SELECTIONS if r != config.eval.selection][0]
     lines = [f"# Structure attacks on GCN ({config.data.name}, largest connected component, poisoning)", "",
              "Test accuracy (%) of GCNs retrained on the perturbed graph, mean ± std over seeds (each seed: its "
              "own stratified 10/10/80 split, attack, and the mean of "
              f"{config.eval.victim_runs} victim initialisations).", ""]
-    lines += ["| budget | published Metattack (Pro-GNN) |" + "".join(f" {titles[n]} |" for n in names),
-              "|---|---|" + "---|" * len(names)]
+    lines += ["| budget | published Metattack (Pro-GNN) |" + "".join(f" {titles[n]} |" for n in main_names),
+              "|---|---|" + "---|" * len(main_names)]
     table = {}
     for fraction in fractions:
         pub = PUBLISHED.get(float(fraction)) if config.data.name == "cora" else None
         row = f"| {float(fraction) * 100:g}% | {'%.2f ± %.2f' % pub if pub else '–'} |"
-        for n in names:
-            accs = [s["accuracy"][fraction] for s in parts[n]["seeds"] if fraction in s["accuracy"]]
-            mean, std = summarize(accs)
-            table.setdefault(n, {})[fraction] = {"mean": mean, "std": std, "seeds": len(accs)}
-            row += f" {mean:.2f} ± {std:.2f} |"
+        for n in main_names:
+            row += f" {_cell(attacks_run[n]['seeds'], fraction)} |"
         lines.append(row)
+    for n, part in attacks_run.items():
+        for fraction in fractions:
+            mean, std = summarize([s["accuracy"][fraction] for s in part["seeds"]])
+            table.setdefault(n, {})[fraction] = {"mean": mean, "std": std, "seeds": len(part["seeds"])}
+    if variants:
+        lines += ["", f"Every Metattack run; the configured one first, then the strongest at {float(ranked_at) * 100:g}% "
+                  "first. Victims "
+                  f"keep {SELECTION_TEXT[config.eval.selection]}; the columns in parentheses keep "
+                  f"{SELECTION_TEXT[other]} instead, from the same flips.", "",
+                  "| Metattack run | seeds | " + " | ".join(f"{float(f) * 100:g}%" for f in fractions)
+                  + " | " + " | ".join(f"({float(f) * 100:g}%)" for f in fractions[1:])
+                  + " | surrogate train loss | attack s/seed |",
+                  "|---|---|" + "---|" * (2 * len(fractions) - 1) + "---|---|"]
+        for n in variants:
+            seeds = attacks_run[n]["seeds"]
+            fit = [s["surrogate_fit"]["train_loss"] for s in seeds if "surrogate_fit" in s]
+            row = f"| {titles[n].removeprefix('Metattack, ')} | {len(seeds)} | "
+            row += " | ".join(_cell(seeds, f) for f in fractions) + " | "
+            row += " | ".join(f"({_cell(seeds, f, other)})" for f in fractions[1:])
+            row += f" | {np.mean(fit):.3f} |" if len(fit) == len(seeds) else " | – |"
+            row += f" {np.mean([s['attack_seconds'] for s in seeds]):.0f} |"
+            lines.append(row)
     lines.append("")
-    for n in names:
-        seeds = parts[n]["seeds"]
-        line = f"- {titles[n]}: {len(seeds)} seeds; attack time per seed {np.mean([s['attack_seconds'] for s in seeds]):.0f} s"
+    for n in main_names:
+        seeds = attacks_run[n]["seeds"]
+        line = f"- {titles[n]}: attack time per seed {np.mean([s['attack_seconds'] for s in seeds]):.0f} s"
         if "steps" in seeds[0]:
             line += (f" ({int(np.mean([s['steps'] for s in seeds]))} scoring steps, median "
                      f"{np.median([s['seconds_per_step'] for s in seeds]):.2f} s each)")
         line += f"; peak RSS of the process {max(s['peak_memory_mib'] for s in seeds):.0f} MiB."
-        if all("surrogate_fit" in s for s in seeds):
-            fit = {k: np.mean([s["surrogate_fit"][k] for s in seeds]) for k in seeds[0]["surrogate_fit"]}
-            line += (f" Surrogate after {parts[n]['inner_steps']} inner steps of lr {parts[n]['inner_learning_rate']:g}: "
-                     f"train loss {fit['train_loss']:.3f} (untrained: {np.log(parts[n]['n_classes']):.2f}), "
-                     f"train accuracy {100 * fit['train_accuracy']:.1f}%.")
-        other = [r for r in SELECTIONS if r != config.eval.selection][0]
-        if all(other in s.get("accuracy_by_selection", {}) for s in seeds):
-            cells = []
-            for f in fractions[1:]:
-                mean, std = summarize([s["accuracy_by_selection"][other][f] for s in seeds])
-                cells.append(f"{float(f) * 100:g}%: {mean:.2f} ± {std:.2f}")
-            line += f" Victims selected by {SELECTION_TEXT[other]} instead: {', '.join(cells)}."
         lines.append(line)
     if "scale" in parts:
         s = parts["scale"]
@@ -422,18 +442,18 @@ def report(config: AttackConfig) -> str:
     a = config.attack
     lines += ["", "Notes:",
               f"- Metattack (Meta-Self): linearised 2-layer GCN surrogate (H={a.hidden}), T={a.inner_steps} inner steps of "
-              f"SGD with momentum (momentum {a.momentum}; the learning rate of each variant is listed above) from a fixed "
-              "initialisation per seed "
+              f"SGD with momentum {a.momentum} at the run's inner learning rate, from a fixed initialisation per seed "
               "(\"init redrawn per meta-step\": fresh random weights at every meta-step, as in the reference "
-              "implementation, from a key derived from the seed; \"loss averaged over K inits\": the attacker loss "
+              "implementation, from a key derived from the seed; \"loss over K inits\": the attacker loss "
               "is the mean over K fixed initialisations, each trained by its own inner loop, so the meta-gradient "
               "aims at the victim's unknown initialisation rather than one draw), "
               "attacker loss = cross-entropy on the unlabelled nodes against self-training labels of a linearised GCN "
-              "trained on the clean graph. The meta-gradient is exact (second-order reverse mode through the "
-              "checkpointed training scan) and kept as factors: the surrogate is linear, so the adjacency enters "
-              "the run only through four propagations hoisted out of the scan, and `jgrad.adjacency_grad` factors "
-              "them (rank ~2(2 n_train + 2C), independent of T). Candidates are all N(N-1)/2 pairs, ranked blockwise; "
-              "no N x N array is built. Several flips are taken per meta-gradient where stated (the original takes one).",
+              "trained on the clean graph. \"surrogate train loss\": its training loss after the T inner steps on "
+              "the clean graph (uniform predictions: log C). The meta-gradient is exact (second-order reverse mode "
+              "through the checkpointed training scan) and kept as factors: the surrogate is linear, so the "
+              "adjacency enters the run only through four propagations hoisted out of the scan, and "
+              "`jgrad.adjacency_grad` factors them (rank ~2(2 n_train + 2C), independent of T). Candidates are all "
+              "N(N-1)/2 pairs, ranked blockwise; no N x N array is built. One flip per meta-gradient unless stated.",
               "- Constraints: symmetric flips, no self loops, no pair flipped twice, no removal that leaves a node "
               "without neighbours. No degree-distribution (log-likelihood) constraint.",
               "- Greedy gradient and PGD attack a GCN (with ReLU) trained once on the clean graph, with the same "
@@ -441,22 +461,27 @@ def report(config: AttackConfig) -> str:
               f"edge (removal) plus the top {a.pgd_candidates} x budget non-edges of the factored gradient on the clean "
               f"graph (additions); {a.pgd_iterations} projected steps of size {a.pgd_learning_rate:g}/sqrt(t+1), "
               f"projection by bisection, best of {a.pgd_samples} Bernoulli samples within budget.",
-              "- Features: each row divided by its sum, except in the columns marked \"raw binary features\", "
+              "- Features: each row divided by its sum, except in the runs marked \"raw 0/1 features\", "
               "which use Cora's 0/1 bag-of-words features as the reference attack and Pro-GNN code do (victim and "
               "surrogate alike); with them the clean accuracy matches the published one.",
               "- Victim: GCN, hidden 16, ReLU, dropout 0.5, Adam lr 0.01, weight decay 5e-4, "
               f"{config.eval.epochs} epochs, parameters of {SELECTION_TEXT[config.eval.selection]}.",
               "- Published numbers: Pro-GNN (Jin et al., 2020) Table 2, GCN under Metattack on Cora; they evaluate "
               "one pre-attacked graph per budget over 10 runs, here each seed attacks its own split.",
-              "- Times: each variant is one run of the script, the runs one after another on the same machine, "
+              "- Times: each run is one call of the script, the runs one after another on the same machine, "
               "some of them beside other jobs; read them as upper bounds."]
     text = "\n".join(lines) + "\n"
     Path(f"{config.output}.md").write_text(text)
     runs = {name: _without_flips(part) for name, part in parts.items()}  # the per-attack files keep them
     Path(f"{config.output}.json").write_text(json.dumps({"published": {f"{k:g}": v for k, v in PUBLISHED.items()},
-                                                         "summary": table, "runs": runs}, indent=1))
-    _plot(config, table, fractions, titles)
+                                                         "labels": titles, "summary": table, "runs": runs}, indent=1))
+    _plot(config, table, fractions, titles, main_names)
     return text
+
+
+def _mean(part: dict, fraction: str) -> float:
+    values = [s["accuracy"][fraction] for s in part["seeds"] if fraction in s["accuracy"]]
+    return float(np.mean(values)) if values else float("inf")
 
 
 def _without_flips(part: dict) -> dict:
@@ -465,7 +490,9 @@ def _without_flips(part: dict) -> dict:
     return {**part, "seeds": [{k: v for k, v in seed.items() if k != "flips"} for seed in part["seeds"]]}
 
 
-def _plot(config: AttackConfig, table: dict, fractions: list[str], titles: dict[str, str]) -> None:
+def _plot(config: AttackConfig, table: dict, fractions: list[str], titles: dict[str, str],
+          main_names: list[str]) -> None:
+    """The main attacks in colour, the other Metattack runs as thin grey lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -477,13 +504,17 @@ def _plot(config: AttackConfig, table: dict, fractions: list[str], titles: dict[
         pub = [(f, v) for f, v in sorted(PUBLISHED.items()) if f <= largest + 1e-9]
         ax.errorbar([100 * f for f, _ in pub], [m for _, (m, _) in pub], [s for _, (_, s) in pub],
                     fmt="k--o", lw=2, capsize=3, label="Metattack, published (Pro-GNN Table 2)", zorder=3)
-    colors = plt.get_cmap("tab20").colors
-    for index, (n, rows) in enumerate(table.items()):
-        dodge = 0.12 * (index - (len(table) - 1) / 2)  # side by side, so the error bars stay readable
-        xs = [100 * float(f) + dodge for f in fractions if f in rows]
-        ax.errorbar(xs, [rows[f]["mean"] for f in fractions if f in rows],
-                    [rows[f]["std"] for f in fractions if f in rows], color=colors[(2 * index) % 20 + index // 10],
-                    marker="osv^Dp<>hX"[index % 10], capsize=2, lw=1.2, label=titles[n])
+    xs = [100 * float(f) for f in fractions]
+    others = [n for n in table if n not in main_names]
+    for index, n in enumerate(others):
+        ax.plot(xs, [table[n][f]["mean"] for f in fractions], color="0.6", lw=0.8, marker=".",
+                label="other Metattack runs (table)" if index == 0 else None, zorder=1)
+    colors = ["tab:red", "tab:blue", "tab:green"]
+    for index, n in enumerate(main_names):
+        dodge = 0.12 * (index - (len(main_names) - 1) / 2)  # side by side, so the error bars stay readable
+        ax.errorbar([x + dodge for x in xs], [table[n][f]["mean"] for f in fractions],
+                    [table[n][f]["std"] for f in fractions], color=colors[index % 3], marker="osv"[index % 3],
+                    capsize=3, lw=1.6, label=titles[n], zorder=2)
     ax.set_xlabel("perturbed edges (%)")
     ax.set_ylabel("GCN test accuracy (%)")
     ax.set_title(f"Poisoning structure attacks on GCN, {config.data.name}")
