@@ -222,7 +222,8 @@ def run_attack(name: str, config: AttackConfig) -> dict:
 def surrogate_fit(problem, graph, name: str, seed: int, n_classes: int) -> dict:
     """The inner surrogate's fit on the clean graph (`jgrad.attacks.MetaProblem.surrogate_fit`), logged."""
     fit = {k: float(v) for k, v in jax.device_get(jax.jit(problem.surrogate_fit)(graph))._asdict().items()}
-    log(f"{name} seed {seed}: surrogate after {problem.config.steps} inner steps (lr {problem.config.learning_rate:g}): "
+    steps, rate = problem.config.steps, problem.config.learning_rate
+    log(f"{name} seed {seed}: surrogate after {steps} inner steps (lr {rate:g}): "
         f"train loss {fit['train_loss']:.3f} (untrained: {np.log(n_classes):.3f}), train accuracy "
         f"{fit['train_accuracy']:.3f}, agrees with the self-training labels on {fit['pseudo_agreement']:.3f}")
     return fit
@@ -406,9 +407,9 @@ def report(config: AttackConfig) -> str:
             mean, std = summarize([s["accuracy"][fraction] for s in part["seeds"]])
             table.setdefault(n, {})[fraction] = {"mean": mean, "std": std, "seeds": len(part["seeds"])}
     if variants:
-        lines += ["", f"Every Metattack run; the configured one first, then the strongest at {float(ranked_at) * 100:g}% "
-                  "first. Victims "
-                  f"keep {SELECTION_TEXT[config.eval.selection]}; the columns in parentheses keep "
+        lines += ["", "Every Metattack run; the configured one first, then the strongest at "
+                  f"{float(ranked_at) * 100:g}% first. Victims keep {SELECTION_TEXT[config.eval.selection]}; "
+                  "the columns in parentheses keep "
                   f"{SELECTION_TEXT[other]} instead, from the same flips.", "",
                   "| Metattack run | seeds | " + " | ".join(f"{float(f) * 100:g}%" for f in fractions)
                   + " | " + " | ".join(f"({float(f) * 100:g}%)" for f in fractions[1:])

@@ -210,7 +210,7 @@ class SurrogateFit(NamedTuple):
     """The surrogate after its inner training run (`MetaProblem.surrogate_fit`); scalars, means over inits.
 
     Attributes:
-      train_loss: cross-entropy on the training nodes (``log C`` is an untrained model).
+      train_loss: cross-entropy on the training nodes (uniform predictions give ``log C``).
       train_accuracy: accuracy on the training nodes.
       pseudo_agreement: fraction of the unlabelled nodes predicted as their self-training label.
     """
@@ -288,9 +288,10 @@ class MetaProblem:
     def surrogate_fit(self, graph: Graph) -> SurrogateFit:
         """How well the inner training run fits on ``graph``: `SurrogateFit`, means over the initialisations.
 
-        A training loss still near ``log C`` means the surrogate hardly trains in ``config.steps`` steps
-        (the learning rate is too small for the scale of the features), and the meta-gradient then
-        describes a barely trained model. Jit-able.
+        A training loss still near that of the initialisation (``config.steps=0``) means the surrogate
+        hardly trains in ``config.steps`` steps (the learning rate is small for the scale of the
+        features), so the meta-gradient describes a barely trained model; docs/attacks.md shows what
+        that does to the attack on Cora. Jit-able.
         """
         logits = surrogate_logits(graph, self.x, self.train_index, self.train_labels, self.params, self.config)
         train_logits = logits[self.train_index]  # (n_train, K, C)
@@ -299,7 +300,8 @@ class MetaProblem:
         train_accuracy = jnp.mean(jnp.argmax(train_logits, axis=-1) == self.train_labels[:, None])
         agree = (jnp.argmax(logits, axis=-1) == self.pseudo_labels[:, None]) & self.unlabeled_mask[:, None]
         pseudo_agreement = jnp.sum(agree) / (jnp.maximum(jnp.sum(self.unlabeled_mask), 1) * logits.shape[1])
-        return SurrogateFit(train_loss, train_accuracy.astype(train_loss.dtype), pseudo_agreement.astype(train_loss.dtype))
+        dtype = train_loss.dtype
+        return SurrogateFit(train_loss, train_accuracy.astype(dtype), pseudo_agreement.astype(dtype))
 
 
 def meta_gradient(problem: MetaProblem, graph: Graph, *, mode: Literal["factored", "dense"] = "factored",
