@@ -241,8 +241,10 @@ def evaluate_flips(config: AttackConfig, dataset, x, split, seed: int, flips: di
     model-selection rules (``accuracy`` holds the one ``eval.selection`` names)."""
     labels = jnp.asarray(split.labels)
     masks = tuple(jnp.asarray(m) for m in (split.train_mask, split.val_mask, split.test_mask))
-    n_pairs = len(attacks.undirected_pairs(split.graph))
-    padded = 2 * (n_pairs + max((int(float(f) * n_pairs) for f in flips), default=0))  # one shape per run
+    n = split.graph.n_nodes
+    edges = attacks.undirected_pairs(split.graph)
+    edge_codes = set((edges[:, 0] * n + edges[:, 1]).tolist())
+    padded = 2 * (len(edges) + max((len(p) for p in flips.values()), default=0))  # one shape per run
     victim_keys = jax.random.split(jax.random.key(1000 + seed), config.eval.victim_runs)
     by_rule = {rule: {} for rule in SELECTIONS}
     made, added = {}, {}
@@ -254,7 +256,7 @@ def evaluate_flips(config: AttackConfig, dataset, x, split, seed: int, flips: di
                                 config=victim_config(config, rule))
             by_rule[rule][fraction] = float(jnp.mean(accuracy))
         made[fraction] = int(len(pairs))
-        added[fraction] = int(sum(not _is_edge(split.graph, i, j) for i, j in pairs))
+        added[fraction] = int(sum(int(min(i, j)) * n + int(max(i, j)) not in edge_codes for i, j in pairs))
     return {"accuracy": by_rule[config.eval.selection], "accuracy_by_selection": by_rule,
             "selection": config.eval.selection, "flips_made": made, "added": added}
 
@@ -290,18 +292,6 @@ def _progress(prefix: str):
             log(f"{prefix} {line}")
 
     return write
-
-
-_EDGE_CACHE: dict = {}
-
-
-def _is_edge(graph, i: int, j: int) -> bool:
-    key = id(graph)
-    if key not in _EDGE_CACHE:
-        pairs = attacks.undirected_pairs(graph)
-        _EDGE_CACHE.clear()
-        _EDGE_CACHE[key] = set((pairs[:, 0] * graph.n_nodes + pairs[:, 1]).tolist())
-    return int(min(i, j)) * graph.n_nodes + int(max(i, j)) in _EDGE_CACHE[key]
 
 
 def run_scale(config: AttackConfig) -> dict:
@@ -373,9 +363,15 @@ def load_results(config: AttackConfig) -> dict[str, dict]:
     return parts
 
 
-def _cell(seeds: list[dict], fraction: str, rule: str | None = None) -> str:
-    values = [(s["accuracy_by_selection"][rule] if rule else s["accuracy"])[fraction] for s in seeds]
-    return "%.2f ± %.2f" % summarize(values)
+def _summary(seeds: list[dict], fraction: str) -> dict:
+    """Mean and std (%) of the reported victim accuracy at one budget, over seeds."""
+    mean, std = summarize([s["accuracy"][fraction] for s in seeds])
+    return {"mean": mean, "std": std, "seeds": len(seeds)}
+
+
+def _cell(seeds: list[dict], fraction: str, rule: str) -> str:
+    """Mean ± std (%) at one budget with the victims kept by another selection rule."""
+    return "%.2f ± %.2f" % summarize([s["accuracy_by_selection"][rule][fraction] for s in seeds])
 
 
 def report(config: AttackConfig) -> str:
@@ -385,9 +381,10 @@ def report(config: AttackConfig) -> str:
               for n, p in attacks_run.items()}
     main_names = [n for n in ("meta", *FIXED_MODEL_ATTACKS) if n in attacks_run]
     fractions = [f"{float(f):g}" for f in ["0"] + config.attack.budgets.split(",")]
+    table = {n: {f: _summary(part["seeds"], f) for f in fractions} for n, part in attacks_run.items()}
     ranked_at = "0.05" if "0.05" in fractions else fractions[-1]
     variants = sorted((n for n in attacks_run if n.startswith("meta")),
-                      key=lambda n: (n != "meta", _mean(attacks_run[n], ranked_at), n))
+                      key=lambda n: (n != "meta", table[n][ranked_at]["mean"], n))
     other = [r for r in SELECTIONS if r != config.eval.selection][0]
     lines = [f"# Structure attacks on GCN ({config.data.name}, largest connected component, poisoning)", "",
              "Test accuracy (%) of GCNs retrained on the perturbed graph, mean ± std over seeds (each seed: its "
@@ -395,17 +392,12 @@ def report(config: AttackConfig) -> str:
              f"{config.eval.victim_runs} victim initialisations).", ""]
     lines += ["| budget | published Metattack (Pro-GNN) |" + "".join(f" {titles[n]} |" for n in main_names),
               "|---|---|" + "---|" * len(main_names)]
-    table = {}
     for fraction in fractions:
         pub = PUBLISHED.get(float(fraction)) if config.data.name == "cora" else None
         row = f"| {float(fraction) * 100:g}% | {'%.2f ± %.2f' % pub if pub else '–'} |"
         for n in main_names:
-            row += f" {_cell(attacks_run[n]['seeds'], fraction)} |"
+            row += " %(mean).2f ± %(std).2f |" % table[n][fraction]
         lines.append(row)
-    for n, part in attacks_run.items():
-        for fraction in fractions:
-            mean, std = summarize([s["accuracy"][fraction] for s in part["seeds"]])
-            table.setdefault(n, {})[fraction] = {"mean": mean, "std": std, "seeds": len(part["seeds"])}
     if variants:
         lines += ["", "Every Metattack run; the configured one first, then the strongest at "
                   f"{float(ranked_at) * 100:g}% first. Victims keep {SELECTION_TEXT[config.eval.selection]}; "
@@ -419,7 +411,7 @@ def report(config: AttackConfig) -> str:
             seeds = attacks_run[n]["seeds"]
             fit = [s["surrogate_fit"]["train_loss"] for s in seeds if "surrogate_fit" in s]
             row = f"| {titles[n].removeprefix('Metattack, ')} | {len(seeds)} | "
-            row += " | ".join(_cell(seeds, f) for f in fractions) + " | "
+            row += " | ".join("%(mean).2f ± %(std).2f" % table[n][f] for f in fractions) + " | "
             row += " | ".join(f"({_cell(seeds, f, other)})" for f in fractions[1:])
             row += f" | {np.mean(fit):.3f} |" if len(fit) == len(seeds) else " | – |"
             row += f" {np.mean([s['attack_seconds'] for s in seeds]):.0f} |"
@@ -478,11 +470,6 @@ def report(config: AttackConfig) -> str:
                                                          "labels": titles, "summary": table, "runs": runs}, indent=1))
     _plot(config, table, fractions, titles, main_names)
     return text
-
-
-def _mean(part: dict, fraction: str) -> float:
-    values = [s["accuracy"][fraction] for s in part["seeds"] if fraction in s["accuracy"]]
-    return float(np.mean(values)) if values else float("inf")
 
 
 def _without_flips(part: dict) -> dict:
