@@ -1,0 +1,55 @@
+"""`import jgrad` is cheap: subpackages and heavy dependencies load only when they are used."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("jax", "flax", "optax", "orbax", "scipy", "yaml", "torch", "networkx", "tqdm")
+
+
+def _modules_after(code: str) -> set[str]:
+    script = f"import sys, json\n{code}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def _top_level(modules: set[str]) -> set[str]:
+    return {name for name in modules if name.split(".")[0] in HEAVY}
+
+
+def test_import_jgrad_loads_no_subpackage_and_no_heavy_dependency():
+    modules = _modules_after("import jgrad")
+    assert not _top_level(modules)
+    assert not {name for name in modules if name.startswith("jgrad.")}
+
+
+def test_jgrad_cli_help_imports_neither_jax_nor_the_training_stack():
+    modules = _modules_after("import jgrad.cli\n"
+                             "try:\n    jgrad.cli.main(['--help'])\nexcept SystemExit:\n    pass")
+    assert not _top_level(modules)
+
+
+def test_graph_and_ops_load_jax_only():
+    modules = _modules_after("import jgrad\njgrad.Graph.from_edges([0], [1], n_nodes=2)\njgrad.ops.spmm")
+    assert "jax" in modules
+    loaded = {name.split(".")[0] for name in _top_level(modules)}
+    assert loaded <= {"jax"}, loaded
+    assert not {name for name in modules
+                if name.split(".")[:2] in (["jgrad", "train"], ["jgrad", "attacks"], ["jgrad", "nn"],
+                                           ["jgrad", "data"], ["jgrad", "parallel"], ["jgrad", "bench"])}
+
+
+@pytest.mark.parametrize("name, module", [("edge_grad", "jgrad.gradients"), ("nn", "jgrad.nn"),
+                                          ("train", "jgrad.train"), ("data", "jgrad.data")])
+def test_lazy_names_resolve_on_first_use(name, module):
+    modules = _modules_after(f"import jgrad\njgrad.{name}")
+    assert module in modules
+
+
+def test_unknown_attribute_is_a_clear_attribute_error():
+    import jgrad
+
+    with pytest.raises(AttributeError, match="module 'jgrad' has no attribute 'nope'"):
+        jgrad.nope  # noqa: B018
