@@ -60,6 +60,22 @@ def test_resume_after_an_interruption_reaches_the_same_final_parameters(tmp_path
     assert (tmp_path / "b" / "metrics.jsonl").read_text() == (tmp_path / "a" / "metrics.jsonl").read_text()
     summary = json.loads((tmp_path / "b" / "results.json").read_text())
     assert summary["test_acc"]["per_seed"] == straight.scores["test_acc"].tolist()
+    assert straight.resumed_from_epoch is None and not straight.already_finished
+    assert resumed.resumed_from_epoch == 20 and not resumed.already_finished
+
+
+def test_fit_in_a_finished_workdir_returns_the_saved_result_without_training(tmp_path, small_csbm):
+    optimizer = make_optimizer(0.05, 5e-4, "first_layer")
+    kwargs = dict(seeds=2, epochs=10, early_stopping=EarlyStopping("none"), log_every=5, progress=False)
+    first = fit(make_model(small_csbm), small_csbm, optimizer, workdir=tmp_path, **kwargs)
+    log = (tmp_path / "metrics.jsonl").read_text()
+    again = fit(make_model(small_csbm), small_csbm, optimizer, workdir=tmp_path, **kwargs)
+    assert again.already_finished and again.resumed_from_epoch == 10 and again.epochs_run == 10
+    assert (again.compile_seconds, again.seconds_per_epoch) == (first.compile_seconds, first.seconds_per_epoch)
+    assert np.isfinite(again.seconds_per_epoch)
+    for name, values in first.scores.items():
+        np.testing.assert_array_equal(again.scores[name], values)
+    assert (tmp_path / "metrics.jsonl").read_text() == log
 
 
 class Diverging(nnx.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,11 @@ class FitResult(NamedTuple):
         stopped), and ``{train,val,test}_{loss,acc}`` of the kept parameters.
       compile_seconds: time to compile the epoch loop.
       seconds_per_epoch: wall time per epoch of the compiled loop (all B seeds together), excluding
-        compilation and checkpoint writes; ``nan`` if no epoch ran in this call.
+        compilation and checkpoint writes; ``nan`` if no epoch ran in this call. For a run that was
+        already finished, both timings are those the finished run saved in ``results.json``.
+      resumed_from_epoch: the epoch of the checkpoint the run resumed from; None for a fresh start.
+      already_finished: the workdir already held a finished run (its last checkpoint needs no more
+        epochs), so nothing was trained: the result is the saved one, re-scored from its checkpoint.
     """
 
     state: TrainState
@@ -46,12 +51,15 @@ class FitResult(NamedTuple):
     scores: dict[str, np.ndarray]
     compile_seconds: float
     seconds_per_epoch: float
+    resumed_from_epoch: int | None = None
+    already_finished: bool = False
 
     def summary(self) -> dict[str, Any]:
         """Mean and standard deviation (over seeds) of each score, plus timings, as plain Python."""
         out: dict[str, Any] = {"seeds": list(self.seeds), "epochs_run": self.epochs_run,
                                "compile_seconds": self.compile_seconds,
-                               "seconds_per_epoch": self.seconds_per_epoch}
+                               "seconds_per_epoch": self.seconds_per_epoch,
+                               "resumed_from_epoch": self.resumed_from_epoch}
         for name, values in self.scores.items():
             values = np.asarray(values, np.float64)
             out[name] = {"mean": float(values.mean()), "std": float(values.std()), "per_seed": values.tolist()}
@@ -151,12 +159,14 @@ def fit(
 
     checkpointer = log = None
     start = 0
+    resumed = False
     if workdir is not None:
         workdir = Path(workdir)
         checkpointer = Checkpointer(workdir / "checkpoints")
         log = MetricsLog(workdir / "metrics.jsonl")
         if checkpointer.latest_epoch() is not None:
             start, state = checkpointer.restore_last(state)
+            resumed = True
         log.truncate(start)
 
     batched_step = jax.vmap(make_epoch_step(model_def, optimizer, early_stopping, penalty=penalty), in_axes=(0, None))
@@ -211,12 +221,27 @@ def fit(
     scores = {"best_epoch": np.asarray(state.best_epoch), "stop_epoch": np.asarray(state.stop_epoch),
               **{name: np.asarray(value) for name, value in scores.items()}}
     ran = epoch - start
+    already_finished = resumed and not ran
+    seconds_per_epoch = run_seconds / ran if ran else float("nan")
+    if already_finished:
+        compile_seconds, seconds_per_epoch = _saved_timings(workdir / "results.json", epoch)
     result = FitResult(state=state, model_def=model_def, seeds=seeds, epochs_run=epoch, scores=scores,
-                       compile_seconds=compile_seconds,
-                       seconds_per_epoch=run_seconds / ran if ran else float("nan"))
-    if workdir is not None:
+                       compile_seconds=compile_seconds, seconds_per_epoch=seconds_per_epoch,
+                       resumed_from_epoch=start if resumed else None, already_finished=already_finished)
+    if workdir is not None and not (already_finished and (workdir / "results.json").exists()):
         write_json_atomic(workdir / "results.json", result.summary())
     return result
+
+
+def _saved_timings(path: Path, epochs_run: int) -> tuple[float, float]:
+    """``(compile_seconds, seconds_per_epoch)`` from a finished run's results.json (nan if unreadable)."""
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("epochs_run") == epochs_run:
+            return float(saved["compile_seconds"]), float(saved["seconds_per_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return float("nan"), float("nan")
 
 
 def _check_finite(metrics, first_epoch, seeds, log, saved_epoch, checkpointer) -> None:
