@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
@@ -61,10 +60,48 @@ def _is_float_array(leaf) -> bool:
 
 
 @pytest.fixture(scope="session")
-def planetoid_dir() -> Path:
-    """The Planetoid directory from ``JGRAD_DATA`` or ``../shared/data/planetoid`` beside the checkout."""
-    env = os.environ.get("JGRAD_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "planetoid"
-    if not (root / "ind.cora.x").exists():
-        pytest.fail(f"Planetoid files not found in {root}; set JGRAD_DATA to the folder holding ind.cora.*")
-    return root
+def planetoid_dir(tmp_path_factory) -> Path:
+    """A folder of Planetoid-format files ``ind.{cora,citeseer}.*`` written from the shipped datasets.
+
+    The files have the layout of the original release (Python 2 module paths in protocol-2 pickles, CSR
+    features, one-hot labels, a shuffled ``test.index``, adjacency lists with some self loops), so
+    ``load_planetoid(name, planetoid_dir)`` must give exactly ``jgrad.data.load(name)``.
+    """
+    folder = tmp_path_factory.mktemp("planetoid")
+    for name in ("cora", "citeseer"):
+        write_planetoid_files(folder, name)
+    return folder
+
+
+def write_planetoid_files(folder: Path, name: str) -> None:
+    """Writes ``jgrad.data.load(name)`` (raw features, public split) as the eight Planetoid files."""
+    import collections
+    import pickle
+
+    import scipy.sparse as sparse
+
+    from jgrad.data import load
+
+    data = load(name, normalize_features=False)
+    features, labels = np.asarray(data.features), np.asarray(data.labels)
+    one_hot = np.eye(data.n_classes, dtype=np.int32)[labels]
+    n_train = int(data.train_mask.sum())
+    test_index = np.random.default_rng(0).permutation(np.flatnonzero(data.test_mask))
+    n_labelled = int(test_index.min())
+    adjacency = collections.defaultdict(list)
+    for sender, receiver in zip(np.asarray(data.graph.senders).tolist(), np.asarray(data.graph.receivers).tolist()):
+        adjacency[sender].append(receiver)
+    for node in range(0, data.n_nodes, 25):  # self loops, as the original lists hold; the loader drops them
+        adjacency[node].append(node)
+    parts = {
+        "x": sparse.csr_matrix(features[:n_train]), "y": one_hot[:n_train],
+        "allx": sparse.csr_matrix(features[:n_labelled]), "ally": one_hot[:n_labelled],
+        "tx": sparse.csr_matrix(features[test_index]), "ty": one_hot[test_index], "graph": adjacency,
+    }
+    python2_paths = {b"numpy._core.multiarray\n": b"numpy.core.multiarray\n", b"scipy.sparse._csr\n": b"scipy.sparse.csr\n"}
+    for part, value in parts.items():
+        blob = pickle.dumps(value, protocol=2)
+        for new, old in python2_paths.items():
+            blob = blob.replace(new, old)
+        (folder / f"ind.{name}.{part}").write_bytes(blob)
+    (folder / f"ind.{name}.test.index").write_text("".join(f"{index}\n" for index in test_index.tolist()))
