@@ -34,6 +34,28 @@ def test_non_float_logits_raise_type_error(graph):
         edge_softmax(graph, jnp.ones((E,), jnp.int32))
 
 
+def test_complex_logits_raise_type_error(graph):
+    with pytest.raises(TypeError, match=r"edge_softmax: logits must be a float array; got dtype complex64\."):
+        edge_softmax(graph, jnp.ones((E,), jnp.complex64))
+
+
+def test_a_nan_score_makes_its_receivers_attention_nan_and_leaves_the_others_exact():
+    graph = Graph.from_edges([0, 1, 2, 2], [0, 0, 1, 1], n_nodes=3)  # node 2 receives nothing
+    logits = jnp.array([jnp.nan, 1.0, 2.0, 3.0])
+    out = np.asarray(edge_softmax(graph, logits))
+    assert np.isnan(out[:2]).all()
+    np.testing.assert_allclose(out[2:], [0.268941, 0.731059], rtol=1e-5)
+    weights = jnp.array([0.5, -1.0, 2.0, 0.25])
+
+    def loss(z, edges):
+        return jnp.sum((edge_softmax(graph, z) * weights)[edges])
+
+    assert np.isnan(jax.grad(loss)(logits, slice(0, 2))[:2]).all()
+    np.testing.assert_allclose(jax.grad(loss)(logits, slice(2, 4))[2:], jax.grad(loss)(logits.at[0].set(0.0),
+                               slice(2, 4))[2:], rtol=1e-6)
+    tangent = jax.jvp(lambda z: edge_softmax(graph, z), (logits,), (jnp.ones(4),))[1]
+    assert np.isnan(tangent[:2]).all() and np.isfinite(tangent[2:]).all()
+
 @pytest.mark.parametrize("shape", [(E - 1,), (), (N, H)])
 def test_wrong_leading_dimension_raises(graph, shape):
     message = f"edge_softmax: logits must have one row per edge; got shape {tuple(shape)}, expected (16, ...)."

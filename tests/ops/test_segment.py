@@ -334,7 +334,61 @@ def test_segment_exp_ops_are_finite_for_huge_logits_and_isolated_segments(name):
     np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
+# --- NaN propagation -----------------------------------------------------------------------------------
+
+NAN_DATA = jnp.array([jnp.nan, 1.0, 2.0, 3.0])
+NAN_IDS = jnp.array([0, 0, 1, 1])  # segment 0 holds the NaN, segment 1 is finite, segment 2 is empty
+
+
+@pytest.mark.parametrize("name", ["std", "logsumexp", "softmax", "mean", "sum", "max", "min"])
+def test_a_nan_entry_makes_its_segment_nan_and_leaves_the_others_correct(name):
+    op = ALL_OPS[name]
+    out = np.asarray(op(NAN_DATA, NAN_IDS, 3))
+    clean = np.asarray(op(NAN_DATA[2:], NAN_IDS[2:], 3))
+    if name == "softmax":  # per entry: both entries of segment 0 are NaN
+        assert np.isnan(out[:2]).all()
+        np.testing.assert_allclose(out[2:], clean, rtol=1e-6)
+    else:
+        assert np.isnan(out[0])
+        np.testing.assert_allclose(out[1:], clean[1:], rtol=1e-6)  # segment 2 is empty: 0
+        assert out[2] == 0.0
+
+
+@pytest.mark.parametrize("name", ["std", "logsumexp", "softmax"])
+def test_a_nan_entry_makes_the_gradient_of_its_segment_nan_and_keeps_the_others_exact(name):
+    op = ALL_OPS[name]
+    nan_rows = slice(0, 2) if name == "softmax" else slice(0, 1)
+    finite_rows = slice(2, 4) if name == "softmax" else slice(1, 3)
+    weights = jnp.array([0.3, -0.7, 1.1, 0.5])
+
+    def loss(data, rows):
+        out = op(data, NAN_IDS, 3)
+        return jnp.sum(out[rows] * weights[: out[rows].shape[0]])
+
+    assert np.isnan(jax.grad(loss)(NAN_DATA, nan_rows)[:2]).all()
+    finite_grad = np.asarray(jax.grad(loss)(NAN_DATA, finite_rows))
+    expected = np.asarray(jax.grad(loss)(NAN_DATA.at[:2].set(0.0), finite_rows))
+    np.testing.assert_allclose(finite_grad[2:], expected[2:], rtol=1e-6)
+    assert np.abs(expected[2:]).max() > 0  # the finite segment's gradient is not trivially 0
+
+
+def test_known_nan_values_of_std_softmax_and_logsumexp():
+    # The cases that used to turn NaN into a number: [0, .5], [0, 0, .27, .73] and [-inf, 3.31].
+    np.testing.assert_allclose(segment_std(NAN_DATA, NAN_IDS, 2), [np.nan, 0.5])
+    np.testing.assert_allclose(segment_softmax(NAN_DATA, NAN_IDS, 2), [np.nan, np.nan, 0.268941, 0.731059],
+                               rtol=1e-5)
+    np.testing.assert_allclose(segment_logsumexp(NAN_DATA, NAN_IDS, 2), [np.nan, 3.313262], rtol=1e-6)
+
+
 # --- bad input ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_segment_op_rejects_complex_data_naming_the_dtype(name):
+    with pytest.raises(TypeError, match=rf"segment_{name}: data must be real; got dtype complex64, expected a "
+                                        r"real float, integer or bool dtype\."):
+        ALL_OPS[name](jnp.ones(3, jnp.complex64), jnp.array([0, 1, 1]), 2)
+
 
 
 @pytest.mark.parametrize("name", ALL_OPS)

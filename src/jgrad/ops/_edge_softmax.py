@@ -40,7 +40,9 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
 
     Notes:
       Stable for scores of any magnitude (the per-receiver maximum is subtracted; no inf or NaN in
-      value or gradient for scores up to 1e4 and beyond). Custom VJP built from gspmm and gsddmm;
+      value or gradient for scores up to 1e4 and beyond). A NaN (or ``+inf``) score makes every value
+      and gradient of its receiver's incoming edges NaN, so `jgrad.checked` reports it; other receivers
+      are unaffected. Custom VJP built from gspmm and gsddmm;
       reverse mode to any order, forward mode, ``jit`` and ``vmap`` all work.
 
     Example:

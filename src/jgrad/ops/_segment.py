@@ -13,9 +13,14 @@ Conventions shared by every function:
 - **Out-of-range ids** (negative, or ``>= num_segments``) are dropped, as ``jax.ops`` drops them: they
   contribute nothing. They are not reported here, because the values of ``segment_ids`` are unknown while
   tracing; the eager validators in :mod:`jgrad.graph` check them.
-- **Checked even while tracing**: ``num_segments`` is a non-negative static int, ``segment_ids`` has an
-  integer dtype and shape ``(E,)``, ``mask`` has a bool dtype and shape ``(E,)``, names of reducers and
-  tie rules.
+- **Checked even while tracing**: ``data`` is real (complex input is refused with a ``TypeError``: max,
+  min, softmax and std have no complex meaning), ``num_segments`` is a non-negative static int,
+  ``segment_ids`` has an integer dtype and shape ``(E,)``, ``mask`` has a bool dtype and shape ``(E,)``,
+  names of reducers and tie rules.
+- **NaN propagates**: a NaN entry makes its segment's output NaN (every entry of its segment for
+  softmax), and so are the gradients through that segment. Other segments are unaffected in value; the
+  gradients of the NaN segment's entries are NaN whenever the output is differentiated (``0 * NaN``, as
+  for any JAX elementwise op).
 - **Transforms**: all functions are pure and undecorated. Under ``jax.jit``, ``num_segments`` and the
   keyword options must be static; ``data``, ``segment_ids`` and ``mask`` may be traced. Any array
   argument may be ``jax.vmap``-ped. Gradients flow to ``data`` only, in reverse mode to any order and in
@@ -74,7 +79,8 @@ def segment_sum(
       Shape ``(S, ...)``, dtype of ``data``. An empty segment gives 0.
 
     Raises:
-      TypeError: ``segment_ids`` is not integer, ``mask`` is not bool, or ``num_segments`` is not an int.
+      TypeError: complex ``data``, ``segment_ids`` that is not integer, ``mask`` that is not bool, or a
+        ``num_segments`` that is not an int.
       ValueError: mismatched leading dimensions, or a negative ``num_segments``.
 
     Example:
@@ -205,7 +211,7 @@ def segment_min(
 
     Returns:
       Shape ``(S, ...)``, dtype of ``data``. An empty (or fully masked) segment gives 0, not ``+inf``,
-      with zero gradient.
+      with zero gradient. A NaN in a segment makes its output NaN.
 
     Raises:
       TypeError: see :func:`segment_sum`.
@@ -249,7 +255,8 @@ def segment_logsumexp(
 
     Returns:
       Shape ``(S, ...)``, floating dtype. An empty (or fully masked) segment gives 0, not ``-inf``, with
-      zero gradient; a segment whose entries are all ``-inf`` gives ``-inf`` with zero gradient.
+      zero gradient; a segment whose entries are all ``-inf`` gives ``-inf`` with zero gradient. A NaN
+      in a segment makes its output and gradient NaN.
 
     Raises:
       TypeError: see :func:`segment_sum`.
@@ -267,7 +274,8 @@ def segment_logsumexp(
     valid = _entry_mask(data, routed, num_segments)
     exps = jnp.where(valid, jnp.exp(shifted), 0)
     total = _sum(exps, segment_ids, num_segments, indices_are_sorted)
-    positive = nonempty & (total > 0)  # total is 0 only when every logit of the segment is -inf
+    # total is 0 only when every logit of the segment is -inf; a NaN total is kept, so NaN propagates.
+    positive = nonempty & (total != 0)
     safe_total = jnp.where(positive, total, 1)
     value = jnp.where(positive, jnp.log(safe_total) + shift, -jnp.inf)
     return jnp.where(nonempty, value, 0)
@@ -303,7 +311,8 @@ def segment_softmax(
     Returns:
       Shape ``(E, ...)`` like ``logits``, floating dtype. Entries with out-of-range ids get 0, like masked
       ones. Over each non-empty segment the outputs sum to 1, except that a segment whose logits are all
-      ``-inf`` (a masking idiom) gets 0 with zero gradient; a ``+inf`` logit gives NaN.
+      ``-inf`` (a masking idiom) gets 0 with zero gradient; a ``+inf`` or NaN logit makes every output
+      and gradient of its segment NaN.
 
     Raises:
       TypeError: see :func:`segment_sum`.
@@ -322,8 +331,9 @@ def segment_softmax(
     exps = jnp.where(valid, jnp.exp(shifted), 0)
     total = _gather(_sum(exps, segment_ids, num_segments, indices_are_sorted), routed)
     # A finite segment maximum contributes exp(0) = 1, so total >= 1; total is 0 only when every logit
-    # of the segment is -inf, and that segment gets 0 (double where: no NaN in value or gradient).
-    live = valid & (total > 0)
+    # of the segment is -inf, and that segment gets 0 (double where: no NaN in value or gradient). A NaN
+    # total (a NaN logit in the segment) is not 0, so the NaN reaches every entry of its segment.
+    live = valid & (total != 0)
     return jnp.where(live, exps / jnp.where(live, total, 1), 0)
 
 
@@ -359,7 +369,8 @@ def segment_std(
 
     Returns:
       Shape ``(S, ...)``, floating dtype. A segment with at most ``ddof`` entries (in particular an
-      empty one) gives 0 with zero gradient.
+      empty one) gives 0 with zero gradient. A NaN or infinite entry makes its segment's output and
+      gradient NaN.
 
     Raises:
       TypeError: see :func:`segment_sum`, or a non-int ``ddof``.
@@ -392,7 +403,7 @@ def segment_std(
     divisor = count - ddof
     defined = divisor > 0
     variance = squares / jnp.where(defined, divisor, 1) + eps
-    positive = defined & (variance > 0)
+    positive = defined & (variance != 0)  # variance >= 0; NaN is kept so that it propagates
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, variance, 1)), 0)
 
 
@@ -466,6 +477,11 @@ def _check_inputs(
     mask = None if mask is None else jnp.asarray(mask)
 
     type_problems = []
+    if jnp.issubdtype(data.dtype, jnp.complexfloating):
+        type_problems.append(
+            f"data must be real; got dtype {data.dtype}, expected a real float, integer or bool dtype. "
+            "Hint: reduce data.real and data.imag separately."
+        )
     if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
         type_problems.append(
             f"segment_ids must have an integer dtype; got {segment_ids.dtype}, expected int32 or int64."
