@@ -15,7 +15,7 @@ from flax import nnx
 
 from .. import nn
 from ..config import Config, DataConfig, ModelConfig, OptimConfig, config_to_dict, save_config
-from ..data import NodeDataset, csbm, karate_club, load_planetoid
+from ..data import DATASETS, NodeDataset, csbm, karate_club, load, load_planetoid
 from ._checkpoint import Checkpointer
 from ._fit import FitResult, _seed_array, fit
 from ._model import init_params
@@ -24,14 +24,18 @@ from ._step import EarlyStopping, evaluate
 
 
 def load_dataset(config: DataConfig, data_dir: str | os.PathLike | None = None) -> NodeDataset:
-    """The dataset ``config`` names. Planetoid files come from ``data_dir``, else ``config.root``, else
-    the ``JGRAD_DATA`` environment variable."""
+    """The dataset ``config`` names. With ``data_dir`` or ``config.root`` the Planetoid files are read from
+    that folder; otherwise a dataset that ships with jgrad (`jgrad.data.load`) is used, and any other
+    Planetoid name is looked up in the ``JGRAD_DATA`` folder."""
     if config.name == "karate":
         return karate_club()
     if config.name == "csbm":
         return csbm(config.n_nodes, config.n_classes, avg_degree=config.avg_degree, homophily=config.homophily,
                     feature_dim=config.feature_dim, signal=config.signal, seed=config.seed)
-    return load_planetoid(config.name, data_dir if data_dir is not None else config.root)
+    root = data_dir if data_dir is not None else config.root
+    if root is None and config.name in DATASETS:
+        return load(config.name)
+    return load_planetoid(config.name, root)
 
 
 def create_model(config: ModelConfig, in_features: int, n_classes: int) -> Callable[[nnx.Rngs], nnx.Module]:
