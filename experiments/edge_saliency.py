@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,10 +31,9 @@ import numpy as np
 import optax
 
 import jgrad
-from jgrad.data import load_planetoid
+from jgrad.data import load, load_planetoid
 from jgrad.gradients import adjacency_grad, edge_grad, propagate
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def init_params(key, f_in, hidden, f_out):
@@ -118,8 +116,7 @@ def pair_derivatives(graph, params, x, node, label, pairs):
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_data = os.environ.get("JGRAD_DATA") or str(REPO.parent / "shared" / "data" / "planetoid")
-    parser.add_argument("--data-dir", default=default_data)
+    parser.add_argument("--data-dir", help="a Planetoid folder holding ind.cora.* (default: the shipped Cora)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -127,8 +124,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args(argv)
 
-    print(f"loading cora from {args.data_dir}", flush=True)
-    data = load_planetoid("cora", args.data_dir)
+    print(f"loading cora from {args.data_dir or 'the shipped copy'}", flush=True)
+    data = load("cora") if args.data_dir is None else load_planetoid("cora", args.data_dir)
     graph = jax.device_put(data.graph)
     x = jnp.asarray(data.features)
     labels = np.asarray(data.labels)

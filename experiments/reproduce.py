@@ -79,7 +79,7 @@ def markdown(rows: list[dict], device: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", help="Planetoid folder (default: $JGRAD_DATA)")
+    parser.add_argument("--data-dir", help="a Planetoid folder to read instead of the shipped Cora/Citeseer")
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--out", default=str(ROOT / "results"))
     parser.add_argument("--only", nargs="*", choices=sorted(EXPERIMENTS), default=list(EXPERIMENTS))

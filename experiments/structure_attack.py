@@ -31,7 +31,7 @@ import yaml
 
 from jgrad import attacks
 from jgrad.config import apply_overrides, config_from_dict
-from jgrad.data import csbm, karate_club, load_planetoid
+from jgrad.data import csbm, karate_club, load, load_planetoid
 
 PUBLISHED = {  # Pro-GNN Table 2, GCN under Metattack on Cora (LCC), mean ± std of test accuracy in %
     0.0: (83.50, 0.44), 0.05: (76.55, 0.79), 0.10: (70.39, 1.28),
@@ -47,8 +47,8 @@ SELECTION_TEXT = {
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
-    name: str = "cora"  # cora | citeseer | karate | csbm
-    root: str | None = None
+    name: str = "cora"  # a jgrad.data.load name (cora, citeseer, cora_npz, cora_ml, polblogs, ...) or csbm
+    root: str | None = None  # a Planetoid folder to read instead of the shipped data
     largest_component: bool = True
     normalize_features: bool = True  # planetoid: rows sum to 1; false keeps the raw binary features
     train: float = 0.1
@@ -136,7 +136,9 @@ def load_dataset(config: AttackConfig):
         dataset = csbm(data.n_nodes, data.n_classes, avg_degree=data.avg_degree, homophily=data.homophily,
                        feature_dim=data.feature_dim, signal=data.signal, seed=0)
     else:
-        dataset = load_planetoid(data.name, data.root, normalize_features=data.normalize_features)
+        dataset = (load(data.name, normalize_features=data.normalize_features, largest_component=False)
+                   if data.root is None else
+                   load_planetoid(data.name, data.root, normalize_features=data.normalize_features))
     return attacks.largest_component(dataset) if data.largest_component else dataset
 
 

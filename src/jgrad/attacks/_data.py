@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
+from .. import data
 from ..data import NodeDataset
 from ..graph import Graph
 
@@ -36,23 +36,11 @@ def graph_from_pairs(pairs: np.ndarray, n_nodes: int) -> Graph:
 def largest_component(dataset: NodeDataset) -> NodeDataset:
     """The dataset restricted to its largest connected component (edges taken as undirected).
 
-    Node order is kept; the masks are carried over (re-split with `random_split`). For Cora this gives
-    the 2485-node, 5069-edge graph of Metattack and Pro-GNN.
+    Node order is kept; the masks are carried over (re-split with `random_split`); the name gets the
+    suffix ``_lcc``. For Planetoid Cora this gives the 2485-node, 5069-edge graph of Metattack and Pro-GNN.
+    See `jgrad.data.largest_component`.
     """
-    n = dataset.n_nodes
-    pairs = undirected_pairs(dataset.graph)
-    adjacency = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, component = sp.csgraph.connected_components(adjacency, directed=False)
-    largest = np.argmax(np.bincount(component))
-    keep = np.flatnonzero(component == largest)
-    new_index = -np.ones(n, np.int64)
-    new_index[keep] = np.arange(len(keep))
-    inside = (new_index[pairs[:, 0]] >= 0) & (new_index[pairs[:, 1]] >= 0)
-    graph = graph_from_pairs(new_index[pairs[inside]], len(keep))
-    return NodeDataset.from_arrays(
-        graph, np.asarray(dataset.features)[keep], np.asarray(dataset.labels)[keep],
-        np.asarray(dataset.train_mask)[keep], np.asarray(dataset.val_mask)[keep],
-        np.asarray(dataset.test_mask)[keep], n_classes=dataset.n_classes, name=dataset.name + "_lcc")
+    return data.largest_component(dataset, name=dataset.name + "_lcc")
 
 
 def random_split(dataset: NodeDataset, *, train: float = 0.1, val: float = 0.1, seed: int,
@@ -60,19 +48,10 @@ def random_split(dataset: NodeDataset, *, train: float = 0.1, val: float = 0.1, 
     """A random train / val / test split of the nodes (test gets the rest), as in Pro-GNN.
 
     With ``stratify`` each class is split in the same proportions (rounded per class), otherwise the
-    nodes are split uniformly at random.
+    nodes are split uniformly at random; see `jgrad.data.random_split_masks`, which draws the masks.
     """
     if not (0 < train and 0 <= val and train + val < 1):
         raise ValueError(f"random_split: need 0 < train, 0 <= val and train + val < 1; got train={train}, val={val}.")
-    n = dataset.n_nodes
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(dataset.labels) if stratify else np.zeros(n, np.int64)
-    masks = [np.zeros(n, bool) for _ in range(3)]
-    for c in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == c))
-        n_train, n_val = int(round(train * len(members))), int(round(val * len(members)))
-        masks[0][members[:n_train]] = True
-        masks[1][members[n_train:n_train + n_val]] = True
-        masks[2][members[n_train + n_val:]] = True
+    masks = data.random_split_masks(np.asarray(dataset.labels), train=train, val=val, seed=seed, stratify=stratify)
     return NodeDataset.from_arrays(dataset.graph, dataset.features, dataset.labels, *masks,
                                    n_classes=dataset.n_classes, name=dataset.name)

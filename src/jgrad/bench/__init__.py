@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workloads", nargs="+", choices=_workloads.WORKLOADS, help="default: all")
     parser.add_argument("--impls", nargs="+", choices=_peers.IMPLS, help="default: all available")
     parser.add_argument("--out", default="results", help="output folder (default results/)")
-    parser.add_argument("--data-dir", help="Planetoid folder for Cora (default: $JGRAD_DATA)")
+    parser.add_argument("--data-dir", help="a Planetoid folder to read Cora from (default: the shipped copy)")
     parser.add_argument("--no-cora", action="store_true", help="skip Cora")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak-memory runs")
     parser.add_argument("--no-recompile-check", action="store_true", help="skip the pad_to_bucket trace count")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     specs = []
     if not args.no_cora:
-        root = args.data_dir or os.environ.get("JGRAD_DATA")
+        root = args.data_dir
         try:
             _workloads.cora_problem(root)
             specs.append({"kind": "cora", "root": root})

@@ -83,10 +83,10 @@ def synthetic_problem(n_nodes: int, *, seed: int = 0) -> Problem:
 
 
 def cora_problem(root) -> Problem:
-    """Cora with its public split; raises FileNotFoundError when the files are missing."""
-    from ..data import load_planetoid
+    """Cora with its public split: the shipped copy, or the Planetoid files in ``root`` when given."""
+    from ..data import load, load_planetoid
 
-    data = load_planetoid("cora", root)
+    data = load("cora") if root is None else load_planetoid("cora", root)
     graph = data.graph
     return make_problem("cora", np.asarray(graph.senders), np.asarray(graph.receivers), graph.n_nodes,
                         np.asarray(data.features), np.asarray(data.labels) % N_CLASSES, np.asarray(data.train_mask))
