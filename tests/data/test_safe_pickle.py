@@ -94,3 +94,30 @@ def test_codecs_encode_is_admitted_for_latin1_only():
     with pytest.raises(ForbiddenGlobalError, match="encoding 'rot13': only latin1"):
         load_restricted(payload, source="blob")
     assert load_restricted(pickle.dumps(b"\xff\x00", protocol=2)) == b"\xff\x00"
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"c__builtin__\nbytes\n(I1000000000\ntR.", r"refusing bytes\(1000000000,\) from blob: only bytes\(\)"),
+        (b"cnumpy\nndarray\n((I100000\nI100000\nttR.", r"refusing to call numpy.ndarray from blob"),
+        (b"\x80\x02cscipy.sparse._csr\ncsr_matrix\nK\x05K\x05\x86\x81.",
+         r"refusing to create scipy.sparse.*csr_matrix with arguments \(5, 5\) from blob"),
+        (b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(I100000000\ntS'b'\ntR.",
+         r"refusing numpy _reconstruct.*numpy writes _reconstruct\(ndarray, \(0,\), b'b'\)"),
+        (b"cnumpy\ndtype\n(S'O8'\nI0\nI1\ntR.", r"refusing numpy dtype 'O8' from blob: only bool, integer and float"),
+    ],
+    ids=["bytes-of-size", "ndarray-call", "sparse-newobj-args", "reconstruct-shape", "object-dtype"],
+)
+def test_admitted_globals_are_only_used_the_way_array_files_use_them(payload, message):
+    with pytest.raises(ForbiddenGlobalError, match=message):
+        load_restricted(payload, source="blob")
+
+
+def test_shared_scalar_tuples_are_fine_but_shared_lists_are_refused():
+    shape = (3, 4)
+    assert load_restricted(pickle.dumps([shape, shape], protocol=2)) == [shape, shape]
+    inner = [1, 2]
+    with pytest.raises(pickle.UnpicklingError, match="blob: a list is referenced twice through the pickle memo"):
+        load_restricted(pickle.dumps([inner, inner], protocol=2), source="blob")
+    assert load_restricted(pickle.dumps(np.zeros((0, 3), np.float32), protocol=2)).shape == (0, 3)

@@ -13,6 +13,8 @@ from ._registry import load as load
 from ._planetoid import PLANETOID_NAMES as PLANETOID_NAMES
 from ._planetoid import load_planetoid as load_planetoid
 from ._safe_pickle import ForbiddenGlobalError as ForbiddenGlobalError
+from ._safe_pickle import PickleLimitError as PickleLimitError
+from ._safe_pickle import PickleLimits as PickleLimits
 from ._synthetic import csbm as csbm
 from ._synthetic import power_law_graph as power_law_graph
 
@@ -21,6 +23,8 @@ __all__ = [
     "PLANETOID_NAMES",
     "ForbiddenGlobalError",
     "NodeDataset",
+    "PickleLimitError",
+    "PickleLimits",
     "csbm",
     "karate_club",
     "largest_component",

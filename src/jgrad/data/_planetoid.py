@@ -13,12 +13,14 @@ import numpy as np
 from jgrad.graph import Graph
 
 from ._dataset import NodeDataset, symmetric_edges
-from ._safe_pickle import ForbiddenGlobalError, load_restricted
+from ._safe_pickle import ForbiddenGlobalError, PickleLimitError, load_restricted
 
 PLANETOID_NAMES = ("cora", "citeseer", "pubmed")
 _PICKLED_PARTS = ("x", "y", "tx", "ty", "allx", "ally", "graph")
 _N_VAL = 500
 _ENV_VAR = "JGRAD_DATA"
+_MAX_TEST_INDEX_BYTES = 2**26
+MAX_DENSE_BYTES = 2**30  # the largest float64 feature or label matrix the files may declare (Pubmed: 79 MB)
 
 
 class PlanetoidArrays(NamedTuple):
@@ -46,7 +48,8 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None, *,
       ``N = max(len(allx), max(test.index) + 1)``. Node ``v < len(allx)`` has features ``allx[v]`` and the
       label ``argmax(ally[v])``; node ``test.index[i]`` has ``tx[i]`` and ``argmax(ty[i])``. Nodes that
       are in neither (Citeseer's 15 isolated nodes inside the test range) get zero features and label 0;
-      they are in no split. An all-zero one-hot row also gives label 0.
+      they are in no split. Label rows must be one-hot (0s and a single 1); an all-zero row is accepted
+      only in ``ally`` past the training and validation rows (an unlabelled node, in no split; label 0).
     - **Features**: dense float32, each row divided by its sum so that it sums to 1; zero rows stay zero.
       With ``normalize_features=False`` they are the raw (binary bag-of-words for Cora and Citeseer) values,
       as the Metattack and Pro-GNN attack code uses them.
@@ -58,7 +61,11 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None, *,
       Citeseer, 60 for Pubmed), validate on the next 500, test on the 1000 nodes of ``test.index``.
 
     The pickles are read with a restricted unpickler that only admits numpy and scipy array types and
-    builtin containers, so a tampered file cannot run code. Sparse feature files need scipy.
+    builtin containers, so a tampered file cannot run code, and whose cost is bounded (see
+    `PickleLimits`). Sizes declared by one file are checked against the others before anything of that
+    size is built: ``test.index`` may leave at most one unlisted node per test node, and the dense
+    feature and label matrices may take at most `MAX_DENSE_BYTES` (1 GiB) as float64. NaN or infinite
+    features and malformed label rows are refused. Sparse feature files need scipy.
 
     Args:
       name: ``"cora"``, ``"citeseer"`` or ``"pubmed"`` (any case).
@@ -71,10 +78,12 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None, *,
       6 classes; Pubmed N=19717, F=500, 3 classes.
 
     Raises:
-      ValueError: for an unknown ``name``, or a file that is truncated, corrupted or inconsistent with the
-        others (the message names the file and what is wrong).
+      ValueError: for an unknown ``name``, or a file that is truncated, corrupted, inconsistent with the
+        others, declares sizes beyond the bounds above, or holds non-finite features or non-one-hot labels
+        (the message names the file, row and what is wrong).
       FileNotFoundError: if neither ``root`` nor ``JGRAD_DATA`` is given, or a file is missing.
-      pickle.UnpicklingError: (`ForbiddenGlobalError`) if a file asks to load anything beyond array types.
+      pickle.UnpicklingError: (`ForbiddenGlobalError`) if a file asks to load anything beyond array types,
+        or (`PickleLimitError`) if a pickle exceeds `PickleLimits` (size, arrays, nesting, shared containers).
     """
     key = _check_name(name)
     arrays = _planetoid_arrays(_planetoid_dir(key, root), key)
@@ -127,7 +136,7 @@ def _planetoid_arrays(folder: Path, name: str) -> PlanetoidArrays:
     test_index = _read_test_index(folder / f"ind.{name}.test.index", name)
     names = {part: f"ind.{name}.{part}" for part in (*_PICKLED_PARTS, "test.index")}
 
-    x, tx, allx = (_as_features(raw[part], names[part]) for part in ("x", "tx", "allx"))
+    x, tx, allx = (_feature_matrix(raw[part], names[part]) for part in ("x", "tx", "allx"))
     y, ty, ally = (_as_one_hot(raw[part], names[part]) for part in ("y", "ty", "ally"))
     adjacency = raw["graph"]
     if not isinstance(adjacency, Mapping):
@@ -169,10 +178,33 @@ def _planetoid_arrays(folder: Path, name: str) -> PlanetoidArrays:
     if problems:
         raise ValueError("\n".join(problems))
 
+    # Sizes are now known from the files' headers; bound them before allocating anything of that size.
     n_nodes = max(n_labelled, int(test_index.max()) + 1 if test_index.size else 0)
+    n_unlisted = n_nodes - n_labelled - test_index.size  # nodes in neither allx nor test.index
+    if n_unlisted > test_index.size:
+        raise ValueError(
+            f"load_planetoid: {names['test.index']} declares more nodes than the other files; got index "
+            f"{int(test_index.max())}, which leaves {n_unlisted} nodes in no file, expected at most "
+            f"{test_index.size} (one per test node; Citeseer has 15)."
+        )
+    if n_nodes * max(n_features, n_classes) * 8 > MAX_DENSE_BYTES:
+        raise ValueError(
+            f"load_planetoid: the files declare a matrix too large to build; got {n_nodes} nodes x "
+            f"{max(n_features, n_classes)} columns, expected at most MAX_DENSE_BYTES={MAX_DENSE_BYTES} bytes "
+            "as float64."
+        )
+    for part, matrix in (("x", x), ("tx", tx), ("allx", allx)):
+        problems += _finite_problems(matrix, names[part])
+    n_split = y.shape[0] + _N_VAL
+    problems += _one_hot_problems(y, names["y"], y.shape[0])
+    problems += _one_hot_problems(ty, names["ty"], ty.shape[0])
+    problems += _one_hot_problems(ally, names["ally"], n_split)
+    if problems:
+        raise ValueError("\n".join(problems))
+
     features = np.zeros((n_nodes, n_features), dtype=np.float64)
-    features[:n_labelled] = allx
-    features[test_index] = tx
+    features[:n_labelled] = _dense(allx)
+    features[test_index] = _dense(tx)
     one_hot = np.zeros((n_nodes, n_classes), dtype=ally.dtype)
     one_hot[:n_labelled] = ally
     one_hot[test_index] = ty
@@ -207,13 +239,23 @@ def _planetoid_edges(adjacency: Mapping[Any, Any], n_nodes: int, source: str) ->
         raise ValueError(
             f"load_planetoid: {source} is not an adjacency dict; expected {{node: [neighbour, ...]}} lists."
         ) from None
-    keys = np.asarray(list(adjacency.keys()))
-    targets = np.asarray(neighbours)
+    for what, ids in (("node", adjacency.keys()), ("neighbour", neighbours)):
+        for value in ids:  # checked before numpy sees them: nested lists could expand enormously
+            if not isinstance(value, int):
+                raise ValueError(
+                    f"load_planetoid: {source} has a {what} id that is not an integer; got a {type(value).__name__}."
+                )
+    try:
+        keys = np.asarray(list(adjacency.keys()), dtype=np.int64)
+        targets = np.asarray(neighbours, dtype=np.int64)
+    except OverflowError:
+        raise ValueError(
+            f"load_planetoid: {source} has an id out of range; got one beyond 64 bits, "
+            f"expected 0 <= id < n_nodes={n_nodes}."
+        ) from None
     problems = []
     for what, ids in (("node", keys), ("neighbour", targets)):
-        if ids.size and ids.dtype.kind not in "iu":
-            problems.append(f"load_planetoid: {source} has a {what} id that is not an integer; got dtype {ids.dtype}.")
-        elif ids.size and (ids.min() < 0 or ids.max() >= n_nodes):
+        if ids.size and (ids.min() < 0 or ids.max() >= n_nodes):
             bad = ids[(ids < 0) | (ids >= n_nodes)][0]
             problems.append(
                 f"load_planetoid: {source} has a {what} id out of range; got {int(bad)}, "
@@ -236,7 +278,7 @@ def _read_pickle(path: Path, name: str) -> Any:
         with path.open("rb") as file:
             value = load_restricted(file, source=path.name)
             trailing = file.read(1)
-    except ForbiddenGlobalError:
+    except (ForbiddenGlobalError, PickleLimitError):
         raise
     except Exception as error:  # A damaged pickle can fail in many ways; all mean the same to the user.
         raise ValueError(
@@ -257,6 +299,11 @@ def _read_test_index(path: Path, name: str) -> np.ndarray:
             f"load_planetoid: {path.name} not found in {str(path.parent)!r}; the folder must hold the Planetoid "
             f"files ind.{name}.{{x,y,tx,ty,allx,ally,graph,test.index}}."
         )
+    if path.stat().st_size > _MAX_TEST_INDEX_BYTES:
+        raise ValueError(
+            f"load_planetoid: {path.name} is too large for a list of test nodes; got {path.stat().st_size} bytes, "
+            f"expected at most {_MAX_TEST_INDEX_BYTES}."
+        )
     try:
         text = path.read_text(encoding="ascii")
     except (UnicodeDecodeError, OSError) as error:
@@ -273,23 +320,75 @@ def _read_test_index(path: Path, name: str) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
-def _as_features(value: Any, source: str) -> np.ndarray:
-    """A feature matrix (scipy CSR/CSC or 2-D numpy array) as a dense float64 array."""
+def _feature_matrix(value: Any, source: str) -> Any:
+    """A feature matrix (scipy CSR/CSC, checked, or a 2-D numeric numpy array), not yet densified."""
     if isinstance(value, np.ndarray):
-        dense = value
+        matrix, data = value, value
     elif hasattr(value, "check_format") and hasattr(value, "toarray"):  # only scipy sparse types can get here
         try:
             value.check_format(full_check=True)
-            dense = value.toarray()
         except Exception as error:
             raise ValueError(f"load_planetoid: {source} holds a damaged sparse matrix ({error}).") from None
+        matrix, data = value, value.data
     else:
         raise ValueError(f"load_planetoid: {source} is not a feature matrix; got {type(value).__name__}.")
-    if dense.ndim != 2 or dense.dtype.kind not in "biuf":
+    if len(matrix.shape) != 2 or data.dtype.kind not in "biuf":
         raise ValueError(
-            f"load_planetoid: {source} is not a 2-D numeric matrix; got shape {dense.shape}, dtype {dense.dtype}."
+            f"load_planetoid: {source} is not a 2-D numeric matrix; got shape {matrix.shape}, dtype {data.dtype}."
         )
-    return dense.astype(np.float64, copy=False)
+    return matrix
+
+
+def _dense(matrix: Any) -> np.ndarray:
+    return (matrix if isinstance(matrix, np.ndarray) else matrix.toarray()).astype(np.float64, copy=False)
+
+
+def _finite_problems(matrix: Any, source: str) -> list[str]:
+    """NaN or infinite feature values, reported by row and column."""
+    data = matrix if isinstance(matrix, np.ndarray) else matrix.data
+    if data.dtype.kind != "f" or np.isfinite(data).all():
+        return []
+    if isinstance(matrix, np.ndarray):
+        row, column = (int(i) for i in np.argwhere(~np.isfinite(matrix))[0])
+    else:
+        coo = matrix.tocoo()
+        first = int(np.flatnonzero(~np.isfinite(coo.data))[0])
+        row, column = int(coo.row[first]), int(coo.col[first])
+        data = coo.data
+    n_bad = int((~np.isfinite(data)).sum())
+    return [
+        f"load_planetoid: {source} has non-finite features; got {n_bad} NaN or infinite value(s), the first at "
+        f"row {row}, column {column}, expected finite numbers."
+    ]
+
+
+def _one_hot_problems(one_hot: np.ndarray, source: str, n_labelled_rows: int) -> list[str]:
+    """Rows that are not one-hot: values other than 0 and 1, several classes set, or (among the first
+    ``n_labelled_rows`` rows, the ones a split uses) no class set."""
+    problems = []
+    not_binary = np.flatnonzero(((one_hot != 0) & (one_hot != 1)).any(axis=1))
+    if not_binary.size:
+        row = int(not_binary[0])
+        problems.append(
+            f"load_planetoid: {source} row {row} is not a one-hot label; got {one_hot[row].tolist()[:10]}, "
+            f"expected 0s and one 1 ({not_binary.size} such row(s))."
+        )
+    counts = (one_hot != 0).sum(axis=1)
+    several = np.flatnonzero(counts > 1)
+    if several.size:
+        row = int(several[0])
+        problems.append(
+            f"load_planetoid: {source} row {row} sets several classes; got {int(counts[row])} classes set, "
+            f"expected exactly one ({several.size} such row(s))."
+        )
+    empty = np.flatnonzero(counts[:n_labelled_rows] == 0)
+    if empty.size:
+        row = int(empty[0])
+        problems.append(
+            f"load_planetoid: {source} row {row} sets no class but its node is in the split; got an all-zero "
+            f"row, expected exactly one class ({empty.size} such row(s))."
+        )
+    return problems
 
 
 def _as_one_hot(value: Any, source: str) -> np.ndarray:
