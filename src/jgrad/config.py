@@ -8,14 +8,22 @@ A config has four sections, each a frozen dataclass, plus a ``name``::
     optim: {learning_rate: 0.01, weight_decay: 5.0e-4, decay: first_layer}
     train: {epochs: 200, early_stopping: window, patience: 10, seeds: 10}
 
-Every key is optional (defaults below). An unknown key, a value of the wrong type or a value outside
-a field's choices raises `ConfigError`, naming the key and listing the valid keys or values.
+Every key is optional (defaults below). An unknown key, a value of the wrong type, a number outside
+its field's range or a value outside a field's choices raises `ConfigError`, naming the key and listing
+the valid keys, values or range.
+
+Files are read with a restricted YAML loader: at most 1 MiB of UTF-8 text, no anchors or aliases
+(``&a`` / ``*a``), no duplicate keys, and no nesting deeper than the sections allow. Every error message
+names the file and line and shows at most a short prefix of any value, so its length does not grow
+with the input.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import reprlib
 import tempfile
 import typing
 from collections.abc import Iterable, Mapping
@@ -33,6 +41,14 @@ def _choice(default: Any, choices: tuple) -> Any:
     return dataclasses.field(default=default, metadata={"choices": choices})
 
 
+def _range(default: Any, low: float, high: float, *, high_open: bool = False) -> Any:
+    """A numeric field whose value must lie in ``[low, high]`` (``[low, high)`` if ``high_open``)."""
+    return dataclasses.field(default=default, metadata={"range": (low, high, high_open)})
+
+
+_MAX_SEED = 2**32 - 1
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which dataset. ``root`` is the Planetoid folder (else ``--data-dir``, else ``JGRAD_DATA``).
@@ -42,13 +58,13 @@ class DataConfig:
 
     name: str = _choice("karate", ("karate", "cora", "citeseer", "pubmed", "csbm"))
     root: str | None = None
-    n_nodes: int = 1000
-    n_classes: int = 3
-    avg_degree: float = 10.0
-    homophily: float = 0.8
-    feature_dim: int = 16
-    signal: float = 1.0
-    seed: int = 0
+    n_nodes: int = _range(1000, 1, 10_000_000)
+    n_classes: int = _range(3, 1, 1000)
+    avg_degree: float = _range(10.0, 0, 10_000)
+    homophily: float = _range(0.8, 0, 1)
+    feature_dim: int = _range(16, 1, 100_000)
+    signal: float = _range(1.0, -1e6, 1e6)
+    seed: int = _range(0, 0, _MAX_SEED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +72,11 @@ class ModelConfig:
     """Which model (`jgrad.nn`) and its sizes; ``hidden`` is per head for GAT."""
 
     name: str = _choice("gcn", ("gcn", "gat", "sage", "gin"))
-    hidden: int = 16
-    n_layers: int = 2
-    dropout: float = 0.5
-    heads: int = 8
-    out_heads: int = 1
+    hidden: int = _range(16, 1, 65_536)
+    n_layers: int = _range(2, 1, 64)
+    dropout: float = _range(0.5, 0, 1, high_open=True)
+    heads: int = _range(8, 1, 256)
+    out_heads: int = _range(1, 1, 256)
     aggregator: str = "mean"
     use_bias: bool = True
 
@@ -69,8 +85,8 @@ class ModelConfig:
 class OptimConfig:
     """Adam with L2 weight decay on the weights ``decay`` selects (see `jgrad.train.decay_mask`)."""
 
-    learning_rate: float = 0.01
-    weight_decay: float = 5e-4
+    learning_rate: float = _range(0.01, 0, 1e6)
+    weight_decay: float = _range(5e-4, 0, 1e6)
     decay: str = "first_layer"
 
 
@@ -78,13 +94,13 @@ class OptimConfig:
 class TrainConfig:
     """The training loop: epochs, early stopping, seeds ``seed .. seed + seeds - 1``, logging cadence."""
 
-    epochs: int = 200
+    epochs: int = _range(200, 1, 10_000_000)
     early_stopping: str = _choice("window", ("window", "patience", "none"))
-    patience: int = 10
-    seeds: int = 1
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 50
+    patience: int = _range(10, 1, 10_000_000)
+    seeds: int = _range(1, 1, 4096)
+    seed: int = _range(0, 0, _MAX_SEED)
+    log_every: int = _range(10, 1, 10_000_000)
+    checkpoint_every: int = _range(50, 1, 10_000_000)
     progress: bool = True
     monitor_penalty: bool = False  # early-stop on val loss + L2 penalty, as the GCN reference code does
 
@@ -100,48 +116,87 @@ class Config:
     train: TrainConfig = TrainConfig()
 
 
+_MAX_FILE_BYTES = 1 << 20  # a config is a few hundred bytes; this bounds the cost of a hostile one
+_MAX_PROBLEMS = 10  # problems listed in one error; the rest are counted
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 40
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxset = 2, 4, 4, 4, 4
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, at a cost that does not grow with ``value``."""
+    try:
+        text = _SHORT.repr(value)
+    except (ValueError, RecursionError):  # e.g. an int beyond Python's 4300-digit str limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short_key(key: Any) -> str:
+    text = key if isinstance(key, str) else short_repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def config_from_dict(values: Mapping[str, Any] | None, cls: type = Config, prefix: str = "") -> Any:
-    """Builds ``cls`` from a nested mapping, checking every key and type.
+    """Builds ``cls`` from a nested mapping, checking every key, type and range.
 
     Ints are accepted where floats are expected; nothing else is converted.
 
     Raises:
-      ConfigError: naming every unknown key (with the valid ones) and every mistyped value.
+      ConfigError: naming every unknown key (with the valid ones) and every mistyped or out-of-range
+        value, one per line (at most ten, then how many more).
     """
+    problems: list[str] = []
+    config = _build(values, cls, prefix, problems)
+    if not problems and cls is Config:
+        last_seed = config.train.seed + config.train.seeds - 1
+        if last_seed > _MAX_SEED:
+            problems.append(f"config: train.seed + train.seeds - 1 must be <= {_MAX_SEED}; got "
+                            f"{config.train.seed} + {config.train.seeds} - 1 = {last_seed}.")
+    if problems:
+        extra = len(problems) - _MAX_PROBLEMS
+        listed = problems[:_MAX_PROBLEMS] + ([f"config: ... and {extra} more problems."] if extra > 0 else [])
+        raise ConfigError("\n".join(listed))
+    return config
+
+
+def _build(values: Any, cls: type, prefix: str, problems: list[str]) -> Any:
     values = {} if values is None else values
     where = prefix.rstrip(".") or "config"
     if not isinstance(values, Mapping):
-        raise ConfigError(f"config: {where} must be a mapping of keys to values; got {values!r}.")
+        problems.append(f"config: {where} must be a mapping of keys to values; got {short_repr(values)} "
+                        f"({type(values).__name__}).")
+        return None
     fields = {field.name: field for field in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    problems, kwargs = [], {}
+    kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            problems.append(f"config: unknown key '{prefix}{key}'; valid keys in {where}: {', '.join(fields)}.")
+            problems.append(f"config: unknown key '{prefix}{_short_key(key)}'; valid keys in {where}: "
+                            f"{', '.join(fields)}.")
             continue
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
-            try:
-                kwargs[key] = config_from_dict(value, kind, f"{prefix}{key}.")
-            except ConfigError as error:
-                problems.append(str(error))
+            kwargs[key] = _build(value, kind, f"{prefix}{key}.", problems)
             continue
         try:
-            kwargs[key] = _check_value(f"{prefix}{key}", value, kind, fields[key].metadata.get("choices"))
+            kwargs[key] = _check_value(f"{prefix}{key}", value, kind, fields[key].metadata)
         except ConfigError as error:
             problems.append(str(error))
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return cls(**kwargs)
+    return None if problems else cls(**kwargs)
 
 
-def _check_value(name: str, value: Any, kind: Any, choices: tuple | None) -> Any:
+def _check_value(name: str, value: Any, kind: Any, metadata: Mapping[str, Any]) -> Any:
     allowed = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, _union_type()) else (kind,)
     if value is None and type(None) in allowed:
         return None
+    bounds = metadata.get("range")
     for target in allowed:
         if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int too large for a float
+                value = math.copysign(math.inf, value)
             break
         if target is float and isinstance(value, str) and _is_float_text(value):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -150,13 +205,33 @@ def _check_value(name: str, value: Any, kind: Any, choices: tuple | None) -> Any
             break
     else:
         names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-        raise ConfigError(f"config: {name} must be {names}; got {value!r} ({type(value).__name__}).")
+        rule = f", expected a value in {_range_text(bounds)}" if bounds is not None else ""
+        raise ConfigError(f"config: {name} must be {names}; got {short_repr(value)} ({type(value).__name__}){rule}.")
+    choices = metadata.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"config: {name} must be one of {', '.join(map(str, choices))}; got {value!r}.")
+        raise ConfigError(f"config: {name} must be one of {', '.join(map(str, choices))}; got {short_repr(value)}.")
+    if bounds is not None and isinstance(value, (int, float)) and not _in_range(value, bounds):
+        raise ConfigError(f"config: {name} is out of range; got {short_repr(value)}, expected a value "
+                          f"in {_range_text(bounds)}.")
     return value
 
 
+def _in_range(value: float, bounds: tuple) -> bool:
+    low, high, high_open = bounds
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return low <= value < high if high_open else low <= value <= high
+
+
+def _range_text(bounds: tuple) -> str:
+    low, high, high_open = bounds
+    number = lambda x: str(int(x)) if float(x).is_integer() else repr(x)
+    return f"[{number(low)}, {number(high)}{')' if high_open else ']'}"
+
+
 def _is_float_text(text: str) -> bool:
+    if len(text) > 100:
+        return False
     try:
         float(text)
     except ValueError:
@@ -175,11 +250,40 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def config_differences(first: Any, second: Any, *, ignore: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """The keys whose values differ between two configs (or nested dicts), as dotted paths.
+
+    Returns:
+      ``[(path, value_in_first, value_in_second), ...]`` in field order; a key missing on one side
+      shows as None there. Paths in ``ignore`` are skipped.
+    """
+    ignored = set(ignore)
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for key in list(a) + [k for k in b if k not in a]:
+                walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        elif a != b and prefix[:-1] not in ignored:
+            out.append((prefix[:-1], a, b))
+
+    as_dict = lambda c: config_to_dict(c) if dataclasses.is_dataclass(c) else c
+    walk(as_dict(first), as_dict(second), "")
+    return out
+
+
+def format_differences(differences: Iterable[tuple[str, Any, Any]], first: str, second: str) -> str:
+    """``'model.hidden (8 <first>, 16 <second>), ...'`` with every value cut short."""
+    return ", ".join(f"{path} ({short_repr(a, 30)} {first}, {short_repr(b, 30)} {second})"
+                     for path, a, b in differences)
+
+
 def apply_overrides(values: dict[str, Any], overrides: Iterable[str], cls: type = Config) -> dict[str, Any]:
     """Applies ``a.b=c`` overrides to a nested dict of config values.
 
     The value is parsed as YAML (``0.01`` and ``1e-3`` are floats, ``true`` a bool, ``null`` None),
-    except for string fields, which take the text as is. Types are checked when the config is built.
+    except for string fields, which take the text as is. Types and ranges are checked when the config
+    is built.
 
     Raises:
       ConfigError: for a malformed override or an unknown key (listing the valid ones).
@@ -188,20 +292,20 @@ def apply_overrides(values: dict[str, Any], overrides: Iterable[str], cls: type 
     for override in overrides:
         path, sep, text = override.partition("=")
         if not sep or not path:
-            raise ConfigError(f"config: override must look like section.key=value; got {override!r}.")
+            raise ConfigError(f"config: override must look like section.key=value; got {short_repr(override)}.")
         keys = path.strip().split(".")
         node, kind = values, cls
         for depth, key in enumerate(keys):
             fields = {field.name: field for field in dataclasses.fields(kind)}
             where = ".".join(keys[:depth]) or "config"
             if key not in fields:
-                raise ConfigError(f"config: unknown key '{'.'.join(keys[:depth + 1])}'; valid keys in "
-                                  f"{where}: {', '.join(fields)}.")
+                raise ConfigError(f"config: unknown key '{_short_key('.'.join(keys[:depth + 1]))}'; valid keys "
+                                  f"in {where}: {', '.join(fields)}.")
             hint = typing.get_type_hints(kind)[key]
             if depth < len(keys) - 1:
                 if not dataclasses.is_dataclass(hint):
                     raise ConfigError(f"config: '{'.'.join(keys[:depth + 1])}' is a value, not a section; "
-                                      f"got override {override!r}.")
+                                      f"got override {short_repr(override)}.")
                 child = node.get(key)
                 node[key] = dict(child) if isinstance(child, Mapping) else {}
                 node, kind = node[key], hint
@@ -209,22 +313,136 @@ def apply_overrides(values: dict[str, Any], overrides: Iterable[str], cls: type 
                 if dataclasses.is_dataclass(hint):
                     raise ConfigError(f"config: '{path}' is a section; set one of its keys, e.g. "
                                       f"{path}.{dataclasses.fields(hint)[0].name}=...")
-                node[key] = _parse(text, hint)
+                node[key] = _parse(text, hint, path)
     return values
 
 
-def _parse(text: str, hint: Any) -> Any:
+def _parse(text: str, hint: Any, key: str) -> Any:
     if hint is str:
         return text
-    if hint is float:
+    if hint is float and len(text) <= 100:
         try:
             return float(text)  # YAML 1.1 reads "1e-3" as a string
         except ValueError:
             pass
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        return parse_yaml(text, max_depth=2)
+    except ConfigError as error:
+        raise ConfigError(f"config: --set {key}: {error}") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses anchors, aliases, duplicate keys and nesting beyond ``max_depth``."""
+
+    def __init__(self, stream: str, max_depth: int):
+        super().__init__(stream)
+        self.max_depth, self.depth = max_depth, 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ConfigError(f"line {line}: YAML anchors and aliases (&name, *name) are not supported; "
+                              "write each value out.")
+        if self.depth >= self.max_depth:
+            raise ConfigError(f"line {line}: nested too deeply; got more than {self.max_depth} levels, "
+                              "expected sections of `key: value` pairs.")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in seen:
+                    raise ConfigError(f"line {line}: duplicate key {_short_key(key)!r} (first set on line "
+                                      f"{seen[key]}); keep one.")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, *, max_depth: int) -> Any:
+    """Parses YAML text with the restricted loader (no anchors, aliases or duplicate keys).
+
+    Args:
+      text: the YAML document.
+      max_depth: the most nested levels allowed, counting the top-level node as 1.
+
+    Raises:
+      ConfigError: naming the line of the first problem, with any quoted value cut short.
+    """
+    loader = _Loader(text, max_depth)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = " ".join(str(error.problem or error.context or "invalid YAML").split())
+        raise ConfigError(f"{where}not valid YAML: {_cut(problem)}.") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"not valid YAML: {_cut(' '.join(str(error).split()))}.") from None
+    except (ValueError, OverflowError) as error:  # e.g. an int of more than 4300 digits
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"a value cannot be read: {_cut(' '.join(str(error).split()))}.") from None
+    finally:
+        loader.dispose()
+
+
+def _cut(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _schema_depth(cls: type) -> int:
+    hints = typing.get_type_hints(cls)
+    return 1 + max((_schema_depth(hints[f.name]) if dataclasses.is_dataclass(hints[f.name]) else 1)
+                   for f in dataclasses.fields(cls))
+
+
+def read_yaml(path: str | os.PathLike, cls: type = Config) -> dict[str, Any]:
+    """Reads a YAML config file into a dict with the restricted loader (see `parse_yaml`).
+
+    The file must be UTF-8 text of at most 1 MiB whose top level is a mapping; nesting may go one level
+    deeper than ``cls``'s sections, so that a list where a number belongs is reported by its key.
+
+    Raises:
+      FileNotFoundError: ``path`` is not a file.
+      ConfigError: the file cannot be read or parsed; the message names the file (and the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config: no config file at {path}.")
+    try:
+        with open(path, "rb") as file:
+            data = file.read(_MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"config: {path}: cannot be read ({error.strerror or type(error).__name__}).") from None
+    if len(data) > _MAX_FILE_BYTES:
+        raise ConfigError(f"config: {path} is too large; got more than {_MAX_FILE_BYTES} bytes, expected a "
+                          "small YAML file.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(f"config: {path} is not UTF-8 text; got byte 0x{data[error.start]:02x} on line {line} "
+                          f"(byte {error.start}), expected a UTF-8 YAML file.") from None
+    try:
+        values = parse_yaml(text, max_depth=_schema_depth(cls) + 1)
+    except ConfigError as error:
+        raise ConfigError(f"config: {path}: {error}") from None
+    except (MemoryError, RecursionError) as error:
+        raise ConfigError(f"config: {path} cannot be loaded ({type(error).__name__}).") from None
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config: {path} must hold a mapping of sections; got {type(values).__name__}.")
+    return dict(values)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:
@@ -232,20 +450,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
 
     Raises:
       FileNotFoundError: if ``path`` does not exist.
-      ConfigError: for invalid YAML, unknown keys or mistyped values.
+      ConfigError: for an unreadable or invalid file (see `read_yaml`), unknown keys, mistyped or
+        out-of-range values; a problem in the file's values names the file.
     """
-    values: Any = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config: no config file at {path}.")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config: {path} is not valid YAML: {error}") from None
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"config: {path} must hold a mapping of sections; got {type(values).__name__}.")
-    return config_from_dict(apply_overrides(dict(values), overrides))
+    values = {} if path is None else read_yaml(path)
+    try:
+        return config_from_dict(apply_overrides(values, overrides))
+    except ConfigError as error:
+        if path is None:
+            raise
+        lines = str(error).split("\n")
+        raise ConfigError("\n".join(line.replace("config: ", f"config: {path}: ", 1) for line in lines)) from None
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:

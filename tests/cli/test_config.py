@@ -39,7 +39,7 @@ def test_unknown_section_is_named_with_the_valid_sections():
 
 
 def test_mistyped_value_names_the_key_and_type():
-    with pytest.raises(ConfigError, match=r"config: model\.hidden must be int; got '16' \(str\)"):
+    with pytest.raises(ConfigError, match=r"config: model\.hidden must be int; got '16' \(str\), expected a value in \[1, 65536\]\."):
         config_from_dict({"model": {"hidden": "16"}})
     with pytest.raises(ConfigError, match=r"config: train\.progress must be bool; got 1 \(int\)"):
         config_from_dict({"train": {"progress": 1}})
@@ -98,5 +98,138 @@ def test_exponent_floats_written_in_a_config_file_load_as_floats(tmp_path):
     path.write_text("optim:\n  learning_rate: 1e-3\n")
     assert load_config(path, []).optim.learning_rate == 1e-3
     path.write_text("optim:\n  learning_rate: fast\n")
-    with pytest.raises(ConfigError, match="learning_rate must be float; got 'fast'"):
+    with pytest.raises(ConfigError, match=r"learning_rate must be float; got 'fast' \(str\), expected a value in \[0, 1000000\]"):
         load_config(path, [])
+
+
+# Hostile files and overrides: each fails fast with one bounded message naming the file, key or line.
+BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{name}: &{name} [{','.join([f'*{previous}'] * 9)}]\n" for previous, name in zip("abcdefgh", "bcdefghi"))
+
+
+def test_billion_laughs_is_refused_at_the_first_anchor_with_a_short_message(tmp_path):
+    path = tmp_path / "laughs.yaml"
+    path.write_text(BILLION_LAUGHS)
+    assert "*h,*h" in BILLION_LAUGHS and len(BILLION_LAUGHS) < 400  # expands to 9**9 strings if followed
+    with pytest.raises(ConfigError, match=r"laughs\.yaml: line 1: YAML anchors and aliases .* are not supported") as error:
+        load_config(path)
+    assert len(str(error.value)) < 200
+
+
+def test_an_alias_without_anchor_in_the_file_is_refused_too(tmp_path):
+    path = tmp_path / "alias.yaml"
+    path.write_text("model:\n  hidden: 16\ntrain:\n  seeds: *x\n")
+    with pytest.raises(ConfigError, match=r"alias\.yaml: line 4: YAML anchors and aliases"):
+        load_config(path)
+
+
+def test_nesting_20000_deep_is_refused_without_recursion_error(tmp_path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("model: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: line 1: nested too deeply; got more than 4 levels") as error:
+        load_config(path)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 200
+
+
+def test_duplicate_key_names_the_key_and_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("model:\n  hidden: 16\n  dropout: 0.5\n  hidden: 64\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: line 4: duplicate key 'hidden' \(first set on line 2\)"):
+        load_config(path)
+
+
+def test_duplicate_key_in_a_flow_mapping_is_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("model: {hidden: 16, hidden: 64}\n")
+    with pytest.raises(ConfigError, match=r"line 1: duplicate key 'hidden'"):
+        load_config(path)
+
+
+def test_non_utf8_file_names_the_file_and_the_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml is not UTF-8 text; got byte 0xe9 on line 1 \(byte 9\)"):
+        load_config(path)
+
+
+def test_a_file_over_one_mebibyte_is_refused_before_parsing(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match=r"big\.yaml is too large; got more than 1048576 bytes"):
+        load_config(path)
+
+
+def test_integer_beyond_the_digit_limit_is_a_config_error(tmp_path):
+    path = tmp_path / "digits.yaml"
+    path.write_text("model:\n  hidden: 1" + "0" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"digits\.yaml: a value cannot be read") as error:
+        load_config(path)
+    assert len(str(error.value)) < 250
+
+
+def test_python_tags_are_refused_by_the_safe_loader(tmp_path):
+    path = tmp_path / "tag.yaml"
+    path.write_text("model:\n  name: !!python/object/apply:os.system [true]\n")
+    with pytest.raises(ConfigError, match=r"tag\.yaml: line 2, column 9: not valid YAML: could not determine a constructor"):
+        load_config(path)
+
+
+def test_huge_hidden_override_is_a_range_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"config: model\.hidden must be int; got '1e20' \(str\), expected a value in \[1, 65536\]"):
+        load_config(None, ["model.hidden=1e20"])
+    with pytest.raises(ConfigError, match=r"config: model\.hidden is out of range; got 100000000000000000000, "
+                                          r"expected a value in \[1, 65536\]"):
+        load_config(None, ["model.hidden=100000000000000000000"])
+
+
+def test_huge_seed_count_is_a_range_error():
+    with pytest.raises(ConfigError, match=r"config: train\.seeds is out of range; got 1000000000, expected a value in \[1, 4096\]"):
+        load_config(None, ["train.seeds=1000000000"])
+
+
+def test_seeds_past_the_last_prng_seed_are_refused():
+    with pytest.raises(ConfigError, match=r"train\.seed \+ train\.seeds - 1 must be <= 4294967295; got 4294967295 \+ 2 - 1"):
+        load_config(None, ["train.seed=4294967295", "train.seeds=2"])
+
+
+@pytest.mark.parametrize("override, match", [
+    ("model.dropout=.nan", r"model\.dropout is out of range; got nan, expected a value in \[0, 1\)"),
+    ("model.dropout=1.0", r"model\.dropout is out of range; got 1\.0, expected a value in \[0, 1\)"),
+    ("optim.learning_rate=1e400", r"optim\.learning_rate is out of range; got inf"),
+    ("optim.weight_decay=-1", r"optim\.weight_decay is out of range; got -1\.0, expected a value in \[0, 1000000\]"),
+    ("model.hidden=0", r"model\.hidden is out of range; got 0, expected a value in \[1, 65536\]"),
+])
+def test_numbers_outside_their_range_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_override_with_an_alias_is_refused():
+    with pytest.raises(ConfigError, match=r"--set model\.hidden: line 1: YAML anchors and aliases"):
+        load_config(None, ["model.hidden=*a"])
+
+
+def test_long_keys_and_values_are_cut_in_messages(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text(f"model:\n  {'k' * 1000}: 1\n  name: {'m' * 10_000}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert "unknown key 'model.kkkk" in message and "model.name must be one of gcn, gat, sage, gin; got 'mmm" in message
+    assert len(message) < 600
+
+
+def test_many_problems_are_listed_up_to_ten_then_counted():
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"model": {f"x{i}": 1 for i in range(1000)}})
+    lines = str(error.value).split("\n")
+    assert len(lines) == 11 and lines[-1] == "config: ... and 990 more problems."
+
+
+def test_differences_between_configs_are_dotted_paths():
+    from jgrad.config import config_differences
+
+    first = load_config(None, ["model.hidden=8"])
+    second = load_config(None, ["model.name=gat", "train.progress=false"])
+    assert config_differences(first, second, ignore=["train.progress"]) == [
+        ("model.name", "gcn", "gat"), ("model.hidden", 8, 16)]
