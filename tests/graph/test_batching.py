@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -290,3 +292,22 @@ def test_pad_of_a_batch_works_under_jit():
     for name in ("senders", "receivers", "node_mask", "edge_mask", "graph_mask", "n_node_per_graph",
                  "n_edge_per_graph"):
         np.testing.assert_array_equal(np.asarray(getattr(traced, name)), np.asarray(getattr(eager, name)))
+
+
+def test_batch_refuses_an_out_of_range_index_that_would_land_in_the_next_graph():
+    bad = Graph(senders=jnp.array([0, 2]), receivers=jnp.array([1, 0]), n_nodes=2)
+    with pytest.raises(ValueError, match=r"^batch: graphs\[0\]: the graph has indices out of range: 1 senders out "
+                                         r"of range \(senders\[1\]=2\)"):
+        jgrad.batch([bad, Graph.from_edges([0], [1], n_nodes=2)])
+
+
+def test_unbatch_refuses_edges_between_graphs_and_counts_that_do_not_add_up():
+    b = jgrad.batch([Graph.from_edges([0], [1], n_nodes=2)] * 2)
+    crossing = dataclasses.replace(b, senders=jnp.array([0, 1]))  # edge 1 -> 3 joins graphs 0 and 1
+    with pytest.raises(ValueError, match=r"^unbatch: 1 edge\(s\) join two graphs of the batch \(first: edge 1, "
+                                         r"1 -> 3\); expected each edge inside one graph's node range\.$"):
+        jgrad.unbatch(crossing)
+    miscounted = dataclasses.replace(b, n_node_per_graph=jnp.array([2, 1], jnp.int32))
+    with pytest.raises(ValueError, match=r"^unbatch: n_node_per_graph must be non-negative and add up to n_nodes; "
+                                         r"got sum 3 over 2 graphs, expected 4\.$"):
+        jgrad.unbatch(miscounted)

@@ -56,9 +56,84 @@ def test_from_edges_accepts_empty_edge_lists():
     np.testing.assert_array_equal(g.in_degree(), np.zeros(3))
 
 
-def test_from_edges_converts_integer_weights_to_float32():
-    g = Graph.from_edges([0], [1], n_nodes=2, edge_weight=[3])
-    assert g.edge_weight.dtype == jnp.float32
+@pytest.mark.parametrize("weight", [[3], np.array([1], np.int8), jnp.array([True])], ids=["list", "int8", "bool"])
+def test_from_edges_refuses_integer_and_boolean_weights(weight):
+    with pytest.raises(TypeError, match=r"^Graph\.from_edges: edge_weight must have a floating-point dtype; got "
+                                        r"(int64|int8|bool), expected float16/32/64\. .*astype\('float32'\)"):
+        Graph.from_edges([0], [1], n_nodes=2, edge_weight=weight)
+
+
+def test_with_edge_weight_refuses_integer_weights_even_under_jit():
+    g = _cycle()
+    with pytest.raises(TypeError, match=r"Graph\.with_edge_weight: edge_weight must have a floating-point dtype; "
+                                        r"got int32"):
+        jax.jit(lambda w: g.with_edge_weight(w).to_dense())(jnp.ones(3, jnp.int32))
+
+
+def test_from_dense_of_an_integer_or_boolean_matrix_gives_default_float_weights():
+    g = Graph.from_dense(np.array([[0, 2], [1, 0]]))
+    assert g.edge_weight.dtype == jnp.float32 and g.edge_weight.tolist() == [2.0, 1.0]
+    assert Graph.from_dense(np.eye(2, dtype=bool)).edge_weight.dtype == jnp.float32
+
+
+def test_from_edges_given_a_2_by_e_edge_index_names_the_fix():
+    edge_index = np.array([[0, 1, 2], [1, 2, 0]])
+    fix = r"Use Graph\.from_edge_index\(edge_index, n_nodes\) or Graph\.from_edges\(\*edge_index, n_nodes\)\.$"
+    with pytest.raises(TypeError, match=r"^Graph\.from_edges: senders has shape \(2, 3\), a \(2, E\) edge_index; "
+                                        r"got receivers=None, expected two \(E,\) arrays\. " + fix):
+        Graph.from_edges(edge_index, n_nodes=3)
+    with pytest.raises(TypeError, match=fix):
+        Graph.from_edges(edge_index, None, 3)
+    g = Graph.from_edges(*edge_index, 3)
+    assert g.senders.tolist() == [0, 1, 2] and g.receivers.tolist() == [1, 2, 0]
+
+
+def test_from_edges_without_receivers_or_n_nodes_says_which_is_missing():
+    with pytest.raises(TypeError, match=r"Graph\.from_edges: receivers is required; got None"):
+        Graph.from_edges([0, 1])
+    with pytest.raises(TypeError, match=r"Graph\.from_edges: n_nodes must be an int; got None, expected the node count N"):
+        Graph.from_edges([0, 1], [1, 0])
+
+
+# --------------------------------------------------------------------------------------------------
+# from_edge_index (PyG's (2, E) convention)
+# --------------------------------------------------------------------------------------------------
+def test_from_edge_index_reads_row_0_as_senders_and_infers_n_nodes():
+    g = Graph.from_edge_index(np.array([[0, 3, 1], [1, 0, 3]]), edge_weight=np.array([1.0, 2.0, 3.0], np.float32))
+    assert (g.n_nodes, g.senders.tolist(), g.receivers.tolist()) == (4, [0, 3, 1], [1, 0, 3])
+    assert g.to_dense()[0, 3] == 2.0  # A[v, u] weighs u -> v
+    assert Graph.from_edge_index(jnp.array([[0], [1]]), n_nodes=5).n_nodes == 5
+
+
+def test_from_edge_index_without_edges_has_no_nodes_unless_told():
+    assert Graph.from_edge_index(np.zeros((2, 0), np.int64)).n_nodes == 0
+    assert Graph.from_edge_index([[], []], n_nodes=3).n_nodes == 3
+
+
+def test_from_edge_index_rejects_other_shapes_and_hints_at_the_transpose():
+    with pytest.raises(ValueError, match=r"^Graph\.from_edge_index: edge_index must have shape \(2, E\); "
+                                         r"got shape \(3, 2\)\. Transpose it: edge_index\.T\.$"):
+        Graph.from_edge_index(np.zeros((3, 2), np.int32))
+    with pytest.raises(ValueError, match=r"got shape \(4,\)\.$"):
+        Graph.from_edge_index(np.zeros(4, np.int32))
+
+
+def test_from_edge_index_validates_like_from_edges():
+    with pytest.raises(ValueError, match=r"receivers out of range \(receivers\[0\]=5\); expected 0 <= index < "
+                                         r"n_nodes=3"):
+        Graph.from_edge_index(np.array([[0], [5]]), n_nodes=3)
+    with pytest.raises(ValueError, match=r"senders out of range \(senders\[0\]=-1\)"):
+        Graph.from_edge_index(np.array([[-1], [0]]))
+    with pytest.raises(TypeError, match=r"Graph\.from_edge_index: edge_index must have an integer dtype; got float64"):
+        Graph.from_edge_index(np.array([[0.0], [1.0]]))
+
+
+def test_from_edge_index_needs_n_nodes_under_jit():
+    edge_index = jnp.array([[0, 1], [1, 0]])
+    with pytest.raises(TypeError, match=r"n_nodes=None needs concrete indices to infer N; got a traced edge_index"):
+        jax.jit(lambda e: Graph.from_edge_index(e).senders)(edge_index)
+    out = jax.jit(lambda e: Graph.from_edge_index(e, n_nodes=2).in_degree())(edge_index)
+    np.testing.assert_array_equal(out, [1.0, 1.0])
 
 
 def test_graph_is_a_jit_argument_and_changing_n_nodes_recompiles():
@@ -291,3 +366,51 @@ def test_to_dense_gradient_checks_in_float64(x64):
     f = jax.jit(lambda weight: jnp.sum(jnp.tanh(g.with_edge_weight(weight).to_dense() @ x)))
     check_grads(f, (w,), order=2, modes=("rev",))
     check_grads(f, (w,), order=1, modes=("fwd",))
+
+
+# --------------------------------------------------------------------------------------------------
+# Index checks of methods on unvalidated graphs (the plain constructor does not validate)
+# --------------------------------------------------------------------------------------------------
+_RAW = Graph(senders=jnp.array([0, 5]), receivers=jnp.array([1, -1]), n_nodes=2)
+
+
+@pytest.mark.parametrize("method", ["to_dense", "in_degree", "out_degree"])
+def test_methods_that_read_indices_reject_out_of_range_edges_instead_of_dropping_them(method):
+    with pytest.raises(ValueError, match=rf"^Graph\.{method}: the graph has indices out of range: 1 senders out of "
+                                         r"range \(senders\[1\]=5\); .* 1 receivers out of range "
+                                         r"\(receivers\[1\]=-1\)"):
+        getattr(_RAW, method)()
+
+
+def test_index_checks_skip_padding_edges_and_tracers():
+    g = Graph(senders=jnp.array([0, 9]), receivers=jnp.array([1, 9]), n_nodes=2,
+              edge_mask=jnp.array([True, False]))
+    np.testing.assert_array_equal(g.in_degree(), [0.0, 1.0])  # the masked edge is not checked
+    # Under jit the indices are tracers: no check (jgrad.checked does it), the scatter drops the edge.
+    np.testing.assert_array_equal(jax.jit(lambda graph: graph.in_degree())(_RAW), [0.0, 1.0])
+
+
+def test_node_graph_index_rejects_counts_that_do_not_add_up():
+    g = dataclasses.replace(jgrad.batch([_cycle(), _cycle()]), n_node_per_graph=jnp.array([3, 2], jnp.int32))
+    with pytest.raises(ValueError, match=r"Graph\.node_graph_index: n_node_per_graph must be non-negative and add "
+                                         r"up to n_nodes; got \[3, 2\] \(sum 5\), expected sum 6\."):
+        g.node_graph_index()
+
+
+# --------------------------------------------------------------------------------------------------
+# Default float dtype (x64-consistent)
+# --------------------------------------------------------------------------------------------------
+def test_unweighted_weights_and_degrees_are_float32_without_x64():
+    g = _cycle()
+    for value in (g.weights(), g.in_degree(), g.out_degree(), g.to_dense(), g.in_degree(weighted=False)):
+        assert value.dtype == jnp.float32
+
+
+def test_unweighted_weights_and_degrees_are_float64_under_x64(x64):
+    g = _cycle()
+    for value in (g.weights(), g.in_degree(), g.out_degree(), g.to_dense(), g.out_degree(weighted=False),
+                  g.add_self_loops(fill=2.0).edge_weight,
+                  Graph.from_edges([0, 0], [1, 1], n_nodes=2).coalesce().edge_weight):
+        assert value.dtype == jnp.float64
+    assert jax.jit(lambda graph: graph.in_degree())(g).dtype == jnp.float64
+    assert g.weights(jnp.float32).dtype == jnp.float32  # an explicit dtype still wins

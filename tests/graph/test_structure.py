@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from graph_strategies import edge_multiset, graphs, host_dense
 from hypothesis import given, settings
 
@@ -200,12 +201,47 @@ def test_coalesce_is_idempotent_and_preserves_to_dense(g):
 # to_undirected
 # --------------------------------------------------------------------------------------------------
 def test_to_undirected_adds_missing_reverse_edges_with_the_same_weight():
-    g = Graph.from_edges([0, 1, 2], [1, 0, 3], n_nodes=4, edge_weight=[1.0, 2.0, 5.0])
+    g = Graph.from_edges([0, 1, 2], [1, 0, 3], n_nodes=4, edge_weight=[1.5, 1.5, 5.0])
     u = to_undirected(g)
     dense = np.asarray(u.to_dense())
-    np.testing.assert_array_equal(dense != 0, dense.T != 0)
+    np.testing.assert_array_equal(dense, dense.T)
     assert dense[3, 2] == 5.0 and dense[2, 3] == 5.0
-    assert dense[1, 0] == 1.0 and dense[0, 1] == 2.0  # existing pairs keep their own weights
+    assert dense[1, 0] == 1.5 and dense[0, 1] == 1.5
+
+
+def test_to_undirected_refuses_a_pair_with_different_weights_in_its_two_directions():
+    g = Graph.from_edges([0, 1, 2], [1, 0, 3], n_nodes=4, edge_weight=[1.0, 2.0, 5.0])
+    with pytest.raises(ValueError, match=r"^to_undirected: 1 pair\(s\) have different weights in the two "
+                                         r"directions \(0->1 weighs 1\.0, 1->0 weighs 2\.0\); expected A\[v, u\] == A\[u, v\]\. "
+                                         r"Pass reduce='mean', 'max' or 'min'"):
+        to_undirected(g)
+
+
+def test_to_undirected_counts_unweighted_duplicates_as_weights():
+    g = Graph.from_edges([0, 0, 1], [1, 1, 0], n_nodes=2)  # 0->1 twice, 1->0 once: A is not symmetric
+    with pytest.raises(ValueError, match=r"0->1 weighs 2\.0, 1->0 weighs 1\.0"):
+        g.to_undirected()
+    np.testing.assert_array_equal(g.to_undirected(reduce="max").to_dense(), [[0.0, 2.0], [2.0, 0.0]])
+
+
+@pytest.mark.parametrize("reduce, expected", [("mean", 1.5), ("max", 2.0), ("min", 1.0)])
+def test_to_undirected_reduce_combines_the_two_directions_symmetrically(reduce, expected):
+    g = Graph.from_edges([0, 1, 2], [1, 0, 3], n_nodes=4, edge_weight=[1.0, 2.0, 5.0])
+    dense = np.asarray(g.to_undirected(reduce=reduce).to_dense())
+    np.testing.assert_array_equal(dense, dense.T)
+    assert dense[0, 1] == expected and dense[3, 2] == 5.0
+
+
+def test_to_undirected_reduce_is_elementwise_for_multi_head_weights():
+    g = Graph.from_edges([0, 1], [1, 0], n_nodes=2, edge_weight=[[1.0, 4.0], [3.0, 4.0]])
+    u = g.to_undirected(reduce="min")
+    np.testing.assert_array_equal(u.edge_weight, [[1.0, 4.0], [1.0, 4.0]])
+
+
+def test_to_undirected_rejects_an_unknown_reduce():
+    g = Graph.from_edges([0], [1], n_nodes=2)
+    with pytest.raises(ValueError, match=r"to_undirected: unknown reduce 'sum'; expected None or one of 'mean'"):
+        g.to_undirected(reduce="sum")
 
 
 def test_to_undirected_does_not_double_self_loops():
@@ -237,7 +273,8 @@ def test_to_undirected_drops_padding_edges():
 @settings(max_examples=20, deadline=None)
 @given(graphs())
 def test_to_undirected_gives_a_symmetric_nonzero_pattern(g):
-    dense = host_dense(to_undirected(g))
+    dense = host_dense(to_undirected(g, reduce="mean"))
+    np.testing.assert_allclose(dense, np.swapaxes(dense, 0, 1), rtol=1e-6)
     np.testing.assert_array_equal(dense != 0, dense.T != 0)
     original = host_dense(g)
     np.testing.assert_array_equal(dense != 0, (original != 0) | (original.T != 0))
@@ -281,3 +318,12 @@ def test_coalesce_of_unweighted_duplicates_keeps_the_adjacency():
     assert merged.n_edges == 2
     np.testing.assert_array_equal(np.asarray(merged.to_dense()), np.asarray(g.to_dense()))
     assert jgrad.Graph.from_edges([0, 1], [1, 0], n_nodes=2).coalesce().edge_weight is None
+
+
+@pytest.mark.parametrize("transform", [coalesce, remove_self_loops, lambda g: sort_by_receiver(g)[0]],
+                         ids=["coalesce", "remove_self_loops", "sort_by_receiver"])
+def test_transforms_of_an_unvalidated_graph_reject_out_of_range_indices(transform):
+    bad = Graph(senders=jnp.array([0, 1]), receivers=jnp.array([1, 4]), n_nodes=2)
+    with pytest.raises(ValueError, match=r": the graph has indices out of range: 1 receivers out of range "
+                                         r"\(receivers\[1\]=4\); expected 0 <= index < n_nodes=2\."):
+        transform(bad)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
+from . import _checks, _limits
 from ._graph import Graph
 
 
@@ -32,6 +32,12 @@ def batch(graphs: Sequence[Graph]) -> Graph:
     Returns:
       One `Graph` with N = sum of n_nodes and E = sum of n_edges.
 
+    Raises:
+      TypeError: an element that is not a `Graph`, or traced indices.
+      ValueError: mixed weighted and unweighted graphs, weights of different trailing shapes, a total
+        N or E above ``2**31 - 1`` (int32 indexing; checked before anything is allocated), and indices
+        outside a graph's ``[0, n_nodes)`` (they would land in another graph of the batch).
+
     Example:
       >>> import jgrad
       >>> g = jgrad.Graph.from_edges([0], [1], n_nodes=2)
@@ -46,6 +52,12 @@ def batch(graphs: Sequence[Graph]) -> Graph:
         if not isinstance(g, Graph):
             raise TypeError(f"batch: graphs[{i}] is a {type(g).__name__}, expected a jgrad.Graph.")
         _checks.require_concrete("batch", g.senders)
+    total_nodes = sum(g.n_nodes for g in graphs)
+    total_edges = sum(g.n_edges for g in graphs)
+    _limits.check_total("batch", "n_nodes", total_nodes, f" (the sum over {len(graphs)} graphs)")
+    _limits.check_total("batch", "n_edges", total_edges, f" (the sum over {len(graphs)} graphs)")
+    for i, g in enumerate(graphs):
+        _checks.check_graph_indices(f"batch: graphs[{i}]", g)
     weighted = [g.edge_weight is not None for g in graphs]
     if any(weighted) and not all(weighted):
         unweighted = [i for i, w in enumerate(weighted) if not w]
@@ -61,14 +73,14 @@ def batch(graphs: Sequence[Graph]) -> Graph:
             raise ValueError(f"batch: edge weights must have the same trailing shape; got {listed}.")
     node_counts = np.concatenate([_node_counts(g) for g in graphs])
     edge_counts = np.concatenate([_edge_counts(g) for g in graphs])
-    offsets = np.cumsum([0] + [g.n_nodes for g in graphs[:-1]])
+    offsets = np.cumsum([0] + [g.n_nodes for g in graphs[:-1]], dtype=np.int64)
     senders = np.concatenate([np.asarray(g.senders) + o for g, o in zip(graphs, offsets)])
     receivers = np.concatenate([np.asarray(g.receivers) + o for g, o in zip(graphs, offsets)])
     edge_weight = jnp.concatenate([g.edge_weight for g in graphs]) if all(weighted) else None
     return Graph(
         senders=jnp.asarray(senders, jnp.int32),
         receivers=jnp.asarray(receivers, jnp.int32),
-        n_nodes=int(sum(g.n_nodes for g in graphs)),
+        n_nodes=int(total_nodes),
         edge_weight=edge_weight,
         node_mask=_concat_masks([g.node_mask for g in graphs], [g.n_nodes for g in graphs]),
         edge_mask=_concat_masks([g.edge_mask for g in graphs], [g.n_edges for g in graphs]),
@@ -97,16 +109,33 @@ def unbatch(graph: Graph) -> list[Graph]:
 
     Edges are assigned to the graph that owns their receiver, so edges appended after batching (for
     example self loops) are split correctly. Padding edges are dropped.
+
+    Raises:
+      ValueError: indices outside ``[0, n_nodes)``, per-graph node counts that do not add up to N, or an
+        edge whose sender lies in another graph than its receiver (it cannot be split).
     """
     if graph.n_node_per_graph is None:
         return [graph]
     _checks.require_concrete("unbatch", graph.senders, graph.n_node_per_graph)
-    counts = np.asarray(graph.n_node_per_graph)
+    _checks.check_graph_indices("unbatch", graph)
+    counts = np.asarray(graph.n_node_per_graph, np.int64)
+    if (counts < 0).any() or counts.sum() != graph.n_nodes:
+        raise ValueError(
+            f"unbatch: n_node_per_graph must be non-negative and add up to n_nodes; got sum "
+            f"{counts.sum()} over {counts.size} graphs, expected {graph.n_nodes}."
+        )
     offsets = np.concatenate([[0], np.cumsum(counts)])
     senders = np.asarray(graph.senders)
     receivers = np.asarray(graph.receivers)
     live = np.ones(graph.n_edges, bool) if graph.edge_mask is None else np.asarray(graph.edge_mask)
     owner = np.searchsorted(offsets, receivers, side="right") - 1
+    crossing = np.flatnonzero(live & (np.searchsorted(offsets, senders, side="right") - 1 != owner))
+    if crossing.size:
+        e = int(crossing[0])
+        raise ValueError(
+            f"unbatch: {crossing.size} edge(s) join two graphs of the batch (first: edge {e}, "
+            f"{senders[e]} -> {receivers[e]}); expected each edge inside one graph's node range."
+        )
     graph_live = np.ones(len(counts), bool) if graph.graph_mask is None else np.asarray(graph.graph_mask)
     out = []
     for g in range(len(counts)):
@@ -145,8 +174,14 @@ def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
 
     Args:
       graph: the graph or batch to pad.
-      n_nodes: target N (>= graph.n_nodes, and > graph.n_nodes if edges are padded).
-      n_edges: target E (>= graph.n_edges).
+      n_nodes: target N (>= graph.n_nodes, and > graph.n_nodes if edges are padded), at most
+        ``2**31 - 1``.
+      n_edges: target E (>= graph.n_edges), at most ``2**31 - 1``.
+
+    Raises:
+      TypeError: sizes that are not Python ints (floats such as ``1e9`` included).
+      ValueError: sizes smaller than the graph's, above ``2**31 - 1`` (int32 indexing; checked before
+        anything is allocated), or edge padding without a padding node.
 
     Returns:
       A padded `Graph` with ``node_mask``, ``edge_mask`` and ``graph_mask`` set.
@@ -157,8 +192,8 @@ def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
       >>> g.node_mask.tolist(), g.edge_mask.tolist(), g.senders.tolist()
       ([True, True, False, False], [True, False, False], [0, 2, 2])
     """
-    n_nodes = _checks.check_n_nodes("pad", n_nodes)
-    n_edges = _checks.check_n_nodes("pad", n_edges, name="n_edges")
+    n_nodes = _limits.check_size("pad", n_nodes)
+    n_edges = _limits.check_size("pad", n_edges, name="n_edges")
     extra_nodes = n_nodes - graph.n_nodes
     extra_edges = n_edges - graph.n_edges
     problems = []

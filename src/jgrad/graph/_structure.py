@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks
-from ._graph import Graph
+from . import _checks, _limits
+from ._graph import Graph, default_float_dtype
 
 
 def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:
@@ -21,14 +21,20 @@ def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:
 
     Existing self loops are kept (use `remove_self_loops` first to replace them). A weighted graph
     gets ``fill`` as the weight of each new loop (broadcast over trailing weight dimensions); an
-    unweighted graph stays unweighted when ``fill == 1``. Loops on padding nodes are masked out.
-    Per-graph edge counts of a batch are updated.
+    unweighted graph stays unweighted when ``fill == 1`` and otherwise gets weights of the default float
+    dtype (float64 under ``jax.enable_x64``). Loops on padding nodes are masked out. Per-graph edge
+    counts of a batch are updated.
+
+    Raises:
+      ValueError: when E + N exceeds ``2**31 - 1`` (int32 indexing).
     """
     n = graph.n_nodes
+    _limits.check_total("add_self_loops", "n_edges", graph.n_edges + n,
+                        f" ({graph.n_edges} edges + {n} loops)")
     loops = jnp.arange(n, dtype=jnp.int32)
     edge_weight = graph.edge_weight
     if edge_weight is None and not _is_one(fill):
-        edge_weight = jnp.ones((graph.n_edges,), jnp.float32)
+        edge_weight = jnp.ones((graph.n_edges,), default_float_dtype())
     if edge_weight is not None:
         loop_weight = jnp.full((n,) + edge_weight.shape[1:], fill, edge_weight.dtype)
         edge_weight = jnp.concatenate([edge_weight, loop_weight])
@@ -77,8 +83,9 @@ def _select_edges(graph: Graph, keep: np.ndarray) -> Graph:
 
 
 def remove_self_loops(graph: Graph) -> Graph:
-    """Drops every edge ``v -> v``. Eager only."""
+    """Drops every edge ``v -> v``. Eager only; indices are range-checked (ValueError)."""
     _checks.require_concrete("remove_self_loops", graph.senders, graph.receivers)
+    _checks.check_graph_indices("remove_self_loops", graph)
     keep = np.asarray(graph.senders) != np.asarray(graph.receivers)
     return _select_edges(graph, keep)
 
@@ -91,7 +98,11 @@ def sort_by_receiver(graph: Graph) -> tuple[Graph, jax.Array]:
       receivers, weights and mask); ``perm`` is (E,) int32. Scatter ``values[perm]`` back with
       ``out.at[perm].set(values)``. Per-graph edge counts stay valid because a batch's node ranges
       are contiguous.
+
+    Raises:
+      ValueError: when the indices are concrete, an index outside ``[0, n_nodes)``; skipped on tracers.
     """
+    _checks.check_graph_indices("sort_by_receiver", graph)
     perm = jnp.lexsort((graph.senders, graph.receivers)).astype(jnp.int32)
     take = lambda a: None if a is None else a[perm]
     sorted_graph = dataclasses.replace(
@@ -108,11 +119,14 @@ def coalesce(graph: Graph) -> Graph:
     """Merges duplicate edges (same sender and receiver), summing their weights. Eager only.
 
     ``to_dense()`` is unchanged: an unweighted graph with duplicate edges becomes weighted, each merged
-    edge weighing its multiplicity (an unweighted graph without duplicates stays unweighted). The
-    result is sorted by (receiver, sender). Padding edges are dropped first, so a padded graph
-    comes back unpadded in its edges (node masks are kept). Coalescing twice changes nothing.
+    edge weighing its multiplicity (an unweighted graph without duplicates stays unweighted; the
+    multiplicities have the default float dtype). The result is sorted by (receiver, sender). Padding
+    edges are dropped first, so a padded graph comes back unpadded in its edges (node masks are kept).
+    Coalescing twice changes nothing. Indices are range-checked (ValueError), since an out-of-range
+    pair could otherwise merge with an unrelated edge.
     """
     _checks.require_concrete("coalesce", graph.senders, graph.receivers)
+    _checks.check_graph_indices("coalesce", graph)
     if graph.edge_mask is not None:
         graph = _select_edges(graph, np.asarray(graph.edge_mask))
         graph = dataclasses.replace(graph, edge_mask=None)
@@ -124,7 +138,7 @@ def coalesce(graph: Graph) -> Graph:
     if edge_weight is None and unique_key.shape[0] < key.shape[0]:
         # Duplicates of an unweighted graph become one edge weighing their count, so that the
         # adjacency (and every aggregation over it) is unchanged.
-        edge_weight = np.ones(key.shape[0], np.float32)
+        edge_weight = np.ones(key.shape[0], default_float_dtype())
     if edge_weight is not None:
         host = np.asarray(edge_weight)
         merged = np.zeros((unique_key.shape[0],) + host.shape[1:], host.dtype)
@@ -144,31 +158,89 @@ def coalesce(graph: Graph) -> Graph:
     )
 
 
-def to_undirected(graph: Graph) -> Graph:
-    """Makes every edge two-way: the pattern of ``A`` becomes symmetric. Eager only.
+_REDUCERS = ("mean", "max", "min")
 
-    For each edge ``u -> v`` whose reverse ``v -> u`` is absent, adds ``v -> u`` with the same weight;
-    then merges duplicate edges (summing their weights) as `coalesce` does. A graph that is already
-    symmetric comes back coalesced and otherwise unchanged. Padding edges are dropped.
+
+def to_undirected(graph: Graph, *, reduce: str | None = None) -> Graph:
+    """Makes every edge two-way, so that ``A`` becomes symmetric. Eager only.
+
+    Duplicate edges are merged first (weights summed, as `coalesce` does). Then each edge ``u -> v``
+    whose reverse is absent gets the reverse ``v -> u`` with the same weight. A pair present in both
+    directions must have equal weights, ``A[v, u] == A[u, v]``; otherwise the result would not be
+    symmetric, and ``reduce`` says how to combine them:
+
+      * ``None`` (default): raise a ValueError naming the pairs;
+      * ``"mean"``, ``"max"``, ``"min"``: both directions get ``reduce(A[v, u], A[u, v])``
+        (elementwise for (E, ...) weights).
+
+    An unweighted graph has nothing to combine. A graph that is already symmetric comes back coalesced
+    and otherwise unchanged. Padding edges are dropped; the result is sorted by (receiver, sender).
+
+    Args:
+      graph: the graph (or batch) to symmetrise.
+      reduce: ``None``, ``"mean"``, ``"max"`` or ``"min"``, keyword-only.
+
+    Returns:
+      A `Graph` with ``to_dense()`` symmetric (per trailing weight index).
+
+    Raises:
+      ValueError: unequal weights in the two directions of a pair with ``reduce=None``; an unknown
+        ``reduce``; out-of-range indices; more than ``2**31 - 1`` edges.
+
+    Example:
+      >>> import jgrad
+      >>> g = jgrad.Graph.from_edges([0, 1], [1, 0], n_nodes=2, edge_weight=[1.0, 3.0])
+      >>> jgrad.graph.to_undirected(g, reduce="mean").to_dense().tolist()
+      [[0.0, 2.0], [2.0, 0.0]]
     """
-    _checks.require_concrete("to_undirected", graph.senders, graph.receivers)
-    if graph.edge_mask is not None:
-        graph = dataclasses.replace(_select_edges(graph, np.asarray(graph.edge_mask)), edge_mask=None)
-    senders = np.asarray(graph.senders)
-    receivers = np.asarray(graph.receivers)
-    forward = set(zip(senders.tolist(), receivers.tolist()))
-    missing = np.array([(r, s) not in forward for s, r in zip(senders.tolist(), receivers.tolist())], bool)
-    missing &= senders != receivers
-    extra_senders = receivers[missing]
-    extra_receivers = senders[missing]
+    where = "to_undirected"
+    if reduce is not None and reduce not in _REDUCERS:
+        raise ValueError(f"{where}: unknown reduce {reduce!r}; expected None or one of "
+                         f"{', '.join(repr(r) for r in _REDUCERS)}.")
+    _checks.require_concrete(where, graph.senders, graph.receivers)
+    _checks.check_graph_indices(where, graph)
+    graph = coalesce(graph)  # drops padding edges, merges duplicates, sorts by key = receiver * N + sender
+    senders = np.asarray(graph.senders, np.int64)
+    receivers = np.asarray(graph.receivers, np.int64)
+    n = max(graph.n_nodes, 1)
+    key = receivers * n + senders
+    reverse_key = senders * n + receivers
+    position = np.minimum(np.searchsorted(key, reverse_key), max(key.shape[0] - 1, 0))
+    has_reverse = (key[position] == reverse_key) if key.size else np.zeros(0, bool)
+    missing = ~has_reverse
     edge_weight = graph.edge_weight
     if edge_weight is not None:
-        edge_weight = jnp.concatenate([edge_weight, jnp.asarray(edge_weight)[np.flatnonzero(missing)]])
+        host = np.asarray(edge_weight)
+        reverse_weight = host[position]
+        differs = has_reverse & (host != reverse_weight).reshape(host.shape[0], -1).any(axis=1) \
+            if host.size else np.zeros(host.shape[0], bool)
+        if differs.any():
+            if reduce is None:
+                pairs = np.flatnonzero(differs & (senders < receivers))
+                listed = ", ".join(
+                    f"{senders[e]}->{receivers[e]} weighs {_scalar(host[e])}, "
+                    f"{receivers[e]}->{senders[e]} weighs {_scalar(reverse_weight[e])}"
+                    for e in pairs[:5]
+                )
+                more = f" and {pairs.size - 5} more" if pairs.size > 5 else ""
+                raise ValueError(
+                    f"{where}: {pairs.size} pair(s) have different weights in the two directions "
+                    f"({listed}{more}); expected A[v, u] == A[u, v]. Pass reduce='mean', 'max' or 'min' "
+                    "to combine them."
+                )
+            combine = {"mean": lambda a, b: (a + b) / 2, "max": np.maximum, "min": np.minimum}[reduce]
+            host = np.where(has_reverse.reshape((-1,) + (1,) * (host.ndim - 1)),
+                            combine(host, reverse_weight), host).astype(host.dtype)
+        edge_weight = jnp.asarray(np.concatenate([host, host[missing]]))
+    _limits.check_total(where, "n_edges", key.shape[0] + int(missing.sum()))
     both = dataclasses.replace(
         graph,
-        senders=jnp.asarray(np.concatenate([senders, extra_senders]), jnp.int32),
-        receivers=jnp.asarray(np.concatenate([receivers, extra_receivers]), jnp.int32),
+        senders=jnp.asarray(np.concatenate([senders, receivers[missing]]), jnp.int32),
+        receivers=jnp.asarray(np.concatenate([receivers, senders[missing]]), jnp.int32),
         edge_weight=edge_weight,
     )
-    return coalesce(both)  # coalesce recounts the per-graph edges of a batch
+    return coalesce(both)  # sorts again and recounts the per-graph edges of a batch
 
+
+def _scalar(value: np.ndarray) -> str:
+    return str(value.item()) if np.ndim(value) == 0 else str(value.tolist())
