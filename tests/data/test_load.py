@@ -180,3 +180,23 @@ def test_every_config_resolves_its_dataset_without_settings(path, monkeypatch):
 
         dataset = load_dataset(load_config(path).data)
     assert isinstance(dataset, NodeDataset) and dataset.n_nodes > 0 and dataset.train_mask.any()
+
+
+def test_the_converter_rebuilds_the_shipped_files_byte_for_byte(planetoid_dir, tmp_path, capsys):
+    from jgrad.data import convert
+
+    source = tmp_path / "source"
+    (source / "npz").mkdir(parents=True)
+    (source / "planetoid").symlink_to(planetoid_dir)  # Planetoid-format files written from the shipped data
+    license_text = FILES.joinpath("LICENSE-npz.txt").read_bytes()[len(convert.NPZ_LICENSE_HEADER.encode()):]
+    (source / "npz" / "LICENSE").write_bytes(license_text)
+    for original, name in convert.NPZ.items():  # the published layout: adj_* and attr_* CSR arrays, labels
+        arrays = read_npz(FILES.joinpath(f"{name}.npz"))
+        published = {key.replace("adjacency_", "adj_").replace("features_", "attr_"): value.astype(np.int64)
+                     if key.endswith(("indices", "indptr")) else value for key, value in arrays.items()}
+        np.savez(source / "npz" / f"{original}.npz", **published)
+
+    assert convert.main([str(source), "--out", str(FILES), "--check"]) == 0
+    assert capsys.readouterr().out.count(" same") == 8
+    assert convert.main([str(source), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "cora.npz").read_bytes() == FILES.joinpath("cora.npz").read_bytes()
