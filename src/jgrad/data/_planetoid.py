@@ -13,6 +13,7 @@ import numpy as np
 from jgrad.graph import Graph
 
 from ._dataset import NodeDataset, symmetric_edges
+from ._preprocess import normalize_rows
 from ._safe_pickle import ForbiddenGlobalError, PickleLimitError, load_restricted
 
 PLANETOID_NAMES = ("cora", "citeseer", "pubmed")
@@ -89,8 +90,7 @@ def load_planetoid(name: str, root: str | os.PathLike | None = None, *,
     arrays = _planetoid_arrays(_planetoid_dir(key, root), key)
     features = arrays.features
     if normalize_features:
-        row_sum = features.sum(axis=1, keepdims=True)
-        features = np.divide(features, row_sum, out=np.zeros_like(features), where=row_sum != 0)
+        features = normalize_rows(features)
     return NodeDataset(
         graph=Graph.from_edges(arrays.senders, arrays.receivers, arrays.n_nodes),
         features=features.astype(np.float32),

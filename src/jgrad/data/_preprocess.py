@@ -9,6 +9,12 @@ from jgrad.graph import Graph
 from ._dataset import NodeDataset, sorted_unique, symmetric_edges
 
 
+def normalize_rows(features: np.ndarray) -> np.ndarray:
+    """Each row of ``features`` (shape (N, F)) divided by its sum; rows that sum to zero stay zero."""
+    row_sum = features.sum(axis=1, keepdims=True)
+    return np.divide(features, row_sum, out=np.zeros_like(features), where=row_sum != 0)
+
+
 def undirected_pairs(senders: np.ndarray, receivers: np.ndarray, n_nodes: int) -> np.ndarray:
     """The distinct unordered pairs ``(i, j)``, ``i < j``, of an edge list; self loops dropped.
 

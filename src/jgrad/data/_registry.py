@@ -27,7 +27,7 @@ from jgrad.graph import Graph
 from ._dataset import NodeDataset, symmetric_edges
 from ._karate import karate_club
 from ._preprocess import largest_component as restrict_to_largest_component
-from ._preprocess import random_split_masks, undirected_pairs
+from ._preprocess import normalize_rows, random_split_masks, undirected_pairs
 from ._store import read_npz
 
 FILES_DIR = "datasets"
@@ -185,12 +185,6 @@ def csr_to_dense(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, shap
     rows = np.repeat(np.arange(n_rows), np.diff(np.asarray(indptr, np.int64)))
     dense[rows, np.asarray(indices, np.int64)] = data
     return dense
-
-
-def normalize_rows(features: np.ndarray) -> np.ndarray:
-    """Each row divided by its sum (float64); rows that sum to zero stay zero."""
-    row_sum = features.sum(axis=1, keepdims=True)
-    return np.divide(features, row_sum, out=np.zeros_like(features), where=row_sum != 0)
 
 
 def _features(arrays: dict[str, np.ndarray], n_nodes: int, normalize: bool) -> np.ndarray:
