@@ -7,9 +7,13 @@ from ._batching import pad_to_bucket as pad_to_bucket
 from ._batching import unbatch as unbatch
 from ._checks import checked as checked
 from ._graph import Graph as Graph
+from ._interop import from_jraph as from_jraph
 from ._interop import from_networkx as from_networkx
+from ._interop import from_pyg as from_pyg
 from ._interop import from_scipy as from_scipy
+from ._interop import to_jraph as to_jraph
 from ._interop import to_networkx as to_networkx
+from ._interop import to_pyg as to_pyg
 from ._interop import to_scipy as to_scipy
 from ._structure import add_self_loops as add_self_loops
 from ._structure import coalesce as coalesce
@@ -24,13 +28,17 @@ __all__ = [
     "bucket_size",
     "checked",
     "coalesce",
+    "from_jraph",
     "from_networkx",
+    "from_pyg",
     "from_scipy",
     "pad",
     "pad_to_bucket",
     "remove_self_loops",
     "sort_by_receiver",
+    "to_jraph",
     "to_networkx",
+    "to_pyg",
     "to_scipy",
     "to_undirected",
     "unbatch",

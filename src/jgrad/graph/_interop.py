@@ -1,17 +1,23 @@
-"""Conversion to and from scipy.sparse and networkx (both imported lazily, on first use).
+"""Conversion to and from scipy.sparse, networkx, PyTorch Geometric and jraph (imported lazily).
 
 The matrix convention carries over: a scipy matrix ``M`` has ``M[v, u]`` = weight of ``u -> v``, and a
-networkx edge ``(u, v, {"weight": w})`` is the edge ``u -> v``.
+networkx edge ``(u, v, {"weight": w})`` is the edge ``u -> v``. A PyG ``edge_index[:, e]`` is the edge
+``edge_index[0, e] -> edge_index[1, e]``, and jraph's senders and receivers are jgrad's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import _checks
-from ._graph import Graph
+from ._batching import unbatch as unbatch_graphs
+from ._graph import Graph, _from_torch
 
 
 def from_scipy(matrix: Any) -> Graph:
@@ -84,3 +90,232 @@ def to_networkx(graph: Graph) -> Any:
         previous = out.get_edge_data(int(s), int(r), {"weight": 0.0})["weight"]
         out.add_edge(int(s), int(r), weight=previous + float(w))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# PyTorch Geometric: ``Data(edge_index, edge_weight, num_nodes, x)``; row 0 of edge_index = senders.
+# --------------------------------------------------------------------------------------------------
+def from_pyg(data: Any, *, edge_weight: str | None = "edge_weight") -> Graph:
+    """A graph from a PyTorch Geometric ``Data`` (or ``Batch``); torch is only touched, never imported.
+
+    ``data.edge_index[0]`` are the senders and ``data.edge_index[1]`` the receivers (PyG's
+    ``source_to_target`` flow), so jgrad's aggregation at receivers is PyG's aggregation at targets.
+    ``data.num_nodes`` gives N (when PyG has to infer it, it takes the largest index + 1 and
+    ``x.size(0)``; its warning about that is not repeated here). A ``Batch`` becomes a jgrad batch:
+    per-graph node counts from ``data.ptr``, per-graph edge counts from the graph of each receiver.
+    Node features are not part of a `Graph`: read them as ``jnp.asarray(data.x.numpy())``.
+
+    Args:
+      data: a ``torch_geometric.data.Data`` or ``Batch``.
+      edge_weight: name of the attribute holding the (E,) or (E, ...) floating-point edge weights
+        (``"edge_weight"``, or ``"edge_attr"``); a missing or ``None`` attribute, or ``edge_weight=None``,
+        gives an unweighted graph. Integer attributes (e.g. categorical ``edge_attr``) raise TypeError.
+
+    Returns:
+      A validated `Graph` (see `Graph.from_edges`).
+    """
+    edge_index = getattr(data, "edge_index", None)
+    if edge_index is None:
+        raise ValueError("from_pyg: data has no edge_index; got None, expected a (2, E) integer tensor.")
+    weight = None if edge_weight is None else getattr(data, edge_weight, None)
+    with warnings.catch_warnings():  # PyG warns when it infers num_nodes from edge_index
+        warnings.simplefilter("ignore")
+        n_nodes = data.num_nodes
+    if n_nodes is not None:
+        n_nodes = int(n_nodes)
+    graph = Graph.from_edge_index(edge_index, n_nodes, weight)
+    ptr = getattr(data, "ptr", None)
+    if ptr is None:
+        return graph
+    ptr = np.asarray(_from_torch(ptr), np.int64)
+    node_counts = np.diff(ptr)
+    owner = np.searchsorted(ptr, np.asarray(graph.receivers), side="right") - 1
+    edge_counts = np.bincount(owner, minlength=node_counts.shape[0])
+    return dataclasses.replace(
+        graph,
+        n_node_per_graph=jnp.asarray(node_counts, jnp.int32),
+        n_edge_per_graph=jnp.asarray(edge_counts, jnp.int32),
+    )
+
+
+def to_pyg(graph: Graph, x: Any = None, *, edge_weight: str = "edge_weight") -> Any:
+    """The graph as a PyTorch Geometric ``Data`` (a ``Batch`` for a jgrad batch); imports torch.
+
+    ``edge_index`` is ``stack([senders, receivers])`` as int64, ``num_nodes`` is N, the weights of a
+    weighted graph go to the attribute named by ``edge_weight`` (``"edge_weight"`` or ``"edge_attr"``),
+    and ``x`` (optional node features, (N, ...)) to ``x``. Padding edges are dropped; padding nodes of a
+    single graph stay as isolated nodes. A batch (``n_node_per_graph`` set) becomes
+    ``Batch.from_data_list`` of its graphs (`unbatch`), its padding graph dropped and ``x`` split to
+    match. Eager only.
+
+    Args:
+      graph: the graph or batch.
+      x: optional node features, shape (N, ...), numpy/JAX/torch.
+      edge_weight: attribute name for the weights, keyword-only.
+
+    Returns:
+      ``torch_geometric.data.Data`` or ``torch_geometric.data.Batch``.
+    """
+    import torch
+    from torch_geometric.data import Batch, Data
+
+    _checks.require_concrete("to_pyg", graph.senders, graph.receivers)
+    if x is not None:
+        x = np.asarray(_from_torch(x))
+        if x.ndim == 0 or x.shape[0] != graph.n_nodes:
+            raise ValueError(f"to_pyg: x must have one row per node; got shape {x.shape}, expected "
+                             f"({graph.n_nodes}, ...).")
+    if graph.n_node_per_graph is not None:
+        parts = unbatch_graphs(graph)
+        counts = np.asarray(graph.n_node_per_graph, np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        live = np.ones(counts.shape[0], bool) if graph.graph_mask is None else np.asarray(graph.graph_mask)
+        rows = [x[starts[g]:starts[g + 1]] if x is not None else None for g in np.flatnonzero(live)]
+        return Batch.from_data_list([to_pyg(part, rows_g, edge_weight=edge_weight)
+                                     for part, rows_g in zip(parts, rows)])
+    _checks.check_graph_indices("to_pyg", graph)
+    live = np.ones(graph.n_edges, bool) if graph.edge_mask is None else np.asarray(graph.edge_mask, bool)
+    edge_index = np.stack([np.asarray(graph.senders)[live], np.asarray(graph.receivers)[live]]).astype(np.int64)
+    attributes = {"edge_index": torch.from_numpy(edge_index), "num_nodes": graph.n_nodes}
+    if graph.edge_weight is not None:
+        attributes[edge_weight] = torch.from_numpy(np.array(graph.edge_weight)[live])
+    if x is not None:
+        attributes["x"] = torch.from_numpy(np.array(x))
+    return Data(**attributes)
+
+
+# --------------------------------------------------------------------------------------------------
+# jraph: ``GraphsTuple(nodes, edges, receivers, senders, globals, n_node, n_edge)``, same direction.
+# --------------------------------------------------------------------------------------------------
+def from_jraph(graphs: Any, *, padded: bool = False) -> Graph:
+    """A graph (or batch) from a jraph ``GraphsTuple``; jraph is not imported.
+
+    jraph's senders and receivers mean what jgrad's do. ``n_node`` and ``n_edge`` give the graphs of a
+    batch: a tuple of one graph gives a single `Graph`, several give a jgrad batch (``n_node_per_graph``
+    = ``n_node``, ``n_edge_per_graph`` = ``n_edge``). ``edges`` become the edge weights when they are one
+    floating-point array of shape (E,) or (E, ...); ``None`` gives an unweighted graph. ``nodes`` and
+    ``globals`` are not part of a `Graph` (only their leading sizes are checked): keep them beside it.
+
+    Args:
+      graphs: a ``jraph.GraphsTuple`` with concrete ``n_node``/``n_edge`` (they fix N and E).
+      padded: the tuple comes from ``jraph.pad_with_graphs``: its last graph, and the empty graphs
+        after it, are padding, and the result carries jgrad's masks (``node_mask``, ``edge_mask``,
+        ``graph_mask`` False for them), as `jgrad.pad` builds them. Keyword-only.
+
+    Returns:
+      A validated `Graph`.
+
+    Raises:
+      TypeError: ``edges`` that are not None or one floating-point array.
+      ValueError: ``n_node``/``n_edge`` that disagree with the arrays, or an edge outside its graph.
+    """
+    where = "from_jraph"
+    n_node = np.asarray(_checks_concrete(where, "n_node", graphs.n_node), np.int64).reshape(-1)
+    n_edge = np.asarray(_checks_concrete(where, "n_edge", graphs.n_edge), np.int64).reshape(-1)
+    if n_node.shape != n_edge.shape or (n_node < 0).any() or (n_edge < 0).any():
+        raise ValueError(f"{where}: n_node and n_edge must be non-negative with one entry per graph; got "
+                         f"shapes {n_node.shape} and {n_edge.shape}.")
+    n_nodes, n_edges = int(n_node.sum()), int(n_edge.sum())
+    for name, leaves, rows in (("nodes", graphs.nodes, n_nodes), ("globals", graphs.globals, n_node.shape[0])):
+        for leaf in jax.tree.leaves(leaves):
+            if np.ndim(leaf) == 0 or np.shape(leaf)[0] != rows:
+                raise ValueError(f"{where}: {name} must have {rows} rows, one per "
+                                 f"{'node' if name == 'nodes' else 'graph'}; got a leaf of shape "
+                                 f"{np.shape(leaf)}, expected ({rows}, ...).")
+    edges = graphs.edges
+    if edges is not None and not (hasattr(edges, "dtype") and jnp.issubdtype(edges.dtype, jnp.floating)):
+        got = f"dtype {np.dtype(edges.dtype).name}" if hasattr(edges, "dtype") else type(edges).__name__
+        raise TypeError(
+            f"{where}: edges must be None or one floating-point array of edge weights; got {got}. Pass "
+            "graphs._replace(edges=None) and keep the edge features beside the graph."
+        )
+    if np.shape(graphs.senders) != (n_edges,):
+        raise ValueError(f"{where}: senders must have sum(n_edge) = {n_edges} entries; got shape "
+                         f"{np.shape(graphs.senders)}.")
+    graph = Graph.from_edges(graphs.senders, graphs.receivers, n_nodes, edges)
+    graph_index = np.repeat(np.arange(n_node.shape[0]), n_edge)
+    offsets = np.concatenate([[0], np.cumsum(n_node)])
+    for name in ("senders", "receivers"):
+        owner = np.searchsorted(offsets, np.asarray(getattr(graph, name)), side="right") - 1
+        bad = np.flatnonzero(owner != graph_index)
+        if bad.size:
+            e = int(bad[0])
+            raise ValueError(
+                f"{where}: {bad.size} edge(s) have {name} outside their graph (first: edge {e} of graph "
+                f"{graph_index[e]} has {name}[{e}]={int(getattr(graph, name)[e])}); expected node ids in "
+                f"[{offsets[graph_index[e]]}, {offsets[graph_index[e] + 1]})."
+            )
+    if n_node.shape[0] == 1 and not padded:
+        return graph
+    per_graph = {
+        "n_node_per_graph": jnp.asarray(n_node, jnp.int32),
+        "n_edge_per_graph": jnp.asarray(n_edge, jnp.int32),
+    }
+    if padded:
+        if n_node.shape[0] < 2 or n_node[-1 - _trailing_empty(n_node)] == 0:
+            raise ValueError(f"{where}: padded=True needs a padding graph with at least one node after the "
+                             f"real graphs, as jraph.pad_with_graphs makes; got n_node={n_node.tolist()}.")
+        n_padding = _trailing_empty(n_node) + 1
+        graph_mask = np.arange(n_node.shape[0]) < n_node.shape[0] - n_padding
+        per_graph.update(
+            graph_mask=jnp.asarray(graph_mask),
+            node_mask=jnp.asarray(np.repeat(graph_mask, n_node)),
+            edge_mask=jnp.asarray(np.repeat(graph_mask, n_edge)),
+        )
+    return dataclasses.replace(graph, **per_graph)
+
+
+def to_jraph(graph: Graph, nodes: Any = None, edges: Any = None, globals: Any = None) -> Any:  # noqa: A002
+    """The graph (or batch) as a jraph ``GraphsTuple``; jit-safe (jraph is imported for the type only).
+
+    ``senders``/``receivers`` as int32; ``n_node``/``n_edge`` are the per-graph counts of a batch
+    (``[N]``/``[E]`` for a single graph). jraph keeps each graph's edges together, so the edges of a
+    batch are stably reordered by the graph of their receiver (edges that `add_self_loops` appended
+    after batching move into their graph); within a graph their order is kept. ``edges`` defaults to
+    the weights of a weighted graph (padding edges 0) and ``None`` otherwise. A padded jgrad batch
+    (`jgrad.pad`) comes out as ``jraph.pad_with_graphs`` lays it out: the padding graph last, its
+    padding edges on its first node.
+
+    Args:
+      graph: the graph or batch.
+      nodes: optional node features, a pytree of (N, ...) arrays, passed through.
+      edges: optional edge features, a pytree of (E, ...) arrays in the graph's edge order; they get
+        the same reordering. Default: the edge weights (or ``None``).
+      globals: optional per-graph features, a pytree of (G, ...) arrays, passed through.
+
+    Returns:
+      ``jraph.GraphsTuple``.
+    """
+    import jraph
+
+    if edges is None and graph.edge_weight is not None:
+        edges = graph.weights()
+    senders, receivers = graph.senders, graph.receivers
+    if graph.n_node_per_graph is None:
+        n_node = jnp.asarray([graph.n_nodes], jnp.int32)
+        n_edge = jnp.asarray([graph.n_edges], jnp.int32)
+    else:
+        _checks.check_graph_indices("to_jraph", graph)
+        owner = graph.node_graph_index()[receivers]
+        order = jnp.argsort(owner, stable=True)
+        senders, receivers = senders[order], receivers[order]
+        edges = jax.tree.map(lambda leaf: jnp.asarray(leaf)[order], edges)
+        n_node = jnp.asarray(graph.n_node_per_graph, jnp.int32)
+        n_edge = jnp.bincount(owner, length=graph.n_graphs).astype(jnp.int32)
+    return jraph.GraphsTuple(nodes=nodes, edges=edges, receivers=receivers, senders=senders, globals=globals,
+                             n_node=n_node, n_edge=n_edge)
+
+
+def _trailing_empty(n_node: np.ndarray) -> int:
+    """How many graphs at the end have no nodes (jraph's extra padding graphs)."""
+    nonzero = np.flatnonzero(n_node)
+    return int(n_node.shape[0] - 1 - nonzero[-1]) if nonzero.size else int(n_node.shape[0])
+
+
+def _checks_concrete(where: str, name: str, value: Any) -> Any:
+    if not _checks.is_concrete(value):
+        raise TypeError(f"{where}: {name} must be concrete (it fixes the static node and edge counts); got a "
+                        "traced value. Convert outside jax.jit.")
+    return value
+
+
