@@ -111,3 +111,15 @@ def test_from_jraph_refuses_counts_and_edges_that_disagree():
         from_jraph(crossing)
     with pytest.raises(ValueError, match=r"padded=True needs a padding graph with at least one node"):
         from_jraph(_tuple(12, n=2, e=1), padded=True)
+
+
+def test_from_jraph_refuses_inconsistent_counts_and_traced_counts():
+    gt = _tuple(13, n=3, e=2)
+    with pytest.raises(ValueError, match=r"^from_jraph: n_node and n_edge must be non-negative with one entry per "
+                                         r"graph; got shapes \(1,\) and \(2,\)\.$"):
+        from_jraph(gt._replace(n_edge=np.array([1, 1], np.int32)))
+    with pytest.raises(ValueError, match=r"^from_jraph: senders must have sum\(n_edge\) = 3 entries; got shape \(2,\)"):
+        from_jraph(gt._replace(n_edge=np.array([3], np.int32)))
+    with pytest.raises(TypeError, match=r"^from_jraph: n_node must be concrete \(it fixes the static node and edge "
+                                        r"counts\); got a traced value"):
+        jax.jit(lambda t: from_jraph(t).senders)(gt._replace(globals=None))

@@ -128,3 +128,9 @@ def test_importing_jgrad_graph_imports_neither_torch_nor_jraph():
     code = "import sys, jgrad.graph; print(sorted(m for m in ('torch', 'torch_geometric', 'jraph') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_from_pyg_without_edge_index_says_so():
+    with pytest.raises(ValueError, match=r"^from_pyg: data has no edge_index; got None, expected a \(2, E\) integer "
+                                         r"tensor\.$"):
+        from_pyg(Data(x=torch.zeros(3, 1)))

@@ -113,6 +113,16 @@ def from_pyg(data: Any, *, edge_weight: str | None = "edge_weight") -> Graph:
 
     Returns:
       A validated `Graph` (see `Graph.from_edges`).
+
+    Example:
+      >>> import numpy as np, jgrad
+      >>> g = jgrad.Graph.from_edge_index(np.array([[0, 1], [1, 2]]), edge_weight=np.array([0.5, 2.0]))
+      >>> data = jgrad.graph.to_pyg(g)  # torch_geometric.data.Data
+      >>> data.edge_index.tolist(), data.edge_weight.tolist(), data.num_nodes
+      ([[0, 1], [1, 2]], [0.5, 2.0], 3)
+      >>> back = jgrad.graph.from_pyg(data)
+      >>> back.senders.tolist(), back.receivers.tolist()
+      ([0, 1], [1, 2])
     """
     edge_index = getattr(data, "edge_index", None)
     if edge_index is None:
@@ -157,7 +167,10 @@ def to_pyg(graph: Graph, x: Any = None, *, edge_weight: str = "edge_weight") -> 
       ``torch_geometric.data.Data`` or ``torch_geometric.data.Batch``.
     """
     import torch
-    from torch_geometric.data import Batch, Data
+
+    with warnings.catch_warnings():  # torch_geometric 2.8 uses torch.jit.script, deprecated in torch 2.13
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch_geometric.data import Batch, Data
 
     _checks.require_concrete("to_pyg", graph.senders, graph.receivers)
     if x is not None:
@@ -285,6 +298,15 @@ def to_jraph(graph: Graph, nodes: Any = None, edges: Any = None, globals: Any = 
 
     Returns:
       ``jraph.GraphsTuple``.
+
+    Example:
+      >>> import jgrad
+      >>> b = jgrad.batch([jgrad.Graph.from_edges([0], [1], n_nodes=2)] * 2)
+      >>> gt = jgrad.graph.to_jraph(b)
+      >>> gt.senders.tolist(), gt.receivers.tolist(), gt.n_node.tolist(), gt.n_edge.tolist()
+      ([0, 2], [1, 3], [2, 2], [1, 1])
+      >>> jgrad.graph.from_jraph(gt).n_node_per_graph.tolist()
+      [2, 2]
     """
     import jraph
 
@@ -317,5 +339,4 @@ def _checks_concrete(where: str, name: str, value: Any) -> Any:
         raise TypeError(f"{where}: {name} must be concrete (it fixes the static node and edge counts); got a "
                         "traced value. Convert outside jax.jit.")
     return value
-
 
