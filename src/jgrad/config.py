@@ -26,7 +26,7 @@ import os
 import reprlib
 import tempfile
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,10 +272,13 @@ def config_differences(first: Any, second: Any, *, ignore: Iterable[str] = ()) -
     return out
 
 
-def format_differences(differences: Iterable[tuple[str, Any, Any]], first: str, second: str) -> str:
-    """``'model.hidden (8 <first>, 16 <second>), ...'`` with every value cut short."""
-    return ", ".join(f"{path} ({short_repr(a, 30)} {first}, {short_repr(b, 30)} {second})"
-                     for path, a, b in differences)
+def format_differences(differences: Sequence[tuple[str, Any, Any]], first: str, second: str, most: int = 8) -> str:
+    """``'model.hidden (8 <first>, 16 <second>), ...'``: values cut short, at most ``most`` keys, then a count."""
+    listed = [f"{path} ({short_repr(a, 30)} {first}, {short_repr(b, 30)} {second})"
+              for path, a, b in differences[:most]]
+    if len(differences) > most:
+        listed.append(f"and {len(differences) - most} more")
+    return ", ".join(listed)
 
 
 def apply_overrides(values: dict[str, Any], overrides: Iterable[str], cls: type = Config) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """The jgrad command line, run in-process: help, demo, train, eval, bench, and one-line errors."""
 
+import contextlib
+import io
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -47,13 +50,15 @@ def test_train_tiny_karate_then_eval(tmp_path, capsys):
     assert "best checkpoint" in table
     test_acc = f"{sum(results['test_acc']['per_seed']) / 3:.4f}"
     assert test_acc in table
-    # Without the overrides, eval reads the run's own saved config (3 seeds, hidden 8).
-    assert main(["eval", str(CONFIGS / "gcn_karate_tiny.yaml"), "--workdir", str(workdir)]) == 0
+    # Without CONFIG, eval reads the run's own saved config (3 seeds, hidden 8).
+    assert main(["eval", "--workdir", str(workdir)]) == 0
     assert test_acc in capsys.readouterr().out
 
     # The same workdir with another config is refused rather than silently mixed.
     assert main(["train", str(CONFIGS / "gcn_karate_tiny.yaml"), "--workdir", str(workdir)]) == 2
-    assert "holds a run with a different config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a run with a different config" in err
+    assert "model.hidden (8 in the run, 16 now), train.seeds (3 in the run, 2 now)" in err
 
 
 def test_train_tiny_cora_end_to_end(tmp_path, planetoid_dir, capsys):
@@ -72,10 +77,12 @@ def test_unknown_config_key_prints_one_line_and_exits_2(capsys):
     assert "unknown key 'model.hiden'; valid keys in model: name, hidden" in err
 
 
-def test_missing_data_dir_prints_one_line_and_exits_2(tmp_path, capsys):
+def test_missing_data_dir_prints_one_line_and_exits_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     assert main(["train", str(CONFIGS / "gcn_cora_tiny.yaml"), "--data-dir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("jgrad train: ") and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # the dataset is loaded before the workdir is written
 
 
 def test_eval_without_checkpoint_exits_2(tmp_path, capsys):
@@ -132,3 +139,213 @@ def test_tampered_dataset_pickle_is_a_one_line_error(tmp_path, planetoid_dir, ca
     assert main(["train", str(CONFIGS / "gcn_cora_tiny.yaml"), "--data-dir", str(tmp_path),
                  "--workdir", str(tmp_path / "run")]) == 2
     assert "refusing to load" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------
+# A CLI that says what it did: default workdir, files written, resume, finished runs, eval refusal.
+# ------------------------------------------------------------------------------------------------------
+TINY = str(CONFIGS / "gcn_karate_tiny.yaml")
+FAST = ["--set", "model.hidden=4", "--set", "train.epochs=10", "--set", "train.log_every=5",
+        "--set", "train.checkpoint_every=5", "--seeds", "1"]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One short run trained without --workdir: (folder it ran in, relative workdir, stdout)."""
+    folder = tmp_path_factory.mktemp("default_run")
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.chdir(folder)
+        assert main(["train", TINY, *FAST]) == 0
+    (run,) = (folder / "runs").iterdir()
+    return folder, Path("runs") / run.name, out.getvalue()
+
+
+def test_train_without_workdir_writes_to_a_default_run_and_says_where(default_run):
+    folder, run, out = default_run
+    assert re.fullmatch(r"gcn_karate_tiny-\d{8}-\d{6}", run.name)
+    lines = out.splitlines()
+    assert lines[0] == f"gcn_karate_tiny: writing to {run}"
+    assert lines[1].startswith("gcn_karate_tiny: 1 seed(s), 10 epochs, ") and "ms/epoch" in lines[1]
+    assert "resumed" not in out and "nan" not in out
+    assert f"scores above saved in {run / 'results.json'}; per-epoch metrics in {run / 'metrics.jsonl'}" in out
+    assert lines[-1].startswith(f"{run}: checkpoints/ (") and lines[-1].endswith("config.yaml, metrics.jsonl, results.json")
+    assert "best" in lines[-1] and "last" in lines[-1]
+    for name in ("config.yaml", "metrics.jsonl", "results.json"):
+        assert (folder / run / name).is_file()
+
+
+def test_default_workdirs_started_in_the_same_second_are_distinct(tmp_path, monkeypatch):
+    from jgrad.cli._commands import default_workdir
+
+    monkeypatch.chdir(tmp_path)
+    first = default_workdir("configs/x.yaml", now=0.0)
+    first.mkdir(parents=True)
+    second = default_workdir("configs/x.yaml", now=0.0)
+    assert second.name == first.name + "-2" and second.parent == Path("runs")
+
+
+def test_rerunning_a_finished_run_says_so_instead_of_training(default_run, monkeypatch, capsys):
+    folder, run, first = default_run
+    monkeypatch.chdir(folder)
+    assert main(["train", TINY, *FAST, "--workdir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"{run} already holds this finished run (1 seed(s), 10 epochs); nothing to train" in out
+    assert "nan" not in out and "ms/epoch" not in out and "resumed" not in out
+    table = lambda text: text[text.index(" seed "):text.index("scores above")]
+    assert table(out) == table(first)
+    assert len((folder / run / "metrics.jsonl").read_text().splitlines()) == 10
+
+
+def test_an_interrupted_run_resumes_and_says_from_which_epoch(tmp_path, monkeypatch, capsys):
+    from jgrad.train import _experiment
+
+    real_fit = _experiment.fit
+
+    def interrupted_fit(*args, **kwargs):
+        def stop(epoch, state):
+            raise KeyboardInterrupt  # after the first chunk and its checkpoint (epoch 5)
+
+        return real_fit(*args, on_chunk=stop, **kwargs)
+
+    workdir = str(tmp_path / "run")
+    monkeypatch.setattr(_experiment, "fit", interrupted_fit)
+    assert main(["train", TINY, *FAST, "--workdir", workdir]) == 130
+    assert capsys.readouterr().err == "jgrad train: interrupted.\n"
+    monkeypatch.setattr(_experiment, "fit", real_fit)
+    assert main(["train", TINY, *FAST, "--workdir", workdir]) == 0
+    out = capsys.readouterr().out
+    assert "(it exists: a run there resumes or reports that it finished)" in out
+    assert "gcn_karate_tiny: resumed from epoch 5; 1 seed(s), 10 epochs, " in out and "ms/epoch" in out
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 10
+
+
+def _saved_run(tmp_path, *overrides: str) -> Path:
+    from jgrad.config import load_config, save_config
+
+    workdir = tmp_path / "run"
+    save_config(load_config(TINY, list(overrides)), workdir / "config.yaml")
+    return workdir
+
+
+def test_eval_with_a_different_config_refuses_and_lists_the_keys(tmp_path, capsys):
+    workdir = _saved_run(tmp_path)
+    gat = tmp_path / "gat.yaml"
+    gat.write_text(Path(TINY).read_text().replace("name: gcn\n", "name: gat\n").replace("hidden: 16", "hidden: 8"))
+    assert main(["eval", str(gat), "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"jgrad eval: eval: {gat} differs from the run's config {workdir / 'config.yaml'} in "
+                          "model.name ('gcn' in the run, 'gat' given), model.hidden (16 in the run, 8 given)")
+    assert "optim.learning_rate" not in err and f"Use `jgrad eval --workdir {workdir}`" in err
+
+
+def test_eval_refusal_cuts_long_values(tmp_path, capsys):
+    workdir = _saved_run(tmp_path)
+    assert main(["eval", TINY, "--workdir", str(workdir), "--set", "data.root=" + "x" * 5000]) == 2
+    err = capsys.readouterr().err
+    assert "data.root (None in the run, 'xxxxxxxxxxxx" in err and len(err) < 600
+
+
+def test_eval_with_set_on_the_runs_own_config_refuses_too(tmp_path, capsys):
+    workdir = _saved_run(tmp_path)
+    assert main(["eval", "--workdir", str(workdir), "--set", "model.hidden=32"]) == 2
+    assert "--set differs from the run's config" in capsys.readouterr().err
+
+
+def test_eval_without_config_needs_the_runs_config(tmp_path, capsys):
+    assert main(["eval", "--workdir", str(tmp_path)]) == 2
+    assert f"eval: {tmp_path} has no config.yaml; give the config the run was trained with" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------------
+# Every error: one line naming the file, exit status 2, no traceback (1 for a diverged run).
+# ------------------------------------------------------------------------------------------------------
+def _one_line_error(capsys, argv, status=2) -> str:
+    assert main(argv) == status
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err[:2000]
+    return captured.err
+
+
+HOSTILE = {
+    "laughs": ('a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+        f"{name}: &{name} [{','.join([f'*{previous}'] * 9)}]\n" for previous, name in zip("abcdefgh", "bcdefghi")),
+        r"line 1: YAML anchors and aliases"),
+    "deep": ("model: " + "[" * 20_000 + "]" * 20_000 + "\n", r"line 1: nested too deeply"),
+    "duplicate": ("model: {hidden: 16, hidden: 64}\n", r"line 1: duplicate key 'hidden'"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_yaml_is_one_short_line_naming_the_file(name, tmp_path, capsys):
+    text, match = HOSTILE[name]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    err = _one_line_error(capsys, ["train", str(path), "--workdir", str(tmp_path / "run")])
+    assert err.startswith(f"jgrad train: config: {path}: ") and re.search(match, err)
+    assert len(err) < 300 and not (tmp_path / "run").exists()
+
+
+def test_non_utf8_config_names_the_file(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    err = _one_line_error(capsys, ["train", str(path)])
+    assert f"jgrad train: config: {path} is not UTF-8 text; got byte 0xe9" in err
+
+
+def test_huge_hidden_is_a_one_line_range_error(capsys):
+    err = _one_line_error(capsys, ["train", TINY, "--set", "model.hidden=1e20"])
+    assert "model.hidden must be int; got '1e20' (str), expected a value in [1, 65536]" in err
+    err = _one_line_error(capsys, ["train", TINY, "--set", "model.hidden=" + "9" * 30])
+    assert "model.hidden is out of range; got 999999999999999999999999999999, expected a value in [1, 65536]" in err
+
+
+def test_huge_seed_count_is_a_one_line_range_error(capsys):
+    err = _one_line_error(capsys, ["train", TINY, "--seeds", "1000000000"])
+    assert "train.seeds is out of range; got 1000000000, expected a value in [1, 4096]" in err
+
+
+@pytest.mark.parametrize("error, expected", [
+    (MemoryError(), "out of memory (MemoryError)"),
+    (RecursionError("maximum recursion depth exceeded"), "input nested too deeply (RecursionError)"),
+    (UnicodeDecodeError("utf-8", b"ab\xff", 2, 3, "invalid start byte"), r"a file is not utf-8 text; got byte b'\xff' at offset 2"),
+    (PermissionError(13, "Permission denied", "ind.cora.x"), "[Errno 13] Permission denied: 'ind.cora.x'"),
+    (RuntimeError("line one\nline two " + "z" * 5000), "RuntimeError: line one line two zzz"),
+])
+def test_any_exception_is_one_line_naming_the_files_with_status_2(error, expected, tmp_path, monkeypatch, capsys):
+    from jgrad.train import _experiment
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(_experiment, "load_dataset", fail)
+    workdir = tmp_path / "run"
+    err = _one_line_error(capsys, ["train", TINY, "--workdir", str(workdir)])
+    assert err.startswith(f"jgrad train: {expected}") and len(err) < 1300
+    assert err.rstrip().endswith(f"(config {TINY}, workdir {workdir})")
+
+
+def test_unexpected_exceptions_point_at_the_traceback_switch(monkeypatch, capsys):
+    from jgrad.train import _experiment
+
+    monkeypatch.setattr(_experiment, "load_dataset", lambda *a, **k: {}["missing"])
+    err = _one_line_error(capsys, ["train", TINY, "--workdir", "unused"])
+    assert "KeyError: 'missing'" not in err and "'missing'" in err  # a LookupError reads as itself
+    monkeypatch.setattr(_experiment, "load_dataset", lambda *a, **k: 1 / 0)
+    err = _one_line_error(capsys, ["train", TINY, "--workdir", "unused"])
+    assert "ZeroDivisionError: division by zero (set JGRAD_TRACEBACK=1 for the traceback)" in err
+    monkeypatch.setenv("JGRAD_TRACEBACK", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["train", TINY, "--workdir", "unused"])
+
+
+def test_a_diverged_run_keeps_exit_status_1(monkeypatch, capsys):
+    from jgrad.train import NonFiniteLossError, _experiment
+
+    def diverge(*args, **kwargs):
+        raise NonFiniteLossError("fit: the training loss is nan at epoch 3 (seed 0); training stopped.")
+
+    monkeypatch.setattr(_experiment, "load_dataset", diverge)
+    err = _one_line_error(capsys, ["train", TINY, "--workdir", "unused"], status=1)
+    assert err.startswith("jgrad train: fit: the training loss is nan at epoch 3")

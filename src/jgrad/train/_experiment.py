@@ -10,11 +10,11 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-import yaml
 from flax import nnx
 
 from .. import nn
-from ..config import Config, DataConfig, ModelConfig, OptimConfig, config_to_dict, save_config
+from ..config import (Config, DataConfig, ModelConfig, OptimConfig, config_differences, format_differences,
+                      load_config, save_config)
 from ..data import DATASETS, NodeDataset, csbm, karate_club, load, load_planetoid
 from ._checkpoint import Checkpointer
 from ._fit import FitResult, _seed_array, fit
@@ -72,20 +72,24 @@ def train_and_evaluate(
 
     With a ``workdir``, the resolved config is saved as ``workdir/config.yaml`` next to the checkpoints,
     ``metrics.jsonl`` and ``results.json``; a workdir that already holds a run resumes it, provided the
-    config is the same.
+    config is the same. The dataset is loaded before anything is written, so a missing dataset leaves
+    no workdir behind.
 
     Raises:
-      ValueError: the workdir holds a run with a different config.
+      ValueError: the workdir holds a run with a different config (the message lists the differing keys).
       FileNotFoundError: the dataset's files are missing.
     """
+    dataset = load_dataset(config.data, data_dir)
     if workdir is not None:
         workdir = Path(workdir)
         saved = workdir / "config.yaml"
-        if saved.exists() and yaml.safe_load(saved.read_text()) != config_to_dict(config):
-            raise ValueError(f"train: {workdir} holds a run with a different config ({saved}); "
-                             "use a new --workdir or the same config to resume.")
+        if saved.exists():
+            differences = config_differences(load_config(saved), config, ignore=("train.progress",))
+            if differences:
+                raise ValueError(f"train: {workdir} holds a run with a different config ({saved}): "
+                                 f"{format_differences(differences, 'in the run', 'now')}; use a new --workdir "
+                                 "or the same config to resume.")
         save_config(config, saved)
-    dataset = load_dataset(config.data, data_dir)
     train = config.train
     return fit(
         create_model(config.model, dataset.n_features, dataset.n_classes),
