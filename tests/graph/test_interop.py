@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import networkx as nx
 import numpy as np
 import pytest
@@ -118,3 +119,11 @@ def test_to_networkx_rejects_vector_edge_weights():
     g = jgrad.Graph.from_edges([0], [1], n_nodes=2, edge_weight=[[1.0, 2.0]])
     with pytest.raises(ValueError, match=r"to_networkx: needs scalar edge weights"):
         jgrad.graph.to_networkx(g)
+
+
+@pytest.mark.parametrize("convert", [to_scipy, to_networkx], ids=["to_scipy", "to_networkx"])
+def test_conversions_reject_out_of_range_indices_of_unvalidated_graphs(convert):
+    bad = Graph(senders=jnp.array([0, 3]), receivers=jnp.array([1, 0]), n_nodes=2)
+    with pytest.raises(ValueError, match=rf"^{convert.__name__}: the graph has indices out of range: 1 senders out "
+                                         r"of range \(senders\[1\]=3\)"):
+        convert(bad)

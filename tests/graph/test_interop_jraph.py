@@ -123,3 +123,10 @@ def test_from_jraph_refuses_inconsistent_counts_and_traced_counts():
     with pytest.raises(TypeError, match=r"^from_jraph: n_node must be concrete \(it fixes the static node and edge "
                                         r"counts\); got a traced value"):
         jax.jit(lambda t: from_jraph(t).senders)(gt._replace(globals=None))
+
+
+def test_to_jraph_rejects_out_of_range_indices_when_concrete():
+    bad = Graph(senders=jnp.array([0, 2]), receivers=jnp.array([1, 0]), n_nodes=2)
+    with pytest.raises(ValueError, match=r"^to_jraph: the graph has indices out of range: 1 senders out of range "
+                                         r"\(senders\[1\]=2\)"):
+        to_jraph(bad)

@@ -32,10 +32,14 @@ def from_scipy(matrix: Any) -> Graph:
 
 
 def to_scipy(graph: Graph, format: str = "csr") -> Any:
-    """The adjacency as a scipy.sparse matrix in ``format``; duplicates are summed; padding dropped."""
+    """The adjacency as a scipy.sparse matrix in ``format``; duplicates are summed; padding dropped.
+
+    Indices are range-checked (ValueError naming them), as for every jgrad function that reads them.
+    """
     import scipy.sparse as sp
 
     _checks.require_concrete("to_scipy", graph.senders)
+    _checks.check_graph_indices("to_scipy", graph)
     weight = np.asarray(graph.weights())
     if weight.ndim != 1:
         raise ValueError(f"to_scipy: needs scalar edge weights; got edge_weight of shape {weight.shape}.")
@@ -74,10 +78,14 @@ def from_networkx(nx_graph: Any, weight: str | None = "weight") -> Graph:
 
 
 def to_networkx(graph: Graph) -> Any:
-    """A networkx.DiGraph with nodes 0..N-1 and a ``weight`` attribute per edge (duplicates summed)."""
+    """A networkx.DiGraph with nodes 0..N-1 and a ``weight`` attribute per edge (duplicates summed).
+
+    Indices are range-checked (ValueError), so a bad index never adds a node beyond N.
+    """
     import networkx as nx
 
     _checks.require_concrete("to_networkx", graph.senders)
+    _checks.check_graph_indices("to_networkx", graph)
     weight = np.asarray(graph.weights())
     if weight.ndim != 1:
         raise ValueError(f"to_networkx: needs scalar edge weights; got edge_weight of shape {weight.shape}.")
@@ -287,7 +295,8 @@ def to_jraph(graph: Graph, nodes: Any = None, edges: Any = None, globals: Any = 
     after batching move into their graph); within a graph their order is kept. ``edges`` defaults to
     the weights of a weighted graph (padding edges 0) and ``None`` otherwise. A padded jgrad batch
     (`jgrad.pad`) comes out as ``jraph.pad_with_graphs`` lays it out: the padding graph last, its
-    padding edges on its first node.
+    padding edges on its first node. Concrete indices are range-checked (ValueError); on tracers the
+    check is skipped.
 
     Args:
       graph: the graph or batch.
@@ -310,6 +319,7 @@ def to_jraph(graph: Graph, nodes: Any = None, edges: Any = None, globals: Any = 
     """
     import jraph
 
+    _checks.check_graph_indices("to_jraph", graph)  # when concrete; skipped on tracers
     if edges is None and graph.edge_weight is not None:
         edges = graph.weights()
     senders, receivers = graph.senders, graph.receivers
@@ -317,7 +327,6 @@ def to_jraph(graph: Graph, nodes: Any = None, edges: Any = None, globals: Any = 
         n_node = jnp.asarray([graph.n_nodes], jnp.int32)
         n_edge = jnp.asarray([graph.n_edges], jnp.int32)
     else:
-        _checks.check_graph_indices("to_jraph", graph)
         owner = graph.node_graph_index()[receivers]
         order = jnp.argsort(owner, stable=True)
         senders, receivers = senders[order], receivers[order]
