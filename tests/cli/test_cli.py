@@ -349,3 +349,11 @@ def test_a_diverged_run_keeps_exit_status_1(monkeypatch, capsys):
     monkeypatch.setattr(_experiment, "load_dataset", diverge)
     err = _one_line_error(capsys, ["train", TINY, "--workdir", "unused"], status=1)
     assert err.startswith("jgrad train: fit: the training loss is nan at epoch 3")
+
+
+def test_a_usage_error_is_one_line_with_status_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", TINY, "--seeds", "many"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("jgrad train: argument --seeds: invalid int value: 'many' "
+                                       "(see jgrad train --help).\n")

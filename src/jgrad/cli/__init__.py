@@ -27,8 +27,15 @@ from ._errors import exit_status, one_line
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (then exit status 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help).\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jgrad", description="Exact, memory-frugal gradients through "
+    parser = _Parser(prog="jgrad", description="Exact, memory-frugal gradients through "
                                      "graph message passing: training and demos.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
