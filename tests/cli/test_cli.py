@@ -216,7 +216,7 @@ def test_an_interrupted_run_resumes_and_says_from_which_epoch(tmp_path, monkeypa
     assert main(["train", TINY, *FAST, "--workdir", workdir]) == 0
     out = capsys.readouterr().out
     assert "(it exists: a run there resumes or reports that it finished)" in out
-    assert "gcn_karate_tiny: resumed from epoch 5; 1 seed(s), 10 epochs, " in out and "ms/epoch" in out
+    assert "gcn_karate_tiny: resumed from epoch 5; 1 seed(s), 10 epochs (5 in this call), " in out and "ms/epoch" in out
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 10
 
 

@@ -50,16 +50,17 @@ def train(args: argparse.Namespace) -> int:
     from ..train import train_and_evaluate
 
     result = train_and_evaluate(config, workdir, data_dir=args.data_dir)
-    resumed = getattr(result, "resumed_from_epoch", None)
+    resumed = result.resumed_from_epoch
     seeds = f"{len(result.seeds)} seed(s), {result.epochs_run} epochs"
-    if getattr(result, "already_finished", False):
+    if result.already_finished:
         print(f"{config.name}: {workdir} already holds this finished run ({seeds}); nothing to train. "
               "Its saved results:")
     else:
         timing = (f"{result.seconds_per_epoch * 1e3:.2f} ms/epoch, compiled in {result.compile_seconds:.1f} s"
                   if math.isfinite(result.seconds_per_epoch) else "no epoch run")
-        start = f"resumed from epoch {resumed}; " if resumed is not None else ""
-        print(f"{config.name}: {start}{seeds}, {timing}")
+        if resumed is not None:
+            seeds = f"resumed from epoch {resumed}; {seeds} ({result.epochs_run - resumed} in this call)"
+        print(f"{config.name}: {seeds}, {timing}")
     print(result.table())
     print(f"scores above saved in {workdir / 'results.json'}; per-epoch metrics in {workdir / 'metrics.jsonl'}")
     print(f"{workdir}: {_listing(workdir)}")
