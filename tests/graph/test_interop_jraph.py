@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import jraph
@@ -129,4 +131,12 @@ def test_to_jraph_rejects_out_of_range_indices_when_concrete():
     bad = Graph(senders=jnp.array([0, 2]), receivers=jnp.array([1, 0]), n_nodes=2)
     with pytest.raises(ValueError, match=r"^to_jraph: the graph has indices out of range: 1 senders out of range "
                                          r"\(senders\[1\]=2\)"):
+        to_jraph(bad)
+
+
+def test_to_jraph_rejects_per_graph_counts_that_do_not_add_up():
+    b = jgrad.batch([Graph.from_edges([0], [1], n_nodes=2)] * 2)
+    bad = dataclasses.replace(b, n_node_per_graph=jnp.array([2, 1], jnp.int32))
+    with pytest.raises(ValueError, match=r"^to_jraph: n_node_per_graph must be non-negative and add up to n_nodes; "
+                                         r"got sum 3, expected 4\.$"):
         to_jraph(bad)

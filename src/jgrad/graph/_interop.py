@@ -326,6 +326,18 @@ def to_jraph(graph: Graph, nodes: Any = None, edges: Any = None, globals: Any = 
     if graph.n_node_per_graph is None:
         n_node = jnp.asarray([graph.n_nodes], jnp.int32)
         n_edge = jnp.asarray([graph.n_edges], jnp.int32)
+    elif _checks.is_concrete(receivers, graph.n_node_per_graph):
+        # On the host: eager jnp ops would compile for every new shape.
+        counts = np.asarray(graph.n_node_per_graph, np.int64)
+        if (counts < 0).any() or counts.sum() != graph.n_nodes:
+            raise ValueError(f"to_jraph: n_node_per_graph must be non-negative and add up to n_nodes; got sum "
+                             f"{counts.sum()}, expected {graph.n_nodes}.")
+        owner = np.searchsorted(np.cumsum(counts), np.asarray(receivers), side="right")
+        order = np.argsort(owner, kind="stable")
+        senders, receivers = jnp.asarray(np.asarray(senders)[order]), jnp.asarray(np.asarray(receivers)[order])
+        edges = jax.tree.map(lambda leaf: _take_rows(leaf, order), edges)
+        n_node = jnp.asarray(counts, jnp.int32)
+        n_edge = jnp.asarray(np.bincount(owner, minlength=counts.shape[0]), jnp.int32)
     else:
         owner = graph.node_graph_index()[receivers]
         order = jnp.argsort(owner, stable=True)
@@ -335,6 +347,13 @@ def to_jraph(graph: Graph, nodes: Any = None, edges: Any = None, globals: Any = 
         n_edge = jnp.bincount(owner, length=graph.n_graphs).astype(jnp.int32)
     return jraph.GraphsTuple(nodes=nodes, edges=edges, receivers=receivers, senders=senders, globals=globals,
                              n_node=n_node, n_edge=n_edge)
+
+
+def _take_rows(leaf: Any, order: np.ndarray) -> jax.Array:
+    """``leaf[order]``, on the host when ``leaf`` is concrete."""
+    if _checks.is_concrete(leaf):
+        return jnp.asarray(np.asarray(leaf)[order])
+    return jnp.asarray(leaf)[order]
 
 
 def _trailing_empty(n_node: np.ndarray) -> int:
