@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -14,11 +16,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ._checkpoint import Checkpointer
+from ._checkpoint import Checkpointer, _to_savable, has_unlisted_checkpoints
 from ._logging import MetricsLog, Progress, write_json_atomic
 from ._model import ModelDef, init_params
 from ._state import TrainState
 from ._step import EarlyStopping, evaluate, make_epoch_step
+from ._workdir import fingerprint, lock_workdir, signature
+
+logger = logging.getLogger("jgrad.train")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -111,10 +116,16 @@ def fit(
     early-stops is frozen while the others continue, so its result equals a run with that seed alone
     (up to float reassociation in batched matrix products); the batch ends when all have stopped.
 
-    With ``workdir``, it writes ``workdir/checkpoints/{last,best}`` every ``checkpoint_every`` epochs and
-    at the end, appends per-epoch metrics to ``workdir/metrics.jsonl`` and writes ``workdir/results.json``.
-    If ``workdir`` already holds a checkpoint, the run resumes from it and reaches the same final state
-    as an uninterrupted run (deterministic on CPU).
+    With ``workdir``, it writes a checkpoint (`Checkpointer`: ``last`` and ``best`` committed together by
+    ``checkpoints/manifest.json``, with checksums) every ``checkpoint_every`` epochs and at the end, appends
+    per-epoch metrics to ``workdir/metrics.jsonl`` and writes ``workdir/results.json``. The run holds
+    ``workdir/.lock`` throughout, so a second writer fails at once (`WorkdirBusyError`); the OS releases
+    the lock when the process dies. If ``workdir`` already holds a checkpoint, the run resumes from the
+    newest intact one (a damaged one is skipped with a warning naming the bad file), after checking
+    that the data (a fingerprint of the dataset's arrays), seeds, state shapes and early stopping are
+    those the run started with; the metrics log is cut back to the checkpoint's epoch, so it holds each
+    epoch once. The resumed run reaches the same final state as an uninterrupted one (deterministic on
+    CPU). If the checkpoint needs no more epochs, nothing is trained (``already_finished``).
 
     Args:
       make_model: builds the model from an `nnx.Rngs`; called once per seed inside ``jax.vmap``.
@@ -136,7 +147,10 @@ def fit(
     Raises:
       NonFiniteLossError: the training loss became NaN or infinite. Nothing from that chunk is saved,
         so the last checkpoint on disk is the last good one; the message names it.
-      ValueError: inconsistent arguments (bad ``checkpoint_every``, no seeds, ...).
+      ValueError: inconsistent arguments (bad ``checkpoint_every``, no seeds, ...), or a workdir whose
+        run differs from this one (data, seeds, model, early stopping); `CheckpointError` (a ValueError)
+        if it holds checkpoints but none is intact.
+      WorkdirBusyError: another process is training in ``workdir``.
     """
     seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
     early_stopping = EarlyStopping(*early_stopping).check()
@@ -151,6 +165,16 @@ def fit(
     if problems:
         raise ValueError("\n".join(problems))
 
+    with contextlib.ExitStack() as stack:
+        if workdir is not None:
+            workdir = stack.enter_context(lock_workdir(workdir))
+        return _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_every, workdir,
+                    checkpoint_every, progress, on_chunk, penalty)
+
+
+def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_every, workdir, checkpoint_every,
+         progress, on_chunk, penalty) -> FitResult:
+    data_fingerprint = fingerprint(dataset) if workdir is not None else None
     dataset = jax.device_put(dataset)
     keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(_seed_array(seeds))
     model_def, params = init_params(make_model, keys[:, 0])
@@ -158,16 +182,30 @@ def fit(
     state = jax.jit(create)(params, keys[:, 1])
 
     checkpointer = log = None
-    start = 0
-    resumed = False
+    start, resumed, saved_info = 0, False, {}
+    run_info = {}
     if workdir is not None:
-        workdir = Path(workdir)
         checkpointer = Checkpointer(workdir / "checkpoints")
         log = MetricsLog(workdir / "metrics.jsonl")
-        if checkpointer.latest_epoch() is not None:
-            start, state = checkpointer.restore_last(state)
-            resumed = True
-        log.truncate(start)
+        run_info = {"data": data_fingerprint, "state_signature": signature(_to_savable(state)), "seeds": list(seeds),
+                    "early_stopping": list(early_stopping)}
+        try:
+            entry = checkpointer.latest()
+            if entry is not None:
+                saved_info = entry.get("info", {})
+                _check_resumable(workdir, saved_info, run_info)
+                start, state = checkpointer.restore_last(state)
+                resumed = True
+                log.restore(start, saved_info.get("metrics_bytes"))
+            else:
+                if has_unlisted_checkpoints(checkpointer.directory):
+                    logger.warning("%s holds checkpoints without a manifest (from an older jgrad, or a run "
+                                   "killed during its first save); starting again from epoch 0.",
+                                   checkpointer.directory)
+                log.restore(0, 0)
+        except BaseException:
+            checkpointer.close()
+            raise
 
     batched_step = jax.vmap(make_epoch_step(model_def, optimizer, early_stopping, penalty=penalty), in_axes=(0, None))
 
@@ -188,7 +226,7 @@ def fit(
 
     epoch = start
     run_seconds = 0.0
-    saved_epoch = start if start else None
+    saved_epoch = start if resumed else None
     bar = Progress(epochs, initial=start, enabled=progress)
     try:
         while epoch < epochs and not bool(np.all(jax.device_get(state.stopped))):
@@ -207,7 +245,9 @@ def fit(
                                 "test_acc": float(np.mean(metrics["test_acc"][-1]))})
             finished = epoch >= epochs or bool(np.all(metrics["stopped"][-1]))
             if checkpointer is not None and (epoch % checkpoint_every == 0 or finished):
-                checkpointer.save(epoch, state)
+                checkpointer.save(epoch, state, **run_info, finished=finished, metrics_bytes=log.size(),
+                                  compile_seconds=compile_seconds,
+                                  seconds_per_epoch=run_seconds / (epoch - start))
                 saved_epoch = epoch
             if on_chunk is not None:
                 on_chunk(epoch, state)
@@ -223,25 +263,48 @@ def fit(
     ran = epoch - start
     already_finished = resumed and not ran
     seconds_per_epoch = run_seconds / ran if ran else float("nan")
+    results_saved = False
     if already_finished:
-        compile_seconds, seconds_per_epoch = _saved_timings(workdir / "results.json", epoch)
+        compile_seconds, seconds_per_epoch, results_saved = _saved_timings(workdir / "results.json", epoch,
+                                                                           saved_info)
     result = FitResult(state=state, model_def=model_def, seeds=seeds, epochs_run=epoch, scores=scores,
                        compile_seconds=compile_seconds, seconds_per_epoch=seconds_per_epoch,
                        resumed_from_epoch=start if resumed else None, already_finished=already_finished)
-    if workdir is not None and not (already_finished and (workdir / "results.json").exists()):
+    if workdir is not None and not results_saved:
         write_json_atomic(workdir / "results.json", result.summary())
     return result
 
 
-def _saved_timings(path: Path, epochs_run: int) -> tuple[float, float]:
-    """``(compile_seconds, seconds_per_epoch)`` from a finished run's results.json (nan if unreadable)."""
+def _check_resumable(workdir: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raises ValueError naming every difference between the saved run and this one."""
+    names = {"data": "its data changed (dataset fingerprint)", "seeds": "its seeds differ",
+             "state_signature": "the model or optimizer differs (state structure, shapes or dtypes)",
+             "early_stopping": "its early stopping differs"}
+    problems = []
+    for key, what in names.items():
+        if key in saved and saved[key] != current[key]:
+            got, expected = current[key], saved[key]
+            if isinstance(got, str):
+                got, expected = got[:12], expected[:12] if isinstance(expected, str) else expected
+            problems.append(f"{what}; got {got}, expected {expected}")
+    if problems:
+        raise ValueError(f"fit: cannot resume the run in {workdir}: " + "; and ".join(problems)
+                         + ". Use a new workdir, or the settings and data the run started with.")
+
+
+def _saved_timings(path: Path, epochs_run: int, info: dict[str, Any]) -> tuple[float, float, bool]:
+    """``(compile_seconds, seconds_per_epoch, from_results)`` of a finished run: from its results.json if
+    that is readable and of ``epochs_run`` epochs, else from its checkpoint ``info``, else nan."""
     try:
         saved = json.loads(path.read_text())
         if saved.get("epochs_run") == epochs_run:
-            return float(saved["compile_seconds"]), float(saved["seconds_per_epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+            return float(saved["compile_seconds"]), float(saved["seconds_per_epoch"]), True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    return float("nan"), float("nan")
+    try:
+        return float(info["compile_seconds"]), float(info["seconds_per_epoch"]), False
+    except (KeyError, TypeError, ValueError):
+        return float("nan"), float("nan"), False
 
 
 def _check_finite(metrics, first_epoch, seeds, log, saved_epoch, checkpointer) -> None:
@@ -256,8 +319,10 @@ def _check_finite(metrics, first_epoch, seeds, log, saved_epoch, checkpointer) -
         where = "no checkpoint was written (no workdir)"
     elif saved_epoch is None:
         where = f"no checkpoint had been written yet in {checkpointer.directory}"
+    elif (problem := checkpointer.check(saved_epoch)) is None:
+        where = f"the last good checkpoint is epoch {saved_epoch} in {checkpointer.directory} (checksums verified)"
     else:
-        where = f"the last good checkpoint is epoch {saved_epoch} in {checkpointer.directory}"
+        where = f"the last checkpoint, epoch {saved_epoch} in {checkpointer.directory}, is damaged: {problem}"
     raise NonFiniteLossError(
         f"fit: the training loss is {loss[row, column]} at epoch {first_epoch + row + 1} (seed {seeds[column]}); "
         f"training stopped and {where}. Lower the learning rate or check the inputs for NaN/Inf."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+logger = logging.getLogger("jgrad.train")
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
@@ -39,18 +42,65 @@ def _to_builtin(value: Any) -> Any:
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per epoch, ``{"epoch": e, "<metric>": [one value per seed]}``.
 
-    `truncate` drops epochs after a checkpoint when a run resumes, so the log matches the state.
+    Appends are not atomic: a process killed (or a disk filled) during `append` can leave a torn last
+    line. Each checkpoint records the log's size (`size`) after the epochs it covers, and a resuming run
+    calls `restore`, which cuts the log back to exactly those epochs, so a torn line or epochs trained
+    after the checkpoint never survive into the resumed log.
     """
 
     def __init__(self, path: str | os.PathLike | None):
         self.path = None if path is None else Path(path)
 
-    def truncate(self, last_epoch: int) -> None:
+    def size(self) -> int:
+        """The log's size in bytes (0 if it does not exist)."""
+        try:
+            return 0 if self.path is None else self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def restore(self, last_epoch: int, size: int | None = None) -> None:
+        """Makes the log hold exactly epochs ``1..last_epoch``, once each.
+
+        Cuts the file back to ``size`` bytes (what a checkpoint recorded) when it is at least that long,
+        and checks the result. If the check fails (the file was shorter, edited or damaged), it keeps
+        the readable records of epochs ``<= last_epoch`` (the last one of each epoch) and warns how many
+        lines it dropped or which epochs are missing.
+
+        Args:
+          last_epoch: the epoch of the checkpoint the run resumes from (0 for a fresh start).
+          size: the log's size recorded with that checkpoint; None to rely on the check alone.
+        """
         if self.path is None or not self.path.exists():
+            if last_epoch and self.path is not None:
+                logger.warning("%s is missing; epochs 1..%d will be absent from the log.", self.path, last_epoch)
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= last_epoch]
-        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+        if size is not None and self.size() >= size:
+            os.truncate(self.path, size)
+        data = self.path.read_bytes()
+        epochs, kept, lines = [], {}, 0
+        for line in data.decode("utf-8", "replace").split("\n"):
+            if not line.strip():
+                continue
+            lines += 1
+            try:
+                record = json.loads(line)
+                epoch = record["epoch"]
+            except (ValueError, TypeError, KeyError):
+                continue
+            epochs.append(epoch)
+            if isinstance(epoch, int) and 1 <= epoch <= last_epoch:
+                kept[epoch] = line
+        if epochs == list(range(1, last_epoch + 1)) and (not data or data.endswith(b"\n")):
+            return
+        write_text_atomic(self.path, "".join(kept[e] + "\n" for e in sorted(kept)))
+        missing = sorted(set(range(1, last_epoch + 1)) - set(kept))
+        logger.warning("%s: repaired for a resume from epoch %d: dropped %d damaged, duplicate or later "
+                       "line(s)%s.", self.path, last_epoch, lines - len(kept),
+                       f"; epochs {missing[0]}..{missing[-1]} are missing ({len(missing)})" if missing else "")
+
+    def truncate(self, last_epoch: int) -> None:
+        """Drops epochs after ``last_epoch`` (`restore` without a recorded size)."""
+        self.restore(last_epoch)
 
     def append(self, first_epoch: int, metrics: dict[str, np.ndarray]) -> None:
         """Appends epochs ``first_epoch, first_epoch + 1, ...``; each metric has shape (epochs, B)."""
@@ -58,11 +108,13 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         n_epochs = len(next(iter(metrics.values())))
+        lines = []
+        for i in range(n_epochs):
+            record = {"epoch": first_epoch + i}
+            record.update({name: np.asarray(values[i]).tolist() for name, values in metrics.items()})
+            lines.append(json.dumps(record) + "\n")
         with open(self.path, "a") as file:
-            for i in range(n_epochs):
-                record = {"epoch": first_epoch + i}
-                record.update({name: np.asarray(values[i]).tolist() for name, values in metrics.items()})
-                file.write(json.dumps(record) + "\n")
+            file.write("".join(lines))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
