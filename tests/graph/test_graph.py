@@ -91,7 +91,8 @@ def test_from_edges_given_a_2_by_e_edge_index_names_the_fix():
 def test_from_edges_without_receivers_or_n_nodes_says_which_is_missing():
     with pytest.raises(TypeError, match=r"Graph\.from_edges: receivers is required; got None"):
         Graph.from_edges([0, 1])
-    with pytest.raises(TypeError, match=r"Graph\.from_edges: n_nodes must be an int; got None, expected the node count N"):
+    with pytest.raises(TypeError, match=r"Graph\.from_edges: n_nodes must be an int; got None, "
+                                        r"expected the node count N"):
         Graph.from_edges([0, 1], [1, 0])
 
 

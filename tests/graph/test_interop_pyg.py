@@ -125,7 +125,8 @@ def test_to_pyg_checks_the_rows_of_x():
 
 
 def test_importing_jgrad_graph_imports_neither_torch_nor_jraph():
-    code = "import sys, jgrad.graph; print(sorted(m for m in ('torch', 'torch_geometric', 'jraph') if m in sys.modules))"
+    code = ("import sys, jgrad.graph; "
+            "print(sorted(m for m in ('torch', 'torch_geometric', 'jraph') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -212,7 +212,8 @@ def test_to_undirected_adds_missing_reverse_edges_with_the_same_weight():
 def test_to_undirected_refuses_a_pair_with_different_weights_in_its_two_directions():
     g = Graph.from_edges([0, 1, 2], [1, 0, 3], n_nodes=4, edge_weight=[1.0, 2.0, 5.0])
     with pytest.raises(ValueError, match=r"^to_undirected: 1 pair\(s\) have different weights in the two "
-                                         r"directions \(0->1 weighs 1\.0, 1->0 weighs 2\.0\); expected A\[v, u\] == A\[u, v\]\. "
+                                         r"directions \(0->1 weighs 1\.0, 1->0 weighs 2\.0\); "
+                                         r"expected A\[v, u\] == A\[u, v\]\. "
                                          r"Pass reduce='mean', 'max' or 'min'"):
         to_undirected(g)
 
