@@ -264,10 +264,15 @@ def test_checked_catches_non_finite_outputs():
         jgrad.checked(inverse_in_degree)(g)
 
 
-def test_checked_ignores_out_of_range_indices_on_padding_edges():
+def test_checked_without_index_checks_ignores_out_of_range_indices_on_padding_edges():
     g = Graph(senders=jnp.array([0, 7]), receivers=jnp.array([1, 7]), n_nodes=2,
               edge_mask=jnp.array([True, False]))
-    np.testing.assert_array_equal(jgrad.checked(lambda graph: graph.in_degree())(g), [0.0, 1.0])
+    degree = jgrad.checked(lambda graph: graph.in_degree(), index_checks=False)
+    np.testing.assert_array_equal(degree(g), [0.0, 1.0])
+    # With index checks (the default) the degree's scatter reads index 7: padding edges must hold
+    # in-range indices too, as jgrad.pad makes them.
+    with pytest.raises(JaxRuntimeError, match=r"index 7 is out of bounds for axis 0 with size 2"):
+        jgrad.checked(lambda graph: graph.in_degree())(g)
 
 
 @pytest.mark.parametrize("jit", [True, False], ids=["jit", "no-jit"])

@@ -102,3 +102,48 @@ def test_jit_vmap_and_forward_mode(graph, x64, norm):
         np.testing.assert_allclose(jitted(weights[k]), batched[k], rtol=1e-12)
     np.testing.assert_allclose(jax.jacfwd(lambda w: norm(graph, w).edge_weight)(weights[0]),
                                jax.jacrev(lambda w: norm(graph, w).edge_weight)(weights[0]), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("norm", [gcn_norm, row_norm], ids=["gcn_norm", "row_norm"])
+def test_negative_weights_are_refused_naming_the_edges(graph, norm):
+    w = jnp.ones(E).at[3].set(-1.0).at[7].set(-0.5)
+    message = (f"{norm.__name__}: edge_weight is negative on 2 edge(s); got edge_weight[3]=-1, edge_weight[7]=-0.5, "
+               "expected edge_weight >= 0 (a negative weight can make a degree zero or negative, where the "
+               "normalisation is undefined).")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        norm(graph, w)
+
+
+def test_negative_weights_on_padding_edges_are_ignored():
+    from jgrad import pad
+
+    padded = pad(Graph.from_edges([0, 1], [1, 0], n_nodes=2), 3, 4)
+    normed = gcn_norm(padded, jnp.array([1.0, 1.0, -5.0, -5.0]))
+    np.testing.assert_allclose(normed.edge_weight[:2], 0.5)
+
+
+def test_gcn_norm_refuses_a_negative_fill(graph):
+    with pytest.raises(ValueError, match=re.escape("gcn_norm: fill is negative or NaN; got -1.0, expected fill >= 0")):
+        gcn_norm(graph, fill=-1.0)
+
+
+def test_negative_traced_weights_are_reported_under_checked(graph):
+    import jgrad
+    from jax.experimental import checkify
+
+    w = jnp.ones(E).at[2].set(-1.0)
+    assert np.isfinite(jax.jit(lambda w: gcn_norm(graph, w).edge_weight)(w)).all()  # unchecked: not reported
+    with pytest.raises(checkify.JaxRuntimeError, match=re.escape("gcn_norm: edge_weight[2]=-1.0 is negative; "
+                                                                 "expected weights >= 0")):
+        jgrad.checked(lambda w: gcn_norm(graph, w).edge_weight)(w)
+
+
+@pytest.mark.parametrize("norm", [gcn_norm, row_norm], ids=["gcn_norm", "row_norm"])
+def test_unweighted_graph_takes_the_default_float_dtype(graph, norm):
+    assert norm(graph).edge_weight.dtype == jnp.float32
+    with jax.enable_x64(True):
+        normed = norm(graph)
+        assert normed.edge_weight.dtype == jnp.float64
+        exact = norm(graph, jnp.ones(E, jnp.float64)).edge_weight
+        np.testing.assert_array_equal(normed.edge_weight, exact)  # float64 ones, not float32 ones cast up
+        assert jax.jit(lambda g: norm(g).edge_weight)(graph).dtype == jnp.float64

@@ -12,6 +12,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from jax.experimental import checkify
 
@@ -71,3 +72,123 @@ def test_checked_passes_valid_input_and_can_allow_infinite_inputs():
     assert jnp.allclose(checked_op(G, X), ops.spmm(G, X))
     masked_max = jgrad.checked(lambda g, x: ops.gspmm(g, "copy_u", "max", jnp.maximum(x, 0.0)), finite_inputs=False)
     assert jnp.isfinite(masked_max(G, X.at[0, 0].set(-jnp.inf))).all()
+
+
+# --- graphs built or changed inside the checked function: checked at the op ---------------------------
+
+
+def test_checked_catches_a_graph_changed_inside_the_function_at_the_op():
+    def shifted_sum(graph, x, offset):
+        moved = dataclasses.replace(graph, senders=graph.senders + offset)
+        return jnp.sum(ops.spmm(moved, x))
+
+    guarded = jgrad.checked(shifted_sum)
+    assert jnp.isfinite(guarded(G, X, 0))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"spmm: senders\[1\]=3 is out of range; expected 0 <= "
+                                                       r"index < n_nodes=3\."):
+        guarded(G, X, 2)
+
+
+def test_checked_catches_a_graph_built_inside_the_function_from_traced_indices():
+    def build_and_degree(senders, receivers):
+        return Graph(senders=senders, receivers=receivers, n_nodes=3).in_degree()
+
+    guarded = jgrad.checked(build_and_degree)
+    np.testing.assert_array_equal(guarded(jnp.array([0, 1]), jnp.array([1, 2])), [0.0, 1.0, 1.0])
+    with pytest.raises(checkify.JaxRuntimeError, match=r"Graph.in_degree: receivers\[0\]=-1 is out of range; "
+                                                       r"expected 0 <= index < n_nodes=3\."):
+        guarded(jnp.array([0, 1]), jnp.array([-1, 2]))
+
+
+def test_checked_catches_non_finite_weights_set_inside_the_function():
+    guarded = jgrad.checked(lambda g, w, x: ops.spmm(g.with_edge_weight(w), x), finite_inputs=False)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"spmm: edge_weight\[2\] is not finite; got inf"):
+        guarded(G, jnp.array([1.0, 1.0, jnp.inf]), X)
+
+
+def test_op_level_checks_leave_plain_jit_unchanged_before_and_after_checked_mode():
+    def shifted_sum(graph, x, offset):
+        return jnp.sum(ops.spmm(dataclasses.replace(graph, senders=graph.senders + offset), x))
+
+    plain = jax.jit(shifted_sum)
+    assert jnp.isfinite(plain(G, X, 2))  # unchecked: no error (the documented cost of plain jit)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"out of range"):
+        jgrad.checked(shifted_sum)(G, X, 2)
+    assert jnp.isfinite(plain(G, X, 2))  # the cached trace still compiles and runs without checkify
+
+
+# --- gathers, segment ids, labels ----------------------------------------------------------------------
+
+
+def test_checked_catches_an_out_of_range_gather():
+    guarded = jgrad.checked(lambda x, index: x[index])
+    np.testing.assert_array_equal(guarded(X, jnp.array([0, -1])), X[jnp.array([0, 2])])  # -1 counts from the end
+    with pytest.raises(checkify.JaxRuntimeError, match=r"out-of-bounds indexing for array of shape \(3, 2\): "
+                                                       r"index 5 is out of bounds for axis 0 with size 3"):
+        guarded(X, jnp.array([0, 5]))
+
+
+def test_checked_catches_out_of_range_segment_ids_except_masked_ones():
+    guarded = jgrad.checked(lambda d, ids, mask: ops.segment_softmax(d, ids, 2, mask=mask))
+    data = jnp.array([1.0, 2.0, 3.0])
+    keep = jnp.array([True, True, False])
+    np.testing.assert_allclose(guarded(data, jnp.array([0, 1, 7]), keep), [1.0, 1.0, 0.0])
+    with pytest.raises(checkify.JaxRuntimeError, match=r"segment_softmax: segment_ids\[2\]=7 is out of range; "
+                                                       r"expected 0 <= index < num_segments=2\."):
+        guarded(data, jnp.array([0, 1, 7]), jnp.ones(3, bool))
+    summed = jgrad.checked(lambda d, ids: ops.segment_sum(d, ids, 2))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"segment_sum: segment_ids\[0\]=-1 is out of range"):
+        summed(data, jnp.array([-1, 0, 1]))
+
+
+def test_checked_catches_label_minus_one_in_the_library_loss_where_the_mask_is_set():
+    from jgrad.train import masked_cross_entropy
+
+    guarded = jgrad.checked(masked_cross_entropy)
+    logits = jnp.zeros((3, 4))
+    labels = jnp.array([0, 3, -1])
+    loss, _ = guarded(logits, labels, jnp.array([True, True, False]))  # the -1 row is not trained on
+    assert np.isclose(loss, np.log(4.0))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"masked_cross_entropy: labels\[2\]=-1 is out of range; "
+                                                       r"expected 0 <= index < n_classes=4\."):
+        guarded(logits, labels, jnp.ones(3, bool))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"labels\[0\]=4 is out of range"):
+        guarded(logits, jnp.array([4, 0, 0]), jnp.ones(3, bool))
+
+
+# --- the library's own state, and jit around checked ---------------------------------------------------
+
+
+def test_checked_accepts_a_fresh_train_state_and_a_library_train_step():
+    from flax import nnx
+
+    from jgrad.data import karate_club
+    from jgrad.train import TrainState, make_optimizer, make_train_step, split_model
+
+    data = karate_club()
+    model_def, params = split_model(jgrad.nn.GCN(34, 4, 2, rngs=nnx.Rngs(0)))
+    optimizer = make_optimizer(0.01, 5e-4, "first_layer")
+    state = TrainState.create(params, optimizer, jax.random.key(1))
+    assert not np.isfinite(state.best_val_loss)  # inf is the fresh state's sentinel
+    new_state, metrics = jgrad.checked(make_train_step(model_def, optimizer))(state, data)
+    assert int(new_state.step) == 1 and np.isfinite(metrics["loss"])
+
+
+def test_checked_still_refuses_nan_in_a_scalar_and_inf_in_an_array():
+    guarded = jgrad.checked(lambda scale, x: jnp.minimum(scale, 1.0) * x)
+    np.testing.assert_array_equal(guarded(jnp.float32(jnp.inf), X), X)  # an infinite scalar is allowed
+    with pytest.raises(checkify.JaxRuntimeError, match=r"argument args\[0\] is not finite; got nan at flat index "
+                                                       r"0 of shape \(\), expected not NaN \(a scalar may be "
+                                                       r"infinite\)\."):
+        guarded(jnp.float32(jnp.nan), X)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"argument args\[1\] is not finite; got -inf at flat "
+                                                       r"index 1 of shape \(3, 2\), expected finite values\."):
+        guarded(jnp.float32(2.0), X.at[0, 1].set(-jnp.inf))
+
+
+def test_jit_of_checked_runs_and_raises_from_the_compiled_call():
+    guarded = jax.jit(jgrad.checked(lambda graph, x: ops.spmm(graph, x)))
+    np.testing.assert_allclose(guarded(G, X), ops.spmm(G, X))
+    bad = jax.jit(lambda g, o: dataclasses.replace(g, receivers=g.receivers + o))(G, 1)
+    with pytest.raises(jax.errors.JaxRuntimeError, match=r"receivers\[1\]=3 is out of range"):
+        jax.block_until_ready(guarded(bad, X))

@@ -121,9 +121,14 @@ def check_graph_indices(where: str, graph: Any) -> None:
 
     Ops call this because the plain ``Graph(...)`` constructor (and any pytree rebuild) does not
     validate, and an out-of-range index would otherwise be clamped by gathers and dropped by the
-    segment reductions: a silently wrong result rather than an error.
+    segment reductions: a silently wrong result rather than an error. On traced values it adds the same
+    checks (and finite weights) as ``checkify.debug_check``s instead, see `graph_debug_checks`.
     """
-    if graph.n_edges == 0 or not is_concrete(graph.senders, graph.receivers, graph.edge_mask):
+    if graph.n_edges == 0:
+        return
+    if not is_concrete(graph.senders, graph.receivers, graph.edge_mask, graph.edge_weight):
+        graph_debug_checks(where, graph)
+    if not is_concrete(graph.senders, graph.receivers, graph.edge_mask):
         return
     live = None if graph.edge_mask is None else np.asarray(graph.edge_mask, bool)
     problems = []
@@ -137,6 +142,40 @@ def check_graph_indices(where: str, graph: Any) -> None:
             f"{where}: the graph has indices out of range: " + " ".join(problems)
             + " Build graphs with Graph.from_edges, which validates them."
         )
+
+
+def check_batch_fields(where: str, graph: Any) -> None:
+    """Checks a (possibly raw-constructed) batch before host-side splitting: its type and the shapes and
+    dtypes of ``n_node_per_graph``, ``graph_mask``, ``node_mask``, ``edge_mask`` and ``edge_weight``.
+
+    All problems are reported together in one ``ValueError``; a wrong type or dtype is a ``TypeError``.
+    """
+    from ._graph import Graph
+
+    if not isinstance(graph, Graph):
+        raise TypeError(f"{where}: graph must be a jgrad.Graph; got {type(graph).__name__}, expected a batch "
+                        "made by jgrad.batch.")
+    counts = graph.n_node_per_graph
+    if counts is None:
+        return
+    if not np.issubdtype(np.asarray(counts).dtype, np.integer):
+        raise TypeError(f"{where}: n_node_per_graph must have an integer dtype; got "
+                        f"{np.asarray(counts).dtype.name}, expected int32 node counts.")
+    problems = []
+    if np.ndim(counts) != 1:
+        problems.append(f"n_node_per_graph must be 1-D; got shape {tuple(np.shape(counts))}, expected (G,).")
+    n_graphs = np.shape(counts)[0] if np.ndim(counts) == 1 else None
+    expected = {"graph_mask": (n_graphs,), "node_mask": (graph.n_nodes,), "edge_mask": (graph.n_edges,)}
+    for name, shape in expected.items():
+        value = getattr(graph, name)
+        if value is not None and shape[0] is not None and tuple(np.shape(value)) != shape:
+            problems.append(f"{name} has the wrong shape; got {tuple(np.shape(value))}, expected {shape}.")
+    weight = graph.edge_weight
+    if weight is not None and (np.ndim(weight) == 0 or np.shape(weight)[0] != graph.n_edges):
+        problems.append(f"edge_weight must have one row per edge; got shape {tuple(np.shape(weight))}, "
+                        f"expected ({graph.n_edges}, ...).")
+    if problems:
+        raise ValueError(f"{where}: " + " ".join(problems))
 
 
 def check_dense_square(where: str, adjacency: Any) -> np.ndarray:
@@ -163,62 +202,156 @@ def require_concrete(where: str, *values: Any) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Checked mode: the value checks inside compiled code, via checkify.
+#
+# Two kinds of checkify check are used. `checked` adds plain ``checkify.check``s at its boundary (it
+# always functionalizes them). Library ops add ``checkify.debug_check``s where they meet traced
+# indices: those are checked only under ``checkify`` (so under `checked`) and are dropped, with the
+# arithmetic that feeds them, everywhere else, so plain ``jax.jit`` and cached traces are unaffected.
 # --------------------------------------------------------------------------------------------------
-def graph_value_checks(graph: Any) -> None:
-    """Adds checkify checks (indices in range, finite weights) for a Graph; use under `checkify`."""
+def graph_value_checks(graph: Any, where: str = "Graph", *, debug: bool = False) -> None:
+    """Adds checkify checks (indices in range, finite weights) for a Graph; use under `checkify`.
+
+    With ``debug=True`` the checks are ``checkify.debug_check``s: no-ops unless functionalized.
+    """
     n = graph.n_nodes
     if graph.n_edges == 0:  # nothing to check, and argmin of an empty array is an error
         return
+    live = graph.edge_mask
     for name in ("senders", "receivers"):
-        index = getattr(graph, name)
-        valid = (index >= 0) & (index < n)
-        if graph.edge_mask is not None:
-            valid = valid | ~graph.edge_mask
-        first_bad = jnp.argmin(valid)
-        checkify.check(
-            jnp.all(valid),
-            f"Graph: {name}[{{position}}]={{value}} is out of range; expected 0 <= index < n_nodes={n}.",
-            position=first_bad,
-            value=index[first_bad],
-        )
+        index_range_check(where, name, getattr(graph, name), n, "n_nodes", live=live, debug=debug)
     if graph.edge_weight is not None:
         finite = jnp.isfinite(graph.edge_weight).reshape(graph.n_edges, -1).all(axis=1)
+        if live is not None:
+            finite = finite | ~live
         first_bad = jnp.argmin(finite)
-        checkify.check(
+        _check(debug)(
             jnp.all(finite),
-            "Graph: edge_weight[{position}] is not finite.",
+            f"{where}: edge_weight[{{position}}] is not finite; got {{value}}, expected finite weights.",
             position=first_bad,
+            value=graph.edge_weight.reshape(graph.n_edges, -1)[first_bad, 0],
         )
 
 
-def finite_checks(where: str, name: str, value: Any) -> None:
-    """Adds a checkify check that the float array ``value`` is finite, naming its first bad element.
+def graph_debug_checks(where: str, graph: Any) -> None:
+    """`graph_value_checks` as debug checks, for ops that meet a traced graph (``where`` names the op)."""
+    graph_value_checks(graph, where, debug=True)
 
-    Use under `checkify` (`checked` calls it on every floating-point argument); integer and boolean
-    arrays are ignored.
+
+def index_range_check(
+    where: str,
+    name: str,
+    index: Any,
+    bound: int,
+    bound_name: str,
+    *,
+    live: Any = None,
+    debug: bool = True,
+) -> None:
+    """Adds a checkify check that ``0 <= index[i] < bound`` wherever ``live[i]`` (all i if ``live`` is None).
+
+    The message names the first bad position and value:
+    ``<where>: <name>[3]=7 is out of range; expected 0 <= index < <bound_name>=5.``
+    """
+    index = jnp.asarray(index)
+    if index.size == 0:
+        return
+    valid = (index >= 0) & (index < bound)
+    if live is not None:
+        valid = valid | ~jnp.asarray(live, bool)
+    flat = valid.reshape(-1)
+    first_bad = jnp.argmin(flat)
+    _check(debug)(
+        jnp.all(flat),
+        f"{where}: {name}[{{position}}]={{value}} is out of range; expected 0 <= index < {bound_name}={bound}.",
+        position=first_bad,
+        value=index.reshape(-1)[first_bad],
+    )
+
+
+def label_checks(where: str, labels: Any, n_classes: int, mask: Any = None) -> None:
+    """Debug-checks class labels: ``0 <= labels[i] < n_classes`` wherever ``mask[i]``.
+
+    A label of -1 (a common "unlabelled" marker) would otherwise be read as the last class by
+    ``take_along_axis``; reported only under `checked` (a ``checkify.debug_check``).
+    """
+    index_range_check(where, "labels", labels, n_classes, "n_classes", live=mask, debug=True)
+
+
+def _check(debug: bool) -> Callable[..., None]:
+    return checkify.debug_check if debug else checkify.check
+
+
+def finite_checks(where: str, name: str, value: Any, location: str = "") -> None:
+    """Adds checkify checks that the float array ``value`` is finite, naming its first bad element.
+
+    Use under `checkify` (`checked` calls it on its floating-point arguments); integer and boolean
+    arrays are ignored. NaN is refused everywhere; ``inf`` is refused in arrays of rank >= 1 and
+    allowed in scalars, which serve as sentinels (``TrainState.best_val_loss`` starts at ``inf``).
     """
     if not (hasattr(value, "dtype") and jnp.issubdtype(value.dtype, jnp.inexact)) or value.size == 0:
         return
-    finite = jnp.isfinite(value).reshape(-1)
-    first_bad = jnp.argmin(finite)
+    bad = jnp.isnan(value) if value.ndim == 0 else ~jnp.isfinite(value)
+    flat = bad.reshape(-1)
+    first_bad = jnp.argmax(flat)
+    rule = "not NaN (a scalar may be infinite)" if value.ndim == 0 else "finite values"
     checkify.check(
-        jnp.all(finite),
+        ~jnp.any(flat),
         f"{where}: {name} is not finite; got {{value}} at flat index {{position}} of shape "
-        f"{tuple(value.shape)}, expected finite values.",
+        f"{tuple(value.shape)}{location}, expected {rule}.",
         value=value.reshape(-1)[first_bad],
         position=first_bad,
     )
 
 
-def checked(fn: Callable[..., Any], *, jit: bool = True, finite_inputs: bool = True) -> Callable[..., Any]:
-    """Wraps ``fn`` so that bad graphs and non-finite values raise even inside compiled code.
+CHECKED_ERRORS = checkify.user_checks | checkify.nan_checks | checkify.index_checks
 
-    Every `Graph` among the arguments gets its value checks (indices in ``[0, n_nodes)``, finite
-    weights); with ``finite_inputs`` every other floating-point argument (e.g. node features) is checked
-    to be finite; every floating-point output is checked to be finite, and checkify's NaN checks watch
-    every operation. The wrapped function is compiled with ``jax.jit`` (unless ``jit=False``) and raises
-    ``checkify.JaxRuntimeError`` naming the first problem. Pass ``finite_inputs=False`` when infinite
-    inputs are intended (e.g. ``-inf`` logits that mask entries).
+
+def checked(
+    fn: Callable[..., Any], *, jit: bool = True, finite_inputs: bool = True, index_checks: bool = True
+) -> Callable[..., Any]:
+    """Wraps ``fn`` so that bad graphs, indices and non-finite values raise even inside compiled code.
+
+    What is checked, at run time, with ``jax.experimental.checkify``:
+
+    - every `Graph` among the arguments: indices in ``[0, n_nodes)`` and finite weights on its real
+      edges (with ``index_checks``, the gathers and scatters of padding edges must be in range too, as
+      `jgrad.pad` makes them; ``index_checks=False`` lets padding edges hold any index);
+    - every graph an op meets inside ``fn``, including graphs built or changed there: the ops
+      (`jgrad.ops`, degrees, ``to_dense``) check the graph's indices and weights at the op and name it
+      (e.g. ``spmm: receivers[1]=3 is out of range``);
+    - segment ids of the ``jgrad.ops.segment_*`` reductions in ``[0, num_segments)`` (masked entries
+      excepted), and class labels of the library's loss in ``[0, n_classes)`` where the loss mask is
+      set (so a label of -1 is reported);
+    - with ``index_checks``, every gather and scatter (``x[idx]``, ``.at[idx]``) in range (checkify's
+      index checks; negative indices count from the end as in NumPy and are allowed);
+    - with ``finite_inputs``, every floating-point argument that is not a graph: no NaN, and no
+      ``inf`` except in scalars (sentinels such as ``TrainState.best_val_loss = inf`` of a fresh state
+      pass);
+    - every floating-point output by the same rule (no NaN; no ``inf`` except in scalars), and no
+      operation creating a NaN (checkify's NaN checks).
+
+    The op-level checks are ``checkify.debug_check``s, so outside `checked` they cost nothing and
+    leave plain ``jax.jit`` untouched. ``checked(fn)`` may itself be wrapped in ``jax.jit``: then a
+    failed check raises ``jax.errors.JaxRuntimeError`` from the compiled call (through a host
+    callback), with the check's message at the end.
+
+    Args:
+      fn: the function to check.
+      jit: compile the checked function with ``jax.jit`` (default).
+      finite_inputs: check floating-point arguments as above; pass False when infinite inputs are
+        intended (e.g. ``-inf`` logits that mask entries).
+      index_checks: check every gather and scatter. checkify cannot process some scatters (in jax
+        0.10, the gradient of ``jnp.take_along_axis``); ``checked`` then raises NotImplementedError
+        saying so, and ``index_checks=False`` keeps every other check.
+
+    Returns:
+      A function with ``fn``'s signature and outputs that raises ``checkify.JaxRuntimeError`` naming
+      the first problem.
+
+    Raises:
+      TypeError: a non-callable ``fn`` or a non-bool flag.
+      NotImplementedError: (when called) ``fn`` has an operation that checkify's index checks cannot
+        process.
 
     Example:
       >>> import jax.numpy as jnp, jgrad
@@ -230,8 +363,16 @@ def checked(fn: Callable[..., Any], *, jit: bool = True, finite_inputs: bool = T
     """
     from ._graph import Graph
 
+    if not callable(fn):
+        raise TypeError(f"checked: fn must be callable; got {type(fn).__name__} {fn!r:.60}, expected a function "
+                        "of arrays and graphs.")
+    for flag, value in (("jit", jit), ("finite_inputs", finite_inputs), ("index_checks", index_checks)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"checked: {flag} must be a bool; got {type(value).__name__} {value!r:.60}, "
+                            "expected True or False.")
+    name = getattr(fn, "__name__", "fn")
+
     def validated(*args: Any, **kwargs: Any) -> Any:
-        name = getattr(fn, "__name__", "fn")
         leaves = jax.tree_util.tree_leaves_with_path((args, kwargs), is_leaf=lambda x: isinstance(x, Graph))
         for path, leaf in leaves:
             if isinstance(leaf, Graph):
@@ -239,21 +380,44 @@ def checked(fn: Callable[..., Any], *, jit: bool = True, finite_inputs: bool = T
             elif finite_inputs:
                 finite_checks(name, "argument " + _argument_name(path), leaf)
         out = fn(*args, **kwargs)
-        for leaf in jax.tree.leaves(out):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(out):
             if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
-                checkify.check(jnp.all(jnp.isfinite(leaf)), f"{name}: an output is not finite.")
+                finite_checks(name, "an output", leaf, f" in out{jax.tree_util.keystr(path)}")
         return out
 
-    checkified = checkify.checkify(validated, errors=checkify.user_checks | checkify.nan_checks)
+    errors = CHECKED_ERRORS if index_checks else CHECKED_ERRORS - checkify.index_checks
+    checkified = checkify.checkify(validated, errors=errors)
     compiled = jax.jit(checkified) if jit else checkified
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        error, out = compiled(*args, **kwargs)
-        error.throw()
+        try:
+            error, out = compiled(*args, **kwargs)
+        except IndexError as failure:
+            if not index_checks:
+                raise
+            try:  # does fn trace without checkify's index checks? Then they are what failed.
+                without = checkify.checkify(validated, errors=CHECKED_ERRORS - checkify.index_checks)
+                jax.eval_shape(without, *args, **kwargs)
+            except Exception:
+                raise failure from None
+            raise NotImplementedError(
+                f"checked: checkify's index checks cannot process an operation of {name} (a JAX "
+                f"limitation, e.g. the gradient of jnp.take_along_axis); got IndexError: {failure}, "
+                "expected a gather or scatter it supports. Pass index_checks=False to keep every other "
+                "check, or index with x[rows, cols] instead of take_along_axis."
+            ) from failure
+        if is_concrete(*jax.tree.leaves(error)):
+            error.throw()
+        else:  # inside the caller's jit / vmap: raise when the compiled code runs
+            jax.debug.callback(_throw, error)
         return out
 
     return wrapper
+
+
+def _throw(error: Any) -> None:
+    error.throw()
 
 
 def _argument_name(path: tuple) -> str:

@@ -4,15 +4,24 @@ Degrees are *weighted* in-degrees, ``deg[v] = sum of w[e] over edges e into v``,
 through them. Where a degree is 0 (a node whose incoming weights were all driven to 0, e.g. by a
 structure attack), the inverse power is defined as 0 and so is its derivative: values and gradients
 stay finite, with no host synchronisation (double ``where``).
+
+Weights must be non-negative: a negative weight can make a degree zero or negative, where the
+normalisation is undefined. Concrete weights (and ``fill``) are checked and refused with a
+``ValueError``; traced weights are checked under `jgrad.checked`, and otherwise a degree <= 0 gives
+weight 0 on its edges. The ones of an unweighted graph take the default float dtype (float64 under
+``jax.enable_x64``).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
 
 from ..graph import Graph
-from ..graph._checks import check_graph_indices
+from ..graph._checks import check_graph_indices, is_concrete
+from ..graph._graph import default_float_dtype
 from ._segment import segment_sum
 
 ArrayLike = jax.typing.ArrayLike
@@ -28,14 +37,50 @@ def safe_inverse_power(degree: jax.Array, power: float) -> jax.Array:
 def _scalar_weights(where: str, graph: Graph, edge_weight) -> jax.Array:
     weight = graph.edge_weight if edge_weight is None else jnp.asarray(edge_weight)
     if weight is None:
-        weight = jnp.ones((graph.n_edges,), jnp.float32)
+        weight = jnp.ones((graph.n_edges,), default_float_dtype())
     if weight.shape != (graph.n_edges,):
         raise ValueError(f"{where}: needs one scalar weight per edge; got shape {tuple(weight.shape)}, "
                          f"expected ({graph.n_edges},).")
     if not jnp.issubdtype(weight.dtype, jnp.floating):
         raise TypeError(f"{where}: edge_weight must be a float array; got dtype {weight.dtype}.")
     check_graph_indices(where, graph)
+    _check_non_negative(where, weight, graph.edge_mask)
     return weight
+
+
+def _check_non_negative(where: str, weight: jax.Array, edge_mask) -> None:
+    """Refuses negative weights on real edges: eagerly when concrete, else as a checkify debug check."""
+    if weight.shape[0] == 0:
+        return
+    negative = weight < 0
+    if edge_mask is not None:
+        negative = negative & edge_mask
+    if not is_concrete(weight, edge_mask):
+        first = jnp.argmax(negative)
+        checkify.debug_check(
+            ~jnp.any(negative),
+            f"{where}: edge_weight[{{position}}]={{value}} is negative; expected weights >= 0 (a degree "
+            "normalisation is undefined for a degree <= 0).",
+            position=first,
+            value=weight[first],
+        )
+        return
+    bad = np.flatnonzero(np.asarray(negative))
+    if bad.size:
+        host = np.asarray(weight)
+        listed = ", ".join(f"edge_weight[{i}]={host[i]:g}" for i in bad[:5])
+        more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+        raise ValueError(
+            f"{where}: edge_weight is negative on {bad.size} edge(s); got {listed}{more}, expected "
+            "edge_weight >= 0 (a negative weight can make a degree zero or negative, where the normalisation "
+            "is undefined)."
+        )
+
+
+def _check_fill(fill) -> None:
+    if is_concrete(fill) and not np.all(np.asarray(fill) >= 0):
+        raise ValueError(f"gcn_norm: fill is negative or NaN; got {fill!r}, expected fill >= 0 (the self-loop "
+                         "weight enters every degree).")
 
 
 def gcn_norm(
@@ -61,9 +106,14 @@ def gcn_norm(
       A weighted `Graph` (E + N edges with self loops) whose ``edge_weight`` holds ``w_norm``.
       ``spmm(gcn_norm(g), x)`` is the GCN propagation.
 
+    Raises:
+      ValueError: concrete weights with a negative value on a real edge, or a negative ``fill``
+        (traced weights are checked under `jgrad.checked`).
+
     Notes:
       Differentiable w.r.t. the weights through the degrees; a zero degree gives weight 0 and
-      gradient 0 there (no NaN). jit-, vmap- and grad-safe.
+      gradient 0 there (no NaN). jit-, vmap- and grad-safe. An unweighted graph gets weights of the
+      default float dtype (float64 under ``jax.enable_x64``).
 
     Example:
       >>> import jgrad
@@ -74,6 +124,7 @@ def gcn_norm(
     weight = _scalar_weights("gcn_norm", graph, edge_weight)
     graph = graph.with_edge_weight(weight)
     if add_self_loops:
+        _check_fill(fill)
         graph = graph.add_self_loops(fill)
     weight = graph.weights(weight.dtype)
     inv_sqrt = safe_inverse_power(segment_sum(weight, graph.receivers, graph.n_nodes), 0.5)
@@ -91,7 +142,11 @@ def row_norm(graph: Graph, edge_weight: ArrayLike | None = None) -> Graph:
 
     Returns:
       A weighted `Graph` with the same edges and ``w_norm`` as weights. A node whose degree is 0 gets
-      weights 0 and gradient 0.
+      weights 0 and gradient 0. An unweighted graph gets the default float dtype.
+
+    Raises:
+      ValueError: concrete weights with a negative value on a real edge (traced weights are checked
+        under `jgrad.checked`).
 
     Example:
       >>> import jgrad

@@ -11,8 +11,9 @@ Conventions shared by every function:
 - **mask** (shape ``(E,)``, bool) removes entries: an entry with ``mask[e] == False`` contributes nothing
   and receives a zero gradient, even when its value is ``inf`` or NaN. Padded entries are removed this way.
 - **Out-of-range ids** (negative, or ``>= num_segments``) are dropped, as ``jax.ops`` drops them: they
-  contribute nothing. They are not reported here, because the values of ``segment_ids`` are unknown while
-  tracing; the eager validators in :mod:`jgrad.graph` check them.
+  contribute nothing. They are not reported eagerly; under `jgrad.checked` an unmasked out-of-range id
+  raises (a ``checkify.debug_check``, a no-op outside checkify), and the eager validators in
+  :mod:`jgrad.graph` check graph indices.
 - **Checked even while tracing**: ``data`` is real (complex input is refused with a ``TypeError``: max,
   min, softmax and std have no complex meaning), ``num_segments`` is a non-negative static int,
   ``segment_ids`` has an integer dtype and shape ``(E,)``, ``mask`` has a bool dtype and shape ``(E,)``,
@@ -42,6 +43,7 @@ import numpy as np
 from jax import lax
 
 from jgrad._types import REDUCERS, TIE_RULES, Array, ArrayLike, Reducer, TieRule, check_choice
+from jgrad.graph._checks import index_range_check, is_concrete
 
 __all__ = [
     "segment_logsumexp",
@@ -90,7 +92,8 @@ def segment_sum(
       [3. 0. 4.]
     """
     data, segment_ids, mask = _check_inputs("segment_sum", data, segment_ids, num_segments, mask)
-    return _sum(_zero_masked(data, mask), segment_ids, num_segments, indices_are_sorted)
+    ids = _scatter_ids(segment_ids, num_segments, mask)
+    return _sum(_zero_masked(data, mask), ids, num_segments, indices_are_sorted, mask is not None)
 
 
 def segment_mean(
@@ -127,7 +130,8 @@ def segment_mean(
     """
     data, segment_ids, mask = _check_inputs("segment_mean", data, segment_ids, num_segments, mask)
     data = _as_float(data)
-    total = _sum(_zero_masked(data, mask), segment_ids, num_segments, indices_are_sorted)
+    ids = _scatter_ids(segment_ids, num_segments, mask)
+    total = _sum(_zero_masked(data, mask), ids, num_segments, indices_are_sorted, mask is not None)
     count = _count(data, segment_ids, num_segments, mask, indices_are_sorted)
     return total / jnp.maximum(count, 1)
 
@@ -273,7 +277,7 @@ def segment_logsumexp(
     shifted, shift, nonempty, routed = _shift_by_max(data, segment_ids, num_segments, mask)
     valid = _entry_mask(data, routed, num_segments)
     exps = jnp.where(valid, jnp.exp(shifted), 0)
-    total = _sum(exps, segment_ids, num_segments, indices_are_sorted)
+    total = _sum(exps, routed, num_segments, indices_are_sorted and mask is None, mask is not None)
     # total is 0 only when every logit of the segment is -inf; a NaN total is kept, so NaN propagates.
     positive = nonempty & (total != 0)
     safe_total = jnp.where(positive, total, 1)
@@ -329,7 +333,8 @@ def segment_softmax(
     shifted, _, _, routed = _shift_by_max(logits, segment_ids, num_segments, mask)
     valid = _entry_mask(logits, routed, num_segments)
     exps = jnp.where(valid, jnp.exp(shifted), 0)
-    total = _gather(_sum(exps, segment_ids, num_segments, indices_are_sorted), routed)
+    sorted_hint = indices_are_sorted and mask is None
+    total = _gather(_sum(exps, routed, num_segments, sorted_hint, mask is not None), routed)
     # A finite segment maximum contributes exp(0) = 1, so total >= 1; total is 0 only when every logit
     # of the segment is -inf, and that segment gets 0 (double where: no NaN in value or gradient). A NaN
     # total (a NaN logit in the segment) is not 0, so the NaN reaches every entry of its segment.
@@ -395,11 +400,12 @@ def segment_std(
     data = _as_float(data)
     data = _zero_masked(data, mask)
     count = _count(data, segment_ids, num_segments, mask, indices_are_sorted)
-    mean = _sum(data, segment_ids, num_segments, indices_are_sorted) / jnp.maximum(count, 1)
     routed = _route(segment_ids, num_segments, mask)
+    sorted_hint, bucket = indices_are_sorted and mask is None, mask is not None
+    mean = _sum(data, routed, num_segments, sorted_hint, bucket) / jnp.maximum(count, 1)
     valid = _entry_mask(data, routed, num_segments)
     deviation = jnp.where(valid, data - _gather(mean, routed), 0)
-    squares = _sum(deviation * deviation, segment_ids, num_segments, indices_are_sorted)
+    squares = _sum(deviation * deviation, routed, num_segments, sorted_hint, bucket)
     divisor = count - ddof
     defined = divisor > 0
     variance = squares / jnp.where(defined, divisor, 1) + eps
@@ -509,6 +515,8 @@ def _check_inputs(
         )
     if value_problems:
         raise ValueError(_join(where, value_problems))
+    if not is_concrete(data, segment_ids, mask):  # reported under jgrad.checked only (a debug check)
+        index_range_check(where, "segment_ids", segment_ids, num_segments, "num_segments", live=mask)
     return data, segment_ids, mask
 
 
@@ -551,33 +559,33 @@ def _extremum(
     data, segment_ids, mask = _check_inputs(where, data, segment_ids, num_segments, mask)
     reduce = jax.ops.segment_max if where == "segment_max" else jax.ops.segment_min
     routed = _route(segment_ids, num_segments, mask)
-    sorted_hint = indices_are_sorted and mask is None
+    sorted_hint, bucket = indices_are_sorted and mask is None, mask is not None
     nonempty = _count(data, segment_ids, num_segments, mask, indices_are_sorted) > 0
     if not jnp.issubdtype(data.dtype, jnp.inexact):
-        extremum = reduce(data, routed, num_segments, indices_are_sorted=sorted_hint)
+        extremum = _reduce(reduce, data, routed, num_segments, sorted_hint, bucket)
         return jnp.where(nonempty, extremum, jnp.zeros((), data.dtype))
 
     # The extremum itself is a constant; gradients reach data through the linear selection below.
-    extremum = reduce(lax.stop_gradient(data), routed, num_segments, indices_are_sorted=sorted_hint)
+    extremum = _reduce(reduce, lax.stop_gradient(data), routed, num_segments, sorted_hint, bucket)
     extremum = jnp.where(nonempty, extremum, 0)
     target = _gather(extremum, routed)
     valid = _entry_mask(data, routed, num_segments)
     is_nan = jnp.isnan(data) & jnp.isnan(target)
     hit = valid & ((lax.stop_gradient(data) == target) | is_nan)
     if tie == "split":
-        ties = _sum(hit.astype(data.dtype), routed, num_segments, sorted_hint)
+        ties = _sum(hit.astype(data.dtype), routed, num_segments, sorted_hint, bucket)
         weight = jnp.where(hit, 1 / jnp.maximum(_gather(ties, routed), 1), 0)
         selected = hit
     else:
         entries = data.shape[0]
         position = lax.broadcasted_iota(jnp.int32, data.shape, 0)
-        first = jax.ops.segment_min(
-            jnp.where(hit, position, entries), routed, num_segments, indices_are_sorted=sorted_hint
+        first = _reduce(
+            jax.ops.segment_min, jnp.where(hit, position, entries), routed, num_segments, sorted_hint, bucket
         )
         selected = hit & (position == _gather(first, routed))
         weight = selected.astype(data.dtype)
     contribution = jnp.where(selected, data, 0) * lax.stop_gradient(weight)
-    linear = _sum(contribution, routed, num_segments, sorted_hint)
+    linear = _sum(contribution, routed, num_segments, sorted_hint, bucket)
     # The value is the exact extremum (a tie-weighted sum can be one rounding off it); the linear term
     # contributes zero to the value and carries the gradient (double where keeps inf data finite).
     carrier = jnp.where(jnp.isfinite(linear), linear - lax.stop_gradient(linear), 0)
@@ -594,7 +602,7 @@ def _shift_by_max(
     maxima; ``nonempty`` has shape ``(S, 1, ...)``; ``routed`` are the routed ids (see :func:`_route`).
     """
     routed = _route(segment_ids, num_segments, mask)
-    maximum = jax.ops.segment_max(lax.stop_gradient(data), routed, num_segments)
+    maximum = _reduce(jax.ops.segment_max, lax.stop_gradient(data), routed, num_segments, False, mask is not None)
     shift = jnp.where(jnp.isfinite(maximum), maximum, 0)
     valid = _entry_mask(data, routed, num_segments)
     shifted = jnp.where(valid, data - _gather(shift, routed), 0)
@@ -605,7 +613,8 @@ def _shift_by_max(
 def _route(segment_ids: Array, num_segments: int, mask: Array | None) -> Array:
     """Sends masked and out-of-range entries to the drop bucket ``num_segments``, so every id is in ``[0, S]``.
 
-    The drop bucket is outside ``[0, S)``, so ``jax.ops`` scatters drop it, and :func:`_gather` reads 0 for it.
+    The drop bucket is outside ``[0, S)``: :func:`_gather` reads 0 for it, and scatters of routed ids pass
+    ``bucket=True`` when a mask is given (see :func:`_reduce`).
     """
     in_range = (segment_ids >= 0) & (segment_ids < num_segments)
     keep = in_range if mask is None else in_range & mask
@@ -623,8 +632,26 @@ def _gather(per_segment: Array, routed: Array) -> Array:
     return jnp.concatenate([per_segment, padding], axis=0)[routed]
 
 
-def _sum(data: Array, segment_ids: Array, num_segments: int, indices_are_sorted: bool) -> Array:
-    return jax.ops.segment_sum(data, segment_ids, num_segments, indices_are_sorted=indices_are_sorted)
+def _scatter_ids(segment_ids: Array, num_segments: int, mask: Array | None) -> Array:
+    """The ids to scatter with: ``segment_ids`` itself without a mask, else the routed ids."""
+    return segment_ids if mask is None else _route(segment_ids, num_segments, mask)
+
+
+def _reduce(reduce, data: Array, ids: Array, num_segments: int, indices_are_sorted: bool, bucket: bool) -> Array:
+    """``reduce`` (a ``jax.ops.segment_*``) into S rows; ``bucket`` adds the drop bucket S and slices it off.
+
+    Masked entries are routed into that extra row instead of being scattered out of bounds, so a masked
+    call performs no out-of-bounds scatter and checkify's index checks (`jgrad.checked`) stay silent on
+    it. Without a mask no bucket is needed (ids are in range unless the caller passed bad ones), which
+    keeps the common path free of the extra row.
+    """
+    if not bucket:
+        return reduce(data, ids, num_segments, indices_are_sorted=indices_are_sorted)
+    return reduce(data, ids, num_segments + 1, indices_are_sorted=indices_are_sorted)[:num_segments]
+
+
+def _sum(data: Array, ids: Array, num_segments: int, indices_are_sorted: bool, bucket: bool = False) -> Array:
+    return _reduce(jax.ops.segment_sum, data, ids, num_segments, indices_are_sorted, bucket)
 
 
 def _count(
@@ -632,8 +659,11 @@ def _count(
 ) -> Array:
     """Number of kept entries per segment, shape ``(S, 1, ...)`` (rank of ``data``), dtype of ``data``."""
     dtype = data.dtype if jnp.issubdtype(data.dtype, jnp.inexact) else jnp.int32
-    ones = jnp.ones(segment_ids.shape, dtype) if mask is None else mask.astype(dtype)
-    count = _sum(ones, segment_ids, num_segments, indices_are_sorted)
+    if mask is None:
+        count = _sum(jnp.ones(segment_ids.shape, dtype), segment_ids, num_segments, indices_are_sorted)
+    else:
+        routed = _route(segment_ids, num_segments, mask)
+        count = _sum(mask.astype(dtype), routed, num_segments, False, True)
     return _expand(count, data.ndim)
 
 
