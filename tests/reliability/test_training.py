@@ -20,9 +20,8 @@ import optax
 import pytest
 
 import jgrad
-from jgrad.train import Checkpointer, EarlyStopping, NonFiniteLossError, fit, make_optimizer
-from jgrad.train._checkpoint import CheckpointError
-from jgrad.train._workdir import WorkdirBusyError
+from jgrad.train import (CheckpointError, Checkpointer, EarlyStopping, NonFiniteLossError, WorkdirBusyError, fit,
+                         make_optimizer)
 
 DRIVER = Path(__file__).with_name("train_driver.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -183,12 +182,12 @@ def test_a_run_killed_at_every_dangerous_point_ends_identical_to_an_uninterrupte
 
 # ---- damaged checkpoints, changed data, NaN: in this process, on copies of one small run ----
 
-def _karate_fit(workdir, optimizer, epochs=60, data=KARATE, on_chunk=None):
+def _karate_fit(workdir, optimizer, epochs=60, data=KARATE, on_chunk=None, seeds=2, hidden=16):
     return fit(
-        lambda rngs: jgrad.nn.GCN(data.n_features, 16, data.n_classes, rngs=rngs),
+        lambda rngs: jgrad.nn.GCN(data.n_features, hidden, data.n_classes, rngs=rngs),
         data,
         optimizer,
-        seeds=2,
+        seeds=seeds,
         epochs=epochs,
         early_stopping=EarlyStopping("none"),
         log_every=10,
@@ -296,6 +295,17 @@ def test_changed_data_under_the_same_workdir_refuses_to_resume(trained, tmp_path
                                          r"fingerprint\); got [0-9a-f]{12}, expected [0-9a-f]{12}\. Use a new workdir"):
         _karate_fit(workdir, make_optimizer(0.01, 5e-4), epochs=70, data=changed)
     assert (workdir / "metrics.jsonl").read_bytes() == (source / "metrics.jsonl").read_bytes()
+
+
+def test_other_seeds_or_another_model_in_the_same_workdir_refuse_to_resume_naming_each_difference(trained, tmp_path):
+    source, _ = trained
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    with pytest.raises(ValueError, match=r"its seeds differ; got \[0, 1, 2\], expected \[0, 1\]; and the model or "
+                                         r"optimizer differs \(state structure, shapes or dtypes\); got [0-9a-f]{12}"):
+        _karate_fit(workdir, make_optimizer(0.01, 5e-4), epochs=70, seeds=3)
+    with pytest.raises(ValueError, match=r"cannot resume the run in .*: the model or optimizer differs"):
+        _karate_fit(workdir, make_optimizer(0.01, 5e-4), epochs=70, hidden=8)
 
 
 def _nan_after(step: int) -> optax.GradientTransformation:

@@ -6,6 +6,7 @@ that the caller jits (with donation) and vmaps (over seeds). `fit` runs full-bat
 for several seeds in one compiled loop; `fit_graph_classification` trains on bucketed mini-batches.
 """
 
+from ._checkpoint import CheckpointError as CheckpointError
 from ._checkpoint import Checkpointer as Checkpointer
 from ._demo import run_demo as run_demo
 from ._experiment import create_model as create_model
@@ -34,8 +35,11 @@ from ._step import make_epoch_step as make_epoch_step
 from ._step import make_train_step as make_train_step
 from ._step import masked_cross_entropy as masked_cross_entropy
 from ._step import node_classification_loss as node_classification_loss
+from ._workdir import WorkdirBusyError as WorkdirBusyError
+from ._workdir import lock_workdir as lock_workdir
 
 __all__ = [
+    "CheckpointError",
     "Checkpointer",
     "EarlyStopping",
     "FitResult",
@@ -43,6 +47,7 @@ __all__ = [
     "ModelDef",
     "NonFiniteLossError",
     "TrainState",
+    "WorkdirBusyError",
     "create_model",
     "create_optimizer",
     "decay_mask",
@@ -55,6 +60,7 @@ __all__ = [
     "init_params",
     "l2_penalty",
     "load_dataset",
+    "lock_workdir",
     "make_epoch_step",
     "make_graph_batches",
     "make_optimizer",

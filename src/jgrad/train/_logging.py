@@ -96,7 +96,8 @@ class MetricsLog:
         missing = sorted(set(range(1, last_epoch + 1)) - set(kept))
         logger.warning("%s: repaired for a resume from epoch %d: dropped %d damaged, duplicate or later "
                        "line(s)%s.", self.path, last_epoch, lines - len(kept),
-                       f"; epochs {missing[0]}..{missing[-1]} are missing ({len(missing)})" if missing else "")
+                       f"; {len(missing)} epoch(s) missing: {', '.join(map(str, missing[:5]))}"
+                       f"{', ...' if len(missing) > 5 else ''}" if missing else "")
 
     def truncate(self, last_epoch: int) -> None:
         """Drops epochs after ``last_epoch`` (`restore` without a recorded size)."""

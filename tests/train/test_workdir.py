@@ -1,0 +1,100 @@
+"""The work directory's lock and the metrics log's cut-back on resume (no JAX compilation)."""
+
+import errno
+import fcntl
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from jgrad.train import Checkpointer, WorkdirBusyError, lock_workdir
+from jgrad.train import _logging
+from jgrad.train._logging import MetricsLog
+
+
+def _metrics(first, last):
+    n = last - first + 1
+    return {"loss": np.arange(2 * n, dtype=np.float32).reshape(n, 2), "val_acc": np.ones((n, 2), np.float32)}
+
+
+def _epochs(path):
+    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+
+
+def test_lock_nests_in_one_process_and_refuses_another_holder(tmp_path):
+    with lock_workdir(tmp_path) as path:
+        with lock_workdir(tmp_path):
+            pass
+        assert path == tmp_path.absolute()
+        # flock belongs to an open file: a second open of the lock file stands for another process.
+        with open(tmp_path / ".lock") as other:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(tmp_path / ".lock") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on exit
+        with pytest.raises(WorkdirBusyError, match=rf"^train: another process \(pid [0-9]+\) is training in "
+                                                   rf"{tmp_path}; got a second writer, expected one at a time\."):
+            with lock_workdir(tmp_path, where="train"):
+                pass
+
+
+def test_checkpointer_needs_a_fallback_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match=r"Checkpointer: keep must be >= 2; got 1"):
+        Checkpointer(tmp_path, keep=1)
+
+
+def test_metrics_log_restore_cuts_a_torn_line_and_later_epochs_back_to_the_checkpoint(tmp_path, caplog):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append(1, _metrics(1, 3))
+    size = log.size()
+    log.append(4, _metrics(4, 5))
+    with open(log.path, "a") as file:
+        file.write('{"epoch": 6, "loss": [0.5, 0')  # a kill during the next append
+    with caplog.at_level(logging.WARNING, logger="jgrad.train"):
+        log.restore(3, size)
+    assert _epochs(log.path) == [1, 2, 3] and log.size() == size
+    assert not caplog.records
+
+
+def test_metrics_log_after_a_full_disk_during_the_append_resumes_cleanly(tmp_path, monkeypatch):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append(1, _metrics(1, 2))
+    size = log.size()
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.file = open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, text):
+            self.file.write(text[: len(text) // 3])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_logging, "open", FullDisk, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        log.append(3, _metrics(3, 4))
+    monkeypatch.undo()
+    with pytest.raises(ValueError):
+        _epochs(log.path)  # the torn line that used to break every later resume
+    log.restore(2, size)
+    log.append(3, _metrics(3, 4))
+    assert _epochs(log.path) == [1, 2, 3, 4]
+
+
+def test_metrics_log_repairs_a_damaged_log_and_says_what_it_dropped(tmp_path, caplog):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append(1, _metrics(1, 4))
+    lines = log.path.read_text().splitlines()
+    log.path.write_text("\n".join([lines[0], "garbage", lines[2], lines[2], lines[3]]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="jgrad.train"):
+        log.restore(3, 10**6)  # the recorded size is longer than the file: check and repair
+    assert _epochs(log.path) == [1, 3]
+    message = caplog.records[-1].getMessage()
+    assert message == (f"{log.path}: repaired for a resume from epoch 3: dropped 3 damaged, duplicate or "
+                       "later line(s); 1 epoch(s) missing: 2.")
