@@ -111,9 +111,12 @@ def unbatch(graph: Graph) -> list[Graph]:
     example self loops) are split correctly. Padding edges are dropped.
 
     Raises:
-      ValueError: indices outside ``[0, n_nodes)``, per-graph node counts that do not add up to N, or an
-        edge whose sender lies in another graph than its receiver (it cannot be split).
+      TypeError: a non-Graph argument or non-integer ``n_node_per_graph``.
+      ValueError: indices outside ``[0, n_nodes)``, per-graph node counts that do not add up to N, an
+        edge whose sender lies in another graph than its receiver (it cannot be split), or masks and
+        weights whose shapes do not match the batch.
     """
+    _checks.check_batch_fields("unbatch", graph)
     if graph.n_node_per_graph is None:
         return [graph]
     _checks.require_concrete("unbatch", graph.senders, graph.n_node_per_graph)

@@ -158,9 +158,10 @@ def check_batch_fields(where: str, graph: Any) -> None:
     counts = graph.n_node_per_graph
     if counts is None:
         return
-    if not np.issubdtype(np.asarray(counts).dtype, np.integer):
-        raise TypeError(f"{where}: n_node_per_graph must have an integer dtype; got "
-                        f"{np.asarray(counts).dtype.name}, expected int32 node counts.")
+    dtype = np.dtype(getattr(counts, "dtype", None) or np.asarray(counts).dtype)  # no host copy of tracers
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(f"{where}: n_node_per_graph must have an integer dtype; got {dtype.name}, expected int32 "
+                        "node counts.")
     problems = []
     if np.ndim(counts) != 1:
         problems.append(f"n_node_per_graph must be 1-D; got shape {tuple(np.shape(counts))}, expected (G,).")
