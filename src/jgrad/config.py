@@ -51,12 +51,16 @@ _MAX_SEED = 2**32 - 1
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Which dataset. ``root`` is the Planetoid folder (else ``--data-dir``, else ``JGRAD_DATA``).
+    """Which dataset: one that ships with jgrad (`jgrad.data.DATASETS`), ``"csbm"``, or a Planetoid name
+    read from ``root`` (else ``--data-dir``, else the ``JGRAD_DATA`` folder; needed only for ``pubmed``).
 
-    The ``csbm`` fields parametrise `jgrad.data.csbm` and are ignored by the other datasets.
+    ``seed`` draws the random split of the graphs without a standard one (``cora_npz``, ``citeseer_npz``,
+    ``cora_ml``, ``polblogs``) and the ``csbm`` graph; the ``csbm`` fields parametrise `jgrad.data.csbm`
+    and are ignored by the other datasets.
     """
 
-    name: str = _choice("karate", ("karate", "cora", "citeseer", "pubmed", "csbm"))
+    name: str = _choice("karate", ("karate", "cora", "citeseer", "cora_npz", "citeseer_npz", "cora_ml",
+                                   "polblogs", "pubmed", "csbm"))
     root: str | None = None
     n_nodes: int = _range(1000, 1, 10_000_000)
     n_classes: int = _range(3, 1, 1000)

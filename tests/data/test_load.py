@@ -200,3 +200,16 @@ def test_the_converter_rebuilds_the_shipped_files_byte_for_byte(planetoid_dir, t
     assert capsys.readouterr().out.count(" same") == 8
     assert convert.main([str(source), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "cora.npz").read_bytes() == FILES.joinpath("cora.npz").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["cora_npz", "polblogs"])
+def test_a_config_selects_a_shipped_robustness_graph_and_its_split_seed(name):
+    from jgrad.config import load_config
+    from jgrad.train import load_dataset
+
+    first = load_dataset(load_config(ROOT / "configs" / "gcn_karate_tiny.yaml", [f"data.name={name}"]).data)
+    other = load_dataset(load_config(ROOT / "configs" / "gcn_karate_tiny.yaml",
+                                     [f"data.name={name}", "data.seed=1"]).data)
+    expected = load(name)
+    assert first.n_nodes == expected.n_nodes and (first.train_mask == expected.train_mask).all()
+    assert (other.train_mask != first.train_mask).any()

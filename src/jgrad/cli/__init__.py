@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="the YAML config, e.g. configs/gcn_cora.yaml")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="override a config value, e.g. --set model.hidden=64 (repeatable)")
-    train.add_argument("--data-dir", help="the folder of the Planetoid files (overrides data.root and JGRAD_DATA)")
+    train.add_argument("--data-dir", help="a folder of Planetoid files to read instead of the shipped datasets "
+                       "(overrides data.root and JGRAD_DATA)")
     train.add_argument("--workdir", help="where checkpoints, logs, config and results go (default: "
                        "runs/<config name>-<YYYYmmdd-HHMMSS>); a workdir holding this run resumes it")
     train.add_argument("--seeds", type=int, help="number of seeds, trained together (overrides train.seeds)")

