@@ -27,10 +27,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import yaml
 
 from jgrad import attacks
-from jgrad.config import apply_overrides, config_from_dict
+from jgrad.config import apply_overrides, config_from_dict, read_yaml
 from jgrad.data import csbm, karate_club, load, load_planetoid
 
 PUBLISHED = {  # Pro-GNN Table 2, GCN under Metattack on Cora (LCC), mean ± std of test accuracy in %
@@ -120,7 +119,7 @@ def peak_memory_mib() -> float:
 
 
 def load_config(path: str | None, overrides: list[str]) -> AttackConfig:
-    values = yaml.safe_load(Path(path).read_text()) if path else {}
+    values = read_yaml(path, AttackConfig) if path else {}
     config = config_from_dict(apply_overrides(dict(values or {}), overrides, AttackConfig), AttackConfig)
     if config.eval.selection not in SELECTIONS:
         raise SystemExit(f"structure_attack: eval.selection must be one of {', '.join(SELECTIONS)}; "
