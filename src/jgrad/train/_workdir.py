@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import jax
 import numpy as np
+
+logger = logging.getLogger("jgrad.train")
 
 try:
     import fcntl
@@ -55,13 +58,16 @@ def lock_workdir(workdir: str | os.PathLike, *, where: str = "fit") -> Iterator[
         if fcntl is not None:
             try:
                 fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 file.seek(0)
                 holder = file.read().strip() or "unknown"
                 file.close()
                 raise WorkdirBusyError(
                     f"{where}: another process (pid {holder}) is training in {path}; got a second writer, "
                     f"expected one at a time. Wait for it to finish or use another workdir.") from None
+            except OSError as error:  # a file system without locks (some network mounts): go on unlocked
+                logger.warning("%s: cannot lock %s (%s); a second writer would not be refused.",
+                               where, path / LOCK_NAME, error)
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()}\n")
