@@ -24,6 +24,85 @@ def test_gcn_conv_without_normalisation_is_a_plus_fill_identity():
     np.testing.assert_allclose(run(2.0, False), a @ X @ KERNEL, rtol=1e-6)
 
 
+# Node 3 has no incoming edge, so without self loops its degree is 0 (scale 0, no NaN).
+NORM_SENDERS, NORM_RECEIVERS = [0, 1, 2, 2, 0, 3], [1, 2, 0, 1, 2, 0]
+
+
+def _dense_gcn(weight, x, kernel, bias, norm, add_self_loops, fill):
+    """The dense float64 reference: A[v, u] = weight of u -> v, Â = A + fill·I."""
+    a = jnp.zeros((4, 4), weight.dtype).at[jnp.array(NORM_RECEIVERS), jnp.array(NORM_SENDERS)].add(weight)
+    if add_self_loops:
+        a = a + fill * jnp.eye(4, dtype=weight.dtype)
+    degree = a.sum(1)
+    safe = jnp.where(degree > 0, degree, 1.0)
+    if norm == "sym":
+        s = jnp.where(degree > 0, safe ** -0.5, 0.0)
+        a = s[:, None] * a * s[None, :]
+    elif norm == "row":
+        a = jnp.where(degree > 0, 1.0 / safe, 0.0)[:, None] * a
+    return a @ (x @ kernel) + bias[None, :]
+
+
+@pytest.mark.parametrize("add_self_loops", [True, False])
+@pytest.mark.parametrize("norm", ["sym", "row", None])
+def test_gcn_conv_norm_values_and_gradients_match_a_dense_reference(x64, norm, add_self_loops):
+    rng = np.random.default_rng(0)
+    weight = jnp.asarray(rng.uniform(0.5, 2.0, len(NORM_SENDERS)))
+    x, kernel, bias = (jnp.asarray(rng.normal(size=shape)) for shape in [(4, 3), (3, 2), (2,)])
+    fill = 1.5
+    options = dict(norm=norm, add_self_loops=add_self_loops, fill=fill)
+
+    def layer(weight, x, kernel, bias, precomputed=False):
+        graph = jgrad.Graph.from_edges(NORM_SENDERS, NORM_RECEIVERS, n_nodes=4, edge_weight=weight)
+        scaling = None
+        if precomputed and norm is not None:
+            scaling = F.gcn_scaling(graph, add_self_loops=add_self_loops, fill=fill, norm=norm)
+        return F.gcn_conv({"kernel": kernel, "bias": bias}, graph, x, scaling=scaling, **options)
+
+    args = (weight, x, kernel, bias)
+    expected = _dense_gcn(*args, **options)
+    assert expected.dtype == jnp.float64
+    for precomputed in (False, True):
+        run = jax.jit(lambda *a: layer(*a, precomputed=precomputed))
+        np.testing.assert_allclose(run(*args), expected, rtol=1e-12, atol=1e-12)
+        loss = lambda *a: jnp.sum(jnp.sin(run(*a)))
+        dense_loss = lambda *a: jnp.sum(jnp.sin(_dense_gcn(*a, **options)))
+        for got, want in zip(jax.grad(loss, argnums=(0, 1, 2, 3))(*args),
+                             jax.grad(dense_loss, argnums=(0, 1, 2, 3))(*args)):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    if norm == "row" and add_self_loops:  # the mean of row_norm over the self-looped graph
+        graph = jgrad.Graph.from_edges(NORM_SENDERS, NORM_RECEIVERS, n_nodes=4, edge_weight=weight)
+        mean = jgrad.ops.spmm(jgrad.ops.row_norm(graph.add_self_loops(fill)), x @ kernel) + bias[None, :]
+        np.testing.assert_allclose(layer(*args), mean, rtol=1e-12)
+
+
+def test_gcn_conv_layer_and_model_pass_norm_through():
+    from flax import nnx
+
+    graph = jgrad.Graph.from_edges(NORM_SENDERS, NORM_RECEIVERS, n_nodes=4)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32))
+    for norm in ("sym", "row", None):
+        layer = jgrad.nn.GCNConv(2, 3, norm=norm, rngs=nnx.Rngs(0))
+        params = {"kernel": layer.kernel[...], "bias": layer.bias[...]}
+        expected = F.gcn_conv(params, graph, x, norm=norm)
+        np.testing.assert_allclose(layer(graph, x), expected, rtol=1e-6)
+        np.testing.assert_allclose(layer(graph, x, scaling=layer.prepare(graph)), expected, rtol=1e-6)
+        model = jgrad.nn.GCN(2, 3, 2, norm=norm, rngs=nnx.Rngs(0))
+        assert [conv.norm for conv in model.layers] == [norm, norm]
+        first = model.layers[0]
+        hidden = jax.nn.relu(F.gcn_conv({"kernel": first.kernel[...], "bias": first.bias[...]}, graph, x, norm=norm))
+        second = model.layers[1]
+        logits = F.gcn_conv({"kernel": second.kernel[...], "bias": second.bias[...]}, graph, hidden, norm=norm)
+        np.testing.assert_allclose(model(graph, x), logits, rtol=1e-5, atol=1e-6)
+    assert jgrad.nn.GCNConv(2, 3, normalize=False, rngs=nnx.Rngs(0)).norm is None
+    with pytest.raises(ValueError, match="gcn_conv: unknown norm 'mean'; expected one of 'sym', 'row', None"):
+        F.gcn_conv({"kernel": jnp.ones((2, 3))}, graph, x, norm="mean")
+    with pytest.raises(ValueError, match="GCNConv: unknown norm 'left'; expected one of 'sym', 'row', None"):
+        jgrad.nn.GCNConv(2, 3, norm="left", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="gcn_scaling: unknown norm None; expected one of 'sym', 'row'"):
+        F.gcn_scaling(graph, norm=None)
+
+
 def test_gcn_scaling_is_inverse_square_root_of_weighted_degree_plus_fill():
     np.testing.assert_allclose(F.gcn_scaling(GRAPH, fill=0.5), 1.0 / np.sqrt([1.5 + 0.5, 1.5 + 0.5, 2.0 + 0.5]),
                                rtol=1e-6)

@@ -70,17 +70,30 @@ def test_model_dropout_is_active_only_with_a_key_and_split_merge_round_trips(nam
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(nnx.state(grads, nnx.Param)))
 
 
-def test_weight_decay_on_the_first_layer_only_through_parameter_paths():
+def _first_layer(params):
+    """The recipe of the jgrad.nn models docstring: a mask function, not a precomputed mask."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[0].key == "layers" and path[1].key == 0, params)
+
+
+def test_weight_decay_on_the_first_layer_only_with_nnx_optimizer_and_with_optax_on_pure_dicts():
     model = GCN(4, 8, 3, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     assert {path for path, _ in params.flat_state()} == {
         ("layers", 0, "kernel"), ("layers", 0, "bias"), ("layers", 1, "kernel"), ("layers", 1, "bias")}
-    mask = jax.tree_util.tree_map_with_path(lambda path, _: path[0].key == "layers" and path[1].key == 0, params)
-    decay = optax.masked(optax.add_decayed_weights(0.5), mask)
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = decay.update(zeros, decay.init(params), params)
-    np.testing.assert_allclose(updates["layers"][0]["kernel"][...], 0.5 * model.layers[0].kernel[...])
-    np.testing.assert_array_equal(updates["layers"][1]["kernel"][...], 0.0)
+    before = {i: np.asarray(model.layers[i].kernel[...]) for i in (0, 1)}
+    tx = optax.chain(optax.masked(optax.add_decayed_weights(0.5), _first_layer), optax.sgd(1.0))
+    # nnx.Optimizer: with zero gradients the only update is the decay, -0.5 * w on layer 0
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
+    np.testing.assert_allclose(model.layers[0].kernel[...], 0.5 * before[0], rtol=1e-6)
+    np.testing.assert_array_equal(model.layers[1].kernel[...], before[1])
+    # optax on the pure-dict parameters of jgrad.train.split_model
+    from jgrad.train import split_model
+
+    _, pure = split_model(model)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, pure), tx.init(pure), pure)
+    np.testing.assert_allclose(updates["layers"][0]["kernel"], -0.5 * pure["layers"][0]["kernel"], rtol=1e-6)
+    np.testing.assert_array_equal(updates["layers"][1]["kernel"], 0.0)
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max"])

@@ -18,7 +18,6 @@ from flax import nnx
 
 from .._types import REDUCERS, check_choice
 from ..graph import Graph
-from ..ops import Layout
 from . import functional as F
 
 _glorot = nnx.initializers.glorot_uniform()
@@ -46,7 +45,10 @@ def _bias(use_bias: bool, size: int, dtype: Any) -> nnx.Param | None:
 class GCNConv(nnx.Module):
     """Graph convolution of Kipf & Welling, ``D̂^-1/2 (A + I) D̂^-1/2 x W + b`` (`functional.gcn_conv`).
 
-    Parameters: ``kernel`` (in_features, out_features) and ``bias`` (out_features,).
+    ``norm`` chooses the normalisation of ``Â = A + I``: ``"sym"`` (``D̂^-1/2 Â D̂^-1/2``, the paper's),
+    ``"row"`` (``D̂^-1 Â``, the weighted mean over the in-neighbours and the node itself) or ``None``
+    (``Â``, the plain sum). Parameters: ``kernel`` (in_features, out_features) and ``bias``
+    (out_features,). ``x`` may be a 2-D ``jax.experimental.sparse.BCOO``.
 
     Args:
       in_features: F_in.
@@ -58,7 +60,8 @@ class GCNConv(nnx.Module):
         (a (N,) vector, `functional.gcn_scaling`) and pass it to every call as ``scaling=``; with
         ``cached=True`` a call without it raises. Without ``cached`` the scaling may still be passed,
         and is computed from the graph when it is not.
-      normalize: apply the symmetric normalisation (False: ``(A + I) x W + b``).
+      norm: ``"sym"``, ``"row"`` or ``None``.
+      normalize: ``False`` is the older spelling of ``norm=None`` (it overrides ``norm``).
       add_self_loops: add a self loop of weight 1 per node.
       param_dtype: dtype of the parameters.
 
@@ -79,33 +82,39 @@ class GCNConv(nnx.Module):
         rngs: nnx.Rngs,
         use_bias: bool = True,
         cached: bool = False,
+        norm: str | None = "sym",
         normalize: bool = True,
         add_self_loops: bool = True,
         param_dtype: Any = jnp.float32,
     ):
         _check_sizes("GCNConv", in_features=in_features, out_features=out_features)
+        check_choice("GCNConv", "norm", norm, F.GCN_NORMS)
         self.in_features, self.out_features = in_features, out_features
-        self.cached, self.normalize, self.add_self_loops = cached, normalize, add_self_loops
+        self.norm = norm if normalize else None
+        self.normalize = self.norm is not None
+        self.cached, self.add_self_loops = cached, add_self_loops
         self.kernel = _kernel(rngs, (in_features, out_features), param_dtype)
         self.bias = _bias(use_bias, out_features, param_dtype)
 
-    def prepare(self, graph: Graph) -> jax.Array:
-        """The (N,) node scaling ``D̂^-1/2`` of ``graph`` for this layer's self-loop setting."""
-        return F.gcn_scaling(graph, add_self_loops=self.add_self_loops, dtype=self.kernel[...].dtype)
+    def prepare(self, graph: Graph) -> jax.Array | None:
+        """The (N,) node scaling of ``graph`` for this layer's norm and self loops: ``D̂^-1/2`` for
+        ``"sym"``, ``D̂^-1`` for ``"row"``; ``None`` for ``norm=None``, which needs none."""
+        if self.norm is None:
+            return None
+        return F.gcn_scaling(graph, add_self_loops=self.add_self_loops, dtype=self.kernel[...].dtype,
+                             norm=self.norm)
 
     def __call__(
         self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None, scaling: jax.Array | None = None,
-        layout: Layout | None = None,
     ) -> jax.Array:
-        """(N, in_features) -> (N, out_features). ``key`` is unused (the layer has no dropout); ``layout``
-        (``jgrad.ops.plan_layout(graph)``) runs the aggregation on the layout path."""
+        """(N, in_features) -> (N, out_features). ``key`` is unused (the layer has no dropout)."""
         del key
-        if self.cached and self.normalize and scaling is None:
+        if self.cached and self.norm is not None and scaling is None:
             raise ValueError("GCNConv: cached=True needs the precomputed normalisation; got scaling=None, "
                              "expected scaling=layer.prepare(graph).")
         params = {"kernel": self.kernel[...], "bias": _value(self.bias)}
-        return F.gcn_conv(params, graph, x, normalize=self.normalize, add_self_loops=self.add_self_loops,
-                          scaling=scaling, layout=layout)
+        return F.gcn_conv(params, graph, x, norm=self.norm, add_self_loops=self.add_self_loops,
+                          scaling=scaling)
 
 
 class GraphConv(nnx.Module):
@@ -130,14 +139,12 @@ class GraphConv(nnx.Module):
         self.root_kernel = _kernel(rngs, (in_features, out_features), param_dtype)
         self.bias = _bias(use_bias, out_features, param_dtype)
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
-                 layout: Layout | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features). ``key`` is unused; ``layout``
-        (``jgrad.ops.plan_layout(graph)``) runs the aggregation on the layout path."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features). ``key`` is unused."""
         del key
         params = {"neighbour_kernel": self.neighbour_kernel[...], "root_kernel": self.root_kernel[...],
                   "bias": _value(self.bias)}
-        return F.graph_conv(params, graph, x, layout=layout)
+        return F.graph_conv(params, graph, x)
 
 
 class SAGEConv(nnx.Module):
@@ -164,14 +171,12 @@ class SAGEConv(nnx.Module):
         self.root_kernel = _kernel(rngs, (in_features, out_features), param_dtype)
         self.bias = _bias(use_bias, out_features, param_dtype)
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
-                 layout: Layout | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features). ``key`` is unused; ``layout``
-        (``jgrad.ops.plan_layout(graph)``) runs a mean or sum aggregation on the layout path."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features). ``key`` is unused."""
         del key
         params = {"neighbour_kernel": self.neighbour_kernel[...], "root_kernel": self.root_kernel[...],
                   "bias": _value(self.bias)}
-        return F.sage_conv(params, graph, x, aggregator=self.aggregator, layout=layout)
+        return F.sage_conv(params, graph, x, aggregator=self.aggregator)
 
 
 class GATConv(nnx.Module):
@@ -181,6 +186,10 @@ class GATConv(nnx.Module):
     (heads, out_features), ``bias`` (heads·out_features,) if ``concat`` else (out_features,).
     Output: (N, heads·out_features) if ``concat`` else (N, out_features) (heads averaged).
     Attention dropout with rate ``dropout`` is applied only when ``key`` is given.
+    ``edge_weight_mode``: ``"after_softmax"`` (default) multiplies the attention by the edge weight
+    after the softmax; ``"normalise"`` puts the weight inside the softmax normalisation,
+    ``alpha[v, u] = A[v, u] exp(s[v, u]) / sum_k A[v, k] exp(s[v, k])``, which makes the layer a
+    function of the dense adjacency (needed by `jgrad.adjacency_grad`). Equal for unweighted graphs.
 
     Example:
       >>> import jax, jax.numpy as jnp, jgrad
@@ -202,10 +211,13 @@ class GATConv(nnx.Module):
         dropout: float = 0.0,
         add_self_loops: bool = True,
         use_bias: bool = True,
+        edge_weight_mode: str = "after_softmax",
         rngs: nnx.Rngs,
         param_dtype: Any = jnp.float32,
     ):
         _check_sizes("GATConv", in_features=in_features, out_features=out_features, heads=heads)
+        check_choice("GATConv", "edge_weight_mode", edge_weight_mode, F.GAT_EDGE_WEIGHT_MODES)
+        self.edge_weight_mode = edge_weight_mode
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"GATConv: dropout must be in [0, 1); got {dropout}.")
         self.in_features, self.out_features, self.heads = in_features, out_features, heads
@@ -220,7 +232,8 @@ class GATConv(nnx.Module):
         params = {"kernel": self.kernel[...], "att_src": self.att_src[...], "att_dst": self.att_dst[...],
                   "bias": _value(self.bias)}
         return F.gat_conv(params, graph, x, concat=self.concat, negative_slope=self.negative_slope,
-                          dropout_rate=self.dropout, add_self_loops=self.add_self_loops, key=key)
+                          dropout_rate=self.dropout, add_self_loops=self.add_self_loops,
+                          edge_weight_mode=self.edge_weight_mode, key=key)
 
 
 class GINConv(nnx.Module):
@@ -251,14 +264,12 @@ class GINConv(nnx.Module):
             nnx.Linear(hidden, out_features, rngs=rngs, param_dtype=param_dtype, kernel_init=_glorot),
         ])
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
-                 layout: Layout | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features). ``key`` is unused; ``layout``
-        (``jgrad.ops.plan_layout(graph)``) runs the neighbour sum on the layout path."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features). ``key`` is unused."""
         del key
         eps = self.eps[...] if self.train_eps else self.eps
         mlp = [{"kernel": dense.kernel[...], "bias": _value(dense.bias)} for dense in self.mlp]
-        return F.gin_conv({"eps": eps, "mlp": mlp}, graph, x, layout=layout)
+        return F.gin_conv({"eps": eps, "mlp": mlp}, graph, x)
 
 
 class MessagePassing(nnx.Module):

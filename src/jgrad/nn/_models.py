@@ -7,12 +7,41 @@ to them directly.
 
 Parameter paths. The convolutions of every model are in the list attribute ``layers``, so the
 parameters of layer ``i`` sit under the path prefix ``("layers", i)``, e.g.
-``("layers", 0, "kernel")`` and ``("layers", 0, "bias")`` for GCN. The GCN paper applies weight decay
-to the first layer only; with optax::
+``("layers", 0, "kernel")`` and ``("layers", 0, "bias")`` for GCN.
 
-    mask = jax.tree_util.tree_map_with_path(
-        lambda path, _: path[0].key == "layers" and path[1].key == 0, nnx.state(model, nnx.Param))
-    optimizer = optax.chain(optax.masked(optax.add_decayed_weights(5e-4), mask), optax.adam(1e-2))
+Weight decay on some layers only. The GCN paper decays the first layer only. Give ``optax.masked`` a
+*function* of the parameters rather than a precomputed mask: optax then builds the mask from the
+pytree it is handed, which is a state of ``nnx.Param`` variables under ``nnx.Optimizer`` and plain
+arrays for the pure-dict parameters of `jgrad.train.split_model`. (A mask precomputed from
+``nnx.state(model, nnx.Param)`` fails in ``nnx.Optimizer`` with a pytree structure error.) With
+``nnx.Optimizer``:
+
+    >>> import jax, jax.numpy as jnp, optax, jgrad
+    >>> from flax import nnx
+    >>> def first_layer(params):
+    ...     return jax.tree_util.tree_map_with_path(
+    ...         lambda path, _: path[0].key == "layers" and path[1].key == 0, params)
+    >>> tx = optax.chain(optax.masked(optax.add_decayed_weights(5e-4), first_layer), optax.adam(1e-2))
+    >>> model = jgrad.nn.GCN(4, 8, 3, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    >>> g = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
+    >>> loss = lambda model: jnp.mean(model(g, jnp.ones((3, 4))) ** 2)
+    >>> _ = optimizer.update(model, nnx.grad(loss)(model))
+
+The same ``tx`` with optax on the pure-dict parameters (what `jgrad.train` trains), where the mask
+selects layer 0's bias and kernel:
+
+    >>> from jgrad.train import split_model
+    >>> model_def, params = split_model(model)
+    >>> jax.tree.leaves(first_layer(params))  # layers/0/bias, layers/0/kernel, layers/1/...
+    [True, True, False, False]
+    >>> opt_state = tx.init(params)
+    >>> grads = jax.grad(lambda p: loss(model_def.merge(p)))(params)
+    >>> updates, opt_state = tx.update(grads, opt_state, params)
+    >>> params = optax.apply_updates(params, updates)
+
+`jgrad.train.make_optimizer` (``decay="first_layer"`` decays layer 0's kernel, not its bias) works
+in both settings too.
 
 GIN additionally has the classifier ``head`` (an ``nnx.Linear``: ``("head", "kernel")``,
 ``("head", "bias")``), which is not part of ``layers``.
@@ -28,7 +57,6 @@ from flax import nnx
 
 from .._types import check_choice
 from ..graph import Graph
-from ..ops import Layout
 from . import functional as F
 from ._layers import GATConv, GCNConv, GINConv, SAGEConv
 
@@ -56,13 +84,20 @@ class GCN(nnx.Module):
     """The GCN of Kipf & Welling: ``n_layers`` `GCNConv` with ReLU between and dropout on each input.
 
     ``y = GCNConv_L(... relu(GCNConv_1(dropout(x))) ...)``: dropout (rate ``dropout``) on the input of
-    every layer, ReLU after every layer but the last, logits out. The normalisation ``D̂^-1/2`` is
-    computed once per call and shared by all layers.
+    every layer, ReLU after every layer but the last, logits out. The normalisation (``D̂^-1/2`` for
+    ``norm="sym"``) is computed once per call and shared by all layers.
+
+    ``x`` may be a 2-D ``jax.experimental.sparse.BCOO`` (e.g. ``BCOO.fromdense(features)``, built once
+    outside ``jit``): the first dropout then draws only for the stored entries and the first product
+    is sparse, which for bag-of-words features such as Cora's (1.3% non-zero) is most of the cost of a
+    training step with dense features. The distribution of the model's outputs is the same.
 
     Args:
       in_features, hidden_features, out_features: F_in, hidden width, number of classes.
       n_layers: number of GCNConv layers (>= 1).
       dropout: dropout rate, applied only when a ``key`` is passed.
+      norm: every layer's normalisation, ``"sym"``, ``"row"`` or ``None`` (see `GCNConv`).
+      use_bias: learn a bias in every layer.
       rngs: `nnx.Rngs` for the initialisation.
 
     Parameter paths: ``("layers", i, "kernel")``, ``("layers", i, "bias")`` (no bias with
@@ -78,21 +113,20 @@ class GCN(nnx.Module):
     """
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int, *, n_layers: int = 2,
-                 dropout: float = 0.5, use_bias: bool = True, rngs: nnx.Rngs, param_dtype: Any = jnp.float32):
+                 dropout: float = 0.5, norm: str | None = "sym", use_bias: bool = True, rngs: nnx.Rngs,
+                 param_dtype: Any = jnp.float32):
         _check_model("GCN", n_layers, dropout)
         self.dropout = dropout
-        self.layers = nnx.List([GCNConv(i, o, rngs=rngs, use_bias=use_bias, param_dtype=param_dtype)
+        self.layers = nnx.List([GCNConv(i, o, rngs=rngs, norm=norm, use_bias=use_bias, param_dtype=param_dtype)
                                 for i, o in _widths(in_features, hidden_features, out_features, n_layers)])
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
-                 layout: Layout | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features) logits; ``layout`` (``jgrad.ops.plan_layout(graph)``)
-        runs every aggregation on the layout path (on CPU the native kernels)."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features) logits."""
         keys = _split(key, len(self.layers))
         scaling = self.layers[0].prepare(graph)
         for i, layer in enumerate(self.layers):
             x = F.dropout(x, self.dropout, keys[i])
-            x = layer(graph, x, scaling=scaling, layout=layout)
+            x = layer(graph, x, scaling=scaling)
             if i < len(self.layers) - 1:
                 x = jax.nn.relu(x)
         return x
@@ -104,7 +138,8 @@ class GAT(nnx.Module):
     ``y = GATConv_2(dropout(elu(GATConv_1(dropout(x)))))``: the first layer has ``heads`` heads of
     width ``hidden_features``, concatenated; the output layer has ``out_heads`` heads of width
     ``out_features``, averaged. Dropout (rate ``dropout``) hits the input of each layer and the
-    attention coefficients, only when a ``key`` is passed.
+    attention coefficients, only when a ``key`` is passed. ``edge_weight_mode`` is passed to both
+    layers (see `GATConv`); ``"normalise"`` makes `jgrad.adjacency_grad` exact at every pair.
 
     Parameter paths: ``("layers", i, name)`` for name in ``kernel``, ``att_src``, ``att_dst``, ``bias``.
 
@@ -119,14 +154,16 @@ class GAT(nnx.Module):
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int, *, heads: int = 8,
                  out_heads: int = 1, dropout: float = 0.6, negative_slope: float = 0.2, rngs: nnx.Rngs,
-                 param_dtype: Any = jnp.float32):
+                 param_dtype: Any = jnp.float32, edge_weight_mode: str = "after_softmax"):
         _check_model("GAT", 2, dropout)
         self.dropout = dropout
         self.layers = nnx.List([
             GATConv(in_features, hidden_features, heads=heads, concat=True, dropout=dropout,
-                    negative_slope=negative_slope, rngs=rngs, param_dtype=param_dtype),
+                    negative_slope=negative_slope, rngs=rngs, param_dtype=param_dtype,
+                    edge_weight_mode=edge_weight_mode),
             GATConv(hidden_features * heads, out_features, heads=out_heads, concat=False, dropout=dropout,
-                    negative_slope=negative_slope, rngs=rngs, param_dtype=param_dtype),
+                    negative_slope=negative_slope, rngs=rngs, param_dtype=param_dtype,
+                    edge_weight_mode=edge_weight_mode),
         ])
 
     def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
@@ -164,14 +201,12 @@ class GraphSAGE(nnx.Module):
             for i, o in _widths(in_features, hidden_features, out_features, n_layers)
         ])
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
-                 layout: Layout | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features) logits; ``layout`` (``jgrad.ops.plan_layout(graph)``)
-        runs every mean or sum aggregation on the layout path."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features) logits."""
         keys = _split(key, len(self.layers))
         for i, layer in enumerate(self.layers):
             x = F.dropout(x, self.dropout, keys[i])
-            x = layer(graph, x, layout=layout)
+            x = layer(graph, x)
             if i < len(self.layers) - 1:
                 x = jax.nn.relu(x)
         return x
@@ -221,12 +256,10 @@ class GIN(nnx.Module):
         ])
         self.head = nnx.Linear(hidden_features, out_features, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None,
-                 layout: Layout | None = None) -> jax.Array:
-        """(N, in_features) -> (N, out_features), or (G, out_features) with a readout; ``layout``
-        (``jgrad.ops.plan_layout(graph)``) runs every neighbour sum on the layout path."""
+    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """(N, in_features) -> (N, out_features), or (G, out_features) with a readout."""
         for layer in self.layers:
-            x = jax.nn.relu(layer(graph, x, layout=layout))
+            x = jax.nn.relu(layer(graph, x))
         if self.readout is not None:
             x = F.readout(graph, x, self.readout)
         return self.head(F.dropout(x, self.dropout, key))

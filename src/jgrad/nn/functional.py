@@ -9,6 +9,9 @@ Conventions shared by every layer:
 
 - ``x``: node features, shape (N, F_in), float. ``graph.n_nodes`` must be N and F_in must match the
   layer's kernel; a mismatch raises a ``ValueError`` naming ``in_features``.
+- Sparse features: `gcn_conv` and `gat_conv` (and so `jgrad.nn.GCN` and `jgrad.nn.GAT`) also take
+  ``x`` as a 2-D ``jax.experimental.sparse.BCOO``: their first product ``x @ kernel`` is then sparse and
+  `dropout` draws only for the stored entries. The other layers densify a BCOO ``x``.
 - A kernel has shape (F_in, F_out) and is applied as ``x @ kernel`` (Flax's layout); a bias has shape
   (F_out,) and may be absent (``None`` or missing from ``params``).
 - Edge weights: the graph's ``edge_weight`` (shape (E,); ``None`` means every edge weighs 1) enters
@@ -32,6 +35,8 @@ Conventions shared by every layer:
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -41,8 +46,8 @@ import jax.numpy as jnp
 
 from .._types import REDUCERS, check_choice
 from ..gradients import propagate
-from ..graph import Graph
-from ..ops import Layout, edge_softmax, gsddmm, gspmm, segment_reduce, spmm
+from ..graph import Graph, _taps
+from ..ops import edge_softmax, gsddmm, gspmm, segment_max, segment_reduce, segment_sum, spmm
 from ..ops._norm import safe_inverse_power
 
 ArrayLike = jax.typing.ArrayLike
@@ -51,10 +56,16 @@ Params = Mapping[str, Any]
 SAGE_AGGREGATORS: tuple[str, ...] = ("mean", "max", "sum")
 """Valid ``aggregator`` names of `sage_conv`."""
 
+GAT_EDGE_WEIGHT_MODES: tuple[str, ...] = ("after_softmax", "normalise")
+"""Valid ``edge_weight_mode`` names of `gat_conv`."""
+
 READOUTS: tuple[str, ...] = ("sum", "mean", "max")
 """Valid ``reduce`` names of `readout`."""
 
 __all__ = [
+    "DROPOUT_RNGS",
+    "GAT_EDGE_WEIGHT_MODES",
+    "GCN_NORMS",
     "READOUTS",
     "SAGE_AGGREGATORS",
     "dropout",
@@ -73,16 +84,24 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 # Checks and small helpers
 # --------------------------------------------------------------------------------------------------
-def _check_features(where: str, graph: Graph, x: ArrayLike, in_features: int | None) -> jax.Array:
-    """Returns x as an array after checking it is (graph.n_nodes, in_features) and floating."""
-    x = jnp.asarray(x)
+def _check_features(where: str, graph: Graph, x: Any, in_features: int | None, *,
+                    sparse_ok: bool = False) -> Any:
+    """Returns x as an array after checking it is (graph.n_nodes, in_features) and floating.
+
+    A 2-D ``jax.experimental.sparse.BCOO`` passes the same checks; it is returned as is when the layer
+    starts with ``x @ kernel`` (``sparse_ok``) and densified otherwise.
+    """
+    sparse = _is_sparse(x)
+    if not sparse:
+        x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{where}: x must be a float array; got dtype {x.dtype}. "
                         f"Cast it, e.g. x.astype(jnp.float32).")
     expected = f"({graph.n_nodes}, {'F' if in_features is None else in_features})"
-    if x.ndim != 2:
-        raise ValueError(f"{where}: x must have shape (N, F_in); got shape {tuple(x.shape)}, expected "
-                         f"{expected}.")
+    if x.ndim != 2 or (sparse and x.n_sparse != 2):
+        kind = f"a BCOO with n_batch={x.n_batch}, n_dense={x.n_dense} and " if sparse else ""
+        raise ValueError(f"{where}: x must have shape (N, F_in); got {kind}shape {tuple(x.shape)}, expected "
+                         f"{expected}{' with two sparse dimensions' if sparse else ''}.")
     problems = []
     if x.shape[0] != graph.n_nodes:
         problems.append(f"x must have one row per node; got {x.shape[0]} rows, expected "
@@ -92,7 +111,7 @@ def _check_features(where: str, graph: Graph, x: ArrayLike, in_features: int | N
                         f"{expected} for in_features={in_features}.")
     if problems:
         raise ValueError(f"{where}: " + " ".join(problems))
-    return x
+    return x.todense() if sparse and not sparse_ok else x
 
 
 def _check_scalar_weights(where: str, graph: Graph) -> None:
@@ -125,22 +144,89 @@ def _in_degree(graph: Graph, dtype: Any) -> jax.Array:
     return degree if graph.edge_weight is not None else degree.astype(dtype)
 
 
-def dropout(x: ArrayLike, rate: float, key: jax.Array | None) -> jax.Array:
+DROPOUT_RNGS: tuple[str, ...] = ("hash", "key")
+"""Valid ``rng`` names of `dropout`."""
+
+
+def _is_sparse(x: Any) -> bool:
+    """Whether x is a ``jax.experimental.sparse.BCOO`` (without importing that module, which pulls in scipy)."""
+    sparse = sys.modules.get("jax.experimental.sparse")
+    return sparse is not None and isinstance(x, sparse.BCOO)
+
+
+def _fmix32(h: jax.Array) -> jax.Array:
+    """The MurmurHash3 finaliser: a bijection of uint32 in which every input bit affects every output bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Uniform uint32 draws of ``shape``, a pure function of ``key``: 64 bits of the key hash each entry's index."""
+    size = math.prod(shape)
+    if size >= 2**32:
+        raise ValueError(f"dropout: rng='hash' numbers at most 2**32 - 1 entries; got shape {shape}, expected "
+                         "fewer entries. Use rng='key'.")
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+        stride *= shape[axis]
+    return _fmix32(_fmix32(index * jnp.uint32(0x9E3779B9) + seed[0]) ^ seed[1])
+
+
+def _keep_mask(key: jax.Array, shape: tuple[int, ...], rate: float, rng: str) -> jax.Array:
+    if rng == "key":
+        return jax.random.bernoulli(key, 1.0 - rate, shape)
+    threshold = min(round(rate * 2.0**32), 2**32 - 1)
+    return _hash_bits(key, shape) >= jnp.uint32(threshold)
+
+
+def dropout(x: Any, rate: float, key: jax.Array | None, *, rng: str = "hash") -> Any:
     """Inverted dropout: zeroes each entry with probability ``rate`` and scales the rest by 1/(1 - rate).
 
-    Active only when ``key`` is given (and ``rate > 0``); with ``key=None`` it returns ``x`` unchanged,
-    which is how jgrad layers switch between training and evaluation without state.
+    Semantics: ``out[i] = x[i] / (1 - rate) if keep[i] else 0`` with independent ``keep[i] ~
+    Bernoulli(1 - rate)`` drawn from ``key``. Active only when ``key`` is given (and ``rate > 0``); with
+    ``key=None`` it returns ``x`` unchanged, which is how jgrad layers switch between training and
+    evaluation without state.
+
+    Sparse features: for a ``jax.experimental.sparse.BCOO`` ``x`` only the stored entries are drawn and
+    masked (the result is a BCOO with the same indices). Dropping a zero changes nothing, so with unique
+    indices (as ``BCOO.fromdense`` makes them) this has the distribution of dense dropout while drawing
+    ``nse`` numbers instead of one per entry: 49k instead of 3.9M for Cora's (2708, 1433) features.
+
+    Where the mask comes from (``rng``):
+
+    - ``"hash"`` (default): 64 bits drawn from ``key`` (``jax.random.bits``, whatever the key's PRNG
+      implementation) seed a counter-based hash of each entry's index (two rounds of the MurmurHash3
+      finaliser), giving one uniform 32-bit draw per entry; ``keep = draw >= round(rate * 2**32)``.
+      About 4x cheaper than ``"key"`` on CPU for a dense Cora feature matrix, and it fuses with the
+      masking.
+    - ``"key"``: ``jax.random.bernoulli(key, 1 - rate, x.shape)``, jgrad's earlier mask (threefry by
+      default; a key made with ``impl="rbg"`` uses XLA's generator).
+
+    Both are pure functions of ``key``: the same key gives the same mask, and keys from
+    ``jax.random.split`` give independent masks.
 
     Args:
-      x: any float array.
-      rate: drop probability, a Python float in [0, 1).
-      key: a PRNG key, or ``None`` for no dropout.
+      x: any float array, shape (...), or a BCOO of float data.
+      rate: drop probability, a Python float in [0, 1) (static under ``jit``).
+      key: a PRNG key (typed or raw uint32), or ``None`` for no dropout.
+      rng: ``"hash"`` or ``"key"``, see above.
 
     Returns:
-      An array of x's shape and dtype.
+      An array of x's shape and dtype (a BCOO for a BCOO).
 
     Raises:
-      ValueError: ``rate`` outside [0, 1).
+      ValueError: ``rate`` outside [0, 1); an unknown ``rng``; ``rng="hash"`` on 2**32 or more entries.
+
+    Notes:
+      Works under ``jax.jit``, ``jax.vmap`` (batched keys give one mask per key; batched ``x`` with
+      one key shares the mask) and ``jax.grad``/``jax.jvp`` w.r.t. ``x``: the derivative is
+      ``keep / (1 - rate)``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -152,23 +238,32 @@ def dropout(x: ArrayLike, rate: float, key: jax.Array | None) -> jax.Array:
     """
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout: rate must be in [0, 1); got {rate}.")
-    x = jnp.asarray(x)
+    check_choice("dropout", "rng", rng, DROPOUT_RNGS)
+    sparse = _is_sparse(x)
+    values = x.data if sparse else jnp.asarray(x)
     if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+        return x if sparse else values
+    keep = _keep_mask(key, values.shape, rate, rng)
+    values = jnp.where(keep, values * jnp.asarray(1.0 / (1.0 - rate), values.dtype),
+                       jnp.zeros((), values.dtype))
+    if not sparse:
+        return values
+    return type(x)((values, x.indices), shape=x.shape, indices_sorted=x.indices_sorted,
+                   unique_indices=x.unique_indices)
 
 
 # --------------------------------------------------------------------------------------------------
 # Propagations
 # --------------------------------------------------------------------------------------------------
 def gcn_scaling(
-    graph: Graph, *, add_self_loops: bool = True, fill: float = 1.0, dtype: Any = jnp.float32
+    graph: Graph, *, add_self_loops: bool = True, fill: float = 1.0, dtype: Any = jnp.float32,
+    norm: str = "sym",
 ) -> jax.Array:
-    """The node scaling of GCN's symmetric normalisation, ``D̂^-1/2`` as an (N,) vector.
+    """The node scaling of GCN's normalisation: ``D̂^-1/2`` (``norm="sym"``) or ``D̂^-1`` (``"row"``), (N,).
 
     Semantics: ``deg[v] = sum of w[e] over edges e into v (+ fill if add_self_loops)``, and the result
-    is ``deg ** -1/2``, or 0 where ``deg == 0`` (value and gradient finite), as in `propagate`.
+    is ``deg ** -1/2`` (``deg ** -1`` for ``"row"``), or 0 where ``deg == 0`` (value and gradient
+    finite), as in `propagate`.
 
     Computing it once and passing it as ``scaling=`` to several `gcn_conv` calls on the same graph
     (as `jgrad.nn.GCN` does, and as ``GCNConv(cached=True)`` requires) avoids recomputing the degrees.
@@ -180,9 +275,13 @@ def gcn_scaling(
       add_self_loops: count a self loop of weight ``fill`` per node.
       fill: weight of the self loops.
       dtype: dtype of the degrees of an unweighted graph (a weighted graph uses its weights' dtype).
+      norm: ``"sym"`` or ``"row"``, the ``norm`` of the `gcn_conv` calls it is for.
 
     Returns:
       (N,) float array.
+
+    Raises:
+      ValueError: an unknown ``norm`` (``None`` needs no scaling); non-scalar edge weights.
 
     Example:
       >>> import jgrad
@@ -190,31 +289,39 @@ def gcn_scaling(
       >>> jgrad.nn.functional.gcn_scaling(g).tolist()  # degrees 1, 3, 2 with the loops
       [1.0, 0.5773502588272095, 0.7071067690849304]
     """
+    check_choice("gcn_scaling", "norm", norm, ("sym", "row"))
     _check_scalar_weights("gcn_scaling", graph)
     degree = _in_degree(graph, dtype)
     if add_self_loops:
         degree = degree + fill
-    return safe_inverse_power(degree, 0.5)
+    return safe_inverse_power(degree, 0.5 if norm == "sym" else 1.0)
 
 
-def _gcn_propagate(graph, x, *, normalize, add_self_loops, fill, scaling, layout):
-    """``D̂^-1/2 (A + fill I) D̂^-1/2 x`` as node scalings around the raw-weight spmm (`propagate`)."""
-    if scaling is None or not normalize:
-        return propagate(graph, x, norm="sym" if normalize else "none", add_self_loops=add_self_loops,
-                         fill=fill, layout=layout)
-    # The same maths as propagate(norm="sym"), with the node scaling supplied by the caller.
+GCN_NORMS: tuple[str | None, ...] = ("sym", "row", None)
+"""Valid ``norm`` values of `gcn_conv` and `jgrad.nn.GCNConv`."""
+
+
+def _gcn_propagate(graph, x, *, norm, add_self_loops, fill, scaling):
+    """``Â_norm @ x`` with ``Â = A + fill I`` as node scalings around the raw-weight spmm (`propagate`)."""
+    if norm is None:
+        return propagate(graph, x, norm="none", add_self_loops=add_self_loops, fill=fill)
+    if scaling is None:
+        return propagate(graph, x, norm=norm, add_self_loops=add_self_loops, fill=fill)
+    # The same maths as propagate(norm=norm), with the node scaling supplied by the caller.
     scaling = jnp.asarray(scaling)
     if scaling.shape != (graph.n_nodes,):
         raise ValueError(f"gcn_conv: scaling must have shape (N,); got {tuple(scaling.shape)}, "
-                         f"expected ({graph.n_nodes},). Build it with gcn_scaling(graph).")
-    scaled = _column(scaling.astype(x.dtype)) * x
-    y = spmm(graph, scaled, layout=layout)
+                         f"expected ({graph.n_nodes},). Build it with gcn_scaling(graph, norm={norm!r}).")
+    scale = _column(scaling.astype(x.dtype))
+    if norm == "sym":  # s * (A + fill I) @ (s * x)
+        x = scale * x
+    y = spmm(graph, x)
     if add_self_loops:
-        y = y + fill * scaled
-    return _column(scaling.astype(x.dtype)) * y
+        y = y + fill * x
+    return scale * y
 
 
-def mean_aggregate(graph: Graph, x: ArrayLike, *, layout: Layout | None = None) -> jax.Array:
+def mean_aggregate(graph: Graph, x: ArrayLike) -> jax.Array:
     """The edge-weighted mean of incoming neighbour features, ``D^-1 A x`` (row normalisation).
 
     Semantics: ``y[v] = sum_e w[e] x[senders[e]] / sum_e w[e]`` over edges ``e`` into ``v``; a node
@@ -225,7 +332,6 @@ def mean_aggregate(graph: Graph, x: ArrayLike, *, layout: Layout | None = None) 
     Args:
       graph: the graph, scalar (E,) edge weights or unweighted.
       x: node features, shape (N, F).
-      layout: optional ``jgrad.ops.plan_layout(graph)``: the aggregation runs on it.
 
     Returns:
       (N, F).
@@ -238,7 +344,7 @@ def mean_aggregate(graph: Graph, x: ArrayLike, *, layout: Layout | None = None) 
     """
     _check_scalar_weights("mean_aggregate", graph)
     x = _check_features("mean_aggregate", graph, x, None)
-    return propagate(graph, x, norm="row", add_self_loops=False, layout=layout)
+    return propagate(graph, x, norm="row", add_self_loops=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,34 +355,43 @@ def gcn_conv(
     graph: Graph,
     x: ArrayLike,
     *,
+    norm: str | None = "sym",
     normalize: bool = True,
     add_self_loops: bool = True,
     fill: float = 1.0,
     scaling: ArrayLike | None = None,
-    layout: Layout | None = None,
 ) -> jax.Array:
     """Graph convolution of Kipf & Welling: ``D̂^-1/2 Â D̂^-1/2 x W + b`` with ``Â = A + fill·I``.
 
-    Semantics: ``y = s * (A @ (s * xW) + fill * s * xW) + b`` with ``s = gcn_scaling(graph)``; no
-    activation. With ``normalize=False`` it is ``(A + fill·I) @ xW + b`` (``A @ xW + b`` without loops).
+    Semantics, with ``deg[v] = sum_e w[e] over edges e into v + fill`` (the degree in ``Â``)::
+
+        norm="sym":  y = D̂^-1/2 Â D̂^-1/2 x W + b    # y[v] = sum_u Â[v, u] (xW)[u] / sqrt(deg[v] deg[u]) + b
+        norm="row":  y = D̂^-1 Â x W + b             # y[v] = sum_u Â[v, u] (xW)[u] / deg[v] + b (mean)
+        norm=None:   y = Â x W + b                  # y[v] = sum_u Â[v, u] (xW)[u] + b (sum)
+
+    computed as node scalings around ``spmm(graph, xW)`` (`jgrad.gradients.propagate`); no
+    activation. ``"row"`` equals ``spmm(jgrad.ops.row_norm(graph.add_self_loops(fill)), xW) + b``. A
+    node of degree 0 (only possible without self loops) gets ``b``, with finite gradients.
 
     Args:
       params: ``{"kernel": (F_in, F_out), "bias": (F_out,) or None}``.
       graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights.
-      x: node features, shape (N, F_in).
-      normalize: apply the symmetric degree normalisation.
+      x: node features, shape (N, F_in): a float array, or a 2-D ``jax.experimental.sparse.BCOO``
+        (``x @ kernel`` is then a sparse product; see `dropout` for sparse features).
+      norm: ``"sym"`` (symmetric, the paper's), ``"row"`` (``D̂^-1``, a weighted mean) or ``None``.
+      normalize: ``False`` is the older spelling of ``norm=None`` (it overrides ``norm``).
       add_self_loops: add a self loop of weight ``fill`` to every (non-padding) node. Existing self
         loops are kept, so a node that already has one ends up with both.
       fill: weight of the added self loops.
-      scaling: optional precomputed ``gcn_scaling(graph, add_self_loops=..., fill=...)``, (N,).
-      layout: optional ``jgrad.ops.plan_layout(graph)``: the aggregation runs on it (on CPU the native
-        CSR kernels; same values and gradients).
+      scaling: optional precomputed ``gcn_scaling(graph, add_self_loops=..., fill=..., norm=norm)``,
+        (N,); ignored for ``norm=None``.
 
     Returns:
       (N, F_out).
 
     Raises:
-      ValueError: x is not (N, in_features); non-scalar edge weights; scaling of the wrong shape.
+      ValueError: x is not (N, in_features); non-scalar edge weights; scaling of the wrong shape;
+        an unknown ``norm``.
       TypeError: non-float x.
 
     References:
@@ -291,16 +406,17 @@ def gcn_conv(
       [[3.0], [3.0]]
     """
     where = "gcn_conv"
+    check_choice(where, "norm", norm, GCN_NORMS)
     kernel = params["kernel"]
-    x = _check_features(where, graph, x, _kernel_in(where, kernel))
+    x = _check_features(where, graph, x, _kernel_in(where, kernel), sparse_ok=True)
     _check_scalar_weights(where, graph)
     h = x @ kernel
-    y = _gcn_propagate(graph, h, normalize=normalize, add_self_loops=add_self_loops, fill=fill,
-                       scaling=scaling, layout=layout)
+    y = _gcn_propagate(graph, h, norm=norm if normalize else None, add_self_loops=add_self_loops,
+                       fill=fill, scaling=scaling)
     return _bias(params, y)
 
 
-def graph_conv(params: Params, graph: Graph, x: ArrayLike, *, layout: Layout | None = None) -> jax.Array:
+def graph_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
     """Neighbour-mean convolution with separate neighbour and root weights.
 
     Semantics: ``y[v] = (sum_e w[e] x[u_e] / sum_e w[e]) @ neighbour_kernel + x[v] @ root_kernel + b``
@@ -312,7 +428,6 @@ def graph_conv(params: Params, graph: Graph, x: ArrayLike, *, layout: Layout | N
       graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights
         (through the mean).
       x: node features, shape (N, F_in).
-      layout: optional ``jgrad.ops.plan_layout(graph)``: the aggregation runs on it.
 
     Returns:
       (N, F_out). A node without incoming edges gets ``x[v] @ root_kernel + b``.
@@ -324,11 +439,10 @@ def graph_conv(params: Params, graph: Graph, x: ArrayLike, *, layout: Layout | N
       >>> jgrad.nn.functional.graph_conv(params, g, jnp.array([[1.0], [3.0], [1.0]])).tolist()
       [[10.0], [30.0], [12.0]]
     """
-    return _neighbour_root_conv("graph_conv", params, graph, x, "mean", layout)
+    return _neighbour_root_conv("graph_conv", params, graph, x, "mean")
 
 
-def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "mean",
-              layout: Layout | None = None) -> jax.Array:
+def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "mean") -> jax.Array:
     """GraphSAGE convolution: ``y[v] = agg({x[u] : u -> v}) @ neighbour_kernel + x[v] @ root_kernel + b``.
 
     Aggregators, over edges ``e = (u -> v)`` with weight ``w[e]``:
@@ -345,8 +459,6 @@ def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "
       graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights.
       x: node features, shape (N, F_in).
       aggregator: ``"mean"``, ``"max"`` or ``"sum"``.
-      layout: optional ``jgrad.ops.plan_layout(graph)`` for the ``"mean"`` and ``"sum"`` aggregations
-        (a layout carries scalar edge weights summed per node, so ``"max"`` refuses one).
 
     Returns:
       (N, F_out).
@@ -363,21 +475,17 @@ def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "
       [[0.0], [0.0], [3.0]]
     """
     check_choice("sage_conv", "aggregator", aggregator, SAGE_AGGREGATORS)
-    return _neighbour_root_conv("sage_conv", params, graph, x, aggregator, layout)
+    return _neighbour_root_conv("sage_conv", params, graph, x, aggregator)
 
 
-def _neighbour_root_conv(where: str, params: Params, graph: Graph, x: ArrayLike, aggregator: str,
-                         layout: Layout | None) -> jax.Array:
+def _neighbour_root_conv(where: str, params: Params, graph: Graph, x: ArrayLike, aggregator: str) -> jax.Array:
     """``agg(x over incoming edges) @ neighbour_kernel + x @ root_kernel + b``: graph_conv and sage_conv."""
     x = _check_features(where, graph, x, _kernel_in(where, params["root_kernel"]))
     _check_scalar_weights(where, graph)
-    if layout is not None and aggregator == "max":
-        raise ValueError(f"{where}: a layout runs sum and mean aggregations only; aggregator 'max' takes "
-                         "layout=None.")
     if aggregator == "mean":
-        neighbours = mean_aggregate(graph, x, layout=layout)
+        neighbours = mean_aggregate(graph, x)
     elif aggregator == "sum":
-        neighbours = spmm(graph, x, layout=layout)
+        neighbours = spmm(graph, x)
     elif graph.edge_weight is None:
         neighbours = gspmm(graph, "copy_u", "max", u=x)
     else:
@@ -395,6 +503,7 @@ def gat_conv(
     negative_slope: float = 0.2,
     dropout_rate: float = 0.0,
     add_self_loops: bool = True,
+    edge_weight_mode: str = "after_softmax",
     key: jax.Array | None = None,
 ) -> jax.Array:
     """Graph attention (GAT): each node attends over its incoming edges, with H heads.
@@ -403,8 +512,16 @@ def gat_conv(
     of the graph with self loops added::
 
         score[e, k] = leaky_relu(<att_src[k], h[u, k]> + <att_dst[k], h[v, k]>, negative_slope)
-        alpha[e, k] = edge_softmax(score)[e, k] * w[e]          # softmax over the edges into v
+        alpha[e, k] = edge_softmax(score)[e, k] * w[e]          # "after_softmax"
+        alpha[e, k] = w[e] exp(score[e, k]) / sum_{e' -> v} w[e'] exp(score[e', k])   # "normalise"
         out[v, k]   = sum_e dropout(alpha)[e, k] * h[u, k]
+
+    With ``edge_weight_mode="normalise"`` the layer is a function of the dense adjacency,
+    ``alpha[v, u] = A[v, u] exp(s[v, u]) / sum_k A[v, k] exp(s[v, k])`` (duplicate edges add up, a
+    weight of 0 is a missing edge), equal to the paper's GAT for a 0/1 adjacency and differentiable
+    at every pair, so `jgrad.adjacency_grad` gives dL/dA at all pairs exactly. With
+    ``"after_softmax"`` (the default) an edge's presence (the softmax runs over existing edges) and its
+    weight are separate, and `jgrad.adjacency_grad` refuses. Weights should be non-negative.
 
     then the heads are concatenated, (N, H·F_out), or averaged, (N, F_out), and the bias is added.
     Scores use g-SDDMM, the softmax `jgrad.ops.edge_softmax` and the aggregation g-SpMM.
@@ -414,12 +531,14 @@ def gat_conv(
         "bias": (H·F_out,) if concat else (F_out,), or None}``; H and F_out are read from ``att_src``.
       graph: the graph; scalar (E,) edge weights, if present, multiply the attention after the
         softmax (added self loops weigh 1); differentiable w.r.t. them.
-      x: node features, shape (N, F_in).
+      x: node features, shape (N, F_in): a float array or a 2-D ``jax.experimental.sparse.BCOO``.
       concat: concatenate the heads (True) or average them (False).
       negative_slope: slope of the LeakyReLU on the scores.
       dropout_rate: dropout on the attention coefficients, applied only when ``key`` is given.
       add_self_loops: let every node attend to itself once, as in the paper: existing self loops are
         masked out and one loop of weight 1 is added per node (padding nodes get none).
+      edge_weight_mode: ``"after_softmax"`` or ``"normalise"`` (see above). With ``"normalise"`` a
+        node whose incoming weights sum to 0 (possible only without self loops) gets the bias.
       key: PRNG key for attention dropout; ``None`` disables dropout.
 
     Returns:
@@ -439,14 +558,16 @@ def gat_conv(
     """
     where = "gat_conv"
     kernel, att_src, att_dst = params["kernel"], params["att_src"], params["att_dst"]
-    x = _check_features(where, graph, x, _kernel_in(where, kernel))
+    x = _check_features(where, graph, x, _kernel_in(where, kernel), sparse_ok=True)
     _check_scalar_weights(where, graph)
     if jnp.ndim(att_src) != 2 or jnp.shape(att_dst) != jnp.shape(att_src) or \
             jnp.shape(kernel)[1] != jnp.shape(att_src)[0] * jnp.shape(att_src)[1]:
         raise ValueError(f"{where}: att_src and att_dst must both have shape (H, F_out) with "
                          f"kernel (F_in, H·F_out); got att_src {tuple(jnp.shape(att_src))}, att_dst "
                          f"{tuple(jnp.shape(att_dst))}, kernel {tuple(jnp.shape(kernel))}.")
+    check_choice(where, "edge_weight_mode", edge_weight_mode, GAT_EDGE_WEIGHT_MODES)
     heads, out_features = jnp.shape(att_src)
+    original = graph
     if add_self_loops:  # replace any existing loop by one fresh loop per node (masking is jit-safe)
         not_loop = graph.senders != graph.receivers
         edge_mask = not_loop if graph.edge_mask is None else graph.edge_mask & not_loop
@@ -455,16 +576,50 @@ def gat_conv(
     score_src = jnp.sum(h * att_src[None], axis=-1)  # (N, H)
     score_dst = jnp.sum(h * att_dst[None], axis=-1)
     scores = gsddmm(graph, "add", score_src, score_dst, "u", "v")  # (E, H)
-    alpha = edge_softmax(graph, jax.nn.leaky_relu(scores, negative_slope))
-    if graph.edge_weight is not None:
-        alpha = alpha * _column(graph.edge_weight)
+    logits = jax.nn.leaky_relu(scores, negative_slope)
+    recorder = _taps.active_recorder()
+    if edge_weight_mode == "normalise":
+        alpha, log_normaliser = _weighted_softmax(graph, logits)
+    else:
+        if recorder is not None:
+            recorder.refuse_attention(original, where)
+        alpha = edge_softmax(graph, logits)
+        if graph.edge_weight is not None:
+            alpha = alpha * _column(graph.edge_weight)
     alpha = dropout(alpha, dropout_rate, key)
     out = gspmm(graph, "u_mul_e", "sum", u=h, e=alpha[..., None])  # (N, H, F_out)
+    if recorder is not None and edge_weight_mode == "normalise":
+        out = recorder.tap_attention(
+            original, values=h, score_src=score_src, score_dst=score_dst, negative_slope=negative_slope,
+            log_normaliser=log_normaliser, out=out, fixed_diagonal=add_self_loops,
+            dropout_active=key is not None and dropout_rate > 0)
     out = out.reshape(graph.n_nodes, heads * out_features) if concat else jnp.mean(out, axis=1)
     return _bias(params, out)
 
 
-def gin_conv(params: Params, graph: Graph, x: ArrayLike, *, layout: Layout | None = None) -> jax.Array:
+def _weighted_softmax(graph: Graph, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``alpha[e] = w[e] exp(logits[e]) / sum_{e' -> v} w[e'] exp(logits[e'])`` and ``log Z`` per node.
+
+    logits (E, H); returns alpha (E, H) and the log-normaliser (N, H) of ``Z[v] = sum w exp(logits)``
+    (``+inf`` where ``Z[v] = 0``: such nodes get alpha 0, with finite gradients). The max shift is a
+    constant (the ratio does not depend on it).
+    """
+    n, receivers, mask = graph.n_nodes, graph.receivers, graph.edge_mask
+    weight = _column(graph.weights(logits.dtype).astype(logits.dtype))  # padding edges weigh 0
+    shift = jax.lax.stop_gradient(segment_max(logits, receivers, n, mask=mask))  # (N, H)
+    exponent = logits - shift[receivers]
+    if mask is not None:
+        exponent = jnp.where(mask[:, None], exponent, -jnp.inf)
+    terms = weight * jnp.exp(exponent)
+    total = segment_sum(terms, receivers, n, mask=mask)  # (N, H)
+    positive = total > 0
+    safe_total = jnp.where(positive, total, jnp.ones((), total.dtype))
+    alpha = terms / safe_total[receivers]
+    log_normaliser = jnp.where(positive, shift + jnp.log(safe_total), jnp.inf)
+    return alpha, log_normaliser
+
+
+def gin_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
     """Graph isomorphism convolution: ``y[v] = MLP((1 + eps) x[v] + sum_e w[e] x[u_e])``.
 
     The MLP is a stack of dense layers with ReLU between them (none after the last).
@@ -474,7 +629,6 @@ def gin_conv(params: Params, graph: Graph, x: ArrayLike, *, layout: Layout | Non
         ..., {"kernel": (F_hidden, F_out), "bias": ...}]}``.
       graph: the graph; scalar (E,) edge weights or unweighted; differentiable w.r.t. the weights.
       x: node features, shape (N, F_in).
-      layout: optional ``jgrad.ops.plan_layout(graph)``: the neighbour sum runs on it.
 
     Returns:
       (N, F_out).
@@ -496,8 +650,7 @@ def gin_conv(params: Params, graph: Graph, x: ArrayLike, *, layout: Layout | Non
     x = _check_features(where, graph, x, _kernel_in(where, mlp[0]["kernel"]))
     _check_scalar_weights(where, graph)
     eps = params.get("eps")
-    h = propagate(graph, x, norm="none", add_self_loops=True, fill=1.0 if eps is None else 1.0 + eps,
-                  layout=layout)
+    h = propagate(graph, x, norm="none", add_self_loops=True, fill=1.0 if eps is None else 1.0 + eps)
     for i, layer in enumerate(mlp):
         if i > 0:
             h = jax.nn.relu(h)
