@@ -1,14 +1,17 @@
-"""The work directory's lock and the metrics log's cut-back on resume (no JAX compilation)."""
+"""The work directory's lock, the metrics log's cut-back on resume, a failed checkpoint write (tiny states)."""
 
 import errno
 import fcntl
 import json
 import logging
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from jgrad.train import Checkpointer, WorkdirBusyError, lock_workdir
+from jgrad.train import Checkpointer, TrainState, WorkdirBusyError, lock_workdir
 from jgrad.train import _logging
 from jgrad.train._logging import MetricsLog
 
@@ -98,3 +101,33 @@ def test_metrics_log_repairs_a_damaged_log_and_says_what_it_dropped(tmp_path, ca
     message = caplog.records[-1].getMessage()
     assert message == (f"{log.path}: repaired for a resume from epoch 3: dropped 3 damaged, duplicate or "
                        "later line(s); 1 epoch(s) missing: 2.")
+
+
+def _tiny_state(value):
+    params = {"w": jnp.full((2, 3), value, jnp.float32)}
+    return TrainState.create(params, optax.sgd(0.1), jax.random.key(0))
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    checkpointer = Checkpointer(tmp_path)
+    try:
+        checkpointer.save(10, _tiny_state(1.0), finished=False)
+
+        def full_disk(*args, **kwargs):
+            raise ValueError("NOT_FOUND: Error writing local file ...\n[source locations='tensorstore/...']")
+
+        monkeypatch.setattr(checkpointer._io, "save", full_disk)
+        with pytest.raises(OSError, match=rf"^Checkpointer: cannot write {tmp_path / 'last' / '20'}; got ValueError: "
+                                          r"NOT_FOUND: Error writing local file \.\.\.\. The previous checkpoints"):
+            checkpointer.save(20, _tiny_state(2.0))
+        monkeypatch.undo()
+        assert [entry["epoch"] for entry in checkpointer.entries()] == [10]
+        epoch, state = checkpointer.restore_last(_tiny_state(0.0))
+        assert epoch == 10
+        np.testing.assert_array_equal(state.params["w"], np.ones((2, 3)))
+        for epoch in (20, 30):
+            checkpointer.save(epoch, _tiny_state(float(epoch)))
+        assert [entry["epoch"] for entry in checkpointer.entries()] == [20, 30]
+        assert sorted(p.name for p in (tmp_path / "last").iterdir()) == ["20", "30"]
+    finally:
+        checkpointer.close()

@@ -197,6 +197,10 @@ class Checkpointer:
           epoch: the epoch the state has finished.
           state: the `TrainState` (B seeds stacked).
           **info: JSON-serialisable facts about the run, stored with the checkpoint (see `fit`).
+
+        Raises:
+          OSError: a file could not be written (a full disk, ...); the message names it, and the
+            manifest still names the previous checkpoints.
         """
         self._write(self.directory / "last" / str(epoch), _to_savable(state))
         self._write(self.directory / "best" / str(epoch), _best_part(state))
@@ -213,7 +217,12 @@ class Checkpointer:
         self._remove_unlisted({e["epoch"] for e in kept})
 
     def _write(self, path: Path, tree: dict[str, Any]) -> None:
-        self._io.save(path, args=ocp.args.StandardSave(tree), force=True)
+        try:
+            self._io.save(path, args=ocp.args.StandardSave(tree), force=True)
+        except Exception as error:  # a full disk surfaces as a long tensorstore error naming no file
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+            raise OSError(f"Checkpointer: cannot write {path}; got {type(error).__name__}: {first}. "
+                          f"The previous checkpoints in {self.directory / MANIFEST} are unchanged.") from None
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
