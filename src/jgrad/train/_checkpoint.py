@@ -233,9 +233,12 @@ class Checkpointer:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, self.directory / MANIFEST)
-        except BaseException:
+        except BaseException as error:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(error, OSError):
+                raise OSError(f"Checkpointer: cannot write {self.directory / MANIFEST}; got {error.strerror or error}. "
+                              "The previous manifest is unchanged.") from None
             raise
         _fsync_directory(self.directory)
 

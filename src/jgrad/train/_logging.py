@@ -114,8 +114,13 @@ class MetricsLog:
             record = {"epoch": first_epoch + i}
             record.update({name: np.asarray(values[i]).tolist() for name, values in metrics.items()})
             lines.append(json.dumps(record) + "\n")
-        with open(self.path, "a") as file:
-            file.write("".join(lines))
+        try:
+            with open(self.path, "a") as file:
+                file.write("".join(lines))
+        except OSError as error:
+            raise OSError(f"MetricsLog: cannot append epochs {first_epoch}..{first_epoch + n_epochs - 1} to "
+                          f"{self.path}; got {error.strerror or error}. A resumed run cuts the log back to its "
+                          "checkpoint.") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
