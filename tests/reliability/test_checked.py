@@ -192,3 +192,18 @@ def test_jit_of_checked_runs_and_raises_from_the_compiled_call():
     bad = jax.jit(lambda g, o: dataclasses.replace(g, receivers=g.receivers + o))(G, 1)
     with pytest.raises(jax.errors.JaxRuntimeError, match=r"receivers\[1\]=3 is out of range"):
         jax.block_until_ready(guarded(bad, X))
+
+
+def test_checked_reports_traced_adjacency_grad_indices_instead_of_clamping():
+    graph = Graph.from_edges([0, 1, 2, 2], [1, 2, 0, 1], n_nodes=3)
+    grad = jgrad.adjacency_grad(lambda g, x: ops.spmm(g, x).sum(), graph, X)
+    at = jgrad.checked(lambda gr, rows, cols: gr.at(rows, cols))
+    np.testing.assert_allclose(at(grad, jnp.array([0, 2]), jnp.array([1, 0])), grad.at([0, 2], [1, 0]))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"AdjacencyGrad.at: cols\[1\]=3 is out of range; expected "
+                                                       r"0 <= index < n_nodes=3\."):
+        at(grad, jnp.array([0, 2]), jnp.array([1, 3]))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"AdjacencyGrad.row: v=-2 is out of range; expected "
+                                                       r"0 <= v < n_nodes=3\."):
+        jgrad.checked(lambda gr, v: gr.row(v))(grad, jnp.int32(-2))
+    best = jgrad.checked(lambda gr: gr.topk(2, block_size=2))(grad)  # no false alarm from the blockwise scan
+    np.testing.assert_array_equal(best.rows, grad.topk(2).rows)

@@ -259,6 +259,10 @@ def index_range_check(
     valid = (index >= 0) & (index < bound)
     if live is not None:
         valid = valid | ~jnp.asarray(live, bool)
+    if index.ndim == 0:
+        _check(debug)(valid, f"{where}: {name}={{value}} is out of range; expected 0 <= {name} < {bound_name}={bound}.",
+                      value=index)
+        return
     flat = valid.reshape(-1)
     first_bad = jnp.argmin(flat)
     _check(debug)(
