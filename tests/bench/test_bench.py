@@ -9,13 +9,13 @@ def test_quick_benchmark_on_a_tiny_graph_writes_json_table_and_chart(tmp_path):
     from jgrad.bench import main
 
     code = main(["--quick", "--sizes", "300", "--repeats", "1", "--no-cora", "--no-recompile-check",
-                 "--impls", "jgrad_layout", "jgrad", "plain_jax",
+                 "--impls", "jgrad", "jgrad_xla", "plain_jax",
                  "--workloads", "gcn_fwdbwd", "gat_fwdbwd", "gcn_train", "--out", str(tmp_path)])
     assert code == 0
     results = json.loads((tmp_path / "bench.json").read_text())
     rows = results["problems"][0]["rows"]
     assert {(r["workload"], r["impl"]) for r in rows} == {
-        (w, i) for w in ("gcn_fwdbwd", "gat_fwdbwd", "gcn_train") for i in ("jgrad_layout", "jgrad", "plain_jax")}
+        (w, i) for w in ("gcn_fwdbwd", "gat_fwdbwd", "gcn_train") for i in ("jgrad", "jgrad_xla", "plain_jax")}
     assert all(r["check"] == "ok" and r["median_ms"] > 0 for r in rows)
     assert results["stream_gbs"] > 0
     assert (tmp_path / "bench.md").read_text().startswith("# jgrad benchmark")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import jgrad
-from jgrad.ops import _native, gsddmm, plan_layout, spmm
+from jgrad._src._plan import Csr
+from jgrad.ops import _native, gsddmm, spmm, with_backend
 
-pytestmark = [pytest.mark.skipif(_native.disabled_by_env(), reason="JGRAD_NATIVE=0 turns the native kernels off"),
-              pytest.mark.usefixtures("x64")]
+pytestmark = [pytest.mark.usefixtures("x64")]
 
 
 def _csr(senders, receivers, n_rows, mask=None):
@@ -19,7 +19,7 @@ def _csr(senders, receivers, n_rows, mask=None):
     real = np.arange(len(senders)) if mask is None else np.flatnonzero(mask)
     order = real[np.argsort(receivers[real], kind="stable")]
     degree = np.bincount(receivers[real], minlength=n_rows)
-    return _native.Csr(jnp.asarray(np.concatenate([[0], np.cumsum(degree)]), jnp.int32),
+    return Csr(jnp.asarray(np.concatenate([[0], np.cumsum(degree)]), jnp.int32),
                        jnp.asarray(senders[order], jnp.int32), jnp.asarray(order, jnp.int32))
 
 
@@ -117,12 +117,11 @@ def test_csr_sum_under_jit_and_vmap():
 
 
 def _exported_text(platform):
-    graph = jgrad.Graph.from_edges([0, 1, 2, 2], [1, 2, 0, 1], n_nodes=3)
-    layout = plan_layout(graph)
+    graph = with_backend(jgrad.Graph.from_edges([0, 1, 2, 2], [1, 2, 0, 1], n_nodes=3), "native")
 
     def loss(x, w):
-        aggregated = spmm(graph, x, w, layout=layout)
-        return jnp.sum(aggregated**2) + jnp.sum(jnp.sin(gsddmm(graph, "dot", x, x, layout=layout)))
+        aggregated = spmm(graph, x, w)
+        return jnp.sum(aggregated**2) + jnp.sum(jnp.sin(gsddmm(graph, "dot", x, x)))
 
     def step(x, w):
         return jax.grad(loss, (0, 1))(x, w)
@@ -137,13 +136,13 @@ def test_cpu_lowering_calls_the_native_kernels_and_gpu_lowering_does_not():
     cpu = _exported_text("cpu")
     assert all(f"@{name}(" in cpu for name in _native.TARGETS)
     gpu = _exported_text("cuda")
-    assert "jgrad_csr" not in gpu and "gather" in gpu  # the bucketed XLA formulation
+    assert "jgrad_csr" not in gpu and "gather" in gpu  # the CSR order with XLA segment sums
 
 
 def test_other_dtypes_use_the_xla_formulation():
-    graph = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
+    graph = with_backend(jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3), "native")
     x = jnp.arange(6.0, dtype=jnp.bfloat16).reshape(3, 2)
-    got = spmm(graph, x, layout=plan_layout(graph))
+    got = spmm(graph, x)
     assert got.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(x, np.float32)[[2, 0, 1]])
 
@@ -162,12 +161,6 @@ def test_a_failed_build_warns_once_and_reports_unavailable(monkeypatch, tmp_path
         monkeypatch.undo()
         _native._load.cache_clear()
     assert _native.available()
-
-
-def test_the_environment_switch_turns_the_kernels_off(monkeypatch):
-    monkeypatch.setenv("JGRAD_NATIVE", "0")
-    assert not _native.available()
-    assert not jgrad.ops.native_available()
 
 
 def test_the_kernels_refuse_inconsistent_buffers_with_a_message():

@@ -1,7 +1,7 @@
 """Benchmarks of jgrad's message-passing kernels against peers, run side by side in one process.
 
 ``jgrad bench`` (or `main`) times GCN, SAGE and GAT layers, a g-SDDMM and full GCN/GAT training steps
-on Cora and on synthetic power-law graphs, for jgrad (default and bucketed-layout paths), plain JAX
+on Cora and on synthetic power-law graphs, for jgrad (as users get it, and on its plain XLA path), plain JAX
 autodiff, jraph, ``jax.experimental.sparse`` (BCOO) and PyTorch Geometric. Every implementation's
 values and gradients are checked against jgrad's before timing; timings are medians of interleaved
 rounds after warm-up. Results go to ``<out>/bench.json``, ``bench.md`` and ``bench.png``.

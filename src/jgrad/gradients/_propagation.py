@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from .._types import check_choice
 from ..graph import Graph
-from ..ops import Layout, spmm
+from ..ops import spmm
 from ..ops._norm import safe_inverse_power
 
 ArrayLike = jax.typing.ArrayLike
@@ -37,7 +37,6 @@ def propagate(
     norm: Literal["sym", "row", "none"] = "sym",
     add_self_loops: bool = True,
     fill: float = 1.0,
-    layout: Layout | None = None,
 ) -> jax.Array:
     """One step of (normalised) propagation ``y = Â_norm @ x`` with ``Â = A + fill·I``.
 
@@ -57,8 +56,6 @@ def propagate(
       norm: ``"sym"``, ``"row"`` or ``"none"`` (keyword-only).
       add_self_loops: add ``fill`` to every node's own term and degree (keyword-only).
       fill: weight of the implicit self loop (keyword-only); may be a traced scalar.
-      layout: optional ``jgrad.ops.plan_layout(graph)`` for the aggregation (keyword-only): on CPU the
-        native CSR kernels run it (see docs/performance.md); values and gradients are the same.
 
     Returns:
       (N, ...), x's shape and dtype. On real (non-padding) nodes, equal to ``spmm(gcn_norm(graph), x)``
@@ -96,18 +93,18 @@ def propagate(
         return node_values.astype(x.dtype).reshape((graph.n_nodes,) + (1,) * (x.ndim - 1))
 
     if norm == "none":
-        out = spmm(graph, x, layout=layout)
+        out = spmm(graph, x)
         return out + loop * x if add_self_loops else out
     degree = graph.in_degree().astype(x.dtype) + loop
     if norm == "sym":
         scale = as_column(safe_inverse_power(degree, 0.5))
         scaled = scale * x
-        out = spmm(graph, scaled, layout=layout)
+        out = spmm(graph, scaled)
         if add_self_loops:
             out = out + loop * scaled
         return scale * out
     scale = as_column(safe_inverse_power(degree, 1.0))
-    out = spmm(graph, x, layout=layout)
+    out = spmm(graph, x)
     if add_self_loops:
         out = out + loop * x
     return scale * out

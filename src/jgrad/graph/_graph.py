@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._src import _plan
 from . import _checks, _limits, _taps
 
 ArrayLike = jax.typing.ArrayLike
@@ -38,6 +39,11 @@ class Graph:
       graph_mask: (G,) bool, False for the padding graph of a padded batch; ``None`` otherwise.
       n_node_per_graph: (G,) int32 node count of each graph of a batch; ``None`` for a single graph.
       n_edge_per_graph: (G,) int32 edge count of each graph of a batch; ``None`` for a single graph.
+      plan: the execution plan the fast backends read (CSR order of both directions, bucket tables),
+        planned on the host the first time the graph is used eagerly or passed into a transform
+        (``jit``, ``vmap``, ``tree.map``) with concrete indices; ``None`` runs the plain XLA path (small
+        graphs, graphs built from traced indices inside ``jit``). Rebuilding a graph with other
+        indices re-plans it; see `jgrad.ops.use_backend` and `jgrad.ops.with_backend` to choose.
 
     The plain constructor does no conversion or checking (JAX rebuilds pytrees with placeholder leaves);
     build graphs with `Graph.from_edges`, `Graph.from_dense` or `jgrad.batch`, which validate.
@@ -60,6 +66,12 @@ class Graph:
     graph_mask: jax.Array | None = None
     n_node_per_graph: jax.Array | None = None
     n_edge_per_graph: jax.Array | None = None
+    plan: Any = dataclasses.field(default=_plan.AUTO, repr=False, compare=False)
+
+    def __post_init__(self):
+        # A plan describes the index arrays it was made for; a graph rebuilt with other ones re-plans.
+        if isinstance(self.plan, _plan.Plan) and not _plan.is_bound(self.plan, self):
+            object.__setattr__(self, "plan", _plan.AUTO)
 
     # ----------------------------------------------------------------------------------------------
     # Construction
@@ -313,7 +325,10 @@ class Graph:
     # ----------------------------------------------------------------------------------------------
     def reverse(self) -> Graph:
         """Swaps senders and receivers: the transpose of the adjacency. jit-safe."""
-        return dataclasses.replace(self, senders=self.receivers, receivers=self.senders)
+        plan = self.plan.transpose() if isinstance(self.plan, _plan.Plan) else self.plan
+        reversed_graph = dataclasses.replace(self, senders=self.receivers, receivers=self.senders, plan=None)
+        object.__setattr__(reversed_graph, "plan", _plan.bind(plan, reversed_graph))
+        return reversed_graph
 
     def add_self_loops(self, fill: float = 1.0) -> Graph:
         """Appends one edge ``v -> v`` per node with weight ``fill`` (padding nodes get masked loops)."""
@@ -358,20 +373,32 @@ class Graph:
         return f"Graph({', '.join(parts)})"
 
 
-jax.tree_util.register_dataclass(
-    Graph,
-    data_fields=[
-        "senders",
-        "receivers",
-        "edge_weight",
-        "node_mask",
-        "edge_mask",
-        "graph_mask",
-        "n_node_per_graph",
-        "n_edge_per_graph",
-    ],
-    meta_fields=["n_nodes"],
-)
+_DATA_FIELDS = ("senders", "receivers", "edge_weight", "node_mask", "edge_mask", "graph_mask",
+                "n_node_per_graph", "n_edge_per_graph", "plan")
+
+
+def _flatten_with_keys(graph: Graph):
+    _plan.resolve(graph)  # a concrete graph is planned when it first enters a transformation
+    children = tuple((jax.tree_util.GetAttrKey(name), getattr(graph, name)) for name in _DATA_FIELDS)
+    return children, graph.n_nodes
+
+
+def _flatten(graph: Graph):
+    _plan.resolve(graph)
+    return tuple(getattr(graph, name) for name in _DATA_FIELDS), graph.n_nodes
+
+
+def _unflatten(n_nodes: int, children) -> Graph:
+    # Rebuilt without __init__ (JAX passes placeholder leaves); the plan is bound to the new indices.
+    graph = object.__new__(Graph)
+    for name, value in zip(_DATA_FIELDS, children):
+        object.__setattr__(graph, name, value)
+    object.__setattr__(graph, "n_nodes", n_nodes)
+    _plan.bind(graph.plan, graph)
+    return graph
+
+
+jax.tree_util.register_pytree_with_keys(Graph, _flatten_with_keys, _unflatten, _flatten)
 
 
 def _degree(graph: Graph, index: jax.Array, weighted: bool) -> jax.Array:

@@ -1,15 +1,17 @@
 """Differentiable message-passing kernels: segment reductions, g-SpMM, g-SDDMM, edge softmax, norms.
 
 Every op is a pure function of arrays and a `jgrad.Graph`; it works under ``jit``, ``vmap``, reverse
-mode of any order and forward mode.
+mode of any order and forward mode. The graph carries its execution plan (``graph.plan``): the ops
+run on the fastest backend for it without being told (see `use_backend`, `with_backend`).
 """
 
 from ._edge_softmax import edge_softmax as edge_softmax
 from ._gsddmm import gsddmm as gsddmm
 from ._gspmm import gspmm as gspmm
 from ._gspmm import spmm as spmm
-from ._layout import Layout as Layout
-from ._layout import plan_layout as plan_layout
+from ._backends import backend_of as backend_of
+from ._backends import use_backend as use_backend
+from ._backends import with_backend as with_backend
 from ._messages import EDGE_OPS as EDGE_OPS
 from ._messages import MESSAGE_OPS as MESSAGE_OPS
 from ._native import available as native_available
@@ -26,14 +28,13 @@ from ._segment import segment_sum as segment_sum
 
 __all__ = [
     "EDGE_OPS",
-    "Layout",
+    "backend_of",
     "MESSAGE_OPS",
     "edge_softmax",
     "gcn_norm",
     "gsddmm",
     "gspmm",
     "native_available",
-    "plan_layout",
     "row_norm",
     "segment_logsumexp",
     "segment_max",
@@ -44,4 +45,6 @@ __all__ = [
     "segment_std",
     "segment_sum",
     "spmm",
+    "use_backend",
+    "with_backend",
 ]

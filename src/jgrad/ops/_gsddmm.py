@@ -22,7 +22,7 @@ from ..graph import Graph
 from ..graph._checks import check_graph_indices
 from . import _kernels
 from ._dispatch import in_forward_mode
-from ._layout import Layout
+from .._src._plan import resolve
 from ._messages import EDGE_OPS, TARGETS, align_edge, edge_binary, sum_to_shape
 
 ArrayLike = jax.typing.ArrayLike
@@ -35,8 +35,6 @@ def gsddmm(
     rhs: ArrayLike | None,
     lhs_target: str = "u",
     rhs_target: str = "v",
-    *,
-    layout: Layout | None = None,
 ) -> jax.Array:
     """Computes one value per edge from data at its sender, its receiver or the edge itself.
 
@@ -52,11 +50,6 @@ def gsddmm(
         shapes broadcast left-aligned (each axis equal or 1; the shorter one padded with 1s on the
         right), e.g. (N, H, F) with (E, H, 1).
       lhs_target, rhs_target: ``"u"``, ``"v"`` or ``"e"``.
-      layout: optional `jgrad.ops.Layout` from ``plan_layout(graph)``. With it, ``"dot"`` of two (N, F)
-        node arrays, one at ``"u"`` and one at ``"v"``, runs on the layout (on CPU the native kernel:
-        one pass over the edges in CSR order, no (E, F) intermediate); values and gradients equal the
-        default path's up to float rounding, and forward mode falls back to the default path. Any
-        other op, target pair or shape raises.
 
     Returns:
       (E, ...) with the broadcast trailing shape; for ``"dot"`` the last axis has size 1.
@@ -67,6 +60,10 @@ def gsddmm(
         ``[0, n_nodes)``. TypeError: non-float operands.
 
     Notes:
+      On a graph with a plan (``graph.plan``), ``"dot"`` of two node arrays of one shape, (N, F) or
+      (N, H, F), one at ``"u"`` and one at ``"v"``, runs on the plan's backend (on CPU the native
+      kernel: one pass over the edges in CSR order, no (E, F) intermediate); values and gradients
+      equal the plain path's up to float rounding. Other cases and forward mode run the plain path.
       Differentiable w.r.t. lhs and rhs in reverse mode (custom VJP; cotangents of node operands are
       g-SpMMs, residuals are the inputs) to any order, and in forward mode. jit- and vmap-safe.
 
@@ -86,11 +83,10 @@ def gsddmm(
     if lhs is not None and rhs is not None:
         _check_pair(where, lhs.shape, rhs.shape)
     check_graph_indices(where, graph)
-    if layout is not None:
-        _kernels.check_sddmm_layout(where, layout, graph.n_nodes, graph.n_edges, op, lhs, rhs, lhs_target,
-                                    rhs_target, graph)
-        if not in_forward_mode(lhs, rhs):
-            return _kernels.layout_gsddmm(layout, lhs, rhs, lhs_target)
+    plan = resolve(graph)
+    if plan is not None and _kernels.covers_gsddmm(op, lhs, rhs, lhs_target, rhs_target) \
+            and not in_forward_mode(lhs, rhs):
+        return _kernels.plan_gsddmm(plan, lhs, rhs, lhs_target)
     return _gsddmm(op, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, lhs, rhs,
                    lhs_target, rhs_target)
 

@@ -25,7 +25,7 @@ from ..graph import _taps
 from ..graph._checks import check_graph_indices
 from . import _gsddmm, _kernels
 from ._dispatch import in_forward_mode
-from ._layout import Layout
+from .._src._plan import resolve
 from ._messages import (
     MESSAGE_OPS,
     check_operands,
@@ -49,7 +49,6 @@ def gspmm(
     e: ArrayLike | None = None,
     *,
     tie: str = "split",
-    layout: Layout | None = None,
     accumulate_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
     """Reduces, at every node, the messages of its incoming edges.
@@ -68,12 +67,6 @@ def gspmm(
         left-aligned: for u of shape (N, H, F), e may be (E,), (E, 1), (E, H, 1) or (E, H, F).
       tie: for max/min, who gets the gradient when several messages attain the extremum:
         ``"split"`` shares it equally, ``"first"`` gives it all to the lowest-numbered edge.
-      layout: optional `jgrad.ops.Layout` from ``plan_layout(graph)``. With it, ``copy_u`` and
-        ``u_mul_e`` with one scalar per edge (e of shape (E,) or (E, 1)) under ``sum`` or ``mean`` run
-        as gathers and dense reductions over degree-bucketed neighbour tables instead of a
-        scatter-add, and the backward uses the reversed graph's tables. Values and gradients equal
-        the default path's up to float rounding; forward mode falls back to the default path. Any
-        other op, reducer or edge shape raises.
       accumulate_dtype: optional float dtype, at least as wide as the operands, in which messages are
         formed and reduced, e.g. ``jnp.float32`` for bfloat16 ``u``: u and e are converted to it
         before the gather, so every product and every partial sum is in float32, and the output has
@@ -92,6 +85,13 @@ def gspmm(
       TypeError: non-float operands or a non-float ``accumulate_dtype``.
 
     Notes:
+      Execution: on a graph with a plan (``graph.plan``, see `jgrad.ops.use_backend`), ``copy_u`` and
+      ``u_mul_e`` with one scalar per edge or per head ((E,), (E, 1), (E, H), (E, H, 1)) under
+      ``sum`` or ``mean`` run on the plan's backend (native CSR kernels on CPU, bucketed gather tables
+      elsewhere): no scatter-add and no (E, F) message tensor, in the backward too. Values and
+      gradients equal the plain path's up to float rounding; every other case, and forward mode,
+      runs the plain path (gather, message, segment reduction).
+
       Differentiable w.r.t. u and e in reverse mode (custom VJP: node cotangent by g-SpMM on the
       reversed graph, edge cotangent by g-SDDMM; residuals O(N·F + E)) to any order, and in forward
       mode (see ``jgrad.ops._dispatch`` for the one limitation). Works under ``jit`` and ``vmap``;
@@ -114,10 +114,9 @@ def gspmm(
     u, e = _check_operands(where, graph, op, u, e)
     u, e = _common_dtype(where, u, e, accumulate_dtype)
     check_graph_indices(where, graph)
-    if layout is not None:
-        _kernels.check_layout(where, layout, graph.n_nodes, graph.n_edges, op, reduce, e, graph)
-    if layout is not None and not in_forward_mode(u, e):
-        out = _kernels.layout_gspmm(layout, op, reduce, u, e)
+    plan = resolve(graph)
+    if plan is not None and _kernels.covers_gspmm(op, reduce, u, e) and not in_forward_mode(u, e):
+        out = _kernels.plan_gspmm(plan, op, reduce, u, e)
     else:
         out = _gspmm(op, reduce, tie, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, u, e)
     recorder = _taps.active_recorder()
@@ -131,7 +130,6 @@ def spmm(
     x: ArrayLike,
     edge_weight: ArrayLike | None = None,
     *,
-    layout: Layout | None = None,
     accumulate_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array:
     """Weighted sum aggregation ``y = A @ x``: ``y[receivers[e]] += w[e] * x[senders[e]]``.
@@ -141,7 +139,6 @@ def spmm(
         graph has weights of ones.
       x: node features, shape (N, ...).
       edge_weight: optional (E,) or broadcastable (E, ...) weights overriding the graph's.
-      layout: optional `jgrad.ops.Layout` from ``plan_layout(graph)`` (see `gspmm`).
       accumulate_dtype: optional wider float dtype for the products and sums (see `gspmm`), e.g.
         ``jnp.float32`` for bfloat16 ``x``; the output has this dtype.
 
@@ -156,8 +153,8 @@ def spmm(
     """
     weight = graph.edge_weight if edge_weight is None else edge_weight
     if weight is None:
-        return gspmm(graph, "copy_u", "sum", u=x, layout=layout, accumulate_dtype=accumulate_dtype)
-    return gspmm(graph, "u_mul_e", "sum", u=x, layout=layout, e=weight, accumulate_dtype=accumulate_dtype)
+        return gspmm(graph, "copy_u", "sum", u=x, accumulate_dtype=accumulate_dtype)
+    return gspmm(graph, "u_mul_e", "sum", u=x, e=weight, accumulate_dtype=accumulate_dtype)
 
 
 def _check_operands(where: str, graph: Graph, op: str, u, e):

@@ -1,6 +1,6 @@
-"""Sum aggregation and per-edge products on a `Layout`, with custom VJPs.
+"""Sum aggregation and per-edge products on a graph's `Plan`, with custom VJPs.
 
-``layout_sum(layout, u, w)`` computes ``out[receivers[e]] += w[e] * u[senders[e]]`` (or ``u[...]``
+``layout_sum(plan, u, w)`` computes ``out[receivers[e]] += w[e] * u[senders[e]]`` (or ``u[...]``
 alone when ``w`` is None) with no scatter-add and no (E, F) intermediate. Its backward reuses the layout:
 
 * ``du = A^T @ dout``: `layout_sum` on ``layout.transpose()``, the reversed graph.
@@ -10,9 +10,10 @@ With weights both come from `layout_sum_backward`, which on CPU walks the revers
 each gathered row of ``dout`` for both. `layout_edge_dot` and `layout_sum_backward` have their own
 VJPs built from `layout_sum` and `layout_edge_dot`, so every order of reverse mode works.
 
-Two formulations, chosen per platform when the computation is lowered: on CPU, for float32/float64,
-the native CSR kernels of `jgrad.ops._native` (when they are built); everywhere else gathers and dense
-reductions over the degree-bucketed neighbour tables (XLA only).
+Backends: a ``"bucket"`` plan runs gathers and dense reductions over its degree-bucketed neighbour
+tables (XLA, any platform). A ``"native"`` plan runs the CSR kernels of `jgrad.ops._native` on CPU
+for float32/float64 (chosen per platform when the computation is lowered, `jax.lax.platform_dependent`)
+and, on other platforms, other dtypes or without a C++ compiler, the same CSR order with segment sums.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..graph._checks import is_concrete
+from .._src._plan import Plan, Side
 from . import _native
-from ._layout import Layout, Side
 
 
 def _append_zero_row(x: jax.Array) -> jax.Array:
@@ -41,12 +41,38 @@ def _use_native(*arrays) -> bool:
     return _native.available() and all(_native.supports(a.dtype) for a in arrays if a is not None)
 
 
-def _side_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
+def _slot_rows(side: Side) -> jax.Array:
+    """(E,) row of every CSR slot; padding slots (after ``row_ptr[-1]``) get R, out of range."""
+    slots = jnp.arange(side.csr.cols.shape[0], dtype=jnp.int32)
+    return jnp.searchsorted(side.csr.row_ptr, slots, side="right").astype(jnp.int32) - 1
+
+
+def _csr_segment_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
+    """`_side_sum` on the CSR order with XLA segment sums (non-CPU platforms, no compiler)."""
+    gathered = u[side.csr.cols]
+    if w is not None:
+        gathered = gathered * w.astype(u.dtype)[side.csr.edge_ids][:, None]
+    return jax.ops.segment_sum(gathered, _slot_rows(side), num_segments=side.in_degree.shape[0],
+                               indices_are_sorted=True)
+
+
+def _csr_segment_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
+    rows = _slot_rows(side)
+    n = side.in_degree.shape[0]
+    live = rows < n
+    dots = jnp.sum(u[side.csr.cols] * v[jnp.minimum(rows, n - 1)], axis=-1)
+    dots = jnp.where(live, dots, jnp.zeros((), dots.dtype))
+    return jnp.zeros(side.csr.edge_ids.shape, dots.dtype).at[side.csr.edge_ids].add(dots)
+
+
+def _side_sum(backend: str, side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
     """``out[v] = sum over slots of v of w[slot] * u[neighbour]`` for (N, M) ``u`` and (E,) ``w``."""
+    if backend == "bucket":
+        return _bucket_sum(side, u, w)
     if _use_native(u, w):
         return jax.lax.platform_dependent(u, w, cpu=lambda u, w: _native.csr_sum(side.csr, u, w),
-                                          default=lambda u, w: _bucket_sum(side, u, w))
-    return _bucket_sum(side, u, w)
+                                          default=lambda u, w: _csr_segment_sum(side, u, w))
+    return _csr_segment_sum(side, u, w)
 
 
 def _bucket_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
@@ -73,12 +99,12 @@ def _bucket_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
 
 
 @jax.custom_vjp
-def layout_edge_dot(layout: Layout, u: jax.Array, v: jax.Array) -> jax.Array:
+def layout_edge_dot(layout: Plan, u: jax.Array, v: jax.Array) -> jax.Array:
     """``out[e] = <v[receivers[e]], u[senders[e]]>`` for (N, M) ``u``, ``v``; shape (E,).
 
-    Padding edges (absent from the layout) get 0.
+    Padding edges (absent from the plan) get 0.
     """
-    return _side_edge_dot(layout.forward, u, v)
+    return _side_edge_dot(layout.backend, layout.forward, u, v)
 
 
 def _layout_edge_dot_fwd(layout, u, v):
@@ -97,12 +123,14 @@ def _layout_edge_dot_bwd(residuals, cotangent):
 layout_edge_dot.defvjp(_layout_edge_dot_fwd, _layout_edge_dot_bwd)
 
 
-def _side_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
+def _side_edge_dot(backend: str, side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
+    if backend == "bucket":
+        return _bucket_edge_dot(side, u, v)
     if _use_native(u, v) and u.dtype == v.dtype:
-        n_edges = side.slot_of_edge.shape[0]
+        n_edges = side.csr.edge_ids.shape[0]
         return jax.lax.platform_dependent(u, v, cpu=lambda u, v: _native.csr_edge_dot(side.csr, u, v, n_edges),
-                                          default=lambda u, v: _bucket_edge_dot(side, u, v))
-    return _bucket_edge_dot(side, u, v)
+                                          default=lambda u, v: _csr_segment_edge_dot(side, u, v))
+    return _csr_segment_edge_dot(side, u, v)
 
 
 def _bucket_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
@@ -123,12 +151,12 @@ def _bucket_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def layout_sum(layout: Layout, u: jax.Array, w: jax.Array | None) -> jax.Array:
-    """``out[receivers[e]] += w[e] * u[senders[e]]`` on the layout; u (N, M), w (E,) or None.
+def layout_sum(layout: Plan, u: jax.Array, w: jax.Array | None) -> jax.Array:
+    """``out[receivers[e]] += w[e] * u[senders[e]]`` on the plan; u (N, M), w (E,) or None.
 
     Returns (N, M) in u's dtype (w is cast to it).
     """
-    return _side_sum(layout.forward, u, w)
+    return _side_sum(layout.backend, layout.forward, u, w)
 
 
 def _layout_sum_fwd(layout, u, w):
@@ -148,20 +176,21 @@ layout_sum.defvjp(_layout_sum_fwd, _layout_sum_bwd)
 
 
 @jax.custom_vjp
-def layout_sum_backward(layout: Layout, g: jax.Array, w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+def layout_sum_backward(layout: Plan, g: jax.Array, w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The cotangents of a weighted `layout_sum`: ``(A^T @ g, dw)`` with ``dw[e] = <g[receivers[e]], u[senders[e]]>``.
 
     g, u (N, M), w (E,). Equal to ``(layout_sum(layout.transpose(), g, w), layout_edge_dot(layout, u, g))``;
     on CPU one native pass over the reversed graph reads each gathered row of g once for both.
     """
-    if _use_native(g, w, u) and g.dtype == w.dtype == u.dtype:
+    if layout.backend == "native" and _use_native(g, w, u) and g.dtype == w.dtype == u.dtype:
         return jax.lax.platform_dependent(g, w, u, cpu=lambda g, w, u: _native.csr_sum_dot(layout.reverse.csr, g, u, w),
                                           default=lambda g, w, u: _separate_backward(layout, g, w, u))
     return _separate_backward(layout, g, w, u)
 
 
 def _separate_backward(layout, g, w, u):
-    return _side_sum(layout.reverse, g, w), _side_edge_dot(layout.forward, u, g)
+    return (_side_sum(layout.backend, layout.reverse, g, w),
+            _side_edge_dot(layout.backend, layout.forward, u, g))
 
 
 def _layout_sum_backward_fwd(layout, g, w, u):
@@ -180,83 +209,63 @@ def _layout_sum_backward_bwd(residuals, cotangents):
 layout_sum_backward.defvjp(_layout_sum_backward_fwd, _layout_sum_backward_bwd)
 
 
-LAYOUT_OPS = ("copy_u", "u_mul_e")
-LAYOUT_REDUCERS = ("sum", "mean")
+def covers_gspmm(op: str, reduce: str, u, e) -> bool:
+    """Whether a plan runs this gspmm: ``copy_u`` or ``u_mul_e`` with ``sum``/``mean``, e of one scalar
+    per edge ((E,), (E, 1), ...) or one per head ((E, H) or (E, H, 1) against u of shape (N, H, F))."""
+    if op not in ("copy_u", "u_mul_e") or reduce not in ("sum", "mean"):
+        return False
+    if op == "copy_u":
+        return True
+    return _head_count(u, e) is not None
 
 
-def check_layout(where: str, layout, n_nodes: int, n_edges: int, op: str, reduce: str, e,
-                 graph=None) -> None:
-    """Raises if ``layout`` cannot run this gspmm: wrong type or size, or an op it does not cover.
-
-    When ``graph`` is given with concrete indices, the layout's in-degrees are also compared with the
-    graph's live edges, so a layout planned for another graph of the same size is refused (under
-    ``jit`` that comparison is skipped: plan the layout from the same graph).
-    """
-    problems = []
-    if op not in LAYOUT_OPS:
-        problems.append(f"the layout path supports op {' or '.join(map(repr, LAYOUT_OPS))}; got {op!r}.")
-    if reduce not in LAYOUT_REDUCERS:
-        problems.append(f"the layout path supports reduce "
-                        f"{' or '.join(map(repr, LAYOUT_REDUCERS))}; got {reduce!r}.")
-    if op == "u_mul_e" and e is not None and any(d != 1 for d in e.shape[1:]):
-        problems.append(f"the layout path needs one scalar per edge; got e of shape {tuple(e.shape)}, "
-                        f"expected ({n_edges},) or ({n_edges}, 1).")
-    _raise_layout_problems(where, layout, n_nodes, n_edges, graph, problems)
+def _head_count(u, e) -> int | None:
+    """1 for scalar edge data, H for per-head edge data against (N, H, F) node data, else None."""
+    trailing = tuple(e.shape[1:])
+    if all(d == 1 for d in trailing) and e.ndim <= u.ndim:
+        return 1
+    if u.ndim == 3 and len(trailing) in (1, 2) and trailing[0] == u.shape[1] and all(d == 1 for d in trailing[1:]):
+        return int(u.shape[1])
+    return None
 
 
-def check_sddmm_layout(where: str, layout, n_nodes: int, n_edges: int, op: str, lhs, rhs, lhs_target: str,
-                       rhs_target: str, graph=None) -> None:
-    """Raises if ``layout`` cannot run this gsddmm: it covers ``"dot"`` of two (N, F) node arrays, one
-    at the sender and one at the receiver (see `check_layout` for the graph checks)."""
-    problems = []
-    if op != "dot":
-        problems.append(f"the layout path supports op 'dot'; got {op!r}.")
-    if {lhs_target, rhs_target} != {"u", "v"}:
-        problems.append(f"the layout path needs one operand at 'u' and one at 'v'; got lhs_target="
-                        f"{lhs_target!r}, rhs_target={rhs_target!r}.")
-    if lhs is not None and rhs is not None and (lhs.ndim != 2 or lhs.shape != rhs.shape):
-        problems.append(f"the layout path needs lhs and rhs of one shape (N, F); got {tuple(lhs.shape)} "
-                        f"and {tuple(rhs.shape)}.")
-    _raise_layout_problems(where, layout, n_nodes, n_edges, graph, problems)
-
-
-def _raise_layout_problems(where, layout, n_nodes, n_edges, graph, problems) -> None:
-    if not isinstance(layout, Layout):
-        raise TypeError(f"{where}: layout must be a jgrad.ops.Layout from plan_layout(graph); "
-                        f"got {type(layout).__name__}.")
-    if (layout.n_nodes, layout.n_edges) != (n_nodes, n_edges):
-        problems.insert(0, f"the layout was planned for another graph; got n_nodes={layout.n_nodes}, "
-                        f"n_edges={layout.n_edges}, expected n_nodes={n_nodes}, n_edges={n_edges}.")
-    if not problems and graph is not None and is_concrete(graph.receivers, graph.edge_mask,
-                                                          layout.forward.in_degree):
-        receivers = np.asarray(graph.receivers)
-        if graph.edge_mask is not None:
-            receivers = receivers[np.asarray(graph.edge_mask)]
-        if not np.array_equal(np.bincount(receivers, minlength=n_nodes), np.asarray(layout.forward.in_degree)):
-            problems.append("the layout was planned for another graph with the same sizes (its in-degrees "
-                            "differ from this graph's); plan it with plan_layout(graph).")
-    if problems:
-        raise ValueError(f"{where}: " + " ".join(problems) + " Leave out layout= for the general path.")
-
-
-def layout_gspmm(layout: Layout, op: str, reduce: str, u: jax.Array, e: jax.Array | None) -> jax.Array:
-    """gspmm for ``copy_u`` / ``u_mul_e`` with scalar edge data and ``sum`` / ``mean``, on the layout."""
-    trailing = tuple(u.shape[1:])
+def plan_gspmm(plan: Plan, op: str, reduce: str, u: jax.Array, e: jax.Array | None) -> jax.Array:
+    """gspmm on the plan for the cases of `covers_gspmm`; a per-head weight runs one pass per head."""
     w = None
+    shape = u.shape
     if op == "u_mul_e":
-        extra = e.ndim - u.ndim
-        trailing = trailing + (1,) * max(extra, 0)
         dtype = jnp.result_type(u, e)
-        u, w = u.astype(dtype), e.reshape(e.shape[0]).astype(dtype)
-    out = layout_sum(layout, u.reshape(u.shape[0], -1), w)
-    if reduce == "mean":
-        count = jnp.maximum(layout.forward.in_degree, 1).astype(out.dtype)
-        out = out / count[:, None]
-    return out.reshape((u.shape[0],) + trailing)
+        heads = _head_count(u, e)
+        u = u.astype(dtype)
+        if heads > 1:
+            w_heads = e.reshape(e.shape[0], heads).astype(dtype)
+            out = jnp.stack([layout_sum(plan, u[:, h, :], w_heads[:, h]) for h in range(heads)], axis=1)
+            return _mean(plan, out, reduce)
+        w = e.reshape(e.shape[0]).astype(dtype)
+        shape = shape + (1,) * max(e.ndim - u.ndim, 0)
+    out = layout_sum(plan, u.reshape(u.shape[0], -1), w).reshape(shape)
+    return _mean(plan, out, reduce)
 
 
-def layout_gsddmm(layout: Layout, lhs: jax.Array, rhs: jax.Array, lhs_target: str) -> jax.Array:
-    """gsddmm ``"dot"`` of two (N, F) node arrays on the layout; returns (E, 1)."""
+def _mean(plan: Plan, out: jax.Array, reduce: str) -> jax.Array:
+    if reduce != "mean":
+        return out
+    count = jnp.maximum(plan.forward.in_degree, 1).astype(out.dtype)
+    return out / count.reshape((-1,) + (1,) * (out.ndim - 1))
+
+
+def covers_gsddmm(op: str, lhs, rhs, lhs_target: str, rhs_target: str) -> bool:
+    """Whether a plan runs this gsddmm: ``"dot"`` of two node arrays of one shape (N, F) or (N, H, F),
+    one at the sender and one at the receiver."""
+    return (op == "dot" and {lhs_target, rhs_target} == {"u", "v"} and lhs is not None and rhs is not None
+            and lhs.shape == rhs.shape and lhs.ndim in (2, 3))
+
+
+def plan_gsddmm(plan: Plan, lhs: jax.Array, rhs: jax.Array, lhs_target: str) -> jax.Array:
+    """gsddmm ``"dot"`` on the plan; returns (E, 1) or (E, H, 1)."""
     u, v = (lhs, rhs) if lhs_target == "u" else (rhs, lhs)
     dtype = jnp.result_type(u, v)
-    return layout_edge_dot(layout, u.astype(dtype), v.astype(dtype))[:, None]
+    u, v = u.astype(dtype), v.astype(dtype)
+    if u.ndim == 3:
+        return jnp.stack([layout_edge_dot(plan, u[:, h], v[:, h]) for h in range(u.shape[1])], axis=1)[..., None]
+    return layout_edge_dot(plan, u, v)[:, None]

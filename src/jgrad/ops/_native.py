@@ -1,4 +1,4 @@
-"""Native CPU kernels for the layout path: CSR sum aggregation and per-edge dot products.
+"""Native CPU kernels of the ``"native"`` backend: CSR sum aggregation and per-edge dot products.
 
 XLA's CPU backend runs ``gather + segment_sum`` as a serial scatter-add. The kernels in
 ``_csrc/csr_kernels.cc`` walk a graph in CSR order instead (each output row owned by one thread, no
@@ -13,8 +13,10 @@ through the XLA FFI:
 The source is compiled with the system C++ compiler on first use (``$CXX``, else ``c++``/``g++``)
 against the XLA FFI headers that ship with jaxlib, for this machine's processor, and cached in
 ``$JGRAD_CACHE_DIR`` (default ``~/.cache/jgrad``), keyed by the source, the flags, jaxlib's version
-and the processor. Without a compiler, or with ``JGRAD_NATIVE=0``, `available` is False and the
-layout path uses its XLA formulation; a failed build says why once, as a warning. The kernels
+and the processor (``make install`` builds them once, so no user call waits for the compiler).
+Without a compiler `available` is False and a ``"native"`` plan runs its CSR order with XLA segment
+sums; a failed build says why once, as a warning. To forbid the native kernels, plan graphs for
+another backend (`jgrad.ops.use_backend`). The kernels
 handle float32 and float64 on CPU; `jgrad.ops._kernels` chooses them per platform at lowering time,
 so on GPU and TPU the XLA formulation runs. ``JGRAD_NUM_THREADS`` caps the threads a kernel uses
 (default: the cores this process may run on).
@@ -32,11 +34,12 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jaxlib
+
+from .._src._plan import Csr
 
 SOURCE = Path(__file__).with_name("_csrc") / "csr_kernels.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno")
@@ -45,28 +48,9 @@ TARGETS = {"jgrad_csr_sum": "JgradCsrSum", "jgrad_csr_edge_dot": "JgradCsrEdgeDo
 NATIVE_DTYPES = (jnp.float32, jnp.float64)
 
 
-class Csr(NamedTuple):
-    """One direction of a graph in CSR order: row r's slots are ``row_ptr[r] .. row_ptr[r+1] - 1``.
-
-    Attributes:
-      row_ptr: (R + 1,) int32 slot offsets.
-      cols: (S,) int32 neighbour (sender of this direction) of each slot.
-      edge_ids: (S,) int32 edge id of each slot.
-    """
-
-    row_ptr: jax.Array
-    cols: jax.Array
-    edge_ids: jax.Array
-
-
-def disabled_by_env() -> bool:
-    """True when ``JGRAD_NATIVE`` is set to 0, false or off."""
-    return os.environ.get("JGRAD_NATIVE", "1").strip().lower() in ("0", "false", "off", "no")
-
-
 def available() -> bool:
     """Whether the native CPU kernels are built and registered (builds them on the first call)."""
-    return not disabled_by_env() and _load() is not None
+    return _load() is not None
 
 
 def supports(dtype) -> bool:
@@ -166,7 +150,7 @@ def _build(compiler: str, target: Path) -> None:
 def _load() -> ctypes.CDLL | None:
     compiler = _compiler()
     if compiler is None:
-        warnings.warn("jgrad: no C++ compiler found (set CXX); the layout path uses its XLA formulation on CPU.",
+        warnings.warn("jgrad: no C++ compiler found (set CXX); native plans run with XLA segment sums.",
                       RuntimeWarning, stacklevel=3)
         return None
     try:
@@ -177,7 +161,7 @@ def _load() -> ctypes.CDLL | None:
         for name, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     except (OSError, RuntimeError, AttributeError) as error:
-        warnings.warn(f"jgrad: building the native CPU kernels failed; the layout path uses its XLA "
-                      f"formulation on CPU. {error}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"jgrad: building the native CPU kernels failed; native plans run with XLA "
+                      f"segment sums. {error}", RuntimeWarning, stacklevel=3)
         return None
     return library

@@ -1,0 +1,340 @@
+"""The execution plan of a graph: what a fast backend needs about its structure, built once on the host.
+
+A `Plan` travels with a `jgrad.Graph` as an optional pytree part (``graph.plan``). It holds, for the
+graph and for its reverse (the transpose, used by every backward pass), the edges in CSR order
+(`Csr`: row offsets, neighbours, edge ids) and, for the ``"bucket"`` backend only, degree-bucketed
+neighbour tables (`Bucket`). Arrays are int32 data leaves; the backend name, sizes and bucket shapes
+are static (they are part of ``jax.jit``'s cache key).
+
+Life cycle (see `resolve`):
+
+* ``Graph(...)`` and every constructor or transform start with ``plan=AUTO``: nothing is computed.
+* The first time the graph is used on the host, by an op called eagerly or by flattening the pytree
+  (passing it to ``jax.jit``, ``jax.vmap``, ``jax.tree.map``), `resolve` replaces ``AUTO`` by the plan
+  the chosen backend needs (`choose_backend`), or by ``None`` (the plain XLA path) when the graph is
+  small or its indices are traced (a graph built inside ``jit`` runs the plain path). The result is
+  cached on the graph object.
+* A plan is bound to the index arrays it was planned from (by identity). A graph rebuilt with other
+  ``senders``, ``receivers`` or ``edge_mask`` (``dataclasses.replace``, a transform) loses it and goes
+  back to ``AUTO``, so a plan can never describe another structure; ``reverse`` transposes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BACKENDS = ("xla", "bucket", "native")
+"""``"xla"``: gather + segment ops, no plan. ``"bucket"``: degree-bucketed gather tables (any platform).
+``"native"``: CSR kernels through the XLA FFI on CPU (other platforms run the CSR with segment ops)."""
+
+SMALL_GRAPH_EDGES = 32_768
+"""Below this many edges the plain XLA path is at least as fast (Cora's GCN step: 2.3e4 edges with
+self loops), so `choose_backend` plans nothing. The one place where the size rule lives."""
+
+
+class _Auto:
+    """Sentinel of a graph whose plan has not been decided yet (see the module docstring)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "AUTO"
+
+    def __reduce__(self):
+        return (_Auto, ())
+
+
+AUTO = _Auto()
+
+
+class Csr(NamedTuple):
+    """One direction of a graph in CSR order: row r's slots are ``row_ptr[r] .. row_ptr[r+1] - 1``.
+
+    Attributes:
+      row_ptr: (R + 1,) int32 slot offsets; ``row_ptr[R]`` is the number of live (unpadded) edges.
+      cols: (E,) int32 neighbour (sender of this direction) of each slot; padding edges sit after
+        ``row_ptr[R]`` and are never read.
+      edge_ids: (E,) int32 edge id of each slot.
+    """
+
+    row_ptr: jax.Array
+    cols: jax.Array
+    edge_ids: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """One degree bucket: receivers whose in-degree rounds up to the same power of two.
+
+    Attributes:
+      neighbours: (C, R, K) int32 sender of each slot; padded slots hold N (a zero row is appended to u).
+      edge_ids: (C, R, K) int32 edge id of each slot; padded slots hold E (a zero is appended to e).
+      row_nodes: (C, R) int32 receiver of each row; padding rows hold N.
+      n_receivers: static number of receivers in the bucket.
+      split: static number of rows per receiver (> 1 for hubs wider than the maximum width).
+    """
+
+    neighbours: jax.Array
+    edge_ids: jax.Array
+    row_nodes: jax.Array
+    n_receivers: int
+    split: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """The plan of one direction of a graph (rows = the receivers of this direction).
+
+    Attributes:
+      csr: the edges in CSR order (`Csr`).
+      in_degree: (N,) int32 count of live incoming edges.
+      buckets: tuple of `Bucket` by increasing width; empty unless the backend is ``"bucket"``.
+      output_position: (N,) int32 row of each node in the concatenated bucket outputs (bucket only).
+      slot_of_edge: (E,) int32 position of each edge among the flattened bucket slots (bucket only).
+    """
+
+    csr: Csr
+    in_degree: jax.Array
+    buckets: tuple = ()
+    output_position: jax.Array | None = None
+    slot_of_edge: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The plan of a graph (`forward`) and of its reverse (`reverse`); a JAX pytree.
+
+    Attributes:
+      forward: `Side` aggregating at the receivers (``A @ x``).
+      reverse: `Side` aggregating at the senders (``A^T @ x``, the backward).
+      backend: static name of the backend it was planned for (one of `BACKENDS` but ``"xla"``).
+      n_nodes, n_edges: static sizes of the graph.
+    """
+
+    forward: Side
+    reverse: Side
+    backend: str
+    n_nodes: int
+    n_edges: int
+
+    def transpose(self) -> Plan:
+        """The plan of the reversed graph: forward and reverse swapped."""
+        return dataclasses.replace(self, forward=self.reverse, reverse=self.forward)
+
+    def __repr__(self) -> str:
+        return f"Plan(backend={self.backend!r}, n_nodes={self.n_nodes}, n_edges={self.n_edges})"
+
+
+jax.tree_util.register_dataclass(Bucket, data_fields=["neighbours", "edge_ids", "row_nodes"],
+                                 meta_fields=["n_receivers", "split"])
+jax.tree_util.register_dataclass(Side, data_fields=["csr", "in_degree", "buckets", "output_position",
+                                                    "slot_of_edge"], meta_fields=[])
+jax.tree_util.register_dataclass(Plan, data_fields=["forward", "reverse"],
+                                 meta_fields=["backend", "n_nodes", "n_edges"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Choosing a backend (host side, when a plan is made).
+# --------------------------------------------------------------------------------------------------
+_CHOICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("jgrad_backend", default=None)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Plans every graph resolved inside the block for backend ``name`` (see `jgrad.ops.use_backend`)."""
+    check_backend("use_backend", name)
+    token = _CHOICE.set(name)
+    try:
+        yield
+    finally:
+        _CHOICE.reset(token)
+
+
+def check_backend(where: str, name: Any) -> str:
+    if name not in BACKENDS + ("auto",):
+        raise ValueError(f"{where}: unknown backend; got {name!r}, expected one of "
+                         f"{', '.join(map(repr, BACKENDS + ('auto',)))}.")
+    return name
+
+
+def choose_backend(n_edges: int, name: str | None = None) -> str:
+    """The backend a graph of ``n_edges`` edges is planned for: the one place where the rule lives.
+
+    An explicit ``name`` (or the innermost `use_backend`) wins; ``"auto"`` picks ``"xla"`` below
+    `SMALL_GRAPH_EDGES` edges, else ``"native"`` when JAX's default platform is the CPU and
+    ``"bucket"`` on other platforms.
+    """
+    name = name or _CHOICE.get() or "auto"
+    if name != "auto":
+        return name
+    if n_edges < SMALL_GRAPH_EDGES:
+        return "xla"
+    return "native" if jax.default_backend() == "cpu" else "bucket"
+
+
+# --------------------------------------------------------------------------------------------------
+# Resolving and binding.
+# --------------------------------------------------------------------------------------------------
+def _is_concrete(*values: Any) -> bool:
+    return not any(isinstance(v, jax.core.Tracer) for v in values)
+
+
+def resolve(graph: Any) -> Plan | None:
+    """The plan of ``graph``, made now (and cached on it) if it is still ``AUTO``; None for the XLA path."""
+    plan = graph.plan
+    if plan is AUTO:
+        plan = None
+        if _is_concrete(graph.senders, graph.receivers, graph.edge_mask):
+            backend = choose_backend(int(graph.senders.shape[0]))
+            if backend != "xla":
+                plan = make_plan(graph.senders, graph.receivers, graph.edge_mask, graph.n_nodes, backend)
+                bind(plan, graph)
+        object.__setattr__(graph, "plan", plan)
+    return plan
+
+
+def bind(plan: Any, graph: Any) -> Any:
+    """Records that ``plan`` describes the index arrays of ``graph`` (compared by identity)."""
+    if isinstance(plan, Plan):
+        object.__setattr__(plan, "_bound", (graph.senders, graph.receivers, graph.edge_mask))
+    return plan
+
+
+def is_bound(plan: Any, graph: Any) -> bool:
+    """Whether ``plan`` was made (or bound) for exactly the index arrays of ``graph``."""
+    bound = getattr(plan, "_bound", None)
+    if bound is None:
+        return False
+    return all(a is b for a, b in zip(bound, (graph.senders, graph.receivers, graph.edge_mask)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning (vectorised numpy on the host).
+# --------------------------------------------------------------------------------------------------
+def make_plan(senders: Any, receivers: Any, edge_mask: Any, n_nodes: int, backend: str, *,
+              max_width: int = 64, chunk_edges: int = 2048) -> Plan:
+    """Plans concrete indices for ``backend`` (``"native"``: CSR only; ``"bucket"``: CSR and tables).
+
+    Args:
+      senders, receivers: (E,) concrete integer arrays.
+      edge_mask: (E,) bool or None; padding edges are left out of every table.
+      n_nodes: N.
+      backend: ``"native"`` or ``"bucket"``.
+      max_width: widest bucket table, a power of two (bucket only).
+      chunk_edges: about how many slots one step of a bucket reduction gathers (bucket only).
+    """
+    senders = np.asarray(senders)
+    receivers = np.asarray(receivers)
+    mask = None if edge_mask is None else np.asarray(edge_mask, dtype=bool)
+    n_edges = int(senders.shape[0])
+    with_buckets = backend == "bucket"
+    forward = _plan_side(receivers, senders, mask, n_nodes, n_edges, with_buckets, max_width, chunk_edges)
+    reverse = _plan_side(senders, receivers, mask, n_nodes, n_edges, with_buckets, max_width, chunk_edges)
+    return Plan(forward=forward, reverse=reverse, backend=backend, n_nodes=n_nodes, n_edges=n_edges)
+
+
+def _csr_order(rows: np.ndarray, mask: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Edge ids grouped by row (stable), padding edges last, and the live in-degree of every row."""
+    key = rows.astype(np.int64) if mask is None else np.where(mask, rows, n).astype(np.int64)
+    if key.size and np.all(key[1:] >= key[:-1]):
+        order = np.arange(key.size)  # already grouped (from_dense, coalesce, sorted loaders)
+    else:
+        order = _stable_argsort(key, n)
+    degree = np.bincount(key, minlength=n + 1)[:n]
+    return order, degree
+
+
+def _stable_argsort(key: np.ndarray, largest: int) -> np.ndarray:
+    """Stable argsort of non-negative ints <= ``largest`` as 16-bit radix passes (numpy sorts uint16
+    keys by counting, O(E) per pass: ~4x faster than a comparison sort at 10^6 edges)."""
+    order = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while largest >> shift:
+        digit = ((key[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+        shift += 16
+    return order
+
+
+def _plan_side(rows, cols, mask, n, n_edges, with_buckets, max_width, chunk_edges) -> Side:
+    """The plan that gathers ``cols`` (the senders of this direction) for every node of ``rows``."""
+    order, degree = _csr_order(rows, mask, n)
+    row_ptr = np.zeros(n + 1, np.int64)
+    np.cumsum(degree, out=row_ptr[1:])
+    csr = Csr(row_ptr=_device(row_ptr), cols=_device(cols[order]), edge_ids=_device(order))
+    side = Side(csr=csr, in_degree=_device(degree))
+    if not with_buckets:
+        return side
+    return _add_buckets(side, order, degree, row_ptr, cols, mask, n, n_edges, max_width, chunk_edges)
+
+
+def _device(values: np.ndarray) -> jax.Array:
+    """An int32 device array, converted on the host (no XLA conversion kernel is compiled)."""
+    return jnp.asarray(np.asarray(values).astype(np.int32, copy=False))
+
+
+def _add_buckets(side, order, degree, row_ptr, cols, mask, n, n_edges, max_width, chunk_edges) -> Side:
+    """Degree-bucketed, padded-neighbour (ELL-like) tables of one side.
+
+    Receivers are grouped by in-degree rounded up to a power of two ``k``; a bucket is a table of
+    shape (rows, k) listing each receiver's senders, padded with a dummy sender N. Hubs wider than
+    ``max_width`` are cut into several rows that are summed afterwards; each table is cut into chunks
+    of about ``chunk_edges`` slots so that a chunk's gathered messages stay in cache.
+    """
+    start = row_ptr[:-1]
+    width = np.zeros(n, np.int64)
+    has_edges = degree > 0
+    width[has_edges] = 1 << np.ceil(np.log2(degree[has_edges])).astype(np.int64)
+    buckets, placed = [], []
+    slot_of_edge = np.empty(n_edges, np.int64)
+    offset = 0
+    for k in np.unique(width[has_edges]):
+        nodes = np.nonzero(width == k)[0]
+        lane = np.arange(k)
+        filled = lane[None, :] < degree[nodes, None]
+        position = np.where(filled, start[nodes, None] + lane[None, :], 0)
+        edge_ids = np.where(filled, order[np.minimum(position, max(len(order) - 1, 0))], n_edges)
+        row_width = min(int(k), max_width)
+        split = int(k) // row_width
+        edge_ids = edge_ids.reshape(-1, row_width)
+        row_nodes = np.repeat(nodes, split)
+        per_chunk = max(1, chunk_edges // row_width)
+        n_chunks = -(-edge_ids.shape[0] // per_chunk)
+        extra = n_chunks * per_chunk - edge_ids.shape[0]
+        edge_ids = np.pad(edge_ids, ((0, extra), (0, 0)), constant_values=n_edges)
+        row_nodes = np.pad(row_nodes, (0, extra), constant_values=n)
+        neighbours = np.where(edge_ids < n_edges, cols[np.minimum(edge_ids, n_edges - 1)], n)
+        flat = edge_ids.reshape(-1)
+        is_real = flat < n_edges
+        slot_of_edge[flat[is_real]] = offset + np.nonzero(is_real)[0]
+        offset += flat.size
+        shape = (n_chunks, per_chunk, row_width)
+        buckets.append(Bucket(
+            neighbours=jnp.asarray(neighbours.reshape(shape), jnp.int32),
+            edge_ids=jnp.asarray(edge_ids.reshape(shape), jnp.int32),
+            row_nodes=jnp.asarray(row_nodes.reshape(shape[:2]), jnp.int32),
+            n_receivers=int(nodes.size),
+            split=split,
+        ))
+        placed.append(nodes)
+    if mask is not None:
+        slot_of_edge[~mask] = offset
+    placed = np.concatenate(placed) if placed else np.zeros(0, np.int64)
+    output_position = np.full(n, placed.size, np.int64)
+    output_position[placed] = np.arange(placed.size)
+    return dataclasses.replace(side, buckets=tuple(buckets),
+                               output_position=jnp.asarray(output_position, jnp.int32),
+                               slot_of_edge=jnp.asarray(slot_of_edge, jnp.int32))

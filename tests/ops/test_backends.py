@@ -1,0 +1,237 @@
+"""Every backend gives the plain path's values and gradients; the plan's life cycle on a Graph.
+
+The backends: ``native`` (CSR kernels through the FFI on CPU), ``native_fallback`` (a native plan run
+with XLA segment sums, as on GPU or without a compiler), ``bucket`` (degree-bucketed gather tables,
+with small tables here so that hubs are split and reductions run over several chunks). ``xla`` (no
+plan) is the reference.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jgrad
+from jgrad import Graph
+from jgrad._src import _plan
+from jgrad.ops import backend_of, edge_softmax, gsddmm, gspmm, spmm, use_backend, with_backend
+
+H, F = 2, 3
+
+
+def _skewed(n_nodes=24, n_edges=90, seed=0) -> Graph:
+    """One hub wider than the test tables, self loops, duplicates, isolated nodes."""
+    rng = np.random.default_rng(seed)
+    senders = rng.integers(0, n_nodes - 4, n_edges)
+    receivers = rng.integers(0, n_nodes - 4, n_edges)
+    receivers[: n_edges // 3] = 3
+    senders[:4] = receivers[:4]
+    senders[4:6], receivers[4:6] = senders[10], receivers[10]
+    return Graph.from_edges(senders, receivers, n_nodes)
+
+
+# A hub, self loops, duplicates, isolated nodes, a padded member and an edgeless member in one graph.
+UNION = jgrad.batch([_skewed(), jgrad.pad(_skewed(10, 30, seed=1), n_nodes=12, n_edges=40),
+                     Graph.from_edges(np.zeros(0, np.int32), np.zeros(0, np.int32), 3)])
+TINY = jgrad.pad(Graph.from_edges([0, 1, 2, 2, 3, 3], [1, 2, 0, 1, 1, 3], 4), n_nodes=5, n_edges=8)
+BACKENDS = ("native", "native_fallback", "bucket")
+
+
+def planned(graph: Graph, backend: str) -> Graph:
+    """``graph`` with a plan for ``backend`` (bucket tables kept small: hubs split, many chunks)."""
+    if backend == "bucket":
+        plan = _plan.make_plan(graph.senders, graph.receivers, graph.edge_mask, graph.n_nodes, "bucket",
+                               max_width=4, chunk_edges=8)
+        return dataclasses.replace(graph, plan=_plan.bind(plan, graph))
+    return with_backend(graph, "native")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    if request.param == "native":
+        assert jgrad.ops.native_available(), "the native CPU kernels did not build on this machine"
+    if request.param == "native_fallback":
+        monkeypatch.setattr(jgrad.ops._kernels, "_use_native", lambda *arrays: False)
+    return request.param
+
+
+def _operands(graph, seed=0):
+    rng = np.random.default_rng(seed)
+    u = jnp.asarray(rng.standard_normal((graph.n_nodes, H, F)))
+    v = jnp.asarray(rng.standard_normal((graph.n_nodes, H, F)))
+    e_scalar = jnp.asarray(rng.uniform(0.5, 1.5, graph.n_edges))
+    e_head = jnp.asarray(rng.uniform(0.5, 1.5, (graph.n_edges, H, 1)))
+    return u, v, e_scalar, e_head
+
+
+# The cases each backend runs itself (copy_u / u_mul_e with sum / mean, scalar and per-head edge data;
+# dot) and one of each kind it hands to the plain path (max/min, other message ops, other edge ops).
+SPMM_CASES = [(op, reduce) for op in ("copy_u", "u_mul_e") for reduce in ("sum", "mean")] + [
+    ("u_mul_e", "max"), ("copy_u", "min"), ("copy_e", "sum"), ("u_add_e", "mean")]
+SDDMM_CASES = ("dot", "add")
+
+
+def _every_op(graph, u, v, e_scalar, e_head):
+    """One scalar from every case above and the edge softmax: one compile per backend covers them."""
+    total = 0.0
+    for op, reduce in SPMM_CASES:
+        for e in (e_scalar, e_head):
+            node = u if op != "copy_e" else None
+            edge = e if op != "copy_u" else None
+            total = total + jnp.sum(jnp.sin(gspmm(graph, op, reduce, node, edge)))
+    u2, v2 = u.reshape(graph.n_nodes, -1), v.reshape(graph.n_nodes, -1)
+    for op in SDDMM_CASES:
+        for lhs, rhs in ((u, v), (u2, v2)):
+            total = total + jnp.sum(jnp.sin(gsddmm(graph, op, lhs, rhs, "u", "v")))
+            total = total + jnp.sum(jnp.cos(gsddmm(graph, op, lhs, rhs, "v", "u")))
+    return total + jnp.sum(edge_softmax(graph, e_head[..., 0]) * e_head[..., 0])
+
+
+_EVERY_OP_STEP = jax.jit(jax.value_and_grad(_every_op, argnums=(1, 2, 3, 4)))
+
+
+@functools.cache
+def _plain_every_op():
+    return _EVERY_OP_STEP(with_backend(UNION, "xla"), *_operands(UNION))
+
+
+def test_every_case_matches_the_plain_path_on_every_backend(x64, backend):
+    got = _EVERY_OP_STEP(planned(UNION, backend), *_operands(UNION))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(_plain_every_op()), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_planned_ops_pass_the_numerical_check_to_second_order(x64, backend):
+    graph = planned(TINY, backend)
+    u, v, e, e_head = _operands(TINY, seed=1)
+    x, y = u[:, 0], v[:, 0]
+
+    def f(x, y, e, e_head):
+        return (spmm(graph, x, e), gspmm(graph, "copy_u", "mean", x), gsddmm(graph, "dot", x, y),
+                gspmm(graph, "u_mul_e", "sum", u * x[:, None], e_head))
+
+    check_grads(f, (x, y, e, e_head), order=2, modes=("rev",), eps=1e-6)
+
+
+def test_padding_edges_get_zero_gradient_on_every_backend(x64, backend):
+    graph = planned(TINY, backend)
+    u, v, e, _ = _operands(TINY)
+    de = jax.grad(lambda e: jnp.sum(spmm(graph, u[:, 0], e) ** 2))(e)
+    assert np.all(np.asarray(de)[~np.asarray(TINY.edge_mask)] == 0.0)
+    assert np.any(np.asarray(de)[np.asarray(TINY.edge_mask)] != 0.0)
+
+
+def test_forward_mode_and_vmap_over_edge_weights_on_a_planned_graph(x64, backend):
+    graph, plain = planned(UNION, backend), with_backend(UNION, "xla")
+    u, _, e, _ = _operands(UNION)
+    weights = jnp.stack([e, 2 * e, e**2])
+
+    def loss(g, w):
+        return jnp.sum(spmm(g, u[:, 0], w) ** 2) + jnp.sum(gsddmm(g, "dot", u[:, 1], spmm(g, u[:, 1], w)))
+
+    batched = jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=1), in_axes=(None, 0)))
+    for a, b in zip(batched(graph, weights), batched(plain, weights)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    tangent = jnp.ones_like(e)
+    got = jax.jvp(lambda w: loss(graph, w), (e,), (tangent,))
+    want = jax.jvp(lambda w: loss(plain, w), (e,), (tangent,))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan's life cycle.
+# --------------------------------------------------------------------------------------------------
+def _big_graph(seed=0) -> Graph:
+    """Just above the size at which a graph is planned by default."""
+    rng = np.random.default_rng(seed)
+    n, e = 2000, _plan.SMALL_GRAPH_EDGES
+    return Graph.from_edges(rng.integers(0, n, e), rng.integers(0, n, e), n)
+
+
+def test_graphs_are_planned_lazily_for_the_platform_and_small_ones_run_the_plain_path():
+    graph = _big_graph()
+    assert graph.plan is _plan.AUTO  # nothing is computed at construction
+    jax.tree.leaves(graph)  # entering a transformation plans it
+    assert isinstance(graph.plan, _plan.Plan) and backend_of(graph) == "native"
+    assert graph.plan.forward.buckets == ()  # only the tables the backend reads
+    assert backend_of(TINY) == "xla" and TINY.plan is None
+
+
+def test_use_backend_and_with_backend_choose_and_forbid():
+    with use_backend("bucket"):
+        assert backend_of(_big_graph()) == "bucket"
+    with use_backend("xla"):
+        assert backend_of(_big_graph()) == "xla"
+    graph = with_backend(_big_graph(), "xla")
+    assert graph.plan is None and backend_of(with_backend(graph, "auto")) == "native"
+    with pytest.raises(ValueError, match=r"use_backend: unknown backend; got 'gpu', expected one of 'xla'"):
+        with use_backend("gpu"):
+            pass
+    with pytest.raises(ValueError, match=r"with_backend: unknown backend; got 'fast'"):
+        with_backend(TINY, "fast")
+    with pytest.raises(TypeError, match=r"with_backend: the graph's indices are traced"):
+        jax.jit(lambda g: with_backend(g, "native").n_edges)(TINY)
+
+
+def test_reverse_transposes_the_plan_and_new_indices_drop_it(x64):
+    graph = planned(UNION, "native")
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((UNION.n_nodes, 2)))
+    reversed_graph = graph.reverse()
+    assert reversed_graph.plan.forward is graph.plan.reverse
+    np.testing.assert_allclose(spmm(reversed_graph, x), UNION.to_dense().T @ x, rtol=1e-12, atol=1e-12)
+    assert graph.with_edge_weight(jnp.ones(UNION.n_edges)).plan is graph.plan
+    moved = dataclasses.replace(graph, senders=graph.receivers)  # another structure: re-planned
+    assert moved.plan is _plan.AUTO
+    np.testing.assert_allclose(spmm(moved, x), moved.to_dense() @ x, rtol=1e-12, atol=1e-12)
+
+
+def test_a_graph_built_inside_jit_runs_the_plain_path(x64):
+    x = jnp.ones((UNION.n_nodes, 2))
+
+    @jax.jit
+    def f(senders, receivers):
+        graph = Graph(senders=senders, receivers=receivers, n_nodes=UNION.n_nodes)
+        assert backend_of(graph) == "xla"
+        return spmm(graph, x)
+
+    np.testing.assert_allclose(f(UNION.senders, UNION.receivers), spmm(UNION.with_edge_weight(None), x) * 0
+                               + Graph(UNION.senders, UNION.receivers, UNION.n_nodes).to_dense() @ x)
+
+
+def test_graphs_of_one_size_share_a_compilation_on_the_native_backend():
+    traces = []
+
+    @jax.jit
+    def f(graph, x):
+        traces.append(1)
+        return spmm(graph, x)
+
+    x = jnp.ones((2000, 2))
+    for seed in (0, 1):
+        graph = _big_graph(seed)
+        np.testing.assert_allclose(f(graph, x), graph.in_degree()[:, None] * x, rtol=1e-6)
+    assert len(traces) == 1
+
+
+def test_transforms_of_a_planned_graph_run_on_the_engine(x64):
+    with use_backend("native"):
+        graph = _skewed()
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((graph.n_nodes, 2)))
+        for derived in (graph.add_self_loops(), graph.coalesce().with_edge_weight(None).to_undirected(), jgrad.batch([graph, graph]),
+                        jgrad.pad(graph, n_nodes=30, n_edges=120)):
+            assert backend_of(derived) == "native"
+            y = jnp.concatenate([x] * (derived.n_nodes // graph.n_nodes)) if derived.n_nodes % graph.n_nodes == 0 \
+                else jnp.concatenate([x, jnp.zeros((derived.n_nodes - graph.n_nodes, 2))])
+            np.testing.assert_allclose(spmm(derived, y), derived.to_dense() @ y, rtol=1e-12, atol=1e-12)
+
+
+def test_the_plan_is_part_of_the_pytree():
+    graph = planned(TINY, "native")
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(graph)[0]]
+    assert ".senders" in paths and ".plan.forward.csr.row_ptr" in paths
+    rebuilt = jax.tree.map(lambda leaf: leaf, graph)
+    assert rebuilt.plan is not graph.plan and _plan.is_bound(rebuilt.plan, rebuilt)
