@@ -182,30 +182,18 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
     state = jax.jit(create)(params, keys[:, 1])
 
     checkpointer = log = None
-    start, resumed, saved_info = 0, False, {}
-    run_info = {}
+    start, resumed, saved_info, run_info = 0, False, {}, {}
     if workdir is not None:
-        checkpointer = Checkpointer(workdir / "checkpoints")
-        log = MetricsLog(workdir / "metrics.jsonl")
-        run_info = {"data": data_fingerprint, "state_signature": signature(_to_savable(state)), "seeds": list(seeds),
-                    "early_stopping": list(early_stopping)}
+        run_info = {"data": data_fingerprint, "state_signature": signature(_to_savable(state)),
+                    "seeds": list(seeds), "early_stopping": list(early_stopping)}
+        checkpointer, log = Checkpointer(workdir / "checkpoints"), MetricsLog(workdir / "metrics.jsonl")
         try:
-            entry = checkpointer.latest()
-            if entry is not None:
-                saved_info = entry.get("info", {})
-                _check_resumable(workdir, saved_info, run_info)
-                start, state = checkpointer.restore_last(state)
-                resumed = True
-                log.restore(start, saved_info.get("metrics_bytes"))
-            else:
-                if has_unlisted_checkpoints(checkpointer.directory):
-                    logger.warning("%s holds checkpoints without a manifest (from an older jgrad, or a run "
-                                   "killed during its first save); starting again from epoch 0.",
-                                   checkpointer.directory)
-                log.restore(0, 0)
+            start, state, saved_info = _resume(workdir, checkpointer, log, state, run_info)
         except BaseException:
             checkpointer.close()
             raise
+        resumed = saved_info is not None
+        saved_info = saved_info or {}
 
     batched_step = jax.vmap(make_epoch_step(model_def, optimizer, early_stopping, penalty=penalty), in_axes=(0, None))
 
@@ -273,6 +261,23 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
     if workdir is not None and not results_saved:
         write_json_atomic(workdir / "results.json", result.summary())
     return result
+
+
+def _resume(workdir, checkpointer, log, state, run_info) -> tuple[int, TrainState, dict[str, Any] | None]:
+    """``(epoch, state, info)`` of the newest intact checkpoint in ``workdir`` after checking that it
+    belongs to this run, with the metrics log cut back to it; ``(0, state, None)`` for a fresh start."""
+    entry = checkpointer.latest()
+    if entry is None:
+        if has_unlisted_checkpoints(checkpointer.directory):
+            logger.warning("%s holds checkpoints without a manifest (from an older jgrad, or a run killed "
+                           "during its first save); starting again from epoch 0.", checkpointer.directory)
+        log.restore(0, 0)
+        return 0, state, None
+    info = entry.get("info", {})
+    _check_resumable(workdir, info, run_info)
+    start, state = checkpointer.restore_last(state)
+    log.restore(start, info.get("metrics_bytes"))
+    return start, state, info
 
 
 def _check_resumable(workdir: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
