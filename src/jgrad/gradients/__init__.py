@@ -1,6 +1,7 @@
 """User-facing gradient APIs: w.r.t. edge weights, w.r.t. every entry of the adjacency, attributions.
 
-- `edge_grad`: dL/dw for the existing edges (one backward pass).
+- `edge_grad`: dL/dw for the existing edges (one backward pass); ``symmetric=True`` gives one value
+  per undirected pair (`PairGrad`).
 - `adjacency_grad`: dL/dA for all N^2 pairs, existing edges and missing ones, exact and held as
   low-rank factors (`AdjacencyGrad`: ``dense``, ``at``, ``row``, ``topk``, ``symmetric``).
 - `saliency`, `integrated_gradients`: batched studies with ``vmap`` over targets or weight vectors.
@@ -24,12 +25,14 @@ from ._adjacency import AdjacencyTopK as AdjacencyTopK
 from ._adjacency import adjacency_grad as adjacency_grad
 from ._attribution import integrated_gradients as integrated_gradients
 from ._attribution import saliency as saliency
+from ._edge import PairGrad as PairGrad
 from ._edge import edge_grad as edge_grad
 from ._propagation import propagate as propagate
 
 __all__ = [
     "AdjacencyGrad",
     "AdjacencyTopK",
+    "PairGrad",
     "adjacency_grad",
     "edge_grad",
     "integrated_gradients",

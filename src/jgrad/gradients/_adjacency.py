@@ -13,6 +13,8 @@ library finds ``G_c`` by adding zero probes to each tapped output (see `jgrad.gr
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -22,7 +24,9 @@ import numpy as np
 
 from .._types import check_choice
 from ..graph import Graph
+from ..graph._checks import index_range_check, is_concrete
 from ..graph._taps import Recorder, recording
+from ._attention import AttentionTerm, attention_term
 from ._edge import check_scalar, tracked_weights
 
 AMONG = ("non_edges", "edges", "all")
@@ -46,7 +50,10 @@ class AdjacencyTopK(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class AdjacencyGrad:
-    """dL/dA for every pair (v, u), ``A[v, u]`` = weight of ``u -> v``, as ``left @ right.T - diag(offset)``.
+    """dL/dA for every pair (v, u), ``A[v, u]`` = weight of ``u -> v``: low-rank factors plus attention terms.
+
+    Entry (v, u) is ``(left @ right.T)[v, u] - [v == u] offset[v] + sum_t attention[t](v, u)``, where
+    each `AttentionTerm` gives one attention layer's part from node quantities in O(H·F) per pair.
 
     Attributes:
       left: (N, R) left factor.
@@ -60,9 +67,11 @@ class AdjacencyGrad:
       n_nodes: N (static).
       is_symmetric: whether this is the gradient w.r.t. an undirected adjacency (static): entry
         (i, j) is ``dL/dA[i, j] + dL/dA[j, i]`` off the diagonal and ``dL/dA[i, i]`` on it.
+      attention: one `AttentionTerm` per attention aggregation that normalises the weights inside
+        its softmax (``GATConv(edge_weight_mode="normalise")``); empty for other models.
 
-    A pytree (jit- and vmap-friendly). Every accessor costs O(R) per entry; nothing builds the
-    N x N matrix except `dense`.
+    A pytree (jit- and vmap-friendly). Every accessor costs O(R + sum_t H_t·F_t) per entry; nothing
+    builds the N x N matrix except `dense`.
     """
 
     left: jax.Array
@@ -74,6 +83,7 @@ class AdjacencyGrad:
     edge_error: jax.Array
     n_nodes: int
     is_symmetric: bool = False
+    attention: tuple[AttentionTerm, ...] = ()
 
     @property
     def rank(self) -> int:
@@ -81,24 +91,41 @@ class AdjacencyGrad:
         return int(self.left.shape[1])
 
     def dense(self) -> jax.Array:
-        """The full (N, N) gradient. O(N^2 R) time and O(N^2) memory: for small graphs."""
-        return self.left @ self.right.T - jnp.diag(self.diagonal_offset)
+        """The full (N, N) gradient. O(N^2 R) time and O(N^2) memory (O(N^2 H) with attention terms)."""
+        value = self.left @ self.right.T - jnp.diag(self.diagonal_offset)
+        if self.attention:
+            value = value + self._attention_block(jnp.arange(self.n_nodes))
+        return value
 
     def at(self, rows: jax.typing.ArrayLike, cols: jax.typing.ArrayLike) -> jax.Array:
         """dL/dA[rows[p], cols[p]] for P pairs (receiver v, sender u); shape (P,). O(P·R).
 
         ``at(graph.receivers, graph.senders)`` equals `edge_grad` for a model using A linearly.
+
+        Raises:
+          TypeError: non-integer indices.
+          ValueError: rows and cols of different shapes; when concrete, an index outside
+            ``[0, n_nodes)`` (negative ones included: they are not counted from the end). Traced
+            indices are checked under `jgrad.checked`.
         """
-        rows, cols = _pair_indices("AdjacencyGrad.at", rows, cols)
+        rows, cols = _pair_indices("AdjacencyGrad.at", rows, cols, self.n_nodes)
         value = jnp.sum(self.left[rows] * self.right[cols], axis=-1)
-        return value - jnp.where(rows == cols, self.diagonal_offset[rows], jnp.zeros((), value.dtype))
+        value = value - jnp.where(rows == cols, self.diagonal_offset[rows], jnp.zeros((), value.dtype))
+        return value + self._attention_pairs(rows, cols) if self.attention else value
 
     def row(self, v: jax.typing.ArrayLike) -> jax.Array:
-        """dL/dA[v, :], the gradient w.r.t. every possible incoming edge of node v; shape (N,). O(N·R)."""
-        v = jnp.asarray(v)
+        """dL/dA[v, :], the gradient w.r.t. every possible incoming edge of node v; shape (N,). O(N·R).
+
+        Raises:
+          TypeError: a non-integer ``v``.
+          ValueError: ``v`` is not a scalar, or (when concrete) outside ``[0, n_nodes)``; a traced ``v``
+            is checked under `jgrad.checked`.
+        """
+        v = _node_index("AdjacencyGrad.row", "v", v, self.n_nodes)
         value = self.right @ self.left[v]
-        return value - jnp.where(jnp.arange(self.n_nodes) == v, self.diagonal_offset[v],
-                                 jnp.zeros((), value.dtype))
+        value = value - jnp.where(jnp.arange(self.n_nodes) == v, self.diagonal_offset[v],
+                                  jnp.zeros((), value.dtype))
+        return value + self._attention_block(jnp.reshape(v, (1,)))[0] if self.attention else value
 
     def symmetric(self) -> AdjacencyGrad:
         """The gradient w.r.t. an undirected adjacency: ``S = G + G^T`` with the diagonal counted once.
@@ -151,17 +178,43 @@ class AdjacencyGrad:
         """
         where = "AdjacencyGrad.topk"
         check_choice(where, "candidate set", among, AMONG)
-        if sign not in (1, -1):
-            raise ValueError(f"{where}: sign must be +1 or -1; got {sign!r}.")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"{where}: k must be a positive int; got {k!r}.")
-        if not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"{where}: block_size must be a positive int; got {block_size!r}.")
+        if isinstance(sign, (bool, np.bool_)) or sign not in (1, -1):
+            raise ValueError(f"{where}: sign must be +1 or -1; got {sign!r}, expected 1 or -1.")
+        k = _positive_int(where, "k", k)
+        block_size = _positive_int(where, "block_size", block_size)
+        if k > max(self.n_nodes, 1) ** 2:
+            raise ValueError(f"{where}: k is larger than the number of pairs; got k={k}, expected k <= "
+                             f"n_nodes**2={self.n_nodes ** 2}.")
         if among == "edges":
             return self._topk_edges(k, sign)
         return self._topk_blocks(k, sign, among == "non_edges", block_size)
 
     # ----------------------------------------------------------------------------------------------
+    def _block_scores(self, rows: jax.Array) -> jax.Array:
+        """Entries ``[rows[b], u]`` for every u, shape (B, N): low-rank part, diagonal and attention."""
+        value = self.left[rows] @ self.right.T
+        same = rows[:, None] == jnp.arange(self.n_nodes)[None, :]
+        value = value - jnp.where(same, self.diagonal_offset[rows][:, None], jnp.zeros((), value.dtype))
+        return value + self._attention_block(rows) if self.attention else value
+
+    def _attention_block(self, rows: jax.Array) -> jax.Array:
+        """The attention terms' entries ``[rows[b], u]``, shape (B, N) (symmetrised if `is_symmetric`)."""
+        same = rows[:, None] == jnp.arange(self.n_nodes)[None, :]
+        total = jnp.zeros((rows.shape[0], self.n_nodes), self.left.dtype)
+        for term in self.attention:
+            total = total + term.block(rows)
+            if self.is_symmetric:  # + dL/dA[u, v] off the diagonal
+                total = total + jnp.where(same, jnp.zeros((), total.dtype), term.block_transposed(rows))
+        return total
+
+    def _attention_pairs(self, rows: jax.Array, cols: jax.Array) -> jax.Array:
+        total = jnp.zeros(jnp.broadcast_shapes(rows.shape, cols.shape), self.left.dtype)
+        for term in self.attention:
+            total = total + term.pairs(rows, cols)
+            if self.is_symmetric:
+                total = total + jnp.where(rows == cols, jnp.zeros((), total.dtype), term.pairs(cols, rows))
+        return total
+
     def _edge_pairs(self) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(rows, cols, valid) of the existing edges; both directions for a symmetric gradient."""
         rows, cols = self.receivers, self.senders
@@ -184,15 +237,12 @@ class AdjacencyGrad:
         return _finish(best, rows[index], cols[index], sign, k)
 
     def _topk_blocks(self, k: int, sign: int, non_edges: bool, block_size: int) -> AdjacencyTopK:
-        n, rank = self.n_nodes, self.rank
+        n = self.n_nodes
         dtype = self.left.dtype
         block = max(1, min(block_size, n))
         n_blocks = -(-n // block)
         chunk = min(128, n)
         n_cols = -(-n // chunk) * chunk
-        left = jnp.pad(self.left, ((0, n_blocks * block - n), (0, 0)))
-        offset = jnp.pad(self.diagonal_offset, (0, n_blocks * block - n))
-        right = jnp.pad(self.right, ((0, n_cols - n), (0, 0)))
         if non_edges:
             edge_rows, edge_cols, starts, window = _edges_by_block(self, block, n_blocks)
         col_ids = jnp.arange(n_cols)
@@ -201,10 +251,9 @@ class AdjacencyGrad:
         def body(carry, b):
             r0 = b * block
             row_ids = r0 + jnp.arange(block)
-            scores = jax.lax.dynamic_slice(left, (r0, 0), (block, rank)) @ right.T  # (B, N)
+            scores = self._block_scores(jnp.minimum(row_ids, n - 1))  # (B, N); rows >= n masked below
+            scores = sign * jnp.pad(scores, ((0, 0), (0, n_cols - n)))
             same = row_ids[:, None] == col_ids[None, :]
-            own = jax.lax.dynamic_slice(offset, (r0,), (block,))
-            scores = sign * (scores - jnp.where(same, own[:, None], jnp.zeros((), dtype)))
             invalid = (row_ids[:, None] >= n) | (col_ids[None, :] >= n)
             if self.is_symmetric:
                 invalid = invalid | (col_ids[None, :] < row_ids[:, None])
@@ -214,8 +263,9 @@ class AdjacencyGrad:
             if non_edges:
                 er = jax.lax.dynamic_slice(edge_rows, (starts[b],), (window,)) - r0
                 ec = jax.lax.dynamic_slice(edge_cols, (starts[b],), (window,))
-                er = jnp.where((er >= 0) & (er < block), er, block)  # other blocks' edges are dropped
-                scores = scores.at[er, ec].set(-jnp.inf, mode="drop")
+                er = jnp.where((er >= 0) & (er < block), er, block)  # other blocks' edges: to a spare row
+                spare = jnp.full((1, scores.shape[1]), -jnp.inf, scores.dtype)  # sliced off again, so no
+                scores = jnp.concatenate([scores, spare]).at[er, ec].set(-jnp.inf)[:block]  # scatter is OOB
             # exact top-k in two steps: the best k chunks by their maximum hold the best k entries
             chunks = scores.reshape(-1, chunk)
             _, chunk_index = jax.lax.top_k(chunks.max(axis=1), per_block)
@@ -236,7 +286,8 @@ class AdjacencyGrad:
 
 jax.tree_util.register_dataclass(
     AdjacencyGrad,
-    data_fields=["left", "right", "diagonal_offset", "senders", "receivers", "edge_mask", "edge_error"],
+    data_fields=["left", "right", "diagonal_offset", "senders", "receivers", "edge_mask", "edge_error",
+                 "attention"],
     meta_fields=["n_nodes", "is_symmetric"],
 )
 
@@ -276,17 +327,64 @@ def _edges_by_block(grad: AdjacencyGrad, block: int, n_blocks: int):
     return rows, cols, starts[:-1], window
 
 
-def _pair_indices(where: str, rows, cols) -> tuple[jax.Array, jax.Array]:
-    rows, cols = jnp.asarray(rows), jnp.asarray(cols)
-    problems = []
-    for name, value in (("rows", rows), ("cols", cols)):
-        if not jnp.issubdtype(value.dtype, jnp.integer):
-            raise TypeError(f"{where}: {name} must be integer node indices; got dtype {value.dtype}.")
+def _pair_indices(where: str, rows, cols, n_nodes: int) -> tuple[jax.Array, jax.Array]:
+    rows, cols = _as_indices(where, "rows", rows), _as_indices(where, "cols", cols)
     if rows.shape != cols.shape:
-        problems.append(f"rows and cols must have the same shape; got {tuple(rows.shape)} and {tuple(cols.shape)}.")
+        raise ValueError(f"{where}: rows and cols must have the same shape; got {tuple(rows.shape)} and "
+                         f"{tuple(cols.shape)}, expected equal shapes.")
+    problems = _range_problems(where, "rows", rows, n_nodes) + _range_problems(where, "cols", cols, n_nodes)
     if problems:
-        raise ValueError(f"{where}: " + " ".join(problems))
+        raise ValueError(_join_problems(where, problems))
     return rows, cols
+
+
+def _positive_int(where: str, name: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{where}: {name} must be a Python int; got {type(value).__name__} {value!r:.60}, "
+                        "expected a positive int.")
+    if value < 1:
+        raise ValueError(f"{where}: {name} must be a positive int; got {value}, expected {name} >= 1.")
+    return int(value)
+
+
+def _node_index(where: str, name: str, value, n_nodes: int) -> jax.Array:
+    value = _as_indices(where, name, value)
+    if value.ndim != 0:
+        raise ValueError(f"{where}: {name} must be a single node index; got shape {tuple(value.shape)}, "
+                         "expected a scalar. Hint: use AdjacencyGrad.at for many pairs.")
+    problems = _range_problems(where, name, value, n_nodes)
+    if problems:
+        raise ValueError(_join_problems(where, problems))
+    return value
+
+
+def _as_indices(where: str, name: str, value) -> jax.Array:
+    value = jnp.asarray(value)
+    if not jnp.issubdtype(value.dtype, jnp.integer):
+        raise TypeError(f"{where}: {name} must be integer node indices; got dtype {value.dtype}, expected an "
+                        "integer dtype.")
+    return value
+
+
+def _range_problems(where: str, name: str, index: jax.Array, n_nodes: int) -> list[str]:
+    """Out-of-range entries of ``index`` (listed when concrete; a checked-mode debug check when traced)."""
+    if not is_concrete(index):
+        index_range_check(where, name, index, n_nodes, "n_nodes")
+        return []
+    host = np.asarray(index)
+    bad = np.flatnonzero((host < 0) | (host >= n_nodes))
+    if bad.size == 0:
+        return []
+    flat = host.reshape(-1)
+    if host.ndim == 0:
+        return [f"{name} is out of range; got {int(host)}, expected 0 <= {name} < n_nodes={n_nodes}."]
+    listed = ", ".join(f"{name}[{i}]={flat[i]}" for i in bad[:5])
+    more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+    return [f"{bad.size} {name} out of range; got {listed}{more}, expected 0 <= index < n_nodes={n_nodes}."]
+
+
+def _join_problems(where: str, problems: list[str]) -> str:
+    return f"{where}: " + " ".join(problems)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,7 +446,7 @@ def adjacency_grad(
       ValueError: non-scalar output, weights with trailing dimensions, unknown mode, a dense request
         above the size limit, a model that traces differently twice, and, in factored mode, a
         disagreement with `edge_grad` (a non-linear use of the adjacency).
-      TypeError: non-Graph input, non-float weights.
+      TypeError: non-Graph input, non-float weights, a non-callable fn, non-bool flags.
 
     Example:
       >>> import jax.numpy as jnp, jgrad
@@ -361,13 +459,20 @@ def adjacency_grad(
       [2]
     """
     where = "adjacency_grad"
+    if not callable(fn):
+        raise TypeError(f"{where}: fn must be callable; got {type(fn).__name__} {fn!r:.60}, expected "
+                        "fn(graph, *args) -> scalar loss.")
+    for flag, value in (("symmetric", symmetric), ("check", check), ("force", force)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{where}: {flag} must be a bool; got {type(value).__name__} {value!r:.60}, "
+                            "expected True or False.")
     check_choice(where, "mode", mode, MODES)
     weight = tracked_weights(where, graph)
     if weight.ndim != 1:
         raise ValueError(f"{where}: needs one scalar weight per edge; got edge_weight of shape "
                          f"{tuple(weight.shape)}, expected ({graph.n_edges},).")
     if mode == "dense":
-        result = _dense_grad(fn, graph, args, weight, force)
+        result = _dense_grad(fn, graph, args, weight, force, check)
     else:
         result = _factored_grad(fn, graph, args, weight, check)
     return result.symmetric() if symmetric else result
@@ -389,11 +494,156 @@ def _split_arrays(args: tuple) -> tuple[list, Callable[[list], tuple]]:
     return arrays, rebuild
 
 
-def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> AdjacencyGrad:
-    where = "adjacency_grad"
-    arrays, rebuild = _split_arrays(args)
+class _Same:
+    """Wraps an object so that it hashes and compares by identity (and keeps it alive while cached)."""
 
-    def run(probe_values, w, graph, args):
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+
+def _fingerprint(obj: Any, seen: set, depth: int) -> Any:
+    """A hashable summary of what a traced function reads from ``obj``: jax arrays by identity, numpy
+    arrays by content, hashable values by value, other objects by identity plus their array leaves.
+    Returns ``None`` when ``obj`` holds a tracer (such a call is not cached)."""
+    if isinstance(obj, jax.core.Tracer):
+        return None
+    if isinstance(obj, jax.Array):
+        return _Same(obj)
+    if isinstance(obj, (np.ndarray, np.generic)):
+        array = np.asarray(obj)
+        return ("numpy", array.shape, array.dtype.str, hash(array.tobytes()))
+    if id(obj) in seen or depth > 4 or isinstance(obj, (types.ModuleType, type)):
+        return _Same(obj)
+    seen.add(id(obj))
+    parts: list[Any] = [type(obj)]
+    try:
+        hash(obj)
+        parts.append(obj if isinstance(obj, (int, float, complex, str, bytes, bool, type(None))) else _Same(obj))
+    except TypeError:
+        parts.append(_Same(obj))
+    inner: list[Any]
+    if isinstance(obj, types.FunctionType):  # what a function reads: closure cells, defaults, globals
+        inner = [cell.cell_contents for cell in (obj.__closure__ or ()) if _cell_filled(cell)]
+        inner += list(obj.__defaults__ or ()) + list((obj.__kwdefaults__ or {}).values())
+        inner += [obj.__globals__[name] for name in sorted(_global_names(obj.__code__))
+                  if name in obj.__globals__]
+    elif isinstance(obj, types.MethodType):
+        inner = [obj.__self__, obj.__func__]
+    elif isinstance(obj, functools.partial):
+        inner = [obj.func, obj.args, obj.keywords]
+    else:
+        try:
+            inner = jax.tree.leaves(obj)
+        except Exception:  # noqa: BLE001 - not a pytree
+            inner = [obj]
+        if len(inner) == 1 and inner[0] is obj:  # a plain object: its attributes
+            inner = list(vars(obj).values()) if hasattr(obj, "__dict__") else []
+    for item in inner:
+        mark = _fingerprint(item, seen, depth + 1)
+        if mark is None:
+            return None
+        parts.append(mark)
+    return tuple(parts)
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """Names a code object (and the functions defined inside it) may read as globals."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _cell_filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """The static part of one call: fn, the structure and non-array leaves of args, what fn closes over.
+
+    Equal keys reuse one compiled function (``jax.jit`` static argument); a changed closed-over array
+    (e.g. parameters updated in place) gives a new key, so a cached function never sees stale values.
+    """
+
+    fn: Any
+    treedef: Any
+    statics: tuple
+    closure: Any
+    options: tuple
+    leaves: tuple = dataclasses.field(default=(), compare=False)  # the non-array leaves themselves
+
+
+def _call_key(fn, args: tuple, options: tuple) -> tuple[_Call | None, list]:
+    leaves, treedef = jax.tree.flatten(args)
+    arrays = [leaf for leaf in leaves if isinstance(leaf, (jax.Array, np.ndarray, np.generic))]
+    statics = []
+    for leaf in leaves:
+        if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+            statics.append(None)
+        else:
+            mark = _fingerprint(leaf, set(), 0)
+            if mark is None:
+                return None, arrays
+            statics.append(mark)
+    closure = _fingerprint(fn, set(), 0)
+    if closure is None:
+        return None, arrays
+    try:
+        key = _Call(fn, treedef, tuple(statics), closure, options,
+                    tuple(None if mark is None else leaf for mark, leaf in zip(statics, leaves)))
+        hash(key)
+    except TypeError:
+        return None, arrays
+    return key, arrays
+
+
+def _run_cached(builder, fn, args: tuple, options: tuple, *operands):
+    """``builder(call, *operands, arrays)`` under ``jax.jit``, compiled once per equal `_Call` key."""
+    key, arrays = _call_key(fn, args, options)
+    if key is None:  # fn or args hold a tracer (inside the caller's jit): compile for this call only
+        _, rebuild = _split_arrays(args)
+        key = _Call(fn, None, (), _Same(rebuild), options)
+        return jax.jit(functools.partial(builder, call=key))(*operands, arrays)
+    return _jitted(builder)(*operands, arrays, call=key)
+
+
+_JITTED: dict[Any, Any] = {}
+
+
+def _jitted(builder):
+    if builder not in _JITTED:
+        _JITTED[builder] = jax.jit(builder, static_argnames=("call",))
+    return _JITTED[builder]
+
+
+def _rebuild_args(call: _Call, arrays: list) -> tuple:
+    if call.treedef is None:  # uncached call: the closure holds the rebuild function
+        return call.closure.obj(arrays)
+    it = iter(arrays)
+    return jax.tree.unflatten(call.treedef, [next(it) if mark is None else leaf
+                                             for mark, leaf in zip(call.statics, call.leaves)])
+
+
+def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: _Call) -> AdjacencyGrad:
+    where = "adjacency_grad"
+    fn = call.fn
+    args = _rebuild_args(call, arrays)
+
+    def run(probe_values, w):
         tracked = dataclasses.replace(graph, edge_weight=w)
         recorder = Recorder(w, tracked.senders, tracked.receivers, probe_values)
         with recording(recorder):
@@ -401,31 +651,31 @@ def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> Ad
         check_scalar(where, value)
         return value, recorder
 
-    def build(graph, w, arrays):
-        args = rebuild(arrays)
-        discovered: list[Recorder] = []
-        # pass 1: how many probes, of which shapes (abstract evaluation, no FLOPs)
-        jax.eval_shape(lambda w: discovered.append(run(None, w, graph, args)[1]) or 0.0, w)
-        first = discovered[-1]
-        probes = [jnp.zeros(shape, dtype) for shape, dtype in zip(first.shapes, first.dtypes)]
+    discovered: list[Recorder] = []
+    # pass 1: how many probes, of which shapes (abstract evaluation, no FLOPs)
+    jax.eval_shape(lambda w: discovered.append(run(None, w)[1]) or 0.0, w)
+    first = discovered[-1]
+    probes = [jnp.zeros(shape, dtype) for shape, dtype in zip(first.shapes, first.dtypes)]
 
-        def objective(probe_values, w):
-            value, recorder = run(probe_values, w, graph, args)
-            if len(recorder.kinds) != len(probe_values):
-                raise ValueError(f"{where}: the model used the adjacency {len(recorder.kinds)} times on "
-                                 f"its second trace, expected {len(probe_values)} as on the first.")
-            return value, [m for m in recorder.messages if m is not None]
+    def objective(probe_values, w):
+        value, recorder = run(probe_values, w)
+        if len(recorder.kinds) != len(probe_values):
+            raise ValueError(f"{where}: the model used the adjacency {len(recorder.kinds)} times on "
+                             f"its second trace, expected {len(probe_values)} as on the first.")
+        return value, [m for m in recorder.messages if m is not None]
 
-        # pass 2: dL/dprobes = G_c and g_d, and dL/dw for the check, in one backward pass
-        (probe_grads, weight_grad), messages = jax.grad(objective, argnums=(0, 1), has_aux=True)(probes, w)
-        result = _assemble(first.kinds, probe_grads, messages, graph, w.dtype)
-        return dataclasses.replace(result, edge_error=_edge_error(result, weight_grad, graph.edge_mask))
+    # pass 2: dL/dprobes = G_c and g_d, and dL/dw for the check, in one backward pass
+    (probe_grads, weight_grad), messages = jax.grad(objective, argnums=(0, 1), has_aux=True)(probes, w)
+    result = _assemble(first.kinds, first.options, probe_grads, messages, graph, w.dtype)
+    return dataclasses.replace(result, edge_error=_edge_error(result, weight_grad, graph.edge_mask))
 
+
+def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> AdjacencyGrad:
     try:
-        result = jax.jit(build)(graph, weight, arrays)
+        result = _run_cached(_factored_build, fn, args, ("factored",), graph, weight)
     except jax.errors.UnexpectedTracerError as error:
         raise ValueError(
-            f"{where}: an aggregation inside a jax transformation of the model (lax.scan, fori_loop, "
+            "adjacency_grad: an aggregation inside a jax transformation of the model (lax.scan, fori_loop, "
             "vmap, a jitted sub-function) cannot be tapped; write propagation loops as Python loops, "
             "or use mode='dense' for small graphs."
         ) from error
@@ -434,13 +684,16 @@ def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> Ad
     return result
 
 
-def _assemble(kinds, probe_grads, messages, graph: Graph, dtype) -> AdjacencyGrad:
-    """Stacks the recorded (G_c, M_c) and degree terms into the (N, R) factors."""
+def _assemble(kinds, options, probe_grads, messages, graph: Graph, dtype) -> AdjacencyGrad:
+    """Stacks the recorded (G_c, M_c) and degree terms into the (N, R) factors, attention terms aside."""
     n = graph.n_nodes
     ones = jnp.ones((n, 1), dtype)
-    lefts, rights = [], []
+    lefts, rights, attention = [], [], []
     message_iter = iter(messages)
-    for kind, grad in zip(kinds, probe_grads):
+    for kind, option, grad in zip(kinds, options, probe_grads):
+        if kind == "attention":
+            attention.append(attention_term(next(message_iter), grad, option, dtype))
+            continue
         grad = grad.reshape(n, -1).astype(dtype)
         if kind in ("spmm", "spmm_t"):
             message = next(message_iter).reshape(n, -1).astype(dtype)
@@ -452,11 +705,12 @@ def _assemble(kinds, probe_grads, messages, graph: Graph, dtype) -> AdjacencyGra
         else:
             lefts.append(ones)
             rights.append(grad)
-    return _directed_grad(
+    result = _directed_grad(
         graph,
         jnp.concatenate(lefts, axis=1) if lefts else jnp.zeros((n, 0), dtype),
         jnp.concatenate(rights, axis=1) if rights else jnp.zeros((n, 0), dtype),
     )
+    return dataclasses.replace(result, attention=tuple(attention))
 
 
 def _directed_grad(graph: Graph, left: jax.Array, right: jax.Array) -> AdjacencyGrad:
@@ -504,7 +758,7 @@ def _raise_if_nonlinear(error: jax.Array, dtype) -> None:
         )
 
 
-def _dense_grad(fn, graph: Graph, args, weight: jax.Array, force: bool) -> AdjacencyGrad:
+def _dense_grad(fn, graph: Graph, args, weight: jax.Array, force: bool, check: bool) -> AdjacencyGrad:
     n = graph.n_nodes
     if n > DENSE_NODE_LIMIT and not force:
         raise ValueError(
@@ -512,7 +766,20 @@ def _dense_grad(fn, graph: Graph, args, weight: jax.Array, force: bool) -> Adjac
             f"expected at most {DENSE_NODE_LIMIT} ({n * n} edges would be built). Pass force=True to "
             "run it anyway, or use mode='factored' with a linear model."
         )
-    dtype = weight.dtype
+    result, value_error = _run_cached(_dense_build, fn, args, ("dense",), graph, weight)
+    if check:
+        _raise_if_structural(result.edge_error, value_error, weight.dtype)
+    return result
+
+
+def _dense_build(graph: Graph, weight: jax.Array, arrays: list, *, call: _Call):
+    """dL/dA on the complete graph, and how far it is from the model on its own graph.
+
+    Returns the `AdjacencyGrad` (``edge_error``: the larger of the relative disagreements of dL/dA at
+    the existing edges with `edge_grad` and of the loss values) and the loss-value disagreement.
+    """
+    n, dtype = graph.n_nodes, weight.dtype
+    args = _rebuild_args(call, arrays)
     dense = graph.with_edge_weight(weight).to_dense().astype(dtype)  # A[v, u]; padding edges count 0
     nodes = jnp.arange(n, dtype=jnp.int32)
     complete = dataclasses.replace(
@@ -524,15 +791,35 @@ def _dense_grad(fn, graph: Graph, args, weight: jax.Array, force: bool) -> Adjac
         n_edge_per_graph=None,
     )
 
-    arrays, rebuild = _split_arrays(args)
+    def loss(g, w):
+        value = call.fn(g.with_edge_weight(w), *args)
+        check_scalar("adjacency_grad", value)
+        return value
 
-    def dense_gradient(complete, w, arrays):
-        def loss(w):
-            value = fn(complete.with_edge_weight(w), *rebuild(arrays))
-            check_scalar("adjacency_grad", value)
-            return value
+    complete_value, grad = jax.value_and_grad(lambda w: loss(complete, w))(dense.reshape(-1))
+    own_value, weight_grad = jax.value_and_grad(lambda w: loss(graph, w))(weight)
+    result = _directed_grad(graph, grad.reshape(n, n), jnp.eye(n, dtype=grad.dtype))
+    tiny = jnp.finfo(dtype).tiny
+    value_error = jnp.abs(complete_value - own_value) / jnp.maximum(
+        jnp.maximum(jnp.abs(complete_value), jnp.abs(own_value)), tiny)
+    value_error = value_error.astype(dtype)
+    edge_error = jnp.maximum(_edge_error(result, weight_grad, graph.edge_mask), value_error)
+    return dataclasses.replace(result, edge_error=edge_error), value_error
 
-        return jax.grad(loss)(w).reshape(n, n)
 
-    grad = jax.jit(dense_gradient)(complete, dense.reshape(-1), arrays)
-    return _directed_grad(graph, grad, jnp.eye(n, dtype=grad.dtype))
+def _raise_if_structural(error: jax.Array, value_error: jax.Array, dtype) -> None:
+    try:
+        value, loss_error = float(error), float(value_error)
+    except jax.errors.ConcretizationTypeError:
+        return  # traced: the caller reads edge_error
+    tolerance = 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-4
+    if not value <= tolerance:
+        raise ValueError(
+            "adjacency_grad: mode='dense' disagrees with the model on its own graph; got relative error "
+            f"{value:.3g} (dL/dA at the existing edges against edge_grad, and the loss value: {loss_error:.3g}), "
+            f"expected at most {tolerance:g}. The model looks at the edge structure, not only at the "
+            "weights, so on the complete graph it is a different model: e.g. gat_conv with "
+            "edge_weight_mode='after_softmax' (its softmax runs over all N nodes; use "
+            "edge_weight_mode='normalise'), unweighted degrees, or graph.n_edges. Only a model that is a "
+            "function of the weighted adjacency has a dL/dA at missing pairs."
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,24 +38,50 @@ def check_scalar(where: str, value: Any) -> None:
                          "expected (). Reduce the output, e.g. with a loss or .sum().")
 
 
-def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any) -> jax.Array:
+class PairGrad(NamedTuple):
+    """The gradient w.r.t. one shared weight per undirected pair, ``edge_grad(..., symmetric=True)``.
+
+    Attributes:
+      values: (P,) ``dL/da_ij = sum of dL/dw[e]`` over every edge e between i and j, in either
+        direction (``g(i -> j) + g(j -> i)`` for an undirected graph storing each direction once;
+        a self loop's own gradient for ``i == j``).
+      rows: (P,) int32, the smaller node i of each pair.
+      cols: (P,) int32, the larger node j (``rows <= cols``).
+
+    Pairs are distinct and sorted by ``(rows, cols)``; padding edges belong to no pair. With concrete
+    edge indices P is the number of distinct pairs. Under ``jit`` (traced indices) P is E: the
+    distinct pairs come first and the tail has ``rows = cols = -1`` and value 0.
+    ``adjacency_grad(..., symmetric=True).at(rows, cols)`` equals ``values`` when each direction of
+    each pair is stored once.
+    """
+
+    values: jax.Array
+    rows: jax.Array
+    cols: jax.Array
+
+
+def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any, symmetric: bool = False) -> Any:
     """The gradient of a scalar ``fn(graph, *args)`` w.r.t. the graph's edge weights.
 
     Semantics: ``dL/dw[e]`` with ``L = fn(graph.with_edge_weight(w), *args)`` at ``w = graph.edge_weight``,
     or at ``w = ones(E)`` for an unweighted graph (an unweighted graph is a weighted one with unit weights).
+    With ``symmetric=True``, one value per undirected pair ``{i, j}``: the gradient w.r.t. a weight
+    ``a_ij`` shared by all the edges between i and j, ``sum_e dL/dw[e]`` over those edges (see `PairGrad`).
 
     Args:
       fn: ``fn(graph, *args) -> scalar``, a JAX-traceable function of a `jgrad.Graph`.
-      graph: the graph; its ``edge_weight`` (E,) or (E, ...), or none.
+      graph: the graph; its ``edge_weight`` (E,) or (E, ...), or none ((E,) for ``symmetric``).
       *args: further arguments of ``fn`` (parameters, features, labels), passed unchanged.
+      symmetric: return a `PairGrad` for an undirected graph (keyword-only).
 
     Returns:
       dL/dw with the weights' shape, (E,) for an unweighted graph, in their dtype (the default float
-      dtype for an unweighted graph: float32, or float64 under x64). Padding edges get 0.
+      dtype for an unweighted graph: float32, or float64 under x64). Padding edges get 0. With
+      ``symmetric``, a `PairGrad` of (P,) arrays.
 
     Raises:
       TypeError: ``graph`` is not a Graph or has non-float weights.
-      ValueError: ``fn`` does not return a scalar.
+      ValueError: ``fn`` does not return a scalar; ``symmetric`` with weights of shape other than (E,).
 
     Notes:
       Plain reverse mode through jgrad's custom VJPs: one forward and one backward pass, O(N·F + E)
@@ -69,12 +95,42 @@ def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any) -> jax.Arr
       >>> x = jnp.array([[2.0], [3.0]])
       >>> jgrad.edge_grad(lambda g, x: jgrad.ops.spmm(g, x).sum(), g, x).tolist()
       [2.0, 3.0]
+      >>> u = jgrad.Graph.from_edges([0, 1], [1, 0], n_nodes=2)   # one undirected edge {0, 1}
+      >>> pair = jgrad.edge_grad(lambda g, x: jgrad.ops.spmm(g, x).sum(), u, x, symmetric=True)
+      >>> pair.values.tolist(), pair.rows.tolist(), pair.cols.tolist()   # 2 + 3: both directions
+      ([5.0], [0], [1])
     """
-    weight = tracked_weights("edge_grad", graph)
+    where = "edge_grad"
+    weight = tracked_weights(where, graph)
+    if symmetric and weight.ndim != 1:
+        raise ValueError(f"{where}: symmetric=True needs one scalar weight per edge; got edge_weight of "
+                         f"shape {tuple(weight.shape)}, expected ({graph.n_edges},).")
 
     def loss(w: jax.Array) -> jax.Array:
         value = fn(graph.with_edge_weight(w), *args)
         check_scalar("edge_grad", value)
         return value
 
-    return jax.grad(loss)(weight)
+    grad = jax.grad(loss)(weight)
+    return pair_sums(graph, grad) if symmetric else grad
+
+
+def pair_sums(graph: Graph, values: jax.Array) -> PairGrad:
+    """Sums per-edge ``values`` (E,) over each undirected pair of ``graph`` (see `PairGrad`)."""
+    n_edges = graph.n_edges
+    low = jnp.minimum(graph.senders, graph.receivers).astype(jnp.int32)
+    high = jnp.maximum(graph.senders, graph.receivers).astype(jnp.int32)
+    valid = jnp.ones((n_edges,), bool) if graph.edge_mask is None else jnp.asarray(graph.edge_mask, bool)
+    order = jnp.lexsort((high, low, ~valid))  # valid edges first, by (low, high)
+    low, high, valid, values = low[order], high[order], valid[order], values[order]
+    new = jnp.ones((n_edges,), bool).at[1:].set((low[1:] != low[:-1]) | (high[1:] != high[:-1]))
+    pair_id = jnp.cumsum(new & valid) - 1  # position of each valid edge's pair
+    pair_id = jnp.where(valid, pair_id, n_edges)  # padding edges are dropped
+    sums = jnp.zeros((n_edges,), values.dtype).at[pair_id].add(values, mode="drop")
+    rows = jnp.full((n_edges,), -1, jnp.int32).at[pair_id].set(low, mode="drop")
+    cols = jnp.full((n_edges,), -1, jnp.int32).at[pair_id].set(high, mode="drop")
+    try:
+        n_pairs = int(jnp.sum(new & valid))
+    except jax.errors.ConcretizationTypeError:
+        return PairGrad(sums, rows, cols)  # traced: padded to E
+    return PairGrad(sums[:n_pairs], rows[:n_pairs], cols[:n_pairs])

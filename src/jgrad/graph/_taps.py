@@ -26,9 +26,10 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-TapKind = Literal["spmm", "spmm_t", "in_degree", "out_degree"]
+TapKind = Literal["spmm", "spmm_t", "in_degree", "out_degree", "attention"]
 """What a probe stands for: ``A @ m`` (``spmm``), ``A^T @ m`` (``spmm_t``, on the reversed graph),
-the weighted in-degree ``A @ 1`` or the weighted out-degree ``A^T @ 1``."""
+the weighted in-degree ``A @ 1``, the weighted out-degree ``A^T @ 1``, or an attention aggregation
+whose weights enter inside the normalisation (``attention``, see `Recorder.tap_attention`)."""
 
 _ACTIVE: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("jgrad_tap_recorder", default=None)
 
@@ -42,8 +43,11 @@ class Recorder:
       kinds: one `TapKind` per probe handed out, in call order.
       shapes: the shape of each probe (that of the tapped output).
       dtypes: the dtype of each probe.
-      messages: for ``spmm``/``spmm_t`` probes the aggregated node data m_c (N, ...); ``None`` for
-        degree probes.
+      messages: for ``spmm``/``spmm_t`` probes the aggregated node data m_c (N, ...); for
+        ``attention`` probes the tuple ``(values, score_src, score_dst, log_normaliser, out,
+        negative_slope)``; ``None`` for degree probes.
+      options: per probe, ``fixed_diagonal`` for ``attention`` probes (the layer replaces the
+        diagonal of A by its own self loops), else ``None``.
 
     With ``probes=None`` (discovery) each probe is a fresh zero array; otherwise ``probes[i]`` is used
     for the i-th tap, and a mismatch in count or shape raises ``ValueError`` (the model must trace the
@@ -58,14 +62,16 @@ class Recorder:
         self.kinds: list[TapKind] = []
         self.shapes: list[tuple[int, ...]] = []
         self.dtypes: list[Any] = []
-        self.messages: list[jax.Array | None] = []
+        self.messages: list[Any] = []
+        self.options: list[Any] = []
 
-    def _probe(self, kind: TapKind, like: jax.Array, message: jax.Array | None) -> jax.Array:
+    def _probe(self, kind: TapKind, like: jax.Array, message: Any, option: Any = None) -> jax.Array:
         index = len(self.kinds)
         self.kinds.append(kind)
         self.shapes.append(tuple(like.shape))
         self.dtypes.append(like.dtype)
         self.messages.append(message)
+        self.options.append(option)
         if self.probes is None:
             return jnp.zeros(like.shape, like.dtype)
         if index >= len(self.probes) or tuple(self.probes[index].shape) != tuple(like.shape):
@@ -100,6 +106,63 @@ class Recorder:
         else:
             return degree
         return degree + self._probe(kind, degree, None)
+
+
+    def _is_tracked(self, graph: Any) -> bool:
+        return (graph.edge_weight is self.weight and graph.senders is self.senders
+                and graph.receivers is self.receivers)
+
+    def tap_attention(self, graph: Any, *, values: jax.Array, score_src: jax.Array, score_dst: jax.Array,
+                      negative_slope: Any, log_normaliser: jax.Array, out: jax.Array, fixed_diagonal: bool,
+                      dropout_active: bool) -> jax.Array:
+        """``out + z_c`` for an attention aggregation with the weights inside the normalisation.
+
+        The layer computes, per head h, ``out[v] = sum_u A[v,u] e[v,u] values[u] / sum_k A[v,k] e[v,k]``
+        with ``e[v,u] = exp(leaky_relu(score_src[u] + score_dst[v], negative_slope))`` and
+        ``log_normaliser[v] = log sum_k A[v,k] e[v,k]``. Its explicit derivative w.r.t. any entry
+        ``A[v, u]`` is ``e[v,u] / Z[v] * (values[u] - out[v])``, so these node quantities and
+        ``G = dL/dout`` give dL/dA at every pair.
+
+        Args:
+          graph: the graph the layer was called with (before any self loops were appended); the tap
+            fires only when its weights and indices are the tracked objects.
+          values: (N, H, F) the aggregated node values z.
+          score_src, score_dst: (N, H) the attention halves of the senders and receivers.
+          negative_slope: the LeakyReLU slope (scalar).
+          log_normaliser: (N, H) ``log Z[v]``; ``+inf`` where ``Z[v] = 0``.
+          out: (N, H, F) the normalised aggregation.
+          fixed_diagonal: whether the layer ignores ``A[v, v]`` and attends to v itself with weight 1.
+          dropout_active: whether attention dropout is applied (then no dense-adjacency model exists).
+
+        Raises:
+          ValueError: attention dropout is active on the tracked graph.
+        """
+        if not self._is_tracked(graph):
+            return out
+        if dropout_active:
+            raise ValueError(
+                "adjacency_grad: gat_conv applies attention dropout (a key was passed with a non-zero "
+                "dropout rate); got a random mask per edge, expected a deterministic model. Call the "
+                "model without key (evaluation mode) inside the loss."
+            )
+        message = (values, score_src, score_dst, log_normaliser, out, jnp.asarray(negative_slope, out.dtype))
+        return out + self._probe("attention", out, message, fixed_diagonal)
+
+    def refuse_attention(self, graph: Any, where: str) -> None:
+        """Raises if ``graph`` is the tracked graph: its weights multiply the attention after the softmax.
+
+        Raises:
+          ValueError: always for the tracked graph, naming the convention and the option to use.
+        """
+        if graph.edge_weight is self.weight:
+            raise ValueError(
+                f"adjacency_grad: {where} multiplies the attention by the edge weight after the softmax "
+                "(edge_weight_mode='after_softmax'); got a model in which an edge's presence (softmax over "
+                "the existing edges) and its weight are different things, so dL/dA of a missing pair is not "
+                "defined. Build the layer with edge_weight_mode='normalise' (GATConv, GAT, gat_conv), in "
+                "which A[v, u] weighs exp(score) inside the softmax, or use jgrad.edge_grad for the existing "
+                "edges only."
+            )
 
 
 def active_recorder() -> Recorder | None:
