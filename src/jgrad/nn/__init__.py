@@ -3,6 +3,8 @@
 Layers (``layer(graph, x, *, key=None)``): `GCNConv`, `GraphConv`, `SAGEConv`, `GATConv`, `GINConv`
 and the `MessagePassing` base class. Models: `GCN`, `GAT`, `GraphSAGE`, `GIN`. Graph pooling:
 `readout`. Dropout is active only when a PRNG ``key`` is passed; modules are stateless pytrees.
+Node features may be a 2-D ``jax.experimental.sparse.BCOO`` (bag-of-words features): `GCN` and `GAT`
+then drop out and multiply only the stored entries (see `functional.dropout`).
 """
 
 from . import functional as functional
