@@ -22,6 +22,7 @@ from ._fit import FitResult, _seed_array, fit
 from ._model import init_params
 from ._optim import l2_penalty, make_optimizer
 from ._step import EarlyStopping, evaluate
+from ._workdir import lock_workdir
 
 
 def load_dataset(config: DataConfig, data_dir: str | os.PathLike | None = None) -> NodeDataset:
@@ -81,7 +82,9 @@ def train_and_evaluate(
       FileNotFoundError: the dataset's files are missing.
     """
     dataset = load_dataset(config.data, data_dir)
-    if workdir is not None:
+    if workdir is None:
+        return _fit_config(config, dataset, None, progress)
+    with lock_workdir(workdir, where="train"):  # one writer from the config check to the last save
         workdir = Path(workdir)
         saved = workdir / "config.yaml"
         if saved.exists():
@@ -91,6 +94,10 @@ def train_and_evaluate(
                                  f"{format_differences(differences, 'in the run', 'now')}; use a new --workdir "
                                  "or the same config to resume.")
         save_config(config, saved)
+        return _fit_config(config, dataset, workdir, progress)
+
+
+def _fit_config(config: Config, dataset: NodeDataset, workdir: Path | None, progress: bool | None) -> FitResult:
     train = config.train
     return fit(
         create_model(config.model, dataset.n_features, dataset.n_classes),
