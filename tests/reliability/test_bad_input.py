@@ -12,8 +12,11 @@ they must give.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import io
 import pickle
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.experimental import checkify
 
 import jgrad
 from jgrad import Graph, ops
@@ -392,6 +396,174 @@ CASES += [
     Case("cli-eval/no-checkpoint", lambda env: _cli(env, "eval", str(CONFIGS / "gcn_karate_tiny.yaml"), "--workdir",
                                                     str(env.tmp_path)), CLI,
          r"exit status 2: jgrad eval: eval: no checkpoint in"),
+
+]
+
+# ------------------------------------------------------------------------------------------------------
+# adjacency_grad, AdjacencyGrad accessors, jgrad.checked and unbatch: each message matched whole
+# (``^...$``), so a case fails if the message grows a second line or loses the name of the problem.
+# ------------------------------------------------------------------------------------------------------
+J = checkify.JaxRuntimeError
+_SUM_LOSS = lambda g, x: ops.spmm(g, x).sum()  # noqa: E731
+
+
+@functools.lru_cache(maxsize=None)
+def _grad():
+    """dL/dA of a tiny linear model on G (3 nodes), built once."""
+    return jgrad.adjacency_grad(_SUM_LOSS, G, X)
+
+
+def _exact(message: str) -> str:
+    return "^" + re.escape(message) + "$"
+
+
+def _bad_batch(**changes):
+    return dataclasses.replace(jgrad.batch([Graph.from_edges([0], [1], 2), Graph.from_edges([0, 1], [1, 2], 3)]),
+                               **changes)
+
+
+def _checked_call(fn, *args, **options):
+    return jax.block_until_ready(jgrad.checked(fn, **options)(*args))
+
+
+def _shifted_spmm(graph, x, offset):
+    return ops.spmm(dataclasses.replace(graph, senders=graph.senders + offset), x)
+
+
+CASES += [
+    # --- complex input and negative normalisation weights ------------------------------------------------
+    Case("segment_sum/complex-data", lambda env: ops.segment_sum(DATA.astype(jnp.complex64), IDS, 3), T,
+         _exact("segment_sum: data must be real; got dtype complex64, expected a real float, integer or bool dtype. "
+                "Hint: reduce data.real and data.imag separately.")),
+    Case("segment_softmax/complex-logits", lambda env: ops.segment_softmax(DATA * 1j, IDS, 3), T,
+         r"^segment_softmax: data must be real; got dtype complex64"),
+    Case("gspmm/complex-u", lambda env: ops.gspmm(G, "copy_u", "sum", X.astype(jnp.complex64)), T,
+         r"^gspmm: u must be a float array; got dtype complex64\."),
+    Case("gsddmm/complex-rhs", lambda env: ops.gsddmm(G, "dot", X, X * 1j), T,
+         r"^gsddmm: rhs must be a float array; got dtype complex64\."),
+    Case("edge_softmax/complex-logits", lambda env: ops.edge_softmax(G, W * 1j), T,
+         _exact("edge_softmax: logits must be a float array; got dtype complex64.")),
+    Case("gcn_norm/negative-weight", lambda env: ops.gcn_norm(G, W.at[1].set(-1.0)), V,
+         _exact("gcn_norm: edge_weight is negative on 1 edge(s); got edge_weight[1]=-1, expected edge_weight >= 0 "
+                "(a negative weight can make a degree zero or negative, where the normalisation is undefined).")),
+    Case("gcn_norm/negative-fill", lambda env: ops.gcn_norm(G, fill=-0.5), V,
+         _exact("gcn_norm: fill is negative or NaN; got -0.5, expected fill >= 0 (the self-loop weight enters every "
+                "degree).")),
+    Case("row_norm/negative-weight", lambda env: ops.row_norm(G.with_edge_weight(-W)), V,
+         r"^row_norm: edge_weight is negative on 4 edge\(s\); got edge_weight\[0\]=-1, edge_weight\[1\]=-1, "),
+    # --- adjacency_grad -----------------------------------------------------------------------------
+    Case("adjacency_grad/fn-not-callable", lambda env: jgrad.adjacency_grad(3, G, X), T,
+         _exact("adjacency_grad: fn must be callable; got int 3, expected fn(graph, *args) -> scalar loss.")),
+    Case("adjacency_grad/graph-not-a-graph", lambda env: jgrad.adjacency_grad(_SUM_LOSS, np.eye(3), X), T,
+         _exact("adjacency_grad: graph must be a jgrad.Graph; got ndarray.")),
+    Case("adjacency_grad/symmetric-not-bool", lambda env: jgrad.adjacency_grad(_SUM_LOSS, G, X, symmetric="yes"),
+         T, _exact("adjacency_grad: symmetric must be a bool; got str 'yes', expected True or False.")),
+    Case("adjacency_grad/unknown-mode", lambda env: jgrad.adjacency_grad(_SUM_LOSS, G, X, mode="sparse"), V,
+         _exact("adjacency_grad: unknown mode 'sparse'; expected one of 'factored', 'dense'.")),
+    Case("adjacency_grad/matrix-weights",
+         lambda env: jgrad.adjacency_grad(_SUM_LOSS, G.with_edge_weight(jnp.ones((4, 2))), X), V,
+         _exact("adjacency_grad: needs one scalar weight per edge; got edge_weight of shape (4, 2), expected (4,).")),
+    Case("adjacency_grad/non-scalar-output", lambda env: jgrad.adjacency_grad(lambda g, x: ops.spmm(g, x), G, X),
+         V, r"^adjacency_grad: fn must return a scalar; got .* of shape \(3, 2\), expected \(\)\. Reduce the output"),
+    Case("adjacency_grad/dense-above-the-size-limit",
+         lambda env: jgrad.adjacency_grad(_SUM_LOSS, Graph.from_edges([0], [1], 3000), jnp.ones((3000, 1)),
+                                          mode="dense"), V,
+         r"^adjacency_grad: mode='dense' builds a complete graph of N\^2 edges; got n_nodes=3000, expected at most "
+         r"2048 \(9000000 edges would be built\)\."),
+    # --- AdjacencyGrad accessors (indices are checked, never clamped or wrapped) -----------------------
+    Case("AdjacencyGrad.at/row-out-of-range", lambda env: _grad().at(jnp.array([0, 3]), jnp.array([1, 1])), V,
+         _exact("AdjacencyGrad.at: 1 rows out of range; got rows[1]=3, expected 0 <= index < n_nodes=3.")),
+    Case("AdjacencyGrad.at/negative-col", lambda env: _grad().at(jnp.array([0, 1]), jnp.array([-1, 1])), V,
+         _exact("AdjacencyGrad.at: 1 cols out of range; got cols[0]=-1, expected 0 <= index < n_nodes=3.")),
+    Case("AdjacencyGrad.at/both-out-of-range", lambda env: _grad().at([5, 0], [0, 9]), V,
+         _exact("AdjacencyGrad.at: 1 rows out of range; got rows[0]=5, expected 0 <= index < n_nodes=3. "
+                "1 cols out of range; got cols[1]=9, expected 0 <= index < n_nodes=3.")),
+    Case("AdjacencyGrad.at/float-rows", lambda env: _grad().at(jnp.array([0.0]), jnp.array([1])), T,
+         _exact("AdjacencyGrad.at: rows must be integer node indices; got dtype float32, expected an integer "
+                "dtype.")),
+    Case("AdjacencyGrad.at/shape-mismatch", lambda env: _grad().at(jnp.array([0, 1]), jnp.array([1])), V,
+         _exact("AdjacencyGrad.at: rows and cols must have the same shape; got (2,) and (1,), expected equal "
+                "shapes.")),
+    Case("AdjacencyGrad.row/negative", lambda env: _grad().row(-1), V,
+         _exact("AdjacencyGrad.row: v is out of range; got -1, expected 0 <= v < n_nodes=3.")),
+    Case("AdjacencyGrad.row/too-large", lambda env: _grad().row(jnp.int32(3)), V,
+         _exact("AdjacencyGrad.row: v is out of range; got 3, expected 0 <= v < n_nodes=3.")),
+    Case("AdjacencyGrad.row/vector", lambda env: _grad().row(jnp.array([0, 1])), V,
+         _exact("AdjacencyGrad.row: v must be a single node index; got shape (2,), expected a scalar. Hint: use "
+                "AdjacencyGrad.at for many pairs.")),
+    Case("AdjacencyGrad.row/float", lambda env: _grad().row(1.0), T,
+         r"^AdjacencyGrad\.row: v must be integer node indices; got dtype float(32|64), expected an integer dtype\.$"),
+    Case("AdjacencyGrad.topk/k-zero", lambda env: _grad().topk(0), V,
+         _exact("AdjacencyGrad.topk: k must be a positive int; got 0, expected k >= 1.")),
+    Case("AdjacencyGrad.topk/k-float", lambda env: _grad().topk(2.0), T,
+         _exact("AdjacencyGrad.topk: k must be a Python int; got float 2.0, expected a positive int.")),
+    Case("AdjacencyGrad.topk/k-above-the-pair-count", lambda env: _grad().topk(10**9), V,
+         _exact("AdjacencyGrad.topk: k is larger than the number of pairs; got k=1000000000, expected k <= "
+                "n_nodes**2=9.")),
+    Case("AdjacencyGrad.topk/sign", lambda env: _grad().topk(1, sign=2), V,
+         _exact("AdjacencyGrad.topk: sign must be +1 or -1; got 2, expected 1 or -1.")),
+    Case("AdjacencyGrad.topk/unknown-candidates", lambda env: _grad().topk(1, among="pairs"), V,
+         r"^AdjacencyGrad\.topk: unknown candidate set 'pairs'; expected one of 'non_edges', 'edges', 'all'\.$"),
+    Case("AdjacencyGrad.topk/block-size-zero", lambda env: _grad().topk(1, block_size=0), V,
+         _exact("AdjacencyGrad.topk: block_size must be a positive int; got 0, expected block_size >= 1.")),
+    # --- jgrad.checked -------------------------------------------------------------------------------
+    Case("checked/fn-not-callable", lambda env: jgrad.checked("spmm"), T,
+         _exact("checked: fn must be callable; got str 'spmm', expected a function of arrays and graphs.")),
+    Case("checked/flag-not-bool", lambda env: jgrad.checked(_SUM_LOSS, finite_inputs=None), T,
+         _exact("checked: finite_inputs must be a bool; got NoneType None, expected True or False.")),
+    Case("checked/graph-argument-out-of-range", lambda env: _checked_call(ops.spmm, RAW_BAD_SENDER, X[:2]), J,
+         _exact("Graph: senders[1]=5 is out of range; expected 0 <= index < n_nodes=2. (`check` failed)")),
+    Case("checked/graph-changed-inside", lambda env: _checked_call(_shifted_spmm, G, X, 1), J,
+         _exact("gspmm: senders[2]=3 is out of range; expected 0 <= index < n_nodes=3. (`check` failed)")),
+    Case("checked/nan-feature", lambda env: _checked_call(ops.spmm, G, X.at[1, 0].set(jnp.nan)), J,
+         _exact("spmm: argument args[1] is not finite; got nan at flat index 2 of shape (3, 2), expected finite "
+                "values. (`check` failed)")),
+    Case("checked/gather-out-of-range", lambda env: _checked_call(lambda x, i: x[i], X, jnp.array([4])), J,
+         r"^out-of-bounds indexing for array of shape \(3, 2\): index 4 is out of bounds for axis 0 with size 3\."),
+    Case("checked/segment-id-out-of-range", lambda env: _checked_call(lambda d, i: ops.segment_max(d, i, 2), DATA,
+                                                                      IDS), J,
+         _exact("segment_max: segment_ids[2]=2 is out of range; expected 0 <= index < num_segments=2. (`check` "
+                "failed)")),
+    Case("checked/label-minus-one",
+         lambda env: _checked_call(jgrad.train.masked_cross_entropy, jnp.zeros((3, 2)), jnp.array([0, -1, 1]),
+                                   jnp.ones(3, bool)), J,
+         _exact("masked_cross_entropy: labels[1]=-1 is out of range; expected 0 <= index < n_classes=2. (`check` "
+                "failed)")),
+    Case("checked/negative-weight-in-gcn-norm",
+         lambda env: _checked_call(lambda w: ops.gcn_norm(G, w).edge_weight, W.at[3].set(-2.0)), J,
+         _exact("gcn_norm: edge_weight[3]=-2.0 is negative; expected weights >= 0 (a degree normalisation is "
+                "undefined for a degree <= 0). (`check` failed)")),
+    # --- unbatch ---------------------------------------------------------------------------------------
+    Case("unbatch/not-a-graph", lambda env: jgrad.unbatch([G]), T,
+         _exact("unbatch: graph must be a jgrad.Graph; got list, expected a batch made by jgrad.batch.")),
+    Case("unbatch/float-node-counts", lambda env: jgrad.unbatch(_bad_batch(n_node_per_graph=jnp.array([2.5, 2.5]))),
+         T, _exact("unbatch: n_node_per_graph must have an integer dtype; got float32, expected int32 node "
+                   "counts.")),
+    Case("unbatch/2d-node-counts", lambda env: jgrad.unbatch(_bad_batch(n_node_per_graph=jnp.array([[2, 3]]))), V,
+         _exact("unbatch: n_node_per_graph must be 1-D; got shape (1, 2), expected (G,).")),
+    Case("unbatch/node-counts-do-not-add-up", lambda env: jgrad.unbatch(_bad_batch(n_node_per_graph=jnp.array([1, 3]))),
+         V, _exact("unbatch: n_node_per_graph must be non-negative and add up to n_nodes; got sum 4 over 2 graphs, "
+                   "expected 5.")),
+    Case("unbatch/negative-node-count", lambda env: jgrad.unbatch(_bad_batch(n_node_per_graph=jnp.array([-1, 6]))),
+         V, r"^unbatch: n_node_per_graph must be non-negative and add up to n_nodes; got sum 5 over 2 graphs"),
+    Case("unbatch/edge-joins-two-graphs", lambda env: jgrad.unbatch(_bad_batch(senders=jnp.array([0, 1, 3]))), V,
+         _exact("unbatch: 1 edge(s) join two graphs of the batch (first: edge 1, 1 -> 3); expected each edge "
+                "inside one graph's node range.")),
+    Case("unbatch/index-out-of-range", lambda env: jgrad.unbatch(_bad_batch(receivers=jnp.array([1, 3, 9]))), V,
+         r"^unbatch: the graph has indices out of range: 1 receivers out of range \(receivers\[2\]=9\); expected "
+         r"0 <= index < n_nodes=5\."),
+    Case("unbatch/graph-mask-shape", lambda env: jgrad.unbatch(_bad_batch(graph_mask=jnp.array([True]))), V,
+         _exact("unbatch: graph_mask has the wrong shape; got (1,), expected (2,).")),
+    Case("unbatch/node-mask-shape", lambda env: jgrad.unbatch(_bad_batch(node_mask=jnp.ones(3, bool))), V,
+         _exact("unbatch: node_mask has the wrong shape; got (3,), expected (5,).")),
+    Case("unbatch/edge-mask-shape", lambda env: jgrad.unbatch(_bad_batch(edge_mask=jnp.ones(1, bool))), V,
+         _exact("unbatch: edge_mask has the wrong shape; got (1,), expected (3,).")),
+    Case("unbatch/edge-weight-rows", lambda env: jgrad.unbatch(_bad_batch(edge_weight=jnp.ones(2))), V,
+         _exact("unbatch: edge_weight must have one row per edge; got shape (2,), expected (3, ...).")),
+    # (raised inside jax.jit, so JAX appends its note on filtered frames after the message)
+    Case("unbatch/traced", lambda env: jax.jit(lambda g: jgrad.unbatch(g)[0].senders)(_bad_batch()), T,
+         "^" + re.escape("unbatch: works on concrete arrays only, because its output size depends on the values; "
+                         "call it outside jax.jit / jax.vmap and pass the result in.\n")),
 ]
 
 
