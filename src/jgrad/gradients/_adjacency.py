@@ -186,8 +186,12 @@ class AdjacencyGrad:
             raise ValueError(f"{where}: k is larger than the number of pairs; got k={k}, expected k <= "
                              f"n_nodes**2={self.n_nodes ** 2}.")
         if among == "edges":
-            return self._topk_edges(k, sign)
-        return self._topk_blocks(k, sign, among == "non_edges", block_size)
+            return _TOPK_EDGES(self, k, sign)
+        window = None
+        if among == "non_edges":  # with concrete indices, the static number of edges per row block
+            block = max(1, min(block_size, self.n_nodes))
+            window = _edges_by_block(self, block, -(-self.n_nodes // block))[3]
+        return _TOPK_BLOCKS(self, k, sign, among == "non_edges", block_size, window)
 
     # ----------------------------------------------------------------------------------------------
     def _block_scores(self, rows: jax.Array) -> jax.Array:
@@ -236,7 +240,8 @@ class AdjacencyGrad:
         best, index = jax.lax.top_k(score, count)
         return _finish(best, rows[index], cols[index], sign, k)
 
-    def _topk_blocks(self, k: int, sign: int, non_edges: bool, block_size: int) -> AdjacencyTopK:
+    def _topk_blocks(self, k: int, sign: int, non_edges: bool, block_size: int,
+                     window: int | None = None) -> AdjacencyTopK:
         n = self.n_nodes
         dtype = self.left.dtype
         block = max(1, min(block_size, n))
@@ -244,7 +249,7 @@ class AdjacencyGrad:
         chunk = min(128, n)
         n_cols = -(-n // chunk) * chunk
         if non_edges:
-            edge_rows, edge_cols, starts, window = _edges_by_block(self, block, n_blocks)
+            edge_rows, edge_cols, starts, window = _edges_by_block(self, block, n_blocks, window)
         col_ids = jnp.arange(n_cols)
         per_block = min(k, block * n_cols // chunk)
 
@@ -292,6 +297,11 @@ jax.tree_util.register_dataclass(
 )
 
 
+# topk compiled once per (gradient structure, k, sign, candidates, block size, window)
+_TOPK_EDGES = jax.jit(AdjacencyGrad._topk_edges, static_argnums=(1, 2))
+_TOPK_BLOCKS = jax.jit(AdjacencyGrad._topk_blocks, static_argnums=(1, 2, 3, 4, 5))
+
+
 def _finish(best: jax.Array, rows: jax.Array, cols: jax.Array, sign: int, k: int) -> AdjacencyTopK:
     valid = jnp.isfinite(best)
     values = jnp.where(valid, sign * best, jnp.nan)
@@ -305,7 +315,7 @@ def _finish(best: jax.Array, rows: jax.Array, cols: jax.Array, sign: int, k: int
     return AdjacencyTopK(values, rows, cols)
 
 
-def _edges_by_block(grad: AdjacencyGrad, block: int, n_blocks: int):
+def _edges_by_block(grad: AdjacencyGrad, block: int, n_blocks: int, window: int | None = None):
     """Edge pairs sorted by row, the first position of each row block, and a static window length.
 
     Each block reads ``window`` consecutive sorted edges from its start; with concrete indices the
@@ -317,10 +327,11 @@ def _edges_by_block(grad: AdjacencyGrad, block: int, n_blocks: int):
     order = jnp.argsort(rows)
     rows, cols = rows[order], cols[order].astype(jnp.int32)
     starts = jnp.searchsorted(rows, jnp.arange(n_blocks + 1) * block).astype(jnp.int32)
-    try:
-        window = int(np.max(np.diff(np.asarray(starts)))) if n_blocks else 0
-    except jax.errors.TracerArrayConversionError:
-        window = int(rows.shape[0])
+    if window is None:
+        try:
+            window = int(np.max(np.diff(np.asarray(starts)))) if n_blocks else 0
+        except jax.errors.TracerArrayConversionError:
+            window = int(rows.shape[0])
     window = max(window, 1)
     rows = jnp.concatenate([rows, jnp.full((window,), beyond, jnp.int32)])
     cols = jnp.concatenate([cols, jnp.zeros((window,), jnp.int32)])
