@@ -8,6 +8,8 @@ gradient of a scalar loss w.r.t. the dense adjacency is exactly::
 
 an N x N matrix of rank <= sum_c F_c + 2, which `AdjacencyGrad` stores as two (N, R) factors. The
 library finds ``G_c`` by adding zero probes to each tapped output (see `jgrad.graph._taps`).
+Attention layers that normalise the weight inside their softmax add one `AttentionTerm` each, an
+entry computed in O(H·F) from node quantities (see `jgrad.gradients._attention`).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class AdjacencyGrad:
       receivers: (E,) receivers of the existing edges.
       edge_mask: (E,) bool or ``None``; padding edges are not existing edges.
       edge_error: scalar, the largest relative disagreement between the factors and ``edge_grad`` at
-        the existing edges, measured when the gradient was built (0 in dense mode).
+        the existing edges, measured when the gradient was built (in dense mode, the larger of that
+        and the relative difference of the loss on the complete graph and on the graph).
       n_nodes: N (static).
       is_symmetric: whether this is the gradient w.r.t. an undirected adjacency (static): entry
         (i, j) is ``dL/dA[i, j] + dL/dA[j, i]`` off the diagonal and ``dL/dA[i, i]`` on it.
@@ -432,21 +435,35 @@ def adjacency_grad(
     weights: attention on edges, `jgrad.ops.gcn_norm` / `row_norm`, ``graph.add_self_loops()`` inside
     the model, weights used outside spmm and in_degree.
 
+    Attention: `jgrad.nn.GATConv` / `GAT` / ``gat_conv`` with ``edge_weight_mode="normalise"``
+    (``alpha[v,u] = A[v,u] exp(s[v,u]) / sum_k A[v,k] exp(s[v,k])``) add one exact attention term per
+    layer, ``dL/dA[v,u] += sum_h exp(s[v,u,h]) / Z[v,h] (<G[v,h], z[u,h]> - <G[v,h], out[v,h]>)``;
+    with the default ``"after_softmax"`` the call raises, naming the option.
+
     Mode ``"dense"`` runs ``fn`` on the complete graph (all N^2 pairs as edges, weight ``A[v, u]``,
-    0 for a missing edge) and differentiates w.r.t. those weights: any model, O(N^2) time and memory.
-    Note that a model that looks at the edge *structure* (softmax over neighbours, unweighted degrees)
-    sees N neighbours per node in that graph.
+    0 for a missing edge) and differentiates w.r.t. those weights: O(N^2) time and memory. It is
+    checked like the factored mode (dL/dA at the existing edges against `edge_grad`) and the loss on
+    the complete graph against the loss on ``graph``: a model that looks at the edge *structure*
+    (``edge_weight_mode="after_softmax"`` attention, unweighted degrees, ``n_edges``) is a different
+    model on the complete graph, and the call raises.
+
+    Compilation: the work runs under ``jax.jit``, compiled once and reused while ``fn``, the
+    structure and non-array leaves of ``args`` and everything ``fn`` reads (its closure, defaults,
+    globals and bound object: arrays by identity, numpy arrays and Python values by value) are
+    unchanged. Passing new arrays of the same shapes does not recompile.
 
     Args:
-      fn: ``fn(graph, *args) -> scalar``; traced twice (discovery, then gradient). Do not pass a
-        ``jax.jit``-wrapped fn (jit the call to adjacency_grad instead), and write loops over
-        propagation steps as Python loops (each step is a tapped call).
+      fn: ``fn(graph, *args) -> scalar``; traced twice (discovery, then gradient) on the first call.
+        Do not pass a ``jax.jit``-wrapped fn (jit the call to adjacency_grad instead, or call it inside
+        your own jit), and write loops over propagation steps as Python loops (each step is a tapped
+        call).
       graph: the graph; scalar weights (E,) or unweighted.
       *args: further arguments of ``fn``.
       symmetric: return the gradient w.r.t. an undirected adjacency (see `AdjacencyGrad.symmetric`).
       mode: ``"factored"`` or ``"dense"``.
-      check: compare with `edge_grad` at the existing edges and raise on disagreement (skipped when
-        the values are traced, e.g. under ``jit``; ``edge_error`` then holds the measured error).
+      check: compare with `edge_grad` at the existing edges (in dense mode also the loss values) and
+        raise on disagreement (skipped when the values are traced, e.g. under ``jit``;
+        ``edge_error`` always holds the measured error).
       force: allow ``mode="dense"`` above 2048 nodes.
 
     Returns:
