@@ -203,8 +203,8 @@ def dropout(x: Any, rate: float, key: jax.Array | None, *, rng: str = "hash") ->
     - ``"hash"`` (default): 64 bits drawn from ``key`` (``jax.random.bits``, whatever the key's PRNG
       implementation) seed a counter-based hash of each entry's index (two rounds of the MurmurHash3
       finaliser), giving one uniform 32-bit draw per entry; ``keep = draw >= round(rate * 2**32)``.
-      About 4x cheaper than ``"key"`` on CPU for a dense Cora feature matrix, and it fuses with the
-      masking.
+      A 10-seed GCN training step on the dense Cora features took 3.6x less time with it than with
+      ``"key"`` (2 CPU cores); the hash fuses with the masking.
     - ``"key"``: ``jax.random.bernoulli(key, 1 - rate, x.shape)``, jgrad's earlier mask (threefry by
       default; a key made with ``impl="rbg"`` uses XLA's generator).
 

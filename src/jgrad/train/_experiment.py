@@ -121,7 +121,7 @@ def sparse_features(dataset: NodeDataset, model: str, max_density: float = 0.1) 
 
     Dropout then draws, and the first layer multiplies, only the stored entries: the same distribution
     as dense dropout (`jgrad.nn.functional.dropout`), at a fraction of the cost for bag-of-words
-    features (Cora 1.3% non-zero: a 10-seed GCN epoch ~17x faster on 2 CPU cores).
+    features (Cora 1.3% non-zero: a 10-seed GCN epoch 15x faster on 2 CPU cores).
     """
     features = np.asarray(dataset.features)
     if model not in ("gcn", "gat") or np.count_nonzero(features) > max_density * features.size:
