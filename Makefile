@@ -12,6 +12,7 @@ $(VENV)/bin/python:
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c "import jgrad.ops; print('native CPU kernels built:', jgrad.ops.native_available())"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -48,7 +48,9 @@ def test_propagate_on_a_planned_graph_matches_the_plain_path(x64, norm, add_self
     lambda: jgrad.nn.GraphSAGE(5, 8, 3, aggregator="sum", dropout=0.0, rngs=nnx.Rngs(0)),
     lambda: jgrad.nn.GraphSAGE(5, 8, 3, aggregator="max", dropout=0.0, rngs=nnx.Rngs(0)),
     lambda: jgrad.nn.GIN(5, 8, 3, n_layers=2, dropout=0.0, rngs=nnx.Rngs(0)),
-], ids=["gcn", "sage-mean", "sage-sum", "sage-max", "gin"])
+    lambda: jgrad.nn.GAT(5, 4, 3, heads=2, dropout=0.0, rngs=nnx.Rngs(0)),
+    lambda: jgrad.nn.GAT(5, 4, 3, heads=2, dropout=0.0, edge_weight_mode="normalise", rngs=nnx.Rngs(0)),
+], ids=["gcn", "sage-mean", "sage-sum", "sage-max", "gin", "gat", "gat-normalise"])
 def test_models_on_a_planned_graph_give_the_same_logits_and_gradients(x64, make):
     planned, plain, x = _graphs_and_features(seed=3)
     model = make()
@@ -71,3 +73,19 @@ def test_adjacency_grad_of_a_model_on_a_planned_graph_equals_the_plain_one(x64):
 
     np.testing.assert_allclose(jgrad.adjacency_grad(loss, planned).dense(),
                                jgrad.adjacency_grad(loss, plain).dense(), rtol=1e-10, atol=1e-12)
+
+
+def test_gat_layers_aggregate_on_the_plan_inside_jit():
+    planned, _, x = _graphs_and_features(seed=4)
+    layer = jgrad.nn.GATConv(5, 4, heads=2, rngs=nnx.Rngs(0))
+    seen = []
+    aggregate = jgrad.ops._kernels.plan_gspmm
+
+    def spy(plan, *args):
+        seen.append(plan.n_edges)
+        return aggregate(plan, *args)
+
+    import unittest.mock
+    with unittest.mock.patch.object(jgrad.ops._kernels, "plan_gspmm", spy):
+        nnx.jit(lambda layer, graph, x: layer(graph, x))(layer, planned, x)
+    assert seen == [planned.n_edges + planned.n_nodes]  # self loops added inside jit, plan extended

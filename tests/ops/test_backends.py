@@ -44,8 +44,7 @@ BACKENDS = ("native", "native_fallback", "bucket")
 def planned(graph: Graph, backend: str) -> Graph:
     """``graph`` with a plan for ``backend`` (bucket tables kept small: hubs split, many chunks)."""
     if backend == "bucket":
-        plan = _plan.make_plan(graph.senders, graph.receivers, graph.edge_mask, graph.n_nodes, "bucket",
-                               max_width=4, chunk_edges=8)
+        plan = _plan.make_plan(graph.senders, graph.receivers, graph.n_nodes, "bucket", max_width=4, chunk_edges=8)
         return dataclasses.replace(graph, plan=_plan.bind(plan, graph))
     return with_backend(graph, "native")
 
@@ -235,3 +234,40 @@ def test_the_plan_is_part_of_the_pytree():
     assert ".senders" in paths and ".plan.forward.csr.row_ptr" in paths
     rebuilt = jax.tree.map(lambda leaf: leaf, graph)
     assert rebuilt.plan is not graph.plan and _plan.is_bound(rebuilt.plan, rebuilt)
+
+
+def test_self_loops_added_inside_jit_keep_the_plan(x64):
+    graph = planned(UNION, "native")
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((UNION.n_nodes, 2)))
+
+    @jax.jit
+    def f(graph, x):
+        looped = graph.add_self_loops(2.0)
+        assert backend_of(looped) == "native" and looped.plan.n_edges == UNION.n_edges + UNION.n_nodes
+        return spmm(looped, x), gspmm(looped, "copy_u", "mean", x), jgrad.ops.gcn_norm(graph).plan
+
+    total, mean, normalised_plan = f(graph, x)
+    dense = UNION.add_self_loops(2.0).to_dense()
+    np.testing.assert_allclose(total, dense @ x, rtol=1e-12, atol=1e-12)
+    reference = gspmm(with_backend(UNION.add_self_loops(2.0), "xla"), "copy_u", "mean", x)
+    np.testing.assert_allclose(mean, reference, rtol=1e-12, atol=1e-12)
+    fresh = _plan.make_plan(*(np.asarray(a) for a in (UNION.add_self_loops().senders,
+                                                       UNION.add_self_loops().receivers)), UNION.n_nodes, "native")
+    for side, want in ((normalised_plan.forward, fresh.forward), (normalised_plan.reverse, fresh.reverse)):
+        np.testing.assert_array_equal(side.csr.row_ptr, want.csr.row_ptr)
+        np.testing.assert_array_equal(side.in_degree, want.in_degree)
+        rows = np.repeat(np.arange(UNION.n_nodes), np.diff(np.asarray(want.csr.row_ptr)))
+        got_edges = sorted(zip(rows, np.asarray(side.csr.edge_ids), np.asarray(side.csr.cols)))
+        assert got_edges == sorted(zip(rows, np.asarray(want.csr.edge_ids), np.asarray(want.csr.cols)))
+
+
+def test_masking_edges_keeps_the_plan_and_masked_edges_send_nothing(x64):
+    graph = planned(UNION, "native")
+    keep = jnp.asarray(np.random.default_rng(1).uniform(size=UNION.n_edges) < 0.6)
+    masked = dataclasses.replace(graph, edge_mask=keep if UNION.edge_mask is None else keep & UNION.edge_mask)
+    assert masked.plan is graph.plan
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((UNION.n_nodes, 2)))
+    plain = with_backend(masked, "xla")
+    for op, reduce in (("copy_u", "sum"), ("copy_u", "mean")):
+        np.testing.assert_allclose(gspmm(masked, op, reduce, x), gspmm(plain, op, reduce, x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gsddmm(masked, "dot", x, x), gsddmm(plain, "dot", x, x), rtol=1e-12, atol=1e-12)

@@ -15,8 +15,11 @@ Life cycle (see `resolve`):
   small or its indices are traced (a graph built inside ``jit`` runs the plain path). The result is
   cached on the graph object.
 * A plan is bound to the index arrays it was planned from (by identity). A graph rebuilt with other
-  ``senders``, ``receivers`` or ``edge_mask`` (``dataclasses.replace``, a transform) loses it and goes
-  back to ``AUTO``, so a plan can never describe another structure; ``reverse`` transposes it.
+  ``senders`` or ``receivers`` (``dataclasses.replace``, a transform) loses it and goes back to
+  ``AUTO``, so a plan can never describe another structure; ``reverse`` transposes it and
+  ``add_self_loops`` extends it in closed form (jit-safe, `with_self_loops`).
+* A plan covers every edge, padding edges included: the ops fold ``edge_mask`` into the edge weights
+  when they run, so masking edges (padding, GAT's removal of existing loops) keeps the plan.
 """
 
 from __future__ import annotations
@@ -64,9 +67,8 @@ class Csr(NamedTuple):
     """One direction of a graph in CSR order: row r's slots are ``row_ptr[r] .. row_ptr[r+1] - 1``.
 
     Attributes:
-      row_ptr: (R + 1,) int32 slot offsets; ``row_ptr[R]`` is the number of live (unpadded) edges.
-      cols: (E,) int32 neighbour (sender of this direction) of each slot; padding edges sit after
-        ``row_ptr[R]`` and are never read.
+      row_ptr: (R + 1,) int32 slot offsets; ``row_ptr[R] = E``.
+      cols: (E,) int32 neighbour (sender of this direction) of each slot.
       edge_ids: (E,) int32 edge id of each slot.
     """
 
@@ -100,7 +102,7 @@ class Side:
 
     Attributes:
       csr: the edges in CSR order (`Csr`).
-      in_degree: (N,) int32 count of live incoming edges.
+      in_degree: (N,) int32 count of incoming edges (padding edges included).
       buckets: tuple of `Bucket` by increasing width; empty unless the backend is ``"bucket"``.
       output_position: (N,) int32 row of each node in the concatenated bucket outputs (bucket only).
       slot_of_edge: (E,) int32 position of each edge among the flattened bucket slots (bucket only).
@@ -197,10 +199,10 @@ def resolve(graph: Any) -> Plan | None:
     plan = graph.plan
     if plan is AUTO:
         plan = None
-        if _is_concrete(graph.senders, graph.receivers, graph.edge_mask):
+        if _is_concrete(graph.senders, graph.receivers):
             backend = choose_backend(int(graph.senders.shape[0]))
             if backend != "xla":
-                plan = make_plan(graph.senders, graph.receivers, graph.edge_mask, graph.n_nodes, backend)
+                plan = make_plan(graph.senders, graph.receivers, graph.n_nodes, backend)
                 bind(plan, graph)
         object.__setattr__(graph, "plan", plan)
     return plan
@@ -209,8 +211,14 @@ def resolve(graph: Any) -> Plan | None:
 def bind(plan: Any, graph: Any) -> Any:
     """Records that ``plan`` describes the index arrays of ``graph`` (compared by identity)."""
     if isinstance(plan, Plan):
-        object.__setattr__(plan, "_bound", (graph.senders, graph.receivers, graph.edge_mask))
+        object.__setattr__(plan, "_bound", (graph.senders, graph.receivers))
     return plan
+
+
+def attach(graph: Any, plan: Any) -> Any:
+    """``graph`` (just built by a transform) with ``plan`` bound to its index arrays."""
+    object.__setattr__(graph, "plan", bind(plan, graph))
+    return graph
 
 
 def is_bound(plan: Any, graph: Any) -> bool:
@@ -218,19 +226,49 @@ def is_bound(plan: Any, graph: Any) -> bool:
     bound = getattr(plan, "_bound", None)
     if bound is None:
         return False
-    return all(a is b for a, b in zip(bound, (graph.senders, graph.receivers, graph.edge_mask)))
+    return bound[0] is graph.senders and bound[1] is graph.receivers
+
+
+def with_self_loops(plan: Any) -> Any:
+    """The plan of the graph with the loops ``v -> v`` appended as edges E..E+N-1 (`add_self_loops`).
+
+    A ``"native"`` plan is extended in closed form with gathers (jit-safe: it works on traced plans,
+    so a graph that gets its loops inside ``jit`` keeps running on the engine); each loop becomes
+    the last slot of its row in both directions. A ``"bucket"`` plan goes back to ``AUTO`` (its
+    static table shapes change), ``None`` stays ``None``.
+    """
+    if not isinstance(plan, Plan):
+        return plan
+    if plan.backend != "native":
+        return AUTO
+    n, e = plan.n_nodes, plan.n_edges
+    return Plan(forward=_side_with_loops(plan.forward, n, e), reverse=_side_with_loops(plan.reverse, n, e),
+                backend=plan.backend, n_nodes=n, n_edges=e + n)
+
+
+def _side_with_loops(side: Side, n: int, e: int) -> Side:
+    row_ptr = side.csr.row_ptr + jnp.arange(n + 1, dtype=side.csr.row_ptr.dtype)
+    slots = jnp.arange(e + n, dtype=row_ptr.dtype)
+    row = jnp.searchsorted(row_ptr, slots, side="right").astype(row_ptr.dtype) - 1
+    is_loop = slots == row_ptr[jnp.minimum(row + 1, n)] - 1
+    old = jnp.clip(slots - row, 0, max(e - 1, 0))
+    if e == 0:
+        cols, edge_ids = row, e + row
+    else:
+        cols = jnp.where(is_loop, row, side.csr.cols[old])
+        edge_ids = jnp.where(is_loop, e + row, side.csr.edge_ids[old])
+    return Side(csr=Csr(row_ptr=row_ptr, cols=cols, edge_ids=edge_ids), in_degree=side.in_degree + 1)
 
 
 # --------------------------------------------------------------------------------------------------
 # Planning (vectorised numpy on the host).
 # --------------------------------------------------------------------------------------------------
-def make_plan(senders: Any, receivers: Any, edge_mask: Any, n_nodes: int, backend: str, *,
+def make_plan(senders: Any, receivers: Any, n_nodes: int, backend: str, *,
               max_width: int = 64, chunk_edges: int = 2048) -> Plan:
     """Plans concrete indices for ``backend`` (``"native"``: CSR only; ``"bucket"``: CSR and tables).
 
     Args:
-      senders, receivers: (E,) concrete integer arrays.
-      edge_mask: (E,) bool or None; padding edges are left out of every table.
+      senders, receivers: (E,) concrete integer arrays; every edge is planned (masks apply at run time).
       n_nodes: N.
       backend: ``"native"`` or ``"bucket"``.
       max_width: widest bucket table, a power of two (bucket only).
@@ -238,22 +276,21 @@ def make_plan(senders: Any, receivers: Any, edge_mask: Any, n_nodes: int, backen
     """
     senders = np.asarray(senders)
     receivers = np.asarray(receivers)
-    mask = None if edge_mask is None else np.asarray(edge_mask, dtype=bool)
     n_edges = int(senders.shape[0])
     with_buckets = backend == "bucket"
-    forward = _plan_side(receivers, senders, mask, n_nodes, n_edges, with_buckets, max_width, chunk_edges)
-    reverse = _plan_side(senders, receivers, mask, n_nodes, n_edges, with_buckets, max_width, chunk_edges)
+    forward = _plan_side(receivers, senders, n_nodes, n_edges, with_buckets, max_width, chunk_edges)
+    reverse = _plan_side(senders, receivers, n_nodes, n_edges, with_buckets, max_width, chunk_edges)
     return Plan(forward=forward, reverse=reverse, backend=backend, n_nodes=n_nodes, n_edges=n_edges)
 
 
-def _csr_order(rows: np.ndarray, mask: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Edge ids grouped by row (stable), padding edges last, and the live in-degree of every row."""
-    key = rows.astype(np.int64) if mask is None else np.where(mask, rows, n).astype(np.int64)
+def _csr_order(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Edge ids grouped by row (stable) and the in-degree of every row."""
+    key = rows.astype(np.int64)
     if key.size and np.all(key[1:] >= key[:-1]):
         order = np.arange(key.size)  # already grouped (from_dense, coalesce, sorted loaders)
     else:
         order = _stable_argsort(key, n)
-    degree = np.bincount(key, minlength=n + 1)[:n]
+    degree = np.bincount(key, minlength=n)
     return order, degree
 
 
@@ -269,16 +306,16 @@ def _stable_argsort(key: np.ndarray, largest: int) -> np.ndarray:
     return order
 
 
-def _plan_side(rows, cols, mask, n, n_edges, with_buckets, max_width, chunk_edges) -> Side:
+def _plan_side(rows, cols, n, n_edges, with_buckets, max_width, chunk_edges) -> Side:
     """The plan that gathers ``cols`` (the senders of this direction) for every node of ``rows``."""
-    order, degree = _csr_order(rows, mask, n)
+    order, degree = _csr_order(rows, n)
     row_ptr = np.zeros(n + 1, np.int64)
     np.cumsum(degree, out=row_ptr[1:])
     csr = Csr(row_ptr=_device(row_ptr), cols=_device(cols[order]), edge_ids=_device(order))
     side = Side(csr=csr, in_degree=_device(degree))
     if not with_buckets:
         return side
-    return _add_buckets(side, order, degree, row_ptr, cols, mask, n, n_edges, max_width, chunk_edges)
+    return _add_buckets(side, order, degree, row_ptr, cols, n, n_edges, max_width, chunk_edges)
 
 
 def _device(values: np.ndarray) -> jax.Array:
@@ -286,7 +323,7 @@ def _device(values: np.ndarray) -> jax.Array:
     return jnp.asarray(np.asarray(values).astype(np.int32, copy=False))
 
 
-def _add_buckets(side, order, degree, row_ptr, cols, mask, n, n_edges, max_width, chunk_edges) -> Side:
+def _add_buckets(side, order, degree, row_ptr, cols, n, n_edges, max_width, chunk_edges) -> Side:
     """Degree-bucketed, padded-neighbour (ELL-like) tables of one side.
 
     Receivers are grouped by in-degree rounded up to a power of two ``k``; a bucket is a table of
@@ -330,8 +367,6 @@ def _add_buckets(side, order, degree, row_ptr, cols, mask, n, n_edges, max_width
             split=split,
         ))
         placed.append(nodes)
-    if mask is not None:
-        slot_of_edge[~mask] = offset
     placed = np.concatenate(placed) if placed else np.zeros(0, np.int64)
     output_position = np.full(n, placed.size, np.int64)
     output_position[placed] = np.arange(placed.size)

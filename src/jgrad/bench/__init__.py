@@ -93,12 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for spec in specs:
         problem = load_problem(spec)
+        engine = _peers.engine_times(problem)
+        print(f"{problem.name}: {engine}")
         rows = []
         for workload in workloads:
             rows += _run_workload(problem, workload, impls, repeats, stream)
         failed |= any(row.get("check") == "MISMATCH" for row in rows)
         results["problems"].append({"name": problem.name, "n_nodes": problem.n_nodes,
-                                    "n_edges": problem.n_edges, "spec": spec, "rows": rows})
+                                    "n_edges": problem.n_edges, "spec": spec, "engine": engine, "rows": rows})
     if not (args.quick or args.no_memory):
         spec = specs[-1]
         for workload in [w for w in MEMORY_WORKLOADS if w in workloads]:

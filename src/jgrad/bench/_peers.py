@@ -51,6 +51,24 @@ def _graph_arrays(impl: str, problem: Problem) -> dict:
     return arrays
 
 
+def engine_times(problem: Problem) -> dict:
+    """What jgrad's engine costs before the first step: loading (or building) the native kernels and
+    planning the problem's graph (``Graph.from_edges`` plans lazily; this forces it), in seconds."""
+    import time
+
+    import jgrad
+    from jgrad._src import _plan
+
+    start = time.perf_counter()
+    native = jgrad.ops.native_available()
+    load_s = time.perf_counter() - start
+    graph = jgrad.Graph.from_edges(problem.senders, problem.receivers, problem.n_nodes)
+    start = time.perf_counter()
+    _plan.resolve(graph)
+    return {"backend": jgrad.ops.backend_of(graph), "plan_s": round(time.perf_counter() - start, 4),
+            "native_available": native, "native_load_or_build_s": round(load_s, 4)}
+
+
 def _jax_primitives(impl: str, n: int, arrays: dict) -> Primitives:
     import jax
     import jax.numpy as jnp

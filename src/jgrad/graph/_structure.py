@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._src import _plan
 from . import _checks, _limits
 from ._graph import Graph, default_float_dtype
 
@@ -47,7 +48,7 @@ def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:
     if n_edge_per_graph is not None:
         # Loops go after all edges; `unbatch` assigns edges to graphs by receiver, so counts suffice.
         n_edge_per_graph = n_edge_per_graph + graph.n_node_per_graph
-    return dataclasses.replace(
+    looped = dataclasses.replace(
         graph,
         senders=jnp.concatenate([graph.senders, loops]),
         receivers=jnp.concatenate([graph.receivers, loops]),
@@ -55,6 +56,7 @@ def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:
         edge_mask=edge_mask,
         n_edge_per_graph=n_edge_per_graph,
     )
+    return _plan.attach(looped, _plan.with_self_loops(graph.plan))  # the plan extended, also under jit
 
 
 def _is_one(fill: float) -> bool:

@@ -12,7 +12,7 @@ Backends:
                 same CSR order runs with segment sums.
 
 Adding a backend: its kernels in one module (a sum over a plan side, an edge dot, and optionally a
-fused sum + dot; see `jgrad.ops._kernels`), its name in ``BACKENDS`` and the tables it needs in
+fused sum + dot; see `jgrad.ops._kernels`), its name in `jgrad._src._plan.BACKENDS` and the tables it needs in
 `jgrad._src._plan.make_plan`, and one branch in `jgrad.ops._kernels._side_sum` / ``_side_edge_dot``.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 
 from .._src import _plan
-from .._src._plan import BACKENDS as BACKENDS
 from .._src._plan import use_backend as _use_backend
 from ..graph import Graph
 
@@ -72,14 +71,13 @@ def with_backend(graph: Graph, name: str) -> Graph:
     where = "with_backend"
     name = _plan.check_backend(where, name)
     if name != "xla":
-        if not _plan._is_concrete(graph.senders, graph.receivers, graph.edge_mask):
+        if not _plan._is_concrete(graph.senders, graph.receivers):
             raise TypeError(f"{where}: the graph's indices are traced; got a graph built inside a "
                             "transformation, expected concrete indices (plan it outside jax.jit).")
         name = _plan.choose_backend(graph.n_edges, name)
     plan = None
     if name != "xla":
-        plan = _plan.bind(_plan.make_plan(graph.senders, graph.receivers, graph.edge_mask, graph.n_nodes, name),
-                          graph)
+        plan = _plan.bind(_plan.make_plan(graph.senders, graph.receivers, graph.n_nodes, name), graph)
     return dataclasses.replace(graph, plan=plan)
 
 

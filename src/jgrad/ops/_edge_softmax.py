@@ -17,9 +17,9 @@ import jax.numpy as jnp
 
 from ..graph import Graph
 from ..graph._checks import check_graph_indices
-from . import _gsddmm
 from ._dispatch import in_forward_mode
 from ._messages import align_edge
+from ._primitives import raw_gsddmm, raw_gspmm
 from ._segment import segment_softmax
 
 ArrayLike = jax.typing.ArrayLike
@@ -80,12 +80,10 @@ def _edge_softmax_fwd(n, senders, receivers, mask, logits):
 
 
 def _edge_softmax_bwd(n, residuals, cotangent):
-    from ._gspmm import _gspmm
-
     senders, receivers, mask, out = residuals
     weighted = out * cotangent
-    per_node = _gspmm("copy_e", "sum", "split", n, senders, receivers, mask, None, weighted)
-    per_edge = _gsddmm._gsddmm("copy_rhs", n, senders, receivers, mask, None, per_node, "u", "v")
+    per_node = raw_gspmm("copy_e", "sum", "split", n, senders, receivers, mask, None, weighted)
+    per_edge = raw_gsddmm("copy_rhs", n, senders, receivers, mask, None, per_node, "u", "v")
     d_logits = out * (cotangent - per_edge)
     if mask is not None:
         d_logits = jnp.where(align_edge(mask, d_logits.ndim), d_logits, jnp.zeros((), d_logits.dtype))

@@ -14,29 +14,18 @@ For max/min the backward recomputes the messages and routes the cotangent to the
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
+from .._src._plan import resolve
 from .._types import REDUCERS, TIE_RULES, check_choice
 from ..graph import Graph
 from ..graph import _taps
 from ..graph._checks import check_graph_indices
-from . import _gsddmm, _kernels
+from . import _kernels
 from ._dispatch import in_forward_mode
-from .._src._plan import resolve
-from ._messages import (
-    MESSAGE_OPS,
-    check_operands,
-    align_edge,
-    check_broadcast,
-    message,
-    sum_to_shape,
-    uses_e,
-    uses_u,
-)
-from ._segment import segment_reduce, segment_sum
+from ._messages import MESSAGE_OPS, check_broadcast, check_operands
+from ._primitives import raw_gspmm
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -116,9 +105,9 @@ def gspmm(
     check_graph_indices(where, graph)
     plan = resolve(graph)
     if plan is not None and _kernels.covers_gspmm(op, reduce, u, e) and not in_forward_mode(u, e):
-        out = _kernels.plan_gspmm(plan, op, reduce, u, e)
+        out = _kernels.plan_gspmm(plan, op, reduce, u, e, graph.edge_mask, graph.receivers)
     else:
-        out = _gspmm(op, reduce, tie, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, u, e)
+        out = raw_gspmm(op, reduce, tie, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, u, e)
     recorder = _taps.active_recorder()
     if recorder is not None:
         out = recorder.tap_gspmm(graph.senders, graph.receivers, op, reduce, u, tracked, out)
@@ -194,129 +183,3 @@ def _common_dtype(where: str, u, e, accumulate_dtype):
                              f"expected at least as wide as {', '.join(narrower)}.")
     cast = lambda value: value if value is None or value.dtype == target else value.astype(target)
     return cast(u), cast(e)
-
-
-# --------------------------------------------------------------------------------------------------
-# Dispatch between the custom VJP and the forward-mode formulation.
-# --------------------------------------------------------------------------------------------------
-def _gspmm(op, reduce, tie, n, senders, receivers, mask, u, e):
-    """gspmm on raw arrays, no validation; ``mask`` may be None."""
-    if in_forward_mode(u, e):
-        return _forward(op, reduce, tie, n, senders, receivers, mask, u, e)
-    return _gspmm_vjp(op, reduce, tie, n, senders, receivers, mask, u, e)
-
-
-def _safe_edge_data(e, mask):
-    """Edge data with padding entries set to 1, so that u / e stays finite there (double where)."""
-    if e is None or mask is None:
-        return e
-    return jnp.where(align_edge(mask, e.ndim), e, jnp.ones((), e.dtype))
-
-
-def _forward(op, reduce, tie, n, senders, receivers, mask, u, e):
-    """The plain formulation: gather, message, segment reduction. Differentiable in every mode."""
-    e = _safe_edge_data(e, mask)
-    u_edge = u[senders] if uses_u(op) else None
-    return segment_reduce(message(op, u_edge, e), receivers, n, reduce, mask=mask, tie=tie)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _gspmm_vjp(op, reduce, tie, n, senders, receivers, mask, u, e):
-    return _forward(op, reduce, tie, n, senders, receivers, mask, u, e)
-
-
-def _gspmm_fwd(op, reduce, tie, n, senders, receivers, mask, u, e):
-    out = _forward(op, reduce, tie, n, senders, receivers, mask, u, e)
-    return out, (senders, receivers, mask, u, e)
-
-
-def _gspmm_bwd(op, reduce, tie, n, residuals, cotangent):
-    senders, receivers, mask, u, e = residuals
-    if reduce in ("sum", "mean"):
-        du, de = _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent)
-    else:
-        du, de = _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotangent)
-    return None, None, None, du, de
-
-
-_gspmm_vjp.defvjp(_gspmm_fwd, _gspmm_bwd)
-
-
-def _in_degree_count(n, receivers, mask, dtype):
-    ones = jnp.ones(receivers.shape, dtype) if mask is None else mask.astype(dtype)
-    return segment_sum(ones, receivers, n)
-
-
-def _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent):
-    """Cotangents of u and e for the sum/mean reducers, with jgrad's own kernels.
-
-    du = A^T dout is a gspmm on the reversed graph; de is a gsddmm between u (at the sender) and
-    dout (at the receiver).
-    """
-    if reduce == "mean":
-        count = _in_degree_count(n, receivers, mask, cotangent.dtype)
-        cotangent = cotangent / align_edge(jnp.maximum(count, 1.0), cotangent.ndim)
-    e_safe = _safe_edge_data(e, mask)
-    du = de = None
-    if uses_u(op):  # reverse graph: receivers send the cotangent back to senders
-        if op == "u_mul_e" or op == "u_div_e":
-            du = _gspmm(op, "sum", "split", n, receivers, senders, mask, cotangent, e_safe)
-        else:
-            du = _gspmm("copy_u", "sum", "split", n, receivers, senders, mask, cotangent, None)
-    if uses_e(op):
-        if op in ("u_mul_e", "u_div_e"):
-            per_edge = _gsddmm._gsddmm("mul", n, senders, receivers, mask, u, cotangent, "u", "v")
-        else:
-            per_edge = _gsddmm._gsddmm("copy_rhs", n, senders, receivers, mask, None, cotangent, "u", "v")
-        de = sum_to_shape(per_edge, e.shape)
-        if op == "u_sub_e":
-            de = -de
-        elif op == "u_div_e":
-            de = -de / jnp.square(e_safe)
-        if mask is not None:
-            de = jnp.where(align_edge(mask, de.ndim), de, jnp.zeros((), de.dtype))
-    return du, de
-
-
-def _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotangent):
-    """Routes the cotangent of max/min to the message(s) that attained the extremum.
-
-    The extremum is recomputed exactly from the messages: the forward value is a weighted sum of the
-    tied messages, which can differ from them in the last bit (three ties share 1/3 each), so comparing
-    against it could miss every tied message and drop the gradient.
-    """
-    e_safe = _safe_edge_data(e, mask)
-    u_edge = u[senders] if uses_u(op) else None
-    msg = jax.lax.stop_gradient(message(op, u_edge, e_safe))
-    live = jnp.ones((msg.shape[0],), bool) if mask is None else mask
-    live = align_edge(live, msg.ndim)
-    if reduce == "max":
-        top = jax.ops.segment_max(jnp.where(live, msg, -jnp.inf), receivers, num_segments=n)
-    else:
-        top = jax.ops.segment_min(jnp.where(live, msg, jnp.inf), receivers, num_segments=n)
-    hit = (msg == top[receivers]) & live
-    if tie == "split":
-        count = segment_sum(hit.astype(cotangent.dtype), receivers, n)
-        share = hit / jnp.maximum(count, 1.0)[receivers]
-    else:
-        position = jnp.broadcast_to(align_edge(jnp.arange(msg.shape[0]), msg.ndim), msg.shape)
-        position = jnp.where(hit, position, msg.shape[0])
-        first = jax.ops.segment_min(position, receivers, num_segments=n)
-        share = (hit & (position == first[receivers])).astype(cotangent.dtype)
-    d_msg = cotangent[receivers] * share  # (E, ...) cotangent of each message
-    du = de = None
-    if uses_u(op):
-        d_u_edge = d_msg / align_edge(e_safe, d_msg.ndim) if op == "u_div_e" else (
-            d_msg * align_edge(e_safe, d_msg.ndim) if op == "u_mul_e" else d_msg)
-        du = _gspmm("copy_e", "sum", "split", n, receivers, senders, None, None, d_u_edge)
-    if uses_e(op):
-        if op == "u_mul_e":
-            d_e_edge = d_msg * u_edge
-        elif op == "u_div_e":
-            d_e_edge = -d_msg * u_edge / jnp.square(align_edge(e_safe, d_msg.ndim))
-        elif op == "u_sub_e":
-            d_e_edge = -d_msg
-        else:
-            d_e_edge = d_msg
-        de = sum_to_shape(d_e_edge, e.shape)
-    return du, de

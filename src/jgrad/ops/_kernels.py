@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._src._plan import Plan, Side
 from . import _native
@@ -229,28 +228,43 @@ def _head_count(u, e) -> int | None:
     return None
 
 
-def plan_gspmm(plan: Plan, op: str, reduce: str, u: jax.Array, e: jax.Array | None) -> jax.Array:
-    """gspmm on the plan for the cases of `covers_gspmm`; a per-head weight runs one pass per head."""
-    w = None
+def plan_gspmm(plan: Plan, op: str, reduce: str, u: jax.Array, e: jax.Array | None, mask: jax.Array | None,
+               receivers: jax.Array) -> jax.Array:
+    """gspmm on the plan for the cases of `covers_gspmm`; a per-head weight runs one pass per head.
+
+    The plan covers every edge: padding edges (``mask`` False) get weight 0 here.
+    """
     shape = u.shape
-    if op == "u_mul_e":
-        dtype = jnp.result_type(u, e)
-        heads = _head_count(u, e)
-        u = u.astype(dtype)
-        if heads > 1:
-            w_heads = e.reshape(e.shape[0], heads).astype(dtype)
-            out = jnp.stack([layout_sum(plan, u[:, h, :], w_heads[:, h]) for h in range(heads)], axis=1)
-            return _mean(plan, out, reduce)
-        w = e.reshape(e.shape[0]).astype(dtype)
-        shape = shape + (1,) * max(e.ndim - u.ndim, 0)
-    out = layout_sum(plan, u.reshape(u.shape[0], -1), w).reshape(shape)
-    return _mean(plan, out, reduce)
+    if op == "copy_u":
+        w = None if mask is None else mask.astype(u.dtype)
+        out = layout_sum(plan, u.reshape(u.shape[0], -1), w).reshape(shape)
+        return _mean(plan, out, reduce, mask, receivers)
+    dtype = jnp.result_type(u, e)
+    heads = _head_count(u, e)
+    u = u.astype(dtype)
+    w = _masked(e.reshape(e.shape[0], heads).astype(dtype), mask)
+    if heads > 1:
+        out = jnp.stack([layout_sum(plan, u[:, h, :], w[:, h]) for h in range(heads)], axis=1)
+    else:
+        out = layout_sum(plan, u.reshape(u.shape[0], -1), w[:, 0]).reshape(shape)
+    return _mean(plan, out, reduce, mask, receivers)
 
 
-def _mean(plan: Plan, out: jax.Array, reduce: str) -> jax.Array:
+def _masked(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """``values`` (E, ...) with padding edges set to 0 (a where, so their gradient is 0 as well)."""
+    if mask is None:
+        return values
+    return jnp.where(mask.reshape(mask.shape + (1,) * (values.ndim - 1)), values, jnp.zeros((), values.dtype))
+
+
+def _mean(plan: Plan, out: jax.Array, reduce: str, mask: jax.Array | None, receivers: jax.Array) -> jax.Array:
     if reduce != "mean":
         return out
-    count = jnp.maximum(plan.forward.in_degree, 1).astype(out.dtype)
+    if mask is None:
+        count = plan.forward.in_degree.astype(out.dtype)
+    else:
+        count = jax.ops.segment_sum(mask.astype(out.dtype), receivers, num_segments=plan.n_nodes)
+    count = jnp.maximum(count, 1)
     return out / count.reshape((-1,) + (1,) * (out.ndim - 1))
 
 
@@ -261,11 +275,13 @@ def covers_gsddmm(op: str, lhs, rhs, lhs_target: str, rhs_target: str) -> bool:
             and lhs.shape == rhs.shape and lhs.ndim in (2, 3))
 
 
-def plan_gsddmm(plan: Plan, lhs: jax.Array, rhs: jax.Array, lhs_target: str) -> jax.Array:
-    """gsddmm ``"dot"`` on the plan; returns (E, 1) or (E, H, 1)."""
+def plan_gsddmm(plan: Plan, lhs: jax.Array, rhs: jax.Array, lhs_target: str, mask: jax.Array | None) -> jax.Array:
+    """gsddmm ``"dot"`` on the plan; returns (E, 1) or (E, H, 1), 0 at padding edges."""
     u, v = (lhs, rhs) if lhs_target == "u" else (rhs, lhs)
     dtype = jnp.result_type(u, v)
     u, v = u.astype(dtype), v.astype(dtype)
     if u.ndim == 3:
-        return jnp.stack([layout_edge_dot(plan, u[:, h], v[:, h]) for h in range(u.shape[1])], axis=1)[..., None]
-    return layout_edge_dot(plan, u, v)[:, None]
+        out = jnp.stack([layout_edge_dot(plan, u[:, h], v[:, h]) for h in range(u.shape[1])], axis=1)
+    else:
+        out = layout_edge_dot(plan, u, v)[:, None]
+    return _masked(out, mask)[..., None] if u.ndim == 3 else _masked(out, mask)
