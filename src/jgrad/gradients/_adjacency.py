@@ -168,7 +168,8 @@ class AdjacencyGrad:
           among: the candidate set (keyword-only).
           sign: ``+1`` for the largest gradients (adding weight raises the loss most), ``-1`` for the
             most negative (adding weight lowers the loss most).
-          block_size: rows per block B; peak memory is O(B·N + E) (the (B, N) block of scores).
+          block_size: rows per block B; peak memory is O(B·N + E) (the (B, N) block of scores), and
+            O(B·N·H) with attention terms of H heads (lower it for very large graphs).
 
         Returns:
           `AdjacencyTopK` of shape (k,) each, ordered best first; where fewer than k candidates exist
@@ -176,7 +177,8 @@ class AdjacencyGrad:
 
         Notes:
           Time O(N^2·R) for ``"non_edges"``/``"all"`` (one (B, R) x (R, N) product per block, a running
-          top-k kept across blocks), O(E·R) for ``"edges"``. Works under ``jit``; with concrete edge
+          top-k kept across blocks), O(E·R) for ``"edges"``; attention terms add O(H·F) per entry.
+          Compiled once per gradient structure and (k, sign, among, block_size). Works under ``jit``; with concrete edge
           indices each block scans only its own edges, under ``jit`` every block scans all E edges.
         """
         where = "AdjacencyGrad.topk"
