@@ -271,3 +271,14 @@ def test_masking_edges_keeps_the_plan_and_masked_edges_send_nothing(x64):
     for op, reduce in (("copy_u", "sum"), ("copy_u", "mean")):
         np.testing.assert_allclose(gspmm(masked, op, reduce, x), gspmm(plain, op, reduce, x), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gsddmm(masked, "dot", x, x), gsddmm(plain, "dot", x, x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("largest", [5, 70_000, 2**31 - 2])
+def test_the_radix_argsort_of_the_planner_is_a_stable_argsort(largest):
+    key = np.random.default_rng(0).integers(0, largest + 1, 5000).astype(np.int64)
+    key[:50] = key[50]  # ties keep their order
+    np.testing.assert_array_equal(_plan._stable_argsort(key, largest), np.argsort(key, kind="stable"))
+    rows = np.sort(key[:100] % 1000)
+    order, degree = _plan._csr_order(rows, 1000)  # already grouped: kept as is
+    np.testing.assert_array_equal(order, np.arange(100))
+    np.testing.assert_array_equal(degree, np.bincount(rows, minlength=1000))

@@ -24,6 +24,7 @@ Life cycle (see `resolve`):
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
@@ -278,14 +279,22 @@ def make_plan(senders: Any, receivers: Any, n_nodes: int, backend: str, *,
     receivers = np.asarray(receivers)
     n_edges = int(senders.shape[0])
     with_buckets = backend == "bucket"
-    forward = _plan_side(receivers, senders, n_nodes, n_edges, with_buckets, max_width, chunk_edges)
-    reverse = _plan_side(senders, receivers, n_nodes, n_edges, with_buckets, max_width, chunk_edges)
+    sides = ((receivers, senders), (senders, receivers))
+    plan_side = lambda rows_cols: _plan_side(*rows_cols, n_nodes, n_edges, with_buckets, max_width, chunk_edges)
+    if n_edges >= _PARALLEL_EDGES:  # numpy sorts and gathers without the GIL: plan both sides at once
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            forward, reverse = pool.map(plan_side, sides)
+    else:
+        forward, reverse = map(plan_side, sides)
     return Plan(forward=forward, reverse=reverse, backend=backend, n_nodes=n_nodes, n_edges=n_edges)
+
+
+_PARALLEL_EDGES = 1 << 17
 
 
 def _csr_order(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Edge ids grouped by row (stable) and the in-degree of every row."""
-    key = rows.astype(np.int64)
+    key = rows.astype(np.int32 if n < 2**31 - 1 else np.int64, copy=False)
     if key.size and np.all(key[1:] >= key[:-1]):
         order = np.arange(key.size)  # already grouped (from_dense, coalesce, sorted loaders)
     else:
