@@ -183,8 +183,8 @@ def markdown(payload: dict) -> str:
             ms, t = r["timing"]["ms"], r["timing"]
             lines.append(
                 f"| {r['model']} | {r['dataset']} | {ms['epoch']:.0f} | {ms['step']:.0f} | {ms['step_no_dropout']:.0f} "
-                f"| {t['epoch_over_step']:.2f} | {t['epoch_over_step_no_dropout']:.2f} | {ms['epoch_before']:.0f} | {ms['step_before']:.0f} "
-                f"| {t['epoch_speedup']:.1f}x |")
+                f"| {t['epoch_over_step']:.2f} | {t['epoch_over_step_no_dropout']:.2f} | {ms['epoch_before']:.0f} "
+                f"| {ms['step_before']:.0f} | {t['epoch_speedup']:.1f}x |")
     lines += [
         "",
         f"Conditions: {start['cpu_count']} CPU cores shared with other jobs; load average (1, 5, 15 min) "
