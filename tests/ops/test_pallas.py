@@ -118,6 +118,23 @@ def test_block_sizes_must_be_powers_of_two():
         _pallas.csr_sum(csr, u, w, interpret=True, block_features=6)
 
 
+def test_the_engine_interface_on_a_plan_casts_to_the_common_dtype():
+    senders, receivers, n = GRAPHS["mixed"]
+    plan = make_plan(senders, receivers, n, "native")
+    u, v, w = _data(n, len(senders), width=3, seed=6)
+    u32 = u.astype(jnp.float32)
+    np.testing.assert_allclose(_pallas.side_sum(plan.reverse, u, w), _segment_sum(senders, receivers, n, u, w), **TOL)
+    dots = _pallas.edge_dot(plan.forward, u32, v)  # float32 against float64: float64
+    assert dots.dtype == jnp.float64
+    np.testing.assert_allclose(dots, _edge_dots(receivers, senders, u32.astype(jnp.float64), v), **TOL)
+    g = v
+    du, dw = _pallas.sum_dot(plan, g, w.astype(jnp.float32), u)  # (A^T g, <g[receivers], u[senders]>)
+    assert du.dtype == dw.dtype == jnp.float64
+    w64 = w.astype(jnp.float32).astype(jnp.float64)
+    np.testing.assert_allclose(du, _segment_sum(senders, receivers, n, g, w64), **TOL)
+    np.testing.assert_allclose(dw, _edge_dots(receivers, senders, u, g), **TOL)
+
+
 def test_as_the_native_kernels_the_engine_gives_the_plain_gradients(monkeypatch):
     """Swapped in for the native kernels, the Pallas ones give `layout_sum`'s custom VJPs the plain
     path's values, gradients and second-order gradients (the engine's backward runs `csr_sum_dot` on the

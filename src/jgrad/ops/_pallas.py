@@ -17,10 +17,11 @@ get 0 as in the native kernels. Rows are padded to a multiple of ``block_rows`` 
 of two (Triton's block sizes must be powers of two); `csr_sum` also cuts features into blocks of at
 most ``block_features`` columns along a second grid axis. Accumulation is in float32 or wider.
 
-These are forward kernels with the signatures of the native ones, so a plan for a ``"pallas"`` backend
-needs only the CSR sides (no bucket tables) and the engine's custom VJPs (`jgrad.ops._kernels`:
-``layout_sum``, ``layout_edge_dot``, ``layout_sum_backward``) differentiate them as they do the native
-kernels, calling them on the reversed side.
+These are forward kernels with the signatures of the native ones. `side_sum`, `edge_dot` and `sum_dot`
+wrap them in the engine's kernel interface (on a plan side, and the fused backward on a plan), so a
+``"pallas"`` backend needs only CSR tables (no buckets), and the engine's custom VJPs
+(`jgrad.ops._kernels`: ``layout_sum``, ``layout_edge_dot``, ``layout_sum_backward``) differentiate them
+as they do the native kernels, calling them on the reversed side.
 
 Interpret mode: ``interpret=None`` (the default) picks per platform when the computation is lowered
 (`jax.lax.platform_dependent`): compiled Pallas (Triton) on CUDA and ROCm, Pallas's interpreter
@@ -43,7 +44,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from .._src._plan import Csr
+from .._src._plan import Csr, Plan, Side
 
 try:  # the Triton lowering; JAX's default lowering of pallas_call on GPUs may be Mosaic GPU instead
     from jax.experimental.pallas import triton as _triton
@@ -122,6 +123,28 @@ def csr_sum_dot(csr: Csr, g: jax.Array, u: jax.Array, w: jax.Array, *, interpret
         return jnp.zeros((n_rows, width), g.dtype), jnp.zeros((n_edges,), g.dtype)
     run = functools.partial(_csr_sum_dot_call, block_rows=block_rows)
     return _per_platform(run, interpret, csr, g, u.astype(g.dtype), w.astype(g.dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine's kernel interface: the same kernels on a plan side (`jgrad.ops._kernels`).
+# --------------------------------------------------------------------------------------------------
+def side_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
+    """`csr_sum` on a plan side: ``(side, u (N, M), w (E,) or None) -> (N, M)`` in u's dtype."""
+    return csr_sum(side.csr, u, w)
+
+
+def edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
+    """`csr_edge_dot` on a plan side: ``(side, u (N, M), v (N, M)) -> (E,)`` in their common dtype."""
+    dtype = jnp.result_type(u, v)
+    return csr_edge_dot(side.csr, u.astype(dtype), v.astype(dtype), side.csr.edge_ids.shape[0])
+
+
+def sum_dot(plan: Plan, g: jax.Array, w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The cotangents of a weighted sum on ``plan``, ``(A^T g, dw)`` with ``dw[e] = <g[receivers[e]],
+    u[senders[e]]>``, as one `csr_sum_dot` pass over ``plan.reverse``; g, u (N, M), w (E,). Both results
+    in the common dtype of g, w and u."""
+    dtype = jnp.result_type(g, w, u)
+    return csr_sum_dot(plan.reverse.csr, g.astype(dtype), u.astype(dtype), w.astype(dtype))
 
 
 # --------------------------------------------------------------------------------------------------
