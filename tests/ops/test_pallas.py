@@ -169,7 +169,7 @@ def test_as_the_native_kernels_the_engine_gives_the_plain_gradients(monkeypatch)
     assert set(calls) == {"csr_sum", "csr_edge_dot", "csr_sum_dot"}, "the engine did not call every kernel"
 
 
-@pytest.mark.skipif(_pallas._triton is None, reason="this jaxlib has no Triton lowering")
+@pytest.mark.skipif(_pallas.triton_module() is None, reason="this jaxlib has no Triton lowering")
 def test_the_kernels_lower_to_triton_for_cuda_without_a_gpu():
     """Lowering only (Triton IR made on the host); compiling and running need a GPU."""
     senders, receivers, n = GRAPHS["mixed"]

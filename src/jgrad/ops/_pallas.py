@@ -46,10 +46,6 @@ from jax.experimental import pallas as pl
 
 from .._src._plan import Csr, Plan, Side
 
-try:  # the Triton lowering; JAX's default lowering of pallas_call on GPUs may be Mosaic GPU instead
-    from jax.experimental.pallas import triton as _triton
-except ImportError:  # pragma: no cover - a jaxlib without Triton: only interpret mode works
-    _triton = None
 
 GPU_PLATFORMS = ("cuda", "rocm")
 """Platforms where the kernels are compiled; elsewhere `interpret=None` runs Pallas's interpreter."""
@@ -183,11 +179,20 @@ def _padded_row_ptr(row_ptr: jax.Array, rows: int) -> jax.Array:
     return jnp.concatenate([row_ptr, jnp.broadcast_to(row_ptr[-1:], (extra,))])
 
 
+@functools.cache
+def triton_module():
+    """``jax.experimental.pallas.triton``, imported on first compiled use (0.15 s); None without Triton."""
+    try:
+        from jax.experimental.pallas import triton
+    except ImportError:  # pragma: no cover - a jaxlib without Triton: only interpret mode works
+        return None
+    return triton
+
+
 def _compiler_params(interpret: bool):
     """Triton, named explicitly (JAX 0.10 lowers ``pallas_call`` to Mosaic GPU by default)."""
-    if interpret or _triton is None:
-        return None
-    return _triton.CompilerParams(num_warps=NUM_WARPS)
+    triton = None if interpret else triton_module()
+    return None if triton is None else triton.CompilerParams(num_warps=NUM_WARPS)
 
 
 def _accumulator_dtype(dtype) -> jnp.dtype:
