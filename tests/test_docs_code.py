@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(?P<lang>[^\n`]*)\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
 LANGUAGES = {"python", "bash", "yaml", "text", "json", "toml"}
+# Pages whose blocks train attack surrogates or run large gradient studies (over 10 s of CPU each);
+# marked slow so that a quick subset (-m "not slow") can leave them out. They still run in `make test`.
+SLOW_PAGES = {"attacks.md", "structure_gradients.md"}
 
 
 def _blocks(page: Path) -> list[tuple[str, int, str]]:
@@ -31,7 +34,8 @@ def _cases() -> list:
     for page in PAGES:
         python = [(line, body) for lang, line, body in _blocks(page) if lang == "python"]
         for number, (line, body) in enumerate(python, start=1):
-            cases.append(pytest.param(page, line, body, id=f"{page.name}:{number}"))
+            marks = [pytest.mark.slow] if page.name in SLOW_PAGES else []
+            cases.append(pytest.param(page, line, body, id=f"{page.name}:{number}", marks=marks))
     return cases
 
 
@@ -47,7 +51,9 @@ def test_docs_python_block_runs_on_its_own(page, line, code):
 
 def test_docs_have_python_blocks_and_every_fence_names_its_language():
     pages_with_code = [page.name for page in PAGES if any(lang == "python" for lang, _, _ in _blocks(page))]
-    assert {"README.md", "faq.md", "attacks.md", "own_model.md", "training.md"} <= set(pages_with_code)
+    expected = {"README.md", "faq.md", "attacks.md", "own_model.md", "training.md", "saliency.md",
+                "distributed.md", "performance.md"}
+    assert expected <= set(pages_with_code)
     unlabelled = [f"{page.name}:{line}" for page in PAGES for lang, line, _ in _blocks(page)
                   if lang not in LANGUAGES]
     assert not unlabelled, f"fenced blocks without a known language (python, bash, yaml, text, ...): {unlabelled}"
