@@ -282,3 +282,23 @@ def test_the_radix_argsort_of_the_planner_is_a_stable_argsort(largest):
     order, degree = _plan._csr_order(rows, 1000)  # already grouped: kept as is
     np.testing.assert_array_equal(order, np.arange(100))
     np.testing.assert_array_equal(degree, np.bincount(rows, minlength=1000))
+
+
+def test_a_backend_is_one_kernel_set_and_one_registry_line(x64):
+    kernels = jgrad.ops._kernels
+    try:  # a toy backend: the CSR order with XLA segment sums, no fused backward
+        kernels.register("segments", kernels.Kernels(kernels._csr_segment_sum, kernels._csr_segment_edge_dot),
+                         tables="csr")
+        graph = with_backend(TINY, "segments")
+        assert backend_of(graph) == "segments"
+        u, v, e, _ = _operands(TINY, seed=3)
+
+        def loss(g, x, w):
+            return jnp.sum(jnp.sin(spmm(g, x, w))) + jnp.sum(gsddmm(g, "dot", x, spmm(g, x, w)) ** 2)
+
+        grad = jax.grad(loss, argnums=(1, 2))
+        for a, b in zip(grad(graph, u[:, 0], e), grad(with_backend(TINY, "xla"), u[:, 0], e)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    finally:
+        kernels.KERNELS.pop("segments", None)
+        _plan._TABLES.pop("segments", None)

@@ -35,9 +35,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-BACKENDS = ("xla", "bucket", "native")
-"""``"xla"``: gather + segment ops, no plan. ``"bucket"``: degree-bucketed gather tables (any platform).
-``"native"``: CSR kernels through the XLA FFI on CPU (other platforms run the CSR with segment ops)."""
+_TABLES: dict[str, str | None] = {"xla": None, "bucket": "buckets", "native": "csr"}
+"""Backend name -> the tables its plan holds. ``"xla"``: gather + segment ops, no plan. ``"bucket"``:
+degree-bucketed gather tables (any platform). ``"native"``: CSR kernels through the XLA FFI on CPU
+(other platforms run the CSR with segment ops). Kernels register more with `register_backend`."""
+
+BACKENDS = tuple(_TABLES)
+"""The built-in backends (`backends` lists the registered ones)."""
+
+
+def register_backend(name: str, tables: str) -> None:
+    """Makes ``name`` a backend whose plans hold ``tables`` (``"csr"`` or ``"buckets"``)."""
+    if tables not in ("csr", "buckets"):
+        raise ValueError(f"register_backend: unknown tables; got {tables!r}, expected 'csr' or 'buckets'.")
+    _TABLES[name] = tables
+
+
+def backends() -> tuple[str, ...]:
+    """Every registered backend name."""
+    return tuple(_TABLES)
 
 SMALL_GRAPH_EDGES = 32_768
 """Below this many edges the plain XLA path is at least as fast (Cora's GCN step: 2.3e4 edges with
@@ -123,7 +139,7 @@ class Plan:
     Attributes:
       forward: `Side` aggregating at the receivers (``A @ x``).
       reverse: `Side` aggregating at the senders (``A^T @ x``, the backward).
-      backend: static name of the backend it was planned for (one of `BACKENDS` but ``"xla"``).
+      backend: static name of the backend it was planned for (a registered backend but ``"xla"``).
       n_nodes, n_edges: static sizes of the graph.
     """
 
@@ -167,9 +183,10 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 def check_backend(where: str, name: Any) -> str:
-    if name not in BACKENDS + ("auto",):
+    valid = backends() + ("auto",)
+    if name not in valid:
         raise ValueError(f"{where}: unknown backend; got {name!r}, expected one of "
-                         f"{', '.join(map(repr, BACKENDS + ('auto',)))}.")
+                         f"{', '.join(map(repr, valid))}.")
     return name
 
 
@@ -233,14 +250,14 @@ def is_bound(plan: Any, graph: Any) -> bool:
 def with_self_loops(plan: Any) -> Any:
     """The plan of the graph with the loops ``v -> v`` appended as edges E..E+N-1 (`add_self_loops`).
 
-    A ``"native"`` plan is extended in closed form with gathers (jit-safe: it works on traced plans,
+    A CSR plan (``"native"``) is extended in closed form with gathers (jit-safe: it works on traced plans,
     so a graph that gets its loops inside ``jit`` keeps running on the engine); each loop becomes
     the last slot of its row in both directions. A ``"bucket"`` plan goes back to ``AUTO`` (its
     static table shapes change), ``None`` stays ``None``.
     """
     if not isinstance(plan, Plan):
         return plan
-    if plan.backend != "native":
+    if _TABLES.get(plan.backend) != "csr":
         return AUTO
     n, e = plan.n_nodes, plan.n_edges
     return Plan(forward=_side_with_loops(plan.forward, n, e), reverse=_side_with_loops(plan.reverse, n, e),
@@ -271,14 +288,14 @@ def make_plan(senders: Any, receivers: Any, n_nodes: int, backend: str, *,
     Args:
       senders, receivers: (E,) concrete integer arrays; every edge is planned (masks apply at run time).
       n_nodes: N.
-      backend: ``"native"`` or ``"bucket"``.
+      backend: a registered backend other than ``"xla"``.
       max_width: widest bucket table, a power of two (bucket only).
       chunk_edges: about how many slots one step of a bucket reduction gathers (bucket only).
     """
     senders = np.asarray(senders)
     receivers = np.asarray(receivers)
     n_edges = int(senders.shape[0])
-    with_buckets = backend == "bucket"
+    with_buckets = _TABLES[backend] == "buckets"
     sides = ((receivers, senders), (senders, receivers))
     plan_side = lambda rows_cols: _plan_side(*rows_cols, n_nodes, n_edges, with_buckets, max_width, chunk_edges)
     if n_edges >= _PARALLEL_EDGES:  # numpy sorts and gathers without the GIL: plan both sides at once

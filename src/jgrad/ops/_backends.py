@@ -11,9 +11,12 @@ Backends:
   ``"native"``  CSR kernels through the XLA FFI on CPU (`jgrad.ops._native`); on other platforms the
                 same CSR order runs with segment sums.
 
-Adding a backend: its kernels in one module (a sum over a plan side, an edge dot, and optionally a
-fused sum + dot; see `jgrad.ops._kernels`), its name in `jgrad._src._plan.BACKENDS` and the tables it needs in
-`jgrad._src._plan.make_plan`, and one branch in `jgrad.ops._kernels._side_sum` / ``_side_edge_dot``.
+Adding a backend is one module plus one registry line: the module writes the raw, forward-only
+kernels on one side of a plan (a sum over each row's slots, one dot per edge, optionally the fused
+backward; see `jgrad.ops._kernels.Kernels`), and ``register(name, Kernels(...), tables="csr")`` in
+`jgrad.ops._kernels` makes ``name`` a backend whose plans hold CSR tables (or ``"buckets"``). The
+custom VJPs, the ops, the plan's life cycle and `use_backend` / `with_backend` then serve it; to make
+it the default somewhere, change the rule in `jgrad._src._plan.choose_backend`.
 """
 
 from __future__ import annotations

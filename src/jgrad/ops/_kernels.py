@@ -10,7 +10,8 @@ With weights both come from `layout_sum_backward`, which on CPU walks the revers
 each gathered row of ``dout`` for both. `layout_edge_dot` and `layout_sum_backward` have their own
 VJPs built from `layout_sum` and `layout_edge_dot`, so every order of reverse mode works.
 
-Backends: a ``"bucket"`` plan runs gathers and dense reductions over its degree-bucketed neighbour
+Backends (the `KERNELS` registry at the end of the differentiable part; one `register` line each):
+a ``"bucket"`` plan runs gathers and dense reductions over its degree-bucketed neighbour
 tables (XLA, any platform). A ``"native"`` plan runs the CSR kernels of `jgrad.ops._native` on CPU
 for float32/float64 (chosen per platform when the computation is lowered, `jax.lax.platform_dependent`)
 and, on other platforms, other dtypes or without a C++ compiler, the same CSR order with segment sums.
@@ -21,6 +22,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .._src import _plan
 from .._src._plan import Plan, Side
 from . import _native
 
@@ -66,8 +71,16 @@ def _csr_segment_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
 
 def _side_sum(backend: str, side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
     """``out[v] = sum over slots of v of w[slot] * u[neighbour]`` for (N, M) ``u`` and (E,) ``w``."""
-    if backend == "bucket":
-        return _bucket_sum(side, u, w)
+    return KERNELS[backend].side_sum(side, u, w)
+
+
+def _side_edge_dot(backend: str, side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
+    """``out[edge_ids[k]] = <v[r], u[cols[k]]>`` for every slot k of row r; shape (E,)."""
+    return KERNELS[backend].edge_dot(side, u, v)
+
+
+def _native_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
+    """The native CSR kernel on CPU (float32/64, when built), else the CSR order with segment sums."""
     if _use_native(u, w):
         return jax.lax.platform_dependent(u, w, cpu=lambda u, w: _native.csr_sum(side.csr, u, w),
                                           default=lambda u, w: _csr_segment_sum(side, u, w))
@@ -122,14 +135,20 @@ def _layout_edge_dot_bwd(residuals, cotangent):
 layout_edge_dot.defvjp(_layout_edge_dot_fwd, _layout_edge_dot_bwd)
 
 
-def _side_edge_dot(backend: str, side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
-    if backend == "bucket":
-        return _bucket_edge_dot(side, u, v)
+def _native_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
     if _use_native(u, v) and u.dtype == v.dtype:
         n_edges = side.csr.edge_ids.shape[0]
         return jax.lax.platform_dependent(u, v, cpu=lambda u, v: _native.csr_edge_dot(side.csr, u, v, n_edges),
                                           default=lambda u, v: _csr_segment_edge_dot(side, u, v))
     return _csr_segment_edge_dot(side, u, v)
+
+
+def _native_sum_dot(plan: Plan, g: jax.Array, w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Both cotangents of a weighted sum in one native pass over the reversed graph (CPU)."""
+    if _use_native(g, w, u) and g.dtype == w.dtype == u.dtype:
+        return jax.lax.platform_dependent(g, w, u, cpu=lambda g, w, u: _native.csr_sum_dot(plan.reverse.csr, g, u, w),
+                                          default=lambda g, w, u: _separate_backward(plan, g, w, u))
+    return _separate_backward(plan, g, w, u)
 
 
 def _bucket_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
@@ -181,10 +200,8 @@ def layout_sum_backward(layout: Plan, g: jax.Array, w: jax.Array, u: jax.Array) 
     g, u (N, M), w (E,). Equal to ``(layout_sum(layout.transpose(), g, w), layout_edge_dot(layout, u, g))``;
     on CPU one native pass over the reversed graph reads each gathered row of g once for both.
     """
-    if layout.backend == "native" and _use_native(g, w, u) and g.dtype == w.dtype == u.dtype:
-        return jax.lax.platform_dependent(g, w, u, cpu=lambda g, w, u: _native.csr_sum_dot(layout.reverse.csr, g, u, w),
-                                          default=lambda g, w, u: _separate_backward(layout, g, w, u))
-    return _separate_backward(layout, g, w, u)
+    fused = KERNELS[layout.backend].sum_dot
+    return _separate_backward(layout, g, w, u) if fused is None else fused(layout, g, w, u)
 
 
 def _separate_backward(layout, g, w, u):
@@ -206,6 +223,35 @@ def _layout_sum_backward_bwd(residuals, cotangents):
 
 
 layout_sum_backward.defvjp(_layout_sum_backward_fwd, _layout_sum_backward_bwd)
+
+
+class Kernels(NamedTuple):
+    """The raw, forward-only kernels of one backend (the custom VJPs above differentiate them).
+
+    Attributes:
+      side_sum: ``(side, u (N, M), w (E,) or None) -> (N, M)``, the sum over each row's slots.
+      edge_dot: ``(side, u (N, M), v (N, M)) -> (E,)``, one dot per edge (0 for edges in no slot).
+      sum_dot: optional ``(plan, g, w, u) -> (A^T g, dw)`` fused on ``plan.reverse``; None computes it
+        as ``side_sum`` on the reverse side plus ``edge_dot``.
+    """
+
+    side_sum: Callable
+    edge_dot: Callable
+    sum_dot: Callable | None = None
+
+
+KERNELS: dict[str, Kernels] = {}
+
+
+def register(name: str, kernels: Kernels, *, tables: str) -> None:
+    """Adds backend ``name``: its kernels, and the tables (``"csr"`` or ``"buckets"``) its plans hold."""
+    _plan.register_backend(name, tables)
+    KERNELS[name] = kernels
+
+
+# The registry: adding a backend is its kernel module plus one line here.
+register("native", Kernels(_native_sum, _native_edge_dot, _native_sum_dot), tables="csr")
+register("bucket", Kernels(_bucket_sum, _bucket_edge_dot), tables="buckets")
 
 
 def covers_gspmm(op: str, reduce: str, u, e) -> bool:
