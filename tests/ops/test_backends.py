@@ -302,3 +302,16 @@ def test_a_backend_is_one_kernel_set_and_one_registry_line(x64):
     finally:
         kernels.KERNELS.pop("segments", None)
         _plan._TABLES.pop("segments", None)
+
+
+def test_the_pallas_backend_matches_the_plain_path_in_interpret_mode(x64):
+    graph = with_backend(TINY, "pallas")  # explicit only: Pallas's interpreter on CPU
+    assert backend_of(graph) == "pallas"
+    u, v, e, _ = _operands(TINY, seed=4)
+
+    def loss(g, x, w):
+        return jnp.sum(jnp.sin(spmm(g, x, w))) + jnp.sum(gsddmm(g, "dot", x, spmm(g, x, w)) ** 2)
+
+    grad = jax.jit(jax.grad(loss, argnums=(1, 2)))
+    for a, b in zip(grad(graph, u[:, 0], e), grad(with_backend(TINY, "xla"), u[:, 0], e)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

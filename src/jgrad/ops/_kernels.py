@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from .._src import _plan
 from .._src._plan import Plan, Side
-from . import _native
+from . import _native, _pallas
 
 
 def _append_zero_row(x: jax.Array) -> jax.Array:
@@ -252,6 +252,7 @@ def register(name: str, kernels: Kernels, *, tables: str) -> None:
 # The registry: adding a backend is its kernel module plus one line here.
 register("native", Kernels(_native_sum, _native_edge_dot, _native_sum_dot), tables="csr")
 register("bucket", Kernels(_bucket_sum, _bucket_edge_dot), tables="buckets")
+register("pallas", Kernels(_pallas.side_sum, _pallas.edge_dot, _pallas.sum_dot), tables="csr")
 
 
 def covers_gspmm(op: str, reduce: str, u, e) -> bool:
