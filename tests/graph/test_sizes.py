@@ -80,3 +80,12 @@ def test_to_undirected_checks_indices_first():
     g = Graph(senders=jnp.array([0, 3]), receivers=jnp.array([1, 0]), n_nodes=2)
     with pytest.raises(ValueError, match=r"^to_undirected: the graph has indices out of range: 1 senders"):
         to_undirected(g)
+
+
+def test_segment_ops_refuse_a_segment_count_beyond_int32_before_allocating():
+    data, ids = jnp.ones(3), jnp.array([0, 1, 2])
+    with pytest.raises(ValueError, match=r"^segment_sum: num_segments is too large for int32 indexing; got "
+                                         r"3000000000, expected num_segments <= 2\*\*31 - 1 = 2147483647\.$"):
+        jgrad.ops.segment_sum(data, ids, num_segments=3_000_000_000)
+    with pytest.raises(ValueError, match=r"segment_softmax: num_segments is too large"):
+        jgrad.ops.segment_softmax(data, ids, num_segments=2**31)

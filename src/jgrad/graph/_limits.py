@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._src._limits import MAX_SIZE as MAX_SIZE
 from . import _checks
-
-MAX_SIZE = 2**31 - 1
-"""The largest node count, edge count or padded size jgrad accepts (int32 indexing)."""
 
 
 def check_size(where: str, value: Any, name: str = "n_nodes") -> int:

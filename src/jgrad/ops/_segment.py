@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jgrad._src._limits import MAX_SIZE
 from jgrad._types import REDUCERS, TIE_RULES, Array, ArrayLike, Reducer, TieRule, check_choice
 from jgrad.graph._checks import index_range_check, is_concrete
 
@@ -534,6 +535,9 @@ def _check_num_segments(where: str, num_segments: int) -> None:
         )
     if operator.index(num_segments) < 0:
         raise ValueError(f"{where}: num_segments is negative; got {num_segments}, expected num_segments >= 0.")
+    if operator.index(num_segments) > MAX_SIZE:
+        raise ValueError(f"{where}: num_segments is too large for int32 indexing; got {num_segments}, expected "
+                         f"num_segments <= 2**31 - 1 = {MAX_SIZE}.")
 
 
 def _join(where: str, problems: list[str]) -> str:
