@@ -27,7 +27,7 @@ test: $(STAMP)
 # end-to-end runs, subprocess kills or common-suite sweeps. `make test` stays the full suite CI runs.
 FAST_TESTS := tests/test_imports.py tests/graph/test_graph.py tests/graph/test_structure.py \
 	tests/graph/test_checks.py tests/graph/test_interop.py tests/graph/test_interop_jraph.py \
-	tests/graph/test_sizes.py tests/data tests/ops/test_gspmm.py tests/ops/test_gsddmm.py \
+	tests/reliability/test_sizes.py tests/data tests/ops/test_gspmm.py tests/ops/test_gsddmm.py \
 	tests/ops/test_native.py tests/gradients/test_edge_grad.py tests/gradients/test_propagation.py \
 	tests/nn/test_models.py tests/train/test_step.py tests/train/test_workdir.py tests/cli/test_config.py \
 	tests/reliability/test_untrusted_files.py
