@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal, TypeAlias
 
 import jax
+import numpy as np
 
 Array: TypeAlias = jax.Array
 """An array produced by jgrad: always a ``jax.Array``."""
@@ -59,3 +60,17 @@ def check_choice(where: str, argument: str, value: Any, valid: tuple[Any, ...]) 
         return
     options = ", ".join(repr(option) for option in valid)
     raise ValueError(f"{where}: unknown {argument} {value!r}; expected one of {options}.")
+
+
+def check_callable(where: str, fn: Any, expected: str) -> None:
+    """Raises ``TypeError`` unless ``fn`` is callable; ``expected`` says what it should be."""
+    if not callable(fn):
+        raise TypeError(f"{where}: fn must be callable; got {type(fn).__name__} {fn!r:.60}, expected {expected}.")
+
+
+def check_flags(where: str, **flags: Any) -> None:
+    """Raises ``TypeError`` naming the first of ``flags`` (keyword name -> value) that is not a bool."""
+    for flag, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{where}: {flag} must be a bool; got {type(value).__name__} {value!r:.60}, "
+                            "expected True or False.")

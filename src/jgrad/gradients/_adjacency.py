@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._types import check_choice
+from .._types import check_callable, check_choice, check_flags
 from ..graph import Graph
 from ..graph._checks import index_range_check, is_concrete
 from ..graph._taps import Recorder, recording
@@ -489,13 +489,8 @@ def adjacency_grad(
       [2]
     """
     where = "adjacency_grad"
-    if not callable(fn):
-        raise TypeError(f"{where}: fn must be callable; got {type(fn).__name__} {fn!r:.60}, expected "
-                        "fn(graph, *args) -> scalar loss.")
-    for flag, value in (("symmetric", symmetric), ("check", check), ("force", force)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{where}: {flag} must be a bool; got {type(value).__name__} {value!r:.60}, "
-                            "expected True or False.")
+    check_callable(where, fn, "fn(graph, *args) -> scalar loss")
+    check_flags(where, symmetric=symmetric, check=check, force=force)
     check_choice(where, "mode", mode, MODES)
     weight = tracked_weights(where, graph)
     if weight.ndim != 1:
@@ -772,12 +767,17 @@ def _edge_error(result: AdjacencyGrad, weight_grad: jax.Array, edge_mask) -> jax
     return jnp.max(difference) / jnp.maximum(jnp.max(scale), tiny)
 
 
+def _edge_tolerance(dtype) -> float:
+    """The largest relative disagreement with `edge_grad` accepted as float rounding."""
+    return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-4
+
+
 def _raise_if_nonlinear(error: jax.Array, dtype) -> None:
     try:
         value = float(error)
     except jax.errors.ConcretizationTypeError:
         return  # traced: the caller reads edge_error
-    tolerance = 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-4
+    tolerance = _edge_tolerance(dtype)
     if not value <= tolerance:
         raise ValueError(
             "adjacency_grad: the model uses the adjacency non-linearly or outside spmm/in_degree (e.g. "
@@ -842,7 +842,7 @@ def _raise_if_structural(error: jax.Array, value_error: jax.Array, dtype) -> Non
         value, loss_error = float(error), float(value_error)
     except jax.errors.ConcretizationTypeError:
         return  # traced: the caller reads edge_error
-    tolerance = 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-4
+    tolerance = _edge_tolerance(dtype)
     if not value <= tolerance:
         raise ValueError(
             "adjacency_grad: mode='dense' disagrees with the model on its own graph; got relative error "

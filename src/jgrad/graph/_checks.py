@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from .._types import check_callable, check_flags
+
 _MAX_LISTED = 5  # how many offending positions a message names before summarising
 
 
@@ -368,13 +370,8 @@ def checked(
     """
     from ._graph import Graph
 
-    if not callable(fn):
-        raise TypeError(f"checked: fn must be callable; got {type(fn).__name__} {fn!r:.60}, expected a function "
-                        "of arrays and graphs.")
-    for flag, value in (("jit", jit), ("finite_inputs", finite_inputs), ("index_checks", index_checks)):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"checked: {flag} must be a bool; got {type(value).__name__} {value!r:.60}, "
-                            "expected True or False.")
+    check_callable("checked", fn, "a function of arrays and graphs")
+    check_flags("checked", jit=jit, finite_inputs=finite_inputs, index_checks=index_checks)
     name = getattr(fn, "__name__", "fn")
 
     def validated(*args: Any, **kwargs: Any) -> Any:
