@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 KARATE = jgrad.data.karate_club()
 
 
-# ---- real SIGKILLs: one chain of driver processes in one work directory, shared by the tests below ----
+# ---- real SIGKILLs: one chain of driver processes in one work directory, checked several ways ----
 
 def _start(workdir: Path, point: str | None = None, cache: Path | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), JAX_PLATFORMS="cpu")
@@ -64,10 +64,8 @@ def _run(workdir: Path, point: str | None, cache: Path) -> dict:
     return _snapshot(workdir, process, output)
 
 
-@pytest.fixture(scope="module")
-def killed_runs(tmp_path_factory, trained):
-    """A 60-epoch run killed at each dangerous point in turn and resumed each time (see train_driver.py)."""
-    root = tmp_path_factory.mktemp("kills")
+def _kill_chain(root: Path) -> tuple[dict, Path]:
+    """Runs the chain in ``root/crashed``: ``({point: snapshot after that process}, workdir)``."""
     workdir, cache = root / "crashed", root / "jax_cache"
     stages = {}
     for point in ("append:20", "write:30", "manifest:40"):
@@ -90,7 +88,35 @@ def killed_runs(tmp_path_factory, trained):
                           "second_writer": second_writer, "log_unchanged": unchanged, "pid": paused.pid}
     for point in ("append:50", "manifest:60", "results", None):
         stages[point] = _run(workdir, point, cache)
-    return {"stages": stages, "order": list(stages), "workdir": workdir, "reference": trained[0]}
+    return stages, workdir
+
+
+def test_a_run_sigkilled_at_every_dangerous_point_resumes_each_time_to_the_uninterrupted_result(tmp_path, trained):
+    """A 60-epoch run killed at each dangerous point in turn and resumed each time (see train_driver.py).
+
+    The chain of eight processes is one test, so that it runs once (pytest-xdist would start it again on
+    each worker that gets one of several tests sharing it). Every check below runs, and the failure of one
+    does not hide the others.
+    """
+    stages, workdir = _kill_chain(tmp_path)
+    killed_runs = {"stages": stages, "order": list(stages), "workdir": workdir, "reference": trained[0]}
+    checks = [
+        (_sigkill_during_the_metrics_append_resumes_with_each_epoch_logged_once, "append:20"),
+        (_sigkill_during_the_metrics_append_resumes_with_each_epoch_logged_once, "append:50"),
+        (_sigkill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint,),
+        (_sigkill_between_the_saves_and_the_manifest_keeps_last_and_best_together, "manifest:40"),
+        (_sigkill_between_the_saves_and_the_manifest_keeps_last_and_best_together, "manifest:60"),
+        (_a_second_writer_is_refused_and_a_killed_writer_does_not_block_the_resume,),
+        (_sigkill_before_results_json_finishes_without_training_again,),
+        (_a_run_killed_at_every_dangerous_point_ends_identical_to_an_uninterrupted_run,),
+    ]
+    failures = []
+    for check, *args in checks:
+        try:
+            check(killed_runs, *args)
+        except (AssertionError, pytest.fail.Exception) as error:  # pytest.raises fails with the latter
+            failures.append(f"{check.__name__.strip('_')}{tuple(args) if args else ''}: {error}")
+    assert not failures, "\n\n".join(failures)
 
 
 def _next(killed_runs, point):
@@ -98,8 +124,7 @@ def _next(killed_runs, point):
     return killed_runs["stages"][order[order.index(point) + 1]]
 
 
-@pytest.mark.parametrize("point", ["append:20", "append:50"])
-def test_sigkill_during_the_metrics_append_resumes_with_each_epoch_logged_once(killed_runs, point):
+def _sigkill_during_the_metrics_append_resumes_with_each_epoch_logged_once(killed_runs, point):
     stage = killed_runs["stages"][point]
     assert stage["rc"] == -signal.SIGKILL, stage["output"][-3000:]
     torn = stage["log"].rsplit(b"\n", 1)[-1]
@@ -113,7 +138,7 @@ def test_sigkill_during_the_metrics_append_resumes_with_each_epoch_logged_once(k
     assert [json.loads(line)["epoch"] for line in final.splitlines()] == list(range(1, 61))
 
 
-def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(killed_runs):
+def _sigkill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(killed_runs):
     stage = killed_runs["stages"]["write:30"]
     assert stage["rc"] == -signal.SIGKILL, stage["output"][-3000:]
     assert "30" in stage["last"] and "30" not in stage["best"], "killed between the last and best writes"
@@ -121,8 +146,7 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(
     assert _next(killed_runs, "write:30")["first_chunk"] == 30
 
 
-@pytest.mark.parametrize("point", ["manifest:40", "manifest:60"])
-def test_sigkill_between_the_saves_and_the_manifest_keeps_last_and_best_together(killed_runs, point):
+def _sigkill_between_the_saves_and_the_manifest_keeps_last_and_best_together(killed_runs, point):
     stage = killed_runs["stages"][point]
     epoch = int(point.split(":")[1])
     assert stage["rc"] == -signal.SIGKILL, stage["output"][-3000:]
@@ -141,7 +165,7 @@ def test_sigkill_between_the_saves_and_the_manifest_keeps_last_and_best_together
     assert np.asarray(best["best_epoch"]).tolist() == results["best_epoch"]["per_seed"]
 
 
-def test_a_second_writer_is_refused_and_a_killed_writer_does_not_block_the_resume(killed_runs):
+def _a_second_writer_is_refused_and_a_killed_writer_does_not_block_the_resume(killed_runs):
     stage = killed_runs["stages"]["pause:40"]
     message = stage["second_writer"]
     assert message is not None, "the second writer was not refused"
@@ -156,7 +180,7 @@ def test_a_second_writer_is_refused_and_a_killed_writer_does_not_block_the_resum
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > 40
 
 
-def test_sigkill_before_results_json_finishes_without_training_again(killed_runs):
+def _sigkill_before_results_json_finishes_without_training_again(killed_runs):
     stage = killed_runs["stages"]["results"]
     assert stage["rc"] == -signal.SIGKILL, stage["output"][-3000:]
     assert stage["manifest"][-1] == 60 and stage["finished"][-1] and not stage["results"]
@@ -169,7 +193,7 @@ def test_sigkill_before_results_json_finishes_without_training_again(killed_runs
     assert final["results"]
 
 
-def test_a_run_killed_at_every_dangerous_point_ends_identical_to_an_uninterrupted_run(killed_runs):
+def _a_run_killed_at_every_dangerous_point_ends_identical_to_an_uninterrupted_run(killed_runs):
     expected = np.load(killed_runs["reference"] / "final.npz")
     resumed = np.load(killed_runs["workdir"] / "final.npz")
     assert expected.files == resumed.files
