@@ -269,6 +269,11 @@ def _gcn_norm_model(g, p):
     return jnp.sum(jnp.tanh(jgrad.ops.spmm(norm, h @ p["w2"])) * p["c"])
 
 
+def _squared_weights_model(g, p):
+    h = jax.nn.relu(jgrad.ops.spmm(g, p["x"] @ p["w1"], g.edge_weight ** 2))
+    return jnp.sum(jnp.tanh(jgrad.ops.spmm(g, h @ p["w2"])) * p["c"])
+
+
 def _attention_model(g, p):
     h = p["x"] @ p["w1"]
     logits = g.edge_weight * jgrad.ops.gsddmm(g, "dot", h, h, "u", "v")[:, 0]
@@ -276,10 +281,10 @@ def _attention_model(g, p):
     return jnp.sum(jnp.tanh(jgrad.ops.spmm(g, h, alpha) @ p["w2"]) * p["c"])
 
 
-@pytest.mark.parametrize("model", [_gcn_norm_model, _attention_model], ids=["gcn_norm", "attention"])
+@pytest.mark.parametrize("model", [_squared_weights_model, _attention_model], ids=["squared", "attention"])
 def test_non_linear_use_of_the_adjacency_raises(x64, model):
     graph, params = _random_graph(), _params()
-    with pytest.raises(ValueError, match="uses the adjacency non-linearly.*mode='dense'"):
+    with pytest.raises(ValueError, match="uses the edge weights outside the operations.*mode='dense'"):
         adjacency_grad(model, graph, params)
 
 
@@ -287,7 +292,7 @@ def test_non_linear_use_is_detected_in_float32():
     graph = _random_graph(dtype=np.float32)
     params = jax.tree.map(lambda a: a.astype(jnp.float32), _params())
     with pytest.raises(ValueError, match="max relative error"):
-        adjacency_grad(_gcn_norm_model, graph, params)
+        adjacency_grad(_squared_weights_model, graph, params)
 
 
 def test_dense_mode_handles_a_non_linear_model(x64):
@@ -318,18 +323,6 @@ def test_rejects_bad_inputs():
         adjacency_grad(lambda g: g.in_degree().sum(), graph.with_edge_weight(jnp.ones((1, 2))))
 
 
-def test_taps_inside_lax_scan_raise_a_clear_error():
-    graph = _random_graph(dtype=np.float32)
-    x = jnp.ones((N, 2))
-
-    def model(g, x):
-        z, _ = jax.lax.scan(lambda z, _: (jgrad.ops.spmm(g, z), None), x, None, length=2)
-        return z.sum()
-
-    with pytest.raises(ValueError, match="write propagation loops as Python loops"):
-        adjacency_grad(model, graph, x)
-
-
 def test_works_under_jit(x64):
     graph, params = _random_graph(), _params()
 
@@ -341,12 +334,3 @@ def test_works_under_jit(x64):
     dense, error = dense_grad(graph.edge_weight)
     np.testing.assert_allclose(dense, jax.grad(_gcn_dense)(graph.to_dense(), params), rtol=1e-10, atol=1e-13)
     assert float(error) < 1e-12
-
-
-def test_no_tap_fires_outside_adjacency_grad():
-    graph = _random_graph(dtype=np.float32)
-    x = jnp.ones((N, 2))
-    np.testing.assert_allclose(jgrad.ops.spmm(graph, x), graph.to_dense() @ x, rtol=1e-6)
-    from jgrad.graph._taps import active_recorder
-
-    assert active_recorder() is None

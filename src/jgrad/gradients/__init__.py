@@ -6,18 +6,13 @@
   low-rank factors (`AdjacencyGrad`: ``dense``, ``at``, ``row``, ``topk``, ``symmetric``).
 - `saliency`, `integrated_gradients`: batched studies with ``vmap`` over targets or weight vectors.
 
-Writing models for `adjacency_grad`: the factored gradient is exact when every use of the adjacency
-is linear per call, i.e. an aggregation ``spmm(graph, m)`` with the graph's own weights or a weighted
-degree ``graph.in_degree()`` / ``graph.out_degree()``. Normalisations must therefore be node
-scalings around the raw aggregation, as `propagate` does::
-
-    deg = graph.in_degree() + 1;  s = deg ** -0.5
-    y = s * (spmm(graph, s * x) + s * x)          # = D^-1/2 (A + I) D^-1/2 x
-
-and not per-edge normalised weights (`jgrad.ops.gcn_norm`, `row_norm`) or ``graph.add_self_loops()``
-inside the model, which make the weights enter non-linearly; `adjacency_grad` detects that (the
-factors disagree with `edge_grad` at the existing edges) and raises. Any model, linear or not, can
-use ``adjacency_grad(..., mode="dense")`` on small graphs.
+Writing models for `adjacency_grad`: the factored gradient is exact for models whose uses of the
+adjacency are linear per call once node scalings are held fixed: ``spmm``/``gspmm`` sums with the
+graph's weights (also on ``graph.reverse()``), weighted degrees, `jgrad.ops.gcn_norm`, `row_norm`,
+``graph.add_self_loops()``, `propagate`, and attention with ``edge_weight_mode="normalise"``; in plain
+code, under ``jax.jit``/``nnx.jit`` and in ``lax.scan``/``lax.fori_loop`` loops. Max/min/mean message
+reductions, weights used as per-edge data and other arithmetic on the weights raise, naming the
+cause. Any model that is a function of the weighted adjacency can use ``mode="dense"`` on small graphs.
 """
 
 from ._adjacency import AdjacencyGrad as AdjacencyGrad

@@ -1,15 +1,17 @@
 """The gradient w.r.t. every entry of the adjacency, existing edges and missing ones, held as factors.
 
-For a model whose use of ``A`` is linear per call (aggregations ``y_c = A @ m_c`` through
-`jgrad.ops.spmm` / `gspmm`, and weighted degrees ``graph.in_degree()`` / ``out_degree()``), the
-gradient of a scalar loss w.r.t. the dense adjacency is exactly::
+For a model whose use of ``A`` is linear per call once node scalings are held fixed (aggregations
+``y_c = diag(l_c) A diag(r_c) @ m_c`` through `jgrad.ops.spmm` / `gspmm` on the graph or on a
+`gcn_norm` / `row_norm` / ``add_self_loops`` of it, and weighted degrees, which are aggregations of
+ones), the gradient of a scalar loss w.r.t. the dense adjacency is exactly::
 
-    dL/dA = sum_c G_c M_c^T + g_in 1^T + 1 g_out^T       G_c = dL/dy_c (N, F_c), M_c = m_c (N, F_c)
+    dL/dA = sum_c (l_c G_c) (r_c m_c)^T           G_c = dL/dy_c (N, F_c), m_c (N, F_c)
 
-an N x N matrix of rank <= sum_c F_c + 2, which `AdjacencyGrad` stores as two (N, R) factors. The
-library finds ``G_c`` by adding zero probes to each tapped output (see `jgrad.graph._taps`).
-Attention layers that normalise the weight inside their softmax add one `AttentionTerm` each, an
-entry computed in O(H·F) from node quantities (see `jgrad.gradients._attention`).
+(the scalings' own dependence on A goes through the degree terms), an N x N matrix of rank
+<= sum_c F_c, which `AdjacencyGrad` stores as two (N, R) factors. `jgrad.gradients._recording` finds
+every call c in the model's jaxpr and gets ``G_c`` from a zero probe added to its output. Attention
+layers that normalise the weight inside their softmax add one `AttentionTerm` each, an entry computed
+in O(H·F) from node quantities (see `jgrad.gradients._attention`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from .._types import check_callable, check_choice, check_flags
 from ..graph import Graph
 from ..graph._checks import index_range_check, is_concrete
-from ..graph._taps import Recorder, recording
+from . import _recording
 from ._attention import AttentionTerm, attention_term
 from ._edge import check_scalar, tracked_weights
 
@@ -421,21 +423,24 @@ def adjacency_grad(
     (``0`` for a missing edge; an unweighted graph has weights of ones), i.e. how the loss changes
     when the edge ``u -> v`` is re-weighted, added or removed to first order.
 
-    Mode ``"factored"`` (the default) needs the model to use the adjacency *linearly per call*:
-    aggregations ``jgrad.ops.spmm(graph, m)`` (or ``gspmm(graph, "u_mul_e", "sum", m, w)`` with the
-    graph's own weights, also on ``graph.reverse()``) and weighted degrees ``graph.in_degree()`` /
-    ``graph.out_degree()``; any number of layers and calls, any non-linearity between them. Then::
+    Mode ``"factored"`` (the default) follows every use of the adjacency in the model's jaxpr: sums
+    ``jgrad.ops.spmm(graph, m)`` / ``gspmm(graph, "u_mul_e", "sum", m, w)`` with the graph's weights
+    (also on ``graph.reverse()``), weighted degrees ``graph.in_degree()`` / ``out_degree()``, and graphs
+    made by `jgrad.ops.gcn_norm`, `row_norm`, ``graph.add_self_loops()`` or `propagate`; any number of
+    layers and calls, any non-linearity between them, in plain code, under ``jax.jit`` / ``nnx.jit``
+    and in ``lax.scan`` / ``lax.fori_loop`` (static bounds) loops, which are unrolled. Each call c is
+    ``y_c = diag(l_c) A diag(r_c) @ m_c`` for node scalings l, r (ones without a normalisation), and::
 
-        dL/dA = sum_c G_c M_c^T + g_in 1^T + 1 g_out^T
+        dL/dA = sum_c (l_c G_c) (r_c m_c)^T
 
-    exactly, with ``G_c = dL/dy_c`` and ``M_c`` the aggregated messages of call c, found by one
-    forward and one backward pass with zero probes added to each output. Normalised layers must be
-    written with node scalings (`jgrad.gradients.propagate`), not with per-edge normalised weights.
+    exactly, with ``G_c = dL/dy_c`` (the scalings' own dependence on A enters through their degree
+    terms), found by one forward and one backward pass with zero probes added to each call's output.
+    Max/min/mean message reductions, weights used as per-edge data (gsddmm, edge_softmax) and
+    propagation inside ``while_loop`` / ``cond`` raise, naming the cause.
 
     The result is checked: the factors evaluated at the existing edges must equal `edge_grad`
-    (relative error <= 1e-4 in float32, 1e-8 in float64), which catches every non-linear use of the
-    weights: attention on edges, `jgrad.ops.gcn_norm` / `row_norm`, ``graph.add_self_loops()`` inside
-    the model, weights used outside spmm and in_degree.
+    (relative error <= 1e-4 in float32, 1e-8 in float64), which catches any other use of the weights
+    (arithmetic on ``graph.edge_weight``, weights built from it): the call raises.
 
     Attention: `jgrad.nn.GATConv` / `GAT` / ``gat_conv`` with ``edge_weight_mode="normalise"``
     (``alpha[v,u] = A[v,u] exp(s[v,u]) / sum_k A[v,k] exp(s[v,k])``) add one exact attention term per
@@ -455,17 +460,15 @@ def adjacency_grad(
     unchanged. Passing new arrays of the same shapes does not recompile.
 
     Args:
-      fn: ``fn(graph, *args) -> scalar``; traced twice (discovery, then gradient) on the first call.
-        Do not pass a ``jax.jit``-wrapped fn (jit the call to adjacency_grad instead, or call it inside
-        your own jit), and write loops over propagation steps as Python loops (each step is a tapped
-        call).
+      fn: ``fn(graph, *args) -> scalar``, plain or wrapped in ``jax.jit`` / ``nnx.jit``; traced once to
+        a jaxpr on the first call.
       graph: the graph; scalar weights (E,) or unweighted.
       *args: further arguments of ``fn``.
       symmetric: return the gradient w.r.t. an undirected adjacency (see `AdjacencyGrad.symmetric`).
       mode: ``"factored"`` or ``"dense"``.
       check: compare with `edge_grad` at the existing edges (in dense mode also the loss values) and
-        raise on disagreement (skipped when the values are traced, e.g. under ``jit``;
-        ``edge_error`` always holds the measured error).
+        raise on disagreement; when the values are traced (``adjacency_grad`` inside ``jit``) a
+        disagreement makes every entry NaN instead. ``edge_error`` always holds the measured error.
       force: allow ``mode="dense"`` above 2048 nodes.
 
     Returns:
@@ -665,77 +668,72 @@ def _rebuild_args(call: _Call, arrays: list) -> tuple:
 
 def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: _Call) -> AdjacencyGrad:
     where = "adjacency_grad"
-    fn = call.fn
     args = _rebuild_args(call, arrays)
+    n = graph.n_nodes
 
-    def run(probe_values, w):
-        tracked = dataclasses.replace(graph, edge_weight=w)
-        recorder = Recorder(w, tracked.senders, tracked.receivers, probe_values)
-        with recording(recorder):
-            value = fn(tracked, *args)
+    def tracked(w):
+        return dataclasses.replace(graph, edge_weight=w, tapped=True)
+
+    closed = _recording.trace(call.fn, tracked(w), args)
+
+    def run(probes, w):
+        graph_w = tracked(w)
+        interpreter = _recording.Interpreter(n, probes)
+        inputs = _recording.array_leaves(graph_w, args)
+        (value,) = interpreter.run(closed, inputs, graph_w.edge_weight, graph_w.senders, graph_w.receivers)
         check_scalar(where, value)
-        return value, recorder
+        return value, interpreter.terms
 
-    discovered: list[Recorder] = []
-    # pass 1: how many probes, of which shapes (abstract evaluation, no FLOPs)
+    # pass 1: which taps, of which shapes (abstract evaluation, no FLOPs)
+    discovered: list = []
     jax.eval_shape(lambda w: discovered.append(run(None, w)[1]) or 0.0, w)
-    first = discovered[-1]
-    probes = [jnp.zeros(shape, dtype) for shape, dtype in zip(first.shapes, first.dtypes)]
+    terms = discovered[-1]
+    probes = [jnp.zeros(term.shape, term.dtype) for term in terms]
 
-    def objective(probe_values, w):
-        value, recorder = run(probe_values, w)
-        if len(recorder.kinds) != len(probe_values):
-            raise ValueError(f"{where}: the model used the adjacency {len(recorder.kinds)} times on "
-                             f"its second trace, expected {len(probe_values)} as on the first.")
-        return value, [m for m in recorder.messages if m is not None]
+    def objective(probes, w):
+        value, found = run(probes, w)
+        return value, [term.data for term in found]
 
-    # pass 2: dL/dprobes = G_c and g_d, and dL/dw for the check, in one backward pass
-    (probe_grads, weight_grad), messages = jax.grad(objective, argnums=(0, 1), has_aux=True)(probes, w)
-    result = _assemble(first.kinds, first.options, probe_grads, messages, graph, w.dtype)
+    # pass 2: dL/dprobe = G for every term, and dL/dw for the check, in one backward pass
+    (probe_grads, weight_grad), data = jax.grad(objective, argnums=(0, 1), has_aux=True)(probes, w)
+    result = _assemble([term.kind for term in terms], probe_grads, data, graph, w.dtype)
     return dataclasses.replace(result, edge_error=_edge_error(result, weight_grad, graph.edge_mask))
 
 
 def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> AdjacencyGrad:
-    try:
-        result = _run_cached(_factored_build, fn, args, ("factored",), graph, weight)
-    except jax.errors.UnexpectedTracerError as error:
-        raise ValueError(
-            "adjacency_grad: an aggregation inside a jax transformation of the model (lax.scan, fori_loop, "
-            "vmap, a jitted sub-function) cannot be tapped; write propagation loops as Python loops, "
-            "or use mode='dense' for small graphs."
-        ) from error
+    result = _run_cached(_factored_build, fn, args, ("factored",), graph, weight)
     if check:
         _raise_if_nonlinear(result.edge_error, weight.dtype)
-    return result
+    return _poisoned_if_wrong(result, weight.dtype) if check else result
 
 
-def _assemble(kinds, options, probe_grads, messages, graph: Graph, dtype) -> AdjacencyGrad:
-    """Stacks the recorded (G_c, M_c) and degree terms into the (N, R) factors, attention terms aside."""
+def _assemble(kinds, probe_grads, data, graph: Graph, dtype) -> AdjacencyGrad:
+    """Stacks the recorded terms into the (N, R) factors, attention terms aside.
+
+    An aggregation ``y = diag(l) A diag(r) @ u`` with ``G = dL/dy`` adds ``(l G)(r u)^T``; its
+    transpose ``y = diag(r) A^T diag(l) @ u`` adds ``(l u)(r G)^T`` (l, r are ones when absent).
+    """
     n = graph.n_nodes
-    ones = jnp.ones((n, 1), dtype)
     lefts, rights, attention = [], [], []
-    message_iter = iter(messages)
-    for kind, option, grad in zip(kinds, options, probe_grads):
-        if kind == "attention":
-            attention.append(attention_term(next(message_iter), grad, option, dtype))
+    for kind, grad, term_data in zip(kinds, probe_grads, data):
+        if kind.startswith("attention"):
+            attention.append(attention_term(term_data, grad, kind == "attention_fixed", dtype))
             continue
-        grad = grad.reshape(n, -1).astype(dtype)
-        if kind in ("spmm", "spmm_t"):
-            message = next(message_iter).reshape(n, -1).astype(dtype)
-            lefts.append(grad if kind == "spmm" else message)
-            rights.append(message if kind == "spmm" else grad)
-        elif kind == "in_degree":
-            lefts.append(grad)
-            rights.append(ones)
-        else:
-            lefts.append(ones)
-            rights.append(grad)
-    result = _directed_grad(
-        graph,
-        jnp.concatenate(lefts, axis=1) if lefts else jnp.zeros((n, 0), dtype),
-        jnp.concatenate(rights, axis=1) if rights else jnp.zeros((n, 0), dtype),
-    )
+        u, left, right = term_data
+        grad = grad.astype(dtype)
+        u = jnp.broadcast_to(u.reshape(u.shape + (1,) * (grad.ndim - u.ndim)), grad.shape).astype(dtype)
+        at_rows, at_cols = (grad, u) if kind == "aggregate" else (u, grad)
+        lefts.append(_scale(at_rows.reshape(n, -1), left, dtype))
+        rights.append(_scale(at_cols.reshape(n, -1), right, dtype))
+    if not lefts:  # one zero column, so that a failed check under jit can still mark every entry NaN
+        lefts, rights = [jnp.zeros((n, 1), dtype)], [jnp.zeros((n, 1), dtype)]
+    result = _directed_grad(graph, jnp.concatenate(lefts, axis=1), jnp.concatenate(rights, axis=1))
     return dataclasses.replace(result, attention=tuple(attention))
+
+
+def _scale(factor: jax.Array, scaling, dtype) -> jax.Array:
+    """``diag(scaling) @ factor`` for an (N,) node scaling, or ``factor`` when there is none."""
+    return factor if scaling is None else factor * scaling.astype(dtype)[:, None]
 
 
 def _directed_grad(graph: Graph, left: jax.Array, right: jax.Array) -> AdjacencyGrad:
@@ -772,6 +770,17 @@ def _edge_tolerance(dtype) -> float:
     return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-4
 
 
+def _poisoned_if_wrong(result: AdjacencyGrad, dtype) -> AdjacencyGrad:
+    """``result``, or NaN in every entry when its check failed: under ``jit`` the check cannot raise."""
+    if isinstance(result.edge_error, jax.core.Tracer):
+        bad = ~(result.edge_error <= _edge_tolerance(dtype))
+        poison = lambda value: jnp.where(bad, jnp.asarray(jnp.nan, value.dtype), value)
+        attention = tuple(dataclasses.replace(term, cotangent=poison(term.cotangent)) for term in result.attention)
+        return dataclasses.replace(result, left=poison(result.left), right=poison(result.right),
+                                   diagonal_offset=poison(result.diagonal_offset), attention=attention)
+    return result
+
+
 def _raise_if_nonlinear(error: jax.Array, dtype) -> None:
     try:
         value = float(error)
@@ -780,11 +789,12 @@ def _raise_if_nonlinear(error: jax.Array, dtype) -> None:
     tolerance = _edge_tolerance(dtype)
     if not value <= tolerance:
         raise ValueError(
-            "adjacency_grad: the model uses the adjacency non-linearly or outside spmm/in_degree (e.g. "
-            "attention scores on edges, gcn_norm's per-edge weights, graph.add_self_loops() inside the "
-            "model); the factored gradient disagrees with dL/dw at existing edges (max relative error "
-            f"{value:.3g}, tolerance {tolerance:g}). Use mode='dense' for small graphs, or write the "
-            "normalisation with node scalings (jgrad.gradients.propagate; see the jgrad.gradients docs)."
+            "adjacency_grad: the model uses the edge weights outside the operations adjacency_grad follows "
+            "(spmm and gspmm sums, in/out degrees, gcn_norm, row_norm, add_self_loops, propagate, "
+            "normalised attention), e.g. arithmetic on graph.edge_weight or weights built from it; the "
+            "factored gradient disagrees with dL/dw at the existing edges (max relative error "
+            f"{value:.3g}, tolerance {tolerance:g}). Pass the weights to those operations unchanged, or use "
+            "mode='dense' for small graphs."
         )
 
 
@@ -799,7 +809,7 @@ def _dense_grad(fn, graph: Graph, args, weight: jax.Array, force: bool, check: b
     result, value_error = _run_cached(_dense_build, fn, args, ("dense",), graph, weight)
     if check:
         _raise_if_structural(result.edge_error, value_error, weight.dtype)
-    return result
+    return _poisoned_if_wrong(result, weight.dtype) if check else result
 
 
 def _dense_build(graph: Graph, weight: jax.Array, arrays: list, *, call: _Call):

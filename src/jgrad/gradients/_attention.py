@@ -88,7 +88,7 @@ jax.tree_util.register_dataclass(
 
 
 def attention_term(message: tuple, cotangent: jax.Array, fixed_diagonal: bool, dtype) -> AttentionTerm:
-    """Builds the term from what `jgrad.graph._taps.Recorder.tap_attention` recorded and ``G``."""
+    """Builds the term from what the attention tap recorded (`jgrad.gradients._recording`) and ``G``."""
     values, score_src, score_dst, log_normaliser, out, slope = (jnp.asarray(a).astype(dtype) for a in message)
     cotangent = cotangent.astype(dtype)
     return AttentionTerm(

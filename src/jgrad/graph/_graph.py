@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._src import _plan
-from . import _checks, _limits, _taps
+from .._src import _plan, _taps
+from . import _checks, _limits
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -44,6 +44,8 @@ class Graph:
         (``jit``, ``vmap``, ``tree.map``) with concrete indices; ``None`` runs the plain XLA path (small
         graphs, graphs built from traced indices inside ``jit``). Rebuilding a graph with other
         indices re-plans it; see `jgrad.ops.use_backend` and `jgrad.ops.with_backend` to choose.
+      tapped: static; True only on the graph `jgrad.adjacency_grad` passes to the model, on which jgrad's
+        ops mark their uses of the adjacency (see ``jgrad._src._taps``). Transforms keep it.
 
     The plain constructor does no conversion or checking (JAX rebuilds pytrees with placeholder leaves);
     build graphs with `Graph.from_edges`, `Graph.from_dense` or `jgrad.batch`, which validate.
@@ -67,6 +69,7 @@ class Graph:
     n_node_per_graph: jax.Array | None = None
     n_edge_per_graph: jax.Array | None = None
     plan: Any = dataclasses.field(default=_plan.AUTO, repr=False, compare=False)
+    tapped: bool = dataclasses.field(default=False, repr=False)
 
     def __post_init__(self):
         # A plan describes the index arrays it was made for; a graph rebuilt with other ones re-plans.
@@ -380,20 +383,21 @@ _DATA_FIELDS = ("senders", "receivers", "edge_weight", "node_mask", "edge_mask",
 def _flatten_with_keys(graph: Graph):
     _plan.resolve(graph)  # a concrete graph is planned when it first enters a transformation
     children = tuple((jax.tree_util.GetAttrKey(name), getattr(graph, name)) for name in _DATA_FIELDS)
-    return children, graph.n_nodes
+    return children, (graph.n_nodes, graph.tapped)
 
 
 def _flatten(graph: Graph):
     _plan.resolve(graph)
-    return tuple(getattr(graph, name) for name in _DATA_FIELDS), graph.n_nodes
+    return tuple(getattr(graph, name) for name in _DATA_FIELDS), (graph.n_nodes, graph.tapped)
 
 
-def _unflatten(n_nodes: int, children) -> Graph:
+def _unflatten(static: tuple[int, bool], children) -> Graph:
     # Rebuilt without __init__ (JAX passes placeholder leaves); the plan is bound to the new indices.
     graph = object.__new__(Graph)
     for name, value in zip(_DATA_FIELDS, children):
         object.__setattr__(graph, name, value)
-    object.__setattr__(graph, "n_nodes", n_nodes)
+    object.__setattr__(graph, "n_nodes", static[0])
+    object.__setattr__(graph, "tapped", static[1])
     _plan.bind(graph.plan, graph)
     return graph
 
@@ -404,9 +408,8 @@ jax.tree_util.register_pytree_with_keys(Graph, _flatten_with_keys, _unflatten, _
 def _degree(graph: Graph, index: jax.Array, weighted: bool) -> jax.Array:
     weight = graph.weights() if weighted else graph.with_edge_weight(None).weights()
     degree = jax.ops.segment_sum(weight, index, num_segments=graph.n_nodes)
-    recorder = _taps.active_recorder()
-    if weighted and recorder is not None:  # adjacency_grad is tracing: probe the weighted degree
-        degree = recorder.tap_degree(graph.edge_weight, index, degree)
+    if weighted and graph.edge_weight is not None:
+        degree = _taps.mark(graph, "degree", degree, graph.edge_weight, index)
     return degree
 
 

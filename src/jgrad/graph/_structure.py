@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._src import _plan
+from .._src import _plan, _taps
 from . import _checks, _limits
 from ._graph import Graph, default_float_dtype
 
@@ -48,10 +48,16 @@ def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:
     if n_edge_per_graph is not None:
         # Loops go after all edges; `unbatch` assigns edges to graphs by receiver, so counts suffice.
         n_edge_per_graph = n_edge_per_graph + graph.n_node_per_graph
+    senders = jnp.concatenate([graph.senders, loops])
+    receivers = jnp.concatenate([graph.receivers, loops])
+    if graph.tapped and graph.edge_weight is not None and graph.edge_weight.ndim == 1:
+        ones = jnp.ones((n,), edge_weight.dtype)  # A + fill I: the adjacency plus a constant
+        edge_weight = _taps.mark(graph, "scaled", edge_weight, graph.edge_weight, graph.senders, graph.receivers,
+                                 ones, ones, senders, receivers)
     looped = dataclasses.replace(
         graph,
-        senders=jnp.concatenate([graph.senders, loops]),
-        receivers=jnp.concatenate([graph.receivers, loops]),
+        senders=senders,
+        receivers=receivers,
         edge_weight=edge_weight,
         edge_mask=edge_mask,
         n_edge_per_graph=n_edge_per_graph,

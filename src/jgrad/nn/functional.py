@@ -21,8 +21,9 @@ Conventions shared by every layer:
   `jgrad.gradients.propagate`: they touch the adjacency only through ``spmm(graph, .)`` with the
   graph's own weights and the weighted in-degree ``graph.in_degree()``, never through per-edge
   normalised weights, so `jgrad.adjacency_grad` can factor their gradient w.r.t. every entry of A.
-  GAT (weights multiply a softmax) and the max aggregator use the weights non-linearly: edge-weight
-  gradients are exact, but `jgrad.adjacency_grad` does not apply to them.
+  GAT with ``edge_weight_mode="normalise"`` has an exact attention term; the default GAT (weights
+  multiply a softmax) and the max aggregator are not functions of a dense adjacency: edge-weight
+  gradients are exact, and `jgrad.adjacency_grad` refuses them, naming the cause.
 - Padding (``graph.edge_mask`` / ``graph.node_mask``): padding edges carry nothing, and padding nodes
   have no edges to real nodes, so real rows never see padding; padding rows hold values of no meaning
   (GCN's implicit self loop still applies to them). Readouts (`readout`) leave padding nodes out.
@@ -44,9 +45,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .._src import _taps
 from .._types import REDUCERS, check_choice
 from ..gradients import propagate
-from ..graph import Graph, _taps
+from ..graph import Graph
 from ..ops import edge_softmax, gsddmm, gspmm, segment_max, segment_reduce, segment_sum, spmm
 from ..ops._norm import safe_inverse_power
 
@@ -577,22 +579,26 @@ def gat_conv(
     score_dst = jnp.sum(h * att_dst[None], axis=-1)
     scores = gsddmm(graph, "add", score_src, score_dst, "u", "v")  # (E, H)
     logits = jax.nn.leaky_relu(scores, negative_slope)
-    recorder = _taps.active_recorder()
     if edge_weight_mode == "normalise":
         alpha, log_normaliser = _weighted_softmax(graph, logits)
     else:
-        if recorder is not None:
-            recorder.refuse_attention(original, where)
         alpha = edge_softmax(graph, logits)
         if graph.edge_weight is not None:
-            alpha = alpha * _column(graph.edge_weight)
+            alpha = _taps.refuse(original, "after_softmax", alpha * _column(graph.edge_weight),
+                                 original.edge_weight)
+    if original.tapped and original.edge_weight is not None and key is not None and dropout_rate > 0:
+        raise ValueError(
+            "adjacency_grad: gat_conv applies attention dropout (a key was passed with a non-zero "
+            "dropout rate); got a random mask per edge, expected a deterministic model. Call the "
+            "model without key (evaluation mode) inside the loss."
+        )
     alpha = dropout(alpha, dropout_rate, key)
     out = gspmm(graph, "u_mul_e", "sum", u=h, e=alpha[..., None])  # (N, H, F_out)
-    if recorder is not None and edge_weight_mode == "normalise":
-        out = recorder.tap_attention(
-            original, values=h, score_src=score_src, score_dst=score_dst, negative_slope=negative_slope,
-            log_normaliser=log_normaliser, out=out, fixed_diagonal=add_self_loops,
-            dropout_active=key is not None and dropout_rate > 0)
+    if edge_weight_mode == "normalise" and original.edge_weight is not None:
+        kind = "attention_fixed" if add_self_loops else "attention"
+        out = _taps.mark(original, kind, out, h, score_src, score_dst, log_normaliser,
+                         jnp.asarray(negative_slope, out.dtype), original.edge_weight, original.senders,
+                         original.receivers)
     out = out.reshape(graph.n_nodes, heads * out_features) if concat else jnp.mean(out, axis=1)
     return _bias(params, out)
 

@@ -15,6 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from .._src import _taps
 from ..graph import Graph
 from ..graph._checks import check_graph_indices
 from ._dispatch import in_forward_mode
@@ -51,6 +52,7 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
       >>> jgrad.ops.edge_softmax(g, jnp.array([0.0, 0.0, 5.0])).tolist()
       [0.5, 0.5, 1.0]
     """
+    given = logits  # the caller's array, for adjacency_grad's marks
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise TypeError(f"edge_softmax: logits must be a float array; got dtype {logits.dtype}.")
@@ -60,7 +62,8 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
             f"expected ({graph.n_edges}, ...)."
         )
     check_graph_indices("edge_softmax", graph)
-    return _edge_softmax(graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, logits)
+    out = _edge_softmax(graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, logits)
+    return _taps.refuse(graph, "edge_data", out, given) if graph.tapped else out
 
 
 def _edge_softmax(n, senders, receivers, mask, logits):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .._src import _taps
 from .._src._plan import resolve
 from .._types import check_choice
 from ..graph import Graph
@@ -77,6 +78,7 @@ def gsddmm(
     check_choice(where, "edge op", op, EDGE_OPS)
     check_choice(where, "lhs_target", lhs_target, TARGETS)
     check_choice(where, "rhs_target", rhs_target, TARGETS)
+    given = ((lhs, lhs_target), (rhs, rhs_target))  # the caller's arrays, for adjacency_grad's marks
     lhs = _check_operand(where, graph, "lhs", lhs, lhs_target, needed=op != "copy_rhs")
     rhs = _check_operand(where, graph, "rhs", rhs, rhs_target, needed=op != "copy_lhs")
     if lhs is not None and rhs is not None:
@@ -85,9 +87,14 @@ def gsddmm(
     plan = resolve(graph)
     if plan is not None and _kernels.covers_gsddmm(op, lhs, rhs, lhs_target, rhs_target) \
             and not in_forward_mode(lhs, rhs):
-        return _kernels.plan_gsddmm(plan, lhs, rhs, lhs_target, graph.edge_mask)
-    return raw_gsddmm(op, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, lhs, rhs,
-                   lhs_target, rhs_target)
+        out = _kernels.plan_gsddmm(plan, lhs, rhs, lhs_target, graph.edge_mask)
+    else:
+        out = raw_gsddmm(op, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, lhs, rhs,
+                         lhs_target, rhs_target)
+    for value, target in given if graph.tapped else ():
+        if value is not None and target == "e":  # edge weights used per existing edge
+            out = _taps.refuse(graph, "edge_data", out, value)
+    return out
 
 
 def _check_operand(where, graph, name, value, target, needed):

@@ -17,10 +17,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .._src import _taps
 from .._src._plan import resolve
 from .._types import REDUCERS, TIE_RULES, check_choice
 from ..graph import Graph
-from ..graph import _taps
 from ..graph._checks import check_graph_indices
 from . import _kernels
 from ._dispatch import in_forward_mode
@@ -99,7 +99,7 @@ def gspmm(
     check_choice(where, "message op", op, MESSAGE_OPS)
     check_choice(where, "reducer", reduce, REDUCERS)
     check_choice(where, "tie rule", tie, TIE_RULES)
-    tracked = e  # the caller's object: adjacency_grad's tap matches weights by identity
+    tracked = e  # the caller's weights, before any cast: the tap names what the model passed
     u, e = _check_operands(where, graph, op, u, e)
     u, e = _common_dtype(where, u, e, accumulate_dtype)
     check_graph_indices(where, graph)
@@ -108,10 +108,7 @@ def gspmm(
         out = _kernels.plan_gspmm(plan, op, reduce, u, e, graph.edge_mask, graph.receivers)
     else:
         out = raw_gspmm(op, reduce, tie, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, u, e)
-    recorder = _taps.active_recorder()
-    if recorder is not None:
-        out = recorder.tap_gspmm(graph.senders, graph.receivers, op, reduce, u, tracked, out)
-    return out
+    return _mark(graph, op, reduce, u, tracked, out) if graph.tapped and tracked is not None else out
 
 
 def spmm(
@@ -144,6 +141,20 @@ def spmm(
     if weight is None:
         return gspmm(graph, "copy_u", "sum", u=x, accumulate_dtype=accumulate_dtype)
     return gspmm(graph, "u_mul_e", "sum", u=x, e=weight, accumulate_dtype=accumulate_dtype)
+
+
+def _mark(graph: Graph, op: str, reduce: str, u, e, out: jax.Array) -> jax.Array:
+    """Marks the use of the edge data ``e`` for `jgrad.adjacency_grad` (see ``jgrad._src._taps``).
+
+    ``u_mul_e``/``sum`` is an aggregation ``A @ u`` and ``copy_e``/``sum`` a weighted in-degree; the
+    other combinations are not functions of a dense adjacency and are marked as refusals.
+    """
+    if reduce == "sum" and op == "u_mul_e":
+        return _taps.mark(graph, "aggregate", out, u, e, graph.senders, graph.receivers)
+    if reduce == "sum" and op == "copy_e":
+        return _taps.mark(graph, "degree", out, e, graph.receivers)
+    reason = "extremum" if reduce in ("max", "min") else "mean" if reduce == "mean" else "message_op"
+    return _taps.refuse(graph, reason, out, e)
 
 
 def _check_operands(where: str, graph: Graph, op: str, u, e):

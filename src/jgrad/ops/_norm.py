@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from .._src import _taps
 from ..graph import Graph
 from ..graph._checks import check_graph_indices, is_concrete
 from ..graph._graph import default_float_dtype
@@ -122,13 +123,15 @@ def gcn_norm(
       [0.5, 0.5, 0.5, 0.5]
     """
     weight = _scalar_weights("gcn_norm", graph, edge_weight)
-    graph = graph.with_edge_weight(weight)
+    base = graph.with_edge_weight(weight)
     if add_self_loops:
         _check_fill(fill)
-        graph = graph.add_self_loops(fill)
-    weight = graph.weights(weight.dtype)
-    inv_sqrt = safe_inverse_power(segment_sum(weight, graph.receivers, graph.n_nodes), 0.5)
-    return graph.with_edge_weight(inv_sqrt[graph.receivers] * weight * inv_sqrt[graph.senders])
+    looped = base.add_self_loops(fill) if add_self_loops else base
+    all_weights = looped.weights(weight.dtype)
+    degree = segment_sum(all_weights, looped.receivers, looped.n_nodes)
+    inv_sqrt = safe_inverse_power(_taps.mark(base, "degree", degree, weight, base.receivers), 0.5)
+    normalised = inv_sqrt[looped.receivers] * all_weights * inv_sqrt[looped.senders]
+    return looped.with_edge_weight(_mark_scaled(base, looped, weight, normalised, inv_sqrt, inv_sqrt))
 
 
 def row_norm(graph: Graph, edge_weight: ArrayLike | None = None) -> Graph:
@@ -155,7 +158,15 @@ def row_norm(graph: Graph, edge_weight: ArrayLike | None = None) -> Graph:
       [0.25, 0.75, 1.0]
     """
     weight = _scalar_weights("row_norm", graph, edge_weight)
-    graph = graph.with_edge_weight(weight)
-    weight = graph.weights(weight.dtype)
-    inverse = safe_inverse_power(segment_sum(weight, graph.receivers, graph.n_nodes), 1.0)
-    return graph.with_edge_weight(inverse[graph.receivers] * weight)
+    base = graph.with_edge_weight(weight)
+    degree = segment_sum(base.weights(weight.dtype), base.receivers, base.n_nodes)
+    inverse = safe_inverse_power(_taps.mark(base, "degree", degree, weight, base.receivers), 1.0)
+    normalised = inverse[base.receivers] * base.weights(weight.dtype)
+    return base.with_edge_weight(_mark_scaled(base, base, weight, normalised, inverse, jnp.ones_like(inverse)))
+
+
+def _mark_scaled(base: Graph, out: Graph, weight, normalised, left, right):
+    """Marks ``normalised`` (the weights of ``out``) as ``diag(left) (A + C) diag(right)`` for
+    `jgrad.adjacency_grad`, A being ``base`` with ``weight`` and C the appended self loops."""
+    return _taps.mark(base, "scaled", normalised, weight, base.senders, base.receivers, left, right,
+                      out.senders, out.receivers)

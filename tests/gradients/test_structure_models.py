@@ -1,0 +1,253 @@
+"""adjacency_grad on models as researchers write them: PyG-style normalisation, jit, loops, every layer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jgrad
+from jgrad.gradients import adjacency_grad, edge_grad
+
+N, F_IN, HIDDEN, CLASSES = 10, 4, 5, 3
+
+
+def _graph(weighted=True):
+    """Self loops (1->1, 2->2), a duplicate edge (3->4 twice), isolated nodes 8 and 9."""
+    rng = np.random.default_rng(0)
+    senders = np.concatenate([rng.integers(0, 8, 24), [1, 2, 3, 3]])
+    receivers = np.concatenate([rng.integers(0, 8, 24), [1, 2, 4, 4]])
+    weight = rng.random(len(senders)) + 0.5 if weighted else None
+    return jgrad.Graph.from_edges(senders, receivers, N, edge_weight=weight)
+
+
+def _params():
+    rng = np.random.default_rng(1)
+    return {"w1": jnp.asarray(rng.standard_normal((F_IN, HIDDEN)) / 2),
+            "w2": jnp.asarray(rng.standard_normal((HIDDEN, CLASSES)) / 2),
+            "x": jnp.asarray(rng.standard_normal((N, F_IN))),
+            "c": jnp.asarray(rng.standard_normal((N, CLASSES)))}
+
+
+def _sym(a):
+    """``D^-1/2 (A + I) D^-1/2`` on a dense adjacency (every degree >= 1 here)."""
+    a_hat = a + jnp.eye(N)
+    s = a_hat.sum(1) ** -0.5
+    return s[:, None] * a_hat * s[None, :]
+
+
+def _check(grad, dense_loss, loss, graph, *args):
+    """``grad.dense()`` equals jax.grad of the dense model, and ``grad.at(edges)`` equals edge_grad."""
+    reference = np.asarray(jax.grad(dense_loss)(graph.to_dense(), *args))
+    scale = np.abs(reference).max()
+    assert scale > 0
+    np.testing.assert_allclose(grad.dense(), reference, rtol=0, atol=1e-10 * scale)
+    edges = np.asarray(edge_grad(loss, graph, *args))
+    np.testing.assert_allclose(grad.at(graph.receivers, graph.senders), edges, rtol=0, atol=1e-10 * scale)
+
+
+# --------------------------------------------------------------------------------------------------
+# PyG style: per-edge normalised weights, then spmm
+# --------------------------------------------------------------------------------------------------
+def _pyg_gcn(g, p):
+    norm = jgrad.ops.gcn_norm(g)  # a graph with self loops and D^-1/2 Â D^-1/2 weights
+    h = jax.nn.relu(jgrad.ops.spmm(norm, p["x"] @ p["w1"]))
+    return jnp.sum(jnp.tanh(jgrad.ops.spmm(norm, h @ p["w2"])) * p["c"])
+
+
+def _pyg_gcn_dense(a, p):
+    h = jax.nn.relu(_sym(a) @ (p["x"] @ p["w1"]))
+    return jnp.sum(jnp.tanh(_sym(a) @ (h @ p["w2"])) * p["c"])
+
+
+def _row_mean(g, p):
+    norm = jgrad.ops.row_norm(g)
+    out = jgrad.ops.spmm(norm, p["x"] @ p["w1"]) + jgrad.ops.spmm(norm.reverse(), p["x"] @ p["w1"])
+    return jnp.sum(jnp.tanh(out))
+
+
+def _row_mean_dense(a, p):
+    degree = a.sum(1)
+    inverse = jnp.where(degree > 0, 1 / jnp.where(degree > 0, degree, 1), 0)
+    a_row = inverse[:, None] * a
+    h = p["x"] @ p["w1"]
+    return jnp.sum(jnp.tanh(a_row @ h + a_row.T @ h))
+
+
+@pytest.mark.parametrize("case", ["gcn_norm", "gcn_norm_jit", "row_norm_and_transpose"])
+def test_pyg_style_normalised_weights_are_exact(x64, case):
+    graph, params = _graph(), _params()
+    loss, dense = {"gcn_norm": (_pyg_gcn, _pyg_gcn_dense), "gcn_norm_jit": (jax.jit(_pyg_gcn), _pyg_gcn_dense),
+                   "row_norm_and_transpose": (_row_mean, _row_mean_dense)}[case]
+    _check(adjacency_grad(loss, graph, params), dense, loss, graph, params)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loops: APPNP under lax.fori_loop, SGC under lax.scan
+# --------------------------------------------------------------------------------------------------
+K, ALPHA = 10, 0.1
+
+
+def _appnp(g, p):
+    norm = jgrad.ops.gcn_norm(g)
+    h0 = p["x"] @ p["w1"]
+    h = jax.lax.fori_loop(0, K, lambda _, h: (1 - ALPHA) * jgrad.ops.spmm(norm, h) + ALPHA * h0, h0)
+    return jnp.sum(jnp.tanh(h @ p["w2"]) * p["c"])
+
+
+def _appnp_dense(a, p):
+    h0 = p["x"] @ p["w1"]
+    h = h0
+    for _ in range(K):
+        h = (1 - ALPHA) * _sym(a) @ h + ALPHA * h0
+    return jnp.sum(jnp.tanh(h @ p["w2"]) * p["c"])
+
+
+def _sgc_scan(g, p):  # propagate recomputes the degrees at every step, inside the loop body
+    h, _ = jax.lax.scan(lambda h, _: (jgrad.gradients.propagate(g, h), None), p["x"], None, length=3)
+    return jnp.sum(jnp.tanh(h @ p["w1"]))
+
+
+def _sgc_dense(a, p):
+    h = p["x"]
+    for _ in range(3):
+        h = _sym(a) @ h
+    return jnp.sum(jnp.tanh(h @ p["w1"]))
+
+
+def test_appnp_under_fori_loop_is_exact_with_one_term_per_step(x64):
+    graph, params = _graph(), _params()
+    grad = adjacency_grad(_appnp, graph, params)
+    _check(grad, _appnp_dense, _appnp, graph, params)
+    assert grad.rank == K * HIDDEN + 1  # one aggregation term per step, plus gcn_norm's degree
+
+
+def test_sgc_under_scan_inside_jit_is_exact(x64):
+    graph, params = _graph(), _params()
+    _check(adjacency_grad(jax.jit(_sgc_scan), graph, params), _sgc_dense, _sgc_scan, graph, params)
+
+
+# --------------------------------------------------------------------------------------------------
+# jgrad.nn layers and models, plain, under jax.jit and nnx.jit
+# --------------------------------------------------------------------------------------------------
+def _layer(name):
+    rngs = nnx.Rngs(0)
+    options = dict(rngs=rngs, param_dtype=jnp.float64)
+    return {
+        "gcn_sym": lambda: jgrad.nn.GCNConv(F_IN, HIDDEN, **options),
+        "gcn_row_no_loops_no_bias": lambda: jgrad.nn.GCNConv(F_IN, HIDDEN, norm="row", add_self_loops=False,
+                                                             use_bias=False, **options),
+        "gcn_none": lambda: jgrad.nn.GCNConv(F_IN, HIDDEN, norm=None, **options),
+        "graph_conv": lambda: jgrad.nn.GraphConv(F_IN, HIDDEN, **options),
+        "sage_mean": lambda: jgrad.nn.SAGEConv(F_IN, HIDDEN, **options),
+        "sage_sum": lambda: jgrad.nn.SAGEConv(F_IN, HIDDEN, aggregator="sum", **options),
+        "gin_eps": lambda: jgrad.nn.GINConv(F_IN, HIDDEN, eps=0.3, **options),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["gcn_sym", "gcn_row_no_loops_no_bias", "gcn_none", "graph_conv", "sage_mean",
+                                  "sage_sum", "gin_eps"])
+def test_every_sum_or_normalised_layer_matches_dense_mode(x64, name):
+    """Dense mode runs the layer on the complete graph with weights A[v, u] (0 for missing pairs)."""
+    graph, params = _graph(), _params()
+    layer = _layer(name)
+
+    def loss(g, x):
+        return jnp.sum(jnp.tanh(layer(g, x)) * jnp.sin(jnp.arange(N * HIDDEN, dtype=float)).reshape(N, HIDDEN))
+
+    factored = adjacency_grad(loss, graph, params["x"])
+    dense = adjacency_grad(loss, graph, params["x"], mode="dense")
+    scale = np.abs(np.asarray(dense.dense())).max()
+    np.testing.assert_allclose(factored.dense(), dense.dense(), rtol=0, atol=1e-10 * scale)
+
+
+def test_cached_gcn_normalisation_is_exact(x64):
+    graph, params = _graph(), _params()
+    layer = jgrad.nn.GCNConv(F_IN, HIDDEN, cached=True, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+
+    def loss(g, x):  # the scaling computed inside the loss from the graph passed in
+        return jnp.sum(jnp.tanh(layer(g, x, scaling=layer.prepare(g))))
+
+    factored = adjacency_grad(loss, graph, params["x"])
+    dense = adjacency_grad(loss, graph, params["x"], mode="dense")
+    np.testing.assert_allclose(factored.dense(), dense.dense(), rtol=0, atol=1e-10 * np.abs(dense.dense()).max())
+
+
+@pytest.mark.parametrize("wrap", ["jax.jit", "nnx.jit"])
+def test_gcn_model_under_jit_is_exact(x64, wrap):
+    graph, params = _graph(), _params()
+    model = jgrad.nn.GCN(F_IN, HIDDEN, CLASSES, dropout=0.0, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+
+    def loss(g, model, x):
+        return jnp.sum(jnp.tanh(model(g, x)) * params["c"])
+
+    jitted = jax.jit(loss) if wrap == "jax.jit" else nnx.jit(loss)
+    grad = adjacency_grad(jitted, graph, model, params["x"])
+    (w1, b1), (w2, b2) = ((layer.kernel[...], layer.bias[...]) for layer in model.layers)
+
+    def dense_loss(a, model, x):
+        h = jax.nn.relu(_sym(a) @ (x @ w1) + b1[None])
+        return jnp.sum(jnp.tanh(_sym(a) @ (h @ w2) + b2[None]) * params["c"])
+
+    np.testing.assert_allclose(loss(graph, model, params["x"]), dense_loss(graph.to_dense(), model, params["x"]),
+                               rtol=1e-12)
+    _check(grad, dense_loss, loss, graph, model, params["x"])
+
+
+# --------------------------------------------------------------------------------------------------
+# What cannot be exact raises and names the cause
+# --------------------------------------------------------------------------------------------------
+def _sage_max(g, x):
+    layer = jgrad.nn.SAGEConv(F_IN, 2, aggregator="max", rngs=nnx.Rngs(0))
+    return layer(g, x).sum()
+
+
+def _mean_messages(g, x):
+    return jgrad.ops.gspmm(g, "u_mul_e", "mean", x, g.edge_weight).sum()
+
+
+def _while(g, x):
+    return jax.lax.while_loop(lambda c: c[0] < 2, lambda c: (c[0] + 1, jgrad.ops.spmm(g, c[1])), (0, x))[1].sum()
+
+
+def _cond(g, x):
+    return jax.lax.cond(x.sum() > 0, lambda: jgrad.ops.spmm(g, x), lambda: x).sum()
+
+
+def _squared(g, x):
+    return jgrad.ops.spmm(g, x, g.edge_weight ** 2).sum()
+
+
+@pytest.mark.parametrize("model, message", [
+    (_sage_max, r"max/min \(e.g. SAGEConv\(aggr='max'\)"),
+    (_mean_messages, r"reduce='mean'\) divides by the number of incoming edges"),
+    (_while, r"inside lax.while_loop \(or lax.fori_loop with traced bounds\)"),
+    (_cond, r"inside lax.cond / lax.switch"),
+    (_squared, r"uses the edge weights outside the operations adjacency_grad follows"),
+], ids=["sage_max", "mean", "while_loop", "cond", "squared_weights"])
+def test_models_without_an_exact_structure_gradient_raise_naming_the_cause(model, message):
+    graph = _graph(weighted=True)
+    x = jnp.ones((N, F_IN), jnp.float32)
+    with pytest.raises(ValueError, match=message):
+        adjacency_grad(model, graph.with_edge_weight(graph.edge_weight.astype(jnp.float32)), x)
+
+
+def test_inside_jit_a_failed_check_gives_nan_instead_of_a_wrong_gradient():
+    graph = _graph()
+    x = jnp.ones((N, F_IN), jnp.float32)
+    weight = graph.edge_weight.astype(jnp.float32)
+    dense = jax.jit(lambda w: adjacency_grad(_squared, graph.with_edge_weight(w), x).dense())(weight)
+    assert np.isnan(np.asarray(dense)).all()
+    fine = jax.jit(lambda w: adjacency_grad(_sgc_scan, graph.with_edge_weight(w), {"x": x, "w1": x.T}).dense())(weight)
+    assert np.isfinite(np.asarray(fine)).all()
+
+
+def test_no_tap_is_left_in_a_model_outside_adjacency_grad():
+    graph = _graph()
+    jaxpr = jax.make_jaxpr(lambda g, x: _pyg_gcn(g, x))(graph, _params())
+    assert "jgrad_tap_" not in str(jaxpr)
+    tapped = jax.make_jaxpr(lambda g, x: _pyg_gcn(g, x))(jgrad.Graph(**{**graph.__dict__, "tapped": True}),
+                                                         _params())
+    assert "jgrad_tap_aggregate" in str(tapped) and "jgrad_tap_scaled" in str(tapped)
