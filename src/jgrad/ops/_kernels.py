@@ -6,6 +6,10 @@ alone when ``w`` is None) with no scatter-add and no (E, F) intermediate. Its ba
 * ``du = A^T @ dout``: `layout_sum` on ``layout.transpose()``, the reversed graph.
 * ``dw[e] = <dout[receivers[e]], u[senders[e]]>``: `layout_edge_dot`, a g-SDDMM.
 
+Every function here takes one of two forms: the single-weight form (node data (N, M), edge data (E,))
+and the per-head form (node data (N, H, F), edge data (E, H): ``out[receivers[e], h] += w[e, h] *
+u[senders[e], h]``, one dot per edge and head), in which all heads go through one kernel call.
+
 With weights both come from `layout_sum_backward`, which on CPU walks the reversed graph once and uses
 each gathered row of ``dout`` for both. `layout_edge_dot` and `layout_sum_backward` have their own
 VJPs built from `layout_sum` and `layout_edge_dot`, so every order of reverse mode works.
@@ -14,7 +18,10 @@ Backends (the `KERNELS` registry at the end of the differentiable part; one `reg
 a ``"bucket"`` plan runs gathers and dense reductions over its degree-bucketed neighbour
 tables (XLA, any platform). A ``"native"`` plan runs the CSR kernels of `jgrad.ops._native` on CPU
 for float32/float64 (chosen per platform when the computation is lowered, `jax.lax.platform_dependent`)
-and, on other platforms, other dtypes or without a C++ compiler, the same CSR order with segment sums.
+and, on other platforms, other dtypes or without a C++ compiler, the same CSR order with segment sums;
+both take the per-head form directly (every head in one walk over the CSR). The ``"bucket"`` and
+``"pallas"`` kernels have no multi-head version: `register` wraps them in `_per_head`, which runs
+one single-weight pass per head (the one place where that decision is made).
 """
 
 from __future__ import annotations
@@ -52,35 +59,40 @@ def _slot_rows(side: Side) -> jax.Array:
 
 
 def _csr_segment_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
-    """`_side_sum` on the CSR order with XLA segment sums (non-CPU platforms, no compiler)."""
+    """`_side_sum` on the CSR order with XLA segment sums (non-CPU platforms, no compiler); either form."""
     gathered = u[side.csr.cols]
     if w is not None:
-        gathered = gathered * w.astype(u.dtype)[side.csr.edge_ids][:, None]
+        scale = w.astype(u.dtype)[side.csr.edge_ids]  # (S,) or (S, H)
+        gathered = gathered * scale.reshape(scale.shape + (1,) * (gathered.ndim - scale.ndim))
     return jax.ops.segment_sum(gathered, _slot_rows(side), num_segments=side.in_degree.shape[0],
                                indices_are_sorted=True)
 
 
 def _csr_segment_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
+    """`_side_edge_dot` on the CSR order with XLA ops; (E,) for (N, M) operands, (E, H) for (N, H, F)."""
     rows = _slot_rows(side)
     n = side.in_degree.shape[0]
-    live = rows < n
-    dots = jnp.sum(u[side.csr.cols] * v[jnp.minimum(rows, n - 1)], axis=-1)
+    dots = jnp.sum(u[side.csr.cols] * v[jnp.minimum(rows, n - 1)], axis=-1)  # (S,) or (S, H)
+    live = (rows < n).reshape(rows.shape + (1,) * (dots.ndim - 1))
     dots = jnp.where(live, dots, jnp.zeros((), dots.dtype))
-    return jnp.zeros(side.csr.edge_ids.shape, dots.dtype).at[side.csr.edge_ids].add(dots)
+    return jnp.zeros(side.csr.edge_ids.shape + dots.shape[1:], dots.dtype).at[side.csr.edge_ids].add(dots)
 
 
 def _side_sum(backend: str, side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
-    """``out[v] = sum over slots of v of w[slot] * u[neighbour]`` for (N, M) ``u`` and (E,) ``w``."""
+    """``out[v] = sum over slots of v of w[slot] * u[neighbour]``: u (N, M) with w (E,) or None, or
+    u (N, H, F) with w (E, H) or None (per head)."""
     return KERNELS[backend].side_sum(side, u, w)
 
 
 def _side_edge_dot(backend: str, side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
-    """``out[edge_ids[k]] = <v[r], u[cols[k]]>`` for every slot k of row r; shape (E,)."""
+    """``out[edge_ids[k]] = <v[r], u[cols[k]]>`` for every slot k of row r; (E,), or (E, H) per head."""
     return KERNELS[backend].edge_dot(side, u, v)
 
 
 def _native_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
-    """The native CSR kernel on CPU (float32/64, when built), else the CSR order with segment sums."""
+    """The native CSR kernel on CPU (float32/64, when built), else the CSR order with segment sums.
+
+    Either form: every head of (N, H, F) ``u`` with (E, H) ``w`` in one pass."""
     if _use_native(u, w):
         return jax.lax.platform_dependent(u, w, cpu=lambda u, w: _native.csr_sum(side.csr, u, w),
                                           default=lambda u, w: _csr_segment_sum(side, u, w))
@@ -114,7 +126,8 @@ def _bucket_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
 def layout_edge_dot(layout: Plan, u: jax.Array, v: jax.Array) -> jax.Array:
     """``out[e] = <v[receivers[e]], u[senders[e]]>`` for (N, M) ``u``, ``v``; shape (E,).
 
-    Padding edges (absent from the plan) get 0.
+    For (N, H, F) ``u``, ``v`` one dot per head, ``out[e, h] = <v[receivers[e], h], u[senders[e], h]>``;
+    shape (E, H). Padding edges (absent from the plan) get 0.
     """
     return _side_edge_dot(layout.backend, layout.forward, u, v)
 
@@ -172,7 +185,9 @@ def _bucket_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
 def layout_sum(layout: Plan, u: jax.Array, w: jax.Array | None) -> jax.Array:
     """``out[receivers[e]] += w[e] * u[senders[e]]`` on the plan; u (N, M), w (E,) or None.
 
-    Returns (N, M) in u's dtype (w is cast to it).
+    Per head: u (N, H, F), w (E, H), ``out[receivers[e], h] += w[e, h] * u[senders[e], h]``, with
+    every head in one pass on backends that have multi-head kernels (see `Kernels`); the backward
+    then gives dw of shape (E, H). Returns u's shape in u's dtype (w is cast to it).
     """
     return _side_sum(layout.backend, layout.forward, u, w)
 
@@ -197,8 +212,9 @@ layout_sum.defvjp(_layout_sum_fwd, _layout_sum_bwd)
 def layout_sum_backward(layout: Plan, g: jax.Array, w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The cotangents of a weighted `layout_sum`: ``(A^T @ g, dw)`` with ``dw[e] = <g[receivers[e]], u[senders[e]]>``.
 
-    g, u (N, M), w (E,). Equal to ``(layout_sum(layout.transpose(), g, w), layout_edge_dot(layout, u, g))``;
-    on CPU one native pass over the reversed graph reads each gathered row of g once for both.
+    g, u (N, M), w (E,); or per head g, u (N, H, F), w (E, H) and dw (E, H). Equal to
+    ``(layout_sum(layout.transpose(), g, w), layout_edge_dot(layout, u, g))``; on CPU one native pass
+    over the reversed graph reads each gathered row of g once for both results and every head.
     """
     fused = KERNELS[layout.backend].sum_dot
     return _separate_backward(layout, g, w, u) if fused is None else fused(layout, g, w, u)
@@ -215,7 +231,7 @@ def _layout_sum_backward_fwd(layout, g, w, u):
 
 def _layout_sum_backward_bwd(residuals, cotangents):
     layout, g, w, u = residuals
-    a, b = cotangents  # of A^T g (N, M) and of dw (E,)
+    a, b = cotangents  # of A^T g (N, M) and of dw (E,); or (N, H, F) and (E, H)
     dg = layout_sum(layout, a, w) + layout_sum(layout, u, b)
     dw = layout_edge_dot(layout, a, g)
     du = layout_sum(layout.transpose(), g, b)
@@ -233,24 +249,58 @@ class Kernels(NamedTuple):
       edge_dot: ``(side, u (N, M), v (N, M)) -> (E,)``, one dot per edge (0 for edges in no slot).
       sum_dot: optional ``(plan, g, w, u) -> (A^T g, dw)`` fused on ``plan.reverse``; None computes it
         as ``side_sum`` on the reverse side plus ``edge_dot``.
+      multi_head: whether the three also take the per-head form, node data (N, H, F) with edge data
+        (E, H) (``side_sum -> (N, H, F)``, ``edge_dot -> (E, H)``, ``sum_dot -> ((N, H, F), (E, H))``).
+        If False, `register` wraps them in `_per_head`: one single-weight call per head.
     """
 
     side_sum: Callable
     edge_dot: Callable
     sum_dot: Callable | None = None
+    multi_head: bool = False
+
+
+def _per_head(kernels: Kernels) -> Kernels:
+    """``kernels`` taking the per-head form too: single-weight calls pass through, per-head ones run
+    one single-weight call per head (for backends without multi-head kernels)."""
+    if kernels.multi_head:
+        return kernels
+    heads = lambda x: range(x.shape[1])
+
+    def side_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
+        if u.ndim == 2:
+            return kernels.side_sum(side, u, w)
+        if w is None:  # no weights: the heads are just wider rows
+            return kernels.side_sum(side, u.reshape(u.shape[0], -1), None).reshape((-1,) + u.shape[1:])
+        return jnp.stack([kernels.side_sum(side, u[:, h], w[:, h]) for h in heads(u)], axis=1)
+
+    def edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
+        if u.ndim == 2:
+            return kernels.edge_dot(side, u, v)
+        return jnp.stack([kernels.edge_dot(side, u[:, h], v[:, h]) for h in heads(u)], axis=1)
+
+    def sum_dot(plan: Plan, g: jax.Array, w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if g.ndim == 2:
+            return kernels.sum_dot(plan, g, w, u)
+        parts = [kernels.sum_dot(plan, g[:, h], w[:, h], u[:, h]) for h in heads(g)]
+        return jnp.stack([p[0] for p in parts], axis=1), jnp.stack([p[1] for p in parts], axis=1)
+
+    return Kernels(side_sum, edge_dot, None if kernels.sum_dot is None else sum_dot, multi_head=True)
 
 
 KERNELS: dict[str, Kernels] = {}
 
 
 def register(name: str, kernels: Kernels, *, tables: str) -> None:
-    """Adds backend ``name``: its kernels, and the tables (``"csr"`` or ``"buckets"``) its plans hold."""
+    """Adds backend ``name``: its kernels (run once per head unless ``kernels.multi_head``, see
+    `_per_head`), and the tables (``"csr"`` or ``"buckets"``) its plans hold."""
     _plan.register_backend(name, tables)
-    KERNELS[name] = kernels
+    KERNELS[name] = _per_head(kernels)
 
 
-# The registry: adding a backend is its kernel module plus one line here.
-register("native", Kernels(_native_sum, _native_edge_dot, _native_sum_dot), tables="csr")
+# The registry: adding a backend is its kernel module plus one line here. The native kernels do all
+# heads in one pass; the bucket and Pallas kernels have no multi-head version (one pass per head).
+register("native", Kernels(_native_sum, _native_edge_dot, _native_sum_dot, multi_head=True), tables="csr")
 register("bucket", Kernels(_bucket_sum, _bucket_edge_dot), tables="buckets")
 register("pallas", Kernels(_pallas.side_sum, _pallas.edge_dot, _pallas.sum_dot), tables="csr")
 
@@ -270,16 +320,19 @@ def _head_count(u, e) -> int | None:
     trailing = tuple(e.shape[1:])
     if all(d == 1 for d in trailing) and e.ndim <= u.ndim:
         return 1
-    if u.ndim == 3 and len(trailing) in (1, 2) and trailing[0] == u.shape[1] and all(d == 1 for d in trailing[1:]):
+    if u.ndim == 3 and len(trailing) in (1, 2) and trailing[0] == u.shape[1] > 0 and all(d == 1 for d in trailing[1:]):
         return int(u.shape[1])
     return None
 
 
 def plan_gspmm(plan: Plan, op: str, reduce: str, u: jax.Array, e: jax.Array | None, mask: jax.Array | None,
                receivers: jax.Array) -> jax.Array:
-    """gspmm on the plan for the cases of `covers_gspmm`; a per-head weight runs one pass per head.
+    """gspmm on the plan for the cases of `covers_gspmm`.
 
-    The plan covers every edge: padding edges (``mask`` False) get weight 0 here.
+    A per-head weight ((E, H) or (E, H, 1) against (N, H, F) u) runs as one per-head `layout_sum`: on
+    the native backend every head in one pass over the CSR (forward and backward), on backends
+    without multi-head kernels one pass per head (`_per_head`). The plan covers every edge: padding
+    edges (``mask`` False) get weight 0 here.
     """
     shape = u.shape
     if op == "copy_u":
@@ -291,7 +344,7 @@ def plan_gspmm(plan: Plan, op: str, reduce: str, u: jax.Array, e: jax.Array | No
     u = u.astype(dtype)
     w = _masked(e.reshape(e.shape[0], heads).astype(dtype), mask)
     if heads > 1:
-        out = jnp.stack([layout_sum(plan, u[:, h, :], w[:, h]) for h in range(heads)], axis=1)
+        out = layout_sum(plan, u, w)  # (N, H, F) with (E, H) weights
     else:
         out = layout_sum(plan, u.reshape(u.shape[0], -1), w[:, 0]).reshape(shape)
     return _mean(plan, out, reduce, mask, receivers)
@@ -323,12 +376,11 @@ def covers_gsddmm(op: str, lhs, rhs, lhs_target: str, rhs_target: str) -> bool:
 
 
 def plan_gsddmm(plan: Plan, lhs: jax.Array, rhs: jax.Array, lhs_target: str, mask: jax.Array | None) -> jax.Array:
-    """gsddmm ``"dot"`` on the plan; returns (E, 1) or (E, H, 1), 0 at padding edges."""
+    """gsddmm ``"dot"`` on the plan; returns (E, 1) or (E, H, 1) (all heads in one `layout_edge_dot`),
+    0 at padding edges."""
     u, v = (lhs, rhs) if lhs_target == "u" else (rhs, lhs)
     dtype = jnp.result_type(u, v)
     u, v = u.astype(dtype), v.astype(dtype)
     if u.ndim == 3:
-        out = jnp.stack([layout_edge_dot(plan, u[:, h], v[:, h]) for h in range(u.shape[1])], axis=1)
-    else:
-        out = layout_edge_dot(plan, u, v)[:, None]
-    return _masked(out, mask)[..., None] if u.ndim == 3 else _masked(out, mask)
+        return _masked(layout_edge_dot(plan, u, v), mask)[..., None]  # (E, H) -> (E, H, 1)
+    return _masked(layout_edge_dot(plan, u, v)[:, None], mask)

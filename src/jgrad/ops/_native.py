@@ -10,6 +10,10 @@ through the XLA FFI:
 * ``csr_sum_dot(csr, g, u, w)``: both of the above in one pass, sharing each gathered row of ``g``
   (the backward of a weighted sum computes its node and edge cotangents this way).
 
+Each kernel also takes a weight per head: node data (N, H, F) with edge data (E, H) (``out[r, h] =
+sum_k w[edge_ids[k], h] * u[cols[k], h]``, per-head dots of shape (E, H)). All H heads are done in
+one walk over the CSR, each gathered row read once; node data (N, M) with edge data (E,) is H = 1.
+
 The source is compiled with the system C++ compiler on first use (``$CXX``, else ``c++``/``g++``)
 against the XLA FFI headers that ship with jaxlib, for this machine's processor, and cached in
 ``$JGRAD_CACHE_DIR`` (default ``~/.cache/jgrad``), keyed by the source, the flags, jaxlib's version
@@ -65,38 +69,54 @@ def _require() -> None:
 
 
 def csr_sum(csr: Csr, u: jax.Array, w: jax.Array | None) -> jax.Array:
-    """``out[r] = sum over slots k of row r of w[edge_ids[k]] * u[cols[k]]``; u (N, M), w (E,) or None.
+    """``out[r] = sum over slots k of row r of w[edge_ids[k]] * u[cols[k]]``, for every head at once.
 
-    Returns (R, M) in u's dtype. Forward only: differentiate through `jgrad.ops._kernels.layout_sum`.
+    Args:
+      csr: one side of a plan.
+      u: (N, M), or (N, H, F) with per-head weights.
+      w: (E,) with u (N, M); (E, H) with u (N, H, F) (``out[r, h] = sum_k w[edge_ids[k], h] *
+        u[cols[k], h]``); or None (no weights, any u).
+
+    Returns (R,) + u.shape[1:] in u's dtype. Forward only: differentiate through
+    `jgrad.ops._kernels.layout_sum`.
     """
     _require()
     n_rows = csr.row_ptr.shape[0] - 1
     w = jnp.zeros((0,), u.dtype) if w is None else w.astype(u.dtype)
-    call = jax.ffi.ffi_call("jgrad_csr_sum", jax.ShapeDtypeStruct((n_rows, u.shape[1]), u.dtype),
+    call = jax.ffi.ffi_call("jgrad_csr_sum", jax.ShapeDtypeStruct((n_rows,) + u.shape[1:], u.dtype),
                             vmap_method="sequential")
     return call(csr.row_ptr, csr.cols, csr.edge_ids, u, w)
 
 
 def csr_edge_dot(csr: Csr, u: jax.Array, v: jax.Array, n_edges: int) -> jax.Array:
-    """``out[edge_ids[k]] = <v[r], u[cols[k]]>`` for every slot k of row r; u (N, M), v (R, M).
+    """``out[edge_ids[k]] = <v[r], u[cols[k]]>`` for every slot k of row r, per head.
 
-    Returns (n_edges,); edges in no slot (padding) get 0.
+    Args:
+      csr: one side of a plan.
+      u: (N, M), or (N, H, F) for one dot per head.
+      v: (R, M), or (R, H, F) like u.
+      n_edges: E, the number of edges.
+
+    Returns (E,) for (N, M) operands, (E, H) with ``out[edge_ids[k], h] = <v[r, h], u[cols[k], h]>``
+    for (N, H, F) ones; edges in no slot (padding) get 0.
     """
     _require()
-    call = jax.ffi.ffi_call("jgrad_csr_edge_dot", jax.ShapeDtypeStruct((n_edges,), u.dtype),
-                            vmap_method="sequential")
+    shape = (n_edges,) + u.shape[1:-1]
+    call = jax.ffi.ffi_call("jgrad_csr_edge_dot", jax.ShapeDtypeStruct(shape, u.dtype), vmap_method="sequential")
     return call(csr.row_ptr, csr.cols, csr.edge_ids, u, v.astype(u.dtype))
 
 
 def csr_sum_dot(csr: Csr, g: jax.Array, u: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(out, dots)`` with ``out[r] = sum_k w[edge_ids[k]] g[cols[k]]`` and ``dots[edge_ids[k]] = <u[r], g[cols[k]]>``.
 
-    g (N, M) is gathered, u (R, M) has one row per CSR row, w (E,). Returns (R, M) and (E,) in g's dtype;
-    edges in no slot get a dot of 0. Each gathered row of g is read once for both results.
+    g (N, M) is gathered, u (R, M) has one row per CSR row, w (E,); or, per head, g (N, H, F), u (R, H,
+    F), w (E, H) with ``out[r, h] = sum_k w[edge_ids[k], h] g[cols[k], h]`` and ``dots[edge_ids[k], h] =
+    <u[r, h], g[cols[k], h]>``. Returns (R,) + g.shape[1:] and w's shape in g's dtype; edges in no slot
+    get a dot of 0. Each gathered row of g is read once for both results and every head.
     """
     _require()
     n_rows = csr.row_ptr.shape[0] - 1
-    shapes = (jax.ShapeDtypeStruct((n_rows, g.shape[1]), g.dtype), jax.ShapeDtypeStruct(w.shape, g.dtype))
+    shapes = (jax.ShapeDtypeStruct((n_rows,) + g.shape[1:], g.dtype), jax.ShapeDtypeStruct(w.shape, g.dtype))
     call = jax.ffi.ffi_call("jgrad_csr_sum_dot", shapes, vmap_method="sequential")
     out, dots = call(csr.row_ptr, csr.cols, csr.edge_ids, g, u.astype(g.dtype), w.astype(g.dtype))
     return out, dots

@@ -4,11 +4,19 @@
 // A CSR side of a graph is (row_ptr, cols, edge_ids): the slots row_ptr[r] .. row_ptr[r+1]-1 hold
 // the neighbours cols[k] of row r and the id edge_ids[k] of the edge behind each slot.
 //
-//   jgrad_csr_sum:      out[r, :] = sum_k w[edge_ids[k]] * u[cols[k], :]     (w of size 0: no weights)
-//   jgrad_csr_edge_dot: out[edge_ids[k]] = <v[r, :], u[cols[k], :]>;  edges in no slot get 0
+// Node rows have M = H * F values: H heads of F features each, head h at columns h*F .. h*F+F-1
+// (a (N, H, F) array in row-major order). Edge data has one value per edge and head, (E, H); H = 1
+// is the single-weight case ((E,) edge data, any row width). H is read from the edge buffer's shape
+// (w, or the result of the edge dot), and must divide M.
+//
+//   jgrad_csr_sum:      out[r, h, :] = sum_k w[edge_ids[k], h] * u[cols[k], h, :]   (w of size 0: no weights)
+//   jgrad_csr_edge_dot: out[edge_ids[k], h] = <v[r, h, :], u[cols[k], h, :]>;  edges in no slot get 0
 //   jgrad_csr_sum_dot:  both at once over one side, sharing each gathered row g[cols[k]]:
-//                       out[r, :] = sum_k w[edge_ids[k]] * g[cols[k], :],  dots[edge_ids[k]] = <u[r, :], g[cols[k], :]>
+//                       out[r, h, :] = sum_k w[edge_ids[k], h] * g[cols[k], h, :],
+//                       dots[edge_ids[k], h] = <u[r, h, :], g[cols[k], h, :]>
 //                       (the backward of a weighted sum: the node and edge cotangents in one pass)
+//
+// Every head is done in the same walk over the CSR: each gathered row is read once for all heads.
 //
 // Each output row is owned by one thread and accumulated in place, so there are no atomics and no
 // (E, M) intermediate. Rows are cut into chunks of equal slot count (hubs do not unbalance them) that
@@ -94,9 +102,22 @@ inline void PrefetchRow(const T* row, int64_t m) {
 
 constexpr int64_t kPrefetchDistance = 6;
 
+// acc[h*f + j] += w[h] * row[h*f + j] for every head h < heads and feature j < f.
+template <typename T>
+inline void AddScaled(T* __restrict__ acc, const T* __restrict__ row, const T* __restrict__ w, int64_t heads,
+                      int64_t f) {
+  for (int64_t h = 0; h < heads; ++h) {
+    const T scale = w[h];
+    T* __restrict__ a = acc + h * f;
+    const T* __restrict__ x = row + h * f;
+    for (int64_t j = 0; j < f; ++j) a[j] += scale * x[j];
+  }
+}
+
 template <typename T>
 void CsrSum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u,
-            const T* w, bool weighted, int64_t n_rows, int64_t m, T* out) {
+            const T* w, bool weighted, int64_t n_rows, int64_t m, int64_t heads, T* out) {
+  const int64_t f = m / heads;
   ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       T* __restrict__ acc = out + r * m;
@@ -106,8 +127,7 @@ void CsrSum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, 
         if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
         const T* __restrict__ row = u + static_cast<int64_t>(cols[k]) * m;
         if (weighted) {
-          const T scale = w[edge_ids[k]];
-          for (int64_t j = 0; j < m; ++j) acc[j] += scale * row[j];
+          AddScaled(acc, row, w + static_cast<int64_t>(edge_ids[k]) * heads, heads, f);
         } else {
           for (int64_t j = 0; j < m; ++j) acc[j] += row[j];
         }
@@ -130,17 +150,24 @@ inline T Dot(const T* __restrict__ a, const T* __restrict__ b, int64_t m) {
   return total;
 }
 
+// dots[h] = <own[h*f ..], row[h*f ..]> for every head h < heads.
+template <typename T>
+inline void HeadDots(const T* own, const T* row, int64_t heads, int64_t f, T* dots) {
+  for (int64_t h = 0; h < heads; ++h) dots[h] = Dot(own + h * f, row + h * f, f);
+}
+
 template <typename T>
 void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
-                const T* u, const T* v, int64_t n_rows, int64_t m, int64_t n_edges, T* out) {
-  std::fill(out, out + n_edges, T(0));
+                const T* u, const T* v, int64_t n_rows, int64_t m, int64_t heads, int64_t n_edges, T* out) {
+  const int64_t f = m / heads;
+  std::fill(out, out + n_edges * heads, T(0));
   ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       const T* own = v + r * m;
       const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
       for (int64_t k = begin; k < end; ++k) {
         if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
-        out[edge_ids[k]] = Dot(own, u + static_cast<int64_t>(cols[k]) * m, m);
+        HeadDots(own, u + static_cast<int64_t>(cols[k]) * m, heads, f, out + static_cast<int64_t>(edge_ids[k]) * heads);
       }
     }
   });
@@ -148,9 +175,10 @@ void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* co
 
 template <typename T>
 void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
-               const T* g, const T* u, const T* w, int64_t n_rows, int64_t m, int64_t n_edges, T* out,
-               T* dots) {
-  std::fill(dots, dots + n_edges, T(0));
+               const T* g, const T* u, const T* w, int64_t n_rows, int64_t m, int64_t heads, int64_t n_edges,
+               T* out, T* dots) {
+  const int64_t f = m / heads;
+  std::fill(dots, dots + n_edges * heads, T(0));
   ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
       T* __restrict__ acc = out + r * m;
@@ -160,10 +188,9 @@ void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* col
       for (int64_t k = begin; k < end; ++k) {
         if (k + kPrefetchDistance < end) PrefetchRow(g + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
         const T* __restrict__ row = g + static_cast<int64_t>(cols[k]) * m;
-        const int32_t edge = edge_ids[k];
-        dots[edge] = Dot(own, row, m);
-        const T scale = w[edge];
-        for (int64_t j = 0; j < m; ++j) acc[j] += scale * row[j];
+        const int64_t edge = static_cast<int64_t>(edge_ids[k]) * heads;
+        HeadDots(own, row, heads, f, dots + edge);
+        AddScaled(acc, row, w + edge, heads, f);
       }
     }
   });
@@ -178,6 +205,17 @@ int64_t RowWidth(const ffi::AnyBuffer& buffer) {
 
 ffi::Error Invalid(const char* kernel, const char* problem) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(kernel) + ": " + problem);
+}
+
+// The number of heads H of an edge buffer of shape (E,) (H = 1) or (E, H), checked to divide the row
+// width m of the node buffers.
+ffi::Error ReadHeads(const char* kernel, const ffi::AnyBuffer& edges, int64_t m, int64_t& heads) {
+  if (edges.dimensions().size() > 2) return Invalid(kernel, "edge data must have shape (E,) or (E, H)");
+  heads = edges.dimensions().size() == 2 ? edges.dimensions()[1] : 1;
+  if (heads < 1 || m % heads != 0) {
+    return Invalid(kernel, "the heads H of the edge data must divide the row width of the node data");
+  }
+  return ffi::Error::Success();
 }
 
 // The CSR index arrays, checked to be int32 with one offset per row plus one.
@@ -224,26 +262,32 @@ ffi::Error CsrSumImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuff
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
   if (RowWidth(u) != m) return Invalid(kKernel, "u and out must have the same row width");
+  int64_t heads = 1;
+  if (weighted) {
+    if (auto error = ReadHeads(kKernel, w, m, heads); error.failure()) return error;
+  }
   std::vector<ffi::DataType> types = {u.element_type(), out->element_type()};
   if (weighted) types.push_back(w.element_type());
   return ForFloatType(kKernel, types, [&](auto zero) {
     using T = decltype(zero);
     CsrSum(pool, csr.row_ptr, csr.cols, csr.edge_ids, u.typed_data<T>(), weighted ? w.typed_data<T>() : nullptr,
-           weighted, n_rows, m, out->typed_data<T>());
+           weighted, n_rows, m, heads, out->typed_data<T>());
   });
 }
 
 ffi::Error CsrEdgeDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
                           ffi::AnyBuffer u, ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out) {
   constexpr const char* kKernel = "jgrad_csr_edge_dot";
-  const int64_t n_rows = Rows(v), m = RowWidth(v), n_edges = out->element_count();
+  const int64_t n_rows = Rows(v), m = RowWidth(v), n_edges = Rows(*out);
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
   if (RowWidth(u) != m) return Invalid(kKernel, "u and v must have the same row width");
+  int64_t heads = 1;
+  if (auto error = ReadHeads(kKernel, *out, m, heads); error.failure()) return error;
   return ForFloatType(kKernel, {u.element_type(), v.element_type(), out->element_type()}, [&](auto zero) {
     using T = decltype(zero);
-    CsrEdgeDot(pool, csr.row_ptr, csr.cols, csr.edge_ids, u.typed_data<T>(), v.typed_data<T>(), n_rows, m, n_edges,
-               out->typed_data<T>());
+    CsrEdgeDot(pool, csr.row_ptr, csr.cols, csr.edge_ids, u.typed_data<T>(), v.typed_data<T>(), n_rows, m, heads,
+               n_edges, out->typed_data<T>());
   });
 }
 
@@ -251,21 +295,23 @@ ffi::Error CsrSumDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyB
                          ffi::AnyBuffer g, ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out,
                          ffi::Result<ffi::AnyBuffer> dots) {
   constexpr const char* kKernel = "jgrad_csr_sum_dot";
-  const int64_t n_rows = Rows(*out), m = RowWidth(*out), n_edges = dots->element_count();
+  const int64_t n_rows = Rows(*out), m = RowWidth(*out), n_edges = Rows(*dots);
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
   if (RowWidth(g) != m || RowWidth(u) != m || Rows(u) != n_rows) {
     return Invalid(kKernel, "g, u and out must have the same row width, and u one row per output row");
   }
-  if (static_cast<int64_t>(w.element_count()) != n_edges) {
-    return Invalid(kKernel, "w and dots must have one entry per edge");
+  if (w.element_count() != dots->element_count() || Rows(w) != n_edges) {
+    return Invalid(kKernel, "w and dots must have one entry per edge and head");
   }
+  int64_t heads = 1;
+  if (auto error = ReadHeads(kKernel, *dots, m, heads); error.failure()) return error;
   const std::vector<ffi::DataType> types = {g.element_type(), u.element_type(), w.element_type(),
                                             out->element_type(), dots->element_type()};
   return ForFloatType(kKernel, types, [&](auto zero) {
     using T = decltype(zero);
     CsrSumDot(pool, csr.row_ptr, csr.cols, csr.edge_ids, g.typed_data<T>(), u.typed_data<T>(), w.typed_data<T>(),
-              n_rows, m, n_edges, out->typed_data<T>(), dots->typed_data<T>());
+              n_rows, m, heads, n_edges, out->typed_data<T>(), dots->typed_data<T>());
   });
 }
 
@@ -277,8 +323,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSum, CsrSumImpl,
                                   .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
                                   .Arg<ffi::AnyBuffer>()  // cols (S,)
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
-                                  .Arg<ffi::AnyBuffer>()  // u (N, M)
-                                  .Arg<ffi::AnyBuffer>()  // w (E,) or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // u (N, M), M = H * F
+                                  .Arg<ffi::AnyBuffer>()  // w (E,), (E, H) or (0,)
                                   .Ret<ffi::AnyBuffer>());  // out (R, M)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrEdgeDot, CsrEdgeDotImpl,
@@ -287,9 +333,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrEdgeDot, CsrEdgeDotImpl,
                                   .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
                                   .Arg<ffi::AnyBuffer>()  // cols (S,)
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
-                                  .Arg<ffi::AnyBuffer>()  // u (N, M)
+                                  .Arg<ffi::AnyBuffer>()  // u (N, M), M = H * F
                                   .Arg<ffi::AnyBuffer>()  // v (R, M)
-                                  .Ret<ffi::AnyBuffer>());  // out (E,)
+                                  .Ret<ffi::AnyBuffer>());  // out (E,) or (E, H)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSumDot, CsrSumDotImpl,
                               ffi::Ffi::Bind()
@@ -297,8 +343,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSumDot, CsrSumDotImpl,
                                   .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
                                   .Arg<ffi::AnyBuffer>()  // cols (S,)
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
-                                  .Arg<ffi::AnyBuffer>()  // g (N, M), gathered
+                                  .Arg<ffi::AnyBuffer>()  // g (N, M), gathered; M = H * F
                                   .Arg<ffi::AnyBuffer>()  // u (R, M), one row per output row
-                                  .Arg<ffi::AnyBuffer>()  // w (E,)
+                                  .Arg<ffi::AnyBuffer>()  // w (E,) or (E, H)
                                   .Ret<ffi::AnyBuffer>()  // out (R, M)
-                                  .Ret<ffi::AnyBuffer>());  // dots (E,)
+                                  .Ret<ffi::AnyBuffer>());  // dots (E,) or (E, H)
