@@ -18,6 +18,7 @@ from flax import nnx
 
 from .._types import REDUCERS, check_choice
 from ..graph import Graph
+from ..ops import gspmm
 from . import functional as F
 
 _glorot = nnx.initializers.glorot_uniform()
@@ -311,6 +312,14 @@ class MessagePassing(nnx.Module):
         return aggregated
 
     def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """Runs message, aggregation and update. ``key`` is unused by the base class."""
+        """Runs message, aggregation and update. ``key`` is unused by the base class.
+
+        With the default `message` and array features, message and aggregation are one `jgrad.ops.gspmm`
+        (``u_mul_e``, or ``copy_u`` when unweighted): no (E, F) messages, the graph's backend, and a
+        model `jgrad.adjacency_grad` can follow.
+        """
         del key
+        if type(self).message is MessagePassing.message and isinstance(x, jax.Array):
+            op = "copy_u" if graph.edge_weight is None else "u_mul_e"
+            return self.update(x, gspmm(graph, op, self.aggregate, u=x, e=graph.edge_weight))
         return F.message_passing(graph, x, self.message, aggregate=self.aggregate, update_fn=self.update)
