@@ -13,14 +13,13 @@ from jgrad import attacks
 from jgrad.data import csbm
 
 
-def _dense_meta_loss(adjacency, problem, x):
-    """The Meta-Self loss written naively: dense Â, the full forward pass inside every training step."""
-    config = problem.config
+def _dense_logits(adjacency, params, x, train_index, train_labels, *, steps, learning_rate, momentum):
+    """The inner loop written naively: dense Â, the full forward pass inside every training step."""
     a_hat = adjacency + jnp.eye(adjacency.shape[0], dtype=adjacency.dtype)
     scale = a_hat.sum(axis=1) ** -0.5
     s = scale[:, None] * a_hat * scale[None, :]
-    train = jnp.zeros(adjacency.shape[0], bool).at[problem.train_index].set(True)
-    labels = jnp.zeros(adjacency.shape[0], jnp.int32).at[problem.train_index].set(problem.train_labels)
+    train = jnp.zeros(adjacency.shape[0], bool).at[train_index].set(True)
+    labels = jnp.zeros(adjacency.shape[0], jnp.int32).at[train_index].set(train_labels)
 
     def logits(p):
         return s @ (s @ (x @ p["w1"])) @ p["w2"]
@@ -28,16 +27,36 @@ def _dense_meta_loss(adjacency, problem, x):
     def step(carry, _):
         p, v = carry
         g = jax.grad(lambda q: attacks.masked_cross_entropy(logits(q), labels, train))(p)
-        v = jax.tree.map(lambda v_, g_: config.momentum * v_ + g_, v, g)
-        return (jax.tree.map(lambda p_, v_: p_ - config.learning_rate * v_, p, v), v), None
+        v = jax.tree.map(lambda v_, g_: momentum * v_ + g_, v, g)
+        return (jax.tree.map(lambda p_, v_: p_ - learning_rate * v_, p, v), v), None
 
-    velocity = jax.tree.map(jnp.zeros_like, problem.params)
-    (p, _), _ = jax.lax.scan(step, (problem.params, velocity), None, length=config.steps)
-    final = logits(p)
+    velocity = jax.tree.map(jnp.zeros_like, params)
+    (p, _), _ = jax.lax.scan(step, (params, velocity), None, length=steps)
+    return logits(p)
+
+
+def _dense_loss(adjacency, params, x, train_index, train_labels, pseudo_labels, scored, **inner):
+    return attacks.masked_cross_entropy(_dense_logits(adjacency, params, x, train_index, train_labels, **inner),
+                                        pseudo_labels, scored)
+
+
+# One compilation serves every reference below (the same shapes and inner-loop settings throughout).
+_dense_logits_jit = jax.jit(_dense_logits, static_argnames=("steps", "learning_rate", "momentum"))
+_dense_grad_jit = jax.jit(jax.grad(_dense_loss), static_argnames=("steps", "learning_rate", "momentum"))
+
+
+def _dense_meta_grad(adjacency, problem, x, params=None):
+    """d/da_ij of the Meta-Self loss of the dense loop, with A[i, j] = A[j, i] = a_ij: shape (N, N)."""
+    config = problem.config
+    params = problem.params if params is None else params
+    inner = dict(steps=config.steps, learning_rate=config.learning_rate, momentum=config.momentum)
+    args = (adjacency, params, x, problem.train_index, problem.train_labels)
     scored = problem.unlabeled_mask
     if config.attacker_loss == "masked_ce":  # only the nodes still predicted as their self-training label
-        scored = scored & (np.argmax(np.asarray(jax.lax.stop_gradient(final)), axis=1) == problem.pseudo_labels)
-    return attacks.masked_cross_entropy(final, problem.pseudo_labels, scored)
+        final = _dense_logits_jit(*args, **inner)
+        scored = scored & (jnp.argmax(final, axis=1) == problem.pseudo_labels)
+    dense = _dense_grad_jit(*args, problem.pseudo_labels, scored, **inner)
+    return dense + dense.T - jnp.diag(jnp.diag(dense))
 
 
 def _small_problem(form, n_nodes=24, feature_dim=6):
@@ -63,9 +82,8 @@ def test_meta_gradient_matches_dense_inner_loop_in_float64(x64, form):
     flip_set.flip(*next((u, v) for u in range(24) for v in range(u + 1, 24) if not flip_set.is_edge(u, v)))
     graph = flip_set.graph()
     factored = attacks.meta_gradient(problem, graph)  # also checked against edge_grad at existing edges
-    adjacency = graph.to_dense().astype(jnp.float64)
-    dense = jax.grad(_dense_meta_loss)(adjacency, problem, x)
-    expected = dense + dense.T - jnp.diag(jnp.diag(dense))  # d/da_ij with A[i, j] = A[j, i] = a_ij
+    # (the tests below compare with the dense loop or each other, and skip that built-in check: check=False)
+    expected = _dense_meta_grad(graph.to_dense().astype(jnp.float64), problem, x)
     np.testing.assert_allclose(factored.dense(), expected, rtol=1e-9, atol=1e-12)
     assert float(jnp.max(jnp.abs(expected))) > 1e-4
 
@@ -74,11 +92,10 @@ def test_masked_ce_meta_gradient_matches_dense_inner_loop_and_differs_from_ce(x6
     data, x, ce_problem = _small_problem("train")
     problem = dataclasses.replace(ce_problem, config=dataclasses.replace(ce_problem.config, attacker_loss="masked_ce"))
     graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
-    adjacency = graph.to_dense()
-    dense = jax.grad(lambda a: _dense_meta_loss(a, problem, x))(adjacency)
-    expected = dense + dense.T - jnp.diag(jnp.diag(dense))
-    np.testing.assert_allclose(attacks.meta_gradient(problem, graph).dense(), expected, rtol=1e-9, atol=1e-12)
-    ce = attacks.meta_gradient(ce_problem, graph).dense()
+    expected = _dense_meta_grad(graph.to_dense(), problem, x)
+    masked = attacks.meta_gradient(problem, graph, check=False).dense()
+    np.testing.assert_allclose(masked, expected, rtol=1e-9, atol=1e-12)
+    ce = attacks.meta_gradient(ce_problem, graph, check=False).dense()
     assert float(jnp.max(jnp.abs(ce - expected))) > 1e-3 * float(jnp.max(jnp.abs(ce)))  # some node was masked out
 
 
@@ -140,7 +157,7 @@ def test_metattack_first_flip_is_the_best_dense_score(x64):
     result = attacks.metattack(problem, data.graph, 1)
     graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
     adjacency = np.asarray(graph.to_dense())
-    score = np.asarray(attacks.meta_gradient(problem, graph).dense()) * (1 - 2 * adjacency)
+    score = np.asarray(attacks.meta_gradient(problem, graph, check=False).dense()) * (1 - 2 * adjacency)
     assert tuple(result.flips[0]) == _best_allowed_flip(score, adjacency)
 
 
@@ -182,10 +199,10 @@ def test_metattack_redraw_scores_each_step_from_its_own_initialisation(x64):
     result = attacks.metattack(problem, data.graph, 1, key=key)
     graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
     adjacency = np.asarray(graph.to_dense())
-    grad = attacks.meta_gradient(problem.with_initial_params(attacks.step_key(key, 0)), graph)
+    grad = attacks.meta_gradient(problem.with_initial_params(attacks.step_key(key, 0)), graph, check=False)
     score = np.asarray(grad.dense()) * (1 - 2 * adjacency)
     assert tuple(result.flips[0]) == _best_allowed_flip(score, adjacency)
-    fixed = np.asarray(attacks.meta_gradient(problem, graph).dense())
+    fixed = np.asarray(attacks.meta_gradient(problem, graph, check=False).dense())
     assert not np.allclose(np.asarray(grad.dense()), fixed)  # the redrawn start changes the meta-gradient
 
 
@@ -206,12 +223,11 @@ def test_an_ensemble_meta_gradient_is_the_mean_of_its_members_against_the_dense_
     ensemble = dataclasses.replace(problem, params=jax.tree.map(lambda *m: jnp.stack(m), *members))
     assert ensemble.inits == 3 and problem.inits == 1
     graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
-    factored = attacks.meta_gradient(ensemble, graph)
+    factored = attacks.meta_gradient(ensemble, graph, check=False)
     adjacency = graph.to_dense().astype(jnp.float64)
-    dense = sum(jax.grad(_dense_meta_loss)(adjacency, dataclasses.replace(problem, params=m), x) for m in members) / 3
-    expected = dense + dense.T - jnp.diag(jnp.diag(dense))
+    expected = sum(_dense_meta_grad(adjacency, problem, x, params=m) for m in members) / 3
     np.testing.assert_allclose(factored.dense(), expected, rtol=1e-9, atol=1e-12)
-    single = attacks.meta_gradient(problem, graph)
+    single = attacks.meta_gradient(problem, graph, check=False)
     # "train" form: the final logits of K members are propagated together, 2 x 2 x (K - 1) x C more columns
     # (symmetric: x 2); "features" form: only Â² X is propagated, whatever K.
     assert factored.rank - single.rank == (2 * 2 * (3 - 1) * 3 if form == "train" else 0)
@@ -219,7 +235,17 @@ def test_an_ensemble_meta_gradient_is_the_mean_of_its_members_against_the_dense_
     assert fresh["w1"].shape == ensemble.params["w1"].shape
 
 
-def test_metaproblem_create_draws_an_ensemble_whose_first_member_is_the_single_init():
+def test_metaproblem_create_draws_an_ensemble_whose_first_member_is_the_single_init(monkeypatch):
+    from jgrad.attacks import _meta
+
+    real, trained = _meta.self_training_labels, []  # both creates train the same surrogate: train it once
+
+    def train_once(*args, **kwargs):
+        if not trained:
+            trained.append(real(*args, **kwargs))
+        return trained[0]
+
+    monkeypatch.setattr(_meta, "self_training_labels", train_once)
     data = csbm(30, 3, avg_degree=4.0, feature_dim=5, train_fraction=0.3, val_fraction=0.2, seed=2)
     args = (data.graph, jnp.asarray(data.features), data.labels, data.train_mask, data.val_mask)
     single = attacks.MetaProblem.create(*args, key=jax.random.key(0), n_classes=3)
