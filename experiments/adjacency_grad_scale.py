@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     grad = jgrad.adjacency_grad(gcn_loss, graph, params, x, labels)
     jax.block_until_ready(grad)
     grad_seconds = time.perf_counter() - start
-    print(f"adjacency_grad: rank {grad.rank}, {grad_seconds:.1f} s (two traces, compile, one forward + "
+    print(f"adjacency_grad: rank {grad.rank}, {grad_seconds:.1f} s (trace, compile, one forward + "
           f"backward, check vs edge_grad: max relative error {float(grad.edge_error):.2e}); "
           f"peak RSS {peak_rss_gib():.2f} GiB", flush=True)
 

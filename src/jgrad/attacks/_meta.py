@@ -310,7 +310,8 @@ def meta_gradient(problem: MetaProblem, graph: Graph, *, mode: Literal["factored
 
     Exactly the gradient of the attacker loss after T inner training steps, w.r.t. the undirected
     adjacency (`AdjacencyGrad.symmetric`); ``mode="dense"`` runs the same computation on the complete
-    graph (small graphs only, for checking). Jit the call, not the loss.
+    graph (small graphs only, for checking). Jit the call, not the loss. Under ``jit`` the check
+    against `jgrad.edge_grad` cannot raise: a failed check makes every entry NaN.
     """
     return adjacency_grad(lambda g: problem.loss(g), graph, symmetric=True, mode=mode, check=check)
 
@@ -329,7 +330,7 @@ def metattack(problem: MetaProblem, graph: Graph, budget: int, *, flips_per_step
     """
     dtype = problem.params["w1"].dtype
     if key is None:
-        return greedy_flips(lambda g: meta_gradient(problem, g, check=False), graph, budget,
+        return greedy_flips(lambda g: meta_gradient(problem, g), graph, budget,
                             flips_per_step=flips_per_step, dtype=dtype, log=log)
-    return greedy_flips(lambda g, k: meta_gradient(problem.with_initial_params(k), g, check=False), graph,
+    return greedy_flips(lambda g, k: meta_gradient(problem.with_initial_params(k), g), graph,
                         budget, flips_per_step=flips_per_step, dtype=dtype, key=key, log=log)
