@@ -1,12 +1,14 @@
 """Checks that need several devices; run as a script with XLA_FLAGS setting 8 virtual CPU devices.
 
-`test_multidevice.py` launches ``python multidevice_checks.py <check>`` in a subprocess, so the flag
-never touches the main pytest process. Each check raises on a mismatch and prints ``OK <check>``.
+`test_multidevice.py` launches ``python multidevice_checks.py <check> ...`` in a subprocess, so the flag
+never touches the main pytest process. Each check raises on a mismatch and prints ``OK <check>``; the
+script runs every check it is given and prints ``FAILED <check>`` (with the traceback) for each that raised.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -59,27 +61,32 @@ def check_ops():
         cases = [(op, reduce, "split", False) for op in ops for reduce in reducers]
         if d == 8:  # integer-valued features: ties within and across shards, both tie rules
             cases += [("copy_u", reduce, tie, True) for reduce in ("max", "min") for tie in ("split", "first")]
+        # Every case of this mesh in one compiled program (and one for the reference), compared case by case.
+        inputs = []
         for op, reduce, tie, integer in cases:
             x = rng.normal(size=(n, 4)).astype(np.float32)
             x = np.round(x) if integer else x
             w = rng.uniform(0.5, 1.5, (e, 4) if op == "copy_e" else (e,)).astype(np.float32)
+            cot = rng.normal(size=(n, 4)).astype(np.float32)
+            inputs.append((x, w, cot))
 
-            def one(x, w):
-                return jgrad.ops.gspmm(graph, op, reduce, x, w, tie=tie)
-
-            def many(x, w):
-                return sharded_gspmm(mesh, sg, op, reduce, x, sg.shard_edge_data(w), tie=tie)
-
-            cot = jnp.asarray(rng.normal(size=(n, 4)).astype(np.float32))
-
-            def value_and_vjp(f):
-                def run(x, w):
+        def value_and_vjp_of_every_case(sharded):
+            def run(inputs):
+                results = []
+                for (op, reduce, tie, _), (x, w, cot) in zip(cases, inputs):
+                    if sharded:
+                        f = lambda x, w: sharded_gspmm(mesh, sg, op, reduce, x, sg.shard_edge_data(w), tie=tie)
+                    else:
+                        f = lambda x, w: jgrad.ops.gspmm(graph, op, reduce, x, w, tie=tie)
                     out, pullback = jax.vjp(f, x, w)
-                    return out, pullback(cot)
-                return run
+                    results.append((out, pullback(cot)))
+                return results
+            return jax.jit(run)
 
-            _close(jax.jit(value_and_vjp(many))(x, w), value_and_vjp(one)(x, w),
-                   f"D={d} K={k} {op} {reduce} tie={tie}")
+        many = value_and_vjp_of_every_case(sharded=True)(inputs)
+        one = value_and_vjp_of_every_case(sharded=False)(inputs)
+        for (op, reduce, tie, _), got, expected in zip(cases, many, one):
+            _close(got, expected, f"D={d} K={k} {op} {reduce} tie={tie}")
         if k == 1:
             logits = jnp.asarray(rng.normal(size=(e, 3)).astype(np.float32) * 10)
             cot = jnp.asarray(rng.normal(size=(e, 3)).astype(np.float32))
@@ -174,5 +181,12 @@ CHECKS = {"ops": check_ops, "gcn_params": check_gcn_params, "data_parallel": che
 
 if __name__ == "__main__":
     assert len(jax.devices()) == 8, jax.devices()
-    for name in sys.argv[1:]:
-        CHECKS[name]()
+    failed = []
+    for name in sys.argv[1:]:  # every check runs, whatever the others do; exit status 1 if one failed
+        try:
+            CHECKS[name]()
+        except Exception:
+            traceback.print_exc()
+            print(f"FAILED {name}", flush=True)
+            failed.append(name)
+    sys.exit(1 if failed else 0)

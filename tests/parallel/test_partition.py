@@ -66,13 +66,19 @@ def test_one_shard_matches_the_plain_ops():
     mesh = make_mesh(1)
     sg = partition_edges(graph, 1).put(mesh)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(9, 3)).astype(np.float32))
-    np.testing.assert_allclose(sharded_spmm(mesh, sg, x), jgrad.ops.spmm(graph, x), rtol=1e-6)
-    for reduce in ("mean", "max", "min"):
-        np.testing.assert_allclose(sharded_gspmm(mesh, sg, "copy_u", reduce, x),
-                                   jgrad.ops.gspmm(graph, "copy_u", reduce, x), rtol=1e-6)
     logits = jnp.linspace(-3.0, 3.0, 23)
-    np.testing.assert_allclose(sg.unshard_edge_data(sharded_edge_softmax(mesh, sg, sg.shard_edge_data(logits))),
-                               jgrad.ops.edge_softmax(graph, logits), rtol=1e-6)
+
+    @jax.jit  # every op of both sides in one program: one compilation instead of one per eager op
+    def sharded_and_plain(x, logits):
+        sharded = [sharded_spmm(mesh, sg, x)] + [sharded_gspmm(mesh, sg, "copy_u", r, x) for r in ("mean", "max", "min")]
+        plain = [jgrad.ops.spmm(graph, x)] + [jgrad.ops.gspmm(graph, "copy_u", r, x) for r in ("mean", "max", "min")]
+        sharded.append(sg.unshard_edge_data(sharded_edge_softmax(mesh, sg, sg.shard_edge_data(logits))))
+        plain.append(jgrad.ops.edge_softmax(graph, logits))
+        return sharded, plain
+
+    sharded, plain = sharded_and_plain(x, logits)
+    for name, got, expected in zip(["spmm", "mean", "max", "min", "edge_softmax"], sharded, plain):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=name)
 
 
 def test_errors_name_the_problem():
@@ -102,5 +108,5 @@ def test_stack_graphs_pads_to_common_sizes():
     stacked = stack_graphs(graphs)
     assert stacked.senders.shape == (2, 3) and stacked.node_mask.shape == (2, 4)
     assert np.asarray(stacked.edge_mask).sum(axis=1).tolist() == [1, 3]
-    out = jax.vmap(lambda g: jgrad.ops.spmm(g, jnp.ones((4, 1))))(stacked)
+    out = jax.jit(jax.vmap(lambda g: jgrad.ops.spmm(g, jnp.ones((4, 1)))))(stacked)  # one compilation
     assert out[:, :, 0].tolist() == [[0, 1, 0, 0], [1, 1, 1, 0]]
