@@ -45,27 +45,37 @@ def _per_head_reference(senders, receivers, n, u, w, keep):
     return out
 
 
-@pytest.mark.parametrize("n,n_edges,heads,features", [(30, 200, 3, 5), (3000, 60_000, 4, 4)],
-                         ids=["small", "hub_split_over_threads"])
-def test_the_kernels_do_every_head_in_one_call_as_numpy(native_available, n, n_edges, heads, features):
-    rng = np.random.default_rng(heads)
+# Widths 8, 16, 32 and 64 per head run compile-time vector code, other widths a runtime loop.
+KERNEL_CASES = [(30, 200, 3, f, jnp.float64) for f in (5, 8, 16, 32, 64)] + [
+    (30, 200, 4, 16, jnp.float32), (3000, 60_000, 4, 16, jnp.float64), (3000, 60_000, 3, 7, jnp.float64)]
+
+
+@pytest.mark.parametrize("n,n_edges,heads,features,dtype", KERNEL_CASES,
+                         ids=[f"N{c[0]}_H{c[2]}_F{c[3]}_{jnp.dtype(c[4]).name}" for c in KERNEL_CASES])
+def test_the_kernels_do_every_head_in_one_call_as_numpy(native_available, n, n_edges, heads, features, dtype):
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == jnp.float64 else dict(rtol=2e-5, atol=2e-5)
+    rng = np.random.default_rng(heads + features)
     senders, receivers = rng.integers(0, n, n_edges), rng.integers(0, n, n_edges)
     receivers[: n_edges // 3] = 0  # a hub
     keep = rng.random(n_edges) < 0.8  # the others are in no slot
     csr = _csr(senders, receivers, n, keep)
     g, u = rng.standard_normal((n, heads, features)), rng.standard_normal((n, heads, features))
     w = rng.standard_normal((n_edges, heads))
+
+    g_, u_, w_ = (jnp.asarray(a, dtype) for a in (g, u, w))
+    g, u, w = (np.asarray(a, np.float64) for a in (g_, u_, w_))  # the operands as the kernels see them
+    expected_sum = _per_head_reference(senders, receivers, n, g, w, keep)
     expected_dots = np.where(keep[:, None], np.sum(u[receivers] * g[senders], axis=-1), 0.0)
 
-    out = _native.csr_sum(csr, jnp.asarray(g), jnp.asarray(w))
-    assert out.shape == (n, heads, features)
-    np.testing.assert_allclose(out, _per_head_reference(senders, receivers, n, g, w, keep), rtol=1e-10, atol=1e-10)
-    dots = _native.csr_edge_dot(csr, jnp.asarray(g), jnp.asarray(u), n_edges)
+    out = _native.csr_sum(csr, g_, w_)
+    assert out.shape == (n, heads, features) and out.dtype == dtype
+    np.testing.assert_allclose(out, expected_sum, **tol)
+    dots = _native.csr_edge_dot(csr, g_, u_, n_edges)
     assert dots.shape == (n_edges, heads)
-    np.testing.assert_allclose(dots, expected_dots, rtol=1e-10, atol=1e-10)
-    out, dots = _native.csr_sum_dot(csr, jnp.asarray(g), jnp.asarray(u), jnp.asarray(w))
-    np.testing.assert_allclose(out, _per_head_reference(senders, receivers, n, g, w, keep), rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dots, expected_dots, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dots, expected_dots, **tol)
+    out, dots = _native.csr_sum_dot(csr, g_, u_, w_)
+    np.testing.assert_allclose(out, expected_sum, **tol)
+    np.testing.assert_allclose(dots, expected_dots, **tol)
 
 
 def test_the_kernels_refuse_edge_data_that_does_not_fit_the_heads(native_available):
@@ -81,9 +91,9 @@ def test_the_kernels_refuse_edge_data_that_does_not_fit_the_heads(native_availab
         jax.block_until_ready(sum_dot(row_ptr, index, index, jnp.ones((2, 4)), jnp.ones((2, 4)), jnp.ones((2, 2))))
 
 
-def _operands(graph, heads, weight_rank, seed=0):
+def _operands(graph, heads, weight_rank, seed=0, features=4):
     rng = np.random.default_rng(seed)
-    u = jnp.asarray(rng.standard_normal((graph.n_nodes, heads, 4)))
+    u = jnp.asarray(rng.standard_normal((graph.n_nodes, heads, features)))
     e = jnp.asarray(rng.uniform(0.5, 1.5, (graph.n_edges, heads) + (1,) * (weight_rank - 2)))
     return u, e
 
@@ -113,7 +123,7 @@ def test_per_head_gspmm_values_and_gradients_equal_the_plain_path(native_availab
 
 
 def test_per_head_second_order_gradients_and_edge_dots_equal_the_plain_path(native_available):
-    u, e = _operands(SMALL, 3, 2, seed=1)
+    u, e = _operands(SMALL, 3, 2, seed=1, features=8)
 
     def second(graph):
         def loss(u, e):
@@ -154,7 +164,7 @@ def _gat_graph():
 def test_a_gat_layer_runs_all_heads_in_one_native_pass_with_the_plain_results(native_available):
     graph = _gat_graph()
     assert backend_of(graph) == "native"  # chosen by size, not forced
-    heads, f_in, f_out = 4, 6, 3
+    heads, f_in, f_out = 4, 6, 8
     keys = jax.random.split(jax.random.key(0), 4)
     params = {"kernel": jax.random.normal(keys[0], (f_in, heads * f_out), jnp.float64),
               "att_src": jax.random.normal(keys[1], (heads, f_out), jnp.float64),

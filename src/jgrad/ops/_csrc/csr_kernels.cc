@@ -33,6 +33,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -102,6 +103,51 @@ inline void PrefetchRow(const T* row, int64_t m) {
 
 constexpr int64_t kPrefetchDistance = 6;
 
+// Calls body(f) with the per-head width f as a compile-time constant (std::integral_constant) for the
+// common widths of several heads, so that one head's features are one vector (FixedWidth below);
+// otherwise (one head, other widths) with f as a runtime value.
+template <typename Body>
+void WithHeadWidth(int64_t heads, int64_t f, const Body& body) {
+  if (heads > 1) {
+    switch (f) {
+      case 8: return body(std::integral_constant<int64_t, 8>{});
+      case 16: return body(std::integral_constant<int64_t, 16>{});
+      case 32: return body(std::integral_constant<int64_t, 32>{});
+      case 64: return body(std::integral_constant<int64_t, 64>{});
+      default: break;
+    }
+  }
+  body(f);
+}
+
+// One head's kF features as a GCC vector (lowered to the machine's vector registers). Plain loops with a
+// compile-time width get vectorised across the heads instead (with permutes), which is slower.
+template <typename T, int64_t kF>
+struct FixedWidth {
+  typedef T Vec __attribute__((vector_size(kF * sizeof(T))));
+
+  // By reference: passing wide vectors by value depends on the target's vector ABI.
+  static void Load(Vec& v, const T* p) { std::memcpy(&v, p, sizeof(Vec)); }
+  static void Store(T* p, const Vec& v) { std::memcpy(p, &v, sizeof(Vec)); }
+};
+
+// The sum of the kN values at p, by halving (kN a power of two).
+template <typename T, int64_t kN>
+inline T SumLanes(const T* p) {
+  if constexpr (kN <= 2) {
+    return kN == 2 ? p[0] + p[1] : p[0];
+  } else {
+    using Half = FixedWidth<T, kN / 2>;
+    typename Half::Vec low, high;
+    Half::Load(low, p);
+    Half::Load(high, p + kN / 2);
+    low += high;
+    T folded[kN / 2];
+    Half::Store(folded, low);
+    return SumLanes<T, kN / 2>(folded);
+  }
+}
+
 // acc[h*f + j] += w[h] * row[h*f + j] for every head h < heads and feature j < f.
 template <typename T>
 inline void AddScaled(T* __restrict__ acc, const T* __restrict__ row, const T* __restrict__ w, int64_t heads,
@@ -114,25 +160,39 @@ inline void AddScaled(T* __restrict__ acc, const T* __restrict__ row, const T* _
   }
 }
 
+template <typename T, int64_t kF>
+inline void AddScaled(T* __restrict__ acc, const T* __restrict__ row, const T* __restrict__ w, int64_t heads,
+                      std::integral_constant<int64_t, kF>) {
+  using V = FixedWidth<T, kF>;
+  for (int64_t h = 0; h < heads; ++h) {
+    typename V::Vec a, x;
+    V::Load(a, acc + h * kF);
+    V::Load(x, row + h * kF);
+    a += w[h] * x;
+    V::Store(acc + h * kF, a);
+  }
+}
+
 template <typename T>
 void CsrSum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u,
             const T* w, bool weighted, int64_t n_rows, int64_t m, int64_t heads, T* out) {
-  const int64_t f = m / heads;
-  ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
-    for (int64_t r = first; r < last; ++r) {
-      T* __restrict__ acc = out + r * m;
-      std::fill(acc, acc + m, T(0));
-      const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
-      for (int64_t k = begin; k < end; ++k) {
-        if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
-        const T* __restrict__ row = u + static_cast<int64_t>(cols[k]) * m;
-        if (weighted) {
-          AddScaled(acc, row, w + static_cast<int64_t>(edge_ids[k]) * heads, heads, f);
-        } else {
-          for (int64_t j = 0; j < m; ++j) acc[j] += row[j];
+  WithHeadWidth(heads, m / heads, [&](auto f) {
+    ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+      for (int64_t r = first; r < last; ++r) {
+        T* __restrict__ acc = out + r * m;
+        std::fill(acc, acc + m, T(0));
+        const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
+        for (int64_t k = begin; k < end; ++k) {
+          if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+          const T* __restrict__ row = u + static_cast<int64_t>(cols[k]) * m;
+          if (weighted) {
+            AddScaled(acc, row, w + static_cast<int64_t>(edge_ids[k]) * heads, heads, f);
+          } else {
+            for (int64_t j = 0; j < m; ++j) acc[j] += row[j];
+          }
         }
       }
-    }
+    });
   });
 }
 
@@ -156,20 +216,36 @@ inline void HeadDots(const T* own, const T* row, int64_t heads, int64_t f, T* do
   for (int64_t h = 0; h < heads; ++h) dots[h] = Dot(own + h * f, row + h * f, f);
 }
 
+template <typename T, int64_t kF>
+inline void HeadDots(const T* own, const T* row, int64_t heads, std::integral_constant<int64_t, kF>, T* dots) {
+  using V = FixedWidth<T, kF>;
+  for (int64_t h = 0; h < heads; ++h) {
+    typename V::Vec a, x;
+    V::Load(a, own + h * kF);
+    V::Load(x, row + h * kF);
+    a *= x;
+    T products[kF];
+    V::Store(products, a);
+    dots[h] = SumLanes<T, kF>(products);
+  }
+}
+
 template <typename T>
 void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
                 const T* u, const T* v, int64_t n_rows, int64_t m, int64_t heads, int64_t n_edges, T* out) {
-  const int64_t f = m / heads;
   std::fill(out, out + n_edges * heads, T(0));
-  ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
-    for (int64_t r = first; r < last; ++r) {
-      const T* own = v + r * m;
-      const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
-      for (int64_t k = begin; k < end; ++k) {
-        if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
-        HeadDots(own, u + static_cast<int64_t>(cols[k]) * m, heads, f, out + static_cast<int64_t>(edge_ids[k]) * heads);
+  WithHeadWidth(heads, m / heads, [&](auto f) {
+    ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+      for (int64_t r = first; r < last; ++r) {
+        const T* own = v + r * m;
+        const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
+        for (int64_t k = begin; k < end; ++k) {
+          if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+          const T* row = u + static_cast<int64_t>(cols[k]) * m;
+          HeadDots(own, row, heads, f, out + static_cast<int64_t>(edge_ids[k]) * heads);
+        }
       }
-    }
+    });
   });
 }
 
@@ -177,22 +253,23 @@ template <typename T>
 void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
                const T* g, const T* u, const T* w, int64_t n_rows, int64_t m, int64_t heads, int64_t n_edges,
                T* out, T* dots) {
-  const int64_t f = m / heads;
   std::fill(dots, dots + n_edges * heads, T(0));
-  ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
-    for (int64_t r = first; r < last; ++r) {
-      T* __restrict__ acc = out + r * m;
-      const T* own = u + r * m;
-      std::fill(acc, acc + m, T(0));
-      const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
-      for (int64_t k = begin; k < end; ++k) {
-        if (k + kPrefetchDistance < end) PrefetchRow(g + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
-        const T* __restrict__ row = g + static_cast<int64_t>(cols[k]) * m;
-        const int64_t edge = static_cast<int64_t>(edge_ids[k]) * heads;
-        HeadDots(own, row, heads, f, dots + edge);
-        AddScaled(acc, row, w + edge, heads, f);
+  WithHeadWidth(heads, m / heads, [&](auto f) {
+    ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+      for (int64_t r = first; r < last; ++r) {
+        T* __restrict__ acc = out + r * m;
+        const T* own = u + r * m;
+        std::fill(acc, acc + m, T(0));
+        const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
+        for (int64_t k = begin; k < end; ++k) {
+          if (k + kPrefetchDistance < end) PrefetchRow(g + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+          const T* __restrict__ row = g + static_cast<int64_t>(cols[k]) * m;
+          const int64_t edge = static_cast<int64_t>(edge_ids[k]) * heads;
+          HeadDots(own, row, heads, f, dots + edge);
+          AddScaled(acc, row, w + edge, heads, f);
+        }
       }
-    }
+    });
   });
 }
 
