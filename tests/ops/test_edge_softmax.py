@@ -63,20 +63,26 @@ def test_wrong_leading_dimension_raises(graph, shape):
         edge_softmax(graph, jnp.ones(shape))
 
 
+@jax.jit
+def _value_gradient_and_hessian(graph, logits):
+    """The softmax, the gradient of an edge-weighted sum of it and the Hessian of its sum of squares, compiled
+    once per logits shape (the scales below share the program)."""
+    ramp = jnp.arange(graph.n_edges, dtype=logits.dtype).reshape((graph.n_edges,) + (1,) * (logits.ndim - 1))
+    grad = jax.grad(lambda z: jnp.sum(edge_softmax(graph, z) * ramp))(logits)
+    return edge_softmax(graph, logits), grad, jax.hessian(lambda z: jnp.sum(edge_softmax(graph, z) ** 2))(logits)
+
+
 @pytest.mark.parametrize("scale", [1e4, -1e4])
 @pytest.mark.parametrize("trailing", [(), (H,)])
 def test_huge_logits_give_finite_values_and_gradients(graph, scale, trailing):
     rng = np.random.default_rng(1)
     logits = jnp.asarray(scale * (1.0 + rng.uniform(size=(E,) + trailing)), jnp.float32)
-    out = edge_softmax(graph, logits)
-    grad = jax.grad(lambda z: jnp.sum(edge_softmax(graph, z) * jnp.arange(E).reshape((E,) + (1,) * len(trailing))))(
-        logits)
+    out, grad, hessian = _value_gradient_and_hessian(graph, logits)
     assert np.isfinite(out).all() and np.isfinite(grad).all()
     receiving = np.isin(np.arange(N), np.asarray(graph.receivers))
     np.testing.assert_allclose(np.asarray(_group_sums(graph, out))[receiving], 1.0, rtol=1e-5)
     # The gradient of a softmax sums to zero within each receiver's group.
     np.testing.assert_allclose(_group_sums(graph, grad), 0.0, atol=1e-3)
-    hessian = jax.hessian(lambda z: jnp.sum(edge_softmax(graph, z) ** 2))(logits)
     assert np.isfinite(hessian).all()
 
 
@@ -116,10 +122,14 @@ def _plain(graph, logits):
 def test_forward_mode_and_higher_order_equal_plain_autodiff(graph, x64):
     logits = jnp.asarray(np.random.default_rng(4).normal(size=(E,)))
     loss = lambda fn: lambda z: jnp.sum(fn(graph, z) * jnp.linspace(0.0, 1.0, E))  # noqa: E731
-    np.testing.assert_allclose(jax.jacfwd(lambda z: edge_softmax(graph, z))(logits),
-                               jax.jacfwd(lambda z: _plain(graph, z))(logits), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(jax.hessian(loss(edge_softmax))(logits), jax.hessian(loss(_plain))(logits),
-                               rtol=1e-10, atol=1e-13)
+
+    @jax.jit  # one program for both formulations (jit outside forward mode, as the docstring allows)
+    def jacobians_and_hessians(z):
+        return [(jax.jacfwd(lambda z: fn(graph, z))(z), jax.hessian(loss(fn))(z)) for fn in (edge_softmax, _plain)]
+
+    (jacobian, hessian), (plain_jacobian, plain_hessian) = jacobians_and_hessians(logits)
+    np.testing.assert_allclose(jacobian, plain_jacobian, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(hessian, plain_hessian, rtol=1e-10, atol=1e-13)
     tangent = jnp.ones_like(logits)
     got = jax.jit(lambda z, t: jax.jvp(lambda z: edge_softmax(graph, z), (z,), (t,)))(logits, tangent)
     np.testing.assert_allclose(got[1], jax.jvp(lambda z: _plain(graph, z), (logits,), (tangent,))[1], atol=1e-14)
