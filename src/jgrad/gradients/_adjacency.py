@@ -197,7 +197,7 @@ class AdjacencyGrad:
         window = None
         if among == "non_edges":  # with concrete indices, the static number of edges per row block
             block = max(1, min(block_size, self.n_nodes))
-            window = _edges_by_block(self, block, -(-self.n_nodes // block))[3]
+            window = _block_window(self, block, -(-self.n_nodes // block))
         return _TOPK_BLOCKS(self, k, sign, among == "non_edges", block_size, window)
 
     # ----------------------------------------------------------------------------------------------
@@ -322,11 +322,26 @@ def _finish(best: jax.Array, rows: jax.Array, cols: jax.Array, sign: int, k: int
     return AdjacencyTopK(values, rows, cols)
 
 
+def _block_window(grad: AdjacencyGrad, block: int, n_blocks: int) -> int | None:
+    """The largest number of existing edges in one block of ``block`` rows, counted on the host; None
+    when the indices are traced (every block then scans all E edges)."""
+    try:
+        rows = np.asarray(grad.receivers)
+        cols = np.asarray(grad.senders)
+        valid = np.ones(rows.shape, bool) if grad.edge_mask is None else np.asarray(grad.edge_mask, bool)
+    except jax.errors.TracerArrayConversionError:
+        return None
+    if grad.is_symmetric:
+        rows = np.minimum(rows, cols)
+    counts = np.bincount(rows[valid] // block, minlength=n_blocks) if n_blocks else np.zeros(1, int)
+    return max(int(counts.max()), 1)
+
+
 def _edges_by_block(grad: AdjacencyGrad, block: int, n_blocks: int, window: int | None = None):
     """Edge pairs sorted by row, the first position of each row block, and a static window length.
 
-    Each block reads ``window`` consecutive sorted edges from its start; with concrete indices the
-    window is the largest block's edge count, under ``jit`` it is E.
+    Each block reads ``window`` consecutive sorted edges from its start: `_block_window`'s count when
+    the indices were concrete, else (``None``) all E edges.
     """
     rows, cols, valid = grad._edge_pairs()
     beyond = n_blocks * block  # invalid edges sort last and fall outside every block
@@ -334,11 +349,7 @@ def _edges_by_block(grad: AdjacencyGrad, block: int, n_blocks: int, window: int 
     order = jnp.argsort(rows)
     rows, cols = rows[order], cols[order].astype(jnp.int32)
     starts = jnp.searchsorted(rows, jnp.arange(n_blocks + 1) * block).astype(jnp.int32)
-    if window is None:
-        try:
-            window = int(np.max(np.diff(np.asarray(starts)))) if n_blocks else 0
-        except jax.errors.TracerArrayConversionError:
-            window = int(rows.shape[0])
+    window = int(rows.shape[0]) if window is None else window
     window = max(window, 1)
     rows = jnp.concatenate([rows, jnp.full((window,), beyond, jnp.int32)])
     cols = jnp.concatenate([cols, jnp.zeros((window,), jnp.int32)])
