@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -128,7 +129,11 @@ def sparse_features(dataset: NodeDataset, model: str, max_density: float = 0.1) 
         return dataset
     from jax.experimental import sparse
 
-    return dataclasses.replace(dataset, features=sparse.BCOO.fromdense(features))
+    rows, cols = np.nonzero(features)  # row-major: the order BCOO.fromdense gives, built on the host
+    indices = jnp.asarray(np.stack([rows, cols], axis=1).astype(np.int32))
+    stored = sparse.BCOO((jnp.asarray(features[rows, cols]), indices), shape=features.shape,
+                         indices_sorted=True, unique_indices=True)
+    return dataclasses.replace(dataset, features=stored)
 
 
 def _penalty(config: OptimConfig):
