@@ -4,13 +4,19 @@ Each case is checked four ways:
 
 (a) values and gradients against independent references written here: a NumPy loop, a dense
     formulation (``A @ X``, incidence matrices, a masked dense softmax) and plain autodiff
-    (gather + ``jax.ops.segment_*``);
-(b) ``jax.test_util.check_grads`` in float64, reverse mode to order 2 and forward mode to order 1;
-(c) eager, ``jit`` and ``vmap`` agree (the ``variant`` fixture);
-(d) ``vmap`` over a batch of edge data and over a batch of node features equals a Python loop.
+    (gather + ``jax.ops.segment_*``), on the union of the awkward graphs (every case) and on a graph
+    with zero edges (the widest broadcast of each op: E = 0 gives zero-size edge arrays);
+(b) ``jax.test_util.check_grads`` in float64, reverse mode to order 2 and forward mode to order 1, on
+    the union;
+(c) one ``jit`` program of all the widest-broadcast cases of an op gives the eager numbers of (a);
+(d) ``vmap`` of that program over a batch of each operand in turn equals a loop of it.
 
-The graphs all have N = 8 nodes and E = 20 edges (or none), so that eager kernels compiled for one
-graph are reused by the others and the suite stays quick.
+Compilation dominates the cost. (a) and (b) run eagerly, op by op, on the same graph and operand
+shapes, so all cases share every kernel compiled for those shapes (measured: check_grads after (a) on
+the union costs about half of check_grads on a separate tiny graph, whose shapes compile anew); the
+indices are concrete there, so the eager validation runs too. (c) and (d) compile one program per op family and batched operand, and the graph is an argument
+of it, so the Graph pytree goes through jit and vmap as well. Each test sweeps all its cases and names
+every failing case in its message.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ N, E, F, H = 8, 20, 3, 2
 REDUCERS = ("sum", "mean", "max", "min")
 BATCH = 3
 EPS = 1e-6  # finite-difference step for check_grads in float64; inputs have no ties closer than this
+TOL = dict(rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -77,13 +84,17 @@ AWKWARD = {
 # nodes, empty segments, padding masks, an edgeless component), so one pass over it covers them all.
 GRAPHS = {**AWKWARD, "union": jgrad.batch(list(AWKWARD.values()))}
 # Values and gradients against the references run on the union and on the graph with zero edges
-# (E = 0 gives zero-size edge arrays, which no union can show; there each op runs on its widest
-# broadcast); the rest runs on the union.
+# (E = 0 gives zero-size edge arrays, which no union can show); the rest runs on the union.
 GRAPH_NAMES = ("union", "zero_edges")
 
 
 def _edge_mask(graph: Graph) -> np.ndarray:
     return np.ones(graph.n_edges, bool) if graph.edge_mask is None else np.asarray(graph.edge_mask)
+
+
+def _live(graph: Graph) -> jax.Array:
+    """The edge mask as a (possibly traced) array, for the references that run inside jit."""
+    return jnp.ones(graph.n_edges, bool) if graph.edge_mask is None else graph.edge_mask
 
 
 def test_awkward_graphs_have_the_advertised_features():
@@ -102,7 +113,7 @@ def test_awkward_graphs_have_the_advertised_features():
 
 
 # --------------------------------------------------------------------------------------------------
-# Case tables.
+# Case tables: case id -> the op's static arguments and operand shapes.
 # --------------------------------------------------------------------------------------------------
 # Trailing shapes of (u, e). copy_u ignores e and copy_e ignores u, so they get fewer shapes.
 SPMM_SHAPES = {
@@ -115,6 +126,7 @@ SPMM_SHAPES = {
 
 
 def _spmm_cases():
+    cases = {}
     for op, reduce in itertools.product(MESSAGE_OPS, REDUCERS):
         for name, (u_shape, e_shape) in SPMM_SHAPES.items():
             if op == "copy_u":
@@ -123,36 +135,48 @@ def _spmm_cases():
                 name = name.split("-")[0]
             if op == "copy_e":
                 name = name.split("-")[1]
-            yield pytest.param(op, reduce, u_shape, e_shape, id=f"{op}-{reduce}-{name}")
+            cases[f"{op}-{reduce}-{name}"] = (op, reduce, u_shape, e_shape)
+    return cases
 
 
-SPMM_CASES = list(_spmm_cases())
-# To keep the suite quick, (c) and (d) run every op x reducer on the widest broadcast, u (N, H, F) with
-# e (E, H, 1) (jit compiles dominate their cost); every shape is covered by (a) and (b).
-SPMM_VARIANT_CASES = [case for case in SPMM_CASES if case.values[2] == (H, F) and case.values[3] == (H, 1)]
+SPMM_CASES = _spmm_cases()
 
 SDDMM_TARGETS = (("u", "v"), ("v", "u"), ("u", "e"), ("e", "v"), ("u", "u"))
 SDDMM_SHAPES = {"F-F": ((F,), (F,)), "HF-H1": ((H, F), (H, 1))}
-SDDMM_CASES = [
-    pytest.param(op, lt, rt, ls, rs, id=f"{op}-{lt}{rt}-{name}")
+SDDMM_CASES = {
+    f"{op}-{lt}{rt}-{name}": (op, lt, rt, ls, rs)
     for op in EDGE_OPS
     for lt, rt in SDDMM_TARGETS
     for name, (ls, rs) in SDDMM_SHAPES.items()
-]
+}
 
-SDDMM_VARIANT_CASES = [case for case in SDDMM_CASES if case.values[3] == (H, F)]
+SOFTMAX_CASES = {"E": (), "EH": (H,)}
+
+NORMS = {
+    "gcn_loops": lambda g, w: gcn_norm(g, w),
+    "gcn_no_loops": lambda g, w: gcn_norm(g, w, add_self_loops=False),
+    "gcn_fill2": lambda g, w: gcn_norm(g, w, fill=2.0),
+    "row": lambda g, w: row_norm(g, w),
+}
+
+# (c), (d) and the graph with zero edges run every op x reducer (every op x target pair) on the widest
+# broadcast, u (N, H, F) with e (E, H, 1); (a) and (b) on the union cover every shape.
+SPMM_WIDEST = tuple(case for case, (_, _, u_shape, e_shape) in SPMM_CASES.items() if (u_shape, e_shape) == ((H, F), (H, 1)))
+SDDMM_WIDEST = tuple(case for case, spec in SDDMM_CASES.items() if spec[3:] == ((H, F), (H, 1)))
 
 
+def test_case_tables_cover_every_op_reducer_and_shape():
+    assert {(op, reduce) for op, reduce, _, _ in SPMM_CASES.values()} == set(itertools.product(MESSAGE_OPS, REDUCERS))
+    assert len(SPMM_CASES) == 4 * (2 + 5 * (len(MESSAGE_OPS) - 1))
+    assert {case[0] for case in SDDMM_CASES.values()} == set(EDGE_OPS)
+    assert len(SDDMM_CASES) == len(EDGE_OPS) * len(SDDMM_TARGETS) * len(SDDMM_SHAPES)
+    assert {SPMM_CASES[case][:2] for case in SPMM_WIDEST} == set(itertools.product(MESSAGE_OPS, REDUCERS))
+    assert {SDDMM_CASES[case][:3] for case in SDDMM_WIDEST} == {(op, *pair) for op in EDGE_OPS for pair in SDDMM_TARGETS}
 
-def _on_graphs(cases, zero_edge_cases):
-    """Every case on the union; on the graph with zero edges, the widest broadcast of each op."""
-    return ([pytest.param("union", *c.values, id=f"{c.id}-union") for c in cases]
-            + [pytest.param("zero_edges", *c.values, id=f"{c.id}-zero_edges") for c in zero_edge_cases])
 
-
-SOFTMAX_SHAPES = {"E": (), "EH": (H,)}
-
-
+# --------------------------------------------------------------------------------------------------
+# Shared machinery.
+# --------------------------------------------------------------------------------------------------
 def _seed(*parts) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate("/".join(map(str, parts)))) % (2**31)
 
@@ -165,6 +189,102 @@ def _uses_e(op):
     return op != "copy_u"
 
 
+def _align(x, ndim):
+    """Left-aligned broadcast: pad x with trailing unit axes to rank ndim."""
+    return x.reshape(x.shape + (1,) * (ndim - x.ndim))
+
+
+def _cotangent(shape, seed):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape))
+
+
+def _value_and_grads(fn, args, ct):
+    """``fn(*args)`` and the gradient of ``sum(fn(*args) * ct)`` with respect to every argument."""
+    out, pullback = jax.vjp(fn, *args)
+    return out, pullback(ct)
+
+
+class Mismatches:
+    """Collects every failing comparison, each named by its case, and fails once at the end."""
+
+    def __init__(self):
+        self.found = []
+
+    def close(self, got, want, what, tolerance=TOL):
+        try:
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), err_msg=what, **tolerance)
+        except AssertionError as error:
+            self.found.append(str(error).strip())
+
+    def check(self):
+        assert not self.found, f"{len(self.found)} mismatches:\n" + "\n".join(self.found)
+
+
+def _compare_with_references(results, label):
+    """``results[case]`` maps "jgrad" and each reference to ``(out, grads)``: they must all agree."""
+    mismatches = Mismatches()
+    for case, by_impl in results.items():
+        got_out, got_grads = by_impl["jgrad"]
+        assert len(by_impl) > 1, case  # at least one reference per case
+        for name, (out, grads) in by_impl.items():
+            if name == "jgrad":
+                continue
+            for k, (got, want) in enumerate(zip(jax.tree.leaves(got_out), jax.tree.leaves(out), strict=True)):
+                mismatches.close(got, want, f"{label} {case}: value {k} vs {name}")
+            for k, (got, want) in enumerate(zip(got_grads, grads, strict=True)):
+                mismatches.close(got, want, f"{label} {case}: gradient of argument {k} vs {name}")
+    mismatches.check()
+
+
+def _compare_trees(got, want, label):
+    mismatches = Mismatches()
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want), strict=True):
+        mismatches.close(a, b, f"{label} {jax.tree_util.keystr(path)}")
+    mismatches.check()
+
+
+def _check_grads_of_cases(fns, args):
+    """``check_grads`` of every case ``fns[case](*args[case])``: reverse mode to order 2, forward to order 1.
+
+    Eager, case by case (cases of equal shapes share the compiled kernels), so that each failure names its
+    case and is judged at the tolerance of that case alone.
+    """
+    failing = []
+    for case, fn in fns.items():
+        try:
+            check_grads(fn, args[case], order=2, modes=("rev",), eps=EPS)
+            check_grads(fn, args[case], order=1, modes=("fwd",), eps=EPS)
+        except AssertionError as error:
+            failing.append(f"{case}: {error}")
+    assert not failing, "check_grads failed for:\n" + "\n".join(failing)
+
+
+def _jit_and_vmap_agree(evaluate, graph, operands, batches, cts, eager, label):
+    """(c) and (d) for the cases in ``operands``: ``evaluate(graph, operands, cts, references=False)``
+    compiled once gives the ``eager`` results; ``vmap`` of it over each operand's batch (the other
+    operands fixed) equals a loop of the compiled program over the batch.
+
+    ``operands[case]`` is a tuple of unbatched arguments and ``batches[case]`` the same with a leading axis
+    of size BATCH.
+    """
+    program = jax.jit(lambda graph, operands, cts: evaluate(graph, operands, cts, references=False))
+    jitted = program(graph, operands, cts)
+    _compare_trees(jitted, {case: {"jgrad": eager[case]["jgrad"]} for case in operands}, f"{label}: jit vs eager")
+    n_args = len(next(iter(operands.values())))
+    for k in range(n_args):
+        batched = {case: tuple(b if j == k else a for j, (a, b) in enumerate(zip(operands[case], batches[case])))
+                   for case in operands}
+        axes = {case: tuple(0 if j == k else None for j in range(n_args)) for case in operands}
+        got = jax.jit(jax.vmap(program, in_axes=(None, axes, None)))(graph, batched, cts)
+        for i in range(BATCH):
+            single = {case: tuple(a[i] if j == k else a for j, a in enumerate(args)) for case, args in batched.items()}
+            _compare_trees(jax.tree.map(lambda leaf: leaf[i], got), program(graph, single, cts),  # noqa: B023
+                           f"{label}: vmap over argument {k}, item {i}")
+
+
+# --------------------------------------------------------------------------------------------------
+# gspmm.
+# --------------------------------------------------------------------------------------------------
 def _spmm_operands(graph_name, op, reduce, u_shape, e_shape, batch=()):
     """Float64 operands: u ~ N(0, 1), e ~ U[1, 2] (so u_div_e is well conditioned), no ties."""
     graph = GRAPHS[graph_name]
@@ -176,15 +296,6 @@ def _spmm_operands(graph_name, op, reduce, u_shape, e_shape, batch=()):
 
 def _call_gspmm(graph, op, reduce, u, e, tie="split"):
     return gspmm(graph, op, reduce, u if _uses_u(op) else None, e if _uses_e(op) else None, tie=tie)
-
-
-def _align(x, ndim):
-    """Left-aligned broadcast: pad x with trailing unit axes to rank ndim."""
-    return x.reshape(x.shape + (1,) * (ndim - x.ndim))
-
-
-def _cotangent(shape, seed):
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,7 +338,7 @@ def _jnp_message(op, u_edge, e):
 
 def dense_gspmm(graph, op, reduce, u, e):
     """sum/mean through dense incidence matrices: out = R^T message(S u, e), so A = R^T S."""
-    live = jnp.asarray(_edge_mask(graph), u.dtype)
+    live = jnp.asarray(_live(graph), u.dtype)
     to_receiver = jax.nn.one_hot(graph.receivers, graph.n_nodes, dtype=u.dtype) * live[:, None]  # R (E, N)
     from_sender = jax.nn.one_hot(graph.senders, graph.n_nodes, dtype=u.dtype)  # S (E, N)
     u_edge = jnp.tensordot(from_sender, u, axes=1)
@@ -253,8 +364,8 @@ def autodiff_gspmm(graph, op, reduce, u, e):
     n = graph.n_nodes
     u_edge = u[graph.senders] if _uses_u(op) else None
     msg = _jnp_message(op, u_edge, e)
-    live = _align(jnp.asarray(_edge_mask(graph)), msg.ndim)
-    count = jax.ops.segment_sum(jnp.asarray(_edge_mask(graph), msg.dtype), graph.receivers, n)
+    live = _align(jnp.asarray(_live(graph)), msg.ndim)
+    count = jax.ops.segment_sum(jnp.asarray(_live(graph), msg.dtype), graph.receivers, n)
     count = _align(count, msg.ndim)
     if reduce in ("sum", "mean"):
         out = jax.ops.segment_sum(jnp.where(live, msg, 0.0), graph.receivers, n)
@@ -265,82 +376,72 @@ def autodiff_gspmm(graph, op, reduce, u, e):
     return jnp.where(count > 0, out, 0.0)
 
 
-def _loss_grads(fn, u, e, ct):
-    return jax.grad(lambda u, e: jnp.sum(fn(u, e) * ct), argnums=(0, 1))(u, e)
+def _spmm_implementations(op, reduce, references):
+    """jgrad's gspmm and, with ``references``, every reference that applies: name -> f(graph, op, reduce, u, e)."""
+    impls = {"jgrad": _call_gspmm}
+    if references:
+        impls["autodiff"] = autodiff_gspmm
+        if reduce in ("sum", "mean"):
+            impls["dense"] = dense_gspmm
+        if reduce == "sum" and op in ("copy_u", "u_mul_e"):
+            impls["dense_adjacency"] = lambda g, op, reduce, u, e: dense_adjacency_matmul(
+                g, u, e if op == "u_mul_e" else None)
+    return impls
 
 
-# --------------------------------------------------------------------------------------------------
-# (a)-(d) for gspmm.
-# --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("graph_name, op, reduce, u_shape, e_shape", _on_graphs(SPMM_CASES, SPMM_VARIANT_CASES))
-def test_gspmm_matches_references(x64, graph_name, op, reduce, u_shape, e_shape):
+def _spmm_evaluate(graph, operands, cts, references=True):
+    """Every case's value and gradients under jgrad (and every reference): case -> name -> (out, (du, de))."""
+    results = {}
+    for case, (u, e) in operands.items():
+        op, reduce, _, _ = SPMM_CASES[case]
+        results[case] = {name: _value_and_grads(functools.partial(fn, graph, op, reduce), (u, e), cts[case])
+                         for name, fn in _spmm_implementations(op, reduce, references).items()}
+    return results
+
+
+@functools.cache
+def _spmm_results(graph_name):
+    """Operands, cotangents and the program's results for every gspmm case on one graph (float64)."""
     graph = GRAPHS[graph_name]
-    u, e = _spmm_operands(graph_name, op, reduce, u_shape, e_shape)
-    out = _call_gspmm(graph, op, reduce, u, e)
-    np.testing.assert_allclose(out, numpy_loop_gspmm(graph, op, reduce, u, e), rtol=1e-12, atol=1e-12)
-
-    ct = _cotangent(out.shape, 7)
-    grads = _loss_grads(lambda u, e: _call_gspmm(graph, op, reduce, u, e), u, e, ct)
-    references = [autodiff_gspmm]
-    if reduce in ("sum", "mean"):
-        references.append(dense_gspmm)
-    if reduce == "sum" and op in ("copy_u", "u_mul_e"):
-        references.append(lambda g, op, reduce, u, e: dense_adjacency_matmul(g, u, e if op == "u_mul_e" else None))
-    for reference in references:
-        ref = functools.partial(reference, graph, op, reduce)
-        np.testing.assert_allclose(out, ref(u, e), rtol=1e-12, atol=1e-12)
-        for got, want in zip(grads, _loss_grads(ref, u, e, ct)):
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    cases = {case: SPMM_CASES[case] for case in (SPMM_CASES if graph_name == "union" else SPMM_WIDEST)}
+    operands = {case: _spmm_operands(graph_name, *spec) for case, spec in cases.items()}
+    cts = {case: _cotangent(jax.eval_shape(functools.partial(_call_gspmm, graph, *spec[:2]), *operands[case]).shape,
+                            _seed("ct", case))
+           for case, spec in cases.items()}
+    return operands, cts, _spmm_evaluate(graph, operands, cts)  # eager
 
 
-@pytest.mark.parametrize("op, reduce, u_shape, e_shape", SPMM_CASES)
-def test_gspmm_check_grads(x64, op, reduce, u_shape, e_shape):
-    graph_name = "union"
+@pytest.mark.parametrize("graph_name", GRAPH_NAMES)
+def test_gspmm_matches_references(x64, graph_name):
     graph = GRAPHS[graph_name]
-    u, e = _spmm_operands(graph_name, op, reduce, u_shape, e_shape)
-    args = tuple(x for x, used in ((u, _uses_u(op)), (e, _uses_e(op))) if used)
-
-    def fn(*args):
-        u, e = (args if len(args) == 2 else (args[0], None) if _uses_u(op) else (None, args[0]))
-        return gspmm(graph, op, reduce, u, e)
-
-    check_grads(fn, args, order=2, modes=("rev",), eps=EPS)
-    check_grads(fn, args, order=1, modes=("fwd",), eps=EPS)
-
-
-@pytest.mark.parametrize("op, reduce, u_shape, e_shape", SPMM_VARIANT_CASES)
-def test_gspmm_eager_jit_vmap_agree(x64, variant, op, reduce, u_shape, e_shape):
-    # The graph is passed as an argument, so the pytree goes through jit and vmap too.
-    graph_name = "union"
-    u, e = _spmm_operands(graph_name, op, reduce, u_shape, e_shape)
-    ct = _cotangent(_call_gspmm(GRAPHS[graph_name], op, reduce, u, e).shape, 11)
-
-    def fn(graph, u, e, ct):
-        out = _call_gspmm(graph, op, reduce, u, e)
-        return out, _loss_grads(lambda u, e: _call_gspmm(graph, op, reduce, u, e), u, e, ct)
-
-    expected = fn(GRAPHS[graph_name], u, e, ct)
-    got = variant(fn, GRAPHS[graph_name], u, e, ct)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    operands, _, results = _spmm_results(graph_name)
+    mismatches = Mismatches()
+    for case in operands:
+        op, reduce, _, _ = SPMM_CASES[case]
+        mismatches.close(results[case]["jgrad"][0], numpy_loop_gspmm(graph, op, reduce, *operands[case]),
+                         f"{graph_name} {case}: value vs NumPy loop")
+    mismatches.check()
+    _compare_with_references(results, graph_name)
 
 
-@pytest.mark.parametrize("op, reduce, u_shape, e_shape", SPMM_VARIANT_CASES)
-def test_gspmm_vmap_over_batches_equals_loop(x64, op, reduce, u_shape, e_shape):
-    graph_name = "union"
-    graph = GRAPHS[graph_name]
-    u, e = _spmm_operands(graph_name, op, reduce, u_shape, e_shape)
-    u_batch, e_batch = _spmm_operands(graph_name, op, reduce, u_shape, e_shape, batch=(BATCH,))
+def test_gspmm_check_grads(x64):
+    graph = GRAPHS["union"]
+    fns = {case: functools.partial(_call_gspmm, graph, op, reduce) for case, (op, reduce, _, _) in SPMM_CASES.items()}
+    _check_grads_of_cases(fns, {case: _spmm_operands("union", *spec) for case, spec in SPMM_CASES.items()})
 
-    def value_and_edge_grad(u, e):
-        return jax.value_and_grad(lambda e: jnp.sum(_call_gspmm(graph, op, reduce, u, e) ** 2))(e)
 
-    for axes, batch_args in (((None, 0), (u, e_batch)), ((0, None), (u_batch, e))):
-        got = jax.vmap(value_and_edge_grad, in_axes=axes)(*batch_args)
-        looped = [value_and_edge_grad(*(a if ax is None else a[i] for a, ax in zip(batch_args, axes)))
-                  for i in range(BATCH)]
-        for k in range(2):
-            np.testing.assert_allclose(got[k], np.stack([item[k] for item in looped]), rtol=1e-12, atol=1e-12)
+def test_gspmm_jit_gives_the_eager_numbers_and_vmap_over_node_and_edge_batches_equals_loop(x64):
+    operands, cts, eager = _spmm_results("union")
+    operands = {case: operands[case] for case in SPMM_WIDEST}
+    batches = {case: _spmm_operands("union", *SPMM_CASES[case], batch=(BATCH,)) for case in SPMM_WIDEST}
+    _jit_and_vmap_agree(_spmm_evaluate, GRAPHS["union"], operands, batches, cts, eager, "gspmm")
+
+
+@jax.jit
+def _spmm_with_edge_weights(graph, x, weights):
+    """spmm with the graph's own weights, then vmapped over a batch of edge weights, with gradients."""
+    loss = lambda w: jnp.sum(spmm(graph, x, w) ** 2)  # noqa: E731
+    return spmm(graph, x), jax.vmap(lambda w: spmm(graph, x, w))(weights), jax.vmap(jax.grad(loss))(weights)
 
 
 @pytest.mark.parametrize("graph_name", GRAPH_NAMES)
@@ -350,40 +451,48 @@ def test_spmm_equals_dense_matmul_and_vmaps_over_edge_weights(x64, graph_name):
     x = jnp.asarray(rng.normal(size=(graph.n_nodes, F)))
     weights = jnp.asarray(rng.uniform(0.5, 2.0, size=(BATCH, graph.n_edges)))
     dense = [graph.with_edge_weight(w).to_dense() for w in weights]
-    np.testing.assert_allclose(spmm(graph, x), graph.to_dense() @ x, rtol=1e-12, atol=1e-12)
-    got = jax.vmap(lambda w: spmm(graph, x, w))(weights)
-    np.testing.assert_allclose(got, np.stack([a @ x for a in dense]), rtol=1e-12, atol=1e-12)
-    grads = jax.vmap(jax.grad(lambda w: jnp.sum(spmm(graph, x, w) ** 2)))(weights)
-    looped = [jax.grad(lambda w: jnp.sum(dense_adjacency_matmul(graph, x, w) ** 2))(w) for w in weights]
-    np.testing.assert_allclose(grads, np.stack(looped), rtol=1e-12, atol=1e-12)
+    out, batched, grads = _spmm_with_edge_weights(graph, x, weights)
+    np.testing.assert_allclose(out, graph.to_dense() @ x, **TOL)
+    np.testing.assert_allclose(batched, np.stack([a @ x for a in dense]), **TOL)
+    looped = jax.jit(jax.vmap(jax.grad(lambda w: jnp.sum(dense_adjacency_matmul(graph, x, w) ** 2))))(weights)
+    np.testing.assert_allclose(grads, looped, **TOL)
 
 
 # --------------------------------------------------------------------------------------------------
 # Ties in max/min: explicit, since the suite above avoids them.
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("reduce", ["max", "min"])
-@pytest.mark.parametrize("tie", ["split", "first"])
-def test_gspmm_tied_extremum_routes_gradient_by_tie_rule(x64, reduce, tie):
+TIE_GRAPH = Graph.from_edges([0, 1, 2, 0], [3, 3, 3, 3], n_nodes=4)
+
+
+@jax.jit
+def _tied_extremum_grads(u, e_max, e_min):
+    """For max / min and each tie rule: (out[3, 0], d/du, d/de) under jgrad, and the plain-autodiff gradients."""
+    results = {}
+    for reduce, e in (("max", e_max), ("min", e_min)):
+        ref = jax.grad(lambda u, e: autodiff_gspmm(TIE_GRAPH, "u_mul_e", reduce, u, e)[3, 0], argnums=(0, 1))(u, e)
+        for tie in ("split", "first"):
+            loss = lambda u, e: gspmm(TIE_GRAPH, "u_mul_e", reduce, u, e, tie=tie)[3, 0]  # noqa: B023, E731
+            results[reduce, tie] = (loss(u, e), *jax.grad(loss, argnums=(0, 1))(u, e), *ref)
+    return results
+
+
+def test_gspmm_tied_extremum_routes_gradient_by_tie_rule(x64):
     # Edges 0, 1, 2 all carry the same message 2.0 into node 3; edge 3 carries 1.0 (max) / 5.0 (min).
-    graph = Graph.from_edges([0, 1, 2, 0], [3, 3, 3, 3], n_nodes=4)
     u = jnp.array([[1.0], [2.0], [4.0], [0.0]])
-    loser = 1.0 if reduce == "max" else 5.0
-    e = jnp.array([2.0, 1.0, 0.5, loser])
-
-    def loss(u, e):
-        return gspmm(graph, "u_mul_e", reduce, u, e, tie=tie)[3, 0]
-
-    assert loss(u, e) == 2.0
-    du, de = jax.grad(loss, argnums=(0, 1))(u, e)
-    share = np.array([1 / 3, 1 / 3, 1 / 3, 0.0]) if tie == "split" else np.array([1.0, 0.0, 0.0, 0.0])
-    # d(u[s] e) / de = u[s], d(u[s] e) / du[s] = e, each weighted by the edge's share.
-    np.testing.assert_allclose(de, share * np.array([1.0, 2.0, 4.0, 0.0]), rtol=1e-12)
-    np.testing.assert_allclose(du[:, 0], [share[0] * 2.0 + share[3] * loser, share[1] * 1.0,
-                                          share[2] * 0.5, 0.0], rtol=1e-12)
-    ref = jax.grad(lambda u, e: autodiff_gspmm(graph, "u_mul_e", reduce, u, e)[3, 0], argnums=(0, 1))(u, e)
-    if tie == "split":  # JAX's own segment_max/min also splits ties equally
-        np.testing.assert_allclose(de, ref[1], rtol=1e-12)
-        np.testing.assert_allclose(du, ref[0], rtol=1e-12)
+    losers = {"max": 1.0, "min": 5.0}
+    results = _tied_extremum_grads(u, *(jnp.array([2.0, 1.0, 0.5, losers[r]]) for r in ("max", "min")))
+    for (reduce, tie), (value, du, de, ref_du, ref_de) in results.items():
+        what = f"{reduce}, tie={tie}"
+        loser = losers[reduce]
+        assert value == 2.0, what
+        share = np.array([1 / 3, 1 / 3, 1 / 3, 0.0]) if tie == "split" else np.array([1.0, 0.0, 0.0, 0.0])
+        # d(u[s] e) / de = u[s], d(u[s] e) / du[s] = e, each weighted by the edge's share.
+        np.testing.assert_allclose(de, share * np.array([1.0, 2.0, 4.0, 0.0]), rtol=1e-12, err_msg=what)
+        np.testing.assert_allclose(du[:, 0], [share[0] * 2.0 + share[3] * loser, share[1] * 1.0,
+                                              share[2] * 0.5, 0.0], rtol=1e-12, err_msg=what)
+        if tie == "split":  # JAX's own segment_max/min also splits ties equally
+            np.testing.assert_allclose(de, ref_de, rtol=1e-12, err_msg=what)
+            np.testing.assert_allclose(du, ref_du, rtol=1e-12, err_msg=what)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,6 +508,10 @@ def _sddmm_operands(graph_name, op, lhs_target, rhs_target, lhs_shape, rhs_shape
     return lhs, rhs
 
 
+def _call_gsddmm(graph, op, lhs_target, rhs_target, lhs, rhs):
+    return gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target)
+
+
 def autodiff_gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target):
     """Plain autodiff: gather both operands per edge, apply op (left-aligned), zero the padding."""
     index = {"u": graph.senders, "v": graph.receivers}
@@ -411,7 +524,7 @@ def autodiff_gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target):
         left, right = _align(left, rank), _align(right, rank)
         out = {"add": left + right, "sub": left - right, "mul": left * right, "div": left / right,
                "dot": jnp.sum(left * right, axis=-1, keepdims=True)}[op]
-    return jnp.where(_align(jnp.asarray(_edge_mask(graph)), out.ndim), out, 0.0)
+    return jnp.where(_align(jnp.asarray(_live(graph)), out.ndim), out, 0.0)
 
 
 def numpy_loop_gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target):
@@ -435,69 +548,68 @@ def dense_sampled_dot(graph, lhs, rhs, lhs_target, rhs_target):
     product = lhs @ rhs.T
     index = {"u": graph.senders, "v": graph.receivers}
     out = product[index[lhs_target], index[rhs_target]][:, None]
-    return jnp.where(jnp.asarray(_edge_mask(graph))[:, None], out, 0.0)
+    return jnp.where(jnp.asarray(_live(graph))[:, None], out, 0.0)
 
 
-@pytest.mark.parametrize("graph_name, op, lhs_target, rhs_target, lhs_shape, rhs_shape",
-                         _on_graphs(SDDMM_CASES, SDDMM_VARIANT_CASES))
-def test_gsddmm_matches_references(x64, graph_name, op, lhs_target, rhs_target, lhs_shape, rhs_shape):
+def _sddmm_implementations(op, lhs_target, rhs_target, lhs_shape, rhs_shape, references):
+    """jgrad's gsddmm and, with ``references``, every reference that applies: name -> f(graph, lhs, rhs)."""
+    impls = {"jgrad": lambda g, l, r: _call_gsddmm(g, op, lhs_target, rhs_target, l, r)}
+    if references:
+        impls["autodiff"] = lambda g, l, r: autodiff_gsddmm(g, op, l, r, lhs_target, rhs_target)
+        if op == "dot" and "e" not in (lhs_target, rhs_target) and lhs_shape == rhs_shape == (F,):
+            impls["dense_sampled_dot"] = lambda g, l, r: dense_sampled_dot(g, l, r, lhs_target, rhs_target)
+    return impls
+
+
+def _sddmm_evaluate(graph, operands, cts, references=True):
+    """Every case's value and gradients under jgrad (and every reference): case -> name -> (out, grads)."""
+    results = {}
+    for case, (lhs, rhs) in operands.items():
+        impls = _sddmm_implementations(*SDDMM_CASES[case], references)
+        results[case] = {name: _value_and_grads(functools.partial(fn, graph), (lhs, rhs), cts[case])
+                         for name, fn in impls.items()}
+    return results
+
+
+@functools.cache
+def _sddmm_results(graph_name):
     graph = GRAPHS[graph_name]
-    lhs, rhs = _sddmm_operands(graph_name, op, lhs_target, rhs_target, lhs_shape, rhs_shape)
-    call = lambda lhs, rhs: gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target)  # noqa: E731
-    out = call(lhs, rhs)
-    loop = numpy_loop_gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target)
-    if loop is not None:
-        np.testing.assert_allclose(out, loop, rtol=1e-12, atol=1e-12)
-    else:
-        assert out.shape[0] == 0
-    references = [lambda l, r: autodiff_gsddmm(graph, op, l, r, lhs_target, rhs_target)]
-    if op == "dot" and "e" not in (lhs_target, rhs_target) and lhs_shape == rhs_shape == (F,):
-        references.append(lambda l, r: dense_sampled_dot(graph, l, r, lhs_target, rhs_target))
-    ct = _cotangent(out.shape, 13)
-    grads = _loss_grads(call, lhs, rhs, ct)
-    for reference in references:
-        np.testing.assert_allclose(out, reference(lhs, rhs), rtol=1e-12, atol=1e-12)
-        for got, want in zip(grads, _loss_grads(reference, lhs, rhs, ct)):
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    cases = {case: SDDMM_CASES[case] for case in (SDDMM_CASES if graph_name == "union" else SDDMM_WIDEST)}
+    operands = {case: _sddmm_operands(graph_name, *spec) for case, spec in cases.items()}
+    cts = {case: _cotangent(jax.eval_shape(functools.partial(_call_gsddmm, graph, *spec[:3]), *operands[case]).shape,
+                            _seed("ct", case))
+           for case, spec in cases.items()}
+    return operands, cts, _sddmm_evaluate(graph, operands, cts)  # eager
 
 
-@pytest.mark.parametrize("op, lhs_target, rhs_target, lhs_shape, rhs_shape", SDDMM_CASES)
-def test_gsddmm_check_grads(x64, op, lhs_target, rhs_target, lhs_shape, rhs_shape):
-    graph_name = "union"
+@pytest.mark.parametrize("graph_name", GRAPH_NAMES)
+def test_gsddmm_matches_references(x64, graph_name):
     graph = GRAPHS[graph_name]
-    lhs, rhs = _sddmm_operands(graph_name, op, lhs_target, rhs_target, lhs_shape, rhs_shape)
-    fn = lambda lhs, rhs: gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target)  # noqa: E731
-    check_grads(fn, (lhs, rhs), order=2, modes=("rev",), eps=EPS)
-    check_grads(fn, (lhs, rhs), order=1, modes=("fwd",), eps=EPS)
+    operands, _, results = _sddmm_results(graph_name)
+    mismatches = Mismatches()
+    for case in operands:
+        op, lhs_target, rhs_target, _, _ = SDDMM_CASES[case]
+        out = results[case]["jgrad"][0]
+        loop = numpy_loop_gsddmm(graph, op, *operands[case], lhs_target, rhs_target)
+        if loop is None:
+            assert out.shape[0] == 0, case
+        else:
+            mismatches.close(out, loop, f"{graph_name} {case}: value vs NumPy loop")
+    mismatches.check()
+    _compare_with_references(results, graph_name)
 
 
-@pytest.mark.parametrize("op, lhs_target, rhs_target, lhs_shape, rhs_shape", SDDMM_VARIANT_CASES)
-def test_gsddmm_eager_jit_vmap_agree(x64, variant, op, lhs_target, rhs_target, lhs_shape, rhs_shape):
-    lhs, rhs = _sddmm_operands("union", op, lhs_target, rhs_target, lhs_shape, rhs_shape)
+def test_gsddmm_check_grads(x64):
     graph = GRAPHS["union"]
-    ct = _cotangent(gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target).shape, 17)
-
-    def fn(graph, lhs, rhs, ct):
-        call = lambda lhs, rhs: gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target)  # noqa: E731
-        return call(lhs, rhs), _loss_grads(call, lhs, rhs, ct)
-
-    expected = fn(graph, lhs, rhs, ct)
-    for a, b in zip(jax.tree.leaves(variant(fn, graph, lhs, rhs, ct)), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    fns = {case: functools.partial(_call_gsddmm, graph, *spec[:3]) for case, spec in SDDMM_CASES.items()}
+    _check_grads_of_cases(fns, {case: _sddmm_operands("union", *spec) for case, spec in SDDMM_CASES.items()})
 
 
-@pytest.mark.parametrize("op, lhs_target, rhs_target, lhs_shape, rhs_shape", SDDMM_VARIANT_CASES)
-def test_gsddmm_vmap_over_batches_equals_loop(x64, op, lhs_target, rhs_target, lhs_shape,
-                                              rhs_shape):
-    graph_name = "union"
-    graph = GRAPHS[graph_name]
-    lhs, rhs = _sddmm_operands(graph_name, op, lhs_target, rhs_target, lhs_shape, rhs_shape)
-    lhs_b, rhs_b = _sddmm_operands(graph_name, op, lhs_target, rhs_target, lhs_shape, rhs_shape, (BATCH,))
-    fn = lambda lhs, rhs: gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target)  # noqa: E731
-    for axes, args in (((0, None), (lhs_b, rhs)), ((None, 0), (lhs, rhs_b))):
-        got = jax.vmap(fn, in_axes=axes)(*args)
-        looped = [fn(*(a if ax is None else a[i] for a, ax in zip(args, axes))) for i in range(BATCH)]
-        np.testing.assert_allclose(got, np.stack(looped), rtol=1e-12, atol=1e-12)
+def test_gsddmm_jit_gives_the_eager_numbers_and_vmap_over_lhs_and_rhs_batches_equals_loop(x64):
+    operands, cts, eager = _sddmm_results("union")
+    operands = {case: operands[case] for case in SDDMM_WIDEST}
+    batches = {case: _sddmm_operands("union", *SDDMM_CASES[case], batch=(BATCH,)) for case in SDDMM_WIDEST}
+    _jit_and_vmap_agree(_sddmm_evaluate, GRAPHS["union"], operands, batches, cts, eager, "gsddmm")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,7 +623,7 @@ def _logits(graph_name, trailing, batch=()):
 def dense_masked_softmax(graph, logits):
     """Softmax over each receiver's row of a dense (N, E) score matrix, masked to its live in-edges."""
     member = (jax.nn.one_hot(graph.receivers, graph.n_nodes, dtype=bool).T
-              & jnp.asarray(_edge_mask(graph))[None, :])  # (N, E)
+              & jnp.asarray(_live(graph))[None, :])  # (N, E)
     member = _align(member, logits.ndim + 1)
     scores = jnp.where(member, logits[None], 0.0)
     top = jnp.max(jnp.where(member, scores, -jnp.inf), axis=1, keepdims=True, initial=-jnp.inf)
@@ -523,7 +635,7 @@ def dense_masked_softmax(graph, logits):
 
 
 def autodiff_edge_softmax(graph, logits):
-    live = _align(jnp.asarray(_edge_mask(graph)), logits.ndim)
+    live = _align(jnp.asarray(_live(graph)), logits.ndim)
     top = jax.ops.segment_max(jnp.where(live, logits, -jnp.inf), graph.receivers, graph.n_nodes)
     top = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
     exp = jnp.where(live, jnp.exp(logits - top[graph.receivers]), 0.0)
@@ -531,65 +643,41 @@ def autodiff_edge_softmax(graph, logits):
     return exp / jnp.where(total > 0, total, 1.0)
 
 
+def _softmax_evaluate(graph, operands, cts, references=True):
+    """case -> name -> (softmax, (d logits,)) under jgrad and, with ``references``, both references."""
+    impls = {"jgrad": edge_softmax}
+    if references:
+        impls.update(dense=dense_masked_softmax, autodiff=autodiff_edge_softmax)
+    return {case: {name: _value_and_grads(functools.partial(fn, graph), args, cts[case]) for name, fn in impls.items()}
+            for case, args in operands.items()}
+
+
+@functools.cache
+def _softmax_results(graph_name):
+    operands = {case: (_logits(graph_name, trailing),) for case, trailing in SOFTMAX_CASES.items()}
+    cts = {case: _cotangent(args[0].shape, _seed("ct", case)) for case, args in operands.items()}
+    return operands, cts, _softmax_evaluate(GRAPHS[graph_name], operands, cts)  # eager
+
+
 @pytest.mark.parametrize("graph_name", GRAPH_NAMES)
-@pytest.mark.parametrize("trailing", SOFTMAX_SHAPES.values(), ids=SOFTMAX_SHAPES.keys())
-def test_edge_softmax_matches_references(x64, graph_name, trailing):
-    graph = GRAPHS[graph_name]
-    logits = _logits(graph_name, trailing)
-    out = edge_softmax(graph, logits)
-    ct = _cotangent(out.shape, 19)
-    grad = jax.grad(lambda x: jnp.sum(edge_softmax(graph, x) * ct))(logits)
-    for reference in (dense_masked_softmax, autodiff_edge_softmax):
-        np.testing.assert_allclose(out, reference(graph, logits), rtol=1e-12, atol=1e-12)
-        want = jax.grad(lambda x: jnp.sum(reference(graph, x) * ct))(logits)
-        np.testing.assert_allclose(grad, want, rtol=1e-12, atol=1e-12)
+def test_edge_softmax_matches_references(x64, graph_name):
+    _compare_with_references(_softmax_results(graph_name)[2], graph_name)
 
 
-@pytest.mark.parametrize("trailing", SOFTMAX_SHAPES.values(), ids=SOFTMAX_SHAPES.keys())
-def test_edge_softmax_check_grads(x64, trailing):
-    graph_name = "union"
-    graph = GRAPHS[graph_name]
-    fn = functools.partial(edge_softmax, graph)
-    check_grads(fn, (_logits(graph_name, trailing),), order=2, modes=("rev",), eps=EPS)
-    check_grads(fn, (_logits(graph_name, trailing),), order=1, modes=("fwd",), eps=EPS)
+def test_edge_softmax_check_grads(x64):
+    fns = {case: functools.partial(edge_softmax, GRAPHS["union"]) for case in SOFTMAX_CASES}
+    _check_grads_of_cases(fns, {case: (_logits("union", trailing),) for case, trailing in SOFTMAX_CASES.items()})
 
 
-@pytest.mark.parametrize("trailing", SOFTMAX_SHAPES.values(), ids=SOFTMAX_SHAPES.keys())
-def test_edge_softmax_eager_jit_vmap_agree(x64, variant, trailing):
-    logits = _logits("union", trailing)
-    ct = _cotangent(logits.shape, 23)
-
-    def fn(graph, logits, ct):
-        return jax.value_and_grad(lambda x: jnp.sum(edge_softmax(graph, x) * ct))(logits)
-
-    expected = fn(GRAPHS["union"], logits, ct)
-    for a, b in zip(variant(fn, GRAPHS["union"], logits, ct), expected):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("trailing", SOFTMAX_SHAPES.values(), ids=SOFTMAX_SHAPES.keys())
-def test_edge_softmax_vmap_over_batches_equals_loop(x64, trailing):
-    graph_name = "union"
-    graph = GRAPHS[graph_name]
-    batch = _logits(graph_name, trailing, (BATCH,))
-    fn = jax.value_and_grad(lambda x: jnp.sum(edge_softmax(graph, x) ** 3))
-    got = jax.vmap(fn)(batch)
-    looped = [fn(x) for x in batch]
-    for k in range(2):
-        np.testing.assert_allclose(got[k], np.stack([item[k] for item in looped]), rtol=1e-12, atol=1e-12)
+def test_edge_softmax_jit_gives_the_eager_numbers_and_vmap_over_logits_equals_loop(x64):
+    operands, cts, eager = _softmax_results("union")
+    batches = {case: (_logits("union", trailing, (BATCH,)),) for case, trailing in SOFTMAX_CASES.items()}
+    _jit_and_vmap_agree(_softmax_evaluate, GRAPHS["union"], operands, batches, cts, eager, "edge_softmax")
 
 
 # --------------------------------------------------------------------------------------------------
 # gcn_norm and row_norm.
 # --------------------------------------------------------------------------------------------------
-NORMS = {
-    "gcn_loops": lambda g, w: gcn_norm(g, w),
-    "gcn_no_loops": lambda g, w: gcn_norm(g, w, add_self_loops=False),
-    "gcn_fill2": lambda g, w: gcn_norm(g, w, fill=2.0),
-    "row": lambda g, w: row_norm(g, w),
-}
-
-
 def _inverse_power(degree, power):
     positive = degree > 0
     return jnp.where(positive, jnp.where(positive, degree, 1.0) ** -power, 0.0)
@@ -597,7 +685,7 @@ def _inverse_power(degree, power):
 
 def dense_norm(name, graph, w):
     """The normalised dense adjacency: D^-1/2 (A + fill I) D^-1/2, or D^-1 A; 1/0 is taken as 0."""
-    live = jnp.asarray(_edge_mask(graph), w.dtype)
+    live = jnp.asarray(_live(graph), w.dtype)
     adjacency = jnp.zeros((graph.n_nodes, graph.n_nodes), w.dtype).at[graph.receivers, graph.senders].add(w * live)
     if name == "row":
         return _inverse_power(adjacency.sum(1), 1.0)[:, None] * adjacency
@@ -613,62 +701,84 @@ def _weights(graph_name, batch=()):
     return jnp.asarray(rng.uniform(1.0, 2.0, size=batch + (GRAPHS[graph_name].n_edges,)))
 
 
+def _norm_operands(graph_name, norm, batch=()):
+    """Edge weights ~ U[1, 2] and node features x ~ N(0, 1), shape (N, F)."""
+    x = np.random.default_rng(_seed("x", graph_name, norm, batch)).normal(size=batch + (GRAPHS[graph_name].n_nodes, F))
+    return _weights(graph_name, batch), jnp.asarray(x)
+
+
+def _normalised(norm, graph, w, x):
+    """The normalised adjacency as a dense (N, N) matrix and applied to x by spmm, shape (N, F)."""
+    normed = NORMS[norm](graph, w)
+    return normed.to_dense(), spmm(normed, x)
+
+
+def _dense_normalised(norm, graph, w, x):
+    adjacency = dense_norm(norm, graph, w)
+    return adjacency, adjacency @ x
+
+
+def _norm_evaluate(graph, operands, cts, references=True):
+    """norm -> name -> ((dense adjacency, A x), (d w, d x)): gradients flow through the degrees."""
+    impls = {"jgrad": _normalised, **({"dense": _dense_normalised} if references else {})}
+    return {norm: {name: _value_and_grads(functools.partial(fn, norm, graph), args, cts[norm])
+                   for name, fn in impls.items()}
+            for norm, args in operands.items()}
+
+
+@functools.cache
+def _norm_results(graph_name):
+    graph = GRAPHS[graph_name]
+    operands = {norm: _norm_operands(graph_name, norm) for norm in NORMS}
+    cts = {norm: (_cotangent((graph.n_nodes, graph.n_nodes), _seed("ct-dense", norm)),
+                  _cotangent((graph.n_nodes, F), _seed("ct", norm))) for norm in NORMS}
+    return operands, cts, _norm_evaluate(graph, operands, cts)  # eager
+
+
 @pytest.mark.parametrize("graph_name", GRAPH_NAMES)
-@pytest.mark.parametrize("norm", NORMS)
-def test_norms_match_dense_reference_with_gradients_through_degrees(x64, graph_name, norm):
-    graph = GRAPHS[graph_name]
-    w = _weights(graph_name)
-    x = _cotangent((graph.n_nodes, F), 29)
-    ct = _cotangent((graph.n_nodes, F), 31)
-    np.testing.assert_allclose(NORMS[norm](graph, w).to_dense(), dense_norm(norm, graph, w), rtol=1e-12,
-                               atol=1e-12)
-    loss = lambda w, x: jnp.sum(spmm(NORMS[norm](graph, w), x) * ct)  # noqa: E731
-    dense_loss = lambda w, x: jnp.sum((dense_norm(norm, graph, w) @ x) * ct)  # noqa: E731
-    for got, want in zip(jax.grad(loss, argnums=(0, 1))(w, x), jax.grad(dense_loss, argnums=(0, 1))(w, x)):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    check_grads(lambda w: NORMS[norm](graph, w).edge_weight, (w,), order=2, modes=("rev",), eps=EPS)
-    check_grads(lambda w: NORMS[norm](graph, w).edge_weight, (w,), order=1, modes=("fwd",), eps=EPS)
+def test_norms_match_dense_reference_with_gradients_through_degrees(x64, graph_name):
+    _compare_with_references(_norm_results(graph_name)[2], graph_name)
 
 
-@pytest.mark.parametrize("norm", NORMS)
-def test_norms_eager_jit_vmap_agree(x64, variant, norm):
+def test_norms_check_grads(x64):
     graph = GRAPHS["union"]
-    w, x = _weights("union"), _cotangent((graph.n_nodes, F), 37)
-
-    def fn(graph, w, x):
-        return jax.value_and_grad(lambda w: jnp.sum(spmm(NORMS[norm](graph, w), x) ** 2))(w)
-
-    for a, b in zip(variant(fn, graph, w, x), fn(graph, w, x)):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    fns = {norm: lambda w, norm=norm: NORMS[norm](graph, w).edge_weight for norm in NORMS}
+    _check_grads_of_cases(fns, {norm: (_weights("union"),) for norm in NORMS})
 
 
-@pytest.mark.parametrize("norm", NORMS)
-def test_norms_vmap_over_edge_weights_equals_loop(x64, norm):
-    graph_name = "union"
-    graph = GRAPHS[graph_name]
-    batch, x = _weights(graph_name, (BATCH,)), _cotangent((graph.n_nodes, F), 41)
-    fn = jax.value_and_grad(lambda w: jnp.sum(spmm(NORMS[norm](graph, w), x) ** 2))
-    got = jax.vmap(fn)(batch)
-    looped = [fn(w) for w in batch]
-    for k in range(2):
-        np.testing.assert_allclose(got[k], np.stack([item[k] for item in looped]), rtol=1e-12, atol=1e-12)
+def test_norms_jit_give_the_eager_numbers_and_vmap_over_edge_weights_and_features_equals_loop(x64):
+    operands, cts, eager = _norm_results("union")
+    batches = {norm: _norm_operands("union", norm, (BATCH,)) for norm in NORMS}
+    _jit_and_vmap_agree(_norm_evaluate, GRAPHS["union"], operands, batches, cts, eager, "norms")
 
 
-@pytest.mark.parametrize("norm", ["gcn_no_loops", "row"])
-def test_zero_degree_gives_zero_weight_and_zero_finite_gradient(x64, norm):
+ZERO_DEGREE_NORMS = ("gcn_no_loops", "row")
+
+
+@jax.jit
+def _zero_degree_program(graph, w, x):
+    """For each norm without self loops: weights, gradient of a loss through spmm, dense form, Hessians."""
+    results = {}
+    for norm in ZERO_DEGREE_NORMS:
+        loss = lambda w: jnp.sum(spmm(NORMS[norm](graph, w), x) ** 2)  # noqa: B023, E731
+        results[norm] = (NORMS[norm](graph, w).edge_weight, jax.grad(loss)(w), NORMS[norm](graph, w).to_dense(),
+                         dense_norm(norm, graph, w), jax.hessian(lambda w: jnp.sum(NORMS[norm](graph, w).edge_weight ** 2))(w),  # noqa: B023
+                         jax.hessian(loss)(w))
+    return results
+
+
+def test_zero_degree_gives_zero_weight_and_zero_finite_gradient(x64):
     # Weights into node 0 are driven to 0 and there are no self loops, so deg[0] = 0. _norm.py defines
     # the inverse power of a zero degree, and its derivative, as 0: the edges into node 0 get weight 0
-    # and gradient 0, and every other value and gradient stays finite.
+    # and gradient 0, and every other value and gradient (first and second order) stays finite.
     graph = GRAPHS["duplicates_self_loops"]
     into_zero = np.asarray(graph.receivers) == 0
     assert into_zero.any()
     w = jnp.where(jnp.asarray(into_zero), 0.0, _weights("duplicates_self_loops"))
-    x = _cotangent((graph.n_nodes, F), 43)
-    normed = NORMS[norm](graph, w).edge_weight
-    grad = jax.grad(lambda w: jnp.sum(spmm(NORMS[norm](graph, w), x) ** 2))(w)
-    assert np.isfinite(normed).all() and np.isfinite(grad).all()
-    np.testing.assert_array_equal(normed[into_zero], 0.0)
-    np.testing.assert_array_equal(grad[into_zero], 0.0)
-    np.testing.assert_allclose(NORMS[norm](graph, w).to_dense(), dense_norm(norm, graph, w), rtol=1e-12)
-    hessian = jax.hessian(lambda w: jnp.sum(NORMS[norm](graph, w).edge_weight ** 2))(w)
-    assert np.isfinite(hessian).all()
+    results = _zero_degree_program(graph, w, _cotangent((graph.n_nodes, F), 43))
+    for norm, (normed, grad, dense, dense_want, weight_hessian, loss_hessian) in results.items():
+        assert np.isfinite(normed).all() and np.isfinite(grad).all(), norm
+        np.testing.assert_array_equal(normed[into_zero], 0.0, err_msg=norm)
+        np.testing.assert_array_equal(grad[into_zero], 0.0, err_msg=norm)
+        np.testing.assert_allclose(dense, dense_want, rtol=1e-12, err_msg=norm)
+        assert np.isfinite(weight_hessian).all() and np.isfinite(loss_hessian).all(), norm
