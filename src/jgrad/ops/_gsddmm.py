@@ -62,8 +62,12 @@ def gsddmm(
     Notes:
       On a graph with a plan (``graph.plan``), ``"dot"`` of two node arrays of one shape, (N, F) or
       (N, H, F), one at ``"u"`` and one at ``"v"``, runs on the plan's backend (on CPU the native
-      kernel: one pass over the edges in CSR order, no (E, F) intermediate); values and gradients
-      equal the plain path's up to float rounding. Other cases and forward mode run the plain path.
+      kernel: one pass over the edges in CSR order, no (E, F) intermediate). ``"add"``, ``"sub"``,
+      ``"copy_lhs"`` and ``"copy_rhs"`` of node arrays (N,), (N, H) or (N, H, 1) of one shape (GAT's
+      attention scores) gather as usual, and their backward sums the edge cotangent at the senders and
+      receivers on the plan (native CSR sums on CPU; one pass per head on the bucket backend) instead of
+      two scatter-adds. Values and gradients equal the plain path's up to float rounding. Other cases
+      and forward mode run the plain path.
       Differentiable w.r.t. lhs and rhs in reverse mode (custom VJP; cotangents of node operands are
       g-SpMMs, residuals are the inputs) to any order, and in forward mode. jit- and vmap-safe.
 
@@ -87,7 +91,8 @@ def gsddmm(
     plan = resolve(graph)
     if plan is not None and _kernels.covers_gsddmm(op, lhs, rhs, lhs_target, rhs_target) \
             and not in_forward_mode(lhs, rhs):
-        out = _kernels.plan_gsddmm(plan, lhs, rhs, lhs_target, graph.edge_mask)
+        out = _kernels.plan_gsddmm(plan, op, lhs, rhs, lhs_target, rhs_target, graph.edge_mask, graph.senders,
+                                   graph.receivers)
     else:
         out = raw_gsddmm(op, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, lhs, rhs,
                          lhs_target, rhs_target)

@@ -14,6 +14,11 @@ With weights both come from `layout_sum_backward`, which on CPU walks the revers
 each gathered row of ``dout`` for both. `layout_edge_dot` and `layout_sum_backward` have their own
 VJPs built from `layout_sum` and `layout_edge_dot`, so every order of reverse mode works.
 
+Sums of edge data at the nodes (gspmm ``copy_e``/``sum``, the backward of gsddmm add/sub/copy, both
+sums of edge_softmax) are `layout_edge_sum` (rows of either side: receivers on ``plan``, senders on
+``plan.transpose()``), whose transpose is `layout_gather` (node data read at the edges, an XLA gather);
+each is the other's VJP. They run the backend's ``edge_sum`` kernel, or its ``side_sum`` against ones.
+
 Backends (the `KERNELS` registry at the end of the differentiable part; one `register` line each):
 a ``"bucket"`` plan runs gathers and dense reductions over its degree-bucketed neighbour
 tables (XLA, any platform). A ``"native"`` plan runs the CSR kernels of `jgrad.ops._native` on CPU
@@ -21,7 +26,8 @@ for float32/float64 (chosen per platform when the computation is lowered, `jax.l
 and, on other platforms, other dtypes or without a C++ compiler, the same CSR order with segment sums;
 both take the per-head form directly (every head in one walk over the CSR). The ``"bucket"`` and
 ``"pallas"`` kernels have no multi-head version: `register` wraps them in `_per_head`, which runs
-one single-weight pass per head (the one place where that decision is made).
+one single-weight pass per head (the one place where that decision is made); that includes their edge
+sums (one pass over their tables per head).
 """
 
 from __future__ import annotations
@@ -97,6 +103,12 @@ def _native_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
         return jax.lax.platform_dependent(u, w, cpu=lambda u, w: _native.csr_sum(side.csr, u, w),
                                           default=lambda u, w: _csr_segment_sum(side, u, w))
     return _csr_segment_sum(side, u, w)
+
+
+def _edge_sum_by_rows(side: Side, rows: jax.Array, e: jax.Array) -> jax.Array:
+    """``out[rows[e]] += e[e]`` as an XLA segment sum: the edge data is read in edge order and the
+    small (N, H) output stays in cache. The native backend's `Kernels.edge_sum` (see `Kernels`)."""
+    return jax.ops.segment_sum(e, rows, num_segments=side.in_degree.shape[0])
 
 
 def _bucket_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
@@ -252,12 +264,16 @@ class Kernels(NamedTuple):
       multi_head: whether the three also take the per-head form, node data (N, H, F) with edge data
         (E, H) (``side_sum -> (N, H, F)``, ``edge_dot -> (E, H)``, ``sum_dot -> ((N, H, F), (E, H))``).
         If False, `register` wraps them in `_per_head`: one single-weight call per head.
+      edge_sum: optional ``(side, rows (E,), e (E,) or (E, H)) -> (N,) or (N, H)``, the sum of edge
+        data at each row (``copy_e``/``sum``, the backward of gsddmm add, edge softmax); None runs
+        ``side_sum`` of ones with e as the weight.
     """
 
     side_sum: Callable
     edge_dot: Callable
     sum_dot: Callable | None = None
     multi_head: bool = False
+    edge_sum: Callable | None = None
 
 
 def _per_head(kernels: Kernels) -> Kernels:
@@ -285,7 +301,8 @@ def _per_head(kernels: Kernels) -> Kernels:
         parts = [kernels.sum_dot(plan, g[:, h], w[:, h], u[:, h]) for h in heads(g)]
         return jnp.stack([p[0] for p in parts], axis=1), jnp.stack([p[1] for p in parts], axis=1)
 
-    return Kernels(side_sum, edge_dot, None if kernels.sum_dot is None else sum_dot, multi_head=True)
+    return Kernels(side_sum, edge_dot, None if kernels.sum_dot is None else sum_dot, multi_head=True,
+                   edge_sum=kernels.edge_sum)
 
 
 KERNELS: dict[str, Kernels] = {}
@@ -300,14 +317,108 @@ def register(name: str, kernels: Kernels, *, tables: str) -> None:
 
 # The registry: adding a backend is its kernel module plus one line here. The native kernels do all
 # heads in one pass; the bucket and Pallas kernels have no multi-head version (one pass per head).
-register("native", Kernels(_native_sum, _native_edge_dot, _native_sum_dot, multi_head=True), tables="csr")
+# Sums of edge data at the nodes: on native plans an XLA segment sum (on CPU it reads the edge data in
+# order and keeps the (N, H) output in cache; the CSR walk reads the edge data at random edge ids and
+# measured 4-8x slower for (E, 4) data at 3e5 edges); the bucket and Pallas backends sum over their own
+# tables (`_edge_sum_on_side`, one pass per head).
+register("native", Kernels(_native_sum, _native_edge_dot, _native_sum_dot, multi_head=True,
+                           edge_sum=_edge_sum_by_rows), tables="csr")
 register("bucket", Kernels(_bucket_sum, _bucket_edge_dot), tables="buckets")
 register("pallas", Kernels(_pallas.side_sum, _pallas.edge_dot, _pallas.sum_dot), tables="csr")
 
 
+# --------------------------------------------------------------------------------------------------
+# Edge data summed at the nodes, and node data read at the edges: a transpose pair on a plan.
+# --------------------------------------------------------------------------------------------------
+def _edge_sum_on_side(side: Side, backend: str, e: jax.Array) -> jax.Array:
+    """``out[row] = sum of e over the row's slots`` by the backend's `side_sum` against ones: node data
+    ones (N, 1) or (N, H, 1) with e (E,) or (E, H) as the (per-head) weight (one pass per head on
+    backends without multi-head kernels, `_per_head`)."""
+    ones = jnp.ones((side.in_degree.shape[0],) + e.shape[1:] + (1,), e.dtype)
+    return _side_sum(backend, side, ones, e)[..., 0]
+
+
+def _edge_sum(layout: Plan, rows: jax.Array, e: jax.Array) -> jax.Array:
+    """The backend's edge sum on ``layout.forward``: its `Kernels.edge_sum`, else `_edge_sum_on_side`."""
+    kernel = KERNELS[layout.backend].edge_sum
+    if kernel is None:
+        return _edge_sum_on_side(layout.forward, layout.backend, e)
+    return kernel(layout.forward, rows, e)
+
+
+@jax.custom_vjp
+def layout_edge_sum(layout: Plan, rows: jax.Array, e: jax.Array) -> jax.Array:
+    """``out[rows[e]] += e[e]`` on the plan: the sum of the edge data at each row of its forward side.
+
+    Args:
+      layout: a plan; ``layout`` sums at the receivers, ``layout.transpose()`` at the senders.
+      rows: (E,) int, the row of every edge on that side (receivers, or senders for the transpose);
+        read by the backward (a gather) and by backends whose edge sum is a segment sum.
+      e: (E,) or (E, H) float edge data, H heads summed separately.
+
+    Returns:
+      (N,) or (N, H) in e's dtype; 0 at rows without edges. Every planned edge counts (mask e first).
+      The VJP is `layout_gather` and the VJP of that is this, so every order of reverse mode works.
+    """
+    return _edge_sum(layout, rows, e)
+
+
+def _layout_edge_sum_fwd(layout, rows, e):
+    return layout_edge_sum(layout, rows, e), (layout, rows)  # primal via the custom VJP (see above)
+
+
+def _layout_edge_sum_bwd(residuals, cotangent):
+    layout, rows = residuals
+    return None, None, layout_gather(layout, rows, cotangent)
+
+
+layout_edge_sum.defvjp(_layout_edge_sum_fwd, _layout_edge_sum_bwd)
+
+
+@jax.custom_vjp
+def layout_gather(layout: Plan, rows: jax.Array, x: jax.Array) -> jax.Array:
+    """``out[e] = x[rows[e]]``, node data read at every edge; x (N,) or (N, H) -> (E,) or (E, H).
+
+    The forward is an XLA gather (cheap on every platform); the backward, a sum of the edge
+    cotangent at every node, is `layout_edge_sum` on the plan instead of a scatter-add.
+    """
+    return x[rows]
+
+
+def _layout_gather_fwd(layout, rows, x):
+    return layout_gather(layout, rows, x), (layout, rows)
+
+
+def _layout_gather_bwd(residuals, cotangent):
+    layout, rows = residuals
+    return None, None, layout_edge_sum(layout, rows, cotangent)
+
+
+layout_gather.defvjp(_layout_gather_fwd, _layout_gather_bwd)
+
+
+def edge_width(x) -> int | None:
+    """The number of values per row that the edge sums take for ``x`` of shape (R,), (R, H) or (R, H, 1):
+    0 for (R,), H otherwise; None for other shapes (the plain path serves those)."""
+    trailing = tuple(x.shape[1:])
+    if not trailing:
+        return 0
+    if len(trailing) == 1 or (len(trailing) == 2 and trailing[1] == 1):
+        return int(trailing[0]) if trailing[0] > 0 else None
+    return None
+
+
+def _as_rows(x: jax.Array) -> jax.Array:
+    """(R,) stays, (R, H) and (R, H, 1) become (R, H) (see `edge_width`)."""
+    return x if x.ndim == 1 else x.reshape(x.shape[0], x.shape[1])
+
+
 def covers_gspmm(op: str, reduce: str, u, e) -> bool:
     """Whether a plan runs this gspmm: ``copy_u`` or ``u_mul_e`` with ``sum``/``mean``, e of one scalar
-    per edge ((E,), (E, 1), ...) or one per head ((E, H) or (E, H, 1) against u of shape (N, H, F))."""
+    per edge ((E,), (E, 1), ...) or one per head ((E, H) or (E, H, 1) against u of shape (N, H, F));
+    and ``copy_e`` with ``sum`` for e of shape (E,), (E, H) or (E, H, 1) (`layout_edge_sum`)."""
+    if op == "copy_e":
+        return reduce == "sum" and edge_width(e) is not None
     if op not in ("copy_u", "u_mul_e") or reduce not in ("sum", "mean"):
         return False
     if op == "copy_u":
@@ -329,11 +440,16 @@ def plan_gspmm(plan: Plan, op: str, reduce: str, u: jax.Array, e: jax.Array | No
                receivers: jax.Array) -> jax.Array:
     """gspmm on the plan for the cases of `covers_gspmm`.
 
+    ``copy_e``/``sum`` is `layout_edge_sum` of the masked edge data (backward: a gather at the receivers).
+
     A per-head weight ((E, H) or (E, H, 1) against (N, H, F) u) runs as one per-head `layout_sum`: on
     the native backend every head in one pass over the CSR (forward and backward), on backends
     without multi-head kernels one pass per head (`_per_head`). The plan covers every edge: padding
     edges (``mask`` False) get weight 0 here.
     """
+    if op == "copy_e":  # per-receiver sums of the edge data: (N,) + e.shape[1:]
+        out = layout_edge_sum(plan, receivers, _masked(_as_rows(e), mask))
+        return out.reshape((plan.n_nodes,) + e.shape[1:])
     shape = u.shape
     if op == "copy_u":
         w = None if mask is None else mask.astype(u.dtype)
@@ -370,17 +486,46 @@ def _mean(plan: Plan, out: jax.Array, reduce: str, mask: jax.Array | None, recei
 
 def covers_gsddmm(op: str, lhs, rhs, lhs_target: str, rhs_target: str) -> bool:
     """Whether a plan runs this gsddmm: ``"dot"`` of two node arrays of one shape (N, F) or (N, H, F),
-    one at the sender and one at the receiver."""
-    return (op == "dot" and {lhs_target, rhs_target} == {"u", "v"} and lhs is not None and rhs is not None
-            and lhs.shape == rhs.shape and lhs.ndim in (2, 3))
+    one at the sender and one at the receiver; or ``"add"``, ``"sub"``, ``"copy_lhs"``, ``"copy_rhs"`` of
+    node arrays (targets ``"u"``/``"v"``) of shape (N,), (N, H) or (N, H, 1), both of one shape."""
+    if op == "dot":
+        return ({lhs_target, rhs_target} == {"u", "v"} and lhs is not None and rhs is not None
+                and lhs.shape == rhs.shape and lhs.ndim in (2, 3))
+    used = {"add": ((lhs, lhs_target), (rhs, rhs_target)), "sub": ((lhs, lhs_target), (rhs, rhs_target)),
+            "copy_lhs": ((lhs, lhs_target),), "copy_rhs": ((rhs, rhs_target),)}.get(op)
+    if used is None or any(value is None or target not in ("u", "v") or edge_width(value) is None
+                           for value, target in used):
+        return False
+    return len({value.shape for value, _ in used}) == 1
 
 
-def plan_gsddmm(plan: Plan, lhs: jax.Array, rhs: jax.Array, lhs_target: str, mask: jax.Array | None) -> jax.Array:
-    """gsddmm ``"dot"`` on the plan; returns (E, 1) or (E, H, 1) (all heads in one `layout_edge_dot`),
-    0 at padding edges."""
-    u, v = (lhs, rhs) if lhs_target == "u" else (rhs, lhs)
-    dtype = jnp.result_type(u, v)
-    u, v = u.astype(dtype), v.astype(dtype)
-    if u.ndim == 3:
-        return _masked(layout_edge_dot(plan, u, v), mask)[..., None]  # (E, H) -> (E, H, 1)
-    return _masked(layout_edge_dot(plan, u, v)[:, None], mask)
+def plan_gsddmm(plan: Plan, op: str, lhs: jax.Array | None, rhs: jax.Array | None, lhs_target: str,
+                rhs_target: str, mask: jax.Array | None, senders: jax.Array, receivers: jax.Array) -> jax.Array:
+    """gsddmm on the plan for the cases of `covers_gsddmm`; 0 at padding edges.
+
+    ``"dot"`` returns (E, 1) or (E, H, 1), all heads in one `layout_edge_dot`. ``"add"``, ``"sub"`` and
+    the copies read the operands at the edges with `layout_gather` (an XLA gather), so their backward
+    (node cotangent = the sum of the edge cotangent at each sender or receiver) is `layout_edge_sum` on
+    the plan, not a scatter-add; they return (E,) + the operands' trailing shape.
+    """
+    if op == "dot":
+        u, v = (lhs, rhs) if lhs_target == "u" else (rhs, lhs)
+        dtype = jnp.result_type(u, v)
+        u, v = u.astype(dtype), v.astype(dtype)
+        if u.ndim == 3:
+            return _masked(layout_edge_dot(plan, u, v), mask)[..., None]  # (E, H) -> (E, H, 1)
+        return _masked(layout_edge_dot(plan, u, v)[:, None], mask)
+
+    def at(x, target):  # x (N,) + trailing read at every edge's sender or receiver: (E,) + trailing
+        side, rows = (plan, receivers) if target == "v" else (plan.transpose(), senders)
+        return layout_gather(side, rows, _as_rows(x)).reshape((rows.shape[0],) + x.shape[1:])
+
+    if op == "copy_lhs":
+        out = at(lhs, lhs_target)
+    elif op == "copy_rhs":
+        out = at(rhs, rhs_target)
+    else:
+        dtype = jnp.result_type(lhs, rhs)
+        a, b = at(lhs.astype(dtype), lhs_target), at(rhs.astype(dtype), rhs_target)
+        out = a + b if op == "add" else a - b
+    return _masked(out, mask)

@@ -1,0 +1,173 @@
+"""Edge sums on a plan: gspmm ``copy_e``/``sum``, the backward of gsddmm add/sub/copy, and edge_softmax.
+
+On a graph with a plan these run through the backend's edge sum (`jgrad.ops._kernels.layout_edge_sum`
+and its transpose `layout_gather`) instead of the plain path's scatter-adds; values and gradients (second
+order included) must equal the plain path's in float64, NaN and huge scores included.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jgrad
+from jgrad import Graph
+from jgrad._src._plan import SMALL_GRAPH_EDGES, resolve
+from jgrad.ops import _kernels, backend_of, edge_softmax, gsddmm, gspmm, with_backend
+
+pytestmark = [pytest.mark.usefixtures("x64")]
+
+TOL = dict(rtol=1e-12, atol=1e-12)
+
+# Duplicate edges (0->1 twice), a self loop (3->3), isolated nodes (5, 6, 7) and padding edges (edge_mask).
+SMALL = jgrad.pad(Graph.from_edges([0, 0, 1, 2, 2, 3, 3, 4, 1], [1, 1, 2, 0, 1, 3, 1, 0, 4], 7),
+                  n_nodes=8, n_edges=12)
+SHAPES = {"E": (), "E_H": (3,), "E_H_1": (3, 1)}
+
+
+def _loss(graph, logits, a, b):
+    """Every covered case in one scalar: gsddmm add/sub/copy at u and v, edge_softmax, copy_e sum."""
+    scores = (gsddmm(graph, "add", a, b, "u", "v") + 0.3 * gsddmm(graph, "sub", a, b, "v", "u")
+              + gsddmm(graph, "copy_lhs", a, None, "u") ** 2 - jnp.sin(gsddmm(graph, "copy_rhs", None, b, "u", "v")))
+    alpha = edge_softmax(graph, jnp.tanh(scores) + logits)
+    degree = gspmm(graph, "copy_e", "sum", e=alpha * logits)
+    return jnp.sum(jnp.sin(alpha) * logits) + jnp.sum(degree ** 2) + jnp.sum(jnp.cos(scores))
+
+
+@jax.jit
+def _all_orders(graph, logits, a, b):
+    """The loss, its gradients and the gradients of the squared norm of its logits gradient."""
+    value, grads = jax.value_and_grad(_loss, (1, 2, 3))(graph, logits, a, b)
+    second = jax.grad(lambda *args: jnp.sum(jax.grad(_loss, (1, 2, 3))(graph, *args)[0] ** 2), (0, 1, 2))(logits, a, b)
+    return value, grads, second
+
+
+def _operands(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = jnp.asarray(rng.standard_normal((SMALL.n_edges,) + shape))
+    a, b = (jnp.asarray(rng.standard_normal((SMALL.n_nodes,) + shape)) for _ in range(2))
+    return logits, a, b
+
+
+_PLAIN = {}
+
+
+def _plain_results(shape):
+    """The plain path's results for ``shape``, computed once for both backends (inside the x64 fixture)."""
+    if shape not in _PLAIN:
+        _PLAIN[shape] = _all_orders(with_backend(SMALL, "xla"), *_operands(SHAPES[shape]))
+    return _PLAIN[shape]
+
+
+@pytest.mark.parametrize("backend", ["native", "bucket"])
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+def test_edge_sums_softmax_and_scores_on_a_plan_equal_the_plain_path(backend, shape):
+    graph = with_backend(SMALL, backend)
+    assert backend_of(graph) == backend
+    got = _all_orders(graph, *_operands(SHAPES[shape]))
+    expected = _plain_results(shape)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        assert x.shape == y.shape
+        np.testing.assert_allclose(x, y, **TOL)
+    d_logits, d_a, d_b = got[1]
+    assert np.all(np.asarray(d_logits)[~np.asarray(SMALL.edge_mask)] == 0.0), "padding edges got a gradient"
+    assert np.all(np.asarray(d_a)[[5, 6, 7]] == 0.0) and np.all(np.asarray(d_b)[[5, 6, 7]] == 0.0), \
+        "isolated nodes got a gradient"
+
+
+def test_the_plan_path_runs_the_backend_edge_sum(monkeypatch):
+    """copy_e, the scores' backward and edge_softmax (forward and backward) each call the backend's sum."""
+    calls = []
+    native = _kernels.KERNELS["native"]
+
+    def counted(side, rows, e):
+        calls.append(e.shape)
+        return native.edge_sum(side, rows, e)
+
+    monkeypatch.setitem(_kernels.KERNELS, "native", native._replace(edge_sum=counted))
+    graph = with_backend(SMALL, "native")
+    logits, a, b = _operands((3,))
+    step = lambda logits, a, b: jnp.sum(jnp.sin(edge_softmax(graph, logits + gsddmm(graph, "add", a, b))))
+    jax.jit(jax.grad(step, (0, 1, 2))).lower(logits, a, b)
+    assert len(calls) == 4, calls  # softmax forward + backward, per-sender and per-receiver score sums
+    calls.clear()
+    jax.jit(lambda e: gspmm(graph, "copy_e", "sum", e=e)).lower(logits[:, :, None])
+    assert calls == [(SMALL.n_edges, 3)]
+
+
+@pytest.mark.parametrize("backend", ["native", "bucket"])
+def test_nan_inf_and_huge_scores_behave_as_on_the_plain_path(backend):
+    graph = Graph.from_edges([0, 1, 2, 3, 4, 5, 0, 1, 2], [1, 1, 2, 2, 3, 3, 4, 4, 5], 7)
+    logits = jnp.array([[1e4, 0.0], [-1e4, 1e300], [jnp.nan, 1.0], [2.0, 3.0], [jnp.inf, -jnp.inf],
+                        [0.5, -jnp.inf], [-jnp.inf, 5.0], [-jnp.inf, -1e4], [3e4, 2.0]])
+    weights = jnp.linspace(0.5, 1.5, logits.size).reshape(logits.shape)
+    step = jax.jit(jax.value_and_grad(lambda logits, g: jnp.sum(weights * edge_softmax(g, logits))))
+    probs = jax.jit(edge_softmax)
+    on_plan, plain = with_backend(graph, backend), with_backend(graph, "xla")
+    got, expected = probs(on_plan, logits), probs(plain, logits)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    assert np.isnan(got[2:4, 0]).all() and np.isfinite(got[:2]).all(), "NaN did not stay in its receiver"
+    np.testing.assert_allclose(got, expected, **TOL)
+    for x, y in zip(step(logits, on_plan), step(logits, plain)):
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
+        np.testing.assert_allclose(x, y, **TOL)
+
+
+def test_vmap_and_forward_mode_on_a_plan_equal_the_plain_path():
+    logits, a, b = _operands((3, 1), seed=3)
+    batch = jnp.stack([logits, -2.0 * logits])
+
+    def run(graph):
+        values = jax.vmap(jax.grad(_loss, 1), in_axes=(None, 0, None, None))(graph, batch, a, b)
+        tangent = jax.jvp(lambda logits, a: _loss(graph, logits, a, b), (logits, a), (jnp.ones_like(logits), a))
+        return values, tangent
+
+    run = jax.jit(run)
+    for x, y in zip(jax.tree.leaves(run(with_backend(SMALL, "native"))), jax.tree.leaves(run(with_backend(SMALL, "xla")))):
+        np.testing.assert_allclose(x, y, **TOL)
+
+
+@pytest.mark.parametrize("backend", ["native", "bucket"])
+def test_the_edge_sum_of_each_side_equals_a_segment_sum(backend):
+    """Both directions of the plan, by the backend's edge sum and by its tables (the CSR walk on native)."""
+    plan = resolve(with_backend(SMALL, backend))
+    rng = np.random.default_rng(5)
+    for e in (jnp.asarray(rng.standard_normal(SMALL.n_edges)), jnp.asarray(rng.standard_normal((SMALL.n_edges, 3)))):
+        for layout, rows in ((plan, SMALL.receivers), (plan.transpose(), SMALL.senders)):
+            expected = jax.ops.segment_sum(e, rows, num_segments=SMALL.n_nodes)
+            np.testing.assert_allclose(_kernels.layout_edge_sum(layout, rows, e), expected, **TOL)
+            np.testing.assert_allclose(_kernels._edge_sum_on_side(layout.forward, backend, e), expected, **TOL)
+
+
+def test_scores_of_other_shapes_and_ops_keep_the_plain_path():
+    """Only (N,), (N, H), (N, H, 1) operands of one shape are covered; the rest stays correct."""
+    x = jnp.ones((SMALL.n_nodes, 2, 3))
+    assert not _kernels.covers_gsddmm("add", x, x, "u", "v")
+    assert not _kernels.covers_gsddmm("add", x[:, :, :1], x[:, :1, :1], "u", "v")
+    assert not _kernels.covers_gsddmm("mul", x[:, 0], x[:, 0], "u", "v")
+    assert _kernels.covers_gsddmm("sub", x[:, :, :1], x[:, :, :1], "v", "u")
+    graph = with_backend(SMALL, "native")
+    out = jax.jit(lambda g, x: gsddmm(g, "add", x, x[:, :1], "u", "v"))(graph, x)
+    expected = gsddmm(with_backend(SMALL, "xla"), "add", x, x[:, :1], "u", "v")
+    np.testing.assert_allclose(out, expected, **TOL)
+
+
+def test_a_gat_layer_sums_its_scores_and_softmax_on_the_plan(monkeypatch):
+    """A 4-head GAT layer on a graph planned by size: every edge sum through the native backend's
+    edge sum (softmax forward and backward, the scores' backward at senders and receivers), all heads
+    at once, and the aggregation one native pass each way."""
+    calls = []
+    native = _kernels.KERNELS["native"]
+    monkeypatch.setitem(_kernels.KERNELS, "native",
+                        native._replace(edge_sum=lambda *args: calls.append(args[2].shape) or native.edge_sum(*args)))
+    n, n_edges = 2000, SMALL_GRAPH_EDGES + 100
+    rng = np.random.default_rng(7)
+    graph = Graph.from_edges(rng.integers(0, n - 10, n_edges), rng.integers(0, n - 10, n_edges), n)
+    assert backend_of(graph) == "native"  # chosen by size, not forced
+    heads, f_in, f_out = 4, 6, 8
+    params = {"kernel": jnp.ones((f_in, heads * f_out)), "att_src": jnp.ones((heads, f_out)),
+              "att_dst": jnp.ones((heads, f_out)), "bias": None}
+    loss = lambda params, x: jnp.sum(jnp.tanh(jgrad.nn.functional.gat_conv(params, graph, x)))
+    lowered = jax.jit(jax.grad(loss, (0, 1))).lower(params, jnp.ones((n, f_in))).as_text()
+    assert len(calls) == 4 and all(shape[1:] == (heads,) for shape in calls), calls
+    assert lowered.count("@jgrad_csr_sum(") == 1 and lowered.count("@jgrad_csr_sum_dot(") == 1
