@@ -7,8 +7,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..graph import Graph
+from ._compile import Call, rebuild_args, run_cached
 
 
 def float_dtype() -> Any:
@@ -85,7 +87,9 @@ def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any, symmetric:
 
     Notes:
       Plain reverse mode through jgrad's custom VJPs: one forward and one backward pass, O(N·F + E)
-      memory. Works under ``jit`` and ``vmap``: to study many weight vectors at once, vmap over the
+      memory, compiled with ``jax.jit`` once per model and reused while fn, the structure of args and
+      what fn reads are unchanged (the cache `adjacency_grad` uses); a fn that needs concrete values
+      (Python control flow on array values) runs eagerly instead. Works under ``jit`` and ``vmap``: to study many weight vectors at once, vmap over the
       weights, e.g. ``jax.vmap(lambda w: edge_grad(fn, graph.with_edge_weight(w), x))(W)`` for W of
       shape (B, E), or over parameters of many models, ``jax.vmap(lambda p: edge_grad(fn, graph, p))``.
 
@@ -106,17 +110,52 @@ def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any, symmetric:
         raise ValueError(f"{where}: symmetric=True needs one scalar weight per edge; got edge_weight of "
                          f"shape {tuple(weight.shape)}, expected ({graph.n_edges},).")
 
+    try:
+        grad = run_cached(_edge_build, fn, args, ("edge",), graph, weight)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        grad = _weight_grad(fn, graph, weight, args)  # fn reads concrete values: run it eagerly
+    return pair_sums(graph, grad) if symmetric else grad
+
+
+def _edge_build(graph: Graph, weight: jax.Array, arrays: list, *, call: Call) -> jax.Array:
+    """`_weight_grad` of ``call.fn`` with the args rebuilt from their arrays (compiled by `run_cached`)."""
+    return _weight_grad(call.fn, graph, weight, rebuild_args(call, arrays))
+
+
+def _weight_grad(fn, graph: Graph, weight: jax.Array, args: tuple) -> jax.Array:
+    """dL/dw at ``weight`` by one ``jax.grad`` of ``fn(graph.with_edge_weight(w), *args)``."""
+
     def loss(w: jax.Array) -> jax.Array:
         value = fn(graph.with_edge_weight(w), *args)
         check_scalar("edge_grad", value)
         return value
 
-    grad = jax.grad(loss)(weight)
-    return pair_sums(graph, grad) if symmetric else grad
+    return jax.grad(loss)(weight)
 
 
 def pair_sums(graph: Graph, values: jax.Array) -> PairGrad:
-    """Sums per-edge ``values`` (E,) over each undirected pair of ``graph`` (see `PairGrad`)."""
+    """Sums per-edge ``values`` (E,) over each undirected pair of ``graph`` (see `PairGrad`).
+
+    On the host (numpy) when the indices and values are concrete, else with JAX ops (padded to E).
+    """
+    try:
+        return _host_pair_sums(graph, values)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return _traced_pair_sums(graph, values)
+
+
+def _host_pair_sums(graph: Graph, values: jax.Array) -> PairGrad:
+    senders, receivers, host = np.asarray(graph.senders), np.asarray(graph.receivers), np.asarray(values)
+    valid = np.ones(senders.shape, bool) if graph.edge_mask is None else np.asarray(graph.edge_mask, bool)
+    low = np.minimum(senders, receivers)[valid].astype(np.int64)
+    high = np.maximum(senders, receivers)[valid].astype(np.int64)
+    pairs, inverse = np.unique(low * graph.n_nodes + high, return_inverse=True)  # sorted by (low, high)
+    sums = np.bincount(inverse.reshape(-1), weights=host[valid], minlength=pairs.size).astype(host.dtype)
+    rows, cols = (pairs // graph.n_nodes).astype(np.int32), (pairs % graph.n_nodes).astype(np.int32)
+    return PairGrad(jnp.asarray(sums), jnp.asarray(rows), jnp.asarray(cols))
+
+
+def _traced_pair_sums(graph: Graph, values: jax.Array) -> PairGrad:
     n_edges = graph.n_edges
     low = jnp.minimum(graph.senders, graph.receivers).astype(jnp.int32)
     high = jnp.maximum(graph.senders, graph.receivers).astype(jnp.int32)
