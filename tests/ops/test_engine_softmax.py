@@ -171,3 +171,14 @@ def test_a_gat_layer_sums_its_scores_and_softmax_on_the_plan(monkeypatch):
     lowered = jax.jit(jax.grad(loss, (0, 1))).lower(params, jnp.ones((n, f_in))).as_text()
     assert len(calls) == 4 and all(shape[1:] == (heads,) for shape in calls), calls
     assert lowered.count("@jgrad_csr_sum(") == 1 and lowered.count("@jgrad_csr_sum_dot(") == 1
+
+
+def test_the_pallas_backend_sums_edges_per_head_as_the_plain_path():
+    """Pallas (interpret mode on CPU) has no edge-sum kernel: its tables are summed once per head."""
+    logits, a, b = _operands((2,), seed=6)
+    step = jax.jit(jax.value_and_grad(_loss, (1, 2, 3)))
+    graph = with_backend(SMALL, "pallas")
+    assert backend_of(graph) == "pallas" and _kernels.KERNELS["pallas"].edge_sum is None
+    for x, y in zip(jax.tree.leaves(step(graph, logits, a, b)),
+                    jax.tree.leaves(step(with_backend(SMALL, "xla"), logits, a, b)), strict=True):
+        np.testing.assert_allclose(x, y, **TOL)
