@@ -575,9 +575,11 @@ def _assemble(kinds, probe_grads, data, graph: Graph, dtype) -> AdjacencyGrad:
         at_rows, at_cols = (grad, u) if kind == "aggregate" else (u, grad)
         lefts.append(_scale(at_rows.reshape(n, -1), left, dtype))
         rights.append(_scale(at_cols.reshape(n, -1), right, dtype))
-    if not lefts:  # one zero column, so that a failed check under jit can still mark every entry NaN
-        lefts, rights = [jnp.zeros((n, 1), dtype)], [jnp.zeros((n, 1), dtype)]
-    result = _directed_grad(graph, jnp.concatenate(lefts, axis=1), jnp.concatenate(rights, axis=1))
+    result = _directed_grad(
+        graph,
+        jnp.concatenate(lefts, axis=1) if lefts else jnp.zeros((n, 0), dtype),
+        jnp.concatenate(rights, axis=1) if rights else jnp.zeros((n, 0), dtype),
+    )
     return dataclasses.replace(result, attention=tuple(attention))
 
 
@@ -625,8 +627,11 @@ def _poisoned_if_wrong(result: AdjacencyGrad, dtype) -> AdjacencyGrad:
     if isinstance(result.edge_error, jax.core.Tracer):
         bad = ~(result.edge_error <= _edge_tolerance(dtype))
         poison = lambda value: jnp.where(bad, jnp.asarray(jnp.nan, value.dtype), value)
+        left, right = result.left, result.right
+        if left.shape[1] == 0:  # no factor columns to carry the NaN: one column that is 0 unless bad
+            left, right = jnp.zeros((left.shape[0], 1), left.dtype), jnp.ones((right.shape[0], 1), right.dtype)
         attention = tuple(dataclasses.replace(term, cotangent=poison(term.cotangent)) for term in result.attention)
-        return dataclasses.replace(result, left=poison(result.left), right=poison(result.right),
+        return dataclasses.replace(result, left=poison(left), right=right,
                                    diagonal_offset=poison(result.diagonal_offset), attention=attention)
     return result
 
