@@ -77,7 +77,8 @@ def gspmm(
       Execution: on a graph with a plan (``graph.plan``, see `jgrad.ops.use_backend`), ``copy_u`` and
       ``u_mul_e`` with one scalar per edge or per head ((E,), (E, 1), (E, H), (E, H, 1)) under
       ``sum`` or ``mean`` run on the plan's backend (native CSR kernels on CPU, bucketed gather tables
-      elsewhere): no scatter-add and no (E, F) message tensor, in the backward too. Values and
+      elsewhere): no scatter-add and no (E, F) message tensor, in the backward too; so does
+      ``copy_e`` with ``sum`` for (E,), (E, H) or (E, H, 1) edge data (the backend's edge sum). Values and
       gradients equal the plain path's up to float rounding; every other case, and forward mode,
       runs the plain path (gather, message, segment reduction).
 
