@@ -397,15 +397,23 @@ def _spmm_evaluate(graph, operands, cts, references=True):
 
 
 @functools.cache
-def _spmm_results(graph_name):
-    """Operands, cotangents and the program's results for every gspmm case on one graph (float64)."""
+def _spmm_inputs(graph_name):
+    """Operands and cotangents for every gspmm case on one graph (float64): every case on the union, the
+    widest broadcast on the graph with zero edges."""
     graph = GRAPHS[graph_name]
     cases = {case: SPMM_CASES[case] for case in (SPMM_CASES if graph_name == "union" else SPMM_WIDEST)}
     operands = {case: _spmm_operands(graph_name, *spec) for case, spec in cases.items()}
     cts = {case: _cotangent(jax.eval_shape(functools.partial(_call_gspmm, graph, *spec[:2]), *operands[case]).shape,
                             _seed("ct", case))
            for case, spec in cases.items()}
-    return operands, cts, _spmm_evaluate(graph, operands, cts)  # eager
+    return operands, cts
+
+
+@functools.cache
+def _spmm_results(graph_name):
+    """The inputs and, evaluated eagerly, every case's value and gradients under jgrad and the references."""
+    operands, cts = _spmm_inputs(graph_name)
+    return operands, cts, _spmm_evaluate(GRAPHS[graph_name], operands, cts)
 
 
 @pytest.mark.parametrize("graph_name", GRAPH_NAMES)
@@ -428,7 +436,7 @@ def test_gspmm_check_grads(x64):
 
 
 def test_gspmm_jit_of_vmap_over_node_and_edge_batches_gives_the_eager_numbers(x64):
-    operands, cts, _ = _spmm_results("union")
+    operands, cts = _spmm_inputs("union")
     operands = {case: operands[case] for case in SPMM_WIDEST}
     batches = {case: _spmm_operands("union", *SPMM_CASES[case], batch=(BATCH,)) for case in SPMM_WIDEST}
     _jit_and_vmap_agree(_spmm_evaluate, GRAPHS["union"], operands, batches, cts, "gspmm")
@@ -569,14 +577,21 @@ def _sddmm_evaluate(graph, operands, cts, references=True):
 
 
 @functools.cache
-def _sddmm_results(graph_name):
+def _sddmm_inputs(graph_name):
     graph = GRAPHS[graph_name]
     cases = {case: SDDMM_CASES[case] for case in (SDDMM_CASES if graph_name == "union" else SDDMM_WIDEST)}
     operands = {case: _sddmm_operands(graph_name, *spec) for case, spec in cases.items()}
     cts = {case: _cotangent(jax.eval_shape(functools.partial(_call_gsddmm, graph, *spec[:3]), *operands[case]).shape,
                             _seed("ct", case))
            for case, spec in cases.items()}
-    return operands, cts, _sddmm_evaluate(graph, operands, cts)  # eager
+    return operands, cts
+
+
+@functools.cache
+def _sddmm_results(graph_name):
+    """The inputs and, evaluated eagerly, every case's value and gradients under jgrad and the references."""
+    operands, cts = _sddmm_inputs(graph_name)
+    return operands, cts, _sddmm_evaluate(GRAPHS[graph_name], operands, cts)
 
 
 @pytest.mark.parametrize("graph_name", GRAPH_NAMES)
@@ -603,7 +618,7 @@ def test_gsddmm_check_grads(x64):
 
 
 def test_gsddmm_jit_of_vmap_over_lhs_and_rhs_batches_gives_the_eager_numbers(x64):
-    operands, cts, _ = _sddmm_results("union")
+    operands, cts = _sddmm_inputs("union")
     operands = {case: operands[case] for case in SDDMM_WIDEST}
     batches = {case: _sddmm_operands("union", *SDDMM_CASES[case], batch=(BATCH,)) for case in SDDMM_WIDEST}
     _jit_and_vmap_agree(_sddmm_evaluate, GRAPHS["union"], operands, batches, cts, "gsddmm")
@@ -650,10 +665,17 @@ def _softmax_evaluate(graph, operands, cts, references=True):
 
 
 @functools.cache
-def _softmax_results(graph_name):
+def _softmax_inputs(graph_name):
     operands = {case: (_logits(graph_name, trailing),) for case, trailing in SOFTMAX_CASES.items()}
     cts = {case: _cotangent(args[0].shape, _seed("ct", case)) for case, args in operands.items()}
-    return operands, cts, _softmax_evaluate(GRAPHS[graph_name], operands, cts)  # eager
+    return operands, cts
+
+
+@functools.cache
+def _softmax_results(graph_name):
+    """The inputs and, evaluated eagerly, every case's value and gradients under jgrad and the references."""
+    operands, cts = _softmax_inputs(graph_name)
+    return operands, cts, _softmax_evaluate(GRAPHS[graph_name], operands, cts)
 
 
 @pytest.mark.parametrize("graph_name", GRAPH_NAMES)
@@ -667,7 +689,7 @@ def test_edge_softmax_check_grads(x64):
 
 
 def test_edge_softmax_jit_of_vmap_over_logits_gives_the_eager_numbers(x64):
-    operands, cts, _ = _softmax_results("union")
+    operands, cts = _softmax_inputs("union")
     batches = {case: (_logits("union", trailing, (BATCH,)),) for case, trailing in SOFTMAX_CASES.items()}
     _jit_and_vmap_agree(_softmax_evaluate, GRAPHS["union"], operands, batches, cts, "edge_softmax")
 
@@ -724,12 +746,19 @@ def _norm_evaluate(graph, operands, cts, references=True):
 
 
 @functools.cache
-def _norm_results(graph_name):
+def _norm_inputs(graph_name):
     graph = GRAPHS[graph_name]
     operands = {norm: _norm_operands(graph_name, norm) for norm in NORMS}
     cts = {norm: (_cotangent((graph.n_nodes, graph.n_nodes), _seed("ct-dense", norm)),
                   _cotangent((graph.n_nodes, F), _seed("ct", norm))) for norm in NORMS}
-    return operands, cts, _norm_evaluate(graph, operands, cts)  # eager
+    return operands, cts
+
+
+@functools.cache
+def _norm_results(graph_name):
+    """The inputs and, evaluated eagerly, every case's value and gradients under jgrad and the references."""
+    operands, cts = _norm_inputs(graph_name)
+    return operands, cts, _norm_evaluate(GRAPHS[graph_name], operands, cts)
 
 
 @pytest.mark.parametrize("graph_name", GRAPH_NAMES)
@@ -744,7 +773,7 @@ def test_norms_check_grads(x64):
 
 
 def test_norms_jit_of_vmap_over_edge_weights_and_features_gives_the_eager_numbers(x64):
-    operands, cts, _ = _norm_results("union")
+    operands, cts = _norm_inputs("union")
     batches = {norm: _norm_operands("union", norm, (BATCH,)) for norm in NORMS}
     _jit_and_vmap_agree(_norm_evaluate, GRAPHS["union"], operands, batches, cts, "norms")
 
