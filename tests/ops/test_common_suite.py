@@ -396,17 +396,23 @@ def _spmm_evaluate(graph, operands, cts, references=True):
     return results
 
 
-@functools.cache
-def _spmm_inputs(graph_name):
-    """Operands and cotangents for every gspmm case on one graph (float64): every case on the union, the
-    widest broadcast on the graph with zero edges."""
+def _case_inputs(graph_name, table, widest, make_operands, call, n_static):
+    """Operands and cotangents for every case of one op family on one graph (float64): every case of
+    ``table`` on the union, the ``widest`` ones on the graph with zero edges. ``call(graph, *spec[:n_static],
+    *operands)`` runs a case; its output shape fixes the cotangent's."""
     graph = GRAPHS[graph_name]
-    cases = {case: SPMM_CASES[case] for case in (SPMM_CASES if graph_name == "union" else SPMM_WIDEST)}
-    operands = {case: _spmm_operands(graph_name, *spec) for case, spec in cases.items()}
-    cts = {case: _cotangent(jax.eval_shape(functools.partial(_call_gspmm, graph, *spec[:2]), *operands[case]).shape,
+    cases = {case: table[case] for case in (table if graph_name == "union" else widest)}
+    operands = {case: make_operands(graph_name, *spec) for case, spec in cases.items()}
+    cts = {case: _cotangent(jax.eval_shape(functools.partial(call, graph, *spec[:n_static]), *operands[case]).shape,
                             _seed("ct", case))
            for case, spec in cases.items()}
     return operands, cts
+
+
+@functools.cache
+def _spmm_inputs(graph_name):
+    """Operands and cotangents for every gspmm case on one graph (see `_case_inputs`)."""
+    return _case_inputs(graph_name, SPMM_CASES, SPMM_WIDEST, _spmm_operands, _call_gspmm, 2)
 
 
 @functools.cache
@@ -578,13 +584,8 @@ def _sddmm_evaluate(graph, operands, cts, references=True):
 
 @functools.cache
 def _sddmm_inputs(graph_name):
-    graph = GRAPHS[graph_name]
-    cases = {case: SDDMM_CASES[case] for case in (SDDMM_CASES if graph_name == "union" else SDDMM_WIDEST)}
-    operands = {case: _sddmm_operands(graph_name, *spec) for case, spec in cases.items()}
-    cts = {case: _cotangent(jax.eval_shape(functools.partial(_call_gsddmm, graph, *spec[:3]), *operands[case]).shape,
-                            _seed("ct", case))
-           for case, spec in cases.items()}
-    return operands, cts
+    """Operands and cotangents for every gsddmm case on one graph (see `_case_inputs`)."""
+    return _case_inputs(graph_name, SDDMM_CASES, SDDMM_WIDEST, _sddmm_operands, _call_gsddmm, 3)
 
 
 @functools.cache

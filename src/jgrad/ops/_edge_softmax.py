@@ -73,8 +73,7 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
     check_graph_indices("edge_softmax", graph)
     plan = resolve(graph)
     if plan is not None and _kernels.edge_width(logits) is not None and not in_forward_mode(logits):
-        rows = logits if logits.ndim == 1 else logits.reshape(logits.shape[:2])  # (E,) or (E, H)
-        out = _plan_softmax(plan, graph.receivers, graph.edge_mask, rows).reshape(logits.shape)
+        out = _plan_softmax(plan, graph.receivers, graph.edge_mask, _kernels.as_rows(logits)).reshape(logits.shape)
     else:
         out = _edge_softmax(graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, logits)
     return _taps.refuse(graph, "edge_data", out, given) if graph.tapped else out

@@ -408,7 +408,7 @@ def edge_width(x) -> int | None:
     return None
 
 
-def _as_rows(x: jax.Array) -> jax.Array:
+def as_rows(x: jax.Array) -> jax.Array:
     """(R,) stays, (R, H) and (R, H, 1) become (R, H) (see `edge_width`)."""
     return x if x.ndim == 1 else x.reshape(x.shape[0], x.shape[1])
 
@@ -448,7 +448,7 @@ def plan_gspmm(plan: Plan, op: str, reduce: str, u: jax.Array, e: jax.Array | No
     edges (``mask`` False) get weight 0 here.
     """
     if op == "copy_e":  # per-receiver sums of the edge data: (N,) + e.shape[1:]
-        out = layout_edge_sum(plan, receivers, _masked(_as_rows(e), mask))
+        out = layout_edge_sum(plan, receivers, _masked(as_rows(e), mask))
         return out.reshape((plan.n_nodes,) + e.shape[1:])
     shape = u.shape
     if op == "copy_u":
@@ -518,7 +518,7 @@ def plan_gsddmm(plan: Plan, op: str, lhs: jax.Array | None, rhs: jax.Array | Non
 
     def at(x, target):  # x (N,) + trailing read at every edge's sender or receiver: (E,) + trailing
         side, rows = (plan, receivers) if target == "v" else (plan.transpose(), senders)
-        return layout_gather(side, rows, _as_rows(x)).reshape((rows.shape[0],) + x.shape[1:])
+        return layout_gather(side, rows, as_rows(x)).reshape((rows.shape[0],) + x.shape[1:])
 
     if op == "copy_lhs":
         out = at(lhs, lhs_target)
