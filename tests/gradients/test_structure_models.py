@@ -235,7 +235,7 @@ def _squared(g, x):
 
 
 @pytest.mark.parametrize("model, message", [
-    (_sage_max, r"max/min \(e.g. SAGEConv\(aggr='max'\)"),
+    (_sage_max, r"max/min \(e.g. SAGEConv\(aggregator='max'\), MessagePassing\(aggregate='max'\)"),
     (_mean_messages, r"reduce='mean'\) divides by the number of incoming edges"),
     (_while, r"inside lax.while_loop \(or lax.fori_loop with traced bounds\)"),
     (_cond, r"inside lax.cond / lax.switch"),

@@ -35,8 +35,8 @@ PREFIX = "jgrad_tap_"
 
 REFUSALS = {
     "extremum": (
-        "adjacency_grad: gspmm reduces the tracked edge weights with max/min (e.g. SAGEConv(aggr='max'), "
-        "MessagePassing(aggr='max')); got a model that is not a function of the weighted adjacency (a "
+        "adjacency_grad: gspmm reduces the tracked edge weights with max/min (e.g. SAGEConv(aggregator='max'), "
+        "MessagePassing(aggregate='max')); got a model that is not a function of the weighted adjacency (a "
         "missing pair would enter the max as a message of weight 0), so dL/dA at missing pairs does not "
         "exist. Use jgrad.edge_grad for the existing edges, or a sum/normalised aggregation."
     ),
