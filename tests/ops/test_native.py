@@ -139,6 +139,27 @@ def test_cpu_lowering_calls_the_native_kernels_and_gpu_lowering_does_not():
     assert "jgrad_csr" not in gpu and "gather" in gpu  # the CSR order with XLA segment sums
 
 
+@pytest.mark.parametrize("wrt", [(0,), (1,), (0, 1)])
+def test_the_backward_forms_only_the_cotangents_asked_for(wrt):
+    # A training step differentiates the features, not the (constant) edge weights: its backward must
+    # be A^T g alone, not the fused pass that also forms dw; an edge gradient with fixed features is
+    # the edge dot alone. Every choice gives the plain path's numbers.
+    senders, receivers = _random_graph(30, 200, seed=9)
+    graph = jgrad.Graph.from_edges(senders, receivers, n_nodes=30)
+    rng = np.random.default_rng(9)
+    x, w = jnp.asarray(rng.standard_normal((30, 4))), jnp.asarray(rng.uniform(0.5, 2.0, 200))
+    loss = lambda graph: lambda x, w: jnp.sum(jnp.sin(spmm(graph, x, w)))  # noqa: E731
+    step = jax.jit(jax.grad(loss(with_backend(graph, "native")), wrt))
+    text = step.lower(x, w).as_text()
+    expected = {(0,): {"jgrad_csr_sum"}, (1,): {"jgrad_csr_edge_dot"}, (0, 1): {"jgrad_csr_sum_dot"}}[wrt]
+    backward = {name for name in ("jgrad_csr_sum_dot", "jgrad_csr_edge_dot") if f"@{name}(" in text}
+    assert backward == expected - {"jgrad_csr_sum"}, (wrt, backward)
+    assert text.count("@jgrad_csr_sum(") == (2 if wrt == (0,) else 1)  # forward (+ A^T g alone)
+    plain = jax.grad(loss(with_backend(graph, "xla")), wrt)(x, w)
+    for got, want in zip(step(x, w), plain, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_other_dtypes_use_the_xla_formulation():
     graph = with_backend(jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3), "native")
     x = jnp.arange(6.0, dtype=jnp.bfloat16).reshape(3, 2)

@@ -32,11 +32,13 @@ sums (one pass over their tables per head).
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from .._src import _plan
 from .._src._plan import Plan, Side
@@ -200,24 +202,51 @@ def layout_sum(layout: Plan, u: jax.Array, w: jax.Array | None) -> jax.Array:
     Per head: u (N, H, F), w (E, H), ``out[receivers[e], h] += w[e, h] * u[senders[e], h]``, with
     every head in one pass on backends that have multi-head kernels (see `Kernels`); the backward
     then gives dw of shape (E, H). Returns u's shape in u's dtype (w is cast to it).
+
+    The backward computes only the cotangents that are asked for: the forward learns from JAX which
+    of u and w carry a gradient (``symbolic_zeros``), so a training step whose edge weights are
+    constants runs ``A^T @ dout`` alone, not the fused pass that also forms ``dw``, and keeps no
+    residual for it.
     """
     return _side_sum(layout.backend, layout.forward, u, w)
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Wanted:
+    """Which cotangents of a `layout_sum` the backward must form (static: part of the residuals'
+    structure, known when the forward is traced)."""
+
+    du: bool
+    dw: bool
+    w_dtype: object = None
+
+
+def _primal(value):
+    return value.value if isinstance(value, CustomVJPPrimal) else value
+
+
 def _layout_sum_fwd(layout, u, w):
+    layout, u_in, w_in = jax.tree.map(_primal, (layout, u, w), is_leaf=lambda x: isinstance(x, CustomVJPPrimal))
+    wanted = _Wanted(du=u.perturbed, dw=w is not None and w.perturbed, w_dtype=None if w is None else w_in.dtype)
     # The primal goes through the custom-VJP function again (see _layout_edge_dot_fwd).
-    return layout_sum(layout, u, w), (layout, u, w)
+    residuals = (layout, w_in if wanted.du else None, u_in if wanted.dw else None, wanted)
+    return layout_sum(layout, u_in, w_in), residuals
 
 
 def _layout_sum_bwd(residuals, cotangent):
-    layout, u, w = residuals
-    if w is None:
-        return None, layout_sum(layout.transpose(), cotangent, None), None
-    du, dw = layout_sum_backward(layout, cotangent, w, u)
-    return None, du, dw.astype(w.dtype)
+    layout, w, u, wanted = residuals
+    if isinstance(cotangent, SymbolicZero):
+        return None, None, None
+    if wanted.du and wanted.dw:
+        du, dw = layout_sum_backward(layout, cotangent, w, u)
+        return None, du, dw.astype(w.dtype)
+    du = layout_sum(layout.transpose(), cotangent, w) if wanted.du else None
+    dw = layout_edge_dot(layout, u, cotangent).astype(wanted.w_dtype) if wanted.dw else None
+    return None, du, dw
 
 
-layout_sum.defvjp(_layout_sum_fwd, _layout_sum_bwd)
+layout_sum.defvjp(_layout_sum_fwd, _layout_sum_bwd, symbolic_zeros=True)
 
 
 @jax.custom_vjp
