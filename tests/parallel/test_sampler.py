@@ -147,7 +147,7 @@ def _test_accuracy(params, graph, x, y, mask):
     return jnp.sum((pred == y) * mask) / jnp.sum(mask)
 
 
-def test_sampled_graphsage_reaches_full_batch_accuracy_on_cora(planetoid_dir):
+def test_sampled_graphsage_reaches_full_batch_accuracy_on_cora(planetoid_dir, optimized):
     data = load_planetoid("cora", planetoid_dir)
     graph = data.graph
     x, y = jnp.asarray(data.features), jnp.asarray(data.labels)
