@@ -27,3 +27,15 @@ def test_recompile_check_traces_once_per_bucket():
 
     result = bounded_recompiles(n_graphs=6)
     assert result["traces"] == result["buckets"] < result["distinct_sizes"]
+
+
+def test_interleaved_rounds_rotate_and_pause_before_every_timed_call(monkeypatch):
+    from jgrad.bench import _timing
+
+    calls, pauses = [], []
+    monkeypatch.setattr(_timing.time, "sleep", lambda seconds: pauses.append(seconds))
+    steps = {name: (lambda name=name: calls.append(name), ()) for name in ("a", "b", "c")}
+    times = _timing.time_interleaved(steps, repeats=3, block=lambda result: result, warmup=1, settle=0.25)
+    assert calls == ["a", "b", "c"] + ["a", "b", "c"] + ["b", "c", "a"] + ["c", "a", "b"]
+    assert pauses == [0.25] * 9  # before each timed call, none in the warm-up
+    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}

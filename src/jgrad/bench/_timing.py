@@ -14,12 +14,14 @@ def time_first_call(step: Callable, args: tuple, block: Callable) -> float:
 
 
 def time_interleaved(steps: dict[str, tuple[Callable, tuple]], repeats: int, block: Callable,
-                     warmup: int = 1) -> dict[str, list[float]]:
+                     warmup: int = 1, settle: float = 0.1) -> dict[str, list[float]]:
     """Per implementation, the seconds of ``repeats`` calls taken in round-robin order after warm-up.
 
-    Round r starts at the r-th implementation, so that no implementation always runs right after the
-    same one (PyTorch's worker threads keep spinning for a while after a step and slow whatever runs
-    next; a median over rotated rounds leaves that out).
+    Each timed call starts ``settle`` seconds after the previous one ended: PyTorch's worker threads
+    keep spinning for a while after a step and slowed whatever ran next by about a third on a 2-core
+    machine (a jgrad step right after a PyG step, measured on Cora), so without the pause the
+    implementation that follows PyTorch in the round paid for it. Round r also starts at the r-th
+    implementation, so no implementation always runs right after the same one.
     """
     for _ in range(warmup):
         for step, args in steps.values():
@@ -30,6 +32,7 @@ def time_interleaved(steps: dict[str, tuple[Callable, tuple]], repeats: int, blo
         for offset in range(len(names)):
             name = names[(round_index + offset) % len(names)]
             step, args = steps[name]
+            time.sleep(settle)
             start = time.perf_counter()
             block(step(*args))
             times[name].append(time.perf_counter() - start)
