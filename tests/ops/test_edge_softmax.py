@@ -42,19 +42,24 @@ def test_complex_logits_raise_type_error(graph):
 def test_a_nan_score_makes_its_receivers_attention_nan_and_leaves_the_others_exact():
     graph = Graph.from_edges([0, 1, 2, 2], [0, 0, 1, 1], n_nodes=3)  # node 2 receives nothing
     logits = jnp.array([jnp.nan, 1.0, 2.0, 3.0])
-    out = np.asarray(edge_softmax(graph, logits))
-    assert np.isnan(out[:2]).all()
-    np.testing.assert_allclose(out[2:], [0.268941, 0.731059], rtol=1e-5)
     weights = jnp.array([0.5, -1.0, 2.0, 0.25])
 
     def loss(z, edges):
         return jnp.sum((edge_softmax(graph, z) * weights)[edges])
 
-    assert np.isnan(jax.grad(loss)(logits, slice(0, 2))[:2]).all()
-    np.testing.assert_allclose(jax.grad(loss)(logits, slice(2, 4))[2:], jax.grad(loss)(logits.at[0].set(0.0),
-                               slice(2, 4))[2:], rtol=1e-6)
-    tangent = jax.jvp(lambda z: edge_softmax(graph, z), (logits,), (jnp.ones(4),))[1]
+    @jax.jit  # one program (jit outside forward mode, as documented)
+    def results(logits):
+        return (edge_softmax(graph, logits), jax.grad(loss)(logits, slice(0, 2)), jax.grad(loss)(logits, slice(2, 4)),
+                jax.grad(loss)(logits.at[0].set(0.0), slice(2, 4)),
+                jax.jvp(lambda z: edge_softmax(graph, z), (logits,), (jnp.ones(4),))[1])
+
+    out, nan_grad, finite_grad, clean_grad, tangent = map(np.asarray, results(logits))
+    assert np.isnan(out[:2]).all()
+    np.testing.assert_allclose(out[2:], [0.268941, 0.731059], rtol=1e-5)
+    assert np.isnan(nan_grad[:2]).all()
+    np.testing.assert_allclose(finite_grad[2:], clean_grad[2:], rtol=1e-6)
     assert np.isnan(tangent[:2]).all() and np.isfinite(tangent[2:]).all()
+
 
 @pytest.mark.parametrize("shape", [(E - 1,), (), (N, H)])
 def test_wrong_leading_dimension_raises(graph, shape):
@@ -90,17 +95,23 @@ def test_is_invariant_to_a_shift_per_receiver(graph, x64):
     rng = np.random.default_rng(2)
     logits = jnp.asarray(rng.normal(size=(E, H)))
     shift = jnp.asarray(rng.normal(size=(N, H)) * 1e3)
-    np.testing.assert_allclose(edge_softmax(graph, logits + shift[graph.receivers]), edge_softmax(graph, logits),
-                               rtol=1e-9, atol=1e-12)
+    shifted, plain = jax.jit(lambda z, shift: (edge_softmax(graph, z + shift[graph.receivers]), edge_softmax(graph, z)))(
+        logits, shift)
+    np.testing.assert_allclose(shifted, plain, rtol=1e-9, atol=1e-12)
 
 
 def test_padding_edges_get_zero_and_take_no_share(graph, x64):
     padded = jgrad.pad(graph, n_nodes=N + 1, n_edges=E + 4)
     logits = jnp.concatenate([jnp.linspace(-1.0, 1.0, E), jnp.full((4,), 50.0)])
-    out = edge_softmax(padded, logits)
-    np.testing.assert_allclose(out[:E], edge_softmax(graph, logits[:E]), rtol=1e-12)
+
+    @jax.jit  # one program rather than op by op
+    def results(logits):
+        grad = jax.grad(lambda z: jnp.sum(edge_softmax(padded, z) * jnp.arange(E + 4.0)))(logits)
+        return edge_softmax(padded, logits), edge_softmax(graph, logits[:E]), grad
+
+    out, unpadded, grad = results(logits)
+    np.testing.assert_allclose(out[:E], unpadded, rtol=1e-12)
     np.testing.assert_array_equal(out[E:], 0.0)
-    grad = jax.grad(lambda z: jnp.sum(edge_softmax(padded, z) * jnp.arange(E + 4.0)))(logits)
     np.testing.assert_array_equal(grad[E:], 0.0)
 
 
@@ -108,8 +119,10 @@ def test_residual_is_the_output_only():
     n, e, h = 8, 4000, 4
     rng = np.random.default_rng(3)
     graph = Graph.from_edges(rng.integers(0, n, e), rng.integers(0, n, e), n)
-    _, f_vjp = jax.vjp(lambda z: edge_softmax(graph, z), jnp.asarray(rng.normal(size=(e, h)), jnp.float32))
-    float_leaves = [leaf for leaf in jax.tree.leaves(f_vjp) if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    logits = jnp.asarray(rng.normal(size=(e, h)), jnp.float32)
+    # Traced abstractly (nothing compiles): the arrays jax.vjp keeps for the backward pass.
+    pullback = jax.eval_shape(lambda z: jax.vjp(lambda z: edge_softmax(graph, z), z)[1], logits)
+    float_leaves = [leaf for leaf in jax.tree.leaves(pullback) if jnp.issubdtype(leaf.dtype, jnp.floating)]
     assert [leaf.shape for leaf in float_leaves] == [(e, h)]
 
 
@@ -124,12 +137,11 @@ def test_forward_mode_and_higher_order_equal_plain_autodiff(graph, x64):
     loss = lambda fn: lambda z: jnp.sum(fn(graph, z) * jnp.linspace(0.0, 1.0, E))  # noqa: E731
 
     @jax.jit  # one program for both formulations (jit outside forward mode, as the docstring allows)
-    def jacobians_and_hessians(z):
-        return [(jax.jacfwd(lambda z: fn(graph, z))(z), jax.hessian(loss(fn))(z)) for fn in (edge_softmax, _plain)]
+    def derivatives(z, t):
+        return [(jax.jacfwd(lambda z: fn(graph, z))(z), jax.hessian(loss(fn))(z),  # noqa: B023
+                 jax.jvp(lambda z: fn(graph, z), (z,), (t,))[1]) for fn in (edge_softmax, _plain)]  # noqa: B023
 
-    (jacobian, hessian), (plain_jacobian, plain_hessian) = jacobians_and_hessians(logits)
+    (jacobian, hessian, tangent), (plain_jacobian, plain_hessian, plain_tangent) = derivatives(logits, jnp.ones_like(logits))
     np.testing.assert_allclose(jacobian, plain_jacobian, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(hessian, plain_hessian, rtol=1e-10, atol=1e-13)
-    tangent = jnp.ones_like(logits)
-    got = jax.jit(lambda z, t: jax.jvp(lambda z: edge_softmax(graph, z), (z,), (t,)))(logits, tangent)
-    np.testing.assert_allclose(got[1], jax.jvp(lambda z: _plain(graph, z), (logits,), (tangent,))[1], atol=1e-14)
+    np.testing.assert_allclose(tangent, plain_tangent, atol=1e-14)
