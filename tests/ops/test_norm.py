@@ -72,13 +72,14 @@ def test_zero_degree_value_and_gradient_are_zero_and_finite(graph, x64, norm):
     apply = (lambda g, w: gcn_norm(g, w, add_self_loops=False)) if norm == "gcn" else row_norm
     x = jnp.asarray(np.random.default_rng(3).normal(size=(N, 3)))
 
-    @jax.jit  # the derivatives in one program rather than op by op
+    @jax.jit  # the value and derivatives in one program rather than op by op
     def derivatives(graph, w):
         loss = lambda w: jnp.sum(jnp.sin(spmm(apply(graph, w), x)))  # noqa: E731
-        return jax.grad(loss)(w), jax.hessian(loss)(w), jax.jacfwd(lambda w: apply(graph, w).edge_weight)(w)
+        return (apply(graph, w).edge_weight, jax.grad(loss)(w), jax.hessian(loss)(w),
+                jax.jacfwd(lambda w: apply(graph, w).edge_weight)(w))
 
-    np.testing.assert_array_equal(apply(graph, w).edge_weight[into], 0.0)
-    grad, hessian, jacobian = derivatives(graph, w)
+    normed, grad, hessian, jacobian = derivatives(graph, w)
+    np.testing.assert_array_equal(normed[into], 0.0)
     assert np.isfinite(grad).all()
     np.testing.assert_array_equal(grad[into], 0.0)
     assert np.isfinite(hessian).all()
@@ -88,8 +89,8 @@ def test_zero_degree_value_and_gradient_are_zero_and_finite(graph, x64, norm):
 def test_gradient_flows_through_the_degrees(graph, x64):
     # Changing the weight of edge 0 changes every normalised weight that shares a degree with it.
     w = jnp.asarray(np.random.default_rng(4).uniform(0.5, 2.0, E))
-    jacobian = jax.jacrev(lambda w: gcn_norm(graph, w).edge_weight)(w)  # (E + N, E)
-    looped = gcn_norm(graph, w)
+    jacobian, looped = jax.jit(lambda w: (jax.jacrev(lambda w: gcn_norm(graph, w).edge_weight)(w),  # (E + N, E)
+                                          gcn_norm(graph, w)))(w)
     receiver = int(graph.receivers[0])
     touches = (np.asarray(looped.receivers) == receiver) | (np.asarray(looped.senders) == receiver)
     assert (np.abs(np.asarray(jacobian[:, 0])[touches]) > 0).all()
@@ -99,13 +100,17 @@ def test_gradient_flows_through_the_degrees(graph, x64):
 @pytest.mark.parametrize("norm", [gcn_norm, row_norm], ids=["gcn_norm", "row_norm"])
 def test_jit_vmap_and_forward_mode(graph, x64, norm):
     weights = jnp.asarray(np.random.default_rng(5).uniform(0.5, 2.0, (3, E)))
-    jitted = jax.jit(lambda w: norm(graph, w).edge_weight)
-    batched = jax.vmap(lambda w: norm(graph, w).edge_weight)(weights)
+    edge_weight = lambda w: norm(graph, w).edge_weight  # noqa: E731
+
+    @jax.jit  # vmap, each weight vector alone and both Jacobians in one program
+    def transformed(weights):
+        return (jax.vmap(edge_weight)(weights), [edge_weight(w) for w in weights],
+                jax.jacfwd(edge_weight)(weights[0]), jax.jacrev(edge_weight)(weights[0]))
+
+    batched, jitted, forward, reverse = transformed(weights)
     for k in range(3):
-        np.testing.assert_allclose(batched[k], norm(graph, weights[k]).edge_weight, rtol=1e-12)
-        np.testing.assert_allclose(jitted(weights[k]), batched[k], rtol=1e-12)
-    forward, reverse = jax.jit(lambda w: (jax.jacfwd(lambda w: norm(graph, w).edge_weight)(w),
-                                          jax.jacrev(lambda w: norm(graph, w).edge_weight)(w)))(weights[0])
+        np.testing.assert_allclose(batched[k], edge_weight(weights[k]), rtol=1e-12)  # eager
+        np.testing.assert_allclose(jitted[k], batched[k], rtol=1e-12)
     np.testing.assert_allclose(forward, reverse, rtol=1e-12, atol=1e-15)
 
 
