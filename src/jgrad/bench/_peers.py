@@ -96,14 +96,14 @@ def _jax_primitives(impl: str, n: int, arrays: dict) -> Primitives:
             at_senders=at_s, at_receivers=at_r)
     if impl == "plain_jax":
         return Primitives(
-            aggregate=lambda h, w: jax.ops.segment_sum(h[s] * w[:, None], r, n),
+            aggregate=lambda h, w: jax.ops.segment_sum(h[s] * w[..., None], r, n),
             mean=lambda h: jax.ops.segment_sum(h[s], r, n) / degree[:, None],
             softmax=plain_softmax, edge_dot=plain_dot, at_senders=at_s, at_receivers=at_r)
     if impl == "jraph":
         import jraph
 
         return Primitives(
-            aggregate=lambda h, w: jraph.segment_sum(h[s] * w[:, None], r, n),
+            aggregate=lambda h, w: jraph.segment_sum(h[s] * w[..., None], r, n),
             mean=lambda h: jraph.segment_mean(h[s], r, n),
             softmax=lambda logits: jraph.segment_softmax(logits, r, n),
             edge_dot=plain_dot, at_senders=at_s, at_receivers=at_r)
@@ -115,8 +115,13 @@ def _jax_primitives(impl: str, n: int, arrays: dict) -> Primitives:
         def matrix(w):
             return sparse.BCOO((w, indices), shape=(n, n), indices_sorted=True, unique_indices=True)
 
+        def aggregate(h, w):  # BCOO has one value per stored entry: one sparse product per head
+            if w.ndim == 1:
+                return matrix(w) @ h
+            return jnp.stack([matrix(w[:, k]) @ h[:, k] for k in range(w.shape[1])], axis=1)
+
         return Primitives(
-            aggregate=lambda h, w: matrix(w) @ h,
+            aggregate=aggregate,
             mean=lambda h: matrix(1.0 / degree[r]) @ h,
             softmax=plain_softmax,  # BCOO has no sparse softmax
             edge_dot=lambda a, b: sparse.bcoo_dot_general_sampled(
@@ -192,7 +197,7 @@ def _pyg_step(workload: str, problem: Problem):
     s = torch.as_tensor(problem.senders, dtype=torch.long)
     r = torch.as_tensor(problem.receivers, dtype=torch.long)
     prim = Primitives(
-        aggregate=lambda h, w: scatter(h.index_select(0, s) * w[:, None], r, 0, n, reduce="sum"),
+        aggregate=lambda h, w: scatter(h.index_select(0, s) * w.unsqueeze(-1), r, 0, n, reduce="sum"),
         mean=lambda h: scatter(h.index_select(0, s), r, 0, n, reduce="mean"),
         softmax=lambda logits: softmax(logits, r, num_nodes=n),
         edge_dot=lambda a, b: (a.index_select(0, s) * b.index_select(0, r)).sum(-1),

@@ -13,6 +13,9 @@ import numpy as np
 
 FEATURES = 64
 N_CLASSES = 8
+HEADS = 4
+"""Attention heads of the GAT layer workloads and of the first GAT layer of the training step (its
+FEATURES outputs are HEADS heads of FEATURES // HEADS features); the output layer has one head."""
 WORKLOADS = (
     "gcn_fwd", "gcn_fwdbwd", "sage_fwd", "sage_fwdbwd", "gat_fwd", "gat_fwdbwd",
     "sddmm_fwd", "sddmm_fwdbwd", "gcn_train", "gat_train",
@@ -62,7 +65,7 @@ def make_problem(name, senders, receivers, n_nodes, x, labels, train_mask, *, se
     params = {
         "w_layer": glorot(f_in, FEATURES),  # the single-layer workloads: F_in -> F
         "w1": glorot(f_in, FEATURES), "w2": glorot(FEATURES, N_CLASSES),
-        "a_src": glorot(FEATURES, 1)[:, 0], "a_dst": glorot(FEATURES, 1)[:, 0],
+        "a_src": glorot(HEADS, FEATURES // HEADS), "a_dst": glorot(HEADS, FEATURES // HEADS),
         "a2_src": glorot(N_CLASSES, 1)[:, 0], "a2_dst": glorot(N_CLASSES, 1)[:, 0],
         "cotangent": rng.standard_normal((n_nodes, FEATURES)).astype(np.float32),
     }
@@ -95,12 +98,12 @@ def cora_problem(root) -> Problem:
 class Primitives(NamedTuple):
     """Graph kernels one implementation provides; the layer maths below is built only from these."""
 
-    aggregate: Callable  # (h (N, F), w (E,)) -> (N, F): out[r] += w * h[s]
+    aggregate: Callable  # (h (N, F), w (E,)) -> (N, F), or per head (h (N, H, F), w (E, H)) -> (N, H, F): out[r] += w * h[s]
     mean: Callable  # h (N, F) -> (N, F): mean over incoming edges
-    softmax: Callable  # logits (E,) -> (E,): softmax over each receiver's incoming edges
+    softmax: Callable  # logits (E,) or (E, H) -> same: softmax over each receiver's incoming edges
     edge_dot: Callable  # (a (N, F), b (N, F)) -> (E,): <a[s], b[r]>
-    at_senders: Callable  # v (N,) -> (E,)
-    at_receivers: Callable  # v (N,) -> (E,)
+    at_senders: Callable  # v (N,) or (N, H) -> (E,) or (E, H)
+    at_receivers: Callable  # v (N,) or (N, H) -> (E,) or (E, H)
 
 
 def layer_functions(np_like: Any, relu: Callable, leaky_relu: Callable, log_softmax: Callable):
@@ -113,12 +116,17 @@ def layer_functions(np_like: Any, relu: Callable, leaky_relu: Callable, log_soft
         return prim.mean(x) @ p["w_layer"]
 
     def gat_attention(prim, h, a_src, a_dst):
-        logits = leaky_relu(prim.at_senders(h @ a_src) + prim.at_receivers(h @ a_dst))
+        """Attention of every edge: (E,) for h (N, F) and a (F,); (E, H) per head for h (N, H, F), a (H, F)."""
+        logits = leaky_relu(prim.at_senders((h * a_src).sum(-1)) + prim.at_receivers((h * a_dst).sum(-1)))
         return prim.softmax(logits)
 
+    def multi_head_gat(prim, h, a_src, a_dst):
+        """A GAT layer of H = a_src.shape[0] heads on h (N, H * F): (N, H * F), the heads concatenated."""
+        heads = h.reshape(h.shape[0], a_src.shape[0], -1)
+        return prim.aggregate(heads, gat_attention(prim, heads, a_src, a_dst)).reshape(h.shape)
+
     def gat(p, prim, x):
-        h = x @ p["w_layer"]
-        return prim.aggregate(h, gat_attention(prim, h, p["a_src"], p["a_dst"]))
+        return multi_head_gat(prim, x @ p["w_layer"], p["a_src"], p["a_dst"])
 
     def sddmm(prim, x):
         return prim.edge_dot(x, x)
@@ -132,8 +140,7 @@ def layer_functions(np_like: Any, relu: Callable, leaky_relu: Callable, log_soft
         return prim.aggregate(h @ p["w2"], w)
 
     def gat_model(p, prim, x):
-        h = x @ p["w1"]
-        h = relu(prim.aggregate(h, gat_attention(prim, h, p["a_src"], p["a_dst"])))
+        h = relu(multi_head_gat(prim, x @ p["w1"], p["a_src"], p["a_dst"]))
         h = h @ p["w2"]
         return prim.aggregate(h, gat_attention(prim, h, p["a2_src"], p["a2_dst"]))
 
