@@ -117,7 +117,7 @@ def layer_functions(np_like: Any, relu: Callable, leaky_relu: Callable, log_soft
 
     def gat_attention(prim, h, a_src, a_dst):
         """Attention of every edge: (E,) for h (N, F) and a (F,); (E, H) per head for h (N, H, F), a (H, F)."""
-        logits = leaky_relu(prim.at_senders((h * a_src).sum(-1)) + prim.at_receivers((h * a_dst).sum(-1)))
+        logits = leaky_relu(prim.at_senders((h * a_src[None]).sum(-1)) + prim.at_receivers((h * a_dst[None]).sum(-1)))
         return prim.softmax(logits)
 
     def multi_head_gat(prim, h, a_src, a_dst):
