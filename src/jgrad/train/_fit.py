@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,7 +42,9 @@ class FitResult(NamedTuple):
       epochs_run: epochs the batch ran (until every seed had stopped, or ``epochs``).
       scores: per-seed numpy arrays of shape (B,): ``best_epoch``, ``stop_epoch`` (0 if it never
         stopped), and ``{train,val,test}_{loss,acc}`` of the kept parameters.
-      compile_seconds: time to compile the epoch loop.
+      compile_seconds: time spent tracing and compiling the epoch loop in this call. The compiled loop is
+        kept for later calls in the same process (see `fit`), so a call that reuses it reports only the
+        time to look it up, a few milliseconds at most.
       seconds_per_epoch: wall time per epoch of the compiled loop (all B seeds together), excluding
         compilation and checkpoint writes; ``nan`` if no epoch ran in this call. For a run that was
         already finished, both timings are those the finished run saved in ``results.json``.
@@ -127,6 +131,13 @@ def fit(
     epoch once. The resumed run reaches the same final state as an uninterrupted one (deterministic on
     CPU). If the checkpoint needs no more epochs, nothing is trained (``already_finished``).
 
+    The compiled programs (state initialisation, epoch loop, evaluation) are kept for the rest of the
+    process, for the last few settings used: a later call with an equal model structure (``nnx``
+    graph definition), the same ``optimizer`` and ``penalty`` objects, equal ``early_stopping``, and
+    data and seeds of the same shapes, dtypes and graph structure runs the same executables without
+    tracing or compiling again (`make_optimizer` returns the same object for equal arguments). A model
+    with non-parameter variables, or an unhashable optimizer or penalty, is compiled on every call.
+
     Args:
       make_model: builds the model from an `nnx.Rngs`; called once per seed inside ``jax.vmap``.
       dataset: a `jgrad.data.NodeDataset`; moved to the device once.
@@ -178,8 +189,9 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
     dataset = jax.device_put(dataset)
     keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(_seed_array(seeds))
     model_def, params = init_params(make_model, keys[:, 0])
-    create = jax.vmap(lambda p, k: TrainState.create(p, optimizer, k, window=early_stopping.window))
-    state = jax.jit(create)(params, keys[:, 1])
+    programs = _programs(model_def, optimizer, early_stopping, penalty)
+    state = programs.create(params, keys[:, 1])
+    state_signature, placement = _signature(state), _placement(state)
 
     checkpointer = log = None
     start, resumed, saved_info, run_info = 0, False, {}, {}
@@ -194,11 +206,9 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
             raise
         resumed = saved_info is not None
         saved_info = saved_info or {}
-
-    batched_step = jax.vmap(make_epoch_step(model_def, optimizer, early_stopping, penalty=penalty), in_axes=(0, None))
-
-    def run_chunk(state, data, length):
-        return jax.lax.scan(lambda s, _: batched_step(s, data), state, None, length=length)
+        # A restored state is committed to its device; placed as a fresh state, it runs the same program.
+        if resumed and _placement(state) != placement:
+            state_signature = _signature(state)
 
     compiled: dict[int, Any] = {}
     compile_seconds = 0.0
@@ -207,8 +217,9 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
         nonlocal compile_seconds
         if length not in compiled:
             begin = time.perf_counter()
-            jitted = jax.jit(run_chunk, static_argnums=2, donate_argnums=0)
-            compiled[length] = jitted.lower(state, dataset, length).compile()
+            # jax keeps the lowering and the executable of `programs.run_chunk` per input signature (pytree
+            # structure, shapes, dtypes, shardings, jax config), so a kept program returns at once here.
+            compiled[length] = programs.run_chunk.lower(state_signature, _signature(dataset), length).compile()
             compile_seconds += time.perf_counter() - begin
         return compiled[length]
 
@@ -244,8 +255,7 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
         if checkpointer is not None:
             checkpointer.close()
 
-    evaluate_all = jax.jit(jax.vmap(lambda p, data: evaluate(model_def, p, data), in_axes=(0, None)))
-    scores = jax.device_get(evaluate_all(state.best_params, dataset))
+    scores = jax.device_get(programs.evaluate(state.best_params, dataset))
     scores = {"best_epoch": np.asarray(state.best_epoch), "stop_epoch": np.asarray(state.stop_epoch),
               **{name: np.asarray(value) for name, value in scores.items()}}
     ran = epoch - start
@@ -261,6 +271,88 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
     if workdir is not None and not results_saved:
         write_json_atomic(workdir / "results.json", result.summary())
     return result
+
+
+class _Programs(NamedTuple):
+    """The jitted functions of one training setup (model structure, optimizer, early stopping, penalty).
+
+    jax caches their traces and executables per input signature for as long as these functions live.
+    """
+
+    create: Callable[[Any, jax.Array], TrainState]  # (params, keys) -> state, batched over seeds
+    run_chunk: Any  # jitted (state, dataset, length) -> (state, metrics); length static, state donated
+    evaluate: Callable[[Any, Any], dict[str, jax.Array]]  # (best_params, dataset) -> per-seed scores
+
+
+_PROGRAMS_KEPT = 8
+"""How many training setups keep their programs (least recently used ones are dropped first)."""
+
+_kept_programs: collections.OrderedDict[Hashable, _Programs] = collections.OrderedDict()
+_kept_programs_lock = threading.Lock()
+
+
+def _programs(model_def: ModelDef, optimizer: Any, early_stopping: EarlyStopping, penalty: Any) -> _Programs:
+    """The `_Programs` of this setup: those of an earlier call with an equal setup, else new ones."""
+    key = _setup_key(model_def, optimizer, early_stopping, penalty)
+    if key is None:
+        return _make_programs(model_def, optimizer, early_stopping, penalty)
+    with _kept_programs_lock:
+        programs = _kept_programs.get(key)
+        if programs is not None:
+            _kept_programs.move_to_end(key)
+            return programs
+    programs = _make_programs(model_def, optimizer, early_stopping, penalty)
+    with _kept_programs_lock:
+        programs = _kept_programs.setdefault(key, programs)
+        _kept_programs.move_to_end(key)
+        while len(_kept_programs) > _PROGRAMS_KEPT:
+            _kept_programs.popitem(last=False)
+    return programs
+
+
+def _setup_key(model_def: ModelDef, optimizer: Any, early_stopping: EarlyStopping, penalty: Any) -> Hashable | None:
+    """What the programs depend on besides their inputs, as a hashable key; None if it cannot be one.
+
+    ``model_def`` compares its graph definition (module types, static attributes, parameter layout); its
+    non-parameter variables would be baked into the program as constants, so a model with any is not
+    kept. The optimizer and penalty compare as Python objects (functions by identity). Early stopping
+    compares field by field with their types, so ``patience=10`` and ``10.0`` stay apart.
+    """
+    if jax.tree.leaves(model_def.rest):
+        return None
+    key = (model_def, optimizer, tuple((type(value), value) for value in early_stopping), penalty)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _make_programs(model_def: ModelDef, optimizer: Any, early_stopping: EarlyStopping, penalty: Any) -> _Programs:
+    window = early_stopping.window
+    create = jax.jit(jax.vmap(lambda p, k: TrainState.create(p, optimizer, k, window=window)))
+    batched_step = jax.vmap(make_epoch_step(model_def, optimizer, early_stopping, penalty=penalty), in_axes=(0, None))
+
+    def run_chunk(state, data, length):
+        return jax.lax.scan(lambda s, _: batched_step(s, data), state, None, length=length)
+
+    evaluate_all = jax.jit(jax.vmap(lambda p, data: evaluate(model_def, p, data), in_axes=(0, None)))
+    return _Programs(create, jax.jit(run_chunk, static_argnums=2, donate_argnums=0), evaluate_all)
+
+
+def _signature(tree: Any) -> Any:
+    """``tree`` with each array replaced by its shape, dtype, weak type and, if committed, its sharding."""
+    def abstract(x):
+        sharding = x.sharding if x.committed else None
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=jax.typeof(x).weak_type, sharding=sharding)
+
+    return jax.tree.map(abstract, tree)
+
+
+def _placement(tree: Any) -> tuple:
+    """The pytree structure of ``tree`` and each array's shape, dtype, weak type and sharding, hashable."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((x.shape, x.dtype, jax.typeof(x).weak_type, x.sharding) for x in leaves)
 
 
 def _resume(workdir, checkpointer, log, state, run_info) -> tuple[int, TrainState, dict[str, Any] | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -81,6 +82,8 @@ def make_optimizer(
     Returns:
       An ``optax.GradientTransformation`` for the pure-dict parameters of `split_model`. Its mask is
       computed from the parameters it is given, so it also works inside ``jax.vmap`` over seeds.
+      Equal hashable arguments (of equal types) give the same object, which is stateless, so `fit`
+      can reuse the program it compiled for it.
 
     Example:
       >>> import jax.numpy as jnp
@@ -90,6 +93,14 @@ def make_optimizer(
     """
     if weight_decay < 0:
         raise ValueError(f"make_optimizer: weight_decay must be >= 0; got {weight_decay}.")
+    try:
+        hash((learning_rate, weight_decay, decay))
+    except TypeError:  # e.g. a learning rate given as a jax array
+        return _build_optimizer(learning_rate, weight_decay, decay)
+    return _kept_optimizer(learning_rate, weight_decay, decay)
+
+
+def _build_optimizer(learning_rate: Any, weight_decay: Any, decay: str) -> optax.GradientTransformation:
     adam = optax.adam(learning_rate)
     if weight_decay == 0 or decay == "none":
         return adam
@@ -97,6 +108,9 @@ def make_optimizer(
         optax.masked(optax.add_decayed_weights(weight_decay), lambda params: decay_mask(params, decay)),
         adam,
     )
+
+
+_kept_optimizer = functools.lru_cache(maxsize=32, typed=True)(_build_optimizer)
 
 
 def l2_penalty(params: Any, weight_decay: float, decay: str = "all") -> jax.Array:
