@@ -67,39 +67,44 @@ def _operands(graph, seed=0):
     return u, v, e_scalar, e_head
 
 
-# The cases each backend runs itself (copy_u / u_mul_e with sum / mean, scalar and per-head edge data;
-# dot) and one of each kind it hands to the plain path (max/min, other message ops, other edge ops).
-SPMM_CASES = [(op, reduce) for op in ("copy_u", "u_mul_e") for reduce in ("sum", "mean")] + [
-    ("u_mul_e", "max"), ("copy_u", "min"), ("copy_e", "sum"), ("u_add_e", "mean")]
-SDDMM_CASES = ("dot", "add")
+# The cases each backend runs itself: copy_u / u_mul_e with sum and mean (u_mul_e with scalar and per-head
+# edge data; mean adds one division to the sum, the same for either), copy_e / sum (the edge sum, scalar
+# and per head), dot of (N, H, F) and of (N, M) rows, add of (N, H) operands; and one of each kind it
+# hands to the plain path (max/min, other message ops, add of (N, H, F)). Edge data: None, "scalar" (E,)
+# or "head" (E, H, 1).
+SPMM_CASES = (("copy_u", "sum", None), ("copy_u", "mean", None), ("u_mul_e", "sum", "scalar"),
+              ("u_mul_e", "sum", "head"), ("u_mul_e", "mean", "head"), ("copy_e", "sum", "scalar"),
+              ("copy_e", "sum", "head"), ("u_mul_e", "max", "scalar"), ("copy_u", "min", None),
+              ("u_add_e", "mean", "head"))
 
 
 def _every_op(graph, u, v, e_scalar, e_head):
     """One scalar from every case above and the edge softmax: one compile per backend covers them."""
     total = 0.0
-    for op, reduce in SPMM_CASES:
-        for e in (e_scalar, e_head):
-            node = u if op != "copy_e" else None
-            edge = e if op != "copy_u" else None
-            total = total + jnp.sum(jnp.sin(gspmm(graph, op, reduce, node, edge)))
-    u2, v2 = u.reshape(graph.n_nodes, -1), v.reshape(graph.n_nodes, -1)
-    for op in SDDMM_CASES:
-        for lhs, rhs in ((u, v), (u2, v2)):
-            total = total + jnp.sum(jnp.sin(gsddmm(graph, op, lhs, rhs, "u", "v")))
-            total = total + jnp.sum(jnp.cos(gsddmm(graph, op, lhs, rhs, "v", "u")))
+    for op, reduce, edge in SPMM_CASES:
+        e = {None: None, "scalar": e_scalar, "head": e_head}[edge]
+        total = total + jnp.sum(jnp.sin(gspmm(graph, op, reduce, u if op != "copy_e" else None, e)))
+    # Each target order once: (u, v) reads lhs at the senders, (v, u) at the receivers.
+    flat = u.reshape(graph.n_nodes, -1), v.reshape(graph.n_nodes, -1)
+    for op, (lhs, rhs), targets in (("dot", (u, v), ("u", "v")), ("dot", flat, ("v", "u")),
+                                    ("add", (u, v), ("u", "v")), ("add", (u[..., 0], v[..., 0]), ("v", "u"))):
+        total = total + jnp.sum(jnp.sin(gsddmm(graph, op, lhs, rhs, *targets)))
     return total + jnp.sum(edge_softmax(graph, e_head[..., 0]) * e_head[..., 0])
 
 
-_EVERY_OP_STEP = jax.jit(jax.value_and_grad(_every_op, argnums=(1, 2, 3, 4)))
+def _every_op_step():
+    """A fresh jit of the value and gradients of `_every_op`: a new function, so that each backend traces
+    its own program (the native fallback is chosen while tracing; a cached trace would skip it)."""
+    return jax.jit(jax.value_and_grad(lambda *args: _every_op(*args), argnums=(1, 2, 3, 4)))
 
 
 @functools.cache
 def _plain_every_op():
-    return _EVERY_OP_STEP(with_backend(UNION, "xla"), *_operands(UNION))
+    return _every_op_step()(with_backend(UNION, "xla"), *_operands(UNION))
 
 
 def test_every_case_matches_the_plain_path_on_every_backend(x64, backend):
-    got = _EVERY_OP_STEP(planned(UNION, backend), *_operands(UNION))
+    got = _every_op_step()(planned(UNION, backend), *_operands(UNION))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(_plain_every_op()), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
@@ -113,13 +118,13 @@ def test_planned_ops_pass_the_numerical_check_to_second_order(x64, backend):
         return (spmm(graph, x, e), gspmm(graph, "copy_u", "mean", x), gsddmm(graph, "dot", x, y),
                 gspmm(graph, "u_mul_e", "sum", u * x[:, None], e_head))
 
-    check_grads(f, (x, y, e, e_head), order=2, modes=("rev",), eps=1e-6)
+    check_grads(jax.jit(f), (x, y, e, e_head), order=2, modes=("rev",), eps=1e-6)  # jitted: a few programs
 
 
 def test_padding_edges_get_zero_gradient_on_every_backend(x64, backend):
     graph = planned(TINY, backend)
     u, v, e, _ = _operands(TINY)
-    de = jax.grad(lambda e: jnp.sum(spmm(graph, u[:, 0], e) ** 2))(e)
+    de = jax.jit(jax.grad(lambda e: jnp.sum(spmm(graph, u[:, 0], e) ** 2)))(e)
     assert np.all(np.asarray(de)[~np.asarray(TINY.edge_mask)] == 0.0)
     assert np.any(np.asarray(de)[np.asarray(TINY.edge_mask)] != 0.0)
 
@@ -132,12 +137,14 @@ def test_forward_mode_and_vmap_over_edge_weights_on_a_planned_graph(x64, backend
     def loss(g, w):
         return jnp.sum(spmm(g, u[:, 0], w) ** 2) + jnp.sum(gsddmm(g, "dot", u[:, 1], spmm(g, u[:, 1], w)))
 
-    batched = jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=1), in_axes=(None, 0)))
-    for a, b in zip(batched(graph, weights), batched(plain, weights)):
+    @jax.jit  # jit outside forward mode, as documented; one program per graph
+    def run(g, weights, e, tangent):
+        return (jax.vmap(jax.value_and_grad(loss, argnums=1), in_axes=(None, 0))(g, weights),
+                jax.jvp(lambda w: loss(g, w), (e,), (tangent,)))
+
+    (batched, got), (batched_plain, want) = (run(g, weights, e, jnp.ones_like(e)) for g in (graph, plain))
+    for a, b in zip(batched, batched_plain, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-    tangent = jnp.ones_like(e)
-    got = jax.jvp(lambda w: loss(graph, w), (e,), (tangent,))
-    want = jax.jvp(lambda w: loss(plain, w), (e,), (tangent,))
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
@@ -220,12 +227,13 @@ def test_transforms_of_a_planned_graph_run_on_the_engine(x64):
     with use_backend("native"):
         graph = _skewed()
         x = jnp.asarray(np.random.default_rng(0).standard_normal((graph.n_nodes, 2)))
+        aggregate = jax.jit(lambda g, y: (spmm(g, y), g.to_dense() @ y))  # one program per derived graph
         for derived in (graph.add_self_loops(), graph.coalesce().with_edge_weight(None).to_undirected(), jgrad.batch([graph, graph]),
                         jgrad.pad(graph, n_nodes=30, n_edges=120)):
             assert backend_of(derived) == "native"
             y = jnp.concatenate([x] * (derived.n_nodes // graph.n_nodes)) if derived.n_nodes % graph.n_nodes == 0 \
                 else jnp.concatenate([x, jnp.zeros((derived.n_nodes - graph.n_nodes, 2))])
-            np.testing.assert_allclose(spmm(derived, y), derived.to_dense() @ y, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(*aggregate(derived, y), rtol=1e-12, atol=1e-12)
 
 
 def test_the_plan_is_part_of_the_pytree():
@@ -247,9 +255,9 @@ def test_self_loops_added_inside_jit_keep_the_plan(x64):
         return spmm(looped, x), gspmm(looped, "copy_u", "mean", x), jgrad.ops.gcn_norm(graph).plan
 
     total, mean, normalised_plan = f(graph, x)
-    dense = UNION.add_self_loops(2.0).to_dense()
-    np.testing.assert_allclose(total, dense @ x, rtol=1e-12, atol=1e-12)
-    reference = gspmm(with_backend(UNION.add_self_loops(2.0), "xla"), "copy_u", "mean", x)
+    dense, reference = jax.jit(lambda g, x: (g.to_dense() @ x, gspmm(g, "copy_u", "mean", x)))(
+        with_backend(UNION.add_self_loops(2.0), "xla"), x)
+    np.testing.assert_allclose(total, dense, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(mean, reference, rtol=1e-12, atol=1e-12)
     fresh = _plan.make_plan(*(np.asarray(a) for a in (UNION.add_self_loops().senders,
                                                        UNION.add_self_loops().receivers)), UNION.n_nodes, "native")
@@ -296,7 +304,7 @@ def test_a_backend_is_one_kernel_set_and_one_registry_line(x64):
         def loss(g, x, w):
             return jnp.sum(jnp.sin(spmm(g, x, w))) + jnp.sum(gsddmm(g, "dot", x, spmm(g, x, w)) ** 2)
 
-        grad = jax.grad(loss, argnums=(1, 2))
+        grad = jax.jit(jax.grad(loss, argnums=(1, 2)))
         for a, b in zip(grad(graph, u[:, 0], e), grad(with_backend(TINY, "xla"), u[:, 0], e)):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     finally:
