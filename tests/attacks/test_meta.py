@@ -130,11 +130,17 @@ def test_inner_train_is_sgd_with_momentum():
     labels = jnp.array([0, 1, 0, 1, 1])
     params = {"w1": jax.random.normal(jax.random.key(1), (3, 2)), "w2": jax.random.normal(jax.random.key(2), (2, 2))}
     config = attacks.MetaConfig(steps=3, learning_rate=0.1, momentum=0.9)
-    p, v = params, jax.tree.map(jnp.zeros_like, params)
-    for _ in range(3):
-        g = jax.grad(lambda q: attacks.masked_cross_entropy(data @ q["w1"] @ q["w2"], labels, jnp.ones(5, bool)))(p)
-        v = jax.tree.map(lambda a, b: 0.9 * a + b, v, g)
-        p = jax.tree.map(lambda a, b: a - 0.1 * b, p, v)
+
+    @jax.jit  # the reference loop compiled whole, not op by op
+    def reference(p):
+        v = jax.tree.map(jnp.zeros_like, p)
+        for _ in range(3):
+            g = jax.grad(lambda q: attacks.masked_cross_entropy(data @ q["w1"] @ q["w2"], labels, jnp.ones(5, bool)))(p)
+            v = jax.tree.map(lambda a, b: 0.9 * a + b, v, g)
+            p = jax.tree.map(lambda a, b: a - 0.1 * b, p, v)
+        return p
+
+    p = reference(params)
     out = attacks.inner_train(params, data, labels, config)
     for name in ("w1", "w2"):
         np.testing.assert_allclose(out[name], p[name], rtol=1e-5, atol=1e-6)
@@ -152,12 +158,23 @@ def test_metattack_flips_the_budget_without_singletons_or_self_loops():
     assert np.all(degree[clean > 0] > 0)
 
 
-def test_metattack_first_flip_is_the_best_dense_score(x64):
-    data, x, problem = _small_problem("auto")
+@pytest.fixture(scope="module")
+def auto_meta_gradient():
+    """(data, float64 "auto" problem, dense adjacency, its meta-gradient from problem.params: shape (N, N)).
+
+    One compile of the meta-gradient serves the tests that score against it."""
+    with jax.enable_x64(True):
+        data, _, problem = _small_problem("auto")
+        graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
+        fixed = np.asarray(attacks.meta_gradient(problem, graph, check=False).dense())
+        adjacency = np.asarray(graph.to_dense())
+    return data, problem, adjacency, fixed  # outside the context: the other tests keep their own precision
+
+
+def test_metattack_first_flip_is_the_best_dense_score(x64, auto_meta_gradient):
+    data, problem, adjacency, fixed = auto_meta_gradient
     result = attacks.metattack(problem, data.graph, 1)
-    graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
-    adjacency = np.asarray(graph.to_dense())
-    score = np.asarray(attacks.meta_gradient(problem, graph, check=False).dense()) * (1 - 2 * adjacency)
+    score = fixed * (1 - 2 * adjacency)
     assert tuple(result.flips[0]) == _best_allowed_flip(score, adjacency)
 
 
@@ -193,16 +210,14 @@ def test_metattack_redraw_is_deterministic_and_compiles_once():
     np.testing.assert_array_equal(third.flips, first.flips)
 
 
-def test_metattack_redraw_scores_each_step_from_its_own_initialisation(x64):
-    data, _, problem = _small_problem("auto")
+def test_metattack_redraw_scores_each_step_from_its_own_initialisation(x64, auto_meta_gradient):
+    data, problem, adjacency, fixed = auto_meta_gradient
     key = jax.random.key(5)
     result = attacks.metattack(problem, data.graph, 1, key=key)
     graph = data.graph.with_edge_weight(jnp.ones(data.graph.n_edges, jnp.float64))
-    adjacency = np.asarray(graph.to_dense())
     grad = attacks.meta_gradient(problem.with_initial_params(attacks.step_key(key, 0)), graph, check=False)
     score = np.asarray(grad.dense()) * (1 - 2 * adjacency)
     assert tuple(result.flips[0]) == _best_allowed_flip(score, adjacency)
-    fixed = np.asarray(attacks.meta_gradient(problem, graph, check=False).dense())
     assert not np.allclose(np.asarray(grad.dense()), fixed)  # the redrawn start changes the meta-gradient
 
 
