@@ -216,3 +216,14 @@ def test_make_optimizer_returns_one_object_for_equal_arguments():
     make_optimizer(rate, 5e-4).init(params)
     with pytest.raises(ValueError, match=r"make_optimizer: weight_decay must be >= 0; got -1"):
         make_optimizer(0.01, -1)
+
+
+def test_a_configs_monitored_penalty_compares_equal_so_fit_can_reuse_its_loop():
+    from jgrad.config import OptimConfig
+    from jgrad.train._experiment import _penalty
+
+    params = {"layers": [{"kernel": jnp.full((2, 2), 2.0)}, {"kernel": jnp.ones((2, 2))}]}
+    first, second = _penalty(OptimConfig(weight_decay=0.1)), _penalty(OptimConfig(weight_decay=0.1))
+    assert first == second and hash(first) == hash(second)
+    assert first != _penalty(OptimConfig(weight_decay=0.2))
+    np.testing.assert_allclose(first(params), 0.5 * 0.1 * 16.0)  # the first layer's weights only

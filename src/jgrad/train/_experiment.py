@@ -136,8 +136,20 @@ def sparse_features(dataset: NodeDataset, model: str, max_density: float = 0.1) 
     return dataclasses.replace(dataset, features=stored)
 
 
-def _penalty(config: OptimConfig):
-    return lambda params: l2_penalty(params, config.weight_decay, config.decay)
+@dataclasses.dataclass(frozen=True)
+class _Penalty:
+    """`l2_penalty` with a config's weight decay; equal configs give equal penalties, so `fit` reuses
+    the epoch loop it compiled for an earlier run of the same setup."""
+
+    weight_decay: float
+    decay: str
+
+    def __call__(self, params: Any) -> jax.Array:
+        return l2_penalty(params, self.weight_decay, self.decay)
+
+
+def _penalty(config: OptimConfig) -> _Penalty:
+    return _Penalty(config.weight_decay, config.decay)
 
 
 def evaluate_checkpoint(
