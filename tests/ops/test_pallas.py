@@ -58,11 +58,16 @@ def test_csr_sum_equals_segment_sums_on_both_sides(graph, block_rows, block_feat
     plan = make_plan(senders, receivers, n, "native")
     u, _, w = _data(n, len(senders), width=5)
     run = functools.partial(_pallas.csr_sum, interpret=True, block_rows=block_rows, block_features=block_features)
-    for side, rows, cols in ((plan.forward, receivers, senders), (plan.reverse, senders, receivers)):
-        for weights in (w, None):
-            got = run(side.csr, u, weights)
-            assert got.shape == (n, 5) and got.dtype == u.dtype
-            np.testing.assert_allclose(got, _segment_sum(rows, cols, n, u, weights), **TOL)
+    cases = [(side, rows, cols, weights) for side, rows, cols in ((plan.forward, receivers, senders),
+                                                                  (plan.reverse, senders, receivers))
+             for weights in (w, None)]
+    # One program for the four calls and their references (rather than each call compiled alone).
+    results = jax.jit(lambda u, w: [(run(side.csr, u, w if weights is not None else None),
+                                     _segment_sum(rows, cols, n, u, w if weights is not None else None))
+                                    for side, rows, cols, weights in cases])(u, w)
+    for got, expected in results:
+        assert got.shape == (n, 5) and got.dtype == u.dtype
+        np.testing.assert_allclose(got, expected, **TOL)
 
 
 @pytest.mark.parametrize("graph", sorted(GRAPHS))
@@ -71,14 +76,20 @@ def test_csr_edge_dot_and_csr_sum_dot_equal_the_plain_formulation(graph):
     plan = make_plan(senders, receivers, n, "native")
     e = len(senders)
     u, v, w = _data(n, e, width=3)
-    dots = _pallas.csr_edge_dot(plan.forward.csr, u, v, e, interpret=True, block_rows=4)
+
+    @jax.jit  # the kernels and their references in one program
+    def results(u, g, w):
+        return (_pallas.csr_edge_dot(plan.forward.csr, u, g, e, interpret=True, block_rows=4),
+                _edge_dots(receivers, senders, u, g),
+                # The backward of a weighted sum: (A^T g, dw) from one pass over the reversed side.
+                _pallas.csr_sum_dot(plan.reverse.csr, g, u, w, interpret=True, block_rows=4),
+                (_segment_sum(senders, receivers, n, g, w), _edge_dots(senders, receivers, g, u)))
+
+    dots, expected_dots, (out, dw), (expected_out, expected_dw) = results(u, v, w)
     assert dots.shape == (e,)
-    np.testing.assert_allclose(dots, _edge_dots(receivers, senders, u, v), **TOL)
-    # The backward of a weighted sum: (A^T g, dw) from one pass over the reversed side.
-    g = v
-    out, dw = _pallas.csr_sum_dot(plan.reverse.csr, g, u, w, interpret=True, block_rows=4)
-    np.testing.assert_allclose(out, _segment_sum(senders, receivers, n, g, w), **TOL)
-    np.testing.assert_allclose(dw, _edge_dots(senders, receivers, g, u), **TOL)
+    np.testing.assert_allclose(dots, expected_dots, **TOL)
+    np.testing.assert_allclose(out, expected_out, **TOL)
+    np.testing.assert_allclose(dw, expected_dw, **TOL)
 
 
 def test_edges_in_no_slot_get_zero_and_rows_need_not_match_a_block():
@@ -90,12 +101,17 @@ def test_edges_in_no_slot_get_zero_and_rows_need_not_match_a_block():
     csr = Csr(jnp.asarray(np.concatenate([[0], np.cumsum(degree)]), jnp.int32),
               jnp.asarray(senders[order], jnp.int32), jnp.asarray(order, jnp.int32))
     u, v, w = _data(5, 5, width=2, seed=3)
-    dots = _pallas.csr_edge_dot(csr, u, v, 5, block_rows=2)  # interpret chosen per platform
-    expected = np.where(np.isin(np.arange(5), kept), _edge_dots(receivers, senders, u, v), 0.0)
+
+    @jax.jit  # the kernels (interpret chosen per platform) and their references in one program
+    def results(u, v, w):
+        return (_pallas.csr_edge_dot(csr, u, v, 5, block_rows=2), _pallas.csr_sum_dot(csr, u, v, w, block_rows=2),
+                _edge_dots(receivers, senders, u, v), _segment_sum(receivers[kept], senders[kept], 5, u, w[kept]))
+
+    dots, (out, dw), all_dots, expected_out = results(u, v, w)
+    expected = np.where(np.isin(np.arange(5), kept), all_dots, 0.0)
     np.testing.assert_allclose(dots, expected, **TOL)
-    out, dw = _pallas.csr_sum_dot(csr, u, v, w, block_rows=2)
     np.testing.assert_allclose(dw, expected, **TOL)
-    np.testing.assert_allclose(out, _segment_sum(receivers[kept], senders[kept], 5, u, w[kept]), **TOL)
+    np.testing.assert_allclose(out, expected_out, **TOL)
 
 
 def test_jit_and_vmap():
@@ -123,16 +139,23 @@ def test_the_engine_interface_on_a_plan_casts_to_the_common_dtype():
     plan = make_plan(senders, receivers, n, "native")
     u, v, w = _data(n, len(senders), width=3, seed=6)
     u32 = u.astype(jnp.float32)
-    np.testing.assert_allclose(_pallas.side_sum(plan.reverse, u, w), _segment_sum(senders, receivers, n, u, w), **TOL)
-    dots = _pallas.edge_dot(plan.forward, u32, v)  # float32 against float64: float64
-    assert dots.dtype == jnp.float64
-    np.testing.assert_allclose(dots, _edge_dots(receivers, senders, u32.astype(jnp.float64), v), **TOL)
     g = v
-    du, dw = _pallas.sum_dot(plan, g, w.astype(jnp.float32), u)  # (A^T g, <g[receivers], u[senders]>)
+
+    @jax.jit  # the engine interface and the references in one program
+    def results(u, u32, g, w):
+        w32 = w.astype(jnp.float32)
+        return ((_pallas.side_sum(plan.reverse, u, w), _segment_sum(senders, receivers, n, u, w)),
+                (_pallas.edge_dot(plan.forward, u32, g), _edge_dots(receivers, senders, u32.astype(jnp.float64), g)),
+                _pallas.sum_dot(plan, g, w32, u),  # (A^T g, <g[receivers], u[senders]>)
+                (_segment_sum(senders, receivers, n, g, w32.astype(jnp.float64)), _edge_dots(receivers, senders, u, g)))
+
+    (side_sum, expected_sum), (dots, expected_dots), (du, dw), (expected_du, expected_dw) = results(u, u32, g, w)
+    np.testing.assert_allclose(side_sum, expected_sum, **TOL)
+    assert dots.dtype == jnp.float64  # float32 against float64: float64
+    np.testing.assert_allclose(dots, expected_dots, **TOL)
     assert du.dtype == dw.dtype == jnp.float64
-    w64 = w.astype(jnp.float32).astype(jnp.float64)
-    np.testing.assert_allclose(du, _segment_sum(senders, receivers, n, g, w64), **TOL)
-    np.testing.assert_allclose(dw, _edge_dots(receivers, senders, u, g), **TOL)
+    np.testing.assert_allclose(du, expected_du, **TOL)
+    np.testing.assert_allclose(dw, expected_dw, **TOL)
 
 
 def test_as_the_native_kernels_the_engine_gives_the_plain_gradients(monkeypatch):
@@ -160,12 +183,12 @@ def test_as_the_native_kernels_the_engine_gives_the_plain_gradients(monkeypatch)
     def plain(u, w):
         return jnp.sum(jnp.tanh(_segment_sum(receivers, senders, n, u, w)) * v)
 
-    np.testing.assert_allclose(engine(u, w), plain(u, w), **TOL)
-    for got, expected in zip(jax.grad(engine, (0, 1))(u, w), jax.grad(plain, (0, 1))(u, w)):
-        np.testing.assert_allclose(got, expected, **TOL)
-    second = lambda f: jax.grad(lambda u, w: jnp.sum(jax.grad(f, 1)(u, w) ** 2), (0, 1))(u, w)
-    for got, expected in zip(second(engine), second(plain)):
-        np.testing.assert_allclose(got, expected, **TOL)
+    second = lambda f: jax.grad(lambda u, w: jnp.sum(jax.grad(f, 1)(u, w) ** 2), (0, 1))  # noqa: E731
+    # Values, gradients and second-order gradients of both in one program (the kernels are traced once).
+    got, expected = jax.jit(lambda u, w: [(f(u, w), jax.grad(f, (0, 1))(u, w), second(f)(u, w))
+                                          for f in (engine, plain)])(u, w)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, **TOL)
     assert set(calls) == {"csr_sum", "csr_edge_dot", "csr_sum_dot"}, "the engine did not call every kernel"
 
 
