@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/jgrad demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PY) -m pytest -n 2 -q
 
 # A quick subset for development (under 2 minutes on 2 cores): every package's core behaviour, no
 # end-to-end runs, subprocess kills or common-suite sweeps. `make test` stays the full suite CI runs.
@@ -33,7 +33,7 @@ FAST_TESTS := tests/test_imports.py tests/graph/test_graph.py tests/graph/test_s
 	tests/reliability/test_untrusted_files.py
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow" $(FAST_TESTS)
+	$(PY) -m pytest -n 2 -q -m "not slow" $(FAST_TESTS)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[dev,bench]"

@@ -430,7 +430,6 @@ def _spmm_results(graph_name):
     return operands, cts, _spmm_evaluate(GRAPHS[graph_name], operands, cts)
 
 
-@pytest.mark.xdist_group("gspmm_eager")  # (a) and (b) share the kernels compiled eagerly on the union
 @pytest.mark.parametrize("graph_name", GRAPH_NAMES)
 def test_gspmm_matches_references(x64, graph_name):
     graph = GRAPHS[graph_name]
@@ -444,7 +443,6 @@ def test_gspmm_matches_references(x64, graph_name):
     _compare_with_references(results, graph_name)
 
 
-@pytest.mark.xdist_group("gspmm_eager")
 def test_gspmm_check_grads(x64):
     graph = GRAPHS["union"]
     fns = {case: functools.partial(_call_gspmm, graph, op, reduce) for case, (op, reduce, _, _) in SPMM_CASES.items()}
@@ -605,7 +603,6 @@ def _sddmm_results(graph_name):
     return operands, cts, _sddmm_evaluate(GRAPHS[graph_name], operands, cts)
 
 
-@pytest.mark.xdist_group("gsddmm_eager")  # (a) and (b) share the kernels compiled eagerly on the union
 @pytest.mark.parametrize("graph_name", GRAPH_NAMES)
 def test_gsddmm_matches_references(x64, graph_name):
     graph = GRAPHS[graph_name]
@@ -623,7 +620,6 @@ def test_gsddmm_matches_references(x64, graph_name):
     _compare_with_references(results, graph_name)
 
 
-@pytest.mark.xdist_group("gsddmm_eager")
 def test_gsddmm_check_grads(x64):
     graph = GRAPHS["union"]
     fns = {case: functools.partial(_call_gsddmm, graph, *spec[:3]) for case, spec in SDDMM_CASES.items()}
