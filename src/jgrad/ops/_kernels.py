@@ -240,7 +240,7 @@ def _layout_sum_bwd(residuals, cotangent):
         return None, None, None
     if wanted.du and wanted.dw:
         du, dw = layout_sum_backward(layout, cotangent, w, u)
-        return None, du, dw.astype(w.dtype)
+        return None, du, dw.astype(wanted.w_dtype)
     du = layout_sum(layout.transpose(), cotangent, w) if wanted.du else None
     dw = layout_edge_dot(layout, u, cotangent).astype(wanted.w_dtype) if wanted.dw else None
     return None, du, dw

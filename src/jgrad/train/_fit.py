@@ -206,7 +206,8 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
             raise
         resumed = saved_info is not None
         saved_info = saved_info or {}
-        # A restored state is committed to its device; placed as a fresh state, it runs the same program.
+        # A restored state is committed to its device. Where that is the fresh state's device and
+        # sharding, the loop is lowered from the fresh signature (the same program); otherwise from its own.
         if resumed and _placement(state) != placement:
             state_signature = _signature(state)
 
