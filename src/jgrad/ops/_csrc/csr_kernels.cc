@@ -1,4 +1,4 @@
-// CPU kernels for sum aggregation and per-edge dot products over a CSR-ordered graph, called from JAX
+// CPU kernels for sum aggregation, per-edge dot products and edge softmax over a CSR-ordered graph, called from JAX
 // through the XLA FFI (see jgrad/ops/_native.py, which compiles this file on first use).
 //
 // A CSR side of a graph is (row_ptr, cols, edge_ids): the slots row_ptr[r] .. row_ptr[r+1]-1 hold
@@ -18,6 +18,18 @@
 //
 // Every head is done in the same walk over the CSR: each gathered row is read once for all heads.
 //
+// Edge softmax over the rows (receivers), per head, for edge data of shape (E,) or (E, H); a mask of
+// shape (E,) (size 0: every edge live) marks the live edges, the others get 0:
+//
+//   jgrad_csr_softmax:          shift[r, h] = max over live slots k of row r of logits[edge_ids[k], h]
+//                               (0 where that maximum is not finite), out[e, h] = exp(logits[e, h] -
+//                               shift[r, h]) / sum over live slots of that, 0 where the sum is 0
+//   jgrad_csr_softmax_backward: out[e, h] = a[e, h] * (g[e, h] - sum over live slots k of row r of
+//                               a[edge_ids[k], h] * g[edge_ids[k], h]), 0 for edges that are not live
+//
+// Each row is read a few times in a row (maximum, exponentials and sum, normalisation), so after the
+// first pass its edges are in cache. Edges in no slot get 0.
+//
 // Each output row is owned by one thread and accumulated in place, so there are no atomics and no
 // (E, M) intermediate. Rows are cut into chunks of equal slot count (hubs do not unbalance them) that
 // the calling thread and helpers on XLA's intra-op thread pool work through.
@@ -31,7 +43,9 @@
 #include <string>
 #include <cstdint>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -273,6 +287,221 @@ void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* col
   });
 }
 
+// Calls body(heads) with the number of heads as a compile-time constant (std::integral_constant) for
+// 1, 2, 4 and 8 heads, so that the per-head loops unroll; otherwise with heads as a runtime value.
+template <typename Body>
+void WithHeads(int64_t heads, const Body& body) {
+  switch (heads) {
+    case 1: return body(std::integral_constant<int64_t, 1>{});
+    case 2: return body(std::integral_constant<int64_t, 2>{});
+    case 4: return body(std::integral_constant<int64_t, 4>{});
+    case 8: return body(std::integral_constant<int64_t, 8>{});
+    default: return body(heads);
+  }
+}
+
+// Per-row scratch of the softmax kernels: 2 * heads values on the stack for up to kStackHeads heads.
+template <typename T>
+struct RowScratch {
+  static constexpr int64_t kStackHeads = 16;
+  T stack[2 * kStackHeads];
+  std::vector<T> heap;
+  explicit RowScratch(int64_t heads) {
+    if (heads > kStackHeads) heap.resize(2 * heads);
+  }
+  T* data() { return heap.empty() ? stack : heap.data(); }
+};
+
+template <typename T>
+inline void PrefetchEdge(const T* base, int64_t edge, int64_t heads) {
+  __builtin_prefetch(base + edge * heads, 0, 0);
+}
+
+// exp(x) for float32 and float64 written with plain arithmetic, so that a loop of them vectorises (the
+// library's exp is a scalar call, which made the softmax kernel several times slower than XLA's
+// vectorised exponential). Cody-Waite reduction x = n ln2 + r with |r| <= ln2 / 2, then exp(r) by the
+// Cephes approximations (a polynomial in float32, a rational function in float64; within about 1 ulp),
+// and 2^n applied as two factors so that results down in the subnormal range and up to the largest
+// finite value come out right. x below the underflow bound (-inf included) gives 0, above the
+// overflow bound +inf, NaN gives NaN.
+template <typename T>
+struct ExpTraits;
+
+template <>
+struct ExpTraits<float> {
+  using Bits = int32_t;
+  static constexpr float kLow = -104.0f, kHigh = 89.0f, kMagic = 12582912.0f;  // 1.5 * 2^23
+  static constexpr float kLn2High = 0.693359375f, kLn2Low = -2.12194440e-4f;
+  static constexpr int kMantissa = 23, kBias = 127;
+  __attribute__((always_inline)) static float Reduced(float r) {  // exp(r) for |r| <= ln2 / 2
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    return p * r * r + r + 1.0f;
+  }
+};
+
+template <>
+struct ExpTraits<double> {
+  using Bits = int64_t;
+  static constexpr double kLow = -746.0, kHigh = 710.0, kMagic = 6755399441055744.0;  // 1.5 * 2^52
+  static constexpr double kLn2High = 6.93145751953125e-1, kLn2Low = 1.42860682030941723212e-6;
+  static constexpr int kMantissa = 52, kBias = 1023;
+  __attribute__((always_inline)) static double Reduced(double r) {
+    const double rr = r * r;
+    const double p =
+        r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 9.99999999999999999910e-1);
+    const double q = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr +
+                      2.27265548208155028766e-1) * rr + 2.00000000000000000009e0;
+    return 1.0 + 2.0 * p / (q - p);
+  }
+};
+
+template <typename T>
+__attribute__((always_inline)) inline T VectorExp(T x) {
+  using E = ExpTraits<T>;
+  using Bits = typename E::Bits;
+  T c = x > E::kLow ? x : E::kLow;  // NaN -> kLow (fixed at the end)
+  c = c < E::kHigh ? c : E::kHigh;
+  const T t = c * T(1.44269504088896340736) + E::kMagic;  // round(c / ln2) in the low bits of t
+  const T n = t - E::kMagic;
+  const int32_t k = static_cast<int32_t>(__builtin_bit_cast(Bits, t) - __builtin_bit_cast(Bits, E::kMagic));
+  const T r = (c - n * E::kLn2High) - n * E::kLn2Low;
+  const int32_t k1 = k >> 1, k2 = k - k1;
+  const T scale1 = __builtin_bit_cast(T, static_cast<Bits>(static_cast<Bits>(k1 + E::kBias) << E::kMantissa));
+  const T scale2 = __builtin_bit_cast(T, static_cast<Bits>(static_cast<Bits>(k2 + E::kBias) << E::kMantissa));
+  const T y = E::Reduced(r) * scale1 * scale2;
+  return x != x ? x : (x < E::kLow ? T(0) : y);
+}
+
+// VectorExp runs over whole blocks of this many values (the padding of a row's block is not read), so
+// that the loop has no scalar remainder.
+constexpr int64_t kExpBlock = 16;
+
+template <typename T>
+void CsrSoftmax(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* edge_ids, const bool* mask,
+                const T* logits, int64_t n_rows, int64_t n_heads, int64_t n_edges, T* out) {
+  if (static_cast<int64_t>(row_ptr[n_rows]) != n_edges) std::fill(out, out + n_edges * n_heads, T(0));
+  WithHeads(n_heads, [&](auto heads_constant) {
+    const int64_t heads = heads_constant;
+    ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * heads * 4,
+                 [&](int64_t first, int64_t last) {
+      RowScratch<T> scratch(heads);
+      T* __restrict__ shift = scratch.data();
+      T* __restrict__ total = shift + heads;
+      std::vector<T> row_values;  // the row's logits, then exponentials, in slot order: (degree, heads)
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t begin = row_ptr[r], end = row_ptr[r + 1], size = (end - begin) * heads;
+        const int64_t padded = (size + kExpBlock - 1) / kExpBlock * kExpBlock;  // whole blocks for VectorExp
+        if (static_cast<int64_t>(row_values.size()) < padded) row_values.resize(padded);
+        T* __restrict__ values = row_values.data();
+        // Gather, padding edges read as -inf (they neither move the maximum nor add to the sum), and
+        // take the maximum of each head. A NaN logit is passed over here (the maximum only shifts the
+        // exponentials); its exponential is NaN, so it makes the sum and every value of its row NaN.
+        for (int64_t h = 0; h < heads; ++h) shift[h] = -std::numeric_limits<T>::infinity();
+        for (int64_t k = begin; k < end; ++k) {
+          if (k + kPrefetchDistance < end) PrefetchEdge(logits, edge_ids[k + kPrefetchDistance], heads);
+          const int64_t e = edge_ids[k];
+          const T* x = logits + e * heads;
+          T* v = values + (k - begin) * heads;
+          if (mask) {
+            const bool live = mask[e];
+            for (int64_t h = 0; h < heads; ++h) v[h] = live ? x[h] : -std::numeric_limits<T>::infinity();
+          } else {
+            for (int64_t h = 0; h < heads; ++h) v[h] = x[h];
+          }
+          for (int64_t h = 0; h < heads; ++h) shift[h] = shift[h] < v[h] ? v[h] : shift[h];
+        }
+        for (int64_t h = 0; h < heads; ++h) {
+          shift[h] = std::isfinite(shift[h]) ? shift[h] : T(0);
+          total[h] = T(0);
+        }
+        for (int64_t j = size; j < padded; ++j) values[j] = -std::numeric_limits<T>::infinity();  // exp: 0
+        if (kExpBlock % heads == 0) {  // the heads tile a block: shift, exponentials and sums in one pass
+          T pattern[kExpBlock], lanes[kExpBlock];
+          for (int64_t j = 0; j < kExpBlock; ++j) {
+            pattern[j] = shift[j % heads];
+            lanes[j] = T(0);
+          }
+          for (int64_t b = 0; b < padded; b += kExpBlock) {
+            for (int64_t j = 0; j < kExpBlock; ++j) {
+              const T y = VectorExp(values[b + j] - pattern[j]);
+              values[b + j] = y;
+              lanes[j] += y;
+            }
+          }
+          for (int64_t j = 0; j < kExpBlock; ++j) total[j % heads] += lanes[j];
+        } else {
+          for (int64_t j = 0; j < size; j += heads) {
+            for (int64_t h = 0; h < heads; ++h) values[j + h] -= shift[h];
+          }
+          for (int64_t b = 0; b < padded; b += kExpBlock) {
+            for (int64_t j = b; j < b + kExpBlock; ++j) values[j] = VectorExp(values[j]);
+          }
+          for (int64_t j = 0; j < size; j += heads) {
+            for (int64_t h = 0; h < heads; ++h) total[h] += values[j + h];
+          }
+        }
+        // From here total holds the reciprocal of the sum. The sum is at least 1 (the maximum contributes
+        // exp(0)) unless every live logit of the head is -inf: then it is 0, and so are the values. A NaN
+        // sum makes every value of the head NaN; an infinite one (a +inf logit) gives 0, and NaN to the
+        // +inf logit, as exps / sum does on the plain path.
+        for (int64_t h = 0; h < heads; ++h) total[h] = total[h] != T(0) ? T(1) / total[h] : T(0);
+        for (int64_t k = begin; k < end; ++k) {
+          const int64_t e = edge_ids[k];
+          const T* v = values + (k - begin) * heads;
+          T* y = out + e * heads;
+          if (mask) {
+            const bool live = mask[e];
+            for (int64_t h = 0; h < heads; ++h) y[h] = live ? v[h] * total[h] : T(0);
+          } else {
+            for (int64_t h = 0; h < heads; ++h) y[h] = v[h] * total[h];
+          }
+        }
+      }
+    });
+  });
+}
+
+template <typename T>
+void CsrSoftmaxBackward(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* edge_ids, const bool* mask,
+                        const T* a, const T* g, int64_t n_rows, int64_t n_heads, int64_t n_edges, T* out) {
+  if (static_cast<int64_t>(row_ptr[n_rows]) != n_edges) std::fill(out, out + n_edges * n_heads, T(0));
+  WithHeads(n_heads, [&](auto heads_constant) {
+    const int64_t heads = heads_constant;
+    ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * heads * 2,
+                 [&](int64_t first, int64_t last) {
+      RowScratch<T> scratch(heads);
+      T* total = scratch.data();
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
+        for (int64_t h = 0; h < heads; ++h) total[h] = T(0);
+        for (int64_t k = begin; k < end; ++k) {
+          if (k + kPrefetchDistance < end) {
+            PrefetchEdge(a, edge_ids[k + kPrefetchDistance], heads);
+            PrefetchEdge(g, edge_ids[k + kPrefetchDistance], heads);
+          }
+          const int64_t e = edge_ids[k];
+          if (mask && !mask[e]) continue;
+          for (int64_t h = 0; h < heads; ++h) total[h] += a[e * heads + h] * g[e * heads + h];
+        }
+        for (int64_t k = begin; k < end; ++k) {
+          const int64_t e = edge_ids[k];
+          T* y = out + e * heads;
+          if (mask && !mask[e]) {
+            for (int64_t h = 0; h < heads; ++h) y[h] = T(0);
+            continue;
+          }
+          for (int64_t h = 0; h < heads; ++h) y[h] = a[e * heads + h] * (g[e * heads + h] - total[h]);
+        }
+      }
+    });
+  });
+}
+
 int64_t Rows(const ffi::AnyBuffer& buffer) { return buffer.dimensions().size() ? buffer.dimensions()[0] : 1; }
 
 int64_t RowWidth(const ffi::AnyBuffer& buffer) {
@@ -392,6 +621,75 @@ ffi::Error CsrSumDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyB
   });
 }
 
+// The CSR rows (row_ptr, edge_ids), the mask and the edge buffers of a softmax kernel, checked: int32
+// indices, a bool mask of E entries or none, edge buffers of one shape (E,) or (E, H).
+struct SoftmaxOperands {
+  const int32_t* row_ptr;
+  const int32_t* edge_ids;
+  const bool* mask;
+  int64_t n_rows, n_edges, heads;
+};
+
+ffi::Error ReadSoftmax(const char* kernel, const ffi::AnyBuffer& row_ptr, const ffi::AnyBuffer& edge_ids,
+                       const ffi::AnyBuffer& mask, const std::vector<const ffi::AnyBuffer*>& edges,
+                       SoftmaxOperands& operands) {
+  if (row_ptr.element_type() != ffi::DataType::S32 || edge_ids.element_type() != ffi::DataType::S32) {
+    return Invalid(kernel, "index arrays must be int32");
+  }
+  if (row_ptr.element_count() < 1) return Invalid(kernel, "row_ptr must have one entry per row plus one");
+  const auto dims = edges.front()->dimensions();
+  if (dims.size() < 1 || dims.size() > 2) return Invalid(kernel, "edge data must have shape (E,) or (E, H)");
+  for (const auto* buffer : edges) {
+    const auto other = buffer->dimensions();
+    if (other.size() != dims.size() || !std::equal(other.begin(), other.end(), dims.begin())) {
+      return Invalid(kernel, "all edge buffers must have one shape");
+    }
+  }
+  operands.n_edges = dims[0];
+  operands.heads = dims.size() == 2 ? dims[1] : 1;
+  if (static_cast<int64_t>(edge_ids.element_count()) > operands.n_edges) {
+    return Invalid(kernel, "edge_ids must have at most one slot per edge");
+  }
+  const int64_t mask_size = mask.element_count();
+  if (mask_size != 0 && (mask.element_type() != ffi::DataType::PRED || mask_size != operands.n_edges)) {
+    return Invalid(kernel, "the mask must be bool with one entry per edge, or empty");
+  }
+  operands.row_ptr = row_ptr.typed_data<int32_t>();
+  operands.edge_ids = edge_ids.typed_data<int32_t>();
+  operands.mask = mask_size ? mask.typed_data<bool>() : nullptr;
+  operands.n_rows = static_cast<int64_t>(row_ptr.element_count()) - 1;
+  return ffi::Error::Success();
+}
+
+ffi::Error CsrSoftmaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer edge_ids, ffi::AnyBuffer mask,
+                          ffi::AnyBuffer logits, ffi::Result<ffi::AnyBuffer> out) {
+  constexpr const char* kKernel = "jgrad_csr_softmax";
+  SoftmaxOperands op;
+  if (auto error = ReadSoftmax(kKernel, row_ptr, edge_ids, mask, {&logits, &(*out)}, op); error.failure()) {
+    return error;
+  }
+  return ForFloatType(kKernel, {logits.element_type(), out->element_type()}, [&](auto zero) {
+    using T = decltype(zero);
+    CsrSoftmax(pool, op.row_ptr, op.edge_ids, op.mask, logits.typed_data<T>(), op.n_rows, op.heads, op.n_edges,
+               out->typed_data<T>());
+  });
+}
+
+ffi::Error CsrSoftmaxBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer edge_ids,
+                                  ffi::AnyBuffer mask, ffi::AnyBuffer a, ffi::AnyBuffer g,
+                                  ffi::Result<ffi::AnyBuffer> out) {
+  constexpr const char* kKernel = "jgrad_csr_softmax_backward";
+  SoftmaxOperands op;
+  if (auto error = ReadSoftmax(kKernel, row_ptr, edge_ids, mask, {&a, &g, &(*out)}, op); error.failure()) {
+    return error;
+  }
+  return ForFloatType(kKernel, {a.element_type(), g.element_type(), out->element_type()}, [&](auto zero) {
+    using T = decltype(zero);
+    CsrSoftmaxBackward(pool, op.row_ptr, op.edge_ids, op.mask, a.typed_data<T>(), g.typed_data<T>(), op.n_rows,
+                       op.heads, op.n_edges, out->typed_data<T>());
+  });
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSum, CsrSumImpl,
@@ -425,3 +723,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSumDot, CsrSumDotImpl,
                                   .Arg<ffi::AnyBuffer>()  // w (E,) or (E, H)
                                   .Ret<ffi::AnyBuffer>()  // out (R, M)
                                   .Ret<ffi::AnyBuffer>());  // dots (E,) or (E, H)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSoftmax, CsrSoftmaxImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
+                                  .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
+                                  .Arg<ffi::AnyBuffer>()  // mask (E,) bool, or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // logits (E,) or (E, H)
+                                  .Ret<ffi::AnyBuffer>());  // out, the shape of logits
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSoftmaxBackward, CsrSoftmaxBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,)
+                                  .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
+                                  .Arg<ffi::AnyBuffer>()  // mask (E,) bool, or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // a, the softmax (E,) or (E, H)
+                                  .Arg<ffi::AnyBuffer>()  // g, its cotangent, the shape of a
+                                  .Ret<ffi::AnyBuffer>());  // out, the shape of a
