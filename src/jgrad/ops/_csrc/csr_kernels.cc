@@ -381,12 +381,20 @@ __attribute__((always_inline)) inline T VectorExp(T x) {
 // that the loop has no scalar remainder.
 constexpr int64_t kExpBlock = 16;
 
+// The number of heads as a compile-time constant when WithHeads passed one of 2, 4 or 8 (per-edge work
+// is then one vector of heads values), else 0 (per-edge loops over the heads).
+template <typename Heads>
+constexpr int64_t kVectorHeads = 0;
+template <int64_t kHeads>
+constexpr int64_t kVectorHeads<std::integral_constant<int64_t, kHeads>> = kHeads > 1 ? kHeads : 0;
+
 template <typename T>
 void CsrSoftmax(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* edge_ids, const bool* mask,
                 const T* logits, int64_t n_rows, int64_t n_heads, int64_t n_edges, T* out) {
   if (static_cast<int64_t>(row_ptr[n_rows]) != n_edges) std::fill(out, out + n_edges * n_heads, T(0));
   WithHeads(n_heads, [&](auto heads_constant) {
     const int64_t heads = heads_constant;
+    constexpr int64_t kH = kVectorHeads<decltype(heads_constant)>;
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * heads * 4,
                  [&](int64_t first, int64_t last) {
       RowScratch<T> scratch(heads);
@@ -402,18 +410,31 @@ void CsrSoftmax(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* ed
         // take the maximum of each head. A NaN logit is passed over here (the maximum only shifts the
         // exponentials); its exponential is NaN, so it makes the sum and every value of its row NaN.
         for (int64_t h = 0; h < heads; ++h) shift[h] = -std::numeric_limits<T>::infinity();
-        for (int64_t k = begin; k < end; ++k) {
-          if (k + kPrefetchDistance < end) PrefetchEdge(logits, edge_ids[k + kPrefetchDistance], heads);
-          const int64_t e = edge_ids[k];
-          const T* x = logits + e * heads;
-          T* v = values + (k - begin) * heads;
-          if (mask) {
-            const bool live = mask[e];
-            for (int64_t h = 0; h < heads; ++h) v[h] = live ? x[h] : -std::numeric_limits<T>::infinity();
-          } else {
-            for (int64_t h = 0; h < heads; ++h) v[h] = x[h];
+        if constexpr (kH > 0) {  // each edge's heads as one vector
+          using V = typename FixedWidth<T, kH>::Vec;
+          V maximum, minus_inf;
+          FixedWidth<T, kH>::Load(maximum, shift);
+          minus_inf = maximum;
+          for (int64_t k = begin; k < end; ++k) {
+            if (k + kPrefetchDistance < end) PrefetchEdge(logits, edge_ids[k + kPrefetchDistance], heads);
+            const int64_t e = edge_ids[k];
+            V x;
+            FixedWidth<T, kH>::Load(x, logits + e * kH);
+            if (mask && !mask[e]) x = minus_inf;
+            FixedWidth<T, kH>::Store(values + (k - begin) * kH, x);
+            maximum = maximum < x ? x : maximum;
           }
-          for (int64_t h = 0; h < heads; ++h) shift[h] = shift[h] < v[h] ? v[h] : shift[h];
+          FixedWidth<T, kH>::Store(shift, maximum);
+        } else {
+          for (int64_t k = begin; k < end; ++k) {
+            if (k + kPrefetchDistance < end) PrefetchEdge(logits, edge_ids[k + kPrefetchDistance], heads);
+            const int64_t e = edge_ids[k];
+            const T* x = logits + e * heads;
+            T* v = values + (k - begin) * heads;
+            const bool live = !mask || mask[e];
+            for (int64_t h = 0; h < heads; ++h) v[h] = live ? x[h] : -std::numeric_limits<T>::infinity();
+            for (int64_t h = 0; h < heads; ++h) shift[h] = shift[h] < v[h] ? v[h] : shift[h];
+          }
         }
         for (int64_t h = 0; h < heads; ++h) {
           shift[h] = std::isfinite(shift[h]) ? shift[h] : T(0);
@@ -450,15 +471,24 @@ void CsrSoftmax(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* ed
         // sum makes every value of the head NaN; an infinite one (a +inf logit) gives 0, and NaN to the
         // +inf logit, as exps / sum does on the plain path.
         for (int64_t h = 0; h < heads; ++h) total[h] = total[h] != T(0) ? T(1) / total[h] : T(0);
-        for (int64_t k = begin; k < end; ++k) {
-          const int64_t e = edge_ids[k];
-          const T* v = values + (k - begin) * heads;
-          T* y = out + e * heads;
-          if (mask) {
-            const bool live = mask[e];
+        if constexpr (kH > 0) {
+          using V = typename FixedWidth<T, kH>::Vec;
+          V scale, y, zero = {};
+          FixedWidth<T, kH>::Load(scale, total);
+          for (int64_t k = begin; k < end; ++k) {
+            const int64_t e = edge_ids[k];
+            FixedWidth<T, kH>::Load(y, values + (k - begin) * kH);
+            y *= scale;
+            if (mask && !mask[e]) y = zero;
+            FixedWidth<T, kH>::Store(out + e * kH, y);
+          }
+        } else {
+          for (int64_t k = begin; k < end; ++k) {
+            const int64_t e = edge_ids[k];
+            const T* v = values + (k - begin) * heads;
+            T* y = out + e * heads;
+            const bool live = !mask || mask[e];
             for (int64_t h = 0; h < heads; ++h) y[h] = live ? v[h] * total[h] : T(0);
-          } else {
-            for (int64_t h = 0; h < heads; ++h) y[h] = v[h] * total[h];
           }
         }
       }
@@ -472,12 +502,38 @@ void CsrSoftmaxBackward(ffi::ThreadPool& pool, const int32_t* row_ptr, const int
   if (static_cast<int64_t>(row_ptr[n_rows]) != n_edges) std::fill(out, out + n_edges * n_heads, T(0));
   WithHeads(n_heads, [&](auto heads_constant) {
     const int64_t heads = heads_constant;
+    constexpr int64_t kH = kVectorHeads<decltype(heads_constant)>;
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * heads * 2,
                  [&](int64_t first, int64_t last) {
       RowScratch<T> scratch(heads);
       T* total = scratch.data();
       for (int64_t r = first; r < last; ++r) {
         const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
+        if constexpr (kH > 0) {  // each edge's heads as one vector
+          using V = typename FixedWidth<T, kH>::Vec;
+          V sum = {}, x, y;
+          for (int64_t k = begin; k < end; ++k) {
+            if (k + kPrefetchDistance < end) {
+              PrefetchEdge(a, edge_ids[k + kPrefetchDistance], heads);
+              PrefetchEdge(g, edge_ids[k + kPrefetchDistance], heads);
+            }
+            const int64_t e = edge_ids[k];
+            if (mask && !mask[e]) continue;
+            FixedWidth<T, kH>::Load(x, a + e * kH);
+            FixedWidth<T, kH>::Load(y, g + e * kH);
+            sum += x * y;
+          }
+          const V zero = {};
+          for (int64_t k = begin; k < end; ++k) {
+            const int64_t e = edge_ids[k];
+            FixedWidth<T, kH>::Load(x, a + e * kH);
+            FixedWidth<T, kH>::Load(y, g + e * kH);
+            x *= y - sum;
+            if (mask && !mask[e]) x = zero;
+            FixedWidth<T, kH>::Store(out + e * kH, x);
+          }
+          continue;
+        }
         for (int64_t h = 0; h < heads; ++h) total[h] = T(0);
         for (int64_t k = begin; k < end; ++k) {
           if (k + kPrefetchDistance < end) {
