@@ -27,8 +27,10 @@
 //   jgrad_csr_softmax_backward: out[e, h] = a[e, h] * (g[e, h] - sum over live slots k of row r of
 //                               a[edge_ids[k], h] * g[edge_ids[k], h]), 0 for edges that are not live
 //
-// Each row is read a few times in a row (maximum, exponentials and sum, normalisation), so after the
-// first pass its edges are in cache. Edges in no slot get 0.
+// A row's logits are gathered once into a per-thread buffer (taking the maximum on the way), whose
+// exponentials and sums are computed 16 values at a time by VectorExp (plain arithmetic, so the loop
+// vectorises), then scaled and scattered back. A NaN logit makes its row's values NaN, as on the plain
+// path. Edges in no slot get 0.
 //
 // Each output row is owned by one thread and accumulated in place, so there are no atomics and no
 // (E, M) intermediate. Rows are cut into chunks of equal slot count (hubs do not unbalance them) that
