@@ -8,7 +8,7 @@ chunk (so the first line shows where a resumed run started) and, at the end, one
 ``POINT`` makes the process SIGKILL itself at a precise, dangerous moment (the kill is real: no cleanup,
 no ``finally``, no flush), or pause there:
 
-- ``append:E``    during the metrics append of the chunk ending at epoch E, after half its bytes.
+- ``append:E``    during the metrics append of the chunk ending at epoch E, after half its bytes (inside a line).
 - ``write:E``     during the checkpoint save of epoch E: ``last/E`` is written, ``best/E`` is not.
 - ``manifest:E``  after ``last/E`` and ``best/E`` are written, before the manifest names them.
 - ``results``     after the final checkpoint, before ``results.json``.
@@ -49,8 +49,11 @@ def _install(point: str, workdir: Path) -> None:
                 original_append(scratch, first_epoch, metrics)
                 text = scratch.path.read_bytes()
                 scratch.path.unlink()
+                cut = len(text) // 2
+                while text[cut - 1 : cut] == b"\n":  # a cut right after a line end would tear nothing
+                    cut += 1
                 with open(self.path, "ab") as file:
-                    file.write(text[: len(text) // 2])
+                    file.write(text[:cut])
                 _die()
             original_append(self, first_epoch, metrics)
 
