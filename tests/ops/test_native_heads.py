@@ -179,8 +179,6 @@ def test_a_gat_layer_runs_all_heads_in_one_native_pass_with_the_plain_results(na
     # one call per direction for all four heads (one per head would be four of each)
     assert lowered.count("@jgrad_csr_sum(") == 1 and lowered.count("@jgrad_csr_sum_dot(") == 1, \
         "the heads did not run in one native pass"
-    assert lowered.count("@jgrad_csr_softmax(") == 1 and lowered.count("@jgrad_csr_softmax_backward(") == 1, \
-        "the attention softmax did not run as one native kernel each way"
     got, expected = step(params, graph, x), step(params, with_backend(graph, "xla"), x)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, **TOL)

@@ -19,7 +19,7 @@ from .._src import _taps
 from .._src._plan import Plan, resolve
 from ..graph import Graph
 from ..graph._checks import check_graph_indices
-from . import _kernels, _native
+from . import _kernels
 from ._dispatch import in_forward_mode
 from ._messages import align_edge
 from ._primitives import raw_gsddmm, raw_gspmm
@@ -49,13 +49,11 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
       reverse mode to any order, forward mode, ``jit`` and ``vmap`` all work.
 
       On a graph with a plan (``graph.plan``) and logits of shape (E,), (E, H) or (E, H, 1), the
-      softmax runs on the plan's backend. A native plan on CPU with float32/float64 logits runs it as
-      one CSR kernel over the receivers (maximum, exponentials, sum and normalisation per receiver,
-      every head at once) and its backward as another. Otherwise the per-receiver sums (of the
-      exponentials forward, of ``a * g`` backward) run on the plan's backend
-      (`jgrad.ops._kernels.layout_edge_sum`; one pass per head on the bucket backend) instead of
-      scatter-adds, with an XLA segment maximum. Values and gradients equal the plain path's up to
-      float rounding, NaN and infinite scores included. Other shapes and forward mode run the plain path.
+      per-receiver sums (of the exponentials forward, of ``a * g`` backward) run on the plan's backend
+      (`jgrad.ops._kernels.layout_edge_sum`: native CSR sums on CPU, every head in one pass; one pass
+      per head on the bucket backend) instead of scatter-adds; the per-receiver maximum stays an XLA
+      segment maximum. Values and gradients equal the plain path's up to float rounding, NaN and
+      infinite scores included. Other shapes and forward mode run the plain path.
 
     Example:
       >>> import jax.numpy as jnp, jgrad
@@ -112,26 +110,16 @@ _edge_softmax_vjp.defvjp(_edge_softmax_fwd, _edge_softmax_bwd)
 
 
 # --------------------------------------------------------------------------------------------------
-# On a plan: no scatter-add. A native plan with float32/float64 logits runs the whole softmax and its
-# backward as native CSR kernels on CPU (`_native.csr_softmax`, one walk per receiver row); other plans
-# sum with `_kernels.layout_edge_sum`.
+# On a plan: the per-receiver sums go through `_kernels.layout_edge_sum` (no scatter-add).
 # --------------------------------------------------------------------------------------------------
+@jax.custom_vjp
 def _plan_softmax(plan: Plan, receivers: jax.Array, mask: jax.Array | None, logits: jax.Array) -> jax.Array:
-    """`segment_softmax` of (E,) or (E, H) logits over the receivers, on the plan's backend.
+    """`segment_softmax` of (E,) or (E, H) logits over the receivers, its sum on the plan.
 
     The same steps as `segment_softmax` (maximum shift held constant, 0 for padding edges and for
     receivers whose logits are all ``-inf``, NaN through a NaN or ``+inf`` logit), so values agree
-    with the plain path up to the order of the sums. The native backend (float32/float64, decided as
-    for its other kernels: `_kernels._use_native`, then per platform) runs `_native_softmax`, every
-    other case `_sums_softmax`.
+    with the plain path up to the order of the sums.
     """
-    if plan.backend == "native" and _kernels._use_native(logits):
-        return _native_softmax(plan, receivers, mask, logits)
-    return _sums_softmax(plan, receivers, mask, logits)
-
-
-def _softmax_by_sums(plan, receivers, mask, logits):
-    """The softmax with an XLA segment maximum and `_kernels.layout_edge_sum` for the sums."""
     n = plan.n_nodes
     keep = None if mask is None else align_edge(mask, logits.ndim)
     live = logits if keep is None else jnp.where(keep, logits, -jnp.inf)
@@ -145,86 +133,23 @@ def _softmax_by_sums(plan, receivers, mask, logits):
     return jnp.where(alive, exps / jnp.where(alive, total, 1), 0)
 
 
-def _masked(x: jax.Array, mask: jax.Array | None) -> jax.Array:
-    if mask is None:
-        return x
-    return jnp.where(align_edge(mask, x.ndim), x, jnp.zeros((), x.dtype))
-
-
-def _grad_by_sums(plan, receivers, mask, out, cotangent):
-    """``out * (g - sum over the receiver of out * g)``, 0 on padding edges, with the plan's edge sums."""
-    per_node = _kernels.layout_edge_sum(plan, receivers, _masked(out * cotangent, mask))  # (N,) or (N, H)
-    return _masked(out * (cotangent - _kernels.layout_gather(plan, receivers, per_node)), mask)
-
-
-@jax.custom_vjp
-def _sums_softmax(plan, receivers, mask, logits):
-    return _softmax_by_sums(plan, receivers, mask, logits)
-
-
-def _sums_softmax_fwd(plan, receivers, mask, logits):
+def _plan_softmax_fwd(plan, receivers, mask, logits):
     # The primal goes through the custom-VJP function again, so that an outer differentiation (reverse
     # over reverse) sees a differentiable call.
-    out = _sums_softmax(plan, receivers, mask, logits)
+    out = _plan_softmax(plan, receivers, mask, logits)
     return out, (plan, receivers, mask, out)
 
 
-def _sums_softmax_bwd(residuals, cotangent):
+def _plan_softmax_bwd(residuals, cotangent):
     plan, receivers, mask, out = residuals
-    return None, None, None, _grad_by_sums(plan, receivers, mask, out, cotangent)
+    weighted = out * cotangent
+    if mask is not None:
+        weighted = jnp.where(align_edge(mask, weighted.ndim), weighted, jnp.zeros((), weighted.dtype))
+    per_node = _kernels.layout_edge_sum(plan, receivers, weighted)  # (N,) or (N, H)
+    d_logits = out * (cotangent - _kernels.layout_gather(plan, receivers, per_node))
+    if mask is not None:
+        d_logits = jnp.where(align_edge(mask, d_logits.ndim), d_logits, jnp.zeros((), d_logits.dtype))
+    return None, None, None, d_logits
 
 
-_sums_softmax.defvjp(_sums_softmax_fwd, _sums_softmax_bwd)
-
-
-@jax.custom_vjp
-def _native_softmax(plan, receivers, mask, logits):
-    """`_softmax_by_sums` as one native kernel on CPU (`_native.csr_softmax` over the receiver rows)."""
-    return jax.lax.platform_dependent(
-        logits, cpu=lambda logits: _native.csr_softmax(plan.forward.csr, mask, logits),
-        default=lambda logits: _softmax_by_sums(plan, receivers, mask, logits))
-
-
-def _native_softmax_fwd(plan, receivers, mask, logits):
-    out = _native_softmax(plan, receivers, mask, logits)  # primal via the custom VJP (see above)
-    return out, (plan, receivers, mask, out)
-
-
-def _native_softmax_bwd(residuals, cotangent):
-    plan, receivers, mask, out = residuals
-    return None, None, None, _native_softmax_grad(plan, receivers, mask, out, cotangent.astype(out.dtype))
-
-
-_native_softmax.defvjp(_native_softmax_fwd, _native_softmax_bwd)
-
-
-@jax.custom_vjp
-def _native_softmax_grad(plan, receivers, mask, out, g):
-    """`_grad_by_sums` as one native kernel on CPU (`_native.csr_softmax_backward`).
-
-    Its own VJP, with ``d = mask * out * (g - s)``, ``s`` and ``t`` the per-receiver sums of
-    ``mask * out * g`` and ``mask * out * c`` read back at the edges: ``d_out = mask * (c * (g - s) - g * t)``
-    and ``d_g = _native_softmax_grad(out, c)``, built from differentiable calls, so every order of
-    reverse mode works.
-    """
-    return jax.lax.platform_dependent(
-        out, g, cpu=lambda out, g: _native.csr_softmax_backward(plan.forward.csr, mask, out, g),
-        default=lambda out, g: _grad_by_sums(plan, receivers, mask, out, g))
-
-
-def _native_softmax_grad_fwd(plan, receivers, mask, out, g):
-    return _native_softmax_grad(plan, receivers, mask, out, g), (plan, receivers, mask, out, g)
-
-
-def _native_softmax_grad_bwd(residuals, c):
-    plan, receivers, mask, out, g = residuals
-
-    def per_receiver(x):  # the sum over each receiver of the live x, read back at every edge
-        return _kernels.layout_gather(plan, receivers, _kernels.layout_edge_sum(plan, receivers, _masked(x, mask)))
-
-    d_out = _masked(c * (g - per_receiver(out * g)) - g * per_receiver(out * c), mask)
-    d_g = _native_softmax_grad(plan, receivers, mask, out, c)
-    return None, None, None, d_out, d_g
-
-
-_native_softmax_grad.defvjp(_native_softmax_grad_fwd, _native_softmax_grad_bwd)
+_plan_softmax.defvjp(_plan_softmax_fwd, _plan_softmax_bwd)

@@ -1,4 +1,4 @@
-"""Native CPU kernels of the ``"native"`` backend: CSR sum aggregation, per-edge dot products, edge softmax.
+"""Native CPU kernels of the ``"native"`` backend: CSR sum aggregation and per-edge dot products.
 
 XLA's CPU backend runs ``gather + segment_sum`` as a serial scatter-add. The kernels in
 ``_csrc/csr_kernels.cc`` walk a graph in CSR order instead (each output row owned by one thread, no
@@ -8,10 +8,7 @@ through the XLA FFI:
 * ``csr_sum(csr, u, w)``: ``out[r] = sum_k w[edge_ids[k]] * u[cols[k]]`` over the slots of row r;
 * ``csr_edge_dot(csr, u, v, n_edges)``: ``out[edge_ids[k]] = <v[r], u[cols[k]]>``;
 * ``csr_sum_dot(csr, g, u, w)``: both of the above in one pass, sharing each gathered row of ``g``
-  (the backward of a weighted sum computes its node and edge cotangents this way);
-* ``csr_softmax(csr, mask, logits)``: the softmax of (E,) or (E, H) logits over each row's live
-  edges in one walk per row (maximum, exponentials and their sum, normalisation), and
-  ``csr_softmax_backward(csr, mask, a, g)``: ``a * (g - sum over the row of a * g)``, per head.
+  (the backward of a weighted sum computes its node and edge cotangents this way).
 
 Each kernel also takes a weight per head: node data (N, H, F) with edge data (E, H) (``out[r, h] =
 sum_k w[edge_ids[k], h] * u[cols[k], h]``, per-head dots of shape (E, H)). All H heads are done in
@@ -51,8 +48,7 @@ from .._src._plan import Csr
 SOURCE = Path(__file__).with_name("_csrc") / "csr_kernels.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno")
 TARGETS = {"jgrad_csr_sum": "JgradCsrSum", "jgrad_csr_edge_dot": "JgradCsrEdgeDot",
-           "jgrad_csr_sum_dot": "JgradCsrSumDot", "jgrad_csr_softmax": "JgradCsrSoftmax",
-           "jgrad_csr_softmax_backward": "JgradCsrSoftmaxBackward"}
+           "jgrad_csr_sum_dot": "JgradCsrSumDot"}
 NATIVE_DTYPES = (jnp.float32, jnp.float64)
 
 
@@ -124,44 +120,6 @@ def csr_sum_dot(csr: Csr, g: jax.Array, u: jax.Array, w: jax.Array) -> tuple[jax
     call = jax.ffi.ffi_call("jgrad_csr_sum_dot", shapes, vmap_method="sequential")
     out, dots = call(csr.row_ptr, csr.cols, csr.edge_ids, g, u.astype(g.dtype), w.astype(g.dtype))
     return out, dots
-
-
-def _mask_operand(mask: jax.Array | None) -> jax.Array:
-    return jnp.zeros((0,), jnp.bool_) if mask is None else mask.astype(jnp.bool_)
-
-
-def csr_softmax(csr: Csr, mask: jax.Array | None, logits: jax.Array) -> jax.Array:
-    """The softmax of ``logits`` over the live edges of each CSR row, per head.
-
-    For every row r and head h, with ``m`` the maximum of the live logits of the row (NaN if one is
-    NaN; the shift is ``m`` where it is finite, else 0): ``out[e, h] = exp(logits[e, h] - shift) /
-    sum over live edges e' of the row of exp(logits[e', h] - shift)``, 0 where that sum is 0 (every
-    live logit ``-inf``).
-
-    Args:
-      csr: one side of a plan (its rows are the softmax groups; ``cols`` is not read).
-      mask: (E,) bool, the live edges (the others get 0), or None (every edge live).
-      logits: (E,) or (E, H) float32 or float64.
-
-    Returns the shape and dtype of ``logits``; edges in no slot get 0. Forward only (see
-    `jgrad.ops._edge_softmax`).
-    """
-    _require()
-    call = jax.ffi.ffi_call("jgrad_csr_softmax", jax.ShapeDtypeStruct(logits.shape, logits.dtype),
-                            vmap_method="sequential")
-    return call(csr.row_ptr, csr.edge_ids, _mask_operand(mask), logits)
-
-
-def csr_softmax_backward(csr: Csr, mask: jax.Array | None, a: jax.Array, g: jax.Array) -> jax.Array:
-    """``out[e, h] = a[e, h] * (g[e, h] - sum over live edges e' of e's row of a[e', h] * g[e', h])``.
-
-    The cotangent of `csr_softmax`'s logits, given its output ``a`` and the output cotangent ``g``
-    (both (E,) or (E, H), one float dtype); 0 on edges that are not live or in no slot.
-    """
-    _require()
-    call = jax.ffi.ffi_call("jgrad_csr_softmax_backward", jax.ShapeDtypeStruct(a.shape, a.dtype),
-                            vmap_method="sequential")
-    return call(csr.row_ptr, csr.edge_ids, _mask_operand(mask), a, g.astype(a.dtype))
 
 
 def _compiler() -> str | None:
