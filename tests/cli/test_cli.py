@@ -235,7 +235,7 @@ def test_eval_with_a_different_config_refuses_and_lists_the_keys(tmp_path, capsy
     assert main(["eval", str(gat), "--workdir", str(workdir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith(f"jgrad eval: eval: {gat} differs from the run's config {workdir / 'config.yaml'} in "
+    assert err.startswith(f"jgrad eval: {gat} differs from the run's config {workdir / 'config.yaml'} in "
                           "model.name ('gcn' in the run, 'gat' given), model.hidden (16 in the run, 8 given)")
     assert "optim.learning_rate" not in err and f"Use `jgrad eval --workdir {workdir}`" in err
 
@@ -255,7 +255,7 @@ def test_eval_with_set_on_the_runs_own_config_refuses_too(tmp_path, capsys):
 
 def test_eval_without_config_needs_the_runs_config(tmp_path, capsys):
     assert main(["eval", "--workdir", str(tmp_path)]) == 2
-    assert f"eval: {tmp_path} has no config.yaml; give the config the run was trained with" in capsys.readouterr().err
+    assert f"jgrad eval: {tmp_path} has no config.yaml; give the config the run was trained with" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------------

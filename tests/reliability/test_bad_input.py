@@ -395,7 +395,7 @@ CASES += [
          r"exit status 2: jgrad train: load_planetoid: ind.cora.x not found"),
     Case("cli-eval/no-checkpoint", lambda env: _cli(env, "eval", str(CONFIGS / "gcn_karate_tiny.yaml"), "--workdir",
                                                     str(env.tmp_path)), CLI,
-         r"exit status 2: jgrad eval: eval: no checkpoint in"),
+         r"exit status 2: jgrad eval: evaluate_checkpoint: no checkpoint in"),
 
 ]
 

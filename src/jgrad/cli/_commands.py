@@ -87,13 +87,13 @@ def evaluate(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir)
     saved = workdir / "config.yaml"
     if args.config is None and not saved.is_file():
-        raise FileNotFoundError(f"eval: {workdir} has no config.yaml; give the config the run was trained with.")
+        raise FileNotFoundError(f"{workdir} has no config.yaml; give the config the run was trained with.")
     config = load_config(saved if args.config is None else args.config, _overrides(args))
     if saved.is_file():
         differences = config_differences(load_config(saved), config, ignore=_IGNORED_BY_EVAL)
         if differences:
             given = "--set" if args.config is None else args.config
-            raise ConfigError(f"eval: {given} differs from the run's config {saved} in "
+            raise ConfigError(f"{given} differs from the run's config {saved} in "
                               f"{format_differences(differences, 'in the run', 'given')}; refusing to evaluate "
                               f"the run's checkpoint as another model. Use `jgrad eval --workdir {workdir}` to "
                               "evaluate it with its own config.")
