@@ -165,7 +165,8 @@ def evaluate_checkpoint(
     """
     checkpoints = Path(workdir) / "checkpoints"
     if not (checkpoints / "best").is_dir():
-        raise FileNotFoundError(f"evaluate_checkpoint: no checkpoint in {checkpoints}; run `jgrad train` with this workdir.")
+        raise FileNotFoundError(f"evaluate_checkpoint: no checkpoint in {checkpoints}; run `jgrad train` with this "
+                                "workdir.")
     dataset = jax.device_put(sparse_features(load_dataset(config.data, data_dir), config.model.name))
     seeds = tuple(range(config.train.seed, config.train.seed + config.train.seeds))
     keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(_seed_array(seeds))
