@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -270,3 +271,20 @@ def test_metaproblem_create_draws_an_ensemble_whose_first_member_is_the_single_i
     assert not np.allclose(ensemble.params["w1"][1], single.params["w1"])
     with pytest.raises(ValueError, match="inits must be a positive int; got 0"):
         attacks.MetaProblem.create(*args, key=jax.random.key(0), n_classes=3, inits=0)
+
+
+def test_repeated_meta_gradients_of_one_problem_compile_once():
+    data, _, problem = _small_problem("train")
+    traces = itertools.count()  # advanced at each trace; a list would change what the loss closes over
+
+    @dataclasses.dataclass(frozen=True)
+    class Counted(attacks.MetaProblem):
+        def loss(self, graph):
+            next(traces)
+            return super().loss(graph)
+
+    counted = Counted(**{field.name: getattr(problem, field.name) for field in dataclasses.fields(problem)})
+    first = attacks.meta_gradient(counted, data.graph, check=False)
+    second = attacks.meta_gradient(counted, data.graph, check=False)
+    assert next(traces) == 1  # traced by the first call only: the second reuses its compiled program
+    np.testing.assert_array_equal(first.dense(), second.dense())

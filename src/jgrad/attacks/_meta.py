@@ -313,7 +313,8 @@ def meta_gradient(problem: MetaProblem, graph: Graph, *, mode: Literal["factored
     graph (small graphs only, for checking). Jit the call, not the loss. Under ``jit`` the check
     against `jgrad.edge_grad` cannot raise: a failed check makes every entry NaN.
     """
-    return adjacency_grad(lambda g: problem.loss(g), graph, symmetric=True, mode=mode, check=check)
+    # The bound method compares equal for the same problem, so repeated calls reuse one compiled program.
+    return adjacency_grad(problem.loss, graph, symmetric=True, mode=mode, check=check)
 
 
 def metattack(problem: MetaProblem, graph: Graph, budget: int, *, flips_per_step: int = 1,

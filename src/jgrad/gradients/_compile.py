@@ -67,11 +67,14 @@ def _fingerprint(obj: Any, seen: set, depth: int) -> Any:
         return _Same(obj)
     seen.add(id(obj))
     parts: list[Any] = [type(obj)]
-    try:
-        hash(obj)
-        parts.append(obj if isinstance(obj, (int, float, complex, str, bytes, bool, type(None))) else _Same(obj))
-    except TypeError:
-        parts.append(_Same(obj))
+    if isinstance(obj, types.MethodType):  # a new object at each attribute access: known by what it binds
+        parts.append((_Same(obj.__self__), obj.__func__))
+    else:
+        try:
+            hash(obj)
+            parts.append(obj if isinstance(obj, (int, float, complex, str, bytes, bool, type(None))) else _Same(obj))
+        except TypeError:
+            parts.append(_Same(obj))
     inner: list[Any]
     if isinstance(obj, types.FunctionType):  # what a function reads: closure cells, defaults, globals
         inner = [cell.cell_contents for cell in (obj.__closure__ or ()) if _cell_filled(cell)]
