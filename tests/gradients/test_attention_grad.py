@@ -79,7 +79,7 @@ def gat_case():
         a = graph.to_dense()
         reference = np.asarray(_dense_grad(a, params, x, labels, True))
         edges = np.asarray(edge_grad(_sparse_loss, graph, params, x, labels))
-        yield graph, np.asarray(a), grad, reference, edges
+    return graph, np.asarray(a), grad, reference, edges  # outside the block: x64 does not stay on
 
 
 def test_sparse_and_dense_gat_agree_in_value(x64):
