@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import networkx as nx
 import numpy as np
@@ -127,3 +128,15 @@ def test_conversions_reject_out_of_range_indices_of_unvalidated_graphs(convert):
     with pytest.raises(ValueError, match=rf"^{convert.__name__}: the graph has indices out of range: 1 senders out "
                                          r"of range \(senders\[1\]=3\)"):
         convert(bad)
+
+
+def test_weights_take_the_default_float_dtype(x64):
+    weights = np.array([0.1, 1 / 3, 2.5])  # not exact in float32
+    m = sp.coo_matrix((weights, ([1, 2, 0], [0, 1, 2])), shape=(3, 3))
+    d = nx.DiGraph()
+    d.add_weighted_edges_from([(0, 1, 0.1), (1, 2, 1 / 3), (2, 0, 2.5)])
+    for g in (from_scipy(m), from_networkx(d)):
+        assert g.edge_weight.dtype == np.float64
+        np.testing.assert_array_equal(np.sort(np.asarray(g.edge_weight)), np.sort(weights))
+    with jax.enable_x64(False):
+        assert from_scipy(m).edge_weight.dtype == np.float32 and from_networkx(d).edge_weight.dtype == np.float32

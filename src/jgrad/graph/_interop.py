@@ -17,18 +17,19 @@ import numpy as np
 
 from . import _checks
 from ._batching import unbatch as unbatch_graphs
-from ._graph import Graph, _from_torch
+from ._graph import Graph, _from_torch, default_float_dtype
 
 
 def from_scipy(matrix: Any) -> Graph:
     """A weighted graph from a square scipy.sparse matrix; ``matrix[v, u]`` weighs ``u -> v``.
 
-    Stored entries become edges (explicit zeros included; duplicates are kept as parallel edges).
+    Stored entries become edges (explicit zeros included; duplicates are kept as parallel edges). The
+    weights have the default float dtype (float32, or float64 under ``jax.enable_x64``).
     """
     coo = matrix.tocoo()
     if coo.shape[0] != coo.shape[1]:
         raise ValueError(f"from_scipy: matrix must be square N x N; got shape {coo.shape}.")
-    return Graph.from_edges(coo.col, coo.row, int(coo.shape[0]), edge_weight=np.asarray(coo.data, np.float32))
+    return Graph.from_edges(coo.col, coo.row, int(coo.shape[0]), edge_weight=np.asarray(coo.data, default_float_dtype()))
 
 
 def to_scipy(graph: Graph, format: str = "csr") -> Any:
@@ -55,7 +56,8 @@ def from_networkx(nx_graph: Any, weight: str | None = "weight") -> Graph:
     """A graph from a networkx (Di)Graph with nodes relabelled 0..N-1 in iteration order.
 
     An undirected networkx graph gives both directions of every edge. If ``weight`` is given and any
-    edge has that attribute, the graph is weighted (missing attributes count 1).
+    edge has that attribute, the graph is weighted (missing attributes count 1), with weights of the
+    default float dtype (float32, or float64 under ``jax.enable_x64``).
     """
     nodes = list(nx_graph.nodes)
     index = {node: i for i, node in enumerate(nodes)}
@@ -73,7 +75,7 @@ def from_networkx(nx_graph: Any, weight: str | None = "weight") -> Graph:
         np.asarray(senders, np.int32),
         np.asarray(receivers, np.int32),
         len(nodes),
-        edge_weight=np.asarray(weights, np.float32) if has_weight else None,
+        edge_weight=np.asarray(weights, default_float_dtype()) if has_weight else None,
     )
 
 
