@@ -19,7 +19,8 @@ HERE = Path(__file__).resolve().parent
 
 def _env(devices: int) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    inherited = env.get("XLA_FLAGS", "")  # the suite's compile settings (tests/conftest.py) carry over
+    env["XLA_FLAGS"] = f"{inherited} --xla_force_host_platform_device_count={devices}".strip()
     env["JAX_PLATFORMS"] = "cpu"
     return env
 
