@@ -67,9 +67,7 @@ def _fingerprint(obj: Any, seen: set, depth: int) -> Any:
         return _Same(obj)
     seen.add(id(obj))
     parts: list[Any] = [type(obj)]
-    if isinstance(obj, types.MethodType):  # a new object at each attribute access: known by what it binds
-        parts.append((_Same(obj.__self__), obj.__func__))
-    else:
+    if not isinstance(obj, types.MethodType):  # a method is new at each attribute access: known by its parts below
         try:
             hash(obj)
             parts.append(obj if isinstance(obj, (int, float, complex, str, bytes, bool, type(None))) else _Same(obj))
