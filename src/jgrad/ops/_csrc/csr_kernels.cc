@@ -34,6 +34,7 @@
 #include <cstring>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -104,20 +105,18 @@ inline void PrefetchRow(const T* row, int64_t m) {
 constexpr int64_t kPrefetchDistance = 6;
 
 // Calls body(f) with the per-head width f as a compile-time constant (std::integral_constant) for the
-// common widths of several heads, so that one head's features are one vector (FixedWidth below);
-// otherwise (one head, other widths) with f as a runtime value.
+// common widths 8, 16, 32 and 64, one head or several, so that one head's features are one vector
+// (FixedWidth below); otherwise with f as a runtime value. (Fixed widths for one head measured 10-30%
+// faster than the runtime loop at F = 8 and F = 64 on a graph of 1.7e6 edges.)
 template <typename Body>
-void WithHeadWidth(int64_t heads, int64_t f, const Body& body) {
-  if (heads > 1) {
-    switch (f) {
-      case 8: return body(std::integral_constant<int64_t, 8>{});
-      case 16: return body(std::integral_constant<int64_t, 16>{});
-      case 32: return body(std::integral_constant<int64_t, 32>{});
-      case 64: return body(std::integral_constant<int64_t, 64>{});
-      default: break;
-    }
+void WithHeadWidth(int64_t f, const Body& body) {
+  switch (f) {
+    case 8: return body(std::integral_constant<int64_t, 8>{});
+    case 16: return body(std::integral_constant<int64_t, 16>{});
+    case 32: return body(std::integral_constant<int64_t, 32>{});
+    case 64: return body(std::integral_constant<int64_t, 64>{});
+    default: return body(f);
   }
-  body(f);
 }
 
 // One head's kF features as a GCC vector (lowered to the machine's vector registers). Plain loops with a
@@ -131,20 +130,20 @@ struct FixedWidth {
   static void Store(T* p, const Vec& v) { std::memcpy(p, &v, sizeof(Vec)); }
 };
 
-// The sum of the kN values at p, by halving (kN a power of two).
+// The sum of the lanes of v, by halving in registers (kN a power of two): the upper half is added to
+// the lower one until one lane is left (no round trip through memory, which stalls on store forwarding).
+template <typename T, int64_t kN, std::size_t... kLow>
+inline typename FixedWidth<T, kN / 2>::Vec FoldHalves(const typename FixedWidth<T, kN>::Vec& v,
+                                                      std::index_sequence<kLow...>) {
+  return __builtin_shufflevector(v, v, kLow...) + __builtin_shufflevector(v, v, (kLow + kN / 2)...);
+}
+
 template <typename T, int64_t kN>
-inline T SumLanes(const T* p) {
-  if constexpr (kN <= 2) {
-    return kN == 2 ? p[0] + p[1] : p[0];
+inline T SumLanes(const typename FixedWidth<T, kN>::Vec& v) {
+  if constexpr (kN == 1) {
+    return v[0];
   } else {
-    using Half = FixedWidth<T, kN / 2>;
-    typename Half::Vec low, high;
-    Half::Load(low, p);
-    Half::Load(high, p + kN / 2);
-    low += high;
-    T folded[kN / 2];
-    Half::Store(folded, low);
-    return SumLanes<T, kN / 2>(folded);
+    return SumLanes<T, kN / 2>(FoldHalves<T, kN>(v, std::make_index_sequence<kN / 2>{}));
   }
 }
 
@@ -176,7 +175,7 @@ inline void AddScaled(T* __restrict__ acc, const T* __restrict__ row, const T* _
 template <typename T>
 void CsrSum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u,
             const T* w, bool weighted, int64_t n_rows, int64_t m, int64_t heads, T* out) {
-  WithHeadWidth(heads, m / heads, [&](auto f) {
+  WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
       for (int64_t r = first; r < last; ++r) {
         T* __restrict__ acc = out + r * m;
@@ -224,9 +223,7 @@ inline void HeadDots(const T* own, const T* row, int64_t heads, std::integral_co
     V::Load(a, own + h * kF);
     V::Load(x, row + h * kF);
     a *= x;
-    T products[kF];
-    V::Store(products, a);
-    dots[h] = SumLanes<T, kF>(products);
+    dots[h] = SumLanes<T, kF>(a);
   }
 }
 
@@ -234,7 +231,7 @@ template <typename T>
 void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
                 const T* u, const T* v, int64_t n_rows, int64_t m, int64_t heads, int64_t n_edges, T* out) {
   std::fill(out, out + n_edges * heads, T(0));
-  WithHeadWidth(heads, m / heads, [&](auto f) {
+  WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
       for (int64_t r = first; r < last; ++r) {
         const T* own = v + r * m;
@@ -254,7 +251,7 @@ void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* col
                const T* g, const T* u, const T* w, int64_t n_rows, int64_t m, int64_t heads, int64_t n_edges,
                T* out, T* dots) {
   std::fill(dots, dots + n_edges * heads, T(0));
-  WithHeadWidth(heads, m / heads, [&](auto f) {
+  WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
       for (int64_t r = first; r < last; ++r) {
         T* __restrict__ acc = out + r * m;
