@@ -62,8 +62,7 @@ def _use_native(*arrays) -> bool:
 
 def _slot_rows(side: Side) -> jax.Array:
     """(E,) row of every CSR slot; padding slots (after ``row_ptr[-1]``) get R, out of range."""
-    slots = jnp.arange(side.csr.cols.shape[0], dtype=jnp.int32)
-    return jnp.searchsorted(side.csr.row_ptr, slots, side="right").astype(jnp.int32) - 1
+    return _plan.slot_rows(side.csr.row_ptr, side.csr.cols.shape[0]).astype(jnp.int32)
 
 
 def _csr_segment_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
