@@ -4,33 +4,44 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 import warnings
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-
-with warnings.catch_warnings():  # torch_geometric 2.8 calls torch.jit.script, deprecated in torch 2.13
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from torch_geometric.data import Batch, Data
-    from torch_geometric.utils import degree, scatter, to_dense_adj
 
 import jgrad
 from jgrad import Graph
 from jgrad.graph import from_pyg, to_pyg
 
 
-def _data(seed: int = 0, n: int = 6, e: int = 11, weighted: bool = True) -> Data:
+@pytest.fixture(scope="module")
+def pyg():
+    """torch and the torch_geometric names the tests use, imported on first use rather than at collection
+    (about 4 s of CPU per pytest-xdist worker, most of which never runs these tests)."""
+    import torch
+
+    with warnings.catch_warnings():  # torch_geometric 2.8 calls torch.jit.script, deprecated in torch 2.13
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch_geometric.data import Batch, Data
+        from torch_geometric.utils import degree, scatter, to_dense_adj
+    return types.SimpleNamespace(torch=torch, Batch=Batch, Data=Data, degree=degree, scatter=scatter,
+                                 to_dense_adj=to_dense_adj)
+
+
+def _data(pyg, seed: int = 0, n: int = 6, e: int = 11, weighted: bool = True):
+    torch = pyg.torch
     rng = np.random.default_rng(seed)
     edge_index = torch.from_numpy(rng.integers(0, n, (2, e)))
     attributes = {"edge_index": edge_index, "num_nodes": n, "x": torch.from_numpy(rng.normal(size=(n, 3)))}
     if weighted:
         attributes["edge_weight"] = torch.from_numpy(rng.uniform(0.5, 2.0, e).astype(np.float32))
-    return Data(**attributes)
+    return pyg.Data(**attributes)
 
 
-def test_from_edge_index_accepts_a_torch_tensor():
+def test_from_edge_index_accepts_a_torch_tensor(pyg):
+    torch = pyg.torch
     edge_index = torch.tensor([[0, 1, 1], [1, 0, 2]])
     g = Graph.from_edge_index(edge_index, edge_weight=torch.tensor([1.0, 2.0, 3.0]))
     assert (g.n_nodes, g.senders.tolist(), g.receivers.tolist()) == (3, [0, 1, 1], [1, 0, 2])
@@ -39,13 +50,15 @@ def test_from_edge_index_accepts_a_torch_tensor():
     assert h.senders.tolist() == [0, 1, 1]
 
 
-def test_torch_integer_weights_are_refused_like_numpy_ones():
+def test_torch_integer_weights_are_refused_like_numpy_ones(pyg):
+    torch = pyg.torch
     with pytest.raises(TypeError, match=r"edge_weight must have a floating-point dtype; got int64"):
         Graph.from_edge_index(torch.tensor([[0], [1]]), edge_weight=torch.tensor([1]))
 
 
-def test_from_pyg_matches_torch_geometric_dense_adjacency_degrees_and_aggregation():
-    data = _data()
+def test_from_pyg_matches_torch_geometric_dense_adjacency_degrees_and_aggregation(pyg):
+    degree, scatter, to_dense_adj = pyg.degree, pyg.scatter, pyg.to_dense_adj
+    data = _data(pyg)
     g = from_pyg(data)
     n = data.num_nodes
     # PyG's dense adjacency is adj[source, target]; jgrad's A[v, u] weighs u -> v: the transpose.
@@ -61,8 +74,9 @@ def test_from_pyg_matches_torch_geometric_dense_adjacency_degrees_and_aggregatio
     np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_pyg_round_trip_keeps_edge_index_weights_num_nodes_and_x():
-    data = _data(1)
+def test_pyg_round_trip_keeps_edge_index_weights_num_nodes_and_x(pyg):
+    torch, Data = pyg.torch, pyg.Data
+    data = _data(pyg, 1)
     back = to_pyg(from_pyg(data), data.x)
     assert isinstance(back, Data) and back.num_nodes == data.num_nodes
     assert back.edge_index.dtype == torch.int64
@@ -71,8 +85,9 @@ def test_pyg_round_trip_keeps_edge_index_weights_num_nodes_and_x():
     assert torch.equal(back.x, data.x)
 
 
-def test_pyg_edge_attr_as_weights_and_unweighted_graphs():
-    data = _data(2, weighted=False)
+def test_pyg_edge_attr_as_weights_and_unweighted_graphs(pyg):
+    torch = pyg.torch
+    data = _data(pyg, 2, weighted=False)
     assert not from_pyg(data).is_weighted
     data.edge_attr = torch.rand(data.num_edges, 2)
     g = from_pyg(data, edge_weight="edge_attr")
@@ -82,20 +97,23 @@ def test_pyg_edge_attr_as_weights_and_unweighted_graphs():
     assert not from_pyg(data, edge_weight=None).is_weighted
 
 
-def test_from_pyg_refuses_categorical_integer_edge_attr():
-    data = _data(3, weighted=False)
+def test_from_pyg_refuses_categorical_integer_edge_attr(pyg):
+    torch = pyg.torch
+    data = _data(pyg, 3, weighted=False)
     data.edge_attr = torch.zeros(data.num_edges, dtype=torch.long)
     with pytest.raises(TypeError, match=r"edge_weight must have a floating-point dtype; got int64"):
         from_pyg(data, edge_weight="edge_attr")
 
 
-def test_from_pyg_infers_num_nodes_when_pyg_has_none_set():
+def test_from_pyg_infers_num_nodes_when_pyg_has_none_set(pyg):
+    torch, Data = pyg.torch, pyg.Data
     data = Data(edge_index=torch.tensor([[0, 4], [1, 0]]))
     assert from_pyg(data).n_nodes == 5
 
 
-def test_pyg_batch_becomes_a_jgrad_batch_and_back():
-    parts = [_data(4, n=3, e=4), _data(5, n=5, e=6)]
+def test_pyg_batch_becomes_a_jgrad_batch_and_back(pyg):
+    torch, Batch = pyg.torch, pyg.Batch
+    parts = [_data(pyg, 4, n=3, e=4), _data(pyg, 5, n=5, e=6)]
     pyg_batch = Batch.from_data_list(parts)
     g = from_pyg(pyg_batch)
     expected = jgrad.batch([from_pyg(d) for d in parts])
@@ -109,8 +127,9 @@ def test_pyg_batch_becomes_a_jgrad_batch_and_back():
         assert torch.equal(restored.x, original.x)
 
 
-def test_to_pyg_of_a_padded_batch_drops_the_padding_graph_and_its_rows():
-    parts = [_data(6, n=3, e=2), _data(7, n=2, e=3)]
+def test_to_pyg_of_a_padded_batch_drops_the_padding_graph_and_its_rows(pyg):
+    torch = pyg.torch
+    parts = [_data(pyg, 6, n=3, e=2), _data(pyg, 7, n=2, e=3)]
     padded = jgrad.pad(jgrad.batch([from_pyg(d) for d in parts]), n_nodes=8, n_edges=9)
     x = np.concatenate([parts[0].x.numpy(), parts[1].x.numpy(), np.zeros((3, 3))])
     back = to_pyg(padded, x)
@@ -118,10 +137,10 @@ def test_to_pyg_of_a_padded_batch_drops_the_padding_graph_and_its_rows():
     assert torch.equal(back.to_data_list()[1].x, parts[1].x)
 
 
-def test_to_pyg_checks_the_rows_of_x():
+def test_to_pyg_checks_the_rows_of_x(pyg):
     with pytest.raises(ValueError, match=r"to_pyg: x must have one row per node; got shape \(2, 3\), "
                                          r"expected \(6, \.\.\.\)\."):
-        to_pyg(from_pyg(_data()), np.zeros((2, 3)))
+        to_pyg(from_pyg(_data(pyg)), np.zeros((2, 3)))
 
 
 def test_importing_jgrad_graph_imports_neither_torch_nor_jraph():
@@ -131,7 +150,8 @@ def test_importing_jgrad_graph_imports_neither_torch_nor_jraph():
     assert out.strip() == "[]"
 
 
-def test_from_pyg_without_edge_index_says_so():
+def test_from_pyg_without_edge_index_says_so(pyg):
+    torch, Data = pyg.torch, pyg.Data
     with pytest.raises(ValueError, match=r"^from_pyg: data has no edge_index; got None, expected a \(2, E\) integer "
                                          r"tensor\.$"):
         from_pyg(Data(x=torch.zeros(3, 1)))
