@@ -67,15 +67,15 @@ def _operands(graph, seed=0):
     return u, v, e_scalar, e_head
 
 
-# The cases each backend runs itself: copy_u / u_mul_e with sum and mean (u_mul_e with scalar and per-head
-# edge data; mean adds one division to the sum, the same for either), copy_e / sum (the edge sum, scalar
-# and per head), dot of (N, H, F) and of (N, M) rows, add of (N, H) operands; and one of each kind it
-# hands to the plain path (max/min, other message ops, add of (N, H, F)). Edge data: None, "scalar" (E,)
-# or "head" (E, H, 1).
+# The cases each backend runs itself: copy_u / u_mul_e with sum, mean, max and min (u_mul_e with scalar
+# and per-head edge data; mean adds one division to the sum, the same for either), copy_e / sum (the edge
+# sum, scalar and per head), dot of (N, H, F) and of (N, M) rows, add of (N, H) operands; and one of each
+# kind it hands to the plain path (other message ops, add of (N, H, F)). Edge data: None, "scalar" (E,)
+# or "head" (E, H, 1). Random operands: no ties (see the tie test below).
 SPMM_CASES = (("copy_u", "sum", None), ("copy_u", "mean", None), ("u_mul_e", "sum", "scalar"),
               ("u_mul_e", "sum", "head"), ("u_mul_e", "mean", "head"), ("copy_e", "sum", "scalar"),
-              ("copy_e", "sum", "head"), ("u_mul_e", "max", "scalar"), ("copy_u", "min", None),
-              ("u_add_e", "mean", "head"))
+              ("copy_e", "sum", "head"), ("u_mul_e", "max", "scalar"), ("u_mul_e", "min", "head"),
+              ("copy_u", "min", None), ("u_add_e", "mean", "head"))
 
 
 def _every_op(graph, u, v, e_scalar, e_head):
@@ -116,9 +116,33 @@ def test_planned_ops_pass_the_numerical_check_to_second_order(x64, backend):
 
     def f(x, y, e, e_head):
         return (spmm(graph, x, e), gspmm(graph, "copy_u", "mean", x), gsddmm(graph, "dot", x, y),
-                gspmm(graph, "u_mul_e", "sum", u * x[:, None], e_head))
+                gspmm(graph, "u_mul_e", "sum", u * x[:, None], e_head), gspmm(graph, "u_mul_e", "max", x, e))
 
     check_grads(jax.jit(f), (x, y, e, e_head), order=2, modes=("rev",), eps=1e-6)  # jitted: a few programs
+
+
+def test_max_and_min_at_ties_follow_each_tie_rule_on_every_backend(x64, backend):
+    """Integer features tie: "first" is the plan's own selection, "split" runs the routed kernel. Values,
+    first and second derivatives and a vmap over u equal the plain path's."""
+    u = jnp.asarray(np.random.default_rng(5).integers(-1, 2, (UNION.n_nodes, H, F)).astype(np.float64))
+    e = jnp.full((UNION.n_edges, H, 1), 2.0)
+
+    def loss(g, u, e):
+        total = 0.0
+        for reduce, tie in (("max", "first"), ("min", "first"), ("max", "split"), ("min", "split")):
+            total = total + jnp.sum(jnp.sin(gspmm(g, "u_mul_e", reduce, u, e, tie=tie)) * (1 + u))
+            total = total + jnp.sum(jnp.cos(gspmm(g, "copy_u", reduce, u[:, 0], tie=tie)))
+        return total
+
+    def second_order(g, u, e):  # reverse over reverse: the routed kernel's own VJP
+        grads = jax.grad(loss, argnums=(1, 2))
+        return jax.grad(lambda u, e: sum(jnp.sum(jnp.sin(d)) for d in grads(g, u, e)), argnums=(0, 1))(u, e)
+
+    step = jax.jit(lambda g, u, e: (jax.value_and_grad(loss, argnums=(1, 2))(g, u, e), second_order(g, u, e),
+                                    jax.vmap(lambda x: gspmm(g, "copy_u", "max", x, tie="first"))(jnp.stack([u, -u]))))
+    got, want = step(planned(UNION, backend), u, e), step(with_backend(UNION, "xla"), u, e)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_padding_edges_get_zero_gradient_on_every_backend(x64, backend):

@@ -9,7 +9,8 @@ Backward, for the sum reducer (mean divides the cotangent by the in-degree first
   * w.r.t. edge data: ``de[e] = <dout[v], u_data[u]>`` for e = (u -> v) — a g-SDDMM, because the
     weight of an edge touches exactly one output row and one input row.
 Residuals saved for the backward are the inputs, O(N·F + E); the (E, F) message tensor is never saved.
-For max/min the backward recomputes the messages and routes the cotangent to the arg-extremum.
+For max/min the backward recomputes the messages and routes the cotangent to the arg-extremum (on a
+plan, the forward's kernel finds the arg-extremum and no message is recomputed; `jgrad.ops._extremum`).
 """
 
 from __future__ import annotations
@@ -78,7 +79,10 @@ def gspmm(
       ``u_mul_e`` with one scalar per edge or per head ((E,), (E, 1), (E, H), (E, H, 1)) under
       ``sum`` or ``mean`` run on the plan's backend (native CSR kernels on CPU, bucketed gather tables
       elsewhere): no scatter-add and no (E, F) message tensor, in the backward too; so does
-      ``copy_e`` with ``sum`` for (E,), (E, H) or (E, H, 1) edge data (the backend's edge sum). Values and
+      ``copy_e`` with ``sum`` for (E,), (E, H) or (E, H, 1) edge data (the backend's edge sum). The same
+      ``copy_u``/``u_mul_e`` cases under ``max``/``min`` find the arg-extremum with one kernel and route
+      the cotangent to it with (N, ...) gathers and scatters (with ``tie="split"``, a program whose
+      messages tie takes the plain path at run time; see ``jgrad.ops._extremum``). Values and
       gradients equal the plain path's up to float rounding; every other case, and forward mode,
       runs the plain path (gather, message, segment reduction).
 
@@ -105,8 +109,8 @@ def gspmm(
     u, e = _common_dtype(where, u, e, accumulate_dtype)
     check_graph_indices(where, graph)
     plan = resolve(graph)
-    if plan is not None and _kernels.covers_gspmm(op, reduce, u, e) and not in_forward_mode(u, e):
-        out = _kernels.plan_gspmm(plan, op, reduce, u, e, graph.edge_mask, graph.receivers)
+    if plan is not None and _kernels.covers_gspmm(plan, op, reduce, u, e) and not in_forward_mode(u, e):
+        out = _kernels.plan_gspmm(plan, op, reduce, tie, u, e, graph.edge_mask, graph.senders, graph.receivers)
     else:
         out = raw_gspmm(op, reduce, tie, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, u, e)
     return _mark(graph, op, reduce, u, tracked, out) if graph.tapped and tracked is not None else out

@@ -42,7 +42,7 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from .._src import _plan
 from .._src._plan import Plan, Side
-from . import _native, _pallas
+from . import _extremum, _native, _pallas
 
 
 def _append_zero_row(x: jax.Array) -> jax.Array:
@@ -104,6 +104,27 @@ def _native_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
         return jax.lax.platform_dependent(u, w, cpu=lambda u, w: _native.csr_sum(side.csr, u, w),
                                           default=lambda u, w: _csr_segment_sum(side, u, w))
     return _csr_segment_sum(side, u, w)
+
+
+def _native_extremum(side: Side, reduce: str, u: jax.Array, w: jax.Array | None, live: jax.Array | None):
+    """The native arg-extremum kernel on CPU (float32/64, when built), else the same with XLA segment ops
+    (`jgrad.ops._extremum.segment_extremum`, which documents the arguments and results)."""
+    if _use_native(u, w):
+        return jax.lax.platform_dependent(
+            u, w, live, cpu=lambda u, w, live: _native.csr_extremum(side.csr, reduce, u, w, live),
+            default=lambda u, w, live: _extremum.segment_extremum(side, reduce, u, w, live))
+    return _extremum.segment_extremum(side, reduce, u, w, live)
+
+
+def _native_routed(side: Side, u: jax.Array, w: jax.Array | None, live: jax.Array | None, top: jax.Array,
+                   share: jax.Array):
+    """The native backward of max/min at ties on CPU, else `jgrad.ops._extremum.segment_routed`."""
+    if _use_native(u, w, top, share):
+        return jax.lax.platform_dependent(
+            u, w, live, top, share,
+            cpu=lambda *args: _native.csr_routed(side.csr, *args),
+            default=lambda *args: _extremum.segment_routed(side, *args))
+    return _extremum.segment_routed(side, u, w, live, top, share)
 
 
 def _edge_sum_by_rows(side: Side, rows: jax.Array, e: jax.Array) -> jax.Array:
@@ -295,6 +316,11 @@ class Kernels(NamedTuple):
       edge_sum: optional ``(side, rows (E,), e (E,) or (E, H)) -> (N,) or (N, H)``, the sum of edge
         data at each row (``copy_e``/``sum``, the backward of gsddmm add, edge softmax); None runs
         ``side_sum`` of ones with e as the weight.
+      extremum: optional ``(side, reduce, u, w, live) -> (out, arg, count)``, the max or min over each
+        row's live slots with the lowest edge id attaining it and the number of slots that do, in either
+        form (see `jgrad.ops._extremum.segment_extremum`); None leaves gspmm max/min to the plain path.
+      routed: optional ``(reverse side, u, w, live, top, share) -> (du, dw)``, the backward of max/min
+        at ties (see `jgrad.ops._extremum.segment_routed`, which serves when None).
     """
 
     side_sum: Callable
@@ -302,6 +328,8 @@ class Kernels(NamedTuple):
     sum_dot: Callable | None = None
     multi_head: bool = False
     edge_sum: Callable | None = None
+    extremum: Callable | None = None
+    routed: Callable | None = None
 
 
 def _per_head(kernels: Kernels) -> Kernels:
@@ -330,7 +358,7 @@ def _per_head(kernels: Kernels) -> Kernels:
         return jnp.stack([p[0] for p in parts], axis=1), jnp.stack([p[1] for p in parts], axis=1)
 
     return Kernels(side_sum, edge_dot, None if kernels.sum_dot is None else sum_dot, multi_head=True,
-                   edge_sum=kernels.edge_sum)
+                   edge_sum=kernels.edge_sum, extremum=kernels.extremum, routed=kernels.routed)
 
 
 KERNELS: dict[str, Kernels] = {}
@@ -348,11 +376,15 @@ def register(name: str, kernels: Kernels, *, tables: str) -> None:
 # Sums of edge data at the nodes: on native plans an XLA segment sum (on CPU it reads the edge data in
 # order and keeps the (N, H) output in cache; the CSR walk reads the edge data at random edge ids and
 # measured 4-8x slower for (E, 4) data at 3e5 edges); the bucket and Pallas backends sum over their own
-# tables (`_edge_sum_on_side`, one pass per head).
+# tables (`_edge_sum_on_side`, one pass per head). max/min: the native kernel on CPU; the bucket and
+# Pallas backends find the arg-extremum with XLA segment ops over the plan's CSR order (every plan has
+# one), so their backward, too, is a scatter of N·M entries instead of the plain path's (E, M) messages.
 register("native", Kernels(_native_sum, _native_edge_dot, _native_sum_dot, multi_head=True,
-                           edge_sum=_edge_sum_by_rows), tables="csr")
-register("bucket", Kernels(_bucket_sum, _bucket_edge_dot), tables="buckets")
-register("pallas", Kernels(_pallas.side_sum, _pallas.edge_dot, _pallas.sum_dot), tables="csr")
+                           edge_sum=_edge_sum_by_rows, extremum=_native_extremum,
+                           routed=_native_routed), tables="csr")
+register("bucket", Kernels(_bucket_sum, _bucket_edge_dot, extremum=_extremum.segment_extremum), tables="buckets")
+register("pallas", Kernels(_pallas.side_sum, _pallas.edge_dot, _pallas.sum_dot, extremum=_extremum.segment_extremum),
+         tables="csr")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,13 +473,15 @@ def as_rows(x: jax.Array) -> jax.Array:
     return x if x.ndim == 1 else x.reshape(x.shape[0], x.shape[1])
 
 
-def covers_gspmm(op: str, reduce: str, u, e) -> bool:
-    """Whether a plan runs this gspmm: ``copy_u`` or ``u_mul_e`` with ``sum``/``mean``, e of one scalar
-    per edge ((E,), (E, 1), ...) or one per head ((E, H) or (E, H, 1) against u of shape (N, H, F));
-    and ``copy_e`` with ``sum`` for e of shape (E,), (E, H) or (E, H, 1) (`layout_edge_sum`)."""
+def covers_gspmm(plan: Plan, op: str, reduce: str, u, e) -> bool:
+    """Whether ``plan`` runs this gspmm: ``copy_u`` or ``u_mul_e`` with ``sum``/``mean`` (and with
+    ``max``/``min`` on backends with an ``extremum`` kernel), e of one scalar per edge ((E,), (E, 1),
+    ...) or one per head ((E, H) or (E, H, 1) against u of shape (N, H, F)); and ``copy_e`` with
+    ``sum`` for e of shape (E,), (E, H) or (E, H, 1) (`layout_edge_sum`)."""
     if op == "copy_e":
         return reduce == "sum" and edge_width(e) is not None
-    if op not in ("copy_u", "u_mul_e") or reduce not in ("sum", "mean"):
+    extremum = reduce in ("max", "min") and KERNELS[plan.backend].extremum is not None
+    if op not in ("copy_u", "u_mul_e") or not (reduce in ("sum", "mean") or extremum):
         return False
     if op == "copy_u":
         return True
@@ -464,11 +498,12 @@ def _head_count(u, e) -> int | None:
     return None
 
 
-def plan_gspmm(plan: Plan, op: str, reduce: str, u: jax.Array, e: jax.Array | None, mask: jax.Array | None,
-               receivers: jax.Array) -> jax.Array:
+def plan_gspmm(plan: Plan, op: str, reduce: str, tie: str, u: jax.Array, e: jax.Array | None,
+               mask: jax.Array | None, senders: jax.Array, receivers: jax.Array) -> jax.Array:
     """gspmm on the plan for the cases of `covers_gspmm`.
 
     ``copy_e``/``sum`` is `layout_edge_sum` of the masked edge data (backward: a gather at the receivers).
+    ``max``/``min`` run the backend's arg-extremum kernel (`jgrad.ops._extremum.plan_extremum`).
 
     A per-head weight ((E, H) or (E, H, 1) against (N, H, F) u) runs as one per-head `layout_sum`: on
     the native backend every head in one pass over the CSR (forward and backward), on backends
@@ -478,6 +513,9 @@ def plan_gspmm(plan: Plan, op: str, reduce: str, u: jax.Array, e: jax.Array | No
     if op == "copy_e":  # per-receiver sums of the edge data: (N,) + e.shape[1:]
         out = layout_edge_sum(plan, receivers, _masked(as_rows(e), mask))
         return out.reshape((plan.n_nodes,) + e.shape[1:])
+    if reduce in ("max", "min"):
+        heads = 1 if e is None else _head_count(u, e)  # u and e share a dtype here (gspmm casts them)
+        return _extremum.plan_extremum(KERNELS[plan.backend], plan, op, reduce, tie, u, e, heads, mask, senders)
     shape = u.shape
     if op == "copy_u":
         w = None if mask is None else mask.astype(u.dtype)

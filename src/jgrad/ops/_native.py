@@ -8,7 +8,10 @@ through the XLA FFI:
 * ``csr_sum(csr, u, w)``: ``out[r] = sum_k w[edge_ids[k]] * u[cols[k]]`` over the slots of row r;
 * ``csr_edge_dot(csr, u, v, n_edges)``: ``out[edge_ids[k]] = <v[r], u[cols[k]]>``;
 * ``csr_sum_dot(csr, g, u, w)``: both of the above in one pass, sharing each gathered row of ``g``
-  (the backward of a weighted sum computes its node and edge cotangents this way).
+  (the backward of a weighted sum computes its node and edge cotangents this way);
+* ``csr_extremum(csr, reduce, u, w, live)``: the max or min of ``w[edge_ids[k]] * u[cols[k]]`` over
+  each row's live slots, with the lowest edge id attaining it and the number of slots that do, and
+  ``csr_routed``, its backward at ties (`jgrad.ops._extremum`).
 
 Each kernel also takes a weight per head: node data (N, H, F) with edge data (E, H) (``out[r, h] =
 sum_k w[edge_ids[k], h] * u[cols[k], h]``, per-head dots of shape (E, H)). All H heads are done in
@@ -48,7 +51,8 @@ from .._src._plan import Csr
 SOURCE = Path(__file__).with_name("_csrc") / "csr_kernels.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno")
 TARGETS = {"jgrad_csr_sum": "JgradCsrSum", "jgrad_csr_edge_dot": "JgradCsrEdgeDot",
-           "jgrad_csr_sum_dot": "JgradCsrSumDot"}
+           "jgrad_csr_sum_dot": "JgradCsrSumDot", "jgrad_csr_max": "JgradCsrMax", "jgrad_csr_min": "JgradCsrMin",
+           "jgrad_csr_routed": "JgradCsrRouted"}
 NATIVE_DTYPES = (jnp.float32, jnp.float64)
 
 
@@ -120,6 +124,61 @@ def csr_sum_dot(csr: Csr, g: jax.Array, u: jax.Array, w: jax.Array) -> tuple[jax
     call = jax.ffi.ffi_call("jgrad_csr_sum_dot", shapes, vmap_method="sequential")
     out, dots = call(csr.row_ptr, csr.cols, csr.edge_ids, g, u.astype(g.dtype), w.astype(g.dtype))
     return out, dots
+
+
+def csr_extremum(csr: Csr, reduce: str, u: jax.Array, w: jax.Array | None,
+                 live: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(out, arg, count)``: the max or min over each row's live slots, its lowest edge id, its tie count.
+
+    Args:
+      csr: one side of a plan.
+      reduce: ``"max"`` or ``"min"``.
+      u: (N, M), or (N, H, F) with per-head weights.
+      w: (E,) with u (N, M), (E, H) with u (N, H, F), or None (the messages are u's rows).
+      live: (E,) bool, edges that take part, or None (all).
+
+    Returns out (R,) + u.shape[1:] in u's dtype (0 where no slot is live), and arg and count of out's
+    shape, int32: the lowest edge id whose message equals out and how many live slots attain out (-1
+    and 0 where no slot is live and at NaN results). Not differentiable: `jgrad.ops._extremum` reads the
+    winners again with gathers.
+    """
+    _require()
+    n_rows = csr.row_ptr.shape[0] - 1
+    shape = (n_rows,) + u.shape[1:]
+    shapes = (jax.ShapeDtypeStruct(shape, u.dtype), jax.ShapeDtypeStruct(shape, jnp.int32),
+              jax.ShapeDtypeStruct(shape, jnp.int32))
+    call = jax.ffi.ffi_call(f"jgrad_csr_{reduce}", shapes, vmap_method="sequential")
+    return call(csr.row_ptr, csr.cols, csr.edge_ids, u, *_optional_edge_data(u, w, live))
+
+
+def csr_routed(csr: Csr, u: jax.Array, w: jax.Array | None, live: jax.Array | None, top: jax.Array,
+               share: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """The backward of max/min with the ``"split"`` tie rule, walking the reversed graph ``csr``.
+
+    Every live edge e = (s -> r) whose message ``w[e] * u[s]`` equals ``top[r]`` (per entry) gets
+    ``share[r]`` (the output cotangent over the tie count): ``du[s] = sum of w[e] * share[r]`` over
+    those edges and ``dw[e] = sum over the entries of u[s] * share[r]`` where the message ties.
+
+    Args:
+      csr: the reverse side of a plan (rows = senders).
+      u, w, live: as `csr_extremum`.
+      top: (N,) + u.shape[1:], the forward's extremum; share: the same shape, the routed cotangent.
+
+    Returns du of u's shape and dw of w's shape (None without w).
+    """
+    _require()
+    shapes = (jax.ShapeDtypeStruct(u.shape, u.dtype),
+              jax.ShapeDtypeStruct((0,) if w is None else w.shape, u.dtype))
+    call = jax.ffi.ffi_call("jgrad_csr_routed", shapes, vmap_method="sequential")
+    du, dw = call(csr.row_ptr, csr.cols, csr.edge_ids, u, *_optional_edge_data(u, w, live),
+                  top.astype(u.dtype), share.astype(u.dtype))
+    return du, None if w is None else dw
+
+
+def _optional_edge_data(u, w, live):
+    """w in u's dtype and live as bool, each a (0,) array when absent."""
+    return (jnp.zeros((0,), u.dtype) if w is None else w.astype(u.dtype),
+            jnp.zeros((0,), bool) if live is None else live.astype(bool))
 
 
 def _compiler() -> str | None:

@@ -15,6 +15,9 @@
 //                       out[r, h, :] = sum_k w[edge_ids[k], h] * g[cols[k], h, :],
 //                       dots[edge_ids[k], h] = <u[r, h, :], g[cols[k], h, :]>
 //                       (the backward of a weighted sum: the node and edge cotangents in one pass)
+//   jgrad_csr_max/min:  out[r, h, :] = max/min over live k of w[edge_ids[k], h] * u[cols[k], h, :], with
+//                       the lowest edge id attaining it (arg) and how many slots do (count; CsrExtremum)
+//   jgrad_csr_routed:   the backward of max/min at ties, "split" rule, on the reversed graph (CsrRouted)
 //
 // Every head is done in the same walk over the CSR: each gathered row is read once for all heads.
 //
@@ -32,6 +35,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -270,6 +274,107 @@ void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* col
   });
 }
 
+// The extremum (max when kMax, else min) over each row's live slots: out[r, h, j] = extremum_k of
+// w[edge_ids[k], h] * u[cols[k], h, j] (w = 1 without weights), arg[r, h, j] = the lowest edge id
+// attaining it and count[r, h, j] = how many live slots attain it. Slots whose edge has live[edge] == 0
+// are skipped; an entry with no live slot gets out 0, arg -1 and count 0. NaN wins (as in XLA's max and
+// min) and gets arg -1 and count 0, since no message compares equal to it. The inner loop has no branches.
+template <bool kMax, typename T>
+void CsrExtremum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
+                 const T* u, const T* w, const bool* live, int64_t n_rows, int64_t m, int64_t heads, T* out,
+                 int32_t* arg, int32_t* count) {
+  constexpr T kStart = kMax ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity();
+  constexpr int32_t kNoEdge = std::numeric_limits<int32_t>::max();
+  WithHeadWidth(m / heads, [&](auto f) {
+    ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+      for (int64_t r = first; r < last; ++r) {
+        T* __restrict__ best = out + r * m;
+        int32_t* __restrict__ at = arg + r * m;
+        int32_t* __restrict__ hits = count + r * m;
+        std::fill(best, best + m, kStart);
+        std::fill(at, at + m, kNoEdge);
+        std::fill(hits, hits + m, int32_t{0});
+        const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
+        for (int64_t k = begin; k < end; ++k) {
+          if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+          const int32_t edge = edge_ids[k];
+          if (live != nullptr && !live[edge]) continue;
+          const T* __restrict__ row = u + static_cast<int64_t>(cols[k]) * m;
+          for (int64_t h = 0; h < heads; ++h) {
+            const T scale = w != nullptr ? w[static_cast<int64_t>(edge) * heads + h] : T(1);
+            T* __restrict__ b = best + h * f;
+            int32_t* __restrict__ a = at + h * f;
+            int32_t* __restrict__ c = hits + h * f;
+            const T* __restrict__ x = row + h * f;
+            for (int64_t j = 0; j < f; ++j) {
+              const T message = scale * x[j];  // times 1 without weights: exact
+              const T current = b[j];
+              const bool wins = (kMax ? message > current : message < current) || message != message;
+              const bool equal = message == current;
+              b[j] = wins ? message : current;
+              a[j] = wins ? edge : (equal && edge < a[j] ? edge : a[j]);
+              c[j] = wins ? 1 : c[j] + static_cast<int32_t>(equal);
+            }
+          }
+        }
+        for (int64_t j = 0; j < m; ++j) {
+          if (hits[j] == 0) {
+            best[j] = T(0);
+            at[j] = -1;
+          } else if (best[j] != best[j]) {
+            at[j] = -1;
+            hits[j] = 0;
+          }
+        }
+      }
+    });
+  });
+}
+
+// The backward of max/min with the "split" tie rule, walked over the reversed graph (rows = senders u):
+// every live edge e = (u -> r) whose message w[e, h] * u[u, h, j] equals top[r, h, j] gets the share
+// share[r, h, j] (the output cotangent over the tie count):
+//   du[u, h, j] = sum over such edges of w[e, h] * share[r, h, j]
+//   dw[e, h]    = sum over j of u[u, h, j] * share[r, h, j] where the message ties   (only if dw is given)
+template <typename T>
+void CsrRouted(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
+               const T* u, const T* w, const bool* live, const T* top, const T* share, int64_t n_rows, int64_t m,
+               int64_t heads, int64_t n_edges, T* du, T* dw) {
+  if (dw != nullptr) std::fill(dw, dw + n_edges * heads, T(0));
+  WithHeadWidth(m / heads, [&](auto f) {
+    ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+      for (int64_t s = first; s < last; ++s) {
+        T* __restrict__ acc = du + s * m;
+        const T* __restrict__ own = u + s * m;
+        std::fill(acc, acc + m, T(0));
+        const int64_t begin = row_ptr[s], end = row_ptr[s + 1];
+        for (int64_t k = begin; k < end; ++k) {
+          if (k + kPrefetchDistance < end) {
+            const int64_t ahead = static_cast<int64_t>(cols[k + kPrefetchDistance]) * m;
+            PrefetchRow(top + ahead, m);
+            PrefetchRow(share + ahead, m);
+          }
+          const int64_t edge = edge_ids[k];
+          if (live != nullptr && !live[edge]) continue;
+          const T* __restrict__ t = top + static_cast<int64_t>(cols[k]) * m;
+          const T* __restrict__ g = share + static_cast<int64_t>(cols[k]) * m;
+          for (int64_t h = 0; h < heads; ++h) {
+            const T scale = w != nullptr ? w[edge * heads + h] : T(1);
+            T dot = 0;
+            for (int64_t j = 0; j < f; ++j) {
+              const int64_t i = h * f + j;
+              const T routed = scale * own[i] == t[i] ? g[i] : T(0);
+              acc[i] += scale * routed;
+              dot += own[i] * routed;
+            }
+            if (dw != nullptr) dw[edge * heads + h] = dot;
+          }
+        }
+      }
+    });
+  });
+}
+
 int64_t Rows(const ffi::AnyBuffer& buffer) { return buffer.dimensions().size() ? buffer.dimensions()[0] : 1; }
 
 int64_t RowWidth(const ffi::AnyBuffer& buffer) {
@@ -389,6 +494,76 @@ ffi::Error CsrSumDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyB
   });
 }
 
+template <bool kMax>
+ffi::Error CsrExtremumImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
+                           ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::AnyBuffer live, ffi::Result<ffi::AnyBuffer> out,
+                           ffi::Result<ffi::AnyBuffer> arg, ffi::Result<ffi::AnyBuffer> count) {
+  const char* kernel = kMax ? "jgrad_csr_max" : "jgrad_csr_min";
+  const int64_t n_rows = Rows(*out), m = RowWidth(*out);
+  const bool weighted = w.element_count() > 0, masked = live.element_count() > 0;
+  CsrIndices csr;
+  if (auto error = ReadIndices(kernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
+  if (RowWidth(u) != m) return Invalid(kernel, "u and out must have the same row width");
+  for (const auto* index : {&*arg, &*count}) {
+    if (index->element_type() != ffi::DataType::S32 || index->element_count() != out->element_count()) {
+      return Invalid(kernel, "arg and count must be int32 of out's shape");
+    }
+  }
+  if (masked && live.element_type() != ffi::DataType::PRED) return Invalid(kernel, "live must be bool");
+  int64_t heads = 1;
+  if (weighted) {
+    if (auto error = ReadHeads(kernel, w, m, heads); error.failure()) return error;
+  }
+  std::vector<ffi::DataType> types = {u.element_type(), out->element_type()};
+  if (weighted) types.push_back(w.element_type());
+  return ForFloatType(kernel, types, [&](auto zero) {
+    using T = decltype(zero);
+    CsrExtremum<kMax>(pool, csr.row_ptr, csr.cols, csr.edge_ids, u.typed_data<T>(),
+                      weighted ? w.typed_data<T>() : nullptr, masked ? live.typed_data<bool>() : nullptr, n_rows,
+                      m, heads, out->typed_data<T>(), arg->typed_data<int32_t>(), count->typed_data<int32_t>());
+  });
+}
+
+ffi::Error CsrMaxImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
+                      ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::AnyBuffer live, ffi::Result<ffi::AnyBuffer> out,
+                      ffi::Result<ffi::AnyBuffer> arg, ffi::Result<ffi::AnyBuffer> count) {
+  return CsrExtremumImpl<true>(pool, row_ptr, cols, edge_ids, u, w, live, out, arg, count);
+}
+
+ffi::Error CsrMinImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
+                      ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::AnyBuffer live, ffi::Result<ffi::AnyBuffer> out,
+                      ffi::Result<ffi::AnyBuffer> arg, ffi::Result<ffi::AnyBuffer> count) {
+  return CsrExtremumImpl<false>(pool, row_ptr, cols, edge_ids, u, w, live, out, arg, count);
+}
+
+ffi::Error CsrRoutedImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
+                         ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::AnyBuffer live, ffi::AnyBuffer top,
+                         ffi::AnyBuffer share, ffi::Result<ffi::AnyBuffer> du, ffi::Result<ffi::AnyBuffer> dw) {
+  constexpr const char* kKernel = "jgrad_csr_routed";
+  const int64_t n_rows = Rows(*du), m = RowWidth(*du);
+  const bool weighted = w.element_count() > 0, masked = live.element_count() > 0;
+  CsrIndices csr;
+  if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
+  if (RowWidth(u) != m || RowWidth(top) != m || RowWidth(share) != m || Rows(u) != n_rows) {
+    return Invalid(kKernel, "u, top, share and du must have the same row width, and u one row per output row");
+  }
+  if (masked && live.element_type() != ffi::DataType::PRED) return Invalid(kKernel, "live must be bool");
+  int64_t heads = 1;
+  if (weighted) {
+    if (auto error = ReadHeads(kKernel, w, m, heads); error.failure()) return error;
+    if (dw->element_count() != w.element_count()) return Invalid(kKernel, "dw must have w's shape");
+  }
+  std::vector<ffi::DataType> types = {u.element_type(), top.element_type(), share.element_type(),
+                                      du->element_type()};
+  if (weighted) types.insert(types.end(), {w.element_type(), dw->element_type()});
+  return ForFloatType(kKernel, types, [&](auto zero) {
+    using T = decltype(zero);
+    CsrRouted(pool, csr.row_ptr, csr.cols, csr.edge_ids, u.typed_data<T>(), weighted ? w.typed_data<T>() : nullptr,
+              masked ? live.typed_data<bool>() : nullptr, top.typed_data<T>(), share.typed_data<T>(), n_rows, m,
+              heads, weighted ? Rows(w) : 0, du->typed_data<T>(), weighted ? dw->typed_data<T>() : nullptr);
+  });
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSum, CsrSumImpl,
@@ -422,3 +597,33 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSumDot, CsrSumDotImpl,
                                   .Arg<ffi::AnyBuffer>()  // w (E,) or (E, H)
                                   .Ret<ffi::AnyBuffer>()  // out (R, M)
                                   .Ret<ffi::AnyBuffer>());  // dots (E,) or (E, H)
+
+#define JGRAD_EXTREMUM_BINDING                                                \
+  ffi::Ffi::Bind()                                                            \
+      .Ctx<ffi::ThreadPool>()                                                 \
+      .Arg<ffi::AnyBuffer>()  /* row_ptr (R + 1,) */                          \
+      .Arg<ffi::AnyBuffer>()  /* cols (S,) */                                 \
+      .Arg<ffi::AnyBuffer>()  /* edge_ids (S,) */                             \
+      .Arg<ffi::AnyBuffer>()  /* u (N, M), M = H * F */                       \
+      .Arg<ffi::AnyBuffer>()  /* w (E,), (E, H) or (0,) */                    \
+      .Arg<ffi::AnyBuffer>()  /* live (E,) bool or (0,) */                    \
+      .Ret<ffi::AnyBuffer>()  /* out (R, M) */                                \
+      .Ret<ffi::AnyBuffer>()  /* arg (R, M) int32 */                          \
+      .Ret<ffi::AnyBuffer>()  /* count (R, M) int32 */
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrMax, CsrMaxImpl, JGRAD_EXTREMUM_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrMin, CsrMinImpl, JGRAD_EXTREMUM_BINDING);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrRouted, CsrRoutedImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (R + 1,), the reversed graph
+                                  .Arg<ffi::AnyBuffer>()  // cols (S,)
+                                  .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
+                                  .Arg<ffi::AnyBuffer>()  // u (R, M), one row per output row; M = H * F
+                                  .Arg<ffi::AnyBuffer>()  // w (E,), (E, H) or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // live (E,) bool or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // top (N, M), the forward's extremum
+                                  .Arg<ffi::AnyBuffer>()  // share (N, M), cotangent / tie count
+                                  .Ret<ffi::AnyBuffer>()  // du (R, M)
+                                  .Ret<ffi::AnyBuffer>());  // dw like w, or (0,)
