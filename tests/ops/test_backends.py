@@ -68,14 +68,16 @@ def _operands(graph, seed=0):
 
 
 # The cases each backend runs itself: copy_u / u_mul_e with sum, mean, max and min (u_mul_e with scalar
-# and per-head edge data; mean adds one division to the sum, the same for either), copy_e / sum (the edge
-# sum, scalar and per head), dot of (N, H, F) and of (N, M) rows, add of (N, H) operands; and one of each
-# kind it hands to the plain path (other message ops, add of (N, H, F)). Edge data: None, "scalar" (E,)
-# or "head" (E, H, 1). Random operands: no ties (see the tie test below).
+# and per-head edge data; mean adds one division to the sum, the same for either), u_div_e, u_add_e,
+# u_sub_e and copy_e with sum and mean (the edge sum, scalar and per head), dot of (N, H, F) and of (N, M)
+# rows, add / sub / mul of (N, H) node operands and of node and edge operands; and one of each kind it
+# hands to the plain path (max of u_add_e, add of (N, H, F)). Edge data: None, "scalar" (E,) or "head"
+# (E, H, 1). Random operands: no ties (see the tie test below).
 SPMM_CASES = (("copy_u", "sum", None), ("copy_u", "mean", None), ("u_mul_e", "sum", "scalar"),
               ("u_mul_e", "sum", "head"), ("u_mul_e", "mean", "head"), ("copy_e", "sum", "scalar"),
-              ("copy_e", "sum", "head"), ("u_mul_e", "max", "scalar"), ("u_mul_e", "min", "head"),
-              ("copy_u", "min", None), ("u_add_e", "mean", "head"))
+              ("copy_e", "mean", "head"), ("u_mul_e", "max", "scalar"), ("u_mul_e", "min", "head"),
+              ("copy_u", "min", None), ("u_div_e", "mean", "scalar"), ("u_add_e", "mean", "head"),
+              ("u_sub_e", "sum", "scalar"), ("u_add_e", "max", "head"))
 
 
 def _every_op(graph, u, v, e_scalar, e_head):
@@ -87,9 +89,25 @@ def _every_op(graph, u, v, e_scalar, e_head):
     # Each target order once: (u, v) reads lhs at the senders, (v, u) at the receivers.
     flat = u.reshape(graph.n_nodes, -1), v.reshape(graph.n_nodes, -1)
     for op, (lhs, rhs), targets in (("dot", (u, v), ("u", "v")), ("dot", flat, ("v", "u")),
-                                    ("add", (u, v), ("u", "v")), ("add", (u[..., 0], v[..., 0]), ("v", "u"))):
+                                    ("add", (u, v), ("u", "v")), ("add", (u[..., 0], v[..., 0]), ("v", "u")),
+                                    ("mul", (u[..., 0], v[..., 0]), ("u", "v")),
+                                    ("sub", (e_head[..., 0], u[..., 0]), ("e", "v"))):
         total = total + jnp.sum(jnp.sin(gsddmm(graph, op, lhs, rhs, *targets)))
     return total + jnp.sum(edge_softmax(graph, e_head[..., 0]) * e_head[..., 0])
+
+
+def test_the_cases_above_run_on_every_backend_but_the_plain_ones():
+    u, v, e_scalar, e_head = _operands(TINY)
+    kernels = jgrad.ops._kernels
+    for backend in ("native", "bucket", "pallas"):
+        plan = _plan.make_plan(np.asarray(TINY.senders), np.asarray(TINY.receivers), TINY.n_nodes, backend)
+        for op, reduce, edge in SPMM_CASES:
+            e = {None: None, "scalar": e_scalar, "head": e_head}[edge]
+            covered = kernels.covers_gspmm(plan, op, reduce, u, e)
+            assert covered == ((op, reduce) != ("u_add_e", "max")), (backend, op, reduce, edge)
+    pairs = {"dot": (u, v, "u", "v"), "mul": (u[..., 0], v[..., 0], "u", "v"), "sub": (e_head[..., 0], u[..., 0], "e", "v"),
+             "add": (u, v, "u", "v")}
+    assert [kernels.covers_gsddmm(op, *pairs[op]) for op in pairs] == [True, True, True, False]
 
 
 def _every_op_step():
@@ -116,7 +134,8 @@ def test_planned_ops_pass_the_numerical_check_to_second_order(x64, backend):
 
     def f(x, y, e, e_head):
         return (spmm(graph, x, e), gspmm(graph, "copy_u", "mean", x), gsddmm(graph, "dot", x, y),
-                gspmm(graph, "u_mul_e", "sum", u * x[:, None], e_head), gspmm(graph, "u_mul_e", "max", x, e))
+                gspmm(graph, "u_mul_e", "sum", u * x[:, None], e_head), gspmm(graph, "u_mul_e", "max", x, e),
+                gspmm(graph, "u_div_e", "mean", x * y, e), gsddmm(graph, "mul", x * y, e * e, "u", "e"))
 
     check_grads(jax.jit(f), (x, y, e, e_head), order=2, modes=("rev",), eps=1e-6)  # jitted: a few programs
 

@@ -63,10 +63,10 @@ def gsddmm(
       On a graph with a plan (``graph.plan``), ``"dot"`` of two node arrays of one shape, (N, F) or
       (N, H, F), one at ``"u"`` and one at ``"v"``, runs on the plan's backend (on CPU the native
       kernel: one pass over the edges in CSR order, no (E, F) intermediate). ``"add"``, ``"sub"``,
-      ``"copy_lhs"`` and ``"copy_rhs"`` of node arrays (N,), (N, H) or (N, H, 1) of one shape (GAT's
-      attention scores) gather as usual, and their backward sums the edge cotangent at the senders and
-      receivers on the plan (native CSR sums on CPU; one pass per head on the bucket backend) instead of
-      two scatter-adds. Values and gradients equal the plain path's up to float rounding. Other cases
+      ``"mul"``, ``"copy_lhs"`` and ``"copy_rhs"`` of operands (R,), (R, H) or (R, H, 1) of one trailing
+      shape (GAT's attention scores), each a node array or edge data, gather as usual, and their
+      backward sums the edge cotangent at the senders and receivers on the plan (native CSR sums on
+      CPU; one pass per head on the bucket backend) instead of scatter-adds. Values and gradients equal the plain path's up to float rounding. Other cases
       and forward mode run the plain path.
       Differentiable w.r.t. lhs and rhs in reverse mode (custom VJP; cotangents of node operands are
       g-SpMMs, residuals are the inputs) to any order, and in forward mode. jit- and vmap-safe.

@@ -76,15 +76,15 @@ def gspmm(
 
     Notes:
       Execution: on a graph with a plan (``graph.plan``, see `jgrad.ops.use_backend`), ``copy_u`` and
-      ``u_mul_e`` with one scalar per edge or per head ((E,), (E, 1), (E, H), (E, H, 1)) under
-      ``sum`` or ``mean`` run on the plan's backend (native CSR kernels on CPU, bucketed gather tables
-      elsewhere): no scatter-add and no (E, F) message tensor, in the backward too; so does
-      ``copy_e`` with ``sum`` for (E,), (E, H) or (E, H, 1) edge data (the backend's edge sum). The same
-      ``copy_u``/``u_mul_e`` cases under ``max``/``min`` find the arg-extremum with one kernel and route
-      the cotangent to it with (N, ...) gathers and scatters (with ``tie="split"``, a program whose
-      messages tie takes the plain path at run time; see ``jgrad.ops._extremum``). Values and
-      gradients equal the plain path's up to float rounding; every other case, and forward mode,
-      runs the plain path (gather, message, segment reduction).
+      ``u_mul_e``/``u_div_e`` with one scalar per edge or per head ((E,), (E, 1), (E, H), (E, H, 1))
+      under ``sum`` or ``mean`` run on the plan's backend (native CSR kernels on CPU, bucketed gather
+      tables elsewhere): no scatter-add and no (E, F) message tensor, in the backward too; so do
+      ``copy_e``, ``u_add_e`` and ``u_sub_e`` with ``sum`` or ``mean`` for (E,), (E, H) or (E, H, 1)
+      edge data (the backend's edge sum). ``copy_u`` and ``u_mul_e`` under ``max``/``min`` find the
+      arg-extremum with one kernel and route the cotangent to it with (N, ...) gathers and scatters
+      (``tie="split"`` at ties: one more kernel on the reversed graph; see ``jgrad.ops._extremum``).
+      Values and gradients equal the plain path's up to float rounding; every other case, and forward
+      mode, runs the plain path (gather, message, segment reduction).
 
       Differentiable w.r.t. u and e in reverse mode (custom VJP: node cotangent by g-SpMM on the
       reversed graph, edge cotangent by g-SDDMM; residuals O(N·F + E)) to any order, and in forward

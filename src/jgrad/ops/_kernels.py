@@ -474,18 +474,23 @@ def as_rows(x: jax.Array) -> jax.Array:
 
 
 def covers_gspmm(plan: Plan, op: str, reduce: str, u, e) -> bool:
-    """Whether ``plan`` runs this gspmm: ``copy_u`` or ``u_mul_e`` with ``sum``/``mean`` (and with
-    ``max``/``min`` on backends with an ``extremum`` kernel), e of one scalar per edge ((E,), (E, 1),
-    ...) or one per head ((E, H) or (E, H, 1) against u of shape (N, H, F)); and ``copy_e`` with
-    ``sum`` for e of shape (E,), (E, H) or (E, H, 1) (`layout_edge_sum`)."""
-    if op == "copy_e":
-        return reduce == "sum" and edge_width(e) is not None
-    extremum = reduce in ("max", "min") and KERNELS[plan.backend].extremum is not None
-    if op not in ("copy_u", "u_mul_e") or not (reduce in ("sum", "mean") or extremum):
-        return False
+    """Whether ``plan`` runs this gspmm.
+
+    * ``copy_u``, and ``u_mul_e`` with e of one scalar per edge ((E,), (E, 1), ...) or one per head
+      ((E, H) or (E, H, 1) against u of shape (N, H, F)): every reducer (``max``/``min`` on backends
+      with an ``extremum`` kernel, all built-in ones).
+    * ``u_div_e`` with such e: ``sum`` and ``mean`` (``u_mul_e`` with 1 / e).
+    * ``u_add_e``, ``u_sub_e`` and ``copy_e`` with e of shape (E,), (E, H) or (E, H, 1) (`edge_width`):
+      ``sum`` and ``mean`` (a sum of u plus the edge sum of e, `layout_edge_sum`).
+    """
+    if reduce in ("max", "min"):
+        if KERNELS[plan.backend].extremum is None or op not in ("copy_u", "u_mul_e"):
+            return False
     if op == "copy_u":
         return True
-    return _head_count(u, e) is not None
+    if op in ("u_mul_e", "u_div_e"):
+        return _head_count(u, e) is not None
+    return op in ("copy_e", "u_add_e", "u_sub_e") and edge_width(e) is not None
 
 
 def _head_count(u, e) -> int | None:
@@ -502,7 +507,8 @@ def plan_gspmm(plan: Plan, op: str, reduce: str, tie: str, u: jax.Array, e: jax.
                mask: jax.Array | None, senders: jax.Array, receivers: jax.Array) -> jax.Array:
     """gspmm on the plan for the cases of `covers_gspmm`.
 
-    ``copy_e``/``sum`` is `layout_edge_sum` of the masked edge data (backward: a gather at the receivers).
+    ``copy_e`` is `layout_edge_sum` of the masked edge data (backward: a gather at the receivers);
+    ``u_add_e``/``u_sub_e`` add it to (subtract it from) the sum of u; ``u_div_e`` is ``u_mul_e`` by 1 / e.
     ``max``/``min`` run the backend's arg-extremum kernel (`jgrad.ops._extremum.plan_extremum`).
 
     A per-head weight ((E, H) or (E, H, 1) against (N, H, F) u) runs as one per-head `layout_sum`: on
@@ -510,9 +516,16 @@ def plan_gspmm(plan: Plan, op: str, reduce: str, tie: str, u: jax.Array, e: jax.
     without multi-head kernels one pass per head (`_per_head`). The plan covers every edge: padding
     edges (``mask`` False) get weight 0 here.
     """
-    if op == "copy_e":  # per-receiver sums of the edge data: (N,) + e.shape[1:]
-        out = layout_edge_sum(plan, receivers, _masked(as_rows(e), mask))
-        return out.reshape((plan.n_nodes,) + e.shape[1:])
+    if op in ("copy_e", "u_add_e", "u_sub_e"):  # per-receiver sums of the edge data: (N,) + e.shape[1:]
+        edges = layout_edge_sum(plan, receivers, _masked(as_rows(e), mask)).reshape((plan.n_nodes,) + e.shape[1:])
+        if op == "copy_e":
+            return _mean(plan, edges, reduce, mask, receivers)
+        nodes = plan_gspmm(plan, "copy_u", "sum", tie, u, None, mask, senders, receivers)
+        edges = edges.reshape(edges.shape + (1,) * (u.ndim - edges.ndim))  # broadcast left-aligned
+        return _mean(plan, nodes + edges if op == "u_add_e" else nodes - edges, reduce, mask, receivers)
+    if op == "u_div_e":  # u * (1 / e); padding edges divide by 1 (their weight is masked to 0 below)
+        e = 1 / (e if mask is None else jnp.where(mask.reshape(mask.shape + (1,) * (e.ndim - 1)), e, 1))
+        op = "u_mul_e"
     if reduce in ("max", "min"):
         heads = 1 if e is None else _head_count(u, e)  # u and e share a dtype here (gspmm casts them)
         return _extremum.plan_extremum(KERNELS[plan.backend], plan, op, reduce, tie, u, e, heads, mask, senders)
@@ -552,27 +565,28 @@ def _mean(plan: Plan, out: jax.Array, reduce: str, mask: jax.Array | None, recei
 
 def covers_gsddmm(op: str, lhs, rhs, lhs_target: str, rhs_target: str) -> bool:
     """Whether a plan runs this gsddmm: ``"dot"`` of two node arrays of one shape (N, F) or (N, H, F),
-    one at the sender and one at the receiver; or ``"add"``, ``"sub"``, ``"copy_lhs"``, ``"copy_rhs"`` of
-    node arrays (targets ``"u"``/``"v"``) of shape (N,), (N, H) or (N, H, 1), both of one shape."""
+    one at the sender and one at the receiver; or ``"add"``, ``"sub"``, ``"mul"``, ``"copy_lhs"``,
+    ``"copy_rhs"`` of operands of shape (R,), (R, H) or (R, H, 1), one trailing shape for both, each a
+    node array (targets ``"u"``/``"v"``, R = N) or edge data (``"e"``, R = E)."""
     if op == "dot":
         return ({lhs_target, rhs_target} == {"u", "v"} and lhs is not None and rhs is not None
                 and lhs.shape == rhs.shape and lhs.ndim in (2, 3))
-    used = {"add": ((lhs, lhs_target), (rhs, rhs_target)), "sub": ((lhs, lhs_target), (rhs, rhs_target)),
-            "copy_lhs": ((lhs, lhs_target),), "copy_rhs": ((rhs, rhs_target),)}.get(op)
-    if used is None or any(value is None or target not in ("u", "v") or edge_width(value) is None
-                           for value, target in used):
+    pair = ((lhs, lhs_target), (rhs, rhs_target))
+    used = {"add": pair, "sub": pair, "mul": pair, "copy_lhs": pair[:1], "copy_rhs": pair[1:]}.get(op)
+    if used is None or any(value is None or edge_width(value) is None for value, _ in used):
         return False
-    return len({value.shape for value, _ in used}) == 1
+    return len({value.shape[1:] for value, _ in used}) == 1
 
 
 def plan_gsddmm(plan: Plan, op: str, lhs: jax.Array | None, rhs: jax.Array | None, lhs_target: str,
                 rhs_target: str, mask: jax.Array | None, senders: jax.Array, receivers: jax.Array) -> jax.Array:
     """gsddmm on the plan for the cases of `covers_gsddmm`; 0 at padding edges.
 
-    ``"dot"`` returns (E, 1) or (E, H, 1), all heads in one `layout_edge_dot`. ``"add"``, ``"sub"`` and
-    the copies read the operands at the edges with `layout_gather` (an XLA gather), so their backward
-    (node cotangent = the sum of the edge cotangent at each sender or receiver) is `layout_edge_sum` on
-    the plan, not a scatter-add; they return (E,) + the operands' trailing shape.
+    ``"dot"`` returns (E, 1) or (E, H, 1), all heads in one `layout_edge_dot`. ``"add"``, ``"sub"``,
+    ``"mul"`` and the copies read node operands at the edges with `layout_gather` (an XLA gather), so
+    their backward (node cotangent = the sum of the edge cotangent, times the other operand for
+    ``"mul"``, at each sender or receiver) is `layout_edge_sum` on the plan, not a scatter-add; edge
+    operands are used as they are. They return (E,) + the operands' trailing shape.
     """
     if op == "dot":
         u, v = (lhs, rhs) if lhs_target == "u" else (rhs, lhs)
@@ -583,6 +597,8 @@ def plan_gsddmm(plan: Plan, op: str, lhs: jax.Array | None, rhs: jax.Array | Non
         return _masked(layout_edge_dot(plan, u, v)[:, None], mask)
 
     def at(x, target):  # x (N,) + trailing read at every edge's sender or receiver: (E,) + trailing
+        if target == "e":
+            return x
         side, rows = (plan, receivers) if target == "v" else (plan.transpose(), senders)
         return layout_gather(side, rows, as_rows(x)).reshape((rows.shape[0],) + x.shape[1:])
 
@@ -593,5 +609,5 @@ def plan_gsddmm(plan: Plan, op: str, lhs: jax.Array | None, rhs: jax.Array | Non
     else:
         dtype = jnp.result_type(lhs, rhs)
         a, b = at(lhs.astype(dtype), lhs_target), at(rhs.astype(dtype), rhs_target)
-        out = a + b if op == "add" else a - b
+        out = a + b if op == "add" else a - b if op == "sub" else a * b
     return _masked(out, mask)
