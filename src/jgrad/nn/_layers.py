@@ -197,7 +197,8 @@ class GATConv(nnx.Module):
       >>> from flax import nnx
       >>> layer = jgrad.nn.GATConv(3, 4, heads=2, dropout=0.5, rngs=nnx.Rngs(0))
       >>> g = jgrad.Graph.from_edges([0, 1], [1, 0], n_nodes=2)
-      >>> layer(g, jnp.ones((2, 3)), key=jax.random.key(1)).shape
+      >>> forward = jax.jit(lambda layer, g, x, key: layer(g, x, key=key))  # layers are pytrees
+      >>> forward(layer, g, jnp.ones((2, 3)), jax.random.key(1)).shape
       (2, 8)
     """
 

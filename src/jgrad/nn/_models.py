@@ -26,7 +26,10 @@ arrays for the pure-dict parameters of `jgrad.train.split_model`. (A mask precom
     >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     >>> g = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
     >>> loss = lambda model: jnp.mean(model(g, jnp.ones((3, 4))) ** 2)
-    >>> _ = optimizer.update(model, nnx.grad(loss)(model))
+    >>> @nnx.jit
+    ... def train_step(model, optimizer):
+    ...     optimizer.update(model, nnx.grad(loss)(model))
+    >>> train_step(model, optimizer)
 
 The same ``tx`` with optax on the pure-dict parameters (what `jgrad.train` trains), where the mask
 selects layer 0's bias and kernel:
@@ -35,10 +38,12 @@ selects layer 0's bias and kernel:
     >>> model_def, params = split_model(model)
     >>> jax.tree.leaves(first_layer(params))  # layers/0/bias, layers/0/kernel, layers/1/...
     [True, True, False, False]
-    >>> opt_state = tx.init(params)
-    >>> grads = jax.grad(lambda p: loss(model_def.merge(p)))(params)
-    >>> updates, opt_state = tx.update(grads, opt_state, params)
-    >>> params = optax.apply_updates(params, updates)
+    >>> @jax.jit
+    ... def step(params, opt_state):
+    ...     grads = jax.grad(lambda p: loss(model_def.merge(p)))(params)
+    ...     updates, opt_state = tx.update(grads, opt_state, params)
+    ...     return optax.apply_updates(params, updates), opt_state
+    >>> params, opt_state = step(params, tx.init(params))
 
 `jgrad.train.make_optimizer` (``decay="first_layer"`` decays layer 0's kernel, not its bias) works
 in both settings too.
@@ -108,7 +113,8 @@ class GCN(nnx.Module):
       >>> from flax import nnx
       >>> model = jgrad.nn.GCN(4, 8, 3, rngs=nnx.Rngs(0))
       >>> g = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
-      >>> model(g, jnp.ones((3, 4)), key=jax.random.key(0)).shape
+      >>> train_forward = jax.jit(lambda model, g, x, key: model(g, x, key=key))  # dropout on: a key
+      >>> train_forward(model, g, jnp.ones((3, 4)), jax.random.key(0)).shape
       (3, 3)
     """
 
@@ -144,11 +150,12 @@ class GAT(nnx.Module):
     Parameter paths: ``("layers", i, name)`` for name in ``kernel``, ``att_src``, ``att_dst``, ``bias``.
 
     Example:
-      >>> import jax.numpy as jnp, jgrad
+      >>> import jax, jax.numpy as jnp, jgrad
       >>> from flax import nnx
       >>> model = jgrad.nn.GAT(4, 8, 3, heads=2, rngs=nnx.Rngs(0))
       >>> g = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
-      >>> model(g, jnp.ones((3, 4))).shape
+      >>> forward = jax.jit(lambda model, g, x: model(g, x))  # models are pytrees: jit takes them as arguments
+      >>> forward(model, g, jnp.ones((3, 4))).shape
       (3, 3)
     """
 
@@ -183,11 +190,11 @@ class GraphSAGE(nnx.Module):
     Parameter paths: ``("layers", i, name)`` for name in ``neighbour_kernel``, ``root_kernel``, ``bias``.
 
     Example:
-      >>> import jax.numpy as jnp, jgrad
+      >>> import jax, jax.numpy as jnp, jgrad
       >>> from flax import nnx
       >>> model = jgrad.nn.GraphSAGE(4, 8, 3, aggregator="max", rngs=nnx.Rngs(0))
       >>> g = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
-      >>> model(g, jnp.ones((3, 4))).shape
+      >>> jax.jit(lambda model, g, x: model(g, x))(model, g, jnp.ones((3, 4))).shape
       (3, 3)
     """
 
@@ -233,11 +240,11 @@ class GIN(nnx.Module):
     ``("head", "kernel" | "bias")``.
 
     Example:
-      >>> import jax.numpy as jnp, jgrad
+      >>> import jax, jax.numpy as jnp, jgrad
       >>> from flax import nnx
       >>> g = jgrad.Graph.from_edges([0], [1], n_nodes=2)
       >>> model = jgrad.nn.GIN(3, 8, 2, n_layers=2, readout="sum", rngs=nnx.Rngs(0))
-      >>> model(jgrad.batch([g, g, g]), jnp.ones((6, 3))).shape
+      >>> jax.jit(lambda model, g, x: model(g, x))(model, jgrad.batch([g, g, g]), jnp.ones((6, 3))).shape
       (3, 2)
     """
 
