@@ -85,11 +85,12 @@ def sharded_gspmm(
       ``mesh``, ``op``, ``reduce`` and ``tie`` are static. Forward mode is not supported for max/min.
 
     Example:
-      >>> import jax.numpy as jnp, jgrad
+      >>> import jax, jax.numpy as jnp, jgrad
       >>> from jgrad.parallel import make_mesh, partition_edges, sharded_gspmm
       >>> mesh = make_mesh(1)
       >>> g = jgrad.Graph.from_edges([0, 1], [2, 2], n_nodes=3)
-      >>> sharded_gspmm(mesh, partition_edges(g, 1), "copy_u", "max", jnp.array([[1.0], [2.0], [5.0]])).tolist()
+      >>> gspmm = jax.jit(sharded_gspmm, static_argnums=(0, 2, 3))  # mesh, op and reducer are static
+      >>> gspmm(mesh, partition_edges(g, 1), "copy_u", "max", jnp.array([[1.0], [2.0], [5.0]])).tolist()
       [[0.0], [0.0], [2.0]]
     """
     where = "sharded_gspmm"
@@ -137,10 +138,11 @@ def sharded_spmm(mesh: Mesh, graph: ShardedGraph, x: ArrayLike, edge_weight: Arr
       weights, to any order.
 
     Example:
-      >>> import jax.numpy as jnp, jgrad
+      >>> import jax, jax.numpy as jnp, jgrad
       >>> from jgrad.parallel import make_mesh, partition_edges, sharded_spmm
       >>> g = jgrad.Graph.from_edges([0, 1], [1, 0], n_nodes=2, edge_weight=[2.0, 3.0])
-      >>> sharded_spmm(make_mesh(1), partition_edges(g, 1), jnp.array([[1.0], [1.0]])).tolist()
+      >>> spmm = jax.jit(sharded_spmm, static_argnums=0)  # the mesh is static
+      >>> spmm(make_mesh(1), partition_edges(g, 1), jnp.array([[1.0], [1.0]])).tolist()
       [[3.0], [2.0]]
     """
     weight = graph.edge_weight if edge_weight is None else edge_weight
@@ -173,10 +175,11 @@ def sharded_edge_softmax(mesh: Mesh, graph: ShardedGraph, logits: ArrayLike) -> 
       O(E_shard·H) residuals. Stable for scores of any magnitude.
 
     Example:
-      >>> import jax.numpy as jnp, jgrad
+      >>> import jax, jax.numpy as jnp, jgrad
       >>> from jgrad.parallel import make_mesh, partition_edges, sharded_edge_softmax
       >>> sg = partition_edges(jgrad.Graph.from_edges([0, 1, 2], [2, 2, 0], n_nodes=3), 1)
-      >>> out = sharded_edge_softmax(make_mesh(1), sg, sg.shard_edge_data(jnp.array([0.0, 0.0, 5.0])))
+      >>> softmax = jax.jit(sharded_edge_softmax, static_argnums=0)  # the mesh is static
+      >>> out = softmax(make_mesh(1), sg, sg.shard_edge_data(jnp.array([0.0, 0.0, 5.0])))
       >>> sg.unshard_edge_data(out).tolist()
       [0.5, 0.5, 1.0]
     """
