@@ -41,11 +41,26 @@ def test_graph_and_ops_load_jax_only():
                                            ["jgrad", "data"], ["jgrad", "parallel"], ["jgrad", "bench"])}
 
 
-@pytest.mark.parametrize("name, module", [("edge_grad", "jgrad.gradients"), ("nn", "jgrad.nn"),
-                                          ("train", "jgrad.train"), ("data", "jgrad.data")])
-def test_lazy_names_resolve_on_first_use(name, module):
-    modules = _modules_after(f"import jgrad\njgrad.{name}")
-    assert module in modules
+# In this order no name's subpackage imports the module of a later name, so one process checks them all.
+LAZY_NAMES = [("data", "jgrad.data"), ("edge_grad", "jgrad.gradients"), ("nn", "jgrad.nn"), ("train", "jgrad.train")]
+
+
+@pytest.fixture(scope="module")
+def lazy_loads() -> dict[str, list[bool]]:
+    """In one fresh process, each lazy name accessed in turn: ``{name: [module loaded before, after]}``."""
+    lines = ["import sys, json, jgrad", "loads = {}"]
+    for name, module in LAZY_NAMES:
+        lines.append(f"before = {module!r} in sys.modules")
+        lines.append(f"jgrad.{name}")
+        lines.append(f"loads[{name!r}] = [before, {module!r} in sys.modules]")
+    lines.append("print(json.dumps(loads))")
+    out = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+@pytest.mark.parametrize("name, module", LAZY_NAMES)
+def test_lazy_names_resolve_on_first_use(lazy_loads, name, module):
+    assert lazy_loads[name] == [False, True], f"{module} loaded before jgrad.{name}, after: {lazy_loads[name]}"
 
 
 def test_unknown_attribute_is_a_clear_attribute_error():
