@@ -551,11 +551,11 @@ def gat_conv(
       Veličković et al., Graph Attention Networks, ICLR 2018.
 
     Example:
-      >>> import jax.numpy as jnp, jgrad
+      >>> import jax, jax.numpy as jnp, jgrad
       >>> g = jgrad.Graph.from_edges([0], [1], n_nodes=2)
       >>> params = {"kernel": jnp.ones((1, 1)), "att_src": jnp.zeros((1, 1)),
       ...           "att_dst": jnp.zeros((1, 1))}
-      >>> jgrad.nn.functional.gat_conv(params, g, jnp.array([[2.0], [4.0]])).tolist()
+      >>> jax.jit(jgrad.nn.functional.gat_conv)(params, g, jnp.array([[2.0], [4.0]])).tolist()
       [[2.0], [3.0]]
     """
     where = "gat_conv"
