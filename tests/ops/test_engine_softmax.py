@@ -149,11 +149,12 @@ def test_the_edge_sum_of_each_side_equals_a_segment_sum(backend):
 
 
 def test_scores_of_other_shapes_and_ops_keep_the_plain_path():
-    """Only (N,), (N, H), (N, H, 1) operands of one shape are covered; the rest stays correct."""
+    """Only (N,), (N, H), (N, H, 1) operands of one shape, and no "div", are covered; the rest stays correct."""
     x = jnp.ones((SMALL.n_nodes, 2, 3))
     assert not _kernels.covers_gsddmm("add", x, x, "u", "v")
     assert not _kernels.covers_gsddmm("add", x[:, :, :1], x[:, :1, :1], "u", "v")
-    assert not _kernels.covers_gsddmm("mul", x[:, 0], x[:, 0], "u", "v")
+    assert not _kernels.covers_gsddmm("div", x[:, 0], x[:, 0], "u", "v")
+    assert not _kernels.covers_gsddmm("mul", x[:, 0], x[:, 0, :1], "u", "v")
     assert _kernels.covers_gsddmm("sub", x[:, :, :1], x[:, :, :1], "v", "u")
     graph = with_backend(SMALL, "native")
     out = jax.jit(lambda g, x: gsddmm(g, "add", x, x[:, :1], "u", "v"))(graph, x)
