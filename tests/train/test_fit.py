@@ -227,3 +227,17 @@ def test_a_configs_monitored_penalty_compares_equal_so_fit_can_reuse_its_loop():
     assert first == second and hash(first) == hash(second)
     assert first != _penalty(OptimConfig(weight_decay=0.2))
     np.testing.assert_allclose(first(params), 0.5 * 0.1 * 16.0)  # the first layer's weights only
+
+
+def test_the_score_table_marks_seeds_that_never_stopped_early():
+    """stop_epoch 0 (never stopped) reads "-" and is left out of the mean and std; other columns keep NaN."""
+    from jgrad.train._fit import format_table
+
+    scores = {"best_epoch": np.array([10, 12, 9]), "stop_epoch": np.array([0, 40, 20]),
+              "val_acc": np.array([0.5, np.nan, 0.7])}
+    lines = format_table([0, 1, 2], scores).splitlines()
+    cells = {line.split()[0]: line.split()[1:] for line in lines if not line.startswith("-")}
+    assert [cells[seed][1] for seed in ("0", "1", "2")] == ["-", "40", "20"]
+    assert cells["mean"][1:] == ["30", "nan"] and cells["±"][2] == "10"  # over seeds 1 and 2 only
+    never = format_table([0], {"stop_epoch": np.array([0])}).splitlines()
+    assert [line.split()[-1] for line in never[2:] if not line.startswith("-")] == ["-", "-", "-"]

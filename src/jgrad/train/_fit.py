@@ -80,16 +80,29 @@ class FitResult(NamedTuple):
 
 
 def format_table(seeds: Sequence[int], scores: dict[str, np.ndarray]) -> str:
-    """The per-seed table printed at the end of a run (see `FitResult.table`)."""
+    """The per-seed table printed at the end of a run (see `FitResult.table`).
+
+    "stop ep" reads "-" for a seed that never stopped early (``stop_epoch`` 0), and its mean and std
+    are over the seeds that did."""
     columns = [("best_epoch", "best ep", "{:.0f}"), ("stop_epoch", "stop ep", "{:.0f}"),
                ("train_acc", "train acc", "{:.4f}"), ("val_loss", "val loss", "{:.4f}"),
                ("val_acc", "val acc", "{:.4f}"), ("test_acc", "test acc", "{:.4f}")]
     columns = [c for c in columns if c[0] in scores]
+    stopped = np.asarray(scores.get("stop_epoch", ())) > 0
+
+    def cell(name, fmt, values, reduce=None):  # one seed's value (reduce None) or the seeds' mean or std
+        values = np.asarray(values, float)
+        if name == "stop_epoch":
+            values = values[stopped] if reduce else values
+            if values.size == 0 or (reduce is None and values == 0):
+                return "-"
+        return fmt.format(float(reduce(values) if reduce else values))
+
     header = ["seed"] + [title for _, title, _ in columns]
-    rows = [[str(seed)] + [fmt.format(float(scores[name][i])) for name, _, fmt in columns]
+    rows = [[str(seed)] + [cell(name, fmt, scores[name][i]) for name, _, fmt in columns]
             for i, seed in enumerate(seeds)]
-    mean_row = ["mean"] + [fmt.format(float(np.mean(scores[name]))) for name, _, fmt in columns]
-    std_row = ["± std"] + [fmt.format(float(np.std(scores[name]))) for name, _, fmt in columns]
+    mean_row = ["mean"] + [cell(name, fmt, scores[name], np.mean) for name, _, fmt in columns]
+    std_row = ["± std"] + [cell(name, fmt, scores[name], np.std) for name, _, fmt in columns]
     rows += [mean_row, std_row]
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     line = lambda row: "  ".join(cell.rjust(width) for cell, width in zip(row, widths))
