@@ -9,7 +9,7 @@ import pytest
 
 import jgrad
 from jgrad._src._plan import Csr
-from jgrad.ops import _native, gsddmm, gspmm, spmm, with_backend
+from jgrad.ops import _native, gat_attention, gsddmm, gspmm, spmm, with_backend
 
 pytestmark = [pytest.mark.usefixtures("x64")]
 
@@ -122,7 +122,8 @@ def _exported_text(platform):
     def loss(x, w):
         aggregated = spmm(graph, x, w)
         extrema = jnp.sum(gspmm(graph, "u_mul_e", "max", x, w) ** 2) + jnp.sum(gspmm(graph, "copy_u", "min", x))
-        return jnp.sum(aggregated**2) + jnp.sum(jnp.sin(gsddmm(graph, "dot", x, x))) + extrema
+        attention = jnp.sum(jnp.cos(gat_attention(graph, x[:, :2], x[:, 2:], 0.2)))
+        return jnp.sum(aggregated**2) + jnp.sum(jnp.sin(gsddmm(graph, "dot", x, x))) + extrema + attention
 
     def step(x, w):
         return jax.grad(loss, (0, 1))(x, w)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._workloads import N_CLASSES, Primitives, Problem, layer_functions
+from ._workloads import GAT_NEGATIVE_SLOPE, N_CLASSES, Primitives, Problem, layer_functions
 
 JAX_IMPLS = ("jgrad", "jgrad_xla", "plain_jax", "jraph", "bcoo")
 IMPLS = JAX_IMPLS + ("pyg",)
@@ -93,7 +93,8 @@ def _jax_primitives(impl: str, n: int, arrays: dict) -> Primitives:
             mean=lambda h: jgrad.ops.gspmm(graph, "copy_u", "mean", h),
             softmax=lambda logits: jgrad.ops.edge_softmax(graph, logits),
             edge_dot=lambda a, b: jgrad.ops.gsddmm(graph, "dot", a, b, "u", "v")[:, 0],
-            at_senders=at_s, at_receivers=at_r)
+            at_senders=at_s, at_receivers=at_r,
+            attention=lambda src, dst: jgrad.ops.gat_attention(graph, src, dst, GAT_NEGATIVE_SLOPE))
     if impl == "plain_jax":
         return Primitives(
             aggregate=lambda h, w: jax.ops.segment_sum(h[s] * w[..., None], r, n),
@@ -136,7 +137,7 @@ def _jax_step(impl: str, workload: str, problem: Problem):
 
     arrays = _graph_arrays(impl, problem)
     n = problem.n_nodes
-    fns = layer_functions(jnp, jax.nn.relu, lambda v: jax.nn.leaky_relu(v, 0.2), jax.nn.log_softmax)
+    fns = layer_functions(jnp, jax.nn.relu, lambda v: jax.nn.leaky_relu(v, GAT_NEGATIVE_SLOPE), jax.nn.log_softmax)
     p = {k: jnp.asarray(v) for k, v in problem.params.items()}
     x, w = jnp.asarray(problem.x), jnp.asarray(problem.weight)
     one_hot = jax.nn.one_hot(jnp.asarray(problem.labels), N_CLASSES)
@@ -202,7 +203,7 @@ def _pyg_step(workload: str, problem: Problem):
         softmax=lambda logits: softmax(logits, r, num_nodes=n),
         edge_dot=lambda a, b: (a.index_select(0, s) * b.index_select(0, r)).sum(-1),
         at_senders=lambda v: v.index_select(0, s), at_receivers=lambda v: v.index_select(0, r))
-    fns = layer_functions(torch, torch.relu, lambda v: torch.nn.functional.leaky_relu(v, 0.2),
+    fns = layer_functions(torch, torch.relu, lambda v: torch.nn.functional.leaky_relu(v, GAT_NEGATIVE_SLOPE),
                           lambda v: torch.log_softmax(v, -1))
     t = lambda a: torch.as_tensor(np.asarray(a))
     x, w = t(problem.x), t(problem.weight)

@@ -13,6 +13,7 @@ import numpy as np
 
 FEATURES = 64
 N_CLASSES = 8
+GAT_NEGATIVE_SLOPE = 0.2  # the leaky ReLU of the GAT scores, as in the paper
 HEADS = 4
 """Attention heads of the GAT layer workloads and of the first GAT layer of the training step (its
 FEATURES outputs are HEADS heads of FEATURES // HEADS features); the output layer has one head."""
@@ -104,6 +105,9 @@ class Primitives(NamedTuple):
     edge_dot: Callable  # (a (N, F), b (N, F)) -> (E,): <a[s], b[r]>
     at_senders: Callable  # v (N,) or (N, H) -> (E,) or (E, H)
     at_receivers: Callable  # v (N,) or (N, H) -> (E,) or (E, H)
+    # (src, dst) (N,) or (N, H) -> (E,) or (E, H): softmax(leaky_relu(src[s] + dst[r])) as one op, where
+    # the library has one (jgrad.ops.gat_attention); None composes at_senders, at_receivers and softmax.
+    attention: Callable | None = None
 
 
 def layer_functions(np_like: Any, relu: Callable, leaky_relu: Callable, log_softmax: Callable):
@@ -117,8 +121,10 @@ def layer_functions(np_like: Any, relu: Callable, leaky_relu: Callable, log_soft
 
     def gat_attention(prim, h, a_src, a_dst):
         """Attention of every edge: (E,) for h (N, F) and a (F,); (E, H) per head for h (N, H, F), a (H, F)."""
-        logits = leaky_relu(prim.at_senders((h * a_src[None]).sum(-1)) + prim.at_receivers((h * a_dst[None]).sum(-1)))
-        return prim.softmax(logits)
+        src, dst = (h * a_src[None]).sum(-1), (h * a_dst[None]).sum(-1)
+        if prim.attention is not None:
+            return prim.attention(src, dst)
+        return prim.softmax(leaky_relu(prim.at_senders(src) + prim.at_receivers(dst)))
 
     def multi_head_gat(prim, h, a_src, a_dst):
         """A GAT layer of H = a_src.shape[0] heads on h (N, H * F): (N, H * F), the heads concatenated."""

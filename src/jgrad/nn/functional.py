@@ -49,7 +49,7 @@ from .._src import _taps
 from .._types import REDUCERS, check_choice
 from ..gradients import propagate
 from ..graph import Graph
-from ..ops import edge_softmax, gsddmm, gspmm, segment_max, segment_reduce, segment_sum, spmm
+from ..ops import gat_attention, gsddmm, gspmm, segment_max, segment_reduce, segment_sum, spmm
 from ..ops._norm import safe_inverse_power
 
 ArrayLike = jax.typing.ArrayLike
@@ -526,7 +526,8 @@ def gat_conv(
     weight are separate, and `jgrad.adjacency_grad` refuses. Weights should be non-negative.
 
     then the heads are concatenated, (N, H·F_out), or averaged, (N, F_out), and the bias is added.
-    Scores use g-SDDMM, the softmax `jgrad.ops.edge_softmax` and the aggregation g-SpMM.
+    The attention is `jgrad.ops.gat_attention` (scores, leaky ReLU and edge softmax in one op; with
+    ``"normalise"`` g-SDDMM scores and a weighted softmax), the aggregation g-SpMM.
 
     Args:
       params: ``{"kernel": (F_in, H·F_out), "att_src": (H, F_out), "att_dst": (H, F_out),
@@ -577,12 +578,11 @@ def gat_conv(
     h = (x @ kernel).reshape(graph.n_nodes, heads, out_features)
     score_src = jnp.sum(h * att_src[None], axis=-1)  # (N, H)
     score_dst = jnp.sum(h * att_dst[None], axis=-1)
-    scores = gsddmm(graph, "add", score_src, score_dst, "u", "v")  # (E, H)
-    logits = jax.nn.leaky_relu(scores, negative_slope)
     if edge_weight_mode == "normalise":
+        logits = jax.nn.leaky_relu(gsddmm(graph, "add", score_src, score_dst, "u", "v"), negative_slope)  # (E, H)
         alpha, log_normaliser = _weighted_softmax(graph, logits)
     else:
-        alpha = edge_softmax(graph, logits)
+        alpha = gat_attention(graph, score_src, score_dst, negative_slope)  # (E, H)
         if graph.edge_weight is not None:
             alpha = _taps.refuse(original, "after_softmax", alpha * _column(graph.edge_weight),
                                  original.edge_weight)

@@ -6,6 +6,7 @@ run on the fastest backend for it without being told (see `use_backend`, `with_b
 """
 
 from ._edge_softmax import edge_softmax as edge_softmax
+from ._edge_softmax import gat_attention as gat_attention
 from ._gsddmm import gsddmm as gsddmm
 from ._gspmm import gspmm as gspmm
 from ._gspmm import spmm as spmm
@@ -31,6 +32,7 @@ __all__ = [
     "backend_of",
     "MESSAGE_OPS",
     "edge_softmax",
+    "gat_attention",
     "gcn_norm",
     "gsddmm",
     "gspmm",

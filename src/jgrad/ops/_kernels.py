@@ -42,7 +42,7 @@ from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from .._src import _plan
 from .._src._plan import Plan, Side
-from . import _extremum, _native, _pallas
+from . import _attention, _extremum, _native, _pallas
 
 
 def _append_zero_row(x: jax.Array) -> jax.Array:
@@ -125,6 +125,27 @@ def _native_routed(side: Side, u: jax.Array, w: jax.Array | None, live: jax.Arra
             cpu=lambda *args: _native.csr_routed(side.csr, *args),
             default=lambda *args: _extremum.segment_routed(side, *args))
     return _extremum.segment_routed(side, u, w, live, top, share)
+
+
+def _native_attention(side: Side, senders, receivers, mask, negative_slope: float, src, dst):
+    """GAT's attention weights (E, H) of (N, H) scores by the native kernel on CPU, else with XLA ops
+    (`jgrad.ops._attention.segment_attention`, which documents the arguments)."""
+    n = side.in_degree.shape[0]
+    xla = lambda src, dst: _attention.segment_attention(n, senders, receivers, mask, negative_slope, src, dst)
+    if not _use_native(src, dst):
+        return xla(src, dst)
+    native = lambda src, dst: _native.csr_attention(side.csr, src, dst, mask, negative_slope, senders.shape[0])
+    return jax.lax.platform_dependent(src, dst, cpu=native, default=xla)
+
+
+def _native_attention_backward(side: Side, senders, receivers, mask, negative_slope: float, src, dst, alpha, g):
+    """``(d_raw, d_dst)`` by the native kernel on CPU, else `jgrad.ops._attention.segment_attention_backward`."""
+    n = side.in_degree.shape[0]
+    xla = lambda *args: _attention.segment_attention_backward(n, senders, receivers, mask, negative_slope, *args)
+    if not _use_native(src, dst, alpha, g):
+        return xla(src, dst, alpha, g)
+    native = lambda *args: _native.csr_attention_backward(side.csr, args[0], args[1], mask, negative_slope, *args[2:])
+    return jax.lax.platform_dependent(src, dst, alpha, g, cpu=native, default=xla)
 
 
 def _edge_sum_by_rows(side: Side, rows: jax.Array, e: jax.Array) -> jax.Array:
@@ -321,6 +342,12 @@ class Kernels(NamedTuple):
         form (see `jgrad.ops._extremum.segment_extremum`); None leaves gspmm max/min to the plain path.
       routed: optional ``(reverse side, u, w, live, top, share) -> (du, dw)``, the backward of max/min
         at ties (see `jgrad.ops._extremum.segment_routed`, which serves when None).
+      attention: optional ``(forward side, senders, receivers, live, negative_slope, src (N, H), dst
+        (N, H)) -> alpha (E, H)``, GAT's attention fused (`jgrad.ops._attention.segment_attention`);
+        None runs `jgrad.ops.gat_attention` as gsddmm, leaky ReLU and edge softmax.
+      attention_backward: ``(forward side, senders, receivers, live, negative_slope, src, dst, alpha,
+        g) -> (d_raw (E, H), d_dst (N, H))``, required with ``attention``
+        (`jgrad.ops._attention.segment_attention_backward`).
     """
 
     side_sum: Callable
@@ -330,6 +357,8 @@ class Kernels(NamedTuple):
     edge_sum: Callable | None = None
     extremum: Callable | None = None
     routed: Callable | None = None
+    attention: Callable | None = None
+    attention_backward: Callable | None = None
 
 
 def _per_head(kernels: Kernels) -> Kernels:
@@ -357,8 +386,8 @@ def _per_head(kernels: Kernels) -> Kernels:
         parts = [kernels.sum_dot(plan, g[:, h], w[:, h], u[:, h]) for h in heads(g)]
         return jnp.stack([p[0] for p in parts], axis=1), jnp.stack([p[1] for p in parts], axis=1)
 
-    return Kernels(side_sum, edge_dot, None if kernels.sum_dot is None else sum_dot, multi_head=True,
-                   edge_sum=kernels.edge_sum, extremum=kernels.extremum, routed=kernels.routed)
+    return kernels._replace(side_sum=side_sum, edge_dot=edge_dot,
+                            sum_dot=None if kernels.sum_dot is None else sum_dot, multi_head=True)
 
 
 KERNELS: dict[str, Kernels] = {}
@@ -379,9 +408,11 @@ def register(name: str, kernels: Kernels, *, tables: str) -> None:
 # tables (`_edge_sum_on_side`, one pass per head). max/min: the native kernel on CPU; the bucket and
 # Pallas backends find the arg-extremum with XLA segment ops over the plan's CSR order (every plan has
 # one), so their backward, too, is a scatter of N·M entries instead of the plain path's (E, M) messages.
+# GAT's attention: fused on native plans; the other backends compose gsddmm, leaky ReLU and edge softmax.
 register("native", Kernels(_native_sum, _native_edge_dot, _native_sum_dot, multi_head=True,
-                           edge_sum=_edge_sum_by_rows, extremum=_native_extremum,
-                           routed=_native_routed), tables="csr")
+                           edge_sum=_edge_sum_by_rows, extremum=_native_extremum, routed=_native_routed,
+                           attention=_native_attention, attention_backward=_native_attention_backward),
+         tables="csr")
 register("bucket", Kernels(_bucket_sum, _bucket_edge_dot, extremum=_extremum.segment_extremum), tables="buckets")
 register("pallas", Kernels(_pallas.side_sum, _pallas.edge_dot, _pallas.sum_dot, extremum=_extremum.segment_extremum),
          tables="csr")

@@ -11,7 +11,9 @@ through the XLA FFI:
   (the backward of a weighted sum computes its node and edge cotangents this way);
 * ``csr_extremum(csr, reduce, u, w, live)``: the max or min of ``w[edge_ids[k]] * u[cols[k]]`` over
   each row's live slots, with the lowest edge id attaining it and the number of slots that do, and
-  ``csr_routed``, its backward at ties (`jgrad.ops._extremum`).
+  ``csr_routed``, its backward at ties (`jgrad.ops._extremum`);
+* ``csr_attention(csr, src, dst, live, negative_slope, n_edges)``: GAT's attention, the softmax over
+  each row of ``leaky_relu(src[cols[k]] + dst[r])``, and ``csr_attention_backward`` (`jgrad.ops._attention`).
 
 Each kernel also takes a weight per head: node data (N, H, F) with edge data (E, H) (``out[r, h] =
 sum_k w[edge_ids[k], h] * u[cols[k], h]``, per-head dots of shape (E, H)). All H heads are done in
@@ -45,6 +47,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import jaxlib
+import numpy as np
 
 from .._src._plan import Csr
 
@@ -52,7 +55,8 @@ SOURCE = Path(__file__).with_name("_csrc") / "csr_kernels.cc"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno")
 TARGETS = {"jgrad_csr_sum": "JgradCsrSum", "jgrad_csr_edge_dot": "JgradCsrEdgeDot",
            "jgrad_csr_sum_dot": "JgradCsrSumDot", "jgrad_csr_max": "JgradCsrMax", "jgrad_csr_min": "JgradCsrMin",
-           "jgrad_csr_routed": "JgradCsrRouted"}
+           "jgrad_csr_routed": "JgradCsrRouted", "jgrad_csr_attention": "JgradCsrAttention",
+           "jgrad_csr_attention_backward": "JgradCsrAttentionBackward"}
 NATIVE_DTYPES = (jnp.float32, jnp.float64)
 
 
@@ -173,6 +177,43 @@ def csr_routed(csr: Csr, u: jax.Array, w: jax.Array | None, live: jax.Array | No
     du, dw = call(csr.row_ptr, csr.cols, csr.edge_ids, u, *_optional_edge_data(u, w, live),
                   top.astype(u.dtype), share.astype(u.dtype))
     return du, None if w is None else dw
+
+
+def csr_attention(csr: Csr, src: jax.Array, dst: jax.Array, live: jax.Array | None, negative_slope: float,
+                  n_edges: int) -> jax.Array:
+    """GAT's attention: ``alpha[e, h]``, the softmax over each row's live slots of
+    ``leaky_relu(src[cols[k], h] + dst[r, h], negative_slope)``.
+
+    Args:
+      csr: the forward side of a plan (rows = receivers).
+      src, dst: (N, H) scores of the senders and of the receivers, one dtype.
+      live: (E,) bool, edges that take part, or None (all).
+      negative_slope: the leaky ReLU's slope (static).
+      n_edges: E.
+
+    Returns (E, H) in src's dtype, with the plain path's rules for dead edges (0), rows whose logits
+    are all ``-inf`` (0) and NaN or ``+inf`` logits (NaN in their row). Forward only.
+    """
+    _require()
+    call = jax.ffi.ffi_call("jgrad_csr_attention", jax.ShapeDtypeStruct((n_edges, src.shape[1]), src.dtype),
+                            vmap_method="sequential")
+    return call(csr.row_ptr, csr.cols, csr.edge_ids, src, dst, _optional_edge_data(src, None, live)[1],
+                negative_slope=np.float64(negative_slope))
+
+
+def csr_attention_backward(csr: Csr, src: jax.Array, dst: jax.Array, live: jax.Array | None,
+                           negative_slope: float, alpha: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The backward of `csr_attention` for the cotangent ``g`` (E, H) of its result ``alpha``.
+
+    Returns ``(d_raw, d_dst)``: (E, H) cotangents of the raw scores ``src[sender] + dst[receiver]``
+    (0 at dead edges) and their sums at the receivers (N, H); the senders' ``d_src`` is the sum of
+    ``d_raw`` at the senders.
+    """
+    _require()
+    shapes = (jax.ShapeDtypeStruct(alpha.shape, src.dtype), jax.ShapeDtypeStruct(dst.shape, src.dtype))
+    call = jax.ffi.ffi_call("jgrad_csr_attention_backward", shapes, vmap_method="sequential")
+    return call(csr.row_ptr, csr.cols, csr.edge_ids, src, dst, _optional_edge_data(src, None, live)[1],
+                alpha.astype(src.dtype), g.astype(src.dtype), negative_slope=np.float64(negative_slope))
 
 
 def _optional_edge_data(u, w, live):

@@ -18,6 +18,9 @@
 //   jgrad_csr_max/min:  out[r, h, :] = max/min over live k of w[edge_ids[k], h] * u[cols[k], h, :], with
 //                       the lowest edge id attaining it (arg) and how many slots do (count; CsrExtremum)
 //   jgrad_csr_routed:   the backward of max/min at ties, "split" rule, on the reversed graph (CsrRouted)
+//   jgrad_csr_attention: GAT's attention over each row's live slots, per head,
+//                       alpha[e, h] = softmax_k(leaky_relu(src[cols[k], h] + dst[r, h])) (CsrAttention),
+//                       and its backward (CsrAttentionBackward)
 //
 // Every head is done in the same walk over the CSR: each gathered row is read once for all heads.
 //
@@ -29,6 +32,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -42,6 +46,16 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__) && defined(__GLIBC__)
+// glibc's vector maths library (libmvec) has SIMD versions of exp; declaring them lets the compiler
+// call them from vectorised loops without -ffast-math (which glibc's headers otherwise require).
+// They are accurate to a few ulp and handle NaN and infinities like the scalar functions.
+extern "C" {
+__attribute__((simd("notinbranch"))) float expf(float) noexcept;
+__attribute__((simd("notinbranch"))) double exp(double) noexcept;
+}
+#endif
 
 namespace ffi = xla::ffi;
 
@@ -375,6 +389,188 @@ void CsrRouted(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* col
   });
 }
 
+// x[i] = exp(x[i]) for i < n, vectorised (see the libmvec note at the top).
+inline void ExpInPlace(float* __restrict__ x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = expf(x[i]);
+}
+
+inline void ExpInPlace(double* __restrict__ x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = exp(x[i]);
+}
+
+// Calls body(heads) with the head count as a compile-time constant (std::integral_constant) for 1, 2, 4
+// and 8 heads, so that per-head loops unroll and per-head sums stay in registers; else as a runtime value.
+template <typename Body>
+void WithHeadCount(int64_t heads, const Body& body) {
+  switch (heads) {
+    case 1: return body(std::integral_constant<int64_t, 1>{});
+    case 2: return body(std::integral_constant<int64_t, 2>{});
+    case 4: return body(std::integral_constant<int64_t, 4>{});
+    case 8: return body(std::integral_constant<int64_t, 8>{});
+    default: return body(heads);
+  }
+}
+
+// Per-head scratch of a row: kLocal values on the stack (registers, once loops unroll), more on the heap.
+template <typename T>
+class HeadScratch {
+ public:
+  explicit HeadScratch(int64_t heads) : heap_(heads > kLocal ? heads : 0) {}
+  T* get() { return heap_.empty() ? local_ : heap_.data(); }
+
+ private:
+  static constexpr int64_t kLocal = 8;
+  T local_[kLocal];
+  std::vector<T> heap_;
+};
+
+// GAT's per-head attention arithmetic on one slot, for H heads: with a compile-time H, on one vector
+// of H lanes (GCC vector extensions; the selects become blends: the scores' signs are unpredictable,
+// and branches on them cost more than the arithmetic); otherwise one head at a time.
+template <typename T, typename Heads>
+struct AttentionLanes {
+  // slot[h] = leaky_relu(other[h] + own[h]) (-inf if dead); shift[h] = max(shift[h], slot[h]).
+  static void Logits(const T* other, const T* own, T slope, bool dead, T* slot, T* shift, int64_t heads) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const T raw = other[h] + own[h];
+      slot[h] = dead ? -std::numeric_limits<T>::infinity() : (raw >= T(0) ? raw : slope * raw);
+      shift[h] = std::max(shift[h], slot[h]);
+    }
+  }
+
+  // d[h] = alpha[h] * (g[h] - weighted[h]) * (raw >= 0 ? 1 : slope), raw = other[h] + own[h]; sum += d.
+  static void Backward(const T* other, const T* own, const T* alpha, const T* g, const T* weighted, T slope, T* d,
+                       T* sum, int64_t heads) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const T raw = other[h] + own[h];
+      d[h] = alpha[h] * (g[h] - weighted[h]) * (raw >= T(0) ? T(1) : slope);
+      sum[h] += d[h];
+    }
+  }
+};
+
+template <typename T, int64_t kH>
+struct AttentionLanes<T, std::integral_constant<int64_t, kH>> {
+  using V = FixedWidth<T, kH>;
+  using Vec = typename V::Vec;
+
+  static void Logits(const T* other, const T* own, T slope, bool dead, T* slot, T* shift, int64_t) {
+    Vec a, b, top;
+    V::Load(a, other);
+    V::Load(b, own);
+    V::Load(top, shift);
+    const Vec raw = a + b;
+    Vec logit = raw >= T(0) ? raw : slope * raw;
+    if (dead) logit = Vec{} - std::numeric_limits<T>::infinity();
+    top = top < logit ? logit : top;  // std::max's rule: a NaN logit leaves the maximum as it was
+    V::Store(slot, logit);
+    V::Store(shift, top);
+  }
+
+  static void Backward(const T* other, const T* own, const T* alpha, const T* g, const T* weighted, T slope, T* d,
+                       T* sum, int64_t) {
+    Vec a, b, al, gg, w, total;
+    V::Load(a, other);
+    V::Load(b, own);
+    V::Load(al, alpha);
+    V::Load(gg, g);
+    V::Load(w, weighted);
+    V::Load(total, sum);
+    const Vec raw = a + b;
+    const Vec one = Vec{} + T(1);
+    const Vec out = al * (gg - w) * (raw >= T(0) ? one : Vec{} + slope);
+    V::Store(d, out);
+    V::Store(sum, total + out);
+  }
+};
+
+// alpha[edge_ids[k], h] for every slot k of every row r: the softmax over the row's live slots of
+// leaky_relu(src[cols[k], h] + dst[r, h]), with the same steps as the XLA path (jgrad.ops._attention):
+// the row maximum is subtracted where it is finite; a row whose live logits are all -inf gets 0; a NaN
+// or +inf logit makes the row NaN; dead slots get 0.
+template <typename T>
+void CsrAttention(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
+                  const T* src, const T* dst, const bool* live, T slope, int64_t n_rows, int64_t heads, T* alpha) {
+  WithHeadCount(heads, [&](auto head_count) {
+    using Lanes = AttentionLanes<T, decltype(head_count)>;
+    const int64_t H = head_count;
+    ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * H, [&](int64_t first, int64_t last) {
+      constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
+      std::vector<T> logits;  // the row's logits, then exponentials, slot-major: [j * H + h]
+      HeadScratch<T> shift_scratch(H), total_scratch(H);
+      T* __restrict__ shift = shift_scratch.get();
+      T* __restrict__ total = total_scratch.get();
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t begin = row_ptr[r], end = row_ptr[r + 1], n = (end - begin) * H;
+        if (n == 0) continue;
+        logits.resize(n);
+        T* __restrict__ row = logits.data();
+        const T* own = dst + r * H;
+        for (int64_t h = 0; h < H; ++h) shift[h] = kMinusInf;
+        for (int64_t k = begin; k < end; ++k) {  // logits (-inf at dead slots: no share) and their maximum
+          const bool dead = live != nullptr && !live[edge_ids[k]];
+          Lanes::Logits(src + static_cast<int64_t>(cols[k]) * H, own, slope, dead, row + (k - begin) * H, shift, H);
+        }
+        for (int64_t h = 0; h < H; ++h) shift[h] = std::isfinite(shift[h]) ? shift[h] : T(0);
+        for (int64_t j = 0; j < n; j += H) {
+          for (int64_t h = 0; h < H; ++h) row[j + h] -= shift[h];
+        }
+        ExpInPlace(row, n);  // dead slots: exp(-inf) = 0
+        for (int64_t h = 0; h < H; ++h) total[h] = T(0);
+        for (int64_t j = 0; j < n; j += H) {
+          for (int64_t h = 0; h < H; ++h) total[h] += row[j + h];
+        }
+        for (int64_t h = 0; h < H; ++h) total[h] = total[h] != T(0) ? T(1) / total[h] : T(0);  // 0: no live share
+        for (int64_t k = begin; k < end; ++k) {
+          const bool dead = live != nullptr && !live[edge_ids[k]];
+          T* out = alpha + static_cast<int64_t>(edge_ids[k]) * H;
+          const T* exps = row + (k - begin) * H;
+          for (int64_t h = 0; h < H; ++h) out[h] = dead ? T(0) : exps[h] * total[h];
+        }
+      }
+    });
+  });
+}
+
+// The backward of CsrAttention for its output cotangent g (E, H): per row r and head h, with
+// s = sum over live slots of alpha * g, every live slot's d_raw = alpha * (g - s) * (raw >= 0 ? 1 : slope)
+// (raw = src[cols[k], h] + dst[r, h]) goes to d_raw[edge_ids[k], h] and is summed into d_dst[r, h];
+// dead slots get 0. d_src is the sum of d_raw at the senders (left to the caller).
+template <typename T>
+void CsrAttentionBackward(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
+                          const T* src, const T* dst, const bool* live, T slope, const T* alpha, const T* g,
+                          int64_t n_rows, int64_t heads, T* d_raw, T* d_dst) {
+  WithHeadCount(heads, [&](auto head_count) {
+    using Lanes = AttentionLanes<T, decltype(head_count)>;
+    const int64_t H = head_count;
+    ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * H, [&](int64_t first, int64_t last) {
+      HeadScratch<T> weighted_scratch(H), sum_scratch(H);
+      T* __restrict__ weighted = weighted_scratch.get();
+      T* __restrict__ sum = sum_scratch.get();
+      for (int64_t r = first; r < last; ++r) {
+        const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
+        const T* own = dst + r * H;
+        for (int64_t h = 0; h < H; ++h) weighted[h] = sum[h] = T(0);
+        for (int64_t k = begin; k < end; ++k) {
+          const int64_t e = static_cast<int64_t>(edge_ids[k]) * H;
+          const bool alive = live == nullptr || live[edge_ids[k]];
+          for (int64_t h = 0; h < H; ++h) weighted[h] += alive ? alpha[e + h] * g[e + h] : T(0);
+        }
+        for (int64_t k = begin; k < end; ++k) {
+          const int64_t e = static_cast<int64_t>(edge_ids[k]) * H;
+          if (live != nullptr && !live[edge_ids[k]]) {
+            std::fill(d_raw + e, d_raw + e + H, T(0));
+            continue;
+          }
+          Lanes::Backward(src + static_cast<int64_t>(cols[k]) * H, own, alpha + e, g + e, weighted, slope, d_raw + e,
+                          sum, H);
+        }
+        for (int64_t h = 0; h < H; ++h) d_dst[r * H + h] = sum[h];
+      }
+    });
+  });
+}
+
 int64_t Rows(const ffi::AnyBuffer& buffer) { return buffer.dimensions().size() ? buffer.dimensions()[0] : 1; }
 
 int64_t RowWidth(const ffi::AnyBuffer& buffer) {
@@ -564,6 +760,60 @@ ffi::Error CsrRoutedImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyB
   });
 }
 
+// The operands of both attention kernels: src and dst (N, H) or (N,), live (E,) bool or (0,).
+ffi::Error ReadAttention(const char* kernel, const ffi::AnyBuffer& src, const ffi::AnyBuffer& dst,
+                         const ffi::AnyBuffer& live, int64_t n_rows, int64_t n_edges, int64_t heads) {
+  if (src.element_count() != dst.element_count() || Rows(dst) != n_rows || RowWidth(src) != heads) {
+    return Invalid(kernel, "src and dst must both have shape (N, H), with H as in the edge data");
+  }
+  if (live.element_count() > 0 && (live.element_type() != ffi::DataType::PRED || Rows(live) != n_edges)) {
+    return Invalid(kernel, "live must be bool with one entry per edge");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error CsrAttentionImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
+                            ffi::AnyBuffer src, ffi::AnyBuffer dst, ffi::AnyBuffer live, double negative_slope,
+                            ffi::Result<ffi::AnyBuffer> alpha) {
+  constexpr const char* kKernel = "jgrad_csr_attention";
+  const int64_t n_rows = Rows(dst), n_edges = Rows(*alpha), heads = RowWidth(*alpha);
+  CsrIndices csr;
+  if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
+  if (auto error = ReadAttention(kKernel, src, dst, live, n_rows, n_edges, heads); error.failure()) return error;
+  const bool masked = live.element_count() > 0;
+  return ForFloatType(kKernel, {src.element_type(), dst.element_type(), alpha->element_type()}, [&](auto zero) {
+    using T = decltype(zero);
+    CsrAttention(pool, csr.row_ptr, csr.cols, csr.edge_ids, src.typed_data<T>(), dst.typed_data<T>(),
+                 masked ? live.typed_data<bool>() : nullptr, static_cast<T>(negative_slope), n_rows, heads,
+                 alpha->typed_data<T>());
+  });
+}
+
+ffi::Error CsrAttentionBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols,
+                                    ffi::AnyBuffer edge_ids, ffi::AnyBuffer src, ffi::AnyBuffer dst, ffi::AnyBuffer live,
+                                    ffi::AnyBuffer alpha, ffi::AnyBuffer g, double negative_slope,
+                                    ffi::Result<ffi::AnyBuffer> d_raw, ffi::Result<ffi::AnyBuffer> d_dst) {
+  constexpr const char* kKernel = "jgrad_csr_attention_backward";
+  const int64_t n_rows = Rows(dst), n_edges = Rows(alpha), heads = RowWidth(alpha);
+  CsrIndices csr;
+  if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
+  if (auto error = ReadAttention(kKernel, src, dst, live, n_rows, n_edges, heads); error.failure()) return error;
+  if (g.element_count() != alpha.element_count() || d_raw->element_count() != alpha.element_count() ||
+      d_dst->element_count() != dst.element_count()) {
+    return Invalid(kKernel, "g and d_raw must have alpha's shape and d_dst dst's");
+  }
+  const bool masked = live.element_count() > 0;
+  const std::vector<ffi::DataType> types = {src.element_type(), dst.element_type(), alpha.element_type(),
+                                            g.element_type(), d_raw->element_type(), d_dst->element_type()};
+  return ForFloatType(kKernel, types, [&](auto zero) {
+    using T = decltype(zero);
+    CsrAttentionBackward(pool, csr.row_ptr, csr.cols, csr.edge_ids, src.typed_data<T>(), dst.typed_data<T>(),
+                         masked ? live.typed_data<bool>() : nullptr, static_cast<T>(negative_slope),
+                         alpha.typed_data<T>(), g.typed_data<T>(), n_rows, heads, d_raw->typed_data<T>(),
+                         d_dst->typed_data<T>());
+  });
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSum, CsrSumImpl,
@@ -627,3 +877,30 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrRouted, CsrRoutedImpl,
                                   .Arg<ffi::AnyBuffer>()  // share (N, M), cotangent / tie count
                                   .Ret<ffi::AnyBuffer>()  // du (R, M)
                                   .Ret<ffi::AnyBuffer>());  // dw like w, or (0,)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrAttention, CsrAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (N + 1,), rows = receivers
+                                  .Arg<ffi::AnyBuffer>()  // cols (S,)
+                                  .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
+                                  .Arg<ffi::AnyBuffer>()  // src (N, H), the senders' scores
+                                  .Arg<ffi::AnyBuffer>()  // dst (N, H), the receivers' scores
+                                  .Arg<ffi::AnyBuffer>()  // live (E,) bool or (0,)
+                                  .Attr<double>("negative_slope")
+                                  .Ret<ffi::AnyBuffer>());  // alpha (E, H)
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrAttentionBackward, CsrAttentionBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // row_ptr (N + 1,), rows = receivers
+                                  .Arg<ffi::AnyBuffer>()  // cols (S,)
+                                  .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
+                                  .Arg<ffi::AnyBuffer>()  // src (N, H)
+                                  .Arg<ffi::AnyBuffer>()  // dst (N, H)
+                                  .Arg<ffi::AnyBuffer>()  // live (E,) bool or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // alpha (E, H), the forward's result
+                                  .Arg<ffi::AnyBuffer>()  // g (E, H), its cotangent
+                                  .Attr<double>("negative_slope")
+                                  .Ret<ffi::AnyBuffer>()  // d_raw (E, H)
+                                  .Ret<ffi::AnyBuffer>());  // d_dst (N, H)
