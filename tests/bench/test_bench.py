@@ -39,3 +39,17 @@ def test_interleaved_rounds_rotate_and_pause_before_every_timed_call(monkeypatch
     assert calls == ["a", "b", "c"] + ["a", "b", "c"] + ["b", "c", "a"] + ["c", "a", "b"]
     assert pauses == [0.25] * 9  # before each timed call, none in the warm-up
     assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_short_steps_get_more_rounds_up_to_the_cap(monkeypatch):
+    from jgrad.bench import _timing
+
+    clock = iter(range(10**6))  # every reading 10 ms after the previous: each call measures 10 ms
+    monkeypatch.setattr(_timing.time, "perf_counter", lambda: next(clock) * 0.01)
+    monkeypatch.setattr(_timing.time, "sleep", lambda seconds: None)
+    steps = {name: (lambda: None, ()) for name in ("a", "b")}
+    rounds = lambda **kw: len(_timing.time_interleaved(steps, repeats=3, block=lambda r: r, **kw)["a"])
+    assert rounds() == 3
+    assert rounds(min_step_seconds=0.055, max_repeats=10) == 6  # 0.055 s of 10 ms calls
+    assert rounds(min_step_seconds=0.055, max_repeats=4) == 4
+    assert rounds(min_step_seconds=0.01, max_repeats=10) == 3  # never fewer than asked

@@ -760,15 +760,26 @@ ffi::Error CsrRoutedImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyB
   });
 }
 
-// The operands of both attention kernels: src and dst (N, H) or (N,), live (E,) bool or (0,).
-ffi::Error ReadAttention(const char* kernel, const ffi::AnyBuffer& src, const ffi::AnyBuffer& dst,
-                         const ffi::AnyBuffer& live, int64_t n_rows, int64_t n_edges, int64_t heads) {
+// edge_data[edge_ids[k], :] = 0 for the slots k after the last row (edges that no row walk reaches).
+template <typename T>
+void ZeroUnslotted(const CsrIndices& csr, int64_t n_rows, int64_t n_slots, int64_t heads, T* edge_data) {
+  for (int64_t k = csr.row_ptr[n_rows]; k < n_slots; ++k) {
+    std::fill(edge_data + static_cast<int64_t>(csr.edge_ids[k]) * heads,
+              edge_data + static_cast<int64_t>(csr.edge_ids[k] + 1) * heads, T(0));
+  }
+}
+
+// The operands of both attention kernels: src and dst (N, H) or (N,), live (E,) bool or (0,), one slot per edge.
+ffi::Error ReadAttention(const char* kernel, const ffi::AnyBuffer& cols, const ffi::AnyBuffer& src,
+                         const ffi::AnyBuffer& dst, const ffi::AnyBuffer& live, int64_t n_rows, int64_t n_edges,
+                         int64_t heads) {
   if (src.element_count() != dst.element_count() || Rows(dst) != n_rows || RowWidth(src) != heads) {
     return Invalid(kernel, "src and dst must both have shape (N, H), with H as in the edge data");
   }
   if (live.element_count() > 0 && (live.element_type() != ffi::DataType::PRED || Rows(live) != n_edges)) {
     return Invalid(kernel, "live must be bool with one entry per edge");
   }
+  if (static_cast<int64_t>(cols.element_count()) != n_edges) return Invalid(kernel, "the CSR must have one slot per edge");
   return ffi::Error::Success();
 }
 
@@ -779,13 +790,14 @@ ffi::Error CsrAttentionImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::A
   const int64_t n_rows = Rows(dst), n_edges = Rows(*alpha), heads = RowWidth(*alpha);
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
-  if (auto error = ReadAttention(kKernel, src, dst, live, n_rows, n_edges, heads); error.failure()) return error;
+  if (auto error = ReadAttention(kKernel, cols, src, dst, live, n_rows, n_edges, heads); error.failure()) return error;
   const bool masked = live.element_count() > 0;
   return ForFloatType(kKernel, {src.element_type(), dst.element_type(), alpha->element_type()}, [&](auto zero) {
     using T = decltype(zero);
     CsrAttention(pool, csr.row_ptr, csr.cols, csr.edge_ids, src.typed_data<T>(), dst.typed_data<T>(),
                  masked ? live.typed_data<bool>() : nullptr, static_cast<T>(negative_slope), n_rows, heads,
                  alpha->typed_data<T>());
+    ZeroUnslotted(csr, n_rows, cols.element_count(), heads, alpha->typed_data<T>());
   });
 }
 
@@ -797,7 +809,7 @@ ffi::Error CsrAttentionBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr
   const int64_t n_rows = Rows(dst), n_edges = Rows(alpha), heads = RowWidth(alpha);
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
-  if (auto error = ReadAttention(kKernel, src, dst, live, n_rows, n_edges, heads); error.failure()) return error;
+  if (auto error = ReadAttention(kKernel, cols, src, dst, live, n_rows, n_edges, heads); error.failure()) return error;
   if (g.element_count() != alpha.element_count() || d_raw->element_count() != alpha.element_count() ||
       d_dst->element_count() != dst.element_count()) {
     return Invalid(kKernel, "g and d_raw must have alpha's shape and d_dst dst's");
@@ -811,6 +823,7 @@ ffi::Error CsrAttentionBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr
                          masked ? live.typed_data<bool>() : nullptr, static_cast<T>(negative_slope),
                          alpha.typed_data<T>(), g.typed_data<T>(), n_rows, heads, d_raw->typed_data<T>(),
                          d_dst->typed_data<T>());
+    ZeroUnslotted(csr, n_rows, cols.element_count(), heads, d_raw->typed_data<T>());
   });
 }
 
