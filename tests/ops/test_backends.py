@@ -140,11 +140,14 @@ def test_planned_ops_pass_the_numerical_check_to_second_order(x64, backend):
     check_grads(jax.jit(f), (x, y, e, e_head), order=2, modes=("rev",), eps=1e-6)  # jitted: a few programs
 
 
-def test_max_and_min_at_ties_follow_each_tie_rule_on_every_backend(x64, backend):
-    """Integer features tie: "first" is the plan's own selection, "split" runs the routed kernel. Values,
-    first and second derivatives and a vmap over u equal the plain path's."""
+def _tie_operands():
     u = jnp.asarray(np.random.default_rng(5).integers(-1, 2, (UNION.n_nodes, H, F)).astype(np.float64))
-    e = jnp.full((UNION.n_edges, H, 1), 2.0)
+    return u, jnp.full((UNION.n_edges, H, 1), 2.0)
+
+
+def _tie_step():
+    """A fresh jit (see `_every_op_step`) of the values, first and second derivatives of max and min at ties
+    under both tie rules, and a vmap over u."""
 
     def loss(g, u, e):
         total = 0.0
@@ -157,9 +160,21 @@ def test_max_and_min_at_ties_follow_each_tie_rule_on_every_backend(x64, backend)
         grads = jax.grad(loss, argnums=(1, 2))
         return jax.grad(lambda u, e: sum(jnp.sum(jnp.sin(d)) for d in grads(g, u, e)), argnums=(0, 1))(u, e)
 
-    step = jax.jit(lambda g, u, e: (jax.value_and_grad(loss, argnums=(1, 2))(g, u, e), second_order(g, u, e),
+    return jax.jit(lambda g, u, e: (jax.value_and_grad(loss, argnums=(1, 2))(g, u, e), second_order(g, u, e),
                                     jax.vmap(lambda x: gspmm(g, "copy_u", "max", x, tie="first"))(jnp.stack([u, -u]))))
-    got, want = step(planned(UNION, backend), u, e), step(with_backend(UNION, "xla"), u, e)
+
+
+@functools.cache
+def _plain_ties():
+    """The plain path's numbers, compiled once for every backend's comparison (the plain graph has no plan,
+    so the backend under test plays no part in them)."""
+    return _tie_step()(with_backend(UNION, "xla"), *_tie_operands())
+
+
+def test_max_and_min_at_ties_follow_each_tie_rule_on_every_backend(x64, backend):
+    """Integer features tie: "first" is the plan's own selection, "split" runs the routed kernel. Values,
+    first and second derivatives and a vmap over u equal the plain path's."""
+    got, want = _tie_step()(planned(UNION, backend), *_tie_operands()), _plain_ties()
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
@@ -172,8 +187,8 @@ def test_padding_edges_get_zero_gradient_on_every_backend(x64, backend):
     assert np.any(np.asarray(de)[np.asarray(TINY.edge_mask)] != 0.0)
 
 
-def test_forward_mode_and_vmap_over_edge_weights_on_a_planned_graph(x64, backend):
-    graph, plain = planned(UNION, backend), with_backend(UNION, "xla")
+def _forward_and_vmap(g):
+    """A fresh jit (see `_every_op_step`) of a loss's gradient vmapped over edge weights and its JVP, on ``g``."""
     u, _, e, _ = _operands(UNION)
     weights = jnp.stack([e, 2 * e, e**2])
 
@@ -185,7 +200,17 @@ def test_forward_mode_and_vmap_over_edge_weights_on_a_planned_graph(x64, backend
         return (jax.vmap(jax.value_and_grad(loss, argnums=1), in_axes=(None, 0))(g, weights),
                 jax.jvp(lambda w: loss(g, w), (e,), (tangent,)))
 
-    (batched, got), (batched_plain, want) = (run(g, weights, e, jnp.ones_like(e)) for g in (graph, plain))
+    return run(g, weights, e, jnp.ones_like(e))
+
+
+@functools.cache
+def _plain_forward_and_vmap():
+    """The plain path's numbers, compiled once for every backend's comparison."""
+    return _forward_and_vmap(with_backend(UNION, "xla"))
+
+
+def test_forward_mode_and_vmap_over_edge_weights_on_a_planned_graph(x64, backend):
+    (batched, got), (batched_plain, want) = _forward_and_vmap(planned(UNION, backend)), _plain_forward_and_vmap()
     for a, b in zip(batched, batched_plain, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got, want, rtol=1e-12)
