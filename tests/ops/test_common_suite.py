@@ -62,8 +62,8 @@ def _isolated_nodes() -> Graph:
     return Graph.from_edges(rng.integers(0, 5, E), rng.integers(0, 3, E), N)
 
 
-def _zero_edges() -> Graph:
-    return Graph.from_edges(np.zeros((0,), np.int32), np.zeros((0,), np.int32), N)
+def _zero_edges(n_nodes=N) -> Graph:
+    return Graph.from_edges(np.zeros((0,), np.int32), np.zeros((0,), np.int32), n_nodes)
 
 
 def _padded() -> Graph:
@@ -84,8 +84,10 @@ AWKWARD = {
 # Their disjoint union carries every awkward feature at once (duplicate edges, self loops, isolated
 # nodes, empty segments, padding masks, an edgeless component), so one pass over it covers them all.
 GRAPHS = {**AWKWARD, "union": jgrad.batch(list(AWKWARD.values()))}
-# Values and gradients against the references run on the union and on the graph with zero edges
-# (E = 0 gives zero-size edge arrays, which no union can show); the rest runs on the union.
+# Values and gradients against the references run on the union and on a graph with zero edges
+# (E = 0 gives zero-size edge arrays, which no union can show); the rest runs on the union. That graph
+# has the union's node count, so that its node-shaped operations reuse the kernels compiled for the union.
+GRAPHS["zero_edges"] = _zero_edges(GRAPHS["union"].n_nodes)
 GRAPH_NAMES = ("union", "zero_edges")
 
 
@@ -108,7 +110,7 @@ def test_awkward_graphs_have_the_advertised_features():
     assert any(s == r for s, r in pairs)
     g = GRAPHS["isolated_nodes"]
     assert not set(range(3, N)) & set(np.asarray(g.receivers).tolist())
-    assert GRAPHS["zero_edges"].n_edges == 0
+    assert GRAPHS["zero_edges"].n_edges == 0 and GRAPHS["zero_edges"].n_nodes == union.n_nodes
     g = GRAPHS["padded"]
     assert (g.n_nodes, g.n_edges) == (N, E) and not _edge_mask(g).all() and not np.asarray(g.node_mask).all()
 
