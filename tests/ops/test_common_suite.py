@@ -313,6 +313,11 @@ def _spmm_operands(graph_name, op, reduce, u_shape, e_shape, batch=()):
     return u, e
 
 
+def _spmm_out_shape(graph, op, reduce, u_shape, e_shape):
+    """(N,) + u's trailing shape, into which every case's edge data broadcasts; (N,) + e's for copy_e."""
+    return (graph.n_nodes,) + (e_shape if op == "copy_e" else u_shape)
+
+
 def _call_gspmm(graph, op, reduce, u, e, tie="split"):
     return gspmm(graph, op, reduce, u if _uses_u(op) else None, e if _uses_e(op) else None, tie=tie)
 
@@ -418,23 +423,22 @@ def _spmm_evaluate(graph, operands, cts, references=True):
     return results
 
 
-def _case_inputs(graph_name, table, widest, make_operands, call, n_static):
+def _case_inputs(graph_name, table, widest, make_operands, out_shape):
     """Operands and cotangents for every case of one op family on one graph (float64): every case of
-    ``table`` on the union, the ``widest`` ones on the graph with zero edges. ``call(graph, *spec[:n_static],
-    *operands)`` runs a case; its output shape fixes the cotangent's."""
+    ``table`` on the union, the ``widest`` ones on the graph with zero edges. ``out_shape(graph, *spec)`` is
+    a case's output shape, which fixes the cotangent's (written out rather than traced with eval_shape:
+    a trace of every case cost about 1 s; a wrong shape fails the pullback)."""
     graph = GRAPHS[graph_name]
     cases = {case: table[case] for case in (table if graph_name == "union" else widest)}
     operands = {case: make_operands(graph_name, *spec) for case, spec in cases.items()}
-    cts = {case: _cotangent(jax.eval_shape(functools.partial(call, graph, *spec[:n_static]), *operands[case]).shape,
-                            _seed("ct", case))
-           for case, spec in cases.items()}
+    cts = {case: _cotangent(out_shape(graph, *spec), _seed("ct", case)) for case, spec in cases.items()}
     return operands, cts
 
 
 @functools.cache
 def _spmm_inputs(graph_name):
     """Operands and cotangents for every gspmm case on one graph (see `_case_inputs`)."""
-    return _case_inputs(graph_name, SPMM_CASES, SPMM_WIDEST, _spmm_operands, _call_gspmm, 2)
+    return _case_inputs(graph_name, SPMM_CASES, SPMM_WIDEST, _spmm_operands, _spmm_out_shape)
 
 
 @functools.cache
@@ -542,6 +546,15 @@ def _sddmm_operands(graph_name, op, lhs_target, rhs_target, lhs_shape, rhs_shape
     return lhs, rhs
 
 
+def _sddmm_out_shape(graph, op, lhs_target, rhs_target, lhs_shape, rhs_shape):
+    """(E,) + the left-aligned broadcast of both trailing shapes (its last axis summed to 1 for dot)."""
+    if op in ("copy_lhs", "copy_rhs"):
+        return (graph.n_edges,) + (lhs_shape if op == "copy_lhs" else rhs_shape)
+    rank = max(len(lhs_shape), len(rhs_shape))
+    trailing = np.broadcast_shapes(*(shape + (1,) * (rank - len(shape)) for shape in (lhs_shape, rhs_shape)))
+    return (graph.n_edges,) + (trailing[:-1] + (1,) if op == "dot" else trailing)
+
+
 def _call_gsddmm(graph, op, lhs_target, rhs_target, lhs, rhs):
     return gsddmm(graph, op, lhs, rhs, lhs_target, rhs_target)
 
@@ -608,7 +621,7 @@ def _sddmm_evaluate(graph, operands, cts, references=True):
 @functools.cache
 def _sddmm_inputs(graph_name):
     """Operands and cotangents for every gsddmm case on one graph (see `_case_inputs`)."""
-    return _case_inputs(graph_name, SDDMM_CASES, SDDMM_WIDEST, _sddmm_operands, _call_gsddmm, 3)
+    return _case_inputs(graph_name, SDDMM_CASES, SDDMM_WIDEST, _sddmm_operands, _sddmm_out_shape)
 
 
 @functools.cache
