@@ -55,46 +55,59 @@ def check_ops():
         (4, 2): (("u_mul_e", "copy_e"), ("sum", "mean", "max")),
         (3, 1): (("u_mul_e",), ("sum", "min")),
     }
+    cases_of = {}
     for (d, k), (ops, reducers) in plan.items():
+        cases_of[d, k] = [(op, reduce, "split", False) for op in ops for reduce in reducers]
+        if d == 8:  # integer-valued features: ties within and across shards, both tie rules
+            cases_of[d, k] += [("copy_u", reduce, tie, True) for reduce in ("max", "min") for tie in ("split", "first")]
+    # One input per case, shared by every mesh that runs it, so that one single-device program (every case
+    # of the 8-device mesh, which includes the others') gives the reference for all meshes.
+    inputs = {}
+    for op, reduce, tie, integer in cases_of[8, 1]:
+        x = rng.normal(size=(n, 4)).astype(np.float32)
+        x = np.round(x) if integer else x
+        w = rng.uniform(0.5, 1.5, (e, 4) if op == "copy_e" else (e,)).astype(np.float32)
+        cot = rng.normal(size=(n, 4)).astype(np.float32)
+        inputs[op, reduce, tie, integer] = (x, w, cot)
+    assert all(set(cases) <= set(inputs) for cases in cases_of.values())
+
+    def value_and_vjp_of_every_case(cases, mesh=None, sg=None):
+        def run(inputs):
+            results = []
+            for (op, reduce, tie, _), (x, w, cot) in zip(cases, inputs):
+                if mesh is not None:
+                    f = lambda x, w: sharded_gspmm(mesh, sg, op, reduce, x, sg.shard_edge_data(w), tie=tie)
+                else:
+                    f = lambda x, w: jgrad.ops.gspmm(graph, op, reduce, x, w, tie=tie)
+                out, pullback = jax.vjp(f, x, w)
+                results.append((out, pullback(cot)))
+            return results
+        return jax.jit(run)
+
+    every_case = cases_of[8, 1]
+    reference = dict(zip(every_case, value_and_vjp_of_every_case(every_case)([inputs[c] for c in every_case])))
+    for (d, k), cases in cases_of.items():
         mesh = make_mesh(d, k)
         sg = partition_edges(graph, d).put(mesh)
-        cases = [(op, reduce, "split", False) for op in ops for reduce in reducers]
-        if d == 8:  # integer-valued features: ties within and across shards, both tie rules
-            cases += [("copy_u", reduce, tie, True) for reduce in ("max", "min") for tie in ("split", "first")]
-        # Every case of this mesh in one compiled program (and one for the reference), compared case by case.
-        inputs = []
-        for op, reduce, tie, integer in cases:
-            x = rng.normal(size=(n, 4)).astype(np.float32)
-            x = np.round(x) if integer else x
-            w = rng.uniform(0.5, 1.5, (e, 4) if op == "copy_e" else (e,)).astype(np.float32)
-            cot = rng.normal(size=(n, 4)).astype(np.float32)
-            inputs.append((x, w, cot))
-
-        def value_and_vjp_of_every_case(sharded):
-            def run(inputs):
-                results = []
-                for (op, reduce, tie, _), (x, w, cot) in zip(cases, inputs):
-                    if sharded:
-                        f = lambda x, w: sharded_gspmm(mesh, sg, op, reduce, x, sg.shard_edge_data(w), tie=tie)
-                    else:
-                        f = lambda x, w: jgrad.ops.gspmm(graph, op, reduce, x, w, tie=tie)
-                    out, pullback = jax.vjp(f, x, w)
-                    results.append((out, pullback(cot)))
-                return results
-            return jax.jit(run)
-
-        many = value_and_vjp_of_every_case(sharded=True)(inputs)
-        one = value_and_vjp_of_every_case(sharded=False)(inputs)
-        for (op, reduce, tie, _), got, expected in zip(cases, many, one):
-            _close(got, expected, f"D={d} K={k} {op} {reduce} tie={tie}")
+        # Every case of this mesh in one compiled program, compared case by case with the reference.
+        many = value_and_vjp_of_every_case(cases, mesh, sg)([inputs[c] for c in cases])
+        for case, got in zip(cases, many):
+            op, reduce, tie, _ = case
+            _close(got, reference[case], f"D={d} K={k} {op} {reduce} tie={tie}")
         if k == 1:
             logits = jnp.asarray(rng.normal(size=(e, 3)).astype(np.float32) * 10)
             cot = jnp.asarray(rng.normal(size=(e, 3)).astype(np.float32))
             one = lambda l: jgrad.ops.edge_softmax(graph, l)
             many = lambda l: sg.unshard_edge_data(sharded_edge_softmax(mesh, sg, sg.shard_edge_data(l)))
-            _close(jax.jit(many)(logits), one(logits), f"edge_softmax D={d}")
-            g = lambda f: jax.grad(lambda l: jnp.sum(f(l) * cot))
-            _close(jax.jit(g(many))(logits), g(one)(logits), f"edge_softmax grad D={d}")
+
+            def value_and_grad(f, logits):  # the values and the gradient of sum(f(l) * cot), from one VJP
+                out, pullback = jax.vjp(f, logits)
+                return out, pullback(cot)[0]
+
+            got = jax.jit(lambda l: value_and_grad(many, l))(logits)  # noqa: B023
+            expected = value_and_grad(one, logits)
+            _close(got[0], expected[0], f"edge_softmax D={d}")
+            _close(got[1], expected[1], f"edge_softmax grad D={d}")
     print("OK ops")
 
 
@@ -106,22 +119,23 @@ def check_gcn_params():
     x = jnp.asarray(rng.normal(size=(50, 8)).astype(np.float32))
     params = {"w1": jnp.asarray(rng.normal(size=(8, 16)).astype(np.float32)),
               "w2": jnp.asarray(rng.normal(size=(16, 4)).astype(np.float32))}
+
+    def one(params, x, w):
+        h = jax.nn.relu(jgrad.ops.spmm(norm, x @ params["w1"], w))
+        return jnp.sum(jnp.tanh(jgrad.ops.spmm(norm, h, w) @ params["w2"]))
+
+    w = norm.edge_weight
+    expected = jax.value_and_grad(one, argnums=(0, 1, 2))(params, x, w)  # one device, for both meshes
     for d, k in [(8, 1), (2, 4)]:
         mesh = make_mesh(d, k)
         sg = partition_edges(norm, d).put(mesh)
-
-        def one(params, x, w):
-            h = jax.nn.relu(jgrad.ops.spmm(norm, x @ params["w1"], w))
-            return jnp.sum(jnp.tanh(jgrad.ops.spmm(norm, h, w) @ params["w2"]))
 
         def many(params, x, w):
             ws = sg.shard_edge_data(w)
             h = jax.nn.relu(sharded_spmm(mesh, sg, x @ params["w1"], ws))
             return jnp.sum(jnp.tanh(sharded_spmm(mesh, sg, h, ws) @ params["w2"]))
 
-        w = norm.edge_weight
-        _close(jax.jit(jax.value_and_grad(many, argnums=(0, 1, 2)))(params, x, w),
-               jax.value_and_grad(one, argnums=(0, 1, 2))(params, x, w), f"gcn D={d} K={k}")
+        _close(jax.jit(jax.value_and_grad(many, argnums=(0, 1, 2)))(params, x, w), expected, f"gcn D={d} K={k}")
     print("OK gcn_params")
 
 
