@@ -35,18 +35,10 @@ def _loss(attention, graph, src, dst, weights):
     return jnp.sum(weights * jnp.sin(attention(graph, src, dst, SLOPE)))
 
 
-@jax.jit
-def _all_orders(graph, src, dst, weights):
-    """gat_attention's loss, its gradients, and the gradients of the squared norm of d/dsrc."""
-    loss = lambda src, dst: _loss(gat_attention, graph, src, dst, weights)
-    value, grads = jax.value_and_grad(loss, (0, 1))(src, dst)
-    second = jax.grad(lambda src, dst: jnp.sum(jax.grad(loss)(src, dst) ** 2), (0, 1))(src, dst)
-    return value, grads, second
-
-
-@jax.jit
-def _all_orders_three_ops(graph, src, dst, weights):
-    loss = lambda src, dst: _loss(_three_ops, graph, src, dst, weights)
+@functools.partial(jax.jit, static_argnums=0)
+def _all_orders(attention, graph, src, dst, weights):
+    """``attention``'s loss, its gradients, and the gradients of the squared norm of d/dsrc."""
+    loss = lambda src, dst: _loss(attention, graph, src, dst, weights)
     value, grads = jax.value_and_grad(loss, (0, 1))(src, dst)
     second = jax.grad(lambda src, dst: jnp.sum(jax.grad(loss)(src, dst) ** 2), (0, 1))(src, dst)
     return value, grads, second
@@ -61,7 +53,7 @@ def _operands(trailing, seed=0, graph=SMALL):
 @functools.cache
 def _three_ops_results(trailing):
     """The three ops' results on the plain path, once per shape (native and bucket share (4,))."""
-    return _all_orders_three_ops(with_backend(SMALL, "xla"), *_operands(trailing))
+    return _all_orders(_three_ops, with_backend(SMALL, "xla"), *_operands(trailing))
 
 
 # One head as (N,), 4 heads (a compile-time head count in the kernels) and 3 (the runtime one) on
@@ -72,7 +64,7 @@ def test_values_and_gradients_to_second_order_equal_the_three_ops_on_the_plain_p
     graph = with_backend(SMALL, backend)
     assert backend_of(graph) == backend
     operands = _operands(trailing)
-    got = _all_orders(graph, *operands)
+    got = _all_orders(gat_attention, graph, *operands)
     expected = _three_ops_results(trailing)
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         assert x.shape == y.shape
