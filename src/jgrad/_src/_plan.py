@@ -271,6 +271,9 @@ def slot_rows(row_ptr: jax.Array, n_slots: int) -> jax.Array:
     Counts the row ends at or before each slot: a scatter of R ones and a cumulative sum, O(S + R)
     (jit-safe; on CPU 4x faster than a binary search per slot: 16 against 66 ms for 1.8·10^6 slots).
     """
+    # When the plan is a compile-time constant (a planned graph closed over by a jitted function), XLA
+    # would evaluate this scan while compiling: 8 s per side at 3.4·10^5 slots. The barrier leaves it to run time.
+    row_ptr = jax.lax.optimization_barrier(row_ptr)
     ends = jnp.zeros((n_slots,), row_ptr.dtype).at[row_ptr[1:]].add(1, mode="drop")
     return jnp.cumsum(ends, dtype=row_ptr.dtype)
 
