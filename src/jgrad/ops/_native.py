@@ -19,9 +19,9 @@ Each kernel also takes a weight per head: node data (N, H, F) with edge data (E,
 sum_k w[edge_ids[k], h] * u[cols[k], h]``, per-head dots of shape (E, H)). All H heads are done in
 one walk over the CSR, each gathered row read once; node data (N, M) with edge data (E,) is H = 1.
 
-The source is compiled with the system C++ compiler on first use (``$CXX``, else ``c++``/``g++``)
-against the XLA FFI headers that ship with jaxlib, for this machine's processor, and cached in
-``$JGRAD_CACHE_DIR`` (default ``~/.cache/jgrad``), keyed by the source, the flags, jaxlib's version
+The source is compiled with the system C++ compiler on first use (``$CXX``, else ``c++``/``g++``), as
+two translation units in parallel, against the XLA FFI headers that ship with jaxlib, for this
+machine's processor, and cached in ``$JGRAD_CACHE_DIR`` (default ``~/.cache/jgrad``), keyed by the source, the flags, jaxlib's version
 and the processor (``make install`` builds them once, so no user call waits for the compiler).
 Without a compiler `available` is False and a ``"native"`` plan runs its CSR order with XLA segment
 sums; a failed build says why once, as a warning. To forbid the native kernels, plan graphs for
@@ -52,7 +52,9 @@ import numpy as np
 from .._src._plan import Csr
 
 SOURCE = Path(__file__).with_name("_csrc") / "csr_kernels.cc"
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-pthread", "-fno-math-errno")
+PARTS = (1, 2)
+"""The source's translation units (``-DJGRAD_KERNELS_PART=n``), compiled in parallel, then linked."""
 TARGETS = {"jgrad_csr_sum": "JgradCsrSum", "jgrad_csr_edge_dot": "JgradCsrEdgeDot",
            "jgrad_csr_sum_dot": "JgradCsrSumDot", "jgrad_csr_max": "JgradCsrMax", "jgrad_csr_min": "JgradCsrMin",
            "jgrad_csr_routed": "JgradCsrRouted", "jgrad_csr_attention": "JgradCsrAttention",
@@ -255,15 +257,30 @@ def _library_path(compiler: str) -> Path:
 
 
 def _build(compiler: str, target: Path) -> None:
-    """Compiles the kernels into ``target``, atomically (concurrent builders each write their own file)."""
+    """Compiles the kernels into ``target``, atomically (concurrent builders each write their own file).
+
+    The source's `PARTS` compile at the same time, one compiler process each, and are linked after.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        objects = [Path(scratch) / f"part{part}.o" for part in PARTS]
+        compiles = [[compiler, *FLAGS, f"-DJGRAD_KERNELS_PART={part}", f"-I{jax.ffi.include_dir()}", "-c",
+                     str(SOURCE), "-o", str(obj)] for part, obj in zip(PARTS, objects, strict=True)]
+        running = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                   for command in compiles]
+        finished = [(process.communicate()[1], process.returncode) for process in running]
+        for command, (stderr, returncode) in zip(compiles, finished, strict=True):
+            _check(command, returncode, stderr)
         output = Path(scratch) / target.name
-        command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(output)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr.strip()[-2000:]}")
+        link = [compiler, "-shared", "-pthread", *map(str, objects), "-o", str(output)]
+        result = subprocess.run(link, capture_output=True, text=True)
+        _check(link, result.returncode, result.stderr)
         os.replace(output, target)
+
+
+def _check(command: list[str], returncode: int, stderr: str) -> None:
+    if returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{stderr.strip()[-2000:]}")
 
 
 @functools.cache
