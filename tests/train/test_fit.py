@@ -241,3 +241,17 @@ def test_the_score_table_marks_seeds_that_never_stopped_early():
     assert cells["mean"][1:] == ["30", "nan"] and cells["±"][2] == "10"  # over seeds 1 and 2 only
     never = format_table([0], {"stop_epoch": np.array([0])}).splitlines()
     assert [line.split()[-1] for line in never[2:] if not line.startswith("-")] == ["-", "-", "-"]
+
+
+def test_the_score_table_marks_a_split_without_nodes():
+    """A split whose loss and accuracy are 0 for every seed (an empty mask) reads "-", with a note; a split
+    with an accuracy of 0 but a positive loss keeps its numbers."""
+    from jgrad.train._fit import format_table
+
+    scores = {"train_acc": np.array([1.0, 0.9]), "val_loss": np.zeros(2), "val_acc": np.zeros(2),
+              "test_loss": np.array([0.7, 0.8]), "test_acc": np.zeros(2)}
+    lines = format_table([0, 1], scores).splitlines()
+    rows = [line.split() for line in lines[2:] if not line.startswith(("-", '"'))]
+    assert [row[-3:] for row in rows] == [["-", "-", "0.0000"]] * 4  # seeds 0 and 1, mean, std
+    assert lines[-1] == '"-" in the val columns: the dataset has no validation nodes'
+    assert "no " not in format_table([0], {"val_loss": np.array([0.5]), "val_acc": np.array([0.0])})

@@ -83,15 +83,22 @@ def format_table(seeds: Sequence[int], scores: dict[str, np.ndarray]) -> str:
     """The per-seed table printed at the end of a run (see `FitResult.table`).
 
     "stop ep" reads "-" for a seed that never stopped early (``stop_epoch`` 0), and its mean and std
-    are over the seeds that did."""
+    are over the seeds that did. A split whose loss and accuracy are both 0 for every seed has no nodes
+    (`masked_cross_entropy`'s value for an empty mask; a split with nodes has a positive loss or
+    accuracy): its columns read "-", and a line under the table says so."""
     columns = [("best_epoch", "best ep", "{:.0f}"), ("stop_epoch", "stop ep", "{:.0f}"),
                ("train_acc", "train acc", "{:.4f}"), ("val_loss", "val loss", "{:.4f}"),
                ("val_acc", "val acc", "{:.4f}"), ("test_acc", "test acc", "{:.4f}")]
     columns = [c for c in columns if c[0] in scores]
     stopped = np.asarray(scores.get("stop_epoch", ())) > 0
+    empty = [split for split in ("train", "val", "test")
+             if all(f"{split}_{score}" in scores and not np.any(np.asarray(scores[f"{split}_{score}"]))
+                    for score in ("loss", "acc"))]
 
     def cell(name, fmt, values, reduce=None):  # one seed's value (reduce None) or the seeds' mean or std
         values = np.asarray(values, float)
+        if name.split("_")[0] in empty:
+            return "-"
         if name == "stop_epoch":
             values = values[stopped] if reduce else values
             if values.size == 0 or (reduce is None and values == 0):
@@ -107,7 +114,10 @@ def format_table(seeds: Sequence[int], scores: dict[str, np.ndarray]) -> str:
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     line = lambda row: "  ".join(cell.rjust(width) for cell, width in zip(row, widths))
     rule = "-" * len(line(header))
-    return "\n".join([line(header), rule] + [line(r) for r in rows[:-2]] + [rule] + [line(r) for r in rows[-2:]])
+    words = {"train": "training", "val": "validation", "test": "test"}
+    notes = [f'"-" in the {split} columns: the dataset has no {words[split]} nodes' for split in empty]
+    return "\n".join([line(header), rule] + [line(r) for r in rows[:-2]] + [rule] + [line(r) for r in rows[-2:]]
+                     + notes)
 
 
 def fit(
