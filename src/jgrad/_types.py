@@ -1,4 +1,5 @@
-"""Array aliases, ``Literal`` types for named choices, and the check that rejects unknown names.
+"""Array aliases, the default float dtype, ``Literal`` types for named choices, and the check that
+rejects unknown names.
 
 Other modules import their vocabulary from here so that every reducer name and tie rule is spelled in one
 place, and every unknown name is rejected with the same message.
@@ -16,6 +17,12 @@ Array: TypeAlias = jax.Array
 
 ArrayLike: TypeAlias = jax.typing.ArrayLike
 """Anything jgrad accepts as an array input: JAX arrays, NumPy arrays and Python scalars."""
+
+
+def default_float_dtype() -> np.dtype:
+    """float64 under ``jax.enable_x64``, float32 otherwise (read at call time, so contexts apply)."""
+    return jax.dtypes.canonicalize_dtype(np.float64)
+
 
 Reducer: TypeAlias = Literal["sum", "mean", "max", "min"]
 """How messages arriving at one segment (or node) are combined."""

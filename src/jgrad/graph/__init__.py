@@ -5,7 +5,7 @@ from ._batching import bucket_size as bucket_size
 from ._batching import pad as pad
 from ._batching import pad_to_bucket as pad_to_bucket
 from ._batching import unbatch as unbatch
-from ._checks import checked as checked
+from ._checked import checked as checked
 from ._graph import Graph as Graph
 from ._interop import from_jraph as from_jraph
 from ._interop import from_networkx as from_networkx

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +117,7 @@ def unbatch(graph: Graph) -> list[Graph]:
         edge whose sender lies in another graph than its receiver (it cannot be split), or masks and
         weights whose shapes do not match the batch.
     """
-    _checks.check_batch_fields("unbatch", graph)
+    _check_batch_fields("unbatch", graph)
     if graph.n_node_per_graph is None:
         return [graph]
     _checks.require_concrete("unbatch", graph.senders, graph.n_node_per_graph)
@@ -274,3 +275,36 @@ def pad_to_bucket(graph: Graph, *, growth: float = 2.0, minimum: int = 16) -> Gr
         n_nodes=bucket_size(graph.n_nodes + 1, growth=growth, minimum=minimum),
         n_edges=bucket_size(graph.n_edges, growth=growth, minimum=minimum),
     )
+
+
+def _check_batch_fields(where: str, graph: Any) -> None:
+    """Checks a (possibly raw-constructed) batch before host-side splitting: its type and the shapes and
+    dtypes of ``n_node_per_graph``, ``graph_mask``, ``node_mask``, ``edge_mask`` and ``edge_weight``.
+
+    All problems are reported together in one ``ValueError``; a wrong type or dtype is a ``TypeError``.
+    """
+    if not isinstance(graph, Graph):
+        raise TypeError(f"{where}: graph must be a jgrad.Graph; got {type(graph).__name__}, expected a batch "
+                        "made by jgrad.batch.")
+    counts = graph.n_node_per_graph
+    if counts is None:
+        return
+    dtype = np.dtype(getattr(counts, "dtype", None) or np.asarray(counts).dtype)  # no host copy of tracers
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(f"{where}: n_node_per_graph must have an integer dtype; got {dtype.name}, expected int32 "
+                        "node counts.")
+    problems = []
+    if np.ndim(counts) != 1:
+        problems.append(f"n_node_per_graph must be 1-D; got shape {tuple(np.shape(counts))}, expected (G,).")
+    n_graphs = np.shape(counts)[0] if np.ndim(counts) == 1 else None
+    expected = {"graph_mask": (n_graphs,), "node_mask": (graph.n_nodes,), "edge_mask": (graph.n_edges,)}
+    for name, shape in expected.items():
+        value = getattr(graph, name)
+        if value is not None and shape[0] is not None and tuple(np.shape(value)) != shape:
+            problems.append(f"{name} has the wrong shape; got {tuple(np.shape(value))}, expected {shape}.")
+    weight = graph.edge_weight
+    if weight is not None and (np.ndim(weight) == 0 or np.shape(weight)[0] != graph.n_edges):
+        problems.append(f"edge_weight must have one row per edge; got shape {tuple(np.shape(weight))}, "
+                        f"expected ({graph.n_edges}, ...).")
+    if problems:
+        raise ValueError(f"{where}: " + " ".join(problems))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._src import _plan, _taps
+from .._types import default_float_dtype
 from . import _checks, _limits
 
 ArrayLike = jax.typing.ArrayLike
@@ -411,11 +412,6 @@ def _degree(graph: Graph, index: jax.Array, weighted: bool) -> jax.Array:
     if weighted and graph.edge_weight is not None:
         degree = _taps.mark(graph, "degree", degree, graph.edge_weight, index)
     return degree
-
-
-def default_float_dtype() -> np.dtype:
-    """float64 under ``jax.enable_x64``, float32 otherwise (read at call time, so contexts apply)."""
-    return jax.dtypes.canonicalize_dtype(np.float64)
 
 
 def check_float_weight(where: str, edge_weight: Any) -> None:

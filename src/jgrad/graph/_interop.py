@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._types import default_float_dtype
 from . import _checks
 from ._batching import unbatch as unbatch_graphs
-from ._graph import Graph, _from_torch, default_float_dtype
+from ._graph import Graph, _from_torch
 
 
 def from_scipy(matrix: Any) -> Graph:

@@ -7,14 +7,18 @@ the edge count depending on values and run eagerly on the host (they raise a cle
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._src import _plan, _taps
+from .._types import default_float_dtype
 from . import _checks, _limits
-from ._graph import Graph, default_float_dtype
+
+if TYPE_CHECKING:  # a Graph's methods call these functions; the class is needed for annotations only
+    from ._graph import Graph
 
 
 def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:

@@ -20,9 +20,9 @@ import numpy as np
 from jax.experimental import checkify
 
 from .._src import _taps
+from .._types import default_float_dtype
 from ..graph import Graph
 from ..graph._checks import check_graph_indices, is_concrete
-from ..graph._graph import default_float_dtype
 from ._segment import segment_sum
 
 ArrayLike = jax.typing.ArrayLike
