@@ -159,7 +159,7 @@ def test_sampled_graphsage_reaches_full_batch_accuracy_on_cora(planetoid_dir, op
         key = jax.random.key(seed)
         params = _init(key, data.n_features, data.n_classes)
         opt_state = OPTIMIZER.init(params)
-        for step in range(100):  # both runs reach their plateau by then (78.3% and 76.2% test accuracy)
+        for step in range(50):  # both runs are on their plateau by then (78.4%, 76.6%; 78.3%, 76.2% after 100)
             params, opt_state = _full_step(params, opt_state, graph, x, y, train_mask, jax.random.fold_in(key, step))
         full.append(float(_test_accuracy(params, graph, x, y, test_mask)))
 
