@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/jgrad demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist worksteal -q
 
 # A quick subset for development (under 2 minutes on 2 cores): every package's core behaviour, no
 # end-to-end runs, subprocess kills or common-suite sweeps. `make test` stays the full suite CI runs.
