@@ -5,9 +5,12 @@ import json
 
 
 
-def test_quick_benchmark_on_a_tiny_graph_writes_json_table_and_chart(tmp_path):
-    from jgrad.bench import main
+def test_quick_benchmark_on_a_tiny_graph_writes_json_table_and_chart(tmp_path, monkeypatch):
+    from jgrad.bench import _timing, main
 
+    # No settle pauses between timed calls (45 of 0.1 s here, idle time of a test worker); the pauses
+    # themselves are checked in test_interleaved_rounds_rotate_and_pause_before_every_timed_call.
+    monkeypatch.setattr(_timing.time, "sleep", lambda seconds: None)
     code = main(["--quick", "--sizes", "300", "--repeats", "1", "--no-cora", "--no-recompile-check",
                  "--impls", "jgrad", "jgrad_xla", "plain_jax",
                  "--workloads", "gcn_fwdbwd", "gat_fwdbwd", "gcn_train", "--out", str(tmp_path)])
