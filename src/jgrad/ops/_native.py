@@ -21,8 +21,9 @@ one walk over the CSR, each gathered row read once; node data (N, M) with edge d
 
 The source is compiled with the system C++ compiler on first use (``$CXX``, else ``c++``/``g++``), as
 two translation units in parallel, against the XLA FFI headers that ship with jaxlib, for this
-machine's processor, and cached in ``$JGRAD_CACHE_DIR`` (default ``~/.cache/jgrad``), keyed by the source, the flags, jaxlib's version
-and the processor (``make install`` builds them once, so no user call waits for the compiler).
+machine's processor, and cached in ``$JGRAD_CACHE_DIR`` (default ``~/.cache/jgrad``), keyed by the
+source, the flags, jaxlib's version and the processor (``make install`` builds them once, so no user
+call waits for the compiler).
 Without a compiler `available` is False and a ``"native"`` plan runs its CSR order with XLA segment
 sums; a failed build says why once, as a warning. To forbid the native kernels, plan graphs for
 another backend (`jgrad.ops.use_backend`). The kernels
