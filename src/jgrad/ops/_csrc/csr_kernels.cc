@@ -122,6 +122,20 @@ inline void PrefetchRow(const T* row, int64_t m) {
 
 constexpr int64_t kPrefetchDistance = 6;
 
+// Asks for the data of the slot kPrefetchDistance ahead of slot k, if it is before last_slot (the end
+// of the caller's chunk of rows, so the look-ahead runs on across row boundaries: most rows of a sparse
+// graph have fewer slots than the distance): its gathered row of `rows` (m values) and, for each of
+// `edge_data` that is not null, that edge's `heads` values there (random reads on the reversed side).
+template <typename T, typename... EdgeData>
+inline void PrefetchAhead(const int32_t* cols, const int32_t* edge_ids, int64_t k, int64_t last_slot,
+                          const T* rows, int64_t m, int64_t heads, const EdgeData*... edge_data) {
+  const int64_t ahead = k + kPrefetchDistance;
+  if (ahead >= last_slot) return;
+  PrefetchRow(rows + static_cast<int64_t>(cols[ahead]) * m, m);
+  const int64_t edge = static_cast<int64_t>(edge_ids[ahead]) * heads;
+  ((edge_data != nullptr ? __builtin_prefetch(edge_data + edge, 0, 0) : void()), ...);
+}
+
 // Calls body(std::integral_constant<int64_t, v>{}) for the v among kValues that equals value, so that
 // loops over v unroll and vectorise; otherwise body(value) with the runtime value.
 template <int64_t... kValues, typename Body>
@@ -196,12 +210,13 @@ void CsrSum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, 
             const T* w, bool weighted, int64_t n_rows, int64_t m, int64_t heads, T* out) {
   WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+      const int64_t last_slot = row_ptr[last];
       for (int64_t r = first; r < last; ++r) {
         T* __restrict__ acc = out + r * m;
         std::fill(acc, acc + m, T(0));
         const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
         for (int64_t k = begin; k < end; ++k) {
-          if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+          PrefetchAhead(cols, edge_ids, k, last_slot, u, m, heads, weighted ? w : nullptr);
           const T* __restrict__ row = u + static_cast<int64_t>(cols[k]) * m;
           if (weighted) {
             AddScaled(acc, row, w + static_cast<int64_t>(edge_ids[k]) * heads, heads, f);
@@ -252,11 +267,12 @@ void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* co
   std::fill(out, out + n_edges * heads, T(0));
   WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+      const int64_t last_slot = row_ptr[last];
       for (int64_t r = first; r < last; ++r) {
         const T* own = v + r * m;
         const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
         for (int64_t k = begin; k < end; ++k) {
-          if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+          PrefetchAhead(cols, edge_ids, k, last_slot, u, m, heads, static_cast<const T*>(out));
           const T* row = u + static_cast<int64_t>(cols[k]) * m;
           HeadDots(own, row, heads, f, out + static_cast<int64_t>(edge_ids[k]) * heads);
         }
@@ -272,13 +288,14 @@ void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* col
   std::fill(dots, dots + n_edges * heads, T(0));
   WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+      const int64_t last_slot = row_ptr[last];
       for (int64_t r = first; r < last; ++r) {
         T* __restrict__ acc = out + r * m;
         const T* own = u + r * m;
         std::fill(acc, acc + m, T(0));
         const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
         for (int64_t k = begin; k < end; ++k) {
-          if (k + kPrefetchDistance < end) PrefetchRow(g + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+          PrefetchAhead(cols, edge_ids, k, last_slot, g, m, heads, w, static_cast<const T*>(dots));
           const T* __restrict__ row = g + static_cast<int64_t>(cols[k]) * m;
           const int64_t edge = static_cast<int64_t>(edge_ids[k]) * heads;
           HeadDots(own, row, heads, f, dots + edge);
@@ -302,6 +319,7 @@ void CsrExtremum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* c
   constexpr int32_t kNoEdge = std::numeric_limits<int32_t>::max();
   WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+      const int64_t last_slot = row_ptr[last];
       for (int64_t r = first; r < last; ++r) {
         T* __restrict__ best = out + r * m;
         int32_t* __restrict__ at = arg + r * m;
@@ -311,7 +329,7 @@ void CsrExtremum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* c
         std::fill(hits, hits + m, int32_t{0});
         const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
         for (int64_t k = begin; k < end; ++k) {
-          if (k + kPrefetchDistance < end) PrefetchRow(u + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
+          PrefetchAhead(cols, edge_ids, k, last_slot, u, m, heads, w);
           const int32_t edge = edge_ids[k];
           if (live != nullptr && !live[edge]) continue;
           const T* __restrict__ row = u + static_cast<int64_t>(cols[k]) * m;
@@ -358,17 +376,15 @@ void CsrRouted(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* col
   if (dw != nullptr) std::fill(dw, dw + n_edges * heads, T(0));
   WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
+      const int64_t last_slot = row_ptr[last];
       for (int64_t s = first; s < last; ++s) {
         T* __restrict__ acc = du + s * m;
         const T* __restrict__ own = u + s * m;
         std::fill(acc, acc + m, T(0));
         const int64_t begin = row_ptr[s], end = row_ptr[s + 1];
         for (int64_t k = begin; k < end; ++k) {
-          if (k + kPrefetchDistance < end) {
-            const int64_t ahead = static_cast<int64_t>(cols[k + kPrefetchDistance]) * m;
-            PrefetchRow(top + ahead, m);
-            PrefetchRow(share + ahead, m);
-          }
+          PrefetchAhead(cols, edge_ids, k, last_slot, top, m, heads, w);
+          if (k + kPrefetchDistance < last_slot) PrefetchRow(share + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
           const int64_t edge = edge_ids[k];
           if (live != nullptr && !live[edge]) continue;
           const T* __restrict__ t = top + static_cast<int64_t>(cols[k]) * m;
