@@ -129,6 +129,8 @@ constexpr int64_t kPrefetchDistance = 32;
 // of the caller's chunk of rows, so the look-ahead runs on across row boundaries: most rows of a sparse
 // graph have fewer slots than the distance): its gathered row of `rows` (m values) and, for each of
 // `edge_data` that is not null, that edge's `heads` values there (random reads on the reversed side).
+// Only data that is read: prefetching the edge outputs a walk writes (the dots of CsrSumDot) made the
+// fused backward 1.7-2x slower, and the attention kernels gained nothing from any prefetch.
 template <typename T, typename... EdgeData>
 inline void PrefetchAhead(const int32_t* cols, const int32_t* edge_ids, int64_t k, int64_t last_slot,
                           const T* rows, int64_t m, int64_t heads, const EdgeData*... edge_data) {
@@ -275,7 +277,7 @@ void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* co
         const T* own = v + r * m;
         const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
         for (int64_t k = begin; k < end; ++k) {
-          PrefetchAhead(cols, edge_ids, k, last_slot, u, m, heads, static_cast<const T*>(out));
+          PrefetchAhead<T>(cols, edge_ids, k, last_slot, u, m, heads);
           const T* row = u + static_cast<int64_t>(cols[k]) * m;
           HeadDots(own, row, heads, f, out + static_cast<int64_t>(edge_ids[k]) * heads);
         }
@@ -298,7 +300,7 @@ void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* col
         std::fill(acc, acc + m, T(0));
         const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
         for (int64_t k = begin; k < end; ++k) {
-          PrefetchAhead(cols, edge_ids, k, last_slot, g, m, heads, w, static_cast<const T*>(dots));
+          PrefetchAhead(cols, edge_ids, k, last_slot, g, m, heads, w);
           const T* __restrict__ row = g + static_cast<int64_t>(cols[k]) * m;
           const int64_t edge = static_cast<int64_t>(edge_ids[k]) * heads;
           HeadDots(own, row, heads, f, dots + edge);
