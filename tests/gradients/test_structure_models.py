@@ -148,21 +148,25 @@ def _layer(name):
         "gat_normalise": lambda: jgrad.nn.GATConv(F_IN, HIDDEN, heads=1, edge_weight_mode="normalise",
                                                   **options),
         "message_passing_sum": lambda: _Linear(jgrad.nn.MessagePassing(aggregate="sum"), rngs),
+        # 2·HIDDEN -> HIDDEN: the layer aggregates x @ neighbour_kernel, the narrower rows
+        "sage_mean_narrowing": lambda: _Linear(jgrad.nn.SAGEConv(2 * HIDDEN, HIDDEN, **options), rngs, 2 * HIDDEN),
+        "graph_conv_narrowing": lambda: _Linear(jgrad.nn.GraphConv(2 * HIDDEN, HIDDEN, **options), rngs, 2 * HIDDEN),
     }[name]()
 
 
 class _Linear(nnx.Module):
-    """A message-passing layer after a linear map, so that it has the layer's (F_IN -> HIDDEN) shape."""
+    """A layer after a linear map F_IN -> width, so that it has the (F_IN -> HIDDEN) shape of the others."""
 
-    def __init__(self, inner, rngs):
-        self.inner, self.linear = inner, nnx.Linear(F_IN, HIDDEN, rngs=rngs, param_dtype=jnp.float64)
+    def __init__(self, inner, rngs, width=HIDDEN):
+        self.inner, self.linear = inner, nnx.Linear(F_IN, width, rngs=rngs, param_dtype=jnp.float64)
 
     def __call__(self, graph, x):
         return self.inner(graph, self.linear(x))
 
 
 @pytest.mark.parametrize("name", ["gcn_sym", "gcn_row_no_loops_no_bias", "gcn_none", "graph_conv", "sage_mean",
-                                  "sage_sum", "gin_eps", "gat_normalise", "message_passing_sum"])
+                                  "sage_sum", "gin_eps", "gat_normalise", "message_passing_sum",
+                                  "sage_mean_narrowing", "graph_conv_narrowing"])
 def test_every_sum_or_normalised_layer_matches_dense_mode(x64, name):
     """Dense mode runs the layer on the complete graph with weights A[v, u] (0 for missing pairs)."""
     graph, params = _graph(), _params()

@@ -151,10 +151,12 @@ def test_models_take_sparse_features_and_give_the_dense_results():
     assert train.shape == (3, 6, 3) and bool(jnp.all(jnp.isfinite(train)))
     gat = jgrad.nn.GAT(5, 4, 3, heads=2, rngs=nnx.Rngs(0))
     np.testing.assert_allclose(forward(gat, x), forward(gat, dense), rtol=1e-5, atol=1e-6)
-    # layers that aggregate before projecting densify a BCOO
+    # sage_conv projects a BCOO first when its kernel narrows the features (mean, sum); max aggregates
+    # the densified features before projecting
     params = {"neighbour_kernel": jnp.ones((5, 2)), "root_kernel": jnp.ones((5, 2))}
-    sage = jax.jit(lambda x: F.sage_conv(params, graph, x))
-    np.testing.assert_allclose(sage(x), sage(dense), rtol=1e-6)
+    for aggregator in ("mean", "max"):
+        sage = jax.jit(lambda x: F.sage_conv(params, graph, x, aggregator=aggregator))
+        np.testing.assert_allclose(sage(x), sage(dense), rtol=1e-6)
 
 
 def test_sparse_features_of_the_wrong_shape_name_the_problem():

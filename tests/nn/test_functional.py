@@ -24,6 +24,17 @@ def test_gcn_conv_without_normalisation_is_a_plus_fill_identity():
     np.testing.assert_allclose(run(2.0, False), a @ X @ KERNEL, rtol=1e-6)
 
 
+@pytest.mark.parametrize("aggregator", ["mean", "sum", "max"])
+def test_sage_conv_aggregates_the_narrower_side_of_its_kernel(aggregator):
+    """A linear aggregation of F_in = 3 features into F_out = 2 aggregates x @ kernel (2 columns);
+    max, which does not commute with the kernel, aggregates x itself."""
+    params = {"neighbour_kernel": KERNEL.T, "root_kernel": KERNEL.T}  # (3, 2)
+    x = X @ KERNEL  # (3, 3)
+    jaxpr = jax.make_jaxpr(lambda x: F.sage_conv(params, GRAPH, x, aggregator=aggregator))(x)
+    widths = {eqn.outvars[0].aval.shape[-1] for eqn in jaxpr.eqns if eqn.primitive.name.startswith("custom_vjp")}
+    assert widths == ({3} if aggregator == "max" else {2}), widths
+
+
 # Node 3 has no incoming edge, so without self loops its degree is 0 (scale 0, no NaN).
 NORM_SENDERS, NORM_RECEIVERS = [0, 1, 2, 2, 0, 3], [1, 2, 0, 1, 2, 0]
 

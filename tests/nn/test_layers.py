@@ -120,6 +120,11 @@ LAYERS = {
                  sage_reference),
     "sage_sum": (lambda rngs, dt: SAGEConv(F_IN, 4, aggregator="sum", rngs=rngs, param_dtype=dt),
                  sage_reference),
+    # F_out < F_in: the linear aggregators aggregate x @ neighbour_kernel (the narrower rows) instead
+    "graph_conv_narrowing": (lambda rngs, dt: GraphConv(F_IN, 2, rngs=rngs, param_dtype=dt), graph_conv_reference),
+    "sage_mean_narrowing": (lambda rngs, dt: SAGEConv(F_IN, 2, rngs=rngs, param_dtype=dt), sage_reference),
+    "sage_sum_narrowing": (lambda rngs, dt: SAGEConv(F_IN, 2, aggregator="sum", rngs=rngs, param_dtype=dt),
+                           sage_reference),
     "gat_concat": (lambda rngs, dt: GATConv(F_IN, 4, heads=2, rngs=rngs, param_dtype=dt), gat_reference),
     "gat_mean": (lambda rngs, dt: GATConv(F_IN, 4, heads=3, concat=False, rngs=rngs, param_dtype=dt),
                  gat_reference),

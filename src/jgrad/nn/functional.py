@@ -481,19 +481,30 @@ def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "
 
 
 def _neighbour_root_conv(where: str, params: Params, graph: Graph, x: ArrayLike, aggregator: str) -> jax.Array:
-    """``agg(x over incoming edges) @ neighbour_kernel + x @ root_kernel + b``: graph_conv and sage_conv."""
-    x = _check_features(where, graph, x, _kernel_in(where, params["root_kernel"]))
+    """``agg(x over incoming edges) @ neighbour_kernel + x @ root_kernel + b``: graph_conv and sage_conv.
+
+    The linear aggregators (mean, sum) commute with the kernel, so when it narrows the features
+    (F_out < F_in) the layer aggregates ``x @ neighbour_kernel`` instead: F_out values move per edge
+    instead of F_in, and a sparse ``x`` stays sparse. Same maths; the float rounding differs.
+    """
+    neighbour_kernel, root_kernel = params["neighbour_kernel"], params["root_kernel"]
+    in_features = _kernel_in(where, root_kernel)
+    transform_first = aggregator != "max" and jnp.ndim(neighbour_kernel) == 2 and \
+        jnp.shape(neighbour_kernel)[1] < jnp.shape(neighbour_kernel)[0]
+    x = _check_features(where, graph, x, in_features, sparse_ok=transform_first)
     _check_scalar_weights(where, graph)
-    if aggregator == "mean":
-        neighbours = mean_aggregate(graph, x)
+    if transform_first:
+        h = x @ neighbour_kernel
+        neighbours = mean_aggregate(graph, h) if aggregator == "mean" else spmm(graph, h)
+    elif aggregator == "mean":
+        neighbours = mean_aggregate(graph, x) @ neighbour_kernel
     elif aggregator == "sum":
-        neighbours = spmm(graph, x)
+        neighbours = spmm(graph, x) @ neighbour_kernel
     elif graph.edge_weight is None:
-        neighbours = gspmm(graph, "copy_u", "max", u=x)
+        neighbours = gspmm(graph, "copy_u", "max", u=x) @ neighbour_kernel
     else:
-        neighbours = gspmm(graph, "u_mul_e", "max", u=x, e=graph.edge_weight)
-    y = neighbours @ params["neighbour_kernel"] + x @ params["root_kernel"]
-    return _bias(params, y)
+        neighbours = gspmm(graph, "u_mul_e", "max", u=x, e=graph.edge_weight) @ neighbour_kernel
+    return _bias(params, neighbours + x @ root_kernel)
 
 
 def gat_conv(
