@@ -24,15 +24,26 @@ def test_gcn_conv_without_normalisation_is_a_plus_fill_identity():
     np.testing.assert_allclose(run(2.0, False), a @ X @ KERNEL, rtol=1e-6)
 
 
+def _aggregated_widths(layer, x) -> set[int]:
+    """The feature widths of the (N, F) aggregations in ``layer(x)``'s program."""
+    jaxpr = jax.make_jaxpr(layer)(x)
+    return {eqn.outvars[0].aval.shape[-1] for eqn in jaxpr.eqns
+            if eqn.primitive.name.startswith("custom_vjp") and eqn.outvars[0].aval.ndim == 2}
+
+
 @pytest.mark.parametrize("aggregator", ["mean", "sum", "max"])
 def test_sage_conv_aggregates_the_narrower_side_of_its_kernel(aggregator):
     """A linear aggregation of F_in = 3 features into F_out = 2 aggregates x @ kernel (2 columns);
     max, which does not commute with the kernel, aggregates x itself."""
     params = {"neighbour_kernel": KERNEL.T, "root_kernel": KERNEL.T}  # (3, 2)
-    x = X @ KERNEL  # (3, 3)
-    jaxpr = jax.make_jaxpr(lambda x: F.sage_conv(params, GRAPH, x, aggregator=aggregator))(x)
-    widths = {eqn.outvars[0].aval.shape[-1] for eqn in jaxpr.eqns if eqn.primitive.name.startswith("custom_vjp")}
+    widths = _aggregated_widths(lambda x: F.sage_conv(params, GRAPH, x, aggregator=aggregator), X @ KERNEL)
     assert widths == ({3} if aggregator == "max" else {2}), widths
+
+
+def test_gcn_conv_propagates_the_narrower_side_of_its_kernel():
+    widening = _aggregated_widths(lambda x: F.gcn_conv({"kernel": KERNEL}, GRAPH, x), X)  # 2 -> 3
+    narrowing = _aggregated_widths(lambda x: F.gcn_conv({"kernel": KERNEL.T}, GRAPH, x), X @ KERNEL)  # 3 -> 2
+    assert widening == {2} and narrowing == {2}, (widening, narrowing)
 
 
 # Node 3 has no incoming edge, so without self loops its degree is 0 (scale 0, no NaN).

@@ -36,6 +36,7 @@ Conventions shared by every layer:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 
@@ -148,6 +149,14 @@ def _in_degree(graph: Graph, dtype: Any) -> jax.Array:
 
 DROPOUT_RNGS: tuple[str, ...] = ("hash", "key")
 """Valid ``rng`` names of `dropout`."""
+
+
+def _project_first(x: Any, kernel: Any) -> bool:
+    """Whether a layer ``aggregate(x) @ kernel`` with a linear aggregation should run as
+    ``aggregate(x @ kernel)``: the same maths (the float rounding differs), with F_out instead of F_in
+    values moved per edge. True unless the kernel widens dense features; always for a sparse x, whose
+    product with the kernel is the sparse one."""
+    return _is_sparse(x) or jnp.shape(kernel)[-1] <= jnp.shape(kernel)[0]
 
 
 def _is_sparse(x: Any) -> bool:
@@ -412,9 +421,9 @@ def gcn_conv(
     kernel = params["kernel"]
     x = _check_features(where, graph, x, _kernel_in(where, kernel), sparse_ok=True)
     _check_scalar_weights(where, graph)
-    h = x @ kernel
-    y = _gcn_propagate(graph, h, norm=norm if normalize else None, add_self_loops=add_self_loops,
-                       fill=fill, scaling=scaling)
+    propagate_ = functools.partial(_gcn_propagate, graph, norm=norm if normalize else None,
+                                   add_self_loops=add_self_loops, fill=fill, scaling=scaling)
+    y = propagate_(x @ kernel) if _project_first(x, kernel) else propagate_(x) @ kernel
     return _bias(params, y)
 
 
@@ -483,17 +492,12 @@ def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "
 def _neighbour_root_conv(where: str, params: Params, graph: Graph, x: ArrayLike, aggregator: str) -> jax.Array:
     """``agg(x over incoming edges) @ neighbour_kernel + x @ root_kernel + b``: graph_conv and sage_conv.
 
-    The linear aggregators (mean, sum) commute with the kernel, so when it narrows the features
-    (F_out < F_in) the layer aggregates ``x @ neighbour_kernel`` instead: F_out values move per edge
-    instead of F_in, and a sparse ``x`` stays sparse. Same maths; the float rounding differs.
+    The linear aggregators (mean, sum) run on the narrower side of the kernel (`_project_first`).
     """
     neighbour_kernel, root_kernel = params["neighbour_kernel"], params["root_kernel"]
-    in_features = _kernel_in(where, root_kernel)
-    transform_first = aggregator != "max" and jnp.ndim(neighbour_kernel) == 2 and \
-        jnp.shape(neighbour_kernel)[1] < jnp.shape(neighbour_kernel)[0]
-    x = _check_features(where, graph, x, in_features, sparse_ok=transform_first)
+    x = _check_features(where, graph, x, _kernel_in(where, root_kernel), sparse_ok=aggregator != "max")
     _check_scalar_weights(where, graph)
-    if transform_first:
+    if aggregator != "max" and _project_first(x, neighbour_kernel):
         h = x @ neighbour_kernel
         neighbours = mean_aggregate(graph, h) if aggregator == "mean" else spmm(graph, h)
     elif aggregator == "mean":
