@@ -151,6 +151,8 @@ def _layer(name):
         # 2·HIDDEN -> HIDDEN: the layer aggregates x @ neighbour_kernel, the narrower rows
         "sage_mean_narrowing": lambda: _Linear(jgrad.nn.SAGEConv(2 * HIDDEN, HIDDEN, **options), rngs, 2 * HIDDEN),
         "graph_conv_narrowing": lambda: _Linear(jgrad.nn.GraphConv(2 * HIDDEN, HIDDEN, **options), rngs, 2 * HIDDEN),
+        "gin_narrowing": lambda: _Linear(jgrad.nn.GINConv(2 * HIDDEN, HIDDEN, hidden_features=HIDDEN, eps=0.3,
+                                                          **options), rngs, 2 * HIDDEN),
     }[name]()
 
 
@@ -166,7 +168,7 @@ class _Linear(nnx.Module):
 
 @pytest.mark.parametrize("name", ["gcn_sym", "gcn_row_no_loops_no_bias", "gcn_none", "graph_conv", "sage_mean",
                                   "sage_sum", "gin_eps", "gat_normalise", "message_passing_sum",
-                                  "sage_mean_narrowing", "graph_conv_narrowing"])
+                                  "sage_mean_narrowing", "graph_conv_narrowing", "gin_narrowing"])
 def test_every_sum_or_normalised_layer_matches_dense_mode(x64, name):
     """Dense mode runs the layer on the complete graph with weights A[v, u] (0 for missing pairs)."""
     graph, params = _graph(), _params()

@@ -46,6 +46,13 @@ def test_gcn_conv_propagates_the_narrower_side_of_its_kernel():
     assert widening == {2} and narrowing == {2}, (widening, narrowing)
 
 
+def test_gin_conv_aggregates_the_narrower_side_of_its_first_kernel():
+    gin = lambda kernel: lambda x: F.gin_conv({"eps": 0.5, "mlp": [{"kernel": kernel}, {"kernel": kernel.T}]},
+                                              GRAPH, x)
+    widening, narrowing = _aggregated_widths(gin(KERNEL), X), _aggregated_widths(gin(KERNEL.T), X @ KERNEL)
+    assert widening == {2} and narrowing == {2}, (widening, narrowing)
+
+
 # Node 3 has no incoming edge, so without self loops its degree is 0 (scale 0, no NaN).
 NORM_SENDERS, NORM_RECEIVERS = [0, 1, 2, 2, 0, 3], [1, 2, 0, 1, 2, 0]
 

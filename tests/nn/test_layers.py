@@ -130,6 +130,8 @@ LAYERS = {
                  gat_reference),
     "gin": (lambda rngs, dt: GINConv(F_IN, 4, hidden_features=6, eps=0.3, rngs=rngs, param_dtype=dt),
             gin_reference),
+    "gin_narrowing": (lambda rngs, dt: GINConv(F_IN, 4, hidden_features=2, eps=0.3, rngs=rngs, param_dtype=dt),
+                      gin_reference),
     "message_passing": (lambda rngs, dt: EdgeMLP(F_IN, 4, rngs=rngs), message_passing_reference),
 }
 

@@ -668,14 +668,16 @@ def gin_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
     mlp = params["mlp"]
     if not isinstance(mlp, Sequence) or len(mlp) == 0:
         raise ValueError(f"{where}: params['mlp'] must be a non-empty list of dense layers; got {mlp!r}.")
-    x = _check_features(where, graph, x, _kernel_in(where, mlp[0]["kernel"]))
+    first = mlp[0]["kernel"]
+    x = _check_features(where, graph, x, _kernel_in(where, first), sparse_ok=True)
     _check_scalar_weights(where, graph)
     eps = params.get("eps")
-    h = propagate(graph, x, norm="none", add_self_loops=True, fill=1.0 if eps is None else 1.0 + eps)
-    for i, layer in enumerate(mlp):
-        if i > 0:
-            h = jax.nn.relu(h)
-        h = _bias(layer, h @ layer["kernel"])
+    propagate_ = functools.partial(propagate, graph, norm="none", add_self_loops=True,
+                                   fill=1.0 if eps is None else 1.0 + eps)
+    # the MLP's first product is linear too: aggregate on the narrower side of its kernel
+    h = _bias(mlp[0], propagate_(x @ first) if _project_first(x, first) else propagate_(x) @ first)
+    for layer in mlp[1:]:
+        h = _bias(layer, jax.nn.relu(h) @ layer["kernel"])
     return h
 
 
