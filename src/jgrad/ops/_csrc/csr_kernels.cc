@@ -122,7 +122,7 @@ inline void PrefetchRow(const T* row, int64_t m) {
 
 // How many slots ahead the walks ask for their random reads. 32 measured best among 6, 10, 16, 24, 32, 48
 // and 64 (48 and 64 within noise of it) for F = 8 and F = 64 sums, GCN, SAGE and GAT steps on a
-// 1e5-node power-law graph; 6 (the earlier value) was 20-30% slower on the reversed side.
+// 1e5-node power-law graph (2-core AMD EPYC); 6 (the earlier value) was 20-30% slower on the reversed side.
 constexpr int64_t kPrefetchDistance = 32;
 
 // Asks for the data of the slot kPrefetchDistance ahead of slot k, if it is before last_slot (the end
