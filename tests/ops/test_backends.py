@@ -355,9 +355,10 @@ def test_the_radix_argsort_of_the_planner_is_a_stable_argsort(largest):
     key[:50] = key[50]  # ties keep their order
     np.testing.assert_array_equal(_plan._stable_argsort(key, largest), np.argsort(key, kind="stable"))
     rows = np.sort(key[:100] % 1000)
-    order, degree = _plan._csr_order(rows, 1000)  # already grouped: kept as is
+    order, degree, in_order = _plan._csr_order(rows, 1000)  # already grouped: kept as is
     np.testing.assert_array_equal(order, np.arange(100))
     np.testing.assert_array_equal(degree, np.bincount(rows, minlength=1000))
+    assert in_order and not _plan._csr_order(rows[::-1], 1000)[2]
 
 
 def test_a_backend_is_one_kernel_set_and_one_registry_line(x64):

@@ -1,7 +1,8 @@
 """Multi-head aggregation on the native backend: all heads in one CSR pass, forward and backward.
 
 Node data (N, H, F) with one weight per edge and head ((E, H) or (E, H, 1)) runs as one call of each
-native kernel (`jgrad_csr_sum` forward, `jgrad_csr_sum_dot` backward), and gives the plain path's
+native kernel (`jgrad_csr_sum` forward; backward `jgrad_csr_sum_dot`, or `jgrad_csr_sum` on the reversed
+graph and `jgrad_csr_edge_dot` when the edges are not sorted by sender), and gives the plain path's
 values and gradients in float64.
 """
 
@@ -152,17 +153,21 @@ def test_vmap_over_per_head_weights_and_forward_mode_equal_the_plain_path(native
                                **TOL)
 
 
-def _gat_graph():
+def _gat_graph(sorted_by_sender=False):
     """Just above the size below which graphs run the plain path, with duplicates and self loops."""
     n, n_edges = 2000, SMALL_GRAPH_EDGES + 100
     rng = np.random.default_rng(7)
     senders, receivers = rng.integers(0, n - 10, n_edges), rng.integers(0, n - 10, n_edges)
     senders[:50] = receivers[:50]
+    if sorted_by_sender:
+        order = np.lexsort((receivers, senders))
+        senders, receivers = senders[order], receivers[order]
     return Graph.from_edges(senders, receivers, n)
 
 
-def test_a_gat_layer_runs_all_heads_in_one_native_pass_with_the_plain_results(native_available):
-    graph = _gat_graph()
+@pytest.mark.parametrize("sorted_by_sender", [False, True], ids=["unsorted", "sorted_by_sender"])
+def test_a_gat_layer_runs_all_heads_in_one_native_pass_with_the_plain_results(native_available, sorted_by_sender):
+    graph = _gat_graph(sorted_by_sender)
     assert backend_of(graph) == "native"  # chosen by size, not forced
     heads, f_in, f_out = 4, 6, 8
     keys = jax.random.split(jax.random.key(0), 4)
@@ -176,9 +181,10 @@ def test_a_gat_layer_runs_all_heads_in_one_native_pass_with_the_plain_results(na
 
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 2)))
     lowered = step.lower(params, graph, x).as_text()
-    # one call per direction for all four heads (one per head would be four of each)
-    assert lowered.count("@jgrad_csr_sum(") == 1 and lowered.count("@jgrad_csr_sum_dot(") == 1, \
-        "the heads did not run in one native pass"
+    # one call per kernel for all four heads (one per head would be four of each): the backward fused
+    # when the reversed graph's slots hold the edges in id order, else a reverse sum and an edge dot
+    calls = [lowered.count(f"@jgrad_csr_{kernel}(") for kernel in ("sum", "sum_dot", "edge_dot")]
+    assert calls == ([1, 1, 0] if sorted_by_sender else [2, 0, 1]), calls
     got, expected = step(params, graph, x), step(params, with_backend(graph, "xla"), x)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, **TOL)

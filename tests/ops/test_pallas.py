@@ -160,8 +160,8 @@ def test_the_engine_interface_on_a_plan_casts_to_the_common_dtype():
 
 def test_as_the_native_kernels_the_engine_gives_the_plain_gradients(monkeypatch):
     """Swapped in for the native kernels, the Pallas ones give `layout_sum`'s custom VJPs the plain
-    path's values, gradients and second-order gradients (the engine's backward runs `csr_sum_dot` on the
-    reversed side and `csr_edge_dot` in the second order)."""
+    path's values, gradients and second-order gradients (the edges sorted by sender, so that the
+    engine's backward runs `csr_sum_dot` on the reversed side; `csr_edge_dot` runs in the second order)."""
     calls = []
 
     def counted(kernel):
@@ -174,7 +174,10 @@ def test_as_the_native_kernels_the_engine_gives_the_plain_gradients(monkeypatch)
         monkeypatch.setattr(_native, name, counted(getattr(_pallas, name)))
     monkeypatch.setattr(_native, "available", lambda: True)
     senders, receivers, n = GRAPHS["mixed"]
+    order = np.lexsort((receivers, senders))
+    senders, receivers = senders[order], receivers[order]
     plan = make_plan(senders, receivers, n, "native")
+    assert plan.reverse.in_edge_order
     u, v, w = _data(n, len(senders), width=3, seed=5)
 
     def engine(u, w):

@@ -123,6 +123,9 @@ class Side:
       buckets: tuple of `Bucket` by increasing width; empty unless the backend is ``"bucket"``.
       output_position: (N,) int32 row of each node in the concatenated bucket outputs (bucket only).
       slot_of_edge: (E,) int32 position of each edge among the flattened bucket slots (bucket only).
+      in_edge_order: static; True when the slots hold the edges in id order (the graph's edges were
+        already sorted by this side's rows; self loops added later, as the last slot of each row, keep
+        it): a walk over this side then reads and writes per-edge data in order, not at random.
     """
 
     csr: Csr
@@ -130,6 +133,7 @@ class Side:
     buckets: tuple = ()
     output_position: jax.Array | None = None
     slot_of_edge: jax.Array | None = None
+    in_edge_order: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +164,7 @@ class Plan:
 jax.tree_util.register_dataclass(Bucket, data_fields=["neighbours", "edge_ids", "row_nodes"],
                                  meta_fields=["n_receivers", "split"])
 jax.tree_util.register_dataclass(Side, data_fields=["csr", "in_degree", "buckets", "output_position",
-                                                    "slot_of_edge"], meta_fields=[])
+                                                    "slot_of_edge"], meta_fields=["in_edge_order"])
 jax.tree_util.register_dataclass(Plan, data_fields=["forward", "reverse"],
                                  meta_fields=["backend", "n_nodes", "n_edges"])
 
@@ -289,7 +293,8 @@ def _side_with_loops(side: Side, n: int, e: int) -> Side:
     else:
         cols = jnp.where(is_loop, row, side.csr.cols[old])
         edge_ids = jnp.where(is_loop, e + row, side.csr.edge_ids[old])
-    return Side(csr=Csr(row_ptr=row_ptr, cols=cols, edge_ids=edge_ids), in_degree=side.in_degree + 1)
+    return Side(csr=Csr(row_ptr=row_ptr, cols=cols, edge_ids=edge_ids), in_degree=side.in_degree + 1,
+                in_edge_order=side.in_edge_order)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,15 +328,15 @@ def make_plan(senders: Any, receivers: Any, n_nodes: int, backend: str, *,
 _PARALLEL_EDGES = 1 << 17
 
 
-def _csr_order(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Edge ids grouped by row (stable) and the in-degree of every row."""
+def _csr_order(rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Edge ids grouped by row (stable), the in-degree of every row, and whether the edges already
+    were grouped (the ids then are in order)."""
     key = rows.astype(np.int32 if n < 2**31 - 1 else np.int64, copy=False)
-    if key.size and np.all(key[1:] >= key[:-1]):
-        order = np.arange(key.size)  # already grouped (from_dense, coalesce, sorted loaders)
-    else:
-        order = _stable_argsort(key, n)
+    in_order = bool(np.all(key[1:] >= key[:-1]))
+    # already grouped: from_dense, coalesce, sorted loaders
+    order = np.arange(key.size) if in_order else _stable_argsort(key, n)
     degree = np.bincount(key, minlength=n)
-    return order, degree
+    return order, degree, in_order
 
 
 def _stable_argsort(key: np.ndarray, largest: int) -> np.ndarray:
@@ -348,11 +353,11 @@ def _stable_argsort(key: np.ndarray, largest: int) -> np.ndarray:
 
 def _plan_side(rows, cols, n, n_edges, with_buckets, max_width, chunk_edges) -> Side:
     """The plan that gathers ``cols`` (the senders of this direction) for every node of ``rows``."""
-    order, degree = _csr_order(rows, n)
+    order, degree, in_order = _csr_order(rows, n)
     row_ptr = np.zeros(n + 1, np.int64)
     np.cumsum(degree, out=row_ptr[1:])
     csr = Csr(row_ptr=_device(row_ptr), cols=_device(cols[order]), edge_ids=_device(order))
-    side = Side(csr=csr, in_degree=_device(degree))
+    side = Side(csr=csr, in_degree=_device(degree), in_edge_order=in_order)
     if not with_buckets:
         return side
     return _add_buckets(side, order, degree, row_ptr, cols, n, n_edges, max_width, chunk_edges)
