@@ -305,8 +305,9 @@ def layout_sum_backward(layout: Plan, g: jax.Array, w: jax.Array, u: jax.Array) 
     """The cotangents of a weighted `layout_sum`: ``(A^T @ g, dw)`` with ``dw[e] = <g[receivers[e]], u[senders[e]]>``.
 
     g, u (N, M), w (E,); or per head g, u (N, H, F), w (E, H) and dw (E, H). Equal to
-    ``(layout_sum(layout.transpose(), g, w), layout_edge_dot(layout, u, g))``; on CPU one native pass
-    over the reversed graph reads each gathered row of g once for both results and every head.
+    ``(layout_sum(layout.transpose(), g, w), layout_edge_dot(layout, u, g))``; on CPU, for edges sorted
+    by sender, one native pass over the reversed graph reads each gathered row of g once for both
+    results and every head (`_native_sum_dot`).
     """
     fused = KERNELS[layout.backend].sum_dot
     return _separate_backward(layout, g, w, u) if fused is None else fused(layout, g, w, u)
@@ -339,8 +340,9 @@ class Kernels(NamedTuple):
     Attributes:
       side_sum: ``(side, u (N, M), w (E,) or None) -> (N, M)``, the sum over each row's slots.
       edge_dot: ``(side, u (N, M), v (N, M)) -> (E,)``, one dot per edge (0 for edges in no slot).
-      sum_dot: optional ``(plan, g, w, u) -> (A^T g, dw)`` fused on ``plan.reverse``; None computes it
-        as ``side_sum`` on the reverse side plus ``edge_dot``.
+      sum_dot: optional ``(plan, g, w, u) -> (A^T g, dw)`` fused on ``plan.reverse`` (it may choose the
+        two passes itself, as the native one does unless ``plan.reverse.in_edge_order``); None
+        computes it as ``side_sum`` on the reverse side plus ``edge_dot``.
       multi_head: whether the three also take the per-head form, node data (N, H, F) with edge data
         (E, H) (``side_sum -> (N, H, F)``, ``edge_dot -> (E, H)``, ``sum_dot -> ((N, H, F), (E, H))``).
         If False, `register` wraps them in `_per_head`: one single-weight call per head.
