@@ -125,7 +125,9 @@ class Side:
       slot_of_edge: (E,) int32 position of each edge among the flattened bucket slots (bucket only).
       in_edge_order: static; True when the slots hold the edges in id order (the graph's edges were
         already sorted by this side's rows; self loops added later, as the last slot of each row, keep
-        it): a walk over this side then reads and writes per-edge data in order, not at random.
+        it): a walk over this side then reads and writes per-edge data in order, not at random. Being
+        static, it is part of ``jax.jit``'s cache key, like the sizes: graphs padded to one size
+        compile once per edge order (sorted by receiver, by sender, or neither).
     """
 
     csr: Csr

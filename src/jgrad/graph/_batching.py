@@ -2,7 +2,9 @@
 
 A jit-compiled function recompiles for every new ``(n_nodes, n_edges)``. Padding each batch up to a
 bucket size (`bucket_size`, `pad_to_bucket`) bounds the number of distinct shapes, and so the number of
-compilations, by the number of buckets.
+compilations, by the number of buckets. (A graph large enough to carry a native plan adds one more
+static fact, whether its edges come sorted by receiver, by sender or neither: batches of one
+generator or loader share it.)
 """
 
 from __future__ import annotations
