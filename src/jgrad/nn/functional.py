@@ -151,12 +151,14 @@ DROPOUT_RNGS: tuple[str, ...] = ("hash", "key")
 """Valid ``rng`` names of `dropout`."""
 
 
-def _project_first(x: Any, kernel: Any) -> bool:
-    """Whether a layer ``aggregate(x) @ kernel`` with a linear aggregation should run as
-    ``aggregate(x @ kernel)``: the same maths (the float rounding differs), with F_out instead of F_in
-    values moved per edge. True unless the kernel widens dense features; always for a sparse x, whose
-    product with the kernel is the sparse one."""
-    return _is_sparse(x) or jnp.shape(kernel)[-1] <= jnp.shape(kernel)[0]
+def _aggregate_projected(aggregate: Callable[[Any], jax.Array], x: Any, kernel: Any) -> jax.Array:
+    """``aggregate(x) @ kernel`` for a linear ``aggregate``, run on the narrower side of the kernel: as
+    ``aggregate(x @ kernel)`` unless the kernel widens dense features, and always so for a sparse x
+    (whose product with the kernel is the sparse one). The same maths, with min(F_in, F_out) values
+    moved per edge; the float rounding differs."""
+    if _is_sparse(x) or jnp.shape(kernel)[-1] <= jnp.shape(kernel)[0]:
+        return aggregate(x @ kernel)
+    return aggregate(x) @ kernel
 
 
 def _is_sparse(x: Any) -> bool:
@@ -423,8 +425,7 @@ def gcn_conv(
     _check_scalar_weights(where, graph)
     propagate_ = functools.partial(_gcn_propagate, graph, norm=norm if normalize else None,
                                    add_self_loops=add_self_loops, fill=fill, scaling=scaling)
-    y = propagate_(x @ kernel) if _project_first(x, kernel) else propagate_(x) @ kernel
-    return _bias(params, y)
+    return _bias(params, _aggregate_projected(propagate_, x, kernel))
 
 
 def graph_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
@@ -492,18 +493,14 @@ def sage_conv(params: Params, graph: Graph, x: ArrayLike, *, aggregator: str = "
 def _neighbour_root_conv(where: str, params: Params, graph: Graph, x: ArrayLike, aggregator: str) -> jax.Array:
     """``agg(x over incoming edges) @ neighbour_kernel + x @ root_kernel + b``: graph_conv and sage_conv.
 
-    The linear aggregators (mean, sum) run on the narrower side of the kernel (`_project_first`).
+    The linear aggregators (mean, sum) run on the narrower side of the kernel (`_aggregate_projected`).
     """
     neighbour_kernel, root_kernel = params["neighbour_kernel"], params["root_kernel"]
     x = _check_features(where, graph, x, _kernel_in(where, root_kernel), sparse_ok=aggregator != "max")
     _check_scalar_weights(where, graph)
-    if aggregator != "max" and _project_first(x, neighbour_kernel):
-        h = x @ neighbour_kernel
-        neighbours = mean_aggregate(graph, h) if aggregator == "mean" else spmm(graph, h)
-    elif aggregator == "mean":
-        neighbours = mean_aggregate(graph, x) @ neighbour_kernel
-    elif aggregator == "sum":
-        neighbours = spmm(graph, x) @ neighbour_kernel
+    if aggregator != "max":
+        linear = functools.partial(mean_aggregate if aggregator == "mean" else spmm, graph)
+        neighbours = _aggregate_projected(linear, x, neighbour_kernel)
     elif graph.edge_weight is None:
         neighbours = gspmm(graph, "copy_u", "max", u=x) @ neighbour_kernel
     else:
@@ -675,7 +672,7 @@ def gin_conv(params: Params, graph: Graph, x: ArrayLike) -> jax.Array:
     propagate_ = functools.partial(propagate, graph, norm="none", add_self_loops=True,
                                    fill=1.0 if eps is None else 1.0 + eps)
     # the MLP's first product is linear too: aggregate on the narrower side of its kernel
-    h = _bias(mlp[0], propagate_(x @ first) if _project_first(x, first) else propagate_(x) @ first)
+    h = _bias(mlp[0], _aggregate_projected(propagate_, x, first))
     for layer in mlp[1:]:
         h = _bias(layer, jax.nn.relu(h) @ layer["kernel"])
     return h

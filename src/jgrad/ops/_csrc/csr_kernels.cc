@@ -389,9 +389,7 @@ void CsrRouted(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* col
         const int64_t begin = row_ptr[s], end = row_ptr[s + 1];
         for (int64_t k = begin; k < end; ++k) {
           PrefetchAhead(cols, edge_ids, k, last_slot, top, m, heads, w);
-          if (k + kPrefetchDistance < last_slot) {
-            PrefetchRow(share + static_cast<int64_t>(cols[k + kPrefetchDistance]) * m, m);
-          }
+          PrefetchAhead<T>(cols, edge_ids, k, last_slot, share, m, heads);
           const int64_t edge = edge_ids[k];
           if (live != nullptr && !live[edge]) continue;
           const T* __restrict__ t = top + static_cast<int64_t>(cols[k]) * m;
