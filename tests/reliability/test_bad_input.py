@@ -463,7 +463,9 @@ CASES += [
     Case("adjacency_grad/fn-not-callable", lambda env: jgrad.adjacency_grad(3, G, X), T,
          _exact("adjacency_grad: fn must be callable; got int 3, expected fn(graph, *args) -> scalar loss.")),
     Case("adjacency_grad/graph-not-a-graph", lambda env: jgrad.adjacency_grad(_SUM_LOSS, np.eye(3), X), T,
-         _exact("adjacency_grad: graph must be a jgrad.Graph; got ndarray.")),
+         _exact("adjacency_grad: graph must be a jgrad.Graph; got an array of dtype float64 and shape (3, 3). The "
+                "graph comes first (op(graph, x), layer(graph, x)); a PyG edge_index (2, E) becomes one with "
+                "jgrad.Graph.from_edge_index(edge_index).")),
     Case("adjacency_grad/symmetric-not-bool", lambda env: jgrad.adjacency_grad(_SUM_LOSS, G, X, symmetric="yes"),
          T, _exact("adjacency_grad: symmetric must be a bool; got str 'yes', expected True or False.")),
     Case("adjacency_grad/unknown-mode", lambda env: jgrad.adjacency_grad(_SUM_LOSS, G, X, mode="sparse"), V,
@@ -572,6 +574,32 @@ CASES += [
     Case("unbatch/traced", lambda env: jax.jit(lambda g: jgrad.unbatch(g)[0].senders)(_bad_batch()), T,
          "^" + re.escape("unbatch: works on concrete arrays only, because its output size depends on the values; "
                          "call it outside jax.jit / jax.vmap and pass the result in.\n")),
+    # --- PyTorch Geometric's argument order and names ----------------------------------------------------
+    Case("spmm/pyg-argument-order", lambda env: ops.spmm(X, G), T,
+         r"^spmm: graph must be a jgrad.Graph; got an array of dtype float32 and shape \(3, 2\)\. The graph comes "
+         r"first \(op\(graph, x\), layer\(graph, x\)\); a PyG edge_index \(2, E\) becomes one with "
+         r"jgrad\.Graph\.from_edge_index\(edge_index\)\.$"),
+    Case("gspmm/edge-index-as-graph", lambda env: ops.gspmm(jnp.stack([G.senders, G.receivers]), "copy_u", "sum", X),
+         T, r"^gspmm: graph must be a jgrad.Graph; got an array of dtype int32 and shape \(2, 4\)\."),
+    Case("GCNConv/pyg-argument-order",
+         lambda env: jgrad.nn.GCNConv(2, 4, rngs=nnx.Rngs(0))(X, jnp.stack([G.senders, G.receivers])), T,
+         r"^gcn_conv: graph must be a jgrad.Graph; got an array of dtype float32 and shape \(3, 2\)\."),
+    Case("GAT/pyg-argument-order", lambda env: _model(jgrad.nn.GAT)(X, G), T,
+         r"^GAT: graph must be a jgrad.Graph; got an array of dtype float32 and shape \(3, 2\)\."),
+    Case("add_self_loops/not-a-graph", lambda env: jgrad.graph.add_self_loops([[0, 1], [1, 0]]), T,
+         _exact("add_self_loops: graph must be a jgrad.Graph; got list.")),
+    Case("from_edge_index/pyg-num-nodes", lambda env: Graph.from_edge_index([[0, 1], [1, 0]], num_nodes=2), T,
+         _exact("Graph.from_edge_index: unexpected keyword argument num_nodes (PyG's name; jgrad's is n_nodes).")),
+    Case("Graph/pyg-num-nodes", lambda env: G.num_nodes, AttributeError,
+         _exact("'Graph' object has no attribute 'num_nodes'; that is PyG's name: jgrad's is n_nodes.")),
+    Case("Graph/pyg-edge-index", lambda env: G.edge_index, AttributeError,
+         r"^'Graph' object has no attribute 'edge_index'; that is PyG's name: jgrad keeps senders and receivers "),
+    Case("Graph/unknown-attribute", lambda env: G.no_such_field, AttributeError,
+         _exact("'Graph' object has no attribute 'no_such_field'")),
+    Case("NodeDataset/pyg-x", lambda env: _dataset().x, AttributeError,
+         _exact("'NodeDataset' object has no attribute 'x'; that is PyG's name: jgrad's is features.")),
+    Case("NodeDataset/pyg-num-classes", lambda env: _dataset().num_classes, AttributeError,
+         _exact("'NodeDataset' object has no attribute 'num_classes'; that is PyG's name: jgrad's is n_classes.")),
 ]
 
 

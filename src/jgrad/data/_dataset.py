@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
 
+from jgrad._src import _pyg_names
 from jgrad.graph import Graph
 
 
@@ -39,6 +41,10 @@ class NodeDataset:
     test_mask: np.ndarray | jax.Array
     n_classes: int = dataclasses.field(metadata=dict(static=True))
     name: str = dataclasses.field(metadata=dict(static=True))
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for attributes that do not exist: PyG's names get jgrad's in the message.
+        raise _pyg_names.missing_attribute(self, name, _pyg_names.DATASET)
 
     @property
     def n_nodes(self) -> int:

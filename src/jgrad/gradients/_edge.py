@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..graph import Graph
+from ..graph._graph import check_graph
 from ._compile import Call, rebuild_args, run_cached
 
 
@@ -23,8 +24,7 @@ def tracked_weights(where: str, graph: Graph) -> jax.Array:
 
     Padding edges keep their stored value; every jgrad op masks them, so their gradient is 0.
     """
-    if not isinstance(graph, Graph):
-        raise TypeError(f"{where}: graph must be a jgrad.Graph; got {type(graph).__name__}.")
+    check_graph(where, graph)
     if graph.edge_weight is None:
         return jnp.ones((graph.n_edges,), float_dtype())
     weight = jnp.asarray(graph.edge_weight)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from .._types import check_choice
 from ..graph import Graph
+from ..graph._graph import check_graph
 from ..ops import spmm
 from ..ops._norm import safe_inverse_power
 
@@ -82,6 +83,7 @@ def propagate(
       [[3.5], [2.5]]
     """
     where = "propagate"
+    check_graph(where, graph)
     check_choice(where, "norm", norm, NORMS)
     x = jnp.asarray(x)
     if x.ndim == 0 or x.shape[0] != graph.n_nodes:

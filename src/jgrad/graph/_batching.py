@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _checks, _limits
-from ._graph import Graph
+from ._graph import Graph, check_graph
 
 
 def batch(graphs: Sequence[Graph]) -> Graph:
@@ -198,6 +198,7 @@ def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
       >>> g.node_mask.tolist(), g.edge_mask.tolist(), g.senders.tolist()
       ([True, True, False, False], [True, False, False], [0, 2, 2])
     """
+    check_graph("pad", graph)
     n_nodes = _limits.check_size("pad", n_nodes)
     n_edges = _limits.check_size("pad", n_edges, name="n_edges")
     extra_nodes = n_nodes - graph.n_nodes
@@ -272,6 +273,7 @@ def bucket_size(size: int, *, growth: float = 2.0, minimum: int = 16) -> int:
 
 def pad_to_bucket(graph: Graph, *, growth: float = 2.0, minimum: int = 16) -> Graph:
     """Pads to the next bucket sizes (`bucket_size`), reserving one padding node for padding edges."""
+    check_graph("pad_to_bucket", graph)
     return pad(
         graph,
         n_nodes=bucket_size(graph.n_nodes + 1, growth=growth, minimum=minimum),

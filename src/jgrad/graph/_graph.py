@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._src import _plan, _taps
+from .._src import _plan, _pyg_names, _taps
 from .._types import default_float_dtype
 from . import _checks, _limits
 
@@ -138,6 +138,7 @@ class Graph:
         edge_index: ArrayLike,
         n_nodes: int | None = None,
         edge_weight: ArrayLike | None = None,
+        **unexpected: Any,
     ) -> Graph:
         """Builds a validated graph from a (2, E) ``edge_index``, the PyTorch Geometric convention.
 
@@ -155,7 +156,9 @@ class Graph:
           A `Graph`, validated as by `Graph.from_edges`.
 
         Raises:
-          TypeError / ValueError: as `Graph.from_edges`, and a ``edge_index`` that is not (2, E).
+          TypeError / ValueError: as `Graph.from_edges`, and a ``edge_index`` that is not (2, E). A
+            keyword this method does not take raises a TypeError that gives jgrad's name for PyG's
+            (``num_nodes`` is ``n_nodes``, ``edge_attr`` is ``edge_weight``).
 
         Example:
           >>> import numpy as np, jgrad
@@ -164,6 +167,8 @@ class Graph:
           (3, [0, 1, 1], [1, 0, 2])
         """
         where = "Graph.from_edge_index"
+        if unexpected:
+            raise _pyg_names.unexpected_keywords(where, unexpected)
         edge_index = _from_torch(edge_index)
         if not hasattr(edge_index, "shape"):
             edge_index = np.asarray(edge_index)
@@ -368,6 +373,10 @@ class Graph:
 
         return sort_by_receiver(self)
 
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for attributes that do not exist: PyG's names get jgrad's in the message.
+        raise _pyg_names.missing_attribute(self, name, _pyg_names.GRAPH)
+
     def __repr__(self) -> str:
         parts = [f"n_nodes={self.n_nodes}", f"n_edges={self.n_edges}", f"weighted={self.is_weighted}"]
         if self.n_node_per_graph is not None:
@@ -375,6 +384,18 @@ class Graph:
         if self.edge_mask is not None or self.node_mask is not None:
             parts.append("padded=True")
         return f"Graph({', '.join(parts)})"
+
+
+def check_graph(where: str, value: Any) -> None:
+    """Raises a TypeError naming what was passed where a `Graph` belongs. An array there is most often
+    PyG's argument order, ``conv(x, edge_index)``, where jgrad's is ``conv(graph, x)``."""
+    if isinstance(value, Graph):
+        return
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        raise TypeError(f"{where}: graph must be a jgrad.Graph; got an array of dtype {value.dtype} and shape "
+                        f"{tuple(value.shape)}. The graph comes first (op(graph, x), layer(graph, x)); a PyG "
+                        "edge_index (2, E) becomes one with jgrad.Graph.from_edge_index(edge_index).")
+    raise TypeError(f"{where}: graph must be a jgrad.Graph; got {type(value).__name__}.")
 
 
 _DATA_FIELDS = ("senders", "receivers", "edge_weight", "node_mask", "edge_mask", "graph_mask",

@@ -18,7 +18,7 @@ import numpy as np
 from .._types import default_float_dtype
 from . import _checks
 from ._batching import unbatch as unbatch_graphs
-from ._graph import Graph, _from_torch
+from ._graph import Graph, _from_torch, check_graph
 
 
 def from_scipy(matrix: Any) -> Graph:
@@ -38,6 +38,7 @@ def to_scipy(graph: Graph, format: str = "csr") -> Any:
 
     Indices are range-checked (ValueError naming them), as for every jgrad function that reads them.
     """
+    check_graph("to_scipy", graph)
     import scipy.sparse as sp
 
     _checks.require_concrete("to_scipy", graph.senders)
@@ -85,6 +86,7 @@ def to_networkx(graph: Graph) -> Any:
 
     Indices are range-checked (ValueError), so a bad index never adds a node beyond N.
     """
+    check_graph("to_networkx", graph)
     import networkx as nx
 
     _checks.require_concrete("to_networkx", graph.senders)
@@ -177,6 +179,7 @@ def to_pyg(graph: Graph, x: Any = None, *, edge_weight: str = "edge_weight") -> 
     Returns:
       ``torch_geometric.data.Data`` or ``torch_geometric.data.Batch``.
     """
+    check_graph("to_pyg", graph)
     import torch
 
     with warnings.catch_warnings():  # torch_geometric 2.8 uses torch.jit.script, deprecated in torch 2.13
@@ -320,6 +323,7 @@ def to_jraph(graph: Graph, nodes: Any = None, edges: Any = None, globals: Any = 
       >>> jgrad.graph.from_jraph(gt).n_node_per_graph.tolist()
       [2, 2]
     """
+    check_graph("to_jraph", graph)
     import jraph
 
     _checks.check_graph_indices("to_jraph", graph)  # when concrete; skipped on tracers

@@ -16,6 +16,7 @@ import numpy as np
 from .._src import _plan, _taps
 from .._types import default_float_dtype
 from . import _checks, _limits
+from ._graph import check_graph
 
 if TYPE_CHECKING:  # a Graph's methods call these functions; the class is needed for annotations only
     from ._graph import Graph
@@ -33,6 +34,7 @@ def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:
     Raises:
       ValueError: when E + N exceeds ``2**31 - 1`` (int32 indexing).
     """
+    check_graph("add_self_loops", graph)
     n = graph.n_nodes
     _limits.check_total("add_self_loops", "n_edges", graph.n_edges + n,
                         f" ({graph.n_edges} edges + {n} loops)")
@@ -96,6 +98,7 @@ def _select_edges(graph: Graph, keep: np.ndarray) -> Graph:
 
 def remove_self_loops(graph: Graph) -> Graph:
     """Drops every edge ``v -> v``. Eager only; indices are range-checked (ValueError)."""
+    check_graph("remove_self_loops", graph)
     _checks.require_concrete("remove_self_loops", graph.senders, graph.receivers)
     _checks.check_graph_indices("remove_self_loops", graph)
     keep = np.asarray(graph.senders) != np.asarray(graph.receivers)
@@ -114,6 +117,7 @@ def sort_by_receiver(graph: Graph) -> tuple[Graph, jax.Array]:
     Raises:
       ValueError: when the indices are concrete, an index outside ``[0, n_nodes)``; skipped on tracers.
     """
+    check_graph("sort_by_receiver", graph)
     _checks.check_graph_indices("sort_by_receiver", graph)
     perm = jnp.lexsort((graph.senders, graph.receivers)).astype(jnp.int32)
     take = lambda a: None if a is None else a[perm]
@@ -137,6 +141,7 @@ def coalesce(graph: Graph) -> Graph:
     Coalescing twice changes nothing. Indices are range-checked (ValueError), since an out-of-range
     pair could otherwise merge with an unrelated edge.
     """
+    check_graph("coalesce", graph)
     _checks.require_concrete("coalesce", graph.senders, graph.receivers)
     _checks.check_graph_indices("coalesce", graph)
     if graph.edge_mask is not None:
@@ -206,6 +211,7 @@ def to_undirected(graph: Graph, *, reduce: str | None = None) -> Graph:
       [[0.0, 2.0], [2.0, 0.0]]
     """
     where = "to_undirected"
+    check_graph(where, graph)
     if reduce is not None and reduce not in _REDUCERS:
         raise ValueError(f"{where}: unknown reduce {reduce!r}; expected None or one of "
                          f"{', '.join(repr(r) for r in _REDUCERS)}.")

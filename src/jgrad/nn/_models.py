@@ -62,6 +62,7 @@ from flax import nnx
 
 from .._types import check_choice
 from ..graph import Graph
+from ..graph._graph import check_graph
 from . import functional as F
 from ._layers import GATConv, GCNConv, GINConv, SAGEConv
 
@@ -128,6 +129,7 @@ class GCN(nnx.Module):
 
     def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         """(N, in_features) -> (N, out_features) logits."""
+        check_graph(type(self).__name__, graph)
         keys = _split(key, len(self.layers))
         scaling = self.layers[0].prepare(graph)
         for i, layer in enumerate(self.layers):
@@ -175,6 +177,7 @@ class GAT(nnx.Module):
 
     def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         """(N, in_features) -> (N, out_features) logits."""
+        check_graph(type(self).__name__, graph)
         keys = _split(key, 2 * len(self.layers))
         for i, layer in enumerate(self.layers):
             x = F.dropout(x, self.dropout, keys[2 * i])
@@ -210,6 +213,7 @@ class GraphSAGE(nnx.Module):
 
     def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         """(N, in_features) -> (N, out_features) logits."""
+        check_graph(type(self).__name__, graph)
         keys = _split(key, len(self.layers))
         for i, layer in enumerate(self.layers):
             x = F.dropout(x, self.dropout, keys[i])
@@ -265,6 +269,7 @@ class GIN(nnx.Module):
 
     def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         """(N, in_features) -> (N, out_features), or (G, out_features) with a readout."""
+        check_graph(type(self).__name__, graph)
         for layer in self.layers:
             x = jax.nn.relu(layer(graph, x))
         if self.readout is not None:

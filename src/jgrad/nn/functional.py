@@ -50,6 +50,7 @@ from .._src import _taps
 from .._types import REDUCERS, check_choice
 from ..gradients import propagate
 from ..graph import Graph
+from ..graph._graph import check_graph
 from ..ops import gat_attention, gsddmm, gspmm, segment_max, segment_reduce, segment_sum, spmm
 from ..ops._norm import safe_inverse_power
 
@@ -94,6 +95,7 @@ def _check_features(where: str, graph: Graph, x: Any, in_features: int | None, *
     A 2-D ``jax.experimental.sparse.BCOO`` passes the same checks; it is returned as is when the layer
     starts with ``x @ kernel`` (``sparse_ok``) and densified otherwise.
     """
+    check_graph(where, graph)
     sparse = _is_sparse(x)
     if not sparse:
         x = jnp.asarray(x)
@@ -118,6 +120,7 @@ def _check_features(where: str, graph: Graph, x: Any, in_features: int | None, *
 
 
 def _check_scalar_weights(where: str, graph: Graph) -> None:
+    check_graph(where, graph)
     weight = graph.edge_weight
     if weight is not None and jnp.ndim(weight) != 1:
         raise ValueError(f"{where}: needs one scalar weight per edge; got edge_weight of shape "
@@ -719,6 +722,7 @@ def message_passing(
       [[0.0], [0.0], [-3.0]]
     """
     where = "message_passing"
+    check_graph(where, graph)
     check_choice(where, "aggregate", aggregate, REDUCERS)
     if not callable(message_fn):
         raise TypeError(f"{where}: message_fn must be callable; got {type(message_fn).__name__}.")

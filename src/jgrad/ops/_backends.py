@@ -26,6 +26,7 @@ import dataclasses
 from .._src import _plan
 from .._src._plan import use_backend as _use_backend
 from ..graph import Graph
+from ..graph._graph import check_graph
 
 
 def use_backend(name: str):
@@ -72,6 +73,7 @@ def with_backend(graph: Graph, name: str) -> Graph:
       ('native', [[0.0], [3.0]])
     """
     where = "with_backend"
+    check_graph(where, graph)
     name = _plan.check_backend(where, name)
     if name != "xla":
         if not _plan._is_concrete(graph.senders, graph.receivers):
@@ -90,5 +92,6 @@ def backend_of(graph: Graph) -> str:
     ``"native"`` means the native plan; whether the C++ kernels themselves run (CPU, float32/64, a
     compiler) is decided when the computation is lowered (`jgrad.ops.native_available`).
     """
+    check_graph("backend_of", graph)
     plan = _plan.resolve(graph)
     return "xla" if plan is None else plan.backend

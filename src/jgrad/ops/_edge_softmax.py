@@ -24,6 +24,7 @@ from .._src import _taps
 from .._src._plan import Plan, resolve
 from ..graph import Graph
 from ..graph._checks import check_graph_indices
+from ..graph._graph import check_graph
 from . import _kernels
 from ._attention import segment_attention_backward
 from ._dispatch import in_forward_mode
@@ -68,6 +69,7 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
       >>> jgrad.ops.edge_softmax(g, jnp.array([0.0, 0.0, 5.0])).tolist()
       [0.5, 0.5, 1.0]
     """
+    check_graph("edge_softmax", graph)
     given = logits  # the caller's array, for adjacency_grad's marks
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
@@ -201,6 +203,7 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
       [0.5, 0.5, 1.0]
     """
     where = "gat_attention"
+    check_graph(where, graph)
     src, dst = (_check_score(where, graph, name, value)
                 for name, value in (("score_src", score_src), ("score_dst", score_dst)))
     if src.shape != dst.shape:

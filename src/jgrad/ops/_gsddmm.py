@@ -20,6 +20,7 @@ from .._src._plan import resolve
 from .._types import check_choice
 from ..graph import Graph
 from ..graph._checks import check_graph_indices
+from ..graph._graph import check_graph
 from . import _kernels
 from ._dispatch import in_forward_mode
 from ._messages import EDGE_OPS, TARGETS
@@ -79,6 +80,7 @@ def gsddmm(
       [[11.0], [11.0]]
     """
     where = "gsddmm"
+    check_graph(where, graph)
     check_choice(where, "edge op", op, EDGE_OPS)
     check_choice(where, "lhs_target", lhs_target, TARGETS)
     check_choice(where, "rhs_target", rhs_target, TARGETS)

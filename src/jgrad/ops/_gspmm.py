@@ -23,6 +23,7 @@ from .._src._plan import resolve
 from .._types import REDUCERS, TIE_RULES, check_choice
 from ..graph import Graph
 from ..graph._checks import check_graph_indices
+from ..graph._graph import check_graph
 from . import _kernels
 from ._dispatch import in_forward_mode
 from ._messages import MESSAGE_OPS, check_broadcast, check_operands
@@ -101,6 +102,7 @@ def gspmm(
       [[0.0], [0.0], [2.0]]
     """
     where = "gspmm"
+    check_graph(where, graph)
     check_choice(where, "message op", op, MESSAGE_OPS)
     check_choice(where, "reducer", reduce, REDUCERS)
     check_choice(where, "tie rule", tie, TIE_RULES)
@@ -142,6 +144,7 @@ def spmm(
       >>> jgrad.ops.spmm(g, jnp.array([[1.0], [1.0]])).tolist()
       [[3.0], [2.0]]
     """
+    check_graph("spmm", graph)
     weight = graph.edge_weight if edge_weight is None else edge_weight
     if weight is None:
         return gspmm(graph, "copy_u", "sum", u=x, accumulate_dtype=accumulate_dtype)

@@ -23,6 +23,7 @@ from .._src import _taps
 from .._types import default_float_dtype
 from ..graph import Graph
 from ..graph._checks import check_graph_indices, is_concrete
+from ..graph._graph import check_graph
 from ._segment import segment_sum
 
 ArrayLike = jax.typing.ArrayLike
@@ -36,6 +37,7 @@ def safe_inverse_power(degree: jax.Array, power: float) -> jax.Array:
 
 
 def _scalar_weights(where: str, graph: Graph, edge_weight) -> jax.Array:
+    check_graph(where, graph)
     weight = graph.edge_weight if edge_weight is None else jnp.asarray(edge_weight)
     if weight is None:
         weight = jnp.ones((graph.n_edges,), default_float_dtype())

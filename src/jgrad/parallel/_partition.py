@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from ..graph import Graph
 from ..graph import _checks
+from ..graph._graph import check_graph
 from ._mesh import EDGE_AXIS
 
 ArrayLike = jax.typing.ArrayLike
@@ -171,8 +172,7 @@ def partition_edges(graph: Graph, n_shards: int, *, sort_by_receiver: bool = Tru
       ((2, 3), [2, 3])
     """
     where = "partition_edges"
-    if not isinstance(graph, Graph):
-        raise TypeError(f"{where}: graph must be a jgrad.Graph; got {type(graph).__name__}.")
+    check_graph(where, graph)
     if not isinstance(n_shards, int) or isinstance(n_shards, bool) or n_shards < 1:
         raise ValueError(f"{where}: n_shards must be a positive int; got {n_shards!r}.")
     _checks.require_concrete(where, graph.senders, graph.receivers)
