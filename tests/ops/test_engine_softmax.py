@@ -5,10 +5,13 @@ and its transpose `layout_gather`) instead of the plain path's scatter-adds; val
 order included) must equal the plain path's in float64, NaN and huge scores included.
 """
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend import core as jex_core
 
 import jgrad
 from jgrad import Graph
@@ -23,6 +26,20 @@ TOL = dict(rtol=1e-12, atol=1e-12)
 SMALL = jgrad.pad(Graph.from_edges([0, 0, 1, 2, 2, 3, 3, 4, 1], [1, 1, 2, 0, 1, 3, 1, 0, 4], 7),
                   n_nodes=8, n_edges=12)
 SHAPES = {"E": (), "E_H": (3,), "E_H_1": (3, 1)}
+
+
+def _primitives(fn, *args) -> collections.Counter:
+    """How many equations of each primitive the program of ``fn`` holds, inside jit calls too."""
+    counts = collections.Counter()
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            counts[eqn.primitive.name] += 1
+            for inner in jex_core.jaxprs_in_params(eqn.params):
+                walk(inner)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return counts
 
 
 def _loss(graph, logits, a, b):
@@ -79,7 +96,9 @@ def test_edge_sums_softmax_and_scores_on_a_plan_equal_the_plain_path(backend, sh
 
 
 def test_the_plan_path_runs_the_backend_edge_sum(monkeypatch):
-    """copy_e, the scores' backward and edge_softmax (forward and backward) each call the backend's sum."""
+    """copy_e, the scores' backward and edge_softmax (forward and backward) each call the backend's sum:
+    the program holds the plan's softmax (its sum inside) and three edge sums (the softmax's backward, the
+    scores' per-sender and per-receiver sums), and every backend sum is called with all heads at once."""
     calls = []
     native = _kernels.KERNELS["native"]
 
@@ -91,11 +110,15 @@ def test_the_plan_path_runs_the_backend_edge_sum(monkeypatch):
     graph = with_backend(SMALL, "native")
     logits, a, b = _operands((3,))
     step = lambda logits, a, b: jnp.sum(jnp.sin(edge_softmax(graph, logits + gsddmm(graph, "add", a, b))))
+    counts = _primitives(jax.grad(step, (0, 1, 2)), logits, a, b)
+    assert (counts["jgrad_plan_softmax"], counts["jgrad_layout_edge_sum"]) == (1, 3), counts
     jax.jit(jax.grad(step, (0, 1, 2))).lower(logits, a, b)
-    assert len(calls) == 4, calls  # softmax forward + backward, per-sender and per-receiver score sums
+    assert calls and set(calls) == {(SMALL.n_edges, 3)}, calls
     calls.clear()
-    jax.jit(lambda e: gspmm(graph, "copy_e", "sum", e=e)).lower(logits[:, :, None])
-    assert calls == [(SMALL.n_edges, 3)]
+    copy_e = lambda e: gspmm(graph, "copy_e", "sum", e=e)  # noqa: E731
+    assert _primitives(copy_e, logits[:, :, None])["jgrad_layout_edge_sum"] == 1
+    jax.jit(copy_e).lower(logits[:, :, None])
+    assert calls and set(calls) == {(SMALL.n_edges, 3)}, calls
 
 
 @pytest.mark.parametrize("backend", ["native", "bucket"])
@@ -178,8 +201,10 @@ def test_a_gat_layer_runs_its_attention_fused_on_the_plan(monkeypatch):
     params = {"kernel": jnp.ones((f_in, heads * f_out)), "att_src": jnp.ones((heads, f_out)),
               "att_dst": jnp.ones((heads, f_out)), "bias": None}
     loss = lambda params, x: jnp.sum(jnp.tanh(jgrad.nn.functional.gat_conv(params, graph, x)))
-    lowered = jax.jit(jax.grad(loss, (0, 1))).lower(params, jnp.ones((n, f_in))).as_text()
-    assert calls == [(graph.n_edges + n, heads)], calls  # the layer adds n self loops
+    x = jnp.ones((n, f_in))
+    assert _primitives(jax.grad(loss, (0, 1)), params, x)["jgrad_layout_edge_sum"] == 1  # the senders' sum
+    lowered = jax.jit(jax.grad(loss, (0, 1))).lower(params, x).as_text()
+    assert calls and set(calls) == {(graph.n_edges + n, heads)}, calls  # the layer adds n self loops
     # the aggregation: forward sum, and (the edges are not sorted by sender) reverse sum and edge dot
     calls = [lowered.count(f"@jgrad_csr_{kernel}(") for kernel in ("sum", "sum_dot", "edge_dot")]
     assert calls == [2, 0, 1], calls

@@ -26,10 +26,10 @@ from ..graph import Graph
 from ..graph._checks import check_graph_indices
 from ..graph._graph import check_graph
 from . import _kernels
-from ._attention import segment_attention_backward
-from ._dispatch import in_forward_mode
+from ._attention import segment_attention, segment_attention_backward
 from ._gsddmm import gsddmm
 from ._messages import align_edge
+from ._op import Op, tangent_of
 from ._primitives import raw_gsddmm, raw_gspmm
 from ._segment import segment_softmax
 
@@ -53,7 +53,7 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
       Stable for scores of any magnitude (the per-receiver maximum is subtracted; no inf or NaN in
       value or gradient for scores up to 1e4 and beyond). A NaN (or ``+inf``) score makes every value
       and gradient of its receiver's incoming edges NaN, so `jgrad.checked` reports it; other receivers
-      are unaffected. Custom VJP built from gspmm and gsddmm;
+      are unaffected. Its backward is built from gspmm and gsddmm (`jgrad.ops._op.Op`);
       reverse mode to any order, forward mode, ``jit`` and ``vmap`` all work.
 
       On a graph with a plan (``graph.plan``) and logits of shape (E,), (E, H) or (E, H, 1), the
@@ -61,7 +61,7 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
       (`jgrad.ops._kernels.layout_edge_sum`: native CSR sums on CPU, every head in one pass; one pass
       per head on the bucket backend) instead of scatter-adds; the per-receiver maximum stays an XLA
       segment maximum. Values and gradients equal the plain path's up to float rounding, NaN and
-      infinite scores included. Other shapes and forward mode run the plain path.
+      infinite scores included. Other shapes run the plain path.
 
     Example:
       >>> import jax.numpy as jnp, jgrad
@@ -81,7 +81,7 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
         )
     check_graph_indices("edge_softmax", graph)
     plan = resolve(graph)
-    if plan is not None and _kernels.edge_width(logits) is not None and not in_forward_mode(logits):
+    if plan is not None and _kernels.edge_width(logits) is not None:
         out = _plan_softmax(plan, graph.receivers, graph.edge_mask, _kernels.as_rows(logits)).reshape(logits.shape)
     else:
         out = _edge_softmax(graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, logits)
@@ -89,40 +89,41 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
 
 
 def _edge_softmax(n, senders, receivers, mask, logits):
-    if in_forward_mode(logits):
-        return segment_softmax(logits, receivers, n, mask=mask)
-    return _edge_softmax_vjp(n, senders, receivers, mask, logits)
+    return _EDGE_SOFTMAX(senders, receivers, mask, logits, n=n)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _edge_softmax_vjp(n, senders, receivers, mask, logits):
+def _plain_softmax(senders, receivers, mask, logits, *, n):
     return segment_softmax(logits, receivers, n, mask=mask)
 
 
-def _edge_softmax_fwd(n, senders, receivers, mask, logits):
-    out = segment_softmax(logits, receivers, n, mask=mask)
-    return out, (senders, receivers, mask, out)
-
-
-def _edge_softmax_bwd(n, residuals, cotangent):
-    senders, receivers, mask, out = residuals
+def _edge_softmax_pullback(operands, out, cotangent, *, n):
+    """``out * (g - sum over the receiver's edges of out * g)``: the backward, and (the softmax's
+    Jacobian being symmetric) the tangent map too. Reads the output, not the logits."""
+    senders, receivers, mask, _ = operands
     weighted = out * cotangent
     per_node = raw_gspmm("copy_e", "sum", "split", n, senders, receivers, mask, None, weighted)
     per_edge = raw_gsddmm("copy_rhs", n, senders, receivers, mask, None, per_node, "u", "v")
     d_logits = out * (cotangent - per_edge)
     if mask is not None:
         d_logits = jnp.where(align_edge(mask, d_logits.ndim), d_logits, jnp.zeros((), d_logits.dtype))
-    return None, None, None, d_logits
+    return d_logits
 
 
-_edge_softmax_vjp.defvjp(_edge_softmax_fwd, _edge_softmax_bwd)
+_EDGE_SOFTMAX = Op("jgrad_edge_softmax", _plain_softmax, saves=(0, 1, 2),
+                   tangent=lambda operands, out, tangents, n: _edge_softmax_pullback(operands, out, tangents[3], n=n),
+                   backward=lambda operands, out, cotangent, wanted, n: (
+                       None, None, None, _edge_softmax_pullback(operands, out, cotangent, n=n)))
 
 
 # --------------------------------------------------------------------------------------------------
 # On a plan: the per-receiver sums go through `_kernels.layout_edge_sum` (no scatter-add).
 # --------------------------------------------------------------------------------------------------
-@jax.custom_vjp
 def _plan_softmax(plan: Plan, receivers: jax.Array, mask: jax.Array | None, logits: jax.Array) -> jax.Array:
+    """`segment_softmax` of (E,) or (E, H) logits over the receivers, its sum on the plan (`_softmax_on_plan`)."""
+    return _PLAN_SOFTMAX(plan, receivers, mask, logits)
+
+
+def _softmax_on_plan(plan: Plan, receivers: jax.Array, mask: jax.Array | None, logits: jax.Array) -> jax.Array:
     """`segment_softmax` of (E,) or (E, H) logits over the receivers, its sum on the plan.
 
     The same steps as `segment_softmax` (maximum shift held constant, 0 for padding edges and for
@@ -142,15 +143,9 @@ def _plan_softmax(plan: Plan, receivers: jax.Array, mask: jax.Array | None, logi
     return jnp.where(alive, exps / jnp.where(alive, total, 1), 0)
 
 
-def _plan_softmax_fwd(plan, receivers, mask, logits):
-    # The primal goes through the custom-VJP function again, so that an outer differentiation (reverse
-    # over reverse) sees a differentiable call.
-    out = _plan_softmax(plan, receivers, mask, logits)
-    return out, (plan, receivers, mask, out)
-
-
-def _plan_softmax_bwd(residuals, cotangent):
-    plan, receivers, mask, out = residuals
+def _softmax_pullback(operands, out, cotangent):
+    """`_edge_softmax_pullback` with its sums on the plan."""
+    plan, receivers, mask, _ = operands
     weighted = out * cotangent
     if mask is not None:
         weighted = jnp.where(align_edge(mask, weighted.ndim), weighted, jnp.zeros((), weighted.dtype))
@@ -158,10 +153,13 @@ def _plan_softmax_bwd(residuals, cotangent):
     d_logits = out * (cotangent - _kernels.layout_gather(plan, receivers, per_node))
     if mask is not None:
         d_logits = jnp.where(align_edge(mask, d_logits.ndim), d_logits, jnp.zeros((), d_logits.dtype))
-    return None, None, None, d_logits
+    return d_logits
 
 
-_plan_softmax.defvjp(_plan_softmax_fwd, _plan_softmax_bwd)
+_PLAN_SOFTMAX = Op("jgrad_plan_softmax", _softmax_on_plan, saves=(0, 1, 2),
+                   tangent=lambda operands, out, tangents: _softmax_pullback(operands, out, tangents[3]),
+                   backward=lambda operands, out, cotangent, wanted: (
+                       None, None, None, _softmax_pullback(operands, out, cotangent)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,7 +212,7 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
     src, dst = src.astype(dtype), dst.astype(dtype)
     plan = resolve(graph)
     if plan is not None and _kernels.KERNELS[plan.backend].attention is not None and src.ndim <= 2 \
-            and isinstance(negative_slope, numbers.Real) and not in_forward_mode(src, dst):
+            and isinstance(negative_slope, numbers.Real):
         rows = lambda x: x.reshape(x.shape[0], -1)  # (N,) -> (N, 1)
         alpha = _plan_attention(float(negative_slope), plan, graph.senders, graph.receivers, graph.edge_mask,
                                 rows(src), rows(dst))
@@ -233,47 +231,52 @@ def _check_score(where, graph, name, value):
     return value
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _plan_attention(negative_slope: float, plan: Plan, senders, receivers, mask, src, dst):
     """(E, H) attention weights of (N, H) scores by the plan's backend kernel."""
+    return _PLAN_ATTENTION(plan, senders, receivers, mask, src, dst, negative_slope=negative_slope)
+
+
+def _attention_kernel(plan, senders, receivers, mask, src, dst, *, negative_slope):
     kernel = _kernels.KERNELS[plan.backend].attention
     return kernel(plan.forward, senders, receivers, mask, negative_slope, src, dst)
 
 
-def _plan_attention_fwd(negative_slope, plan, senders, receivers, mask, src, dst):
-    # The primal goes through the custom-VJP function again, so that an outer differentiation (reverse
-    # over reverse) sees a differentiable call.
-    alpha = _plan_attention(negative_slope, plan, senders, receivers, mask, src, dst)
-    return alpha, (plan, senders, receivers, mask, src, dst, alpha)
+def _attention_reference(plan, senders, receivers, mask, src, dst, *, negative_slope):
+    return segment_attention(plan.n_nodes, senders, receivers, mask, negative_slope, src, dst)
 
 
-def _plan_attention_bwd(negative_slope, residuals, g):
-    plan, senders, receivers, mask, src, dst, alpha = residuals
+def _plan_attention_backward(operands, alpha, g, wanted, *, negative_slope):
+    plan, senders, receivers, mask, src, dst = operands
     d_raw, d_dst = _attention_backward(negative_slope, plan, senders, receivers, mask, src, dst, alpha, g)
     d_src = _kernels.layout_edge_sum(plan.transpose(), senders, d_raw)
     return None, None, None, None, d_src, d_dst
 
 
-_plan_attention.defvjp(_plan_attention_fwd, _plan_attention_bwd)
+# Forward mode differentiates the XLA reference (`jgrad.ops._attention`), which computes the same map.
+_PLAN_ATTENTION = Op("jgrad_attention", _attention_kernel, tangent=tangent_of(_attention_reference),
+                     backward=_plan_attention_backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention_backward(negative_slope: float, plan: Plan, senders, receivers, mask, src, dst, alpha, g):
     """``(d_raw, d_dst)`` by the plan's backend kernel; differentiable as `segment_attention_backward`."""
+    return _ATTENTION_BACKWARD(plan, senders, receivers, mask, src, dst, alpha, g, negative_slope=negative_slope)
+
+
+def _attention_backward_kernel(plan, senders, receivers, mask, src, dst, alpha, g, *, negative_slope):
     kernel = _kernels.KERNELS[plan.backend].attention_backward
     return kernel(plan.forward, senders, receivers, mask, negative_slope, src, dst, alpha, g)
 
 
-def _attention_backward_fwd(negative_slope, plan, senders, receivers, mask, src, dst, alpha, g):
-    out = _attention_backward(negative_slope, plan, senders, receivers, mask, src, dst, alpha, g)
-    return out, (plan, senders, receivers, mask, src, dst, alpha, g)
+def _attention_backward_reference(plan, senders, receivers, mask, src, dst, alpha, g, *, negative_slope):
+    return segment_attention_backward(plan.n_nodes, senders, receivers, mask, negative_slope, src, dst, alpha, g)
 
 
-def _attention_backward_bwd(negative_slope, residuals, cotangents):
-    plan, senders, receivers, mask, src, dst, alpha, g = residuals
+def _attention_backward_backward(operands, outs, cotangents, wanted, *, negative_slope):
+    plan, senders, receivers, mask = operands[:4]
     same_map = functools.partial(segment_attention_backward, plan.n_nodes, senders, receivers, mask, negative_slope)
-    pullback = jax.vjp(same_map, src, dst, alpha, g)[1]
-    return (None, None, None, None) + pullback(cotangents)
+    pullback = jax.vjp(same_map, *operands[4:])[1]
+    return (None, None, None, None) + pullback(tuple(cotangents))
 
 
-_attention_backward.defvjp(_attention_backward_fwd, _attention_backward_bwd)
+_ATTENTION_BACKWARD = Op("jgrad_attention_backward", _attention_backward_kernel,
+                         tangent=tangent_of(_attention_backward_reference), backward=_attention_backward_backward)

@@ -12,16 +12,17 @@ That selection is linear in u and w for a fixed ``arg``, so JAX differentiates i
 every order: the backward scatters the cotangent to the winning sender and edge (N·M entries, never an
 (E, M) message tensor). It is the ``"first"`` tie rule exactly.
 
-The ``"split"`` rule shares the cotangent equally between tied messages. Its custom VJP takes the
+The ``"split"`` rule shares the cotangent equally between tied messages. Its backward takes the
 ``"first"`` routing when no entry tied (``count`` is 1 everywhere: both rules agree) and otherwise
 the backend's ``routed`` kernel: one walk over the reversed graph that gives every tied edge
 ``cotangent / count`` (native on CPU; `segment_routed` with XLA ops elsewhere). The routed kernel's
-own VJP is that of `segment_routed`, the same function, so second order is exact too.
+own backward is that of `segment_routed`, the same function, so second order is exact too. Forward
+mode differentiates the plain formulation (gather, message, `jgrad.ops._segment.segment_reduce` with
+the same tie rule). Both are `jgrad.ops._op.Op` s.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -29,6 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from .._src._plan import Plan, Side, slot_rows
+from ._op import Op, tangent_of
+from ._segment import segment_reduce
 
 
 def _trailing(x: jax.Array, ndim: int) -> jax.Array:
@@ -112,7 +115,7 @@ def segment_routed(side: Side, u: jax.Array, w: jax.Array | None, live: jax.Arra
 
 
 def plan_extremum(kernels, plan: Plan, op: str, reduce: str, tie: str, u: jax.Array, e: jax.Array | None,
-                  heads: int, mask: jax.Array | None, senders: jax.Array) -> jax.Array:
+                  heads: int, mask: jax.Array | None, senders: jax.Array, receivers: jax.Array) -> jax.Array:
     """gspmm ``copy_u``/``u_mul_e`` with ``max``/``min`` on a plan (see the module docstring).
 
     Args:
@@ -122,7 +125,7 @@ def plan_extremum(kernels, plan: Plan, op: str, reduce: str, tie: str, u: jax.Ar
       u: (N, ...) node data; e: None for ``copy_u``, else one scalar per edge ((E,), (E, 1), ...) or
         one per head ((E, H), (E, H, 1)) against (N, H, F) u, in u's dtype.
       heads: 1 for scalar edge data, H for per-head edge data.
-      mask, senders: the graph's edge mask (or None) and senders.
+      mask, senders, receivers: the graph's edge mask (or None), senders and receivers.
 
     Returns:
       (N, ...) of u's shape, equal to the plain path's value; its gradients equal the plain path's.
@@ -131,7 +134,7 @@ def plan_extremum(kernels, plan: Plan, op: str, reduce: str, tie: str, u: jax.Ar
     if tie == "first":
         found, arg, _ = problem.run(plan, mask, u, e)
         return problem.select(found, arg, senders, u, e)
-    return _split_extremum(problem, plan, senders, mask, u, e)
+    return _SPLIT_EXTREMUM(plan, senders, receivers, mask, u, e, problem=problem)[0]
 
 
 class _Problem(NamedTuple):
@@ -166,21 +169,30 @@ class _Problem(NamedTuple):
         return jnp.where(arg >= 0, value, jax.lax.stop_gradient(found)).reshape(u.shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _split_extremum(problem, plan, senders, mask, u, e):
-    """max/min with the ``"split"`` tie rule: the kernel's extremum, with the VJP below."""
-    return problem.run(plan, mask, u, e)[0].reshape(u.shape)
+def _split_forward(plan, senders, receivers, mask, u, e, *, problem):
+    """max/min with the ``"split"`` tie rule by the kernel: ``(out, arg, count)`` (the last two for the backward)."""
+    found, arg, count = problem.run(plan, mask, u, e)
+    return found.reshape(u.shape), arg, count
 
 
-def _split_extremum_fwd(problem, plan, senders, mask, u, e):
-    out = _split_extremum(problem, plan, senders, mask, u, e)  # differentiable (this VJP)
-    found, arg, count = problem.run(plan, mask, u, e)  # the same kernel call: XLA merges the two
-    return out, (plan, senders, mask, u, e, found, arg, count)
+def _split_plain(plan, senders, receivers, mask, u, e, *, problem):
+    """The same value with XLA ops, differentiable in forward mode."""
+    node, weight = problem.operands(u, e)
+    message = node[senders]
+    if weight is not None:
+        message = message * _trailing(weight, message.ndim)
+    return segment_reduce(message, receivers, plan.n_nodes, problem.reduce, mask=mask, tie="split").reshape(u.shape)
 
 
-def _split_extremum_bwd(problem, residuals, cotangent):
+def _split_tangent(operands, outs, tangents, *, problem):
+    return tangent_of(_split_plain)(operands, outs[0], tangents, problem=problem), None, None
+
+
+def _split_backward(operands, outs, cotangents, wanted, *, problem):
     """The ``"first"`` routing (a scatter of N·M entries) when no entry tied, else the routed kernel."""
-    plan, senders, mask, u, e, found, arg, count = residuals
+    plan, senders, _, mask, u, e = operands
+    out, arg, count = outs
+    found = out.reshape(arg.shape)
 
     def first(cotangent):
         return jax.vjp(lambda u, e: problem.select(found, arg, senders, u, e), u, e)[1](cotangent)
@@ -191,29 +203,32 @@ def _split_extremum_bwd(problem, residuals, cotangent):
         du, dw = _routed(problem.routed, plan, mask, node, weight, found, share)
         return du.reshape(u.shape), None if e is None else dw.reshape(e.shape)
 
-    du, de = jax.lax.cond(jnp.any(count > 1), shared, first, cotangent)
-    return None, None, None, du, de
+    du, de = jax.lax.cond(jnp.any(count > 1), shared, first, cotangents[0])
+    return None, None, None, None, du, de
 
 
-_split_extremum.defvjp(_split_extremum_fwd, _split_extremum_bwd)
+_SPLIT_EXTREMUM = Op("jgrad_split_extremum", _split_forward, tangent=_split_tangent, backward=_split_backward)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _routed(kernel, plan, mask, node, weight, top, share):
     """The backend's routed kernel on the reverse side; differentiable as `segment_routed` (the same map)."""
+    return _ROUTED(plan, mask, node, weight, top, share, kernel=kernel)
+
+
+def _routed_kernel(plan, mask, node, weight, top, share, *, kernel):
     return kernel(plan.reverse, node, weight, mask, top, share)
 
 
-def _routed_fwd(kernel, plan, mask, node, weight, top, share):
-    return _routed(kernel, plan, mask, node, weight, top, share), (plan, mask, node, weight, top, share)
+def _routed_reference(plan, mask, node, weight, top, share, *, kernel):
+    return segment_routed(plan.reverse, node, weight, mask, top, share)
 
 
-def _routed_bwd(kernel, residuals, cotangents):
-    plan, mask, node, weight, top, share = residuals
+def _routed_backward(operands, outs, cotangents, wanted, *, kernel):
+    plan, mask, node, weight, top, share = operands
     pullback = jax.vjp(lambda node, weight, share: segment_routed(plan.reverse, node, weight, mask, top, share),
                        node, weight, share)[1]
-    d_node, d_weight, d_share = pullback(cotangents)
+    d_node, d_weight, d_share = pullback(tuple(cotangents))
     return None, None, d_node, d_weight, None, d_share
 
 
-_routed.defvjp(_routed_fwd, _routed_bwd)
+_ROUTED = Op("jgrad_routed", _routed_kernel, tangent=tangent_of(_routed_reference), backward=_routed_backward)

@@ -1,4 +1,4 @@
-"""Generalized sampled dense-dense matrix multiplication (g-SDDMM) with a custom VJP.
+"""Generalized sampled dense-dense matrix multiplication (g-SDDMM) with a hand-written backward.
 
 For every edge e = (u -> v), ``out[e] = op(lhs at its target, rhs at its target)``, where a target is
 the edge's sender ``"u"``, its receiver ``"v"``, or the edge itself ``"e"``. With ``op="dot"``,
@@ -22,7 +22,6 @@ from ..graph import Graph
 from ..graph._checks import check_graph_indices
 from ..graph._graph import check_graph
 from . import _kernels
-from ._dispatch import in_forward_mode
 from ._messages import EDGE_OPS, TARGETS
 from ._primitives import raw_gsddmm
 
@@ -67,10 +66,11 @@ def gsddmm(
       ``"mul"``, ``"copy_lhs"`` and ``"copy_rhs"`` of operands (R,), (R, H) or (R, H, 1) of one trailing
       shape (GAT's attention scores), each a node array or edge data, gather as usual, and their
       backward sums the edge cotangent at the senders and receivers on the plan (native CSR sums on
-      CPU; one pass per head on the bucket backend) instead of scatter-adds. Values and gradients equal the plain path's up to float rounding. Other cases
-      and forward mode run the plain path.
-      Differentiable w.r.t. lhs and rhs in reverse mode (custom VJP; cotangents of node operands are
-      g-SpMMs, residuals are the inputs) to any order, and in forward mode. jit- and vmap-safe.
+      CPU; one pass per head on the bucket backend) instead of scatter-adds. Values and gradients equal
+      the plain path's up to float rounding. Other cases run the plain path.
+      Differentiable w.r.t. lhs and rhs in reverse mode (hand-written backward; cotangents of node
+      operands are g-SpMMs, residuals are the inputs) to any order, and in forward mode, also through
+      ``jax.jit`` and ``lax.scan`` (`jgrad.ops._op.Op`). jit- and vmap-safe.
 
     Example:
       >>> import jax.numpy as jnp, jgrad
@@ -91,8 +91,7 @@ def gsddmm(
         _check_pair(where, lhs.shape, rhs.shape)
     check_graph_indices(where, graph)
     plan = resolve(graph)
-    if plan is not None and _kernels.covers_gsddmm(op, lhs, rhs, lhs_target, rhs_target) \
-            and not in_forward_mode(lhs, rhs):
+    if plan is not None and _kernels.covers_gsddmm(op, lhs, rhs, lhs_target, rhs_target):
         out = _kernels.plan_gsddmm(plan, op, lhs, rhs, lhs_target, rhs_target, graph.edge_mask, graph.senders,
                                    graph.receivers)
     else:

@@ -1,4 +1,4 @@
-"""Generalized sparse-dense matrix multiplication (g-SpMM) with a memory-frugal custom VJP.
+"""Generalized sparse-dense matrix multiplication (g-SpMM) with a memory-frugal hand-written backward.
 
 For every node v, ``out[v] = reduce over edges e = (u -> v) of op(u_data[u], e_data[e])``. With
 ``op="u_mul_e"`` and ``reduce="sum"`` this is ``out = A @ u_data`` for the weighted adjacency ``A``.
@@ -25,7 +25,6 @@ from ..graph import Graph
 from ..graph._checks import check_graph_indices
 from ..graph._graph import check_graph
 from . import _kernels
-from ._dispatch import in_forward_mode
 from ._messages import MESSAGE_OPS, check_broadcast, check_operands
 from ._primitives import raw_gspmm
 
@@ -84,13 +83,14 @@ def gspmm(
       edge data (the backend's edge sum). ``copy_u`` and ``u_mul_e`` under ``max``/``min`` find the
       arg-extremum with one kernel and route the cotangent to it with (N, ...) gathers and scatters
       (``tie="split"`` at ties: one more kernel on the reversed graph; see ``jgrad.ops._extremum``).
-      Values and gradients equal the plain path's up to float rounding; every other case, and forward
-      mode, runs the plain path (gather, message, segment reduction).
+      Values and gradients equal the plain path's up to float rounding; every other case runs the
+      plain path (gather, message, segment reduction).
 
-      Differentiable w.r.t. u and e in reverse mode (custom VJP: node cotangent by g-SpMM on the
-      reversed graph, edge cotangent by g-SDDMM; residuals O(N·F + E)) to any order, and in forward
-      mode (see ``jgrad.ops._dispatch`` for the one limitation). Works under ``jit`` and ``vmap``;
-      ``op``, ``reduce`` and ``tie`` are static.
+      Differentiable w.r.t. u and e in reverse mode (hand-written backward: node cotangent by g-SpMM
+      on the reversed graph, edge cotangent by g-SDDMM; residuals O(N·F + E)) to any order, and in
+      forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``), also of functions already wrapped in
+      ``jax.jit`` or run in ``lax.scan`` (`jgrad.ops._op.Op`). Works under ``jit`` and ``vmap``; ``op``,
+      ``reduce`` and ``tie`` are static.
 
     Example:
       >>> import jax.numpy as jnp, jgrad
@@ -111,7 +111,7 @@ def gspmm(
     u, e = _common_dtype(where, u, e, accumulate_dtype)
     check_graph_indices(where, graph)
     plan = resolve(graph)
-    if plan is not None and _kernels.covers_gspmm(plan, op, reduce, u, e) and not in_forward_mode(u, e):
+    if plan is not None and _kernels.covers_gspmm(plan, op, reduce, u, e):
         out = _kernels.plan_gspmm(plan, op, reduce, tie, u, e, graph.edge_mask, graph.senders, graph.receivers)
     else:
         out = raw_gspmm(op, reduce, tie, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, u, e)

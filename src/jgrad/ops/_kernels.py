@@ -1,4 +1,4 @@
-"""Sum aggregation and per-edge products on a graph's `Plan`, with custom VJPs.
+"""Sum aggregation and per-edge products on a graph's `Plan`, as differentiable `jgrad.ops._op.Op` s.
 
 ``layout_sum(plan, u, w)`` computes ``out[receivers[e]] += w[e] * u[senders[e]]`` (or ``u[...]``
 alone when ``w`` is None) with no scatter-add and no (E, F) intermediate. Its backward reuses the layout:
@@ -12,7 +12,8 @@ u[senders[e], h]``, one dot per edge and head), in which all heads go through on
 
 With weights both come from `layout_sum_backward`, which on CPU walks the reversed graph once and uses
 each gathered row of ``dout`` for both. `layout_edge_dot` and `layout_sum_backward` have their own
-VJPs built from `layout_sum` and `layout_edge_dot`, so every order of reverse mode works.
+backward passes built from `layout_sum` and `layout_edge_dot`, so every order of reverse mode works;
+their tangent maps (forward mode) are built from the same ops, by bilinearity.
 
 Sums of edge data at the nodes (gspmm ``copy_e``/``sum``, the backward of gsddmm add/sub/copy, both
 sums of edge_softmax) are `layout_edge_sum` (rows of either side: receivers on ``plan``, senders on
@@ -32,17 +33,16 @@ sums (one pass over their tables per head).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from .._src import _plan
 from .._src._plan import Plan, Side
 from . import _attention, _extremum, _native, _pallas
+from ._op import Op
 
 
 def _append_zero_row(x: jax.Array) -> jax.Array:
@@ -177,30 +177,36 @@ def _bucket_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
     return jnp.concatenate(parts).at[side.output_position].get(mode="promise_in_bounds")
 
 
-@jax.custom_vjp
 def layout_edge_dot(layout: Plan, u: jax.Array, v: jax.Array) -> jax.Array:
     """``out[e] = <v[receivers[e]], u[senders[e]]>`` for (N, M) ``u``, ``v``; shape (E,).
 
     For (N, H, F) ``u``, ``v`` one dot per head, ``out[e, h] = <v[receivers[e], h], u[senders[e], h]>``;
     shape (E, H). Padding edges (absent from the plan) get 0.
     """
-    return _side_edge_dot(layout.backend, layout.forward, u, v)
+    return _EDGE_DOT(layout, u, v)
 
 
-def _layout_edge_dot_fwd(layout, u, v):
-    # The primal goes through the custom-VJP function again, so that an outer differentiation (reverse
-    # over reverse) sees a differentiable call rather than the native kernel.
-    return layout_edge_dot(layout, u, v), (layout, u, v)
+def _bilinear(op, layout, a, b, ta, tb):
+    """The tangent of ``op(layout, a, b)``, bilinear in (a, b): ``op(ta, b) + op(a, tb)`` for the
+    tangents that are not None."""
+    terms = [op(layout, x, y) for x, y, moves in ((ta, b, ta is not None), (a, tb, tb is not None)) if moves]
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
-def _layout_edge_dot_bwd(residuals, cotangent):
-    layout, u, v = residuals
-    du = layout_sum(layout.transpose(), v, cotangent).astype(u.dtype)  # du[s] = sum_e g[e] v[r]
-    dv = layout_sum(layout, u, cotangent).astype(v.dtype)  # dv[r] = sum_e g[e] u[s]
+def _edge_dot_tangent(operands, out, tangents):
+    layout, u, v = operands
+    return _bilinear(layout_edge_dot, layout, u, v, tangents[1], tangents[2])
+
+
+def _edge_dot_backward(operands, out, cotangent, wanted):
+    layout, u, v = operands
+    du = layout_sum(layout.transpose(), v, cotangent) if wanted[1] else None  # du[s] = sum_e g[e] v[r]
+    dv = layout_sum(layout, u, cotangent) if wanted[2] else None  # dv[r] = sum_e g[e] u[s]
     return None, du, dv
 
 
-layout_edge_dot.defvjp(_layout_edge_dot_fwd, _layout_edge_dot_bwd)
+_EDGE_DOT = Op("jgrad_layout_edge_dot", lambda layout, u, v: _side_edge_dot(layout.backend, layout.forward, u, v),
+               tangent=_edge_dot_tangent, backward=_edge_dot_backward)
 
 
 def _native_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
@@ -246,7 +252,6 @@ def _bucket_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.concatenate(slots).at[side.slot_of_edge].get(mode="promise_in_bounds")
 
 
-@jax.custom_vjp
 def layout_sum(layout: Plan, u: jax.Array, w: jax.Array | None) -> jax.Array:
     """``out[receivers[e]] += w[e] * u[senders[e]]`` on the plan; u (N, M), w (E,) or None.
 
@@ -254,53 +259,32 @@ def layout_sum(layout: Plan, u: jax.Array, w: jax.Array | None) -> jax.Array:
     every head in one pass on backends that have multi-head kernels (see `Kernels`); the backward
     then gives dw of shape (E, H). Returns u's shape in u's dtype (w is cast to it).
 
-    The backward computes only the cotangents that are asked for: the forward learns from JAX which
-    of u and w carry a gradient (``symbolic_zeros``), so a training step whose edge weights are
-    constants runs ``A^T @ dout`` alone, not the fused pass that also forms ``dw``, and keeps no
-    residual for it.
+    The backward computes only the cotangents that are asked for (`jgrad.ops._op.Op` tells it which of
+    u and w carry a gradient), so a training step whose edge weights are constants runs ``A^T @ dout``
+    alone, not the fused pass that also forms ``dw``.
     """
-    return _side_sum(layout.backend, layout.forward, u, w)
+    return _SUM(layout, u, w)
 
 
-@jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
-class _Wanted:
-    """Which cotangents of a `layout_sum` the backward must form (static: part of the residuals'
-    structure, known when the forward is traced)."""
-
-    du: bool
-    dw: bool
-    w_dtype: object = None
+def _sum_tangent(operands, out, tangents):
+    layout, u, w = operands
+    return _bilinear(layout_sum, layout, u, w, tangents[1], tangents[2])
 
 
-def _primal(value):
-    return value.value if isinstance(value, CustomVJPPrimal) else value
-
-
-def _layout_sum_fwd(layout, u, w):
-    layout, u_in, w_in = jax.tree.map(_primal, (layout, u, w), is_leaf=lambda x: isinstance(x, CustomVJPPrimal))
-    wanted = _Wanted(du=u.perturbed, dw=w is not None and w.perturbed, w_dtype=None if w is None else w_in.dtype)
-    # The primal goes through the custom-VJP function again (see _layout_edge_dot_fwd).
-    residuals = (layout, w_in if wanted.du else None, u_in if wanted.dw else None, wanted)
-    return layout_sum(layout, u_in, w_in), residuals
-
-
-def _layout_sum_bwd(residuals, cotangent):
-    layout, w, u, wanted = residuals
-    if isinstance(cotangent, SymbolicZero):
-        return None, None, None
-    if wanted.du and wanted.dw:
+def _sum_backward(operands, out, cotangent, wanted):
+    layout, u, w = operands
+    if wanted[1] and wanted[2]:
         du, dw = layout_sum_backward(layout, cotangent, w, u)
-        return None, du, dw.astype(wanted.w_dtype)
-    du = layout_sum(layout.transpose(), cotangent, w) if wanted.du else None
-    dw = layout_edge_dot(layout, u, cotangent).astype(wanted.w_dtype) if wanted.dw else None
+        return None, du, dw
+    du = layout_sum(layout.transpose(), cotangent, w) if wanted[1] else None
+    dw = layout_edge_dot(layout, u, cotangent) if wanted[2] else None
     return None, du, dw
 
 
-layout_sum.defvjp(_layout_sum_fwd, _layout_sum_bwd, symbolic_zeros=True)
+_SUM = Op("jgrad_layout_sum", lambda layout, u, w: _side_sum(layout.backend, layout.forward, u, w),
+          tangent=_sum_tangent, backward=_sum_backward)
 
 
-@jax.custom_vjp
 def layout_sum_backward(layout: Plan, g: jax.Array, w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The cotangents of a weighted `layout_sum`: ``(A^T @ g, dw)`` with ``dw[e] = <g[receivers[e]], u[senders[e]]>``.
 
@@ -309,6 +293,10 @@ def layout_sum_backward(layout: Plan, g: jax.Array, w: jax.Array, u: jax.Array) 
     by sender, one native pass over the reversed graph reads each gathered row of g once for both
     results and every head (`_native_sum_dot`).
     """
+    return _SUM_BACKWARD(layout, g, w, u)
+
+
+def _fused_backward(layout, g, w, u):
     fused = KERNELS[layout.backend].sum_dot
     return _separate_backward(layout, g, w, u) if fused is None else fused(layout, g, w, u)
 
@@ -318,24 +306,32 @@ def _separate_backward(layout, g, w, u):
             _side_edge_dot(layout.backend, layout.forward, u, g))
 
 
-def _layout_sum_backward_fwd(layout, g, w, u):
-    return layout_sum_backward(layout, g, w, u), (layout, g, w, u)  # primal via the custom VJP (see above)
+def _sum_backward_tangent(operands, outs, tangents):
+    """The tangents of ``(A^T g, dw)``: bilinear in (g, w) and in (u, g)."""
+    layout, g, w, u = operands
+    _, tg, tw, tu = tangents
+    reversed_sum = (_bilinear(layout_sum, layout.transpose(), g, w, tg, tw) if tg is not None or tw is not None
+                    else jnp.zeros_like(outs[0]))
+    dots = (_bilinear(layout_edge_dot, layout, u, g, tu, tg) if tu is not None or tg is not None
+            else jnp.zeros_like(outs[1]))
+    return reversed_sum, dots
 
 
-def _layout_sum_backward_bwd(residuals, cotangents):
-    layout, g, w, u = residuals
+def _sum_backward_backward(operands, outs, cotangents, wanted):
+    layout, g, w, u = operands
     a, b = cotangents  # of A^T g (N, M) and of dw (E,); or (N, H, F) and (E, H)
-    dg = layout_sum(layout, a, w) + layout_sum(layout, u, b)
-    dw = layout_edge_dot(layout, a, g)
-    du = layout_sum(layout.transpose(), g, b)
-    return None, dg.astype(g.dtype), dw.astype(w.dtype), du.astype(u.dtype)
+    dg = layout_sum(layout, a, w) + layout_sum(layout, u, b) if wanted[1] else None
+    dw = layout_edge_dot(layout, a, g) if wanted[2] else None
+    du = layout_sum(layout.transpose(), g, b) if wanted[3] else None
+    return None, dg, dw, du
 
 
-layout_sum_backward.defvjp(_layout_sum_backward_fwd, _layout_sum_backward_bwd)
+_SUM_BACKWARD = Op("jgrad_layout_sum_backward", _fused_backward, tangent=_sum_backward_tangent,
+                   backward=_sum_backward_backward)
 
 
 class Kernels(NamedTuple):
-    """The raw, forward-only kernels of one backend (the custom VJPs above differentiate them).
+    """The raw, forward-only kernels of one backend (the ops above differentiate them).
 
     Attributes:
       side_sum: ``(side, u (N, M), w (E,) or None) -> (N, M)``, the sum over each row's slots.
@@ -449,7 +445,6 @@ def _edge_sum(layout: Plan, rows: jax.Array, e: jax.Array) -> jax.Array:
     return kernel(layout.forward, rows, e)
 
 
-@jax.custom_vjp
 def layout_edge_sum(layout: Plan, rows: jax.Array, e: jax.Array) -> jax.Array:
     """``out[rows[e]] += e[e]`` on the plan: the sum of the edge data at each row of its forward side.
 
@@ -463,41 +458,28 @@ def layout_edge_sum(layout: Plan, rows: jax.Array, e: jax.Array) -> jax.Array:
       (N,) or (N, H) in e's dtype; 0 at rows without edges. Every planned edge counts (mask e first).
       The VJP is `layout_gather` and the VJP of that is this, so every order of reverse mode works.
     """
-    return _edge_sum(layout, rows, e)
+    return _EDGE_SUM(layout, rows, e)
 
 
-def _layout_edge_sum_fwd(layout, rows, e):
-    return layout_edge_sum(layout, rows, e), (layout, rows)  # primal via the custom VJP (see above)
+_EDGE_SUM = Op("jgrad_layout_edge_sum", _edge_sum,
+               tangent=lambda operands, out, tangents: layout_edge_sum(operands[0], operands[1], tangents[2]),
+               backward=lambda operands, out, cotangent, wanted: (
+                   None, None, layout_gather(operands[0], operands[1], cotangent)))
 
 
-def _layout_edge_sum_bwd(residuals, cotangent):
-    layout, rows = residuals
-    return None, None, layout_gather(layout, rows, cotangent)
-
-
-layout_edge_sum.defvjp(_layout_edge_sum_fwd, _layout_edge_sum_bwd)
-
-
-@jax.custom_vjp
 def layout_gather(layout: Plan, rows: jax.Array, x: jax.Array) -> jax.Array:
     """``out[e] = x[rows[e]]``, node data read at every edge; x (N,) or (N, H) -> (E,) or (E, H).
 
     The forward is an XLA gather (cheap on every platform); the backward, a sum of the edge
     cotangent at every node, is `layout_edge_sum` on the plan instead of a scatter-add.
     """
-    return x[rows]
+    return _GATHER(layout, rows, x)
 
 
-def _layout_gather_fwd(layout, rows, x):
-    return layout_gather(layout, rows, x), (layout, rows)
-
-
-def _layout_gather_bwd(residuals, cotangent):
-    layout, rows = residuals
-    return None, None, layout_edge_sum(layout, rows, cotangent)
-
-
-layout_gather.defvjp(_layout_gather_fwd, _layout_gather_bwd)
+_GATHER = Op("jgrad_layout_gather", lambda layout, rows, x: x[rows],
+             tangent=lambda operands, out, tangents: layout_gather(operands[0], operands[1], tangents[2]),
+             backward=lambda operands, out, cotangent, wanted: (
+                 None, None, layout_edge_sum(operands[0], operands[1], cotangent)))
 
 
 def edge_width(x) -> int | None:
@@ -571,7 +553,8 @@ def plan_gspmm(plan: Plan, op: str, reduce: str, tie: str, u: jax.Array, e: jax.
         op = "u_mul_e"
     if reduce in ("max", "min"):
         heads = 1 if e is None else _head_count(u, e)  # u and e share a dtype here (gspmm casts them)
-        return _extremum.plan_extremum(KERNELS[plan.backend], plan, op, reduce, tie, u, e, heads, mask, senders)
+        return _extremum.plan_extremum(KERNELS[plan.backend], plan, op, reduce, tie, u, e, heads, mask, senders,
+                                       receivers)
     shape = u.shape
     if op == "copy_u":
         w = None if mask is None else mask.astype(u.dtype)

@@ -19,7 +19,7 @@ most ``block_features`` columns along a second grid axis. Accumulation is in flo
 
 These are forward kernels with the signatures of the native ones. `side_sum`, `edge_dot` and `sum_dot`
 wrap them in the engine's kernel interface (on a plan side, and the fused backward on a plan), so a
-``"pallas"`` backend needs only CSR tables (no buckets), and the engine's custom VJPs
+``"pallas"`` backend needs only CSR tables (no buckets), and the engine's ops
 (`jgrad.ops._kernels`: ``layout_sum``, ``layout_edge_dot``, ``layout_sum_backward``) differentiate them
 as they do the native kernels, calling them on the reversed side.
 

@@ -1,4 +1,4 @@
-"""The differentiable g-SpMM and g-SDDMM primitives on raw arrays, and their custom VJPs.
+"""The differentiable g-SpMM and g-SDDMM primitives on raw arrays, as `jgrad.ops._op.Op` s.
 
 `raw_gspmm` and `raw_gsddmm` take validated arrays (no Graph, no checks): the public `jgrad.ops.gspmm`
 and `jgrad.ops.gsddmm` validate once and call them (or a plan's kernels, `jgrad.ops._kernels`). They
@@ -6,29 +6,25 @@ live in one module because each one's backward is written with the other (the no
 g-SpMM is a g-SpMM on the reversed graph, its edge cotangent a g-SDDMM; a g-SDDMM's node cotangents
 are g-SpMMs), so reverse mode of any order runs on jgrad's own ops.
 
-Forward mode: ``jax.custom_vjp`` refuses ``jax.jvp``; each primitive switches to its plain
-formulation (gather, message, segment reduction; differentiable in every mode) when a forward-mode
-tracer reaches it (`jgrad.ops._dispatch.in_forward_mode`, which documents the one limitation).
+Each op's value is its plain formulation (gather, message, segment reduction); forward mode
+differentiates that formulation, reverse mode runs the backward below, which keeps no (E, F)
+message tensor.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
-from ._dispatch import in_forward_mode
 from ._messages import align_edge, edge_binary, message, sum_to_shape, uses_e, uses_u
+from ._op import Op, tangent_of
 from ._segment import segment_reduce, segment_sum
 
 
 # g-SpMM
 def raw_gspmm(op, reduce, tie, n, senders, receivers, mask, u, e):
     """gspmm on raw arrays, no validation; ``mask`` may be None (see `jgrad.ops.gspmm`)."""
-    if in_forward_mode(u, e):
-        return _spmm_forward(op, reduce, tie, n, senders, receivers, mask, u, e)
-    return _gspmm_vjp(op, reduce, tie, n, senders, receivers, mask, u, e)
+    return _GSPMM(senders, receivers, mask, u, e, op=op, reduce=reduce, tie=tie, n=n)
 
 
 def _safe_edge_data(e, mask):
@@ -45,26 +41,20 @@ def _spmm_forward(op, reduce, tie, n, senders, receivers, mask, u, e):
     return segment_reduce(message(op, u_edge, e), receivers, n, reduce, mask=mask, tie=tie)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _gspmm_vjp(op, reduce, tie, n, senders, receivers, mask, u, e):
+def _plain_gspmm(senders, receivers, mask, u, e, *, op, reduce, tie, n):
     return _spmm_forward(op, reduce, tie, n, senders, receivers, mask, u, e)
 
 
-def _gspmm_fwd(op, reduce, tie, n, senders, receivers, mask, u, e):
-    out = _spmm_forward(op, reduce, tie, n, senders, receivers, mask, u, e)
-    return out, (senders, receivers, mask, u, e)
-
-
-def _gspmm_bwd(op, reduce, tie, n, residuals, cotangent):
-    senders, receivers, mask, u, e = residuals
+def _gspmm_backward(operands, out, cotangent, wanted, *, op, reduce, tie, n):
+    senders, receivers, mask, u, e = operands
     if reduce in ("sum", "mean"):
         du, de = _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent)
     else:
         du, de = _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotangent)
-    return None, None, None, du, de
+    return None, None, None, du if wanted[3] else None, de if wanted[4] else None
 
 
-_gspmm_vjp.defvjp(_gspmm_fwd, _gspmm_bwd)
+_GSPMM = Op("jgrad_gspmm", _plain_gspmm, tangent=tangent_of(_plain_gspmm), backward=_gspmm_backward)
 
 
 def _in_degree_count(n, receivers, mask, dtype):
@@ -160,9 +150,7 @@ def _gather(x, target, senders, receivers):
 
 def raw_gsddmm(op, n, senders, receivers, mask, lhs, rhs, lhs_target, rhs_target):
     """gsddmm on raw arrays, no validation; ``mask`` may be None."""
-    if in_forward_mode(lhs, rhs):
-        return _sddmm_forward(op, n, senders, receivers, mask, lhs, rhs, lhs_target, rhs_target)
-    return _gsddmm_vjp(op, n, lhs_target, rhs_target, senders, receivers, mask, lhs, rhs)
+    return _GSDDMM(senders, receivers, mask, lhs, rhs, op=op, n=n, lhs_target=lhs_target, rhs_target=rhs_target)
 
 
 def _sddmm_forward(op, n, senders, receivers, mask, lhs, rhs, lhs_target, rhs_target):
@@ -176,31 +164,25 @@ def _sddmm_forward(op, n, senders, receivers, mask, lhs, rhs, lhs_target, rhs_ta
     return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _gsddmm_vjp(op, n, lhs_target, rhs_target, senders, receivers, mask, lhs, rhs):
+def _plain_gsddmm(senders, receivers, mask, lhs, rhs, *, op, n, lhs_target, rhs_target):
     return _sddmm_forward(op, n, senders, receivers, mask, lhs, rhs, lhs_target, rhs_target)
 
 
-def _gsddmm_fwd(op, n, lhs_target, rhs_target, senders, receivers, mask, lhs, rhs):
-    out = _sddmm_forward(op, n, senders, receivers, mask, lhs, rhs, lhs_target, rhs_target)
-    return out, (senders, receivers, mask, lhs, rhs)
-
-
-def _gsddmm_bwd(op, n, lhs_target, rhs_target, residuals, cotangent):
-    senders, receivers, mask, lhs, rhs = residuals
+def _gsddmm_backward(operands, out, cotangent, wanted, *, op, n, lhs_target, rhs_target):
+    senders, receivers, mask, lhs, rhs = operands
     if mask is not None:
         cotangent = jnp.where(align_edge(mask, cotangent.ndim), cotangent, jnp.zeros((), cotangent.dtype))
     d_lhs = d_rhs = None
-    if lhs is not None:
+    if wanted[3]:
         d_lhs = _operand_cotangent(op, "lhs", n, senders, receivers, mask, lhs, rhs, lhs_target,
                                    rhs_target, cotangent)
-    if rhs is not None:
+    if wanted[4]:
         d_rhs = _operand_cotangent(op, "rhs", n, senders, receivers, mask, rhs, lhs, rhs_target,
                                    lhs_target, cotangent)
     return None, None, None, d_lhs, d_rhs
 
 
-_gsddmm_vjp.defvjp(_gsddmm_fwd, _gsddmm_bwd)
+_GSDDMM = Op("jgrad_gsddmm", _plain_gsddmm, tangent=tangent_of(_plain_gsddmm), backward=_gsddmm_backward)
 
 
 def _operand_cotangent(op, side, n, senders, receivers, mask, mine, other, my_target, other_target,
