@@ -281,8 +281,27 @@ def _sum_backward(operands, out, cotangent, wanted):
     return None, du, dw
 
 
+def _sum_batched(operands, dims):
+    """`layout_sum` under ``vmap`` over the features alone: one sum whose rows hold the whole batch
+    (B times the feature columns, per head), instead of one sum per batch entry.
+
+    Measured on the 1e5-node benchmark graph, B = 8, F = 16 (interleaved medians): the vmapped sum
+    51-64 -> 45-56 ms, its gradient w.r.t. the features 115-124 -> 58-67 ms. A batch of weights is
+    left to one sum per entry: folded into more heads (features broadcast) it measured 15% slower, and
+    so did the edge dots folded the same way.
+    """
+    layout, u, w = operands
+    layout_dim, u_dim, w_dim = dims
+    if layout_dim is not None or w_dim is not None:
+        return None
+    heads = w is not None and w.ndim == 2
+    u = jnp.moveaxis(u, u_dim, 2 if heads else 1)  # (N, [H,] B, F)
+    out = layout_sum(layout, u.reshape(u.shape[:-2] + (-1,)), w).reshape(u.shape)
+    return out, 2 if heads else 1
+
+
 _SUM = Op("jgrad_layout_sum", lambda layout, u, w: _side_sum(layout.backend, layout.forward, u, w),
-          tangent=_sum_tangent, backward=_sum_backward)
+          tangent=_sum_tangent, backward=_sum_backward, batch=_sum_batched)
 
 
 def layout_sum_backward(layout: Plan, g: jax.Array, w: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -28,6 +28,12 @@ Writing a kernel as an `Op` (see `jgrad.ops._primitives` for the plain-path g-Sp
 
 Operands are arrays, None or pytrees of arrays (a plan); only float arrays at the top level are
 differentiated. ``static`` values must be hashable: they are part of ``jit``'s cache key.
+
+Under ``vmap`` an op may fold the batch into its own arrays instead of running once per batch entry
+(``batch``, e.g. the batch of a sum's features as more feature columns: one walk over the graph for
+the whole batch). ``batch(operands, dims, **static)`` gets the operands with their batch axes and the
+axis of each top-level operand (None where not batched); it returns ``(outputs, output axes)`` by
+calling the op on folded operands, or None to leave it to the default (``jax.vmap`` of ``forward``).
 """
 
 from __future__ import annotations
@@ -80,9 +86,9 @@ class Op:
     """
 
     def __init__(self, name: str, forward: Callable, *, tangent: Callable, backward: Callable,
-                 saves: tuple[int, ...] | None = None):
+                 saves: tuple[int, ...] | None = None, batch: Callable | None = None):
         self.name, self._forward, self._tangent, self._backward = name, forward, tangent, backward
-        self._saves = saves
+        self._saves, self._fold = saves, batch
         self.op_p, self.tangent_p = Primitive(name), Primitive(name + "_tangent")
         for primitive, impl, abstract in ((self.op_p, self._op_impl, self._op_abstract),
                                           (self.tangent_p, self._tangent_impl, self._tangent_abstract)):
@@ -239,8 +245,26 @@ class Op:
 
     # --- vmap --------------------------------------------------------------------------------------
     def _batch(self, primitive, args, dims, **params):
+        if primitive is self.op_p and self._fold is not None and not params["levels"]:
+            folded = self._folded(args, dims, **params)
+            if folded is not None:
+                return folded
         outs = primitive.bind(*args, **dict(params, levels=params["levels"] + (tuple(dims),)))
         return outs, [0] * len(outs)
+
+    def _folded(self, args, dims, *, tree, out_tree, static, levels):
+        """The op's own batching rule (``batch``), or None where it does not apply."""
+        operand_dims = []
+        for operand, (start, stop) in zip(jax.tree.unflatten(tree, args), _spans(tree)):
+            batched = [d for d in dims[start:stop] if d is not None]
+            if batched and not (stop - start == 1 and hasattr(operand, "shape")):
+                return None  # a batched pytree operand (a plan): the default rule
+            operand_dims.append(batched[0] if batched else None)
+        result = self._fold(jax.tree.unflatten(tree, args), tuple(operand_dims), **dict(static))
+        if result is None:
+            return None
+        outs, out_dims = result
+        return jax.tree.leaves(outs), list(jax.tree.leaves(out_dims))
 
 
 @functools.lru_cache(maxsize=4096)
