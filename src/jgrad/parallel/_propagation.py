@@ -80,7 +80,7 @@ def sharded_gspmm(
 
     Notes:
       Reverse-mode differentiable w.r.t. u and e (to first order for max/min; sum/mean go through
-      ``gspmm``'s custom VJP and ``psum``, so higher orders work too). The cotangent of u is a partial
+      ``gspmm``'s backward and ``psum``, so higher orders work too). The cotangent of u is a partial
       sum per device that the transpose of the replication sums with ``psum``. Works under ``jit``;
       ``mesh``, ``op``, ``reduce`` and ``tie`` are static. Forward mode is not supported for max/min.
 
