@@ -114,6 +114,18 @@ def optimized():
 
 
 @pytest.fixture
+def swapped_kernels(monkeypatch):
+    """``monkeypatch`` for swapping jgrad's kernels: the ops' cached traces (which hold the kernels they
+    called) are dropped before the test and again after its patches are undone."""
+    from jgrad.ops._op import forget_traces
+
+    forget_traces()
+    yield monkeypatch
+    monkeypatch.undo()
+    forget_traces()
+
+
+@pytest.fixture
 def x64():
     """Run the test body with 64-bit floats enabled."""
     with jax.enable_x64(True):

@@ -158,10 +158,11 @@ def test_the_engine_interface_on_a_plan_casts_to_the_common_dtype():
     np.testing.assert_allclose(dw, expected_dw, **TOL)
 
 
-def test_as_the_native_kernels_the_engine_gives_the_plain_gradients(monkeypatch):
-    """Swapped in for the native kernels, the Pallas ones give `layout_sum`'s custom VJPs the plain
+def test_as_the_native_kernels_the_engine_gives_the_plain_gradients(swapped_kernels):
+    """Swapped in for the native kernels, the Pallas ones give `layout_sum`'s ops the plain
     path's values, gradients and second-order gradients (the edges sorted by sender, so that the
     engine's backward runs `csr_sum_dot` on the reversed side; `csr_edge_dot` runs in the second order)."""
+    monkeypatch = swapped_kernels
     calls = []
 
     def counted(kernel):

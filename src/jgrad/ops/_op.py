@@ -34,6 +34,10 @@ Under ``vmap`` an op may fold the batch into its own arrays instead of running o
 the whole batch). ``batch(operands, dims, **static)`` gets the operands with their batch axes and the
 axis of each top-level operand (None where not batched); it returns ``(outputs, output axes)`` by
 calling the op on folded operands, or None to leave it to the default (``jax.vmap`` of ``forward``).
+
+Each op traces ``forward`` (and its tangent map) once per signature into a cached jaxpr that the
+abstract evaluation, the lowering and eager calls share; a trace holds the kernels it called, so code
+that swaps kernels at run time calls `forget_traces`.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.extend.core import Primitive
+from jax.extend.core import Primitive, jaxpr_as_fun
 from jax.interpreters import ad, batching, mlir
 
 
@@ -113,7 +117,7 @@ class Op:
                       jax.lax.pcast(leaf, tuple(sorted(axes - _varying(leaf), key=str)), to="varying")
                       for leaf in leaves]
         static = tuple(sorted(static.items()))
-        out_tree = _out_tree(self._forward, tuple(jax.typeof(leaf) for leaf in leaves), tree, static)
+        out_tree = self._op_jaxpr(tuple(jax.typeof(leaf) for leaf in leaves), tree, static, ())[1]
         flat = self.op_p.bind(*leaves, tree=tree, out_tree=out_tree, static=static, levels=())
         return jax.tree.unflatten(out_tree, flat)
 
@@ -128,15 +132,22 @@ class Op:
             flat = jax.vmap(flat, in_axes=dims, out_axes=0)
         return flat
 
-    def _op_impl(self, *leaves, tree, out_tree, static, levels):
-        return list(self._forward_fn(tree, static, levels)(*leaves))
-
     @functools.lru_cache(maxsize=4096)
-    def _op_abstract_cached(self, avals, tree, static, levels):
-        return tuple(jax.typeof(o) for o in jax.eval_shape(self._forward_fn(tree, static, levels), *avals))
+    def _op_jaxpr(self, avals, tree, static, levels):
+        """``forward`` traced once per signature: its jaxpr (which the abstract evaluation, the
+        lowering and eager calls all use) and the structure of its result."""
+        if levels:
+            return jax.make_jaxpr(self._forward_fn(tree, static, levels))(*avals), None
+        structured = lambda *leaves: self._forward(*jax.tree.unflatten(tree, leaves), **dict(static))  # noqa: E731
+        closed, shapes = jax.make_jaxpr(structured, return_shape=True)(*avals)
+        return closed, jax.tree.structure(shapes)
+
+    def _op_impl(self, *leaves, tree, out_tree, static, levels):
+        closed = self._op_jaxpr(tuple(jax.typeof(leaf) for leaf in leaves), tree, static, levels)[0]
+        return jaxpr_as_fun(closed)(*leaves)
 
     def _op_abstract(self, *avals, tree, out_tree, static, levels):
-        return list(self._op_abstract_cached(avals, tree, static, levels))
+        return list(self._op_jaxpr(avals, tree, static, levels)[0].out_avals)
 
     def _op_jvp(self, primals, tangents, *, tree, out_tree, static, levels):
         outs = self.op_p.bind(*primals, tree=tree, out_tree=out_tree, static=static, levels=levels)
@@ -182,16 +193,17 @@ class Op:
             flat = jax.vmap(flat, in_axes=dims, out_axes=0)
         return flat
 
-    def _tangent_impl(self, *args, tree, out_tree, static, moving, float_outs, levels):
-        return list(self._tangent_fn(tree, out_tree, static, moving, float_outs, levels)(*args))
-
     @functools.lru_cache(maxsize=4096)
-    def _tangent_abstract_cached(self, avals, tree, out_tree, static, moving, float_outs, levels):
-        fn = self._tangent_fn(tree, out_tree, static, moving, float_outs, levels)
-        return tuple(jax.typeof(o) for o in jax.eval_shape(fn, *avals))
+    def _tangent_jaxpr(self, avals, tree, out_tree, static, moving, float_outs, levels):
+        """The tangent map traced once per signature (see `_op_jaxpr`)."""
+        return jax.make_jaxpr(self._tangent_fn(tree, out_tree, static, moving, float_outs, levels))(*avals)
+
+    def _tangent_impl(self, *args, tree, out_tree, static, moving, float_outs, levels):
+        avals = tuple(jax.typeof(arg) for arg in args)
+        return jaxpr_as_fun(self._tangent_jaxpr(avals, tree, out_tree, static, moving, float_outs, levels))(*args)
 
     def _tangent_abstract(self, *avals, tree, out_tree, static, moving, float_outs, levels):
-        return list(self._tangent_abstract_cached(avals, tree, out_tree, static, moving, float_outs, levels))
+        return list(self._tangent_jaxpr(avals, tree, out_tree, static, moving, float_outs, levels).out_avals)
 
     def _tangent_jvp(self, primals, tangents, *, tree, out_tree, static, moving, float_outs, levels):
         # Forward mode of the tangent map itself (reverse over forward, forward over forward): JAX
@@ -267,11 +279,11 @@ class Op:
         return jax.tree.leaves(outs), list(jax.tree.leaves(out_dims))
 
 
-@functools.lru_cache(maxsize=4096)
-def _out_tree(forward, avals, tree, static):
-    """The structure of ``forward``'s result (None for absent outputs is part of it)."""
-    out = jax.eval_shape(lambda *leaves: forward(*jax.tree.unflatten(tree, leaves), **dict(static)), *avals)
-    return jax.tree.structure(out)
+def forget_traces() -> None:
+    """Drops every op's cached traces. A trace holds the kernels it called, so code that swaps a
+    backend's kernels at run time (tests that count or replace them) calls this before and after."""
+    Op._op_jaxpr.cache_clear()
+    Op._tangent_jaxpr.cache_clear()
 
 
 def _spans(tree) -> list[tuple[int, int]]:
