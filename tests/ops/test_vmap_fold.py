@@ -95,7 +95,7 @@ def test_a_vmapped_edge_dot_equals_the_plain_path(backend):
     ours = lambda u, v: _kernels.layout_edge_dot(plan, u, v)  # noqa: E731
     plain = lambda u, v: _plain_dot(graph, u, v)  # noqa: E731
     arrays = {name: (jnp.asarray(u), jnp.asarray(v)) for name, (_, u, v) in DOT_CASES.items()}
-    run = jax.jit(lambda arrays: {name: (_three(ours, DOT_CASES[name][0], u, v), _three(plain, DOT_CASES[name][0], u, v))
+    run = jax.jit(lambda arrays: {name: tuple(_three(fn, DOT_CASES[name][0], u, v) for fn in (ours, plain))
                                   for name, (u, v) in arrays.items()})
     for name, (got, want) in run(arrays).items():
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):

@@ -1,4 +1,4 @@
-"""Sum aggregation and per-edge products on a graph's `Plan`, as differentiable `jgrad.ops._op.Op` s.
+"""Sum aggregation and per-edge products on a graph's `Plan`, as differentiable ops (`jgrad.ops._op.Op`).
 
 ``layout_sum(plan, u, w)`` computes ``out[receivers[e]] += w[e] * u[senders[e]]`` (or ``u[...]``
 alone when ``w`` is None) with no scatter-add and no (E, F) intermediate. Its backward reuses the layout:

@@ -1,4 +1,4 @@
-"""The differentiable g-SpMM and g-SDDMM primitives on raw arrays, as `jgrad.ops._op.Op` s.
+"""The differentiable g-SpMM and g-SDDMM primitives on raw arrays, as ops with a tangent map (`jgrad.ops._op.Op`).
 
 `raw_gspmm` and `raw_gsddmm` take validated arrays (no Graph, no checks): the public `jgrad.ops.gspmm`
 and `jgrad.ops.gsddmm` validate once and call them (or a plan's kernels, `jgrad.ops._kernels`). They
