@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 from .._types import REDUCERS, TIE_RULES, check_choice
 from ..graph import Graph
 from ..ops import gspmm
+from ..ops._op import Op
 from ..ops._messages import (
     MESSAGE_OPS,
     align_edge,
@@ -79,10 +80,11 @@ def sharded_gspmm(
       TypeError: non-float operands, or a mesh that is not a `jax.sharding.Mesh`.
 
     Notes:
-      Reverse-mode differentiable w.r.t. u and e (to first order for max/min; sum/mean go through
-      ``gspmm``'s backward and ``psum``, so higher orders work too). The cotangent of u is a partial
-      sum per device that the transpose of the replication sums with ``psum``. Works under ``jit``;
-      ``mesh``, ``op``, ``reduce`` and ``tie`` are static. Forward mode is not supported for max/min.
+      Differentiable w.r.t. u and e in reverse mode to any order and in forward mode: sum/mean go
+      through ``gspmm``'s backward and ``psum``; max/min route the cotangent (and the tangent) to the
+      attaining messages on every device by the tie rule (`jgrad.ops._op.Op`). The cotangent of u is a
+      partial sum per device that the transpose of the replication sums with ``psum``. Works under
+      ``jit``; ``mesh``, ``op``, ``reduce`` and ``tie`` are static.
 
     Example:
       >>> import jax, jax.numpy as jnp, jgrad
@@ -264,12 +266,13 @@ def _messages(op, senders, mask, u, e):
     return message(op, u[senders] if u is not None else None, _safe_edge(e, mask))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def _extremum(op, reduce, tie, n, senders, receivers, mask, edge_id, u, e):
-    return _extremum_fwd(op, reduce, tie, n, senders, receivers, mask, edge_id, u, e)[0]
+    """max/min over every device's edges (``pmax``/``pmin``); differentiable in every mode, with the
+    cotangent (and the tangent) routed to the attaining messages by the tie rule (`_shares`)."""
+    return _EXTREMUM(senders, receivers, mask, edge_id, u, e, op=op, reduce=reduce, tie=tie, n=n)
 
 
-def _extremum_fwd(op, reduce, tie, n, senders, receivers, mask, edge_id, u, e):
+def _extremum_forward(senders, receivers, mask, edge_id, u, e, *, op, reduce, tie, n):
     msg = _messages(op, senders, mask, u, e)
     live = align_edge(mask, msg.ndim)
     if reduce == "max":
@@ -279,27 +282,44 @@ def _extremum_fwd(op, reduce, tie, n, senders, receivers, mask, edge_id, u, e):
         local = jax.ops.segment_min(jnp.where(live, msg, jnp.inf), receivers, num_segments=n)
         combined = jax.lax.pmin(local, EDGE_AXIS)
     count = jax.lax.psum(jax.ops.segment_sum(mask.astype(msg.dtype), receivers, num_segments=n), EDGE_AXIS)
-    out = jnp.where(align_edge(count > 0, combined.ndim), combined, jnp.zeros((), combined.dtype))
-    return out, (senders, receivers, mask, edge_id, u, e, out)
+    return jnp.where(align_edge(count > 0, combined.ndim), combined, jnp.zeros((), combined.dtype))
 
 
-def _extremum_bwd(op, reduce, tie, n, residuals, cotangent):
-    senders, receivers, mask, edge_id, u, e, out = residuals
-    msg = _messages(op, senders, mask, u, e)
-    hit = (msg == out[receivers]) & align_edge(mask, msg.ndim)
-    if tie == "split":  # share equally among every attaining message, on every device
-        count = jax.lax.psum(jax.ops.segment_sum(hit.astype(cotangent.dtype), receivers, num_segments=n),
-                             EDGE_AXIS)
-        share = hit / jnp.maximum(count, 1.0)[receivers]
-    else:  # all of it to the attaining message with the lowest original edge id
-        position = jnp.broadcast_to(align_edge(edge_id, msg.ndim), msg.shape)
-        position = jnp.where(hit, position, jnp.iinfo(jnp.int32).max)
-        first = jax.lax.pmin(jax.ops.segment_min(position, receivers, num_segments=n), EDGE_AXIS)
-        share = (hit & (position == first[receivers])).astype(cotangent.dtype)
-    d_msg = cotangent[receivers] * share
+def _shares(operands, out, *, op, tie, n):
+    """Each message's share of its receiver's extremum, (E, ...): split equally among every attaining
+    message on every device (``"split"``), or all to the lowest original edge id (``"first"``)."""
+    senders, receivers, mask, edge_id, u, e = operands
+    msg = jax.lax.stop_gradient(_messages(op, senders, mask, u, e))
+    hit = (msg == jax.lax.stop_gradient(out)[receivers]) & align_edge(mask, msg.ndim)
+    if tie == "split":
+        count = jax.lax.psum(jax.ops.segment_sum(hit.astype(msg.dtype), receivers, num_segments=n), EDGE_AXIS)
+        return hit / jnp.maximum(count, 1.0)[receivers]
+    position = jnp.broadcast_to(align_edge(edge_id, msg.ndim), msg.shape)
+    position = jnp.where(hit, position, jnp.iinfo(jnp.int32).max)
+    first = jax.lax.pmin(jax.ops.segment_min(position, receivers, num_segments=n), EDGE_AXIS)
+    return (hit & (position == first[receivers])).astype(msg.dtype)
+
+
+def _extremum_tangent(operands, out, tangents, *, op, reduce, tie, n):
+    """The attaining messages' tangents, weighted by their shares and summed over every device."""
+    senders, receivers, mask, edge_id, u, e = operands
+    moving = [i for i in (4, 5) if tangents[i] is not None]  # u, e
+
+    def messages(*values):
+        given = dict(zip(moving, values))
+        return _messages(op, senders, mask, given.get(4, u), given.get(5, e))
+
+    d_msg = jax.jvp(messages, tuple(operands[i] for i in moving), tuple(tangents[i] for i in moving))[1]
+    share = _shares(operands, out, op=op, tie=tie, n=n)
+    return jax.lax.psum(jax.ops.segment_sum(d_msg * share, receivers, num_segments=n), EDGE_AXIS)
+
+
+def _extremum_backward(operands, out, cotangent, wanted, *, op, reduce, tie, n):
+    senders, receivers, mask, edge_id, u, e = operands
+    d_msg = cotangent[receivers] * _shares(operands, out, op=op, tie=tie, n=n)
     e_safe = _safe_edge(e, mask)
     du = de = None
-    if u is not None:
+    if wanted[4]:
         if op == "u_mul_e":
             d_u_edge = d_msg * align_edge(e_safe, d_msg.ndim)
         elif op == "u_div_e":
@@ -307,7 +327,7 @@ def _extremum_bwd(op, reduce, tie, n, residuals, cotangent):
         else:
             d_u_edge = d_msg
         du = sum_to_shape(jax.ops.segment_sum(d_u_edge, senders, num_segments=n), u.shape)
-    if e is not None:
+    if wanted[5]:
         if op == "u_mul_e":
             d_e_edge = d_msg * u[senders]
         elif op == "u_div_e":
@@ -321,7 +341,7 @@ def _extremum_bwd(op, reduce, tie, n, residuals, cotangent):
     return None, None, None, None, du, de
 
 
-_extremum.defvjp(_extremum_fwd, _extremum_bwd)
+_EXTREMUM = Op("jgrad_sharded_extremum", _extremum_forward, tangent=_extremum_tangent, backward=_extremum_backward)
 
 
 def _local_edge_softmax(n, receivers, mask, logits):
