@@ -86,7 +86,7 @@ def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any, symmetric:
       ValueError: ``fn`` does not return a scalar; ``symmetric`` with weights of shape other than (E,).
 
     Notes:
-      Plain reverse mode through jgrad's custom VJPs: one forward and one backward pass, O(N·F + E)
+      Plain reverse mode through jgrad's backward passes: one forward and one backward pass, O(N·F + E)
       memory, compiled with ``jax.jit`` once per model and reused while fn, the structure of args and
       what fn reads are unchanged (the cache `adjacency_grad` uses); a fn that needs concrete values
       (Python control flow on array values) runs eagerly instead. Works under ``jit`` and ``vmap``: to study many weight vectors at once, vmap over the
