@@ -96,17 +96,26 @@ def _plain_softmax(senders, receivers, mask, logits, *, n):
     return segment_softmax(logits, receivers, n, mask=mask)
 
 
-def _edge_softmax_pullback(operands, out, cotangent, *, n):
-    """``out * (g - sum over the receiver's edges of out * g)``: the backward, and (the softmax's
-    Jacobian being symmetric) the tangent map too. Reads the output, not the logits."""
+def _softmax_product(out, g, mask, receiver_total):
+    """``out * (g - sum over the receiver's edges of out * g)``, 0 at padding edges: the softmax's
+    Jacobian applied to g. It is symmetric, so this is both the backward and the tangent map, and it
+    reads the output, not the logits. ``receiver_total(x)`` gives every edge the sum of x over its
+    receiver's edges (on the plain path or on the plan)."""
+    keep = None if mask is None else align_edge(mask, out.ndim)
+    weighted = out * g if keep is None else jnp.where(keep, out * g, jnp.zeros((), g.dtype))
+    d_logits = out * (g - receiver_total(weighted))
+    return d_logits if keep is None else jnp.where(keep, d_logits, jnp.zeros((), d_logits.dtype))
+
+
+def _edge_softmax_pullback(operands, out, g, *, n):
+    """`_softmax_product` with gspmm's and gsddmm's plain path for the receivers' sums."""
     senders, receivers, mask, _ = operands
-    weighted = out * cotangent
-    per_node = raw_gspmm("copy_e", "sum", "split", n, senders, receivers, mask, None, weighted)
-    per_edge = raw_gsddmm("copy_rhs", n, senders, receivers, mask, None, per_node, "u", "v")
-    d_logits = out * (cotangent - per_edge)
-    if mask is not None:
-        d_logits = jnp.where(align_edge(mask, d_logits.ndim), d_logits, jnp.zeros((), d_logits.dtype))
-    return d_logits
+
+    def total(x):
+        per_node = raw_gspmm("copy_e", "sum", "split", n, senders, receivers, mask, None, x)
+        return raw_gsddmm("copy_rhs", n, senders, receivers, mask, None, per_node, "u", "v")
+
+    return _softmax_product(out, g, mask, total)
 
 
 _EDGE_SOFTMAX = Op("jgrad_edge_softmax", _plain_softmax, saves=(0, 1, 2),
@@ -143,17 +152,14 @@ def _softmax_on_plan(plan: Plan, receivers: jax.Array, mask: jax.Array | None, l
     return jnp.where(alive, exps / jnp.where(alive, total, 1), 0)
 
 
-def _softmax_pullback(operands, out, cotangent):
-    """`_edge_softmax_pullback` with its sums on the plan."""
+def _softmax_pullback(operands, out, g):
+    """`_softmax_product` with the receivers' sums on the plan (an edge sum, (N,) or (N, H), read back)."""
     plan, receivers, mask, _ = operands
-    weighted = out * cotangent
-    if mask is not None:
-        weighted = jnp.where(align_edge(mask, weighted.ndim), weighted, jnp.zeros((), weighted.dtype))
-    per_node = _kernels.layout_edge_sum(plan, receivers, weighted)  # (N,) or (N, H)
-    d_logits = out * (cotangent - _kernels.layout_gather(plan, receivers, per_node))
-    if mask is not None:
-        d_logits = jnp.where(align_edge(mask, d_logits.ndim), d_logits, jnp.zeros((), d_logits.dtype))
-    return d_logits
+
+    def total(x):
+        return _kernels.layout_gather(plan, receivers, _kernels.layout_edge_sum(plan, receivers, x))
+
+    return _softmax_product(out, g, mask, total)
 
 
 _PLAN_SOFTMAX = Op("jgrad_plan_softmax", _softmax_on_plan, saves=(0, 1, 2),
