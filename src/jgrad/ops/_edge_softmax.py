@@ -14,7 +14,6 @@ op: on a backend with a fused ``attention`` kernel (native on CPU) the scores ar
 
 from __future__ import annotations
 
-import functools
 import numbers
 
 import jax
@@ -29,7 +28,7 @@ from . import _kernels
 from ._attention import segment_attention, segment_attention_backward
 from ._gsddmm import gsddmm
 from ._messages import align_edge
-from ._op import Op, tangent_of
+from ._op import Op, backward_of, tangent_of
 from ._primitives import raw_gsddmm, raw_gspmm
 from ._segment import segment_softmax
 
@@ -277,12 +276,7 @@ def _attention_backward_reference(plan, senders, receivers, mask, src, dst, alph
     return segment_attention_backward(plan.n_nodes, senders, receivers, mask, negative_slope, src, dst, alpha, g)
 
 
-def _attention_backward_backward(operands, outs, cotangents, wanted, *, negative_slope):
-    plan, senders, receivers, mask = operands[:4]
-    same_map = functools.partial(segment_attention_backward, plan.n_nodes, senders, receivers, mask, negative_slope)
-    pullback = jax.vjp(same_map, *operands[4:])[1]
-    return (None, None, None, None) + pullback(tuple(cotangents))
-
-
+# Differentiated as the XLA reference (`jgrad.ops._attention`) in both modes: src, dst, alpha and g.
 _ATTENTION_BACKWARD = Op("jgrad_attention_backward", _attention_backward_kernel,
-                         tangent=tangent_of(_attention_backward_reference), backward=_attention_backward_backward)
+                         tangent=tangent_of(_attention_backward_reference),
+                         backward=backward_of(_attention_backward_reference, over=(4, 5, 6, 7)))

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from .._src._plan import Plan, Side, slot_rows
-from ._op import Op, tangent_of
+from ._op import Op, backward_of, tangent_of
 from ._segment import segment_reduce
 
 
@@ -223,12 +223,6 @@ def _routed_reference(plan, mask, node, weight, top, share, *, kernel):
     return segment_routed(plan.reverse, node, weight, mask, top, share)
 
 
-def _routed_backward(operands, outs, cotangents, wanted, *, kernel):
-    plan, mask, node, weight, top, share = operands
-    pullback = jax.vjp(lambda node, weight, share: segment_routed(plan.reverse, node, weight, mask, top, share),
-                       node, weight, share)[1]
-    d_node, d_weight, d_share = pullback(tuple(cotangents))
-    return None, None, d_node, d_weight, None, d_share
-
-
-_ROUTED = Op("jgrad_routed", _routed_kernel, tangent=tangent_of(_routed_reference), backward=_routed_backward)
+# Differentiated as `segment_routed` in both modes: node, weight and share (top is held constant).
+_ROUTED = Op("jgrad_routed", _routed_kernel, tangent=tangent_of(_routed_reference),
+             backward=backward_of(_routed_reference, over=(2, 3, 5)))

@@ -25,6 +25,8 @@ Writing a kernel as an `Op` (see `jgrad.ops._primitives` for the plain-path g-Sp
 - ``backward(operands, outputs, cotangents, wanted, **static)``: one cotangent per operand (None where
   ``wanted[i]`` is False: that operand needs none), given the outputs' cotangents (None for integer
   outputs). It must be differentiable itself (built from `Op` calls or JAX ops) for higher orders.
+  `backward_of` builds it from a JAX-differentiable formula, for ops (a kernel's own backward) whose
+  derivative is that of their XLA reference.
 
 Operands are arrays, None or pytrees of arrays (a plan); only float arrays at the top level are
 differentiated. ``static`` values must be hashable: they are part of ``jit``'s cache key.
@@ -63,22 +65,37 @@ def _varying(x: Any) -> frozenset:
     return frozenset(getattr(mat, "varying", None) or getattr(aval, "vma", None) or ())
 
 
+def _substituted(operands, positions, values) -> list:
+    """``operands`` with ``values`` at ``positions``."""
+    full = list(operands)
+    for i, value in zip(positions, values):
+        full[i] = value
+    return full
+
+
 def tangent_of(plain: Callable) -> Callable:
     """A ``tangent`` function from ``plain(*operands, **static)``, any JAX-differentiable formula of the
     op's value: forward mode of ``plain`` in the differentiated operands."""
 
     def tangent(operands, outputs, tangents, **static):
         moving = [i for i, t in enumerate(tangents) if t is not None]
-
-        def of_moving(*values):
-            full = list(operands)
-            for i, value in zip(moving, values):
-                full[i] = value
-            return plain(*full, **static)
-
+        of_moving = lambda *values: plain(*_substituted(operands, moving, values), **static)  # noqa: E731
         return jax.jvp(of_moving, tuple(operands[i] for i in moving), tuple(tangents[i] for i in moving))[1]
 
     return tangent
+
+
+def backward_of(reference: Callable, over: tuple[int, ...]) -> Callable:
+    """A ``backward`` from ``reference(*operands, **static)``, a JAX-differentiable formula of the op's
+    value: reverse mode of ``reference`` in the operands at ``over`` (the others get None). For ops
+    whose own backward is their reference's (a kernel's backward, differentiated once more)."""
+
+    def backward(operands, outputs, cotangents, wanted, **static):
+        of_over = lambda *values: reference(*_substituted(operands, over, values), **static)  # noqa: E731
+        grads = jax.vjp(of_over, *(operands[i] for i in over))[1](cotangents)
+        return tuple(_substituted([None] * len(operands), over, grads))
+
+    return backward
 
 
 class Op:
@@ -210,13 +227,7 @@ class Op:
         # differentiates its formula.
         fn = self._tangent_fn(tree, out_tree, static, moving, float_outs, levels)
         dense = [i for i, p in enumerate(primals) if _is_float(p)]
-
-        def of_dense(*values):
-            full = list(primals)
-            for i, value in zip(dense, values):
-                full[i] = value
-            return fn(*full)
-
+        of_dense = lambda *values: fn(*_substituted(primals, dense, values))  # noqa: E731
         out, t_out = jax.jvp(of_dense, tuple(primals[i] for i in dense),
                              tuple(ad.instantiate_zeros(tangents[i]) for i in dense))
         return list(out), list(t_out)
