@@ -78,6 +78,23 @@ def message(op: str, u_edge: jax.Array | None, e: jax.Array | None) -> jax.Array
     return u_edge / e  # u_div_e
 
 
+def message_cotangents(op: str, d_msg: jax.Array, u_edge: jax.Array | None, e: jax.Array | None, *,
+                       want_u: bool = True, want_e: bool = True) -> tuple[jax.Array | None, jax.Array | None]:
+    """The cotangents of a message's two inputs at every edge, given the message's cotangent d_msg (E, ...):
+    ``(of u_edge, of e)``, both of d_msg's shape (sum the second to e's shape); None for an input the op
+    does not use or that is not wanted. ``u_edge`` is u gathered at the senders (read for ``u_mul_e``
+    and ``u_div_e``); ``e`` must have no zeros at padding edges (``u_div_e`` divides by it)."""
+    d_u = d_e = None
+    if want_u and uses_u(op):
+        d_u = (d_msg * align_edge(e, d_msg.ndim) if op == "u_mul_e" else
+               d_msg / align_edge(e, d_msg.ndim) if op == "u_div_e" else d_msg)
+    if want_e and uses_e(op):
+        d_e = (d_msg * u_edge if op == "u_mul_e" else
+               -d_msg * u_edge / jnp.square(align_edge(e, d_msg.ndim)) if op == "u_div_e" else
+               -d_msg if op == "u_sub_e" else d_msg)
+    return d_u, d_e
+
+
 def sum_to_shape(x: jax.Array, shape: tuple) -> jax.Array:
     """Sums ``x`` over the axes where ``shape`` (left-aligned, padded with 1s) has size 1 and x has not.
 

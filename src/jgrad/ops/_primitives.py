@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._messages import align_edge, edge_binary, message, sum_to_shape, uses_e, uses_u
+from ._messages import align_edge, edge_binary, message, message_cotangents, sum_to_shape, uses_e, uses_u
 from ._op import Op, tangent_of
 from ._segment import segment_reduce, segment_sum
 
@@ -119,21 +119,9 @@ def _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotan
         first = jax.ops.segment_min(position, receivers, num_segments=n)
         share = (hit & (position == first[receivers])).astype(cotangent.dtype)
     d_msg = cotangent[receivers] * share  # (E, ...) cotangent of each message
-    du = de = None
-    if uses_u(op):
-        d_u_edge = d_msg / align_edge(e_safe, d_msg.ndim) if op == "u_div_e" else (
-            d_msg * align_edge(e_safe, d_msg.ndim) if op == "u_mul_e" else d_msg)
-        du = raw_gspmm("copy_e", "sum", "split", n, receivers, senders, None, None, d_u_edge)
-    if uses_e(op):
-        if op == "u_mul_e":
-            d_e_edge = d_msg * u_edge
-        elif op == "u_div_e":
-            d_e_edge = -d_msg * u_edge / jnp.square(align_edge(e_safe, d_msg.ndim))
-        elif op == "u_sub_e":
-            d_e_edge = -d_msg
-        else:
-            d_e_edge = d_msg
-        de = sum_to_shape(d_e_edge, e.shape)
+    d_u_edge, d_e_edge = message_cotangents(op, d_msg, u_edge, e_safe)
+    du = None if d_u_edge is None else raw_gspmm("copy_e", "sum", "split", n, receivers, senders, None, None, d_u_edge)
+    de = None if d_e_edge is None else sum_to_shape(d_e_edge, e.shape)
     return du, de
 
 

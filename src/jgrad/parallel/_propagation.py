@@ -29,6 +29,7 @@ from ..ops._messages import (
     check_broadcast,
     check_operands,
     message,
+    message_cotangents,
     sum_to_shape,
 )
 from ._mesh import EDGE_AXIS, FEATURE_AXIS, shard_map
@@ -317,25 +318,13 @@ def _extremum_tangent(operands, out, tangents, *, op, reduce, tie, n):
 def _extremum_backward(operands, out, cotangent, wanted, *, op, reduce, tie, n):
     senders, receivers, mask, edge_id, u, e = operands
     d_msg = cotangent[receivers] * _shares(operands, out, op=op, tie=tie, n=n)
-    e_safe = _safe_edge(e, mask)
+    u_edge = u[senders] if wanted[5] and op in ("u_mul_e", "u_div_e") else None  # read by de only
+    d_u_edge, d_e_edge = message_cotangents(op, d_msg, u_edge, _safe_edge(e, mask), want_u=wanted[4],
+                                            want_e=wanted[5])
     du = de = None
-    if wanted[4]:
-        if op == "u_mul_e":
-            d_u_edge = d_msg * align_edge(e_safe, d_msg.ndim)
-        elif op == "u_div_e":
-            d_u_edge = d_msg / align_edge(e_safe, d_msg.ndim)
-        else:
-            d_u_edge = d_msg
+    if d_u_edge is not None:
         du = sum_to_shape(jax.ops.segment_sum(d_u_edge, senders, num_segments=n), u.shape)
-    if wanted[5]:
-        if op == "u_mul_e":
-            d_e_edge = d_msg * u[senders]
-        elif op == "u_div_e":
-            d_e_edge = -d_msg * u[senders] / jnp.square(align_edge(e_safe, d_msg.ndim))
-        elif op == "u_sub_e":
-            d_e_edge = -d_msg
-        else:
-            d_e_edge = d_msg
+    if d_e_edge is not None:
         de = sum_to_shape(d_e_edge, e.shape)
         de = jnp.where(align_edge(mask, de.ndim), de, jnp.zeros((), de.dtype))
     return None, None, None, None, du, de
