@@ -18,6 +18,7 @@ from jax.experimental import checkify
 
 import jgrad
 from jgrad import Graph, ops
+from jgrad.graph._checks import checking
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -115,6 +116,38 @@ def test_op_level_checks_leave_plain_jit_unchanged_before_and_after_checked_mode
     with pytest.raises(checkify.JaxRuntimeError, match=r"out of range"):
         jgrad.checked(shifted_sum)(G, X, 2)
     assert jnp.isfinite(plain(G, X, 2))  # the cached trace still compiles and runs without checkify
+
+
+def test_checked_retraces_a_jitted_function_traced_before_outside_it():
+    inner = jax.jit(lambda graph, x, offset: ops.spmm(dataclasses.replace(graph, senders=graph.senders + offset), x))
+    assert jnp.isfinite(inner(G, X, 2).sum())  # traced (and cached) without the op-level checks
+    with pytest.raises(checkify.JaxRuntimeError, match=r"spmm: senders\[1\]=3 is out of range"):
+        jgrad.checked(lambda graph, x, offset: inner(graph, x, offset).sum())(G, X, 2)
+
+
+def test_plain_jit_programs_carry_no_check_effects():
+    """Outside `checked` the ops add no debug check: a check's effect stays on the traced program even
+    though compilation drops the check, and it turns off ``jax.jit``'s fast dispatch."""
+    from flax import nnx
+
+    from jgrad.train import masked_cross_entropy
+
+    model = jgrad.nn.GCN(2, 4, 3, rngs=nnx.Rngs(0))
+    programs = {
+        "spmm": lambda g, x, ids: ops.spmm(g, x),
+        "gcn_norm": lambda g, x, ids: ops.gcn_norm(g),
+        "edge_softmax": lambda g, x, ids: ops.edge_softmax(g, x[g.senders]),
+        "GCN": lambda g, x, ids: jax.grad(lambda x: model(g, x).sum())(x),
+        "in_degree": lambda g, x, ids: g.in_degree(),
+        "segment_sum": lambda g, x, ids: ops.segment_sum(x, ids, 3),
+        "masked_cross_entropy": lambda g, x, ids: masked_cross_entropy(model(g, x), ids, jnp.ones(3, bool)),
+        "edge_grad": lambda g, x, ids: jgrad.edge_grad(lambda g: ops.spmm(g, x).sum(), g),
+    }
+    for name, program in programs.items():
+        effects = jax.make_jaxpr(program)(G, X, jnp.array([0, 2, 1])).effects
+        assert not effects, f"{name}: {effects}"
+        with checking():
+            assert jax.make_jaxpr(program)(G, X, jnp.array([0, 2, 1])).effects, f"{name}: no check under checked"
 
 
 # --- gathers, segment ids, labels ----------------------------------------------------------------------

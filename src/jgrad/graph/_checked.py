@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 
 from .._types import check_callable, check_flags
-from ._checks import finite_checks, graph_value_checks, is_concrete
+from ._checks import checking, finite_checks, graph_value_checks, is_concrete
 from ._graph import Graph
 
 CHECKED_ERRORS = checkify.user_checks | checkify.nan_checks | checkify.index_checks
@@ -45,8 +45,9 @@ def checked(
     - every floating-point output by the same rule (no NaN; no ``inf`` except in scalars), and no
       operation creating a NaN (checkify's NaN checks).
 
-    The op-level checks are ``checkify.debug_check``s, so outside `checked` they cost nothing and
-    leave plain ``jax.jit`` untouched. ``checked(fn)`` may itself be wrapped in ``jax.jit``: then a
+    The op-level checks are ``checkify.debug_check``s that ops add only while `checked` runs, so
+    plain ``jax.jit`` programs carry none (and keep JAX's fast dispatch); a jitted function traced
+    before, outside `checked`, is traced again inside it, with them. ``checked(fn)`` may itself be wrapped in ``jax.jit``: then a
     failed check raises ``jax.errors.JaxRuntimeError`` from the compiled call (through a host
     callback), with the check's message at the end.
 
@@ -100,13 +101,15 @@ def checked(
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            error, out = compiled(*args, **kwargs)
+            with checking():
+                error, out = compiled(*args, **kwargs)
         except IndexError as failure:
             if not index_checks:
                 raise
             try:  # does fn trace without checkify's index checks? Then they are what failed.
                 without = checkify.checkify(validated, errors=CHECKED_ERRORS - checkify.index_checks)
-                jax.eval_shape(without, *args, **kwargs)
+                with checking():
+                    jax.eval_shape(without, *args, **kwargs)
             except Exception:
                 raise failure from None
             raise NotImplementedError(

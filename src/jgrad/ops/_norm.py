@@ -22,7 +22,7 @@ from jax.experimental import checkify
 from .._src import _taps
 from .._types import default_float_dtype
 from ..graph import Graph
-from ..graph._checks import check_graph_indices, is_concrete
+from ..graph._checks import check_graph_indices, debug_checks_on, is_concrete
 from ..graph._graph import check_graph
 from ._segment import segment_sum
 
@@ -52,13 +52,16 @@ def _scalar_weights(where: str, graph: Graph, edge_weight) -> jax.Array:
 
 
 def _check_non_negative(where: str, weight: jax.Array, edge_mask) -> None:
-    """Refuses negative weights on real edges: eagerly when concrete, else as a checkify debug check."""
+    """Refuses negative weights on real edges: eagerly when concrete, else as a checkify debug check
+    under `jgrad.checked`."""
     if weight.shape[0] == 0:
         return
     negative = weight < 0
     if edge_mask is not None:
         negative = negative & edge_mask
     if not is_concrete(weight, edge_mask):
+        if not debug_checks_on():
+            return
         first = jnp.argmax(negative)
         checkify.debug_check(
             ~jnp.any(negative),

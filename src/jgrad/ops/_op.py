@@ -53,6 +53,8 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive, jaxpr_as_fun
 from jax.interpreters import ad, batching, mlir
 
+from ..graph._checks import not_checking
+
 
 def _is_float(x: Any) -> bool:
     return x is not None and hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
@@ -153,10 +155,11 @@ class Op:
     def _op_jaxpr(self, avals, tree, static, levels):
         """``forward`` traced once per signature: its jaxpr (which the abstract evaluation, the
         lowering and eager calls all use) and the structure of its result."""
-        if levels:
-            return jax.make_jaxpr(self._forward_fn(tree, static, levels))(*avals), None
-        structured = lambda *leaves: self._forward(*jax.tree.unflatten(tree, leaves), **dict(static))  # noqa: E731
-        closed, shapes = jax.make_jaxpr(structured, return_shape=True)(*avals)
+        with not_checking():  # the primitive is opaque to checkify: checks inside it would never run
+            if levels:
+                return jax.make_jaxpr(self._forward_fn(tree, static, levels))(*avals), None
+            structured = lambda *leaves: self._forward(*jax.tree.unflatten(tree, leaves), **dict(static))  # noqa: E731
+            closed, shapes = jax.make_jaxpr(structured, return_shape=True)(*avals)
         return closed, jax.tree.structure(shapes)
 
     def _op_impl(self, *leaves, tree, out_tree, static, levels):
@@ -213,7 +216,8 @@ class Op:
     @functools.lru_cache(maxsize=4096)
     def _tangent_jaxpr(self, avals, tree, out_tree, static, moving, float_outs, levels):
         """The tangent map traced once per signature (see `_op_jaxpr`)."""
-        return jax.make_jaxpr(self._tangent_fn(tree, out_tree, static, moving, float_outs, levels))(*avals)
+        with not_checking():
+            return jax.make_jaxpr(self._tangent_fn(tree, out_tree, static, moving, float_outs, levels))(*avals)
 
     def _tangent_impl(self, *args, tree, out_tree, static, moving, float_outs, levels):
         avals = tuple(jax.typeof(arg) for arg in args)
