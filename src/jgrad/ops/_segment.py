@@ -12,7 +12,7 @@ Conventions shared by every function:
   and receives a zero gradient, even when its value is ``inf`` or NaN. Padded entries are removed this way.
 - **Out-of-range ids** (negative, or ``>= num_segments``) are dropped, as ``jax.ops`` drops them: they
   contribute nothing. They are not reported eagerly; under `jgrad.checked` an unmasked out-of-range id
-  raises (a ``checkify.debug_check``, a no-op outside checkify), and the eager validators in
+  raises (a ``checkify.debug_check``, added only while `jgrad.checked` runs), and the eager validators in
   :mod:`jgrad.graph` check graph indices.
 - **Checked even while tracing**: ``data`` is real (complex input is refused with a ``TypeError``: max,
   min, softmax and std have no complex meaning), ``num_segments`` is a non-negative static int,
