@@ -12,10 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-if hasattr(jax, "shard_map"):
-    shard_map = jax.shard_map
-else:  # older JAX releases
-    from jax.experimental.shard_map import shard_map  # type: ignore[no-redef]
+shard_map = jax.shard_map  # public since jax 0.7; the package needs jax >= 0.10
 
 EDGE_AXIS = "edges"
 """Mesh axis over which edges are partitioned (`make_mesh`, `partition_edges`)."""
