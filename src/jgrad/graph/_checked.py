@@ -47,7 +47,8 @@ def checked(
 
     The op-level checks are ``checkify.debug_check``s that ops add only while `checked` runs, so
     plain ``jax.jit`` programs carry none (and keep JAX's fast dispatch); a jitted function traced
-    before, outside `checked`, is traced again inside it, with them. ``checked(fn)`` may itself be
+    before, outside `checked`, is traced again inside it, with them. (A bare ``checkify.checkify`` of
+    ``fn`` gets no op-level checks: use `checked`.) ``checked(fn)`` may itself be
     wrapped in ``jax.jit``: then a failed check raises ``jax.errors.JaxRuntimeError`` from the
     compiled call (through a host callback), with the check's message at the end.
 
