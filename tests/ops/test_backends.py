@@ -343,6 +343,25 @@ def test_self_loops_added_inside_jit_keep_the_plan(x64):
         assert got_edges == sorted(zip(rows, np.asarray(want.csr.edge_ids), np.asarray(want.csr.cols)))
 
 
+def test_a_graph_closed_over_by_jit_keeps_the_engine_through_self_loops(x64):
+    """A graph captured by a jitted function is not flattened, so it is not planned on entry; its first
+    op may be `add_self_loops` (GAT), whose traced output indices could no longer be planned."""
+    with use_backend("native"):
+        graph = _skewed()  # a fresh graph: its plan not made yet
+        assert not isinstance(graph.plan, _plan.Plan)
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((graph.n_nodes, 2)))
+
+        @jax.jit
+        def looped_sum(x):
+            looped = graph.add_self_loops(2.0)
+            assert backend_of(looped) == "native"
+            return spmm(looped, x)
+
+        np.testing.assert_allclose(looped_sum(x), _skewed().add_self_loops(2.0).to_dense() @ x, rtol=1e-12,
+                                   atol=1e-12)
+        assert isinstance(graph.plan, _plan.Plan)  # planned once, on the graph object, for later traces
+
+
 def test_masking_edges_keeps_the_plan_and_masked_edges_send_nothing(x64):
     graph = planned(UNION, "native")
     keep = jnp.asarray(np.random.default_rng(1).uniform(size=UNION.n_edges) < 0.6)
