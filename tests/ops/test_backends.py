@@ -362,6 +362,21 @@ def test_a_graph_closed_over_by_jit_keeps_the_engine_through_self_loops(x64):
         assert isinstance(graph.plan, _plan.Plan)  # planned once, on the graph object, for later traces
 
 
+def test_a_graph_built_inside_jit_from_numpy_indices_runs_on_the_engine(x64):
+    """Concrete indices are not traced: the graph can be planned (traced ones run the plain path, above)."""
+    skewed = _skewed()
+    senders, receivers = np.asarray(skewed.senders), np.asarray(skewed.receivers)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((skewed.n_nodes, 2)))
+    with use_backend("native"):
+        @jax.jit
+        def built_inside(x):
+            graph = Graph.from_edge_index(np.stack([senders, receivers]), n_nodes=skewed.n_nodes)
+            assert backend_of(graph) == "native"
+            return spmm(graph.add_self_loops(), x)
+
+        np.testing.assert_allclose(built_inside(x), skewed.add_self_loops().to_dense() @ x, rtol=1e-12, atol=1e-12)
+
+
 def test_masking_edges_keeps_the_plan_and_masked_edges_send_nothing(x64):
     graph = planned(UNION, "native")
     keep = jnp.asarray(np.random.default_rng(1).uniform(size=UNION.n_edges) < 0.6)

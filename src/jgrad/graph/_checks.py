@@ -68,13 +68,17 @@ def check_edge_index(where: str, senders: Any, receivers: Any, n_nodes: int) -> 
             f"{where}: senders and receivers must have the same length; got {np.shape(senders)[0]} senders "
             f"and {np.shape(receivers)[0]} receivers."
         )
-    if is_concrete(senders, receivers):
-        # Check before the int32 cast, which would wrap out-of-range int64 values into range.
-        problems = _index_problems("senders", np.asarray(senders), n_nodes)
-        problems += _index_problems("receivers", np.asarray(receivers), n_nodes)
-        if problems:
-            raise ValueError(f"{where}: " + " ".join(problems))
-    return jnp.asarray(senders, jnp.int32), jnp.asarray(receivers, jnp.int32)
+    if not is_concrete(senders, receivers):
+        return jnp.asarray(senders, jnp.int32), jnp.asarray(receivers, jnp.int32)
+    # Check before the int32 cast, which would wrap out-of-range int64 values into range.
+    problems = _index_problems("senders", np.asarray(senders), n_nodes)
+    problems += _index_problems("receivers", np.asarray(receivers), n_nodes)
+    if problems:
+        raise ValueError(f"{where}: " + " ".join(problems))
+    # Concrete indices stay concrete inside jit (NumPy ones would become traced constants there), so a
+    # graph built from them inside a jitted function can still be planned, like one closed over.
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(senders, jnp.int32), jnp.asarray(receivers, jnp.int32)
 
 
 def _index_problems(name: str, index: np.ndarray, n_nodes: int) -> list[str]:
