@@ -23,7 +23,7 @@ from .._src import _taps
 from .._types import default_float_dtype
 from ..graph import Graph
 from ..graph._checks import check_graph_indices, debug_checks_on, is_concrete
-from ..graph._graph import check_graph
+from ..graph._graph import check_graph, unfolded
 from ._segment import segment_sum
 
 ArrayLike = jax.typing.ArrayLike
@@ -133,7 +133,7 @@ def gcn_norm(
         _check_fill(fill)
     looped = base.add_self_loops(fill) if add_self_loops else base
     all_weights = looped.weights(weight.dtype)
-    degree = segment_sum(all_weights, looped.receivers, looped.n_nodes)
+    degree = segment_sum(all_weights, unfolded(looped.receivers), looped.n_nodes)
     inv_sqrt = safe_inverse_power(_taps.mark(base, "degree", degree, weight, base.receivers), 0.5)
     normalised = inv_sqrt[looped.receivers] * all_weights * inv_sqrt[looped.senders]
     return looped.with_edge_weight(_mark_scaled(base, looped, weight, normalised, inv_sqrt, inv_sqrt))
@@ -164,7 +164,7 @@ def row_norm(graph: Graph, edge_weight: ArrayLike | None = None) -> Graph:
     """
     weight = _scalar_weights("row_norm", graph, edge_weight)
     base = graph.with_edge_weight(weight)
-    degree = segment_sum(base.weights(weight.dtype), base.receivers, base.n_nodes)
+    degree = segment_sum(base.weights(weight.dtype), unfolded(base.receivers), base.n_nodes)
     inverse = safe_inverse_power(_taps.mark(base, "degree", degree, weight, base.receivers), 1.0)
     normalised = inverse[base.receivers] * base.weights(weight.dtype)
     return base.with_edge_weight(_mark_scaled(base, base, weight, normalised, inverse, jnp.ones_like(inverse)))
