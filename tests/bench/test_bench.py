@@ -22,7 +22,32 @@ def test_quick_benchmark_on_a_tiny_graph_writes_json_table_and_chart(tmp_path, m
     assert all(r["check"] == "ok" and r["median_ms"] > 0 for r in rows)
     assert results["stream_gbs"] > 0
     assert (tmp_path / "bench.md").read_text().startswith("# jgrad benchmark")
+    assert f"Huge pages for malloc: {results['machine']['malloc_huge_pages']}." in (tmp_path / "bench.md").read_text()
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_the_machine_record_says_whether_malloc_uses_huge_pages(monkeypatch, tmp_path):
+    """The peers' ratios depend on it (their steps fault in far more fresh memory than jgrad's)."""
+    from jgrad.bench import _report
+
+    real_open = open
+
+    def sysfs(mode):
+        def fake_open(path, *args, **kwargs):
+            if str(path) == "/sys/kernel/mm/transparent_hugepage/enabled":
+                (tmp_path / "enabled").write_text(mode)
+                return real_open(tmp_path / "enabled", *args, **kwargs)
+            return real_open(path, *args, **kwargs)
+        return fake_open
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    cases = {("always [madvise] never", ""): "off", ("always [madvise] never", "glibc.malloc.hugetlb=1"): "on",
+             ("always madvise [never]", "glibc.malloc.hugetlb=1"): "off", ("[always] madvise never", ""): "always",
+             ("always [madvise] never", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"): "on"}
+    for (mode, tunables), expected in cases.items():
+        monkeypatch.setattr("builtins.open", sysfs(mode))
+        monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+        assert _report.malloc_huge_pages() == expected, (mode, tunables)
 
 
 def test_recompile_check_traces_once_per_bucket():

@@ -25,7 +25,28 @@ def machine() -> dict:
             memory_gib = round(int(f.readline().split()[1]) / 2**20, 1)
     except (OSError, ValueError, IndexError):
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": memory_gib, "python": platform.python_version()}
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": memory_gib, "python": platform.python_version(),
+            "malloc_huge_pages": malloc_huge_pages()}
+
+
+def malloc_huge_pages() -> str:
+    """Whether ``malloc`` maps large buffers with transparent huge pages in this process.
+
+    The ratios depend on it: page faults on the steps' fresh temp buffers cost the peers far more than
+    jgrad (docs/performance.md, "Fresh pages on every step"). "on" with glibc's
+    ``glibc.malloc.hugetlb=1`` tunable and transparent huge pages not ``never``; "always" when the
+    kernel uses them for every mapping; else "off".
+    """
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            mode = f.read().split("[", 1)[1].split("]", 1)[0]
+    except (OSError, IndexError):
+        return "off"
+    if mode == "always":
+        return "always"
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    asked = "glibc.malloc.hugetlb=1" in (item.strip() for item in tunables.split(":"))
+    return "on" if asked and mode != "never" else "off"
 
 
 def write_json(results: dict, path: Path) -> None:
@@ -43,7 +64,8 @@ def markdown(results: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; jax {results['versions'].get('jax')}, "
         f"torch {results['versions'].get('torch')}. STREAM triad (numpy, {m['cores']} threads): "
-        f"{results['stream_gbs']:.1f} GB/s. Repeats: {results['repeats']} (median, interleaved).",
+        f"{results['stream_gbs']:.1f} GB/s. Repeats: {results['repeats']} (median, interleaved). Huge pages for "
+        f"malloc: {m.get('malloc_huge_pages', 'not recorded')}.",
         "",
         "`vs best peer` is the median time divided by the fastest peer's (plain_jax, jraph, bcoo, pyg) in",
         "the same run, < 1 is faster. `% STREAM` is a lower bound on the bytes the message passing must move",
