@@ -253,14 +253,19 @@ def is_bound(plan: Any, graph: Any) -> bool:
     return bound[0] is graph.senders and bound[1] is graph.receivers
 
 
-def with_self_loops(plan: Any) -> Any:
-    """The plan of the graph with the loops ``v -> v`` appended as edges E..E+N-1 (`add_self_loops`).
+def with_self_loops(graph: Any) -> Any:
+    """The plan of ``graph`` with the loops ``v -> v`` appended as edges E..E+N-1 (`add_self_loops`).
 
     A CSR plan (``"native"``) is extended in closed form with gathers (jit-safe: it works on traced plans,
     so a graph that gets its loops inside ``jit`` keeps running on the engine); each loop becomes
-    the last slot of its row in both directions. A ``"bucket"`` plan goes back to ``AUTO`` (its
-    static table shapes change), ``None`` stays ``None``.
+    the last slot of its row in both directions. A graph not planned yet is planned first when its
+    backend keeps CSR tables: one closed over by a jitted function meets its first op here, and the
+    looped indices, traced there, could no longer be planned. A ``"bucket"`` plan goes back to
+    ``AUTO`` (its static table shapes change), ``None`` stays ``None``.
     """
+    plan = graph.plan
+    if plan is AUTO and _TABLES.get(choose_backend(int(graph.senders.shape[0]))) == "csr":
+        plan = resolve(graph)
     if not isinstance(plan, Plan):
         return plan
     if _TABLES.get(plan.backend) != "csr":

@@ -68,10 +68,7 @@ def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:
         edge_mask=edge_mask,
         n_edge_per_graph=n_edge_per_graph,
     )
-    # The plan extended, also under jit. `resolve` first plans a graph whose concrete indices were never
-    # planned (one closed over by a jitted function meets its first op here): the looped indices are
-    # traced there and could no longer be planned.
-    return _plan.attach(looped, _plan.with_self_loops(_plan.resolve(graph)))
+    return _plan.attach(looped, _plan.with_self_loops(graph))  # the plan extended, also under jit
 
 
 def _is_one(fill: float) -> bool:
