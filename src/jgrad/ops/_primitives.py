@@ -48,10 +48,11 @@ def _plain_gspmm(senders, receivers, mask, u, e, *, op, reduce, tie, n):
 def _gspmm_backward(operands, out, cotangent, wanted, *, op, reduce, tie, n):
     senders, receivers, mask, u, e = operands
     if reduce in ("sum", "mean"):
-        du, de = _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent)
+        du, de = _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent, wanted[3], wanted[4])
     else:
-        du, de = _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotangent)
-    return None, None, None, du if wanted[3] else None, de if wanted[4] else None
+        du, de = _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotangent, wanted[3],
+                                    wanted[4])
+    return None, None, None, du, de
 
 
 _GSPMM = Op("jgrad_gspmm", _plain_gspmm, tangent=tangent_of(_plain_gspmm), backward=_gspmm_backward)
@@ -62,8 +63,9 @@ def _in_degree_count(n, receivers, mask, dtype):
     return segment_sum(ones, receivers, n)
 
 
-def _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent):
-    """Cotangents of u and e for the sum/mean reducers, with jgrad's own kernels.
+def _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent, want_u, want_e):
+    """Cotangents of u and e for the sum/mean reducers, with jgrad's own kernels; None for one not
+    wanted (or not used by ``op``).
 
     du = A^T dout is a gspmm on the reversed graph; de is a gsddmm between u (at the sender) and
     dout (at the receiver).
@@ -73,12 +75,12 @@ def _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent):
         cotangent = cotangent / align_edge(jnp.maximum(count, 1.0), cotangent.ndim)
     e_safe = _safe_edge_data(e, mask)
     du = de = None
-    if uses_u(op):  # reverse graph: receivers send the cotangent back to senders
+    if want_u and uses_u(op):  # reverse graph: receivers send the cotangent back to senders
         if op == "u_mul_e" or op == "u_div_e":
             du = raw_gspmm(op, "sum", "split", n, receivers, senders, mask, cotangent, e_safe)
         else:
             du = raw_gspmm("copy_u", "sum", "split", n, receivers, senders, mask, cotangent, None)
-    if uses_e(op):
+    if want_e and uses_e(op):
         if op in ("u_mul_e", "u_div_e"):
             per_edge = raw_gsddmm("mul", n, senders, receivers, mask, u, cotangent, "u", "v")
         else:
@@ -93,7 +95,7 @@ def _sum_backward(op, reduce, n, senders, receivers, mask, u, e, cotangent):
     return du, de
 
 
-def _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotangent):
+def _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotangent, want_u, want_e):
     """Routes the cotangent of max/min to the message(s) that attained the extremum.
 
     The extremum is recomputed exactly from the messages: the forward value is a weighted sum of the
@@ -119,7 +121,7 @@ def _extremum_backward(op, reduce, tie, n, senders, receivers, mask, u, e, cotan
         first = jax.ops.segment_min(position, receivers, num_segments=n)
         share = (hit & (position == first[receivers])).astype(cotangent.dtype)
     d_msg = cotangent[receivers] * share  # (E, ...) cotangent of each message
-    d_u_edge, d_e_edge = message_cotangents(op, d_msg, u_edge, e_safe)
+    d_u_edge, d_e_edge = message_cotangents(op, d_msg, u_edge, e_safe, want_u=want_u, want_e=want_e)
     du = None if d_u_edge is None else raw_gspmm("copy_e", "sum", "split", n, receivers, senders, None, None, d_u_edge)
     de = None if d_e_edge is None else sum_to_shape(d_e_edge, e.shape)
     return du, de
