@@ -117,7 +117,7 @@ def optimized():
 def swapped_kernels(monkeypatch):
     """``monkeypatch`` for swapping jgrad's kernels: the ops' cached traces (which hold the kernels they
     called) are dropped before the test and again after its patches are undone."""
-    from jgrad.ops._op import forget_traces
+    from jgrad._src._op import forget_traces
 
     forget_traces()
     yield monkeypatch

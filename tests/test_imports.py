@@ -68,3 +68,43 @@ def test_unknown_attribute_is_a_clear_attribute_error():
 
     with pytest.raises(AttributeError, match="module 'jgrad' has no attribute 'nope'"):
         jgrad.nope  # noqa: B018
+
+
+def _imports_between_packages() -> list[tuple[str, str, str]]:
+    """Every import in src/jgrad of another jgrad package: ``(file, importing package, imported module)``.
+
+    Relative imports are resolved against the file's package; lazy imports inside functions count too.
+    """
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "src" / "jgrad"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        package = ["jgrad", *parts[:-1]]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = [*base, *(node.module.split(".") if node.module else [])]
+                targets = [module + [alias.name] for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name.split(".") for alias in node.names]
+            else:
+                continue
+            for target in targets:
+                if target[0] == "jgrad" and len(target) > 2 and len(package) > 1 and target[1] != package[1]:
+                    found.append((str(path.relative_to(root)), package[1], ".".join(target)))
+    return found
+
+
+def test_packages_share_private_code_only_through_jgrad_src():
+    """A package takes another package's public names only; shared internals live in `jgrad._src`,
+    which itself builds on no other jgrad package."""
+    found = _imports_between_packages()
+    assert any(target.startswith("jgrad._src.") for _, _, target in found)  # the scan sees the imports
+    private = [(file, target) for file, package, target in found
+               if not target.startswith("jgrad._src") and any(part.startswith("_") for part in target.split(".")[2:])]
+    assert not private, private
+    upward = [(file, target) for file, package, target in found if package == "_src"]
+    assert not upward, upward

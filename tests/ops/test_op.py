@@ -1,4 +1,4 @@
-"""`jgrad.ops._op.Op`: a kernel with a hand-written backward, differentiable in every mode of JAX.
+"""`jgrad._src._op.Op`: a kernel with a hand-written backward, differentiable in every mode of JAX.
 
 A small op (a weighted segment sum with a hand-written backward) is checked against plain autodiff of
 the same formula under each transformation and their compositions, in float64: forward mode applied
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.experimental import checkify
 
-from jgrad.ops._op import Op, tangent_of
+from jgrad._src._op import Op, tangent_of
 
 pytestmark = pytest.mark.usefixtures("x64")
 

@@ -18,7 +18,7 @@ from jax.experimental import checkify
 
 import jgrad
 from jgrad import Graph, ops
-from jgrad.graph._checks import checking
+from jgrad._src._checks import checking
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

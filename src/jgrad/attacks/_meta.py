@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._types import check_choice
+from .._src._types import check_choice
 from ..gradients import AdjacencyGrad, adjacency_grad, propagate
 from ..graph import Graph
 from ._features import Features, SparseFeatures, features_matmul, features_rmatmul, n_features

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .._types import check_choice
+from .._src._checks import is_concrete
+from .._src._types import check_choice
 from ..gradients import propagate
 from ..graph import Graph
-from ..graph._checks import is_concrete
 from ._features import Features, features_matmul, n_features
 
 Params = dict[str, jax.Array]

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._types import check_callable, check_choice, check_flags
+from .._src._checks import index_range_check, is_concrete
+from .._src._types import check_callable, check_choice, check_flags
 from ..graph import Graph
-from ..graph._checks import index_range_check, is_concrete
 from . import _recording
 from ._attention import AttentionTerm, attention_term
 from ._compile import Call, rebuild_args, run_cached

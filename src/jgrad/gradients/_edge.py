@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._src._checks import check_graph
 from ..graph import Graph
-from ..graph._graph import check_graph
 from ._compile import Call, rebuild_args, run_cached
 
 

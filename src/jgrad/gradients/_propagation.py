@@ -20,11 +20,11 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from .._types import check_choice
+from .._src._checks import check_graph
+from .._src._degree import safe_inverse_power
+from .._src._types import check_choice
 from ..graph import Graph
-from ..graph._graph import check_graph
 from ..ops import spmm
-from ..ops._norm import safe_inverse_power
 
 ArrayLike = jax.typing.ArrayLike
 

@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _checks, _limits
-from ._graph import Graph, check_graph
+from .._src import _checks
+from .._src._checks import check_graph
+from . import _limits
+from ._graph import Graph
 
 
 def batch(graphs: Sequence[Graph]) -> Graph:

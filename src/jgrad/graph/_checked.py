@@ -1,6 +1,6 @@
 """`checked`: the opt-in checked mode, which runs the graph and value checks inside compiled code.
 
-The checks themselves are in ``_checks.py``; this module wraps a user function with
+The checks themselves are in ``jgrad._src._checks``; this module wraps a user function with
 ``jax.experimental.checkify`` so that they raise there too.
 """
 
@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from .._types import check_callable, check_flags
-from ._checks import checking, finite_checks, graph_value_checks, is_concrete
+from .._src._checks import checking, finite_checks, graph_value_checks, is_concrete
+from .._src._types import check_callable, check_flags
 from ._graph import Graph
 
 CHECKED_ERRORS = checkify.user_checks | checkify.nan_checks | checkify.index_checks

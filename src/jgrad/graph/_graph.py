@@ -15,15 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._src import _plan, _pyg_names, _taps
-from .._types import default_float_dtype
-from . import _checks, _limits
+from .._src import _checks, _plan, _pyg_names, _taps
+from .._src._degree import unfolded
+from .._src._types import default_float_dtype
+from . import _limits, _structure
 
 ArrayLike = jax.typing.ArrayLike
 
 
 @dataclasses.dataclass(frozen=True)
-class Graph:
+class Graph(_checks.GraphBase):
     """A directed graph (or a disjoint union of graphs) as edge-index arrays; a JAX pytree.
 
     Attributes:
@@ -341,21 +342,15 @@ class Graph:
 
     def add_self_loops(self, fill: float = 1.0) -> Graph:
         """Appends one edge ``v -> v`` per node with weight ``fill`` (padding nodes get masked loops)."""
-        from ._structure import add_self_loops
-
-        return add_self_loops(self, fill)
+        return _structure.add_self_loops(self, fill)
 
     def remove_self_loops(self) -> Graph:
         """Drops every edge ``v -> v``. Eager only."""
-        from ._structure import remove_self_loops
-
-        return remove_self_loops(self)
+        return _structure.remove_self_loops(self)
 
     def coalesce(self) -> Graph:
         """Merges duplicate edges, summing weights; sorts by (receiver, sender). Eager only."""
-        from ._structure import coalesce
-
-        return coalesce(self)
+        return _structure.coalesce(self)
 
     def to_undirected(self, *, reduce: str | None = None) -> Graph:
         """Adds each missing reverse edge (same weight) and merges duplicates: a symmetric ``A``. Eager only.
@@ -363,15 +358,11 @@ class Graph:
         A pair present in both directions with different weights raises unless ``reduce`` is ``"mean"``,
         ``"max"`` or ``"min"`` (see `jgrad.graph.to_undirected`).
         """
-        from ._structure import to_undirected
-
-        return to_undirected(self, reduce=reduce)
+        return _structure.to_undirected(self, reduce=reduce)
 
     def sort_by_receiver(self) -> tuple[Graph, jax.Array]:
         """Sorts edges into CSR order by (receiver, sender). Returns ``(sorted_graph, perm)``."""
-        from ._structure import sort_by_receiver
-
-        return sort_by_receiver(self)
+        return _structure.sort_by_receiver(self)
 
     def __getattr__(self, name: str) -> Any:
         # Reached only for attributes that do not exist: PyG's names get jgrad's in the message.
@@ -384,18 +375,6 @@ class Graph:
         if self.edge_mask is not None or self.node_mask is not None:
             parts.append("padded=True")
         return f"Graph({', '.join(parts)})"
-
-
-def check_graph(where: str, value: Any) -> None:
-    """Raises a TypeError naming what was passed where a `Graph` belongs. An array there is most often
-    PyG's argument order, ``conv(x, edge_index)``, where jgrad's is ``conv(graph, x)``."""
-    if isinstance(value, Graph):
-        return
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        raise TypeError(f"{where}: graph must be a jgrad.Graph; got an array of dtype {value.dtype} and shape "
-                        f"{tuple(value.shape)}. The graph comes first (op(graph, x), layer(graph, x)); a PyG "
-                        "edge_index (2, E) becomes one with jgrad.Graph.from_edge_index(edge_index).")
-    raise TypeError(f"{where}: graph must be a jgrad.Graph; got {type(value).__name__}.")
 
 
 _DATA_FIELDS = ("senders", "receivers", "edge_weight", "node_mask", "edge_mask", "graph_mask",
@@ -425,16 +404,6 @@ def _unflatten(static: tuple[int, bool], children) -> Graph:
 
 
 jax.tree_util.register_pytree_with_keys(Graph, _flatten_with_keys, _unflatten, _flatten)
-
-
-def unfolded(index: jax.Array) -> jax.Array:
-    """``index`` (E,) behind an optimisation barrier, for sums over a graph's edges such as degrees.
-
-    A graph closed over by a jitted function has constant indices, and XLA evaluates a sum over them
-    while compiling when its other operand is constant too (ones, or fixed weights): 3-17 s per
-    compile at 1.6e6 edges (GCN and SAGE models, `row_norm`), for a sum that takes a millisecond.
-    """
-    return jax.lax.optimization_barrier(index)
 
 
 def _degree(graph: Graph, index: jax.Array, weighted: bool) -> jax.Array:

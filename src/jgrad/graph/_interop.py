@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._types import default_float_dtype
-from . import _checks
+from .._src import _checks
+from .._src._checks import check_graph
+from .._src._types import default_float_dtype
 from ._batching import unbatch as unbatch_graphs
-from ._graph import Graph, _from_torch, check_graph
+from ._graph import _from_torch, Graph
 
 
 def from_scipy(matrix: Any) -> Graph:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._src import _checks
 from .._src._limits import MAX_SIZE as MAX_SIZE
-from . import _checks
 
 
 def check_size(where: str, value: Any, name: str = "n_nodes") -> int:

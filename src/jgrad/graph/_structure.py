@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._src import _plan, _taps
-from .._types import default_float_dtype
-from . import _checks, _limits
-from ._graph import check_graph
+from .._src import _checks, _plan, _taps
+from .._src._checks import check_graph
+from .._src._types import default_float_dtype
+from . import _limits
 
-if TYPE_CHECKING:  # a Graph's methods call these functions; the class is needed for annotations only
+if TYPE_CHECKING:  # a Graph's methods call these functions, so the class is imported for annotations only
     from ._graph import Graph
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .._types import REDUCERS, check_choice
+from .._src._types import REDUCERS, check_choice
 from ..graph import Graph
 from ..ops import gspmm
 from . import functional as F

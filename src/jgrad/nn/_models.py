@@ -60,9 +60,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .._types import check_choice
+from .._src._checks import check_graph
+from .._src._types import check_choice
 from ..graph import Graph
-from ..graph._graph import check_graph
 from . import functional as F
 from ._layers import GATConv, GCNConv, GINConv, SAGEConv
 

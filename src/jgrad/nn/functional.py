@@ -47,12 +47,12 @@ import jax
 import jax.numpy as jnp
 
 from .._src import _taps
-from .._types import REDUCERS, check_choice
+from .._src._checks import check_graph
+from .._src._degree import safe_inverse_power
+from .._src._types import REDUCERS, check_choice
 from ..gradients import propagate
 from ..graph import Graph
-from ..graph._graph import check_graph
 from ..ops import gat_attention, gsddmm, gspmm, segment_max, segment_reduce, segment_sum, spmm
-from ..ops._norm import safe_inverse_power
 
 ArrayLike = jax.typing.ArrayLike
 Params = Mapping[str, Any]

@@ -5,16 +5,16 @@ mode of any order and forward mode. The graph carries its execution plan (``grap
 run on the fastest backend for it without being told (see `use_backend`, `with_backend`).
 """
 
+from .._src._messages import EDGE_OPS as EDGE_OPS
+from .._src._messages import MESSAGE_OPS as MESSAGE_OPS
+from ._backends import backend_of as backend_of
+from ._backends import use_backend as use_backend
+from ._backends import with_backend as with_backend
 from ._edge_softmax import edge_softmax as edge_softmax
 from ._edge_softmax import gat_attention as gat_attention
 from ._gsddmm import gsddmm as gsddmm
 from ._gspmm import gspmm as gspmm
 from ._gspmm import spmm as spmm
-from ._backends import backend_of as backend_of
-from ._backends import use_backend as use_backend
-from ._backends import with_backend as with_backend
-from ._messages import EDGE_OPS as EDGE_OPS
-from ._messages import MESSAGE_OPS as MESSAGE_OPS
 from ._native import available as native_available
 from ._norm import gcn_norm as gcn_norm
 from ._norm import row_norm as row_norm

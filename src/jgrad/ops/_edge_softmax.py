@@ -20,15 +20,14 @@ import jax
 import jax.numpy as jnp
 
 from .._src import _taps
+from .._src._checks import check_graph, check_graph_indices
+from .._src._messages import align_edge
+from .._src._op import Op, backward_of, tangent_of
 from .._src._plan import Plan, resolve
 from ..graph import Graph
-from ..graph._checks import check_graph_indices
-from ..graph._graph import check_graph
 from . import _kernels
 from ._attention import segment_attention, segment_attention_backward
 from ._gsddmm import gsddmm
-from ._messages import align_edge
-from ._op import Op, backward_of, tangent_of
 from ._primitives import raw_gsddmm, raw_gspmm
 from ._segment import segment_softmax
 
@@ -52,7 +51,7 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
       Stable for scores of any magnitude (the per-receiver maximum is subtracted; no inf or NaN in
       value or gradient for scores up to 1e4 and beyond). A NaN (or ``+inf``) score makes every value
       and gradient of its receiver's incoming edges NaN, so `jgrad.checked` reports it; other receivers
-      are unaffected. Its backward is built from gspmm and gsddmm (`jgrad.ops._op.Op`);
+      are unaffected. Its backward is built from gspmm and gsddmm (`jgrad._src._op.Op`);
       reverse mode to any order, forward mode, ``jit`` and ``vmap`` all work.
 
       On a graph with a plan (``graph.plan``) and logits of shape (E,), (E, H) or (E, H, 1), the

@@ -18,7 +18,7 @@ the backend's ``routed`` kernel: one walk over the reversed graph that gives eve
 ``cotangent / count`` (native on CPU; `segment_routed` with XLA ops elsewhere). The routed kernel's
 own backward is that of `segment_routed`, the same function, so second order is exact too. Forward
 mode differentiates the plain formulation (gather, message, `jgrad.ops._segment.segment_reduce` with
-the same tie rule). Both are ops with a tangent map (`jgrad.ops._op.Op`).
+the same tie rule). Both are ops with a tangent map (`jgrad._src._op.Op`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .._src._op import Op, backward_of, tangent_of
 from .._src._plan import Plan, Side, slot_rows
-from ._op import Op, backward_of, tangent_of
 from ._segment import segment_reduce
 
 

@@ -16,13 +16,12 @@ import jax
 import jax.numpy as jnp
 
 from .._src import _taps
+from .._src._checks import check_graph, check_graph_indices
+from .._src._messages import EDGE_OPS, TARGETS
 from .._src._plan import resolve
-from .._types import check_choice
+from .._src._types import check_choice
 from ..graph import Graph
-from ..graph._checks import check_graph_indices
-from ..graph._graph import check_graph
 from . import _kernels
-from ._messages import EDGE_OPS, TARGETS
 from ._primitives import raw_gsddmm
 
 ArrayLike = jax.typing.ArrayLike
@@ -70,7 +69,7 @@ def gsddmm(
       the plain path's up to float rounding. Other cases run the plain path.
       Differentiable w.r.t. lhs and rhs in reverse mode (hand-written backward; cotangents of node
       operands are g-SpMMs, residuals are the inputs) to any order, and in forward mode, also through
-      ``jax.jit`` and ``lax.scan`` (`jgrad.ops._op.Op`). jit- and vmap-safe.
+      ``jax.jit`` and ``lax.scan`` (`jgrad._src._op.Op`). jit- and vmap-safe.
 
     Example:
       >>> import jax.numpy as jnp, jgrad

@@ -19,13 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from .._src import _taps
+from .._src._checks import check_graph, check_graph_indices
+from .._src._messages import MESSAGE_OPS, check_broadcast, check_operands
 from .._src._plan import resolve
-from .._types import REDUCERS, TIE_RULES, check_choice
+from .._src._types import REDUCERS, TIE_RULES, check_choice
 from ..graph import Graph
-from ..graph._checks import check_graph_indices
-from ..graph._graph import check_graph
 from . import _kernels
-from ._messages import MESSAGE_OPS, check_broadcast, check_operands
 from ._primitives import raw_gspmm
 
 ArrayLike = jax.typing.ArrayLike
@@ -89,7 +88,7 @@ def gspmm(
       Differentiable w.r.t. u and e in reverse mode (hand-written backward: node cotangent by g-SpMM
       on the reversed graph, edge cotangent by g-SDDMM; residuals O(N·F + E)) to any order, and in
       forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``), also of functions already wrapped in
-      ``jax.jit`` or run in ``lax.scan`` (`jgrad.ops._op.Op`). Works under ``jit`` and ``vmap``; ``op``,
+      ``jax.jit`` or run in ``lax.scan`` (`jgrad._src._op.Op`). Works under ``jit`` and ``vmap``; ``op``,
       ``reduce`` and ``tie`` are static.
 
     Example:

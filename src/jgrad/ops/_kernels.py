@@ -1,4 +1,4 @@
-"""Sum aggregation and per-edge products on a graph's `Plan`, as differentiable ops (`jgrad.ops._op.Op`).
+"""Sum aggregation and per-edge products on a graph's `Plan`, as differentiable ops (`jgrad._src._op.Op`).
 
 ``layout_sum(plan, u, w)`` computes ``out[receivers[e]] += w[e] * u[senders[e]]`` (or ``u[...]``
 alone when ``w`` is None) with no scatter-add and no (E, F) intermediate. Its backward reuses the layout:
@@ -40,9 +40,9 @@ import jax
 import jax.numpy as jnp
 
 from .._src import _plan
+from .._src._op import Op
 from .._src._plan import Plan, Side
 from . import _attention, _extremum, _native, _pallas
-from ._op import Op
 
 
 def _append_zero_row(x: jax.Array) -> jax.Array:
@@ -259,7 +259,7 @@ def layout_sum(layout: Plan, u: jax.Array, w: jax.Array | None) -> jax.Array:
     every head in one pass on backends that have multi-head kernels (see `Kernels`); the backward
     then gives dw of shape (E, H). Returns u's shape in u's dtype (w is cast to it).
 
-    The backward computes only the cotangents that are asked for (`jgrad.ops._op.Op` tells it which of
+    The backward computes only the cotangents that are asked for (`jgrad._src._op.Op` tells it which of
     u and w carry a gradient), so a training step whose edge weights are constants runs ``A^T @ dout``
     alone, not the fused pass that also forms ``dw``.
     """

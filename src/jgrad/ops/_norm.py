@@ -20,20 +20,13 @@ import numpy as np
 from jax.experimental import checkify
 
 from .._src import _taps
-from .._types import default_float_dtype
+from .._src._checks import check_graph, check_graph_indices, debug_checks_on, is_concrete
+from .._src._degree import safe_inverse_power, unfolded
+from .._src._types import default_float_dtype
 from ..graph import Graph
-from ..graph._checks import check_graph_indices, debug_checks_on, is_concrete
-from ..graph._graph import check_graph, unfolded
 from ._segment import segment_sum
 
 ArrayLike = jax.typing.ArrayLike
-
-
-def safe_inverse_power(degree: jax.Array, power: float) -> jax.Array:
-    """``degree ** -power`` where degree > 0, else 0; finite gradient everywhere (0 where degree <= 0)."""
-    positive = degree > 0
-    safe = jnp.where(positive, degree, jnp.ones((), degree.dtype))
-    return jnp.where(positive, safe ** (-power), jnp.zeros((), degree.dtype))
 
 
 def _scalar_weights(where: str, graph: Graph, edge_weight) -> jax.Array:

@@ -1,4 +1,4 @@
-"""The differentiable g-SpMM and g-SDDMM primitives on raw arrays, as ops with a tangent map (`jgrad.ops._op.Op`).
+"""The differentiable g-SpMM and g-SDDMM primitives on raw arrays, as ops with a tangent map (`jgrad._src._op.Op`).
 
 `raw_gspmm` and `raw_gsddmm` take validated arrays (no Graph, no checks): the public `jgrad.ops.gspmm`
 and `jgrad.ops.gsddmm` validate once and call them (or a plan's kernels, `jgrad.ops._kernels`). They
@@ -16,8 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._messages import align_edge, edge_binary, message, message_cotangents, sum_to_shape, uses_e, uses_u
-from ._op import Op, tangent_of
+from .._src._messages import align_edge, edge_binary, message, message_cotangents, sum_to_shape, uses_e, uses_u
+from .._src._op import Op, tangent_of
 from ._segment import segment_reduce, segment_sum
 
 

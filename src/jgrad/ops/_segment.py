@@ -42,9 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jgrad._src._checks import index_range_check, is_concrete
 from jgrad._src._limits import MAX_SIZE
-from jgrad._types import REDUCERS, TIE_RULES, Array, ArrayLike, Reducer, TieRule, check_choice
-from jgrad.graph._checks import index_range_check, is_concrete
+from jgrad._src._types import REDUCERS, TIE_RULES, Array, ArrayLike, Reducer, TieRule, check_choice
 
 __all__ = [
     "segment_logsumexp",

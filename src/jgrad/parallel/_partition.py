@@ -15,9 +15,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from .._src import _checks
+from .._src._checks import check_graph
 from ..graph import Graph
-from ..graph import _checks
-from ..graph._graph import check_graph
 from ._mesh import EDGE_AXIS
 
 ArrayLike = jax.typing.ArrayLike

@@ -19,11 +19,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from .._types import REDUCERS, TIE_RULES, check_choice
-from ..graph import Graph
-from ..ops import gspmm
-from ..ops._op import Op
-from ..ops._messages import (
+from .._src._messages import (
     MESSAGE_OPS,
     align_edge,
     check_broadcast,
@@ -32,6 +28,10 @@ from ..ops._messages import (
     message_cotangents,
     sum_to_shape,
 )
+from .._src._op import Op
+from .._src._types import REDUCERS, TIE_RULES, check_choice
+from ..graph import Graph
+from ..ops import gspmm
 from ._mesh import EDGE_AXIS, FEATURE_AXIS, shard_map
 from ._partition import ShardedGraph, check_mesh
 
@@ -83,7 +83,7 @@ def sharded_gspmm(
     Notes:
       Differentiable w.r.t. u and e in reverse mode to any order and in forward mode: sum/mean go
       through ``gspmm``'s backward and ``psum``; max/min route the cotangent (and the tangent) to the
-      attaining messages on every device by the tie rule (`jgrad.ops._op.Op`). The cotangent of u is a
+      attaining messages on every device by the tie rule (`jgrad._src._op.Op`). The cotangent of u is a
       partial sum per device that the transpose of the replication sums with ``psum``. Works under
       ``jit``; ``mesh``, ``op``, ``reduce`` and ``tie`` are static.
 

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._src import _checks
 from ..graph import Graph
-from ..graph import _checks
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..graph._checks import is_concrete, label_checks
+from .._src._checks import is_concrete, label_checks
 from ._model import ModelDef, Params
 from ._state import TrainState
 

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive, jaxpr_as_fun
 from jax.interpreters import ad, batching, mlir
 
-from ..graph._checks import not_checking
+from ._checks import not_checking
 
 
 def _is_float(x: Any) -> bool:

@@ -1,4 +1,4 @@
-"""Message and edge ops shared by gspmm and gsddmm: names, broadcasting and partial derivatives.
+"""Message and edge ops shared by gspmm, gsddmm and their sharded forms: names, broadcasting and partial derivatives.
 
 Broadcasting of edge data against node data is *left-aligned* after the edge axis: an edge array of
 shape (E, d1, ..., dk) is padded with trailing 1s to the rank of the node array, and each dimension must
@@ -13,7 +13,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from .._types import check_choice
+from ._types import check_choice
 
 MessageOp = Literal["copy_u", "copy_e", "u_add_e", "u_sub_e", "u_mul_e", "u_div_e"]
 MESSAGE_OPS: tuple[str, ...] = ("copy_u", "copy_e", "u_add_e", "u_sub_e", "u_mul_e", "u_div_e")

@@ -3,7 +3,7 @@
 Two kinds of check:
   * static checks (rank, dtype, shape agreement, static ints) run always, even while tracing;
   * value checks (indices in range, finite weights) run only when the values are concrete, i.e. outside
-    ``jit``/``vmap``. Inside compiled code `jgrad.checked` (``_checked.py``) re-runs them with
+    ``jit``/``vmap``. Inside compiled code `jgrad.checked` (``graph/_checked.py``) re-runs them with
     ``jax.experimental.checkify``, and only there (see `checking`).
 
 Messages follow ``<where>: <what is wrong>; got <value>, expected <rule>.`` and list every problem found.
@@ -171,7 +171,7 @@ def require_concrete(where: str, *values: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The value checks inside compiled code, via checkify (`jgrad.checked` runs them; ``_checked.py``).
+# The value checks inside compiled code, via checkify (`jgrad.checked` runs them; ``graph/_checked.py``).
 #
 # Two kinds of checkify check are used. `checked` adds plain ``checkify.check``s at its boundary (it
 # always functionalizes them). Library ops add ``checkify.debug_check``s where they meet traced
@@ -192,7 +192,7 @@ def checking():
 
 
 def not_checking():
-    """Context without the ops' debug checks, for traces cached across calls (`jgrad.ops._op.Op`)."""
+    """Context without the ops' debug checks, for traces cached across calls (`jgrad._src._op.Op`)."""
     return _CHECKING(False)
 
 
@@ -303,3 +303,22 @@ def finite_checks(where: str, name: str, value: Any, location: str = "") -> None
         value=value.reshape(-1)[first_bad],
         position=first_bad,
     )
+
+
+class GraphBase:
+    """The base class of `jgrad.Graph`, so that `check_graph` needs no import of the graph package
+    (which builds on this module)."""
+
+    __slots__ = ()
+
+
+def check_graph(where: str, value: Any) -> None:
+    """Raises a TypeError naming what was passed where a `Graph` belongs. An array there is most often
+    PyG's argument order, ``conv(x, edge_index)``, where jgrad's is ``conv(graph, x)``."""
+    if isinstance(value, GraphBase):
+        return
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        raise TypeError(f"{where}: graph must be a jgrad.Graph; got an array of dtype {value.dtype} and shape "
+                        f"{tuple(value.shape)}. The graph comes first (op(graph, x), layer(graph, x)); a PyG "
+                        "edge_index (2, E) becomes one with jgrad.Graph.from_edge_index(edge_index).")
+    raise TypeError(f"{where}: graph must be a jgrad.Graph; got {type(value).__name__}.")
