@@ -283,3 +283,23 @@ def test_layer_split_merge_round_trip_and_grad_through_the_module():
     assert isinstance(grads, GATConv) and grads.att_src[...].shape == (2, 4)
     paths = {path for path, _ in nnx.state(layer, nnx.Param).flat_state()}
     assert paths == {("kernel",), ("att_src",), ("att_dst",), ("bias",)}
+
+
+@pytest.mark.parametrize("backend", ["native", "bucket"])
+def test_gat_layers_give_the_plain_paths_values_gradients_and_dropout_on_every_backend(backend, x64, keys):
+    """The self loops are terms of the attention (native: of its kernels' walks), not edges of a looped
+    graph; values, gradients and dropout masks equal the plain path's, and the dense reference's."""
+    graph, x = make_graph(np.float64), make_x(np.float64)
+    fast, plain = jgrad.ops.with_backend(graph, backend), jgrad.ops.with_backend(graph, "xla")
+    key = next(keys)
+    for concat in (True, False):
+        layer = GATConv(F_IN, 4, heads=3, concat=concat, dropout=0.5, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+        expected = gat_reference(layer, np.asarray(graph.to_dense()), np.asarray(x))
+        run = jax.jit(lambda layer, graph, x, key: (layer(graph, x), layer(graph, x, key=key), jax.grad(
+            lambda layer, w, x: jnp.sum(jnp.sin(layer(graph.with_edge_weight(w), x))), (0, 1, 2))(
+                layer, graph.edge_weight, x)))
+        got, reference = run(layer, fast, x, key), run(layer, plain, x, key)
+        np.testing.assert_allclose(got[0], expected, rtol=1e-12, atol=1e-12)
+        assert not np.allclose(got[1], got[0])  # the dropout is active
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

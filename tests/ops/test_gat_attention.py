@@ -94,14 +94,25 @@ def test_the_native_kernels_equal_their_xla_reference_on_shuffled_edges_with_dea
     plan = resolve(with_backend(graph, "native"))
     live = jnp.asarray(rng.random(n_edges) > 0.25)
     s, r = graph.senders, graph.receivers
-    for heads in (1, 2, 3, 8):
+    for heads, self_loops in ((1, False), (2, False), (3, False), (8, False), (1, True), (4, True), (3, True)):
         src, dst = (jnp.asarray(rng.standard_normal((n, heads)) * 3) for _ in range(2))
-        g = jnp.asarray(rng.standard_normal((n_edges, heads)))
-        alpha = _native.csr_attention(plan.forward.csr, src, dst, live, -0.4, n_edges)
-        np.testing.assert_allclose(alpha, _attention.segment_attention(n, s, r, live, -0.4, src, dst), **TOL)
-        got = _native.csr_attention_backward(plan.forward.csr, src, dst, live, -0.4, alpha, g)
-        expected = _attention.segment_attention_backward(n, s, r, live, -0.4, src, dst, alpha, g)
-        for x, y in zip(got, expected, strict=True):
+        g, g_self = jnp.asarray(rng.standard_normal((n_edges, heads))), jnp.asarray(rng.standard_normal((n, heads)))
+        got = _native.csr_attention(plan.forward.csr, src, dst, live, -0.4, n_edges, self_loops)
+        expected = _attention.segment_attention(n, s, r, live, -0.4, src, dst, self_loops)
+        assert (got[1] is None) == (expected[1] is None) == (not self_loops)
+        _assert_close_or_none(got, expected)
+        alpha, alpha_self = got
+        g_self = g_self if self_loops else None
+        got = _native.csr_attention_backward(plan.forward.csr, src, dst, live, -0.4, alpha, g, alpha_self, g_self)
+        expected = _attention.segment_attention_backward(n, s, r, live, -0.4, src, dst, alpha, g, alpha_self, g_self)
+        assert (got[2] is None) == (expected[2] is None) == (not self_loops)
+        _assert_close_or_none(got, expected)
+
+
+def _assert_close_or_none(got, expected):
+    for x, y in zip(got, expected, strict=True):
+        assert (x is None) == (y is None)
+        if x is not None:
             np.testing.assert_allclose(x, y, **TOL)
 
 
@@ -146,6 +157,60 @@ def test_other_slopes_a_traced_slope_vmap_and_forward_mode_equal_the_three_ops()
                                  jax.jvp(lambda s, d: gat_attention(graph, s, d, SLOPE), (src, dst), (dst, src))))
     for x, y in zip(jax.tree.leaves(run(fused)), jax.tree.leaves(run(plain)), strict=True):
         np.testing.assert_allclose(x, y, **TOL)
+
+
+# Self loops as terms of the attention: no padding nodes (those take the looped graph), a dead edge,
+# duplicate edges, an existing self loop (3 -> 3, kept: the loop is one more term) and nodes that
+# receive nothing (5, 6), whose only term is their loop.
+UNPADDED = Graph.from_edges([0, 0, 1, 2, 2, 3, 3, 4, 1, 6], [1, 1, 2, 0, 1, 3, 1, 0, 4, 2], 7)
+UNPADDED = jgrad.Graph(UNPADDED.senders, UNPADDED.receivers, UNPADDED.n_nodes,
+                       edge_mask=jnp.arange(UNPADDED.n_edges) != 4)
+
+
+def _looped(graph, src, dst, slope=SLOPE):
+    """gat_attention(self_loops=True) by the looped graph: all edges, then the loops (the reference)."""
+    return gat_attention(graph.add_self_loops(), src, dst, slope)
+
+
+def _with_loops(graph, src, dst, slope=SLOPE):
+    return jnp.concatenate(gat_attention(graph, src, dst, slope, self_loops=True))
+
+
+@pytest.mark.parametrize("backend,trailing", [("native", ()), ("native", (4,)), ("native", (3,)), ("xla", (2,)),
+                                              ("bucket", (2,))])
+def test_self_loops_equal_the_looped_graph_to_second_order(backend, trailing):
+    graph = with_backend(UNPADDED, backend)
+    src, dst, _ = _operands(trailing, seed=7, graph=graph)
+    weights = jnp.asarray(np.random.default_rng(8).standard_normal((graph.n_edges + graph.n_nodes,) + trailing))
+    got = _all_orders(_with_loops, graph, src, dst, weights)
+    expected = _all_orders(_looped, with_backend(UNPADDED, "xla"), src, dst, weights)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(x, y, **TOL)
+    alpha, alpha_self = gat_attention(graph, src, dst, SLOPE, self_loops=True)
+    assert alpha.shape == (graph.n_edges,) + trailing and alpha_self.shape == (graph.n_nodes,) + trailing
+    assert np.all(np.asarray(alpha_self)[5] == 1.0), "a node that receives nothing attends only to itself"
+    assert np.all(np.asarray(alpha)[4] == 0.0), "a dead edge got a weight"
+    lowered = jax.jit(jax.grad(lambda s, d: _loss(_with_loops, graph, s, d, weights))).lower(src, dst).as_text()
+    assert (f"tensor<{graph.n_edges + graph.n_nodes}xi32>" not in lowered) == (backend == "native"), \
+        "the native kernels build no looped graph; the other backends attend over one"
+
+
+def test_self_loops_under_vmap_forward_mode_with_nan_scores_and_padding_nodes():
+    fused, plain = with_backend(UNPADDED, "native"), with_backend(UNPADDED, "xla")
+    src, dst, _ = _operands((2,), seed=9, graph=UNPADDED)
+    src = src.at[1, 0].set(jnp.nan)  # NaN at node 1's receivers (2, 4) and in its own loop
+    batch = jnp.stack([src, -2.0 * src])
+    run = jax.jit(lambda graph, attention: (
+        jax.vmap(lambda s: attention(graph, s, dst))(batch),
+        jax.jvp(lambda s, d: attention(graph, s, d), (src, dst), (dst, src))), static_argnums=1)
+    for x, y in zip(jax.tree.leaves(run(fused, _with_loops)), jax.tree.leaves(run(plain, _looped)), strict=True):
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y))
+        np.testing.assert_allclose(x, y, **TOL)
+    padded = with_backend(jgrad.pad(UNPADDED, n_nodes=9, n_edges=12), "native")
+    operands = [jnp.concatenate([v, jnp.ones((2, 2))]) for v in (src, dst)]
+    alpha, alpha_self = gat_attention(padded, *operands, SLOPE, self_loops=True)
+    np.testing.assert_array_equal(alpha_self[7:], 0.0)  # padding nodes get no loop, as with add_self_loops
+    np.testing.assert_allclose(jnp.concatenate([alpha, alpha_self]), _looped(padded, *operands), **TOL)
 
 
 @pytest.mark.parametrize("src_shape,dst_shape,error,words", [

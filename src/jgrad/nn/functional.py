@@ -542,7 +542,9 @@ def gat_conv(
 
     then the heads are concatenated, (N, H·F_out), or averaged, (N, F_out), and the bias is added.
     The attention is `jgrad.ops.gat_attention` (scores, leaky ReLU and edge softmax in one op; with
-    ``"normalise"`` g-SDDMM scores and a weighted softmax), the aggregation g-SpMM.
+    ``"normalise"`` g-SDDMM scores and a weighted softmax), the aggregation g-SpMM. With
+    ``"after_softmax"`` the added self loops are terms of the attention (``self_loops=True``) and of the
+    output (``alpha_self * h``), not edges: no looped graph, and no plan for it, is built per call.
 
     Args:
       params: ``{"kernel": (F_in, H·F_out), "att_src": (H, F_out), "att_dst": (H, F_out),
@@ -586,18 +588,28 @@ def gat_conv(
     check_choice(where, "edge_weight_mode", edge_weight_mode, GAT_EDGE_WEIGHT_MODES)
     heads, out_features = jnp.shape(att_src)
     original = graph
+    # With "after_softmax" the self loops are terms of the attention (weight 1 after the softmax), not
+    # edges of a looped graph, whose plan would be rebuilt on every call. Structure gradients trace the
+    # looped graph, whose taps they read.
+    loops_in_attention = add_self_loops and edge_weight_mode == "after_softmax" and not original.tapped
     if add_self_loops:  # replace any existing loop by one fresh loop per node (masking is jit-safe)
         not_loop = graph.senders != graph.receivers
         edge_mask = not_loop if graph.edge_mask is None else graph.edge_mask & not_loop
-        graph = dataclasses.replace(graph, edge_mask=edge_mask).add_self_loops(1.0)
+        graph = dataclasses.replace(graph, edge_mask=edge_mask)
+        if not loops_in_attention:
+            graph = graph.add_self_loops(1.0)
     h = (x @ kernel).reshape(graph.n_nodes, heads, out_features)
     score_src = jnp.sum(h * att_src[None], axis=-1)  # (N, H)
     score_dst = jnp.sum(h * att_dst[None], axis=-1)
+    alpha_self = None  # (N, H): the self loops' weights, when they are terms of the attention
     if edge_weight_mode == "normalise":
         logits = jax.nn.leaky_relu(gsddmm(graph, "add", score_src, score_dst, "u", "v"), negative_slope)  # (E, H)
         alpha, log_normaliser = _weighted_softmax(graph, logits)
     else:
-        alpha = gat_attention(graph, score_src, score_dst, negative_slope)  # (E, H)
+        if loops_in_attention:
+            alpha, alpha_self = gat_attention(graph, score_src, score_dst, negative_slope, self_loops=True)
+        else:
+            alpha = gat_attention(graph, score_src, score_dst, negative_slope)  # (E, H)
         if graph.edge_weight is not None:
             alpha = _taps.refuse(original, "after_softmax", alpha * _column(graph.edge_weight),
                                  original.edge_weight)
@@ -607,8 +619,13 @@ def gat_conv(
             "dropout rate); got a random mask per edge, expected a deterministic model. Call the "
             "model without key (evaluation mode) inside the loss."
         )
-    alpha = dropout(alpha, dropout_rate, key)
-    out = gspmm(graph, "u_mul_e", "sum", u=h, e=alpha[..., None])  # (N, H, F_out)
+    if alpha_self is None:
+        alpha = dropout(alpha, dropout_rate, key)
+        out = gspmm(graph, "u_mul_e", "sum", u=h, e=alpha[..., None])  # (N, H, F_out)
+    else:
+        edge_key, loop_key = (None, None) if key is None else jax.random.split(key)
+        alpha, alpha_self = dropout(alpha, dropout_rate, edge_key), dropout(alpha_self, dropout_rate, loop_key)
+        out = gspmm(graph, "u_mul_e", "sum", u=h, e=alpha[..., None]) + alpha_self[..., None] * h
     if edge_weight_mode == "normalise" and original.edge_weight is not None:
         kind = "attention_fixed" if add_self_loops else "attention"
         out = _taps.mark(original, kind, out, h, score_src, score_dst, log_normaliser,

@@ -8,6 +8,12 @@ receivers, and ``segment_attention_backward`` its backward for a cotangent ``g``
     d_raw[e]  = alpha[e] * (g[e] - s[receivers[e]]) * (raw[e] >= 0 ? 1 : negative_slope)
     d_dst[v]  = sum of d_raw over the edges into v    (d_src[u]: the same over the edges out of u)
 
+With ``self_loops`` every receiver v also attends to itself: one more term of its softmax, with the
+logit ``leaky_relu(src[v] + dst[v])`` and the weight ``alpha_self[v]``, as if the loop were an edge
+appended to the graph, but without building the looped graph (whose plan costs a pass over every
+edge and its own (E + N) tables on every call of a GAT layer). Its share of the backward is one more
+term of ``s[v]`` and ``d_dst[v]``, and ``d_self[v]``, which the caller adds to ``d_src[v]``.
+
 `jgrad.ops.gat_attention` runs a backend's kernels and differentiates the backward as this one.
 """
 
@@ -19,18 +25,34 @@ import jax.numpy as jnp
 from ._segment import segment_softmax
 
 
-def segment_attention(n: int, senders, receivers, mask, negative_slope: float, src, dst):
-    """(E, H) attention weights of (N, H) scores ``src`` (senders) and ``dst`` (receivers); mask (E,) or None."""
+def segment_attention(n: int, senders, receivers, mask, negative_slope: float, src, dst, self_loops: bool = False):
+    """``(alpha (E, H), alpha_self (N, H) or None)``: attention weights of (N, H) scores ``src``
+    (senders) and ``dst`` (receivers), mask (E,) or None; ``alpha_self`` with ``self_loops`` only."""
     logits = jax.nn.leaky_relu(src[senders] + dst[receivers], negative_slope)
-    return segment_softmax(logits, receivers, n, mask=mask)
+    if not self_loops:
+        return segment_softmax(logits, receivers, n, mask=mask), None
+    e = senders.shape[0]
+    loop_logits = jax.nn.leaky_relu(src + dst, negative_slope)
+    rows = jnp.concatenate([receivers, jnp.arange(n, dtype=receivers.dtype)])
+    live = None if mask is None else jnp.concatenate([mask, jnp.ones((n,), bool)])
+    alpha = segment_softmax(jnp.concatenate([logits, loop_logits]), rows, n, mask=live)
+    return alpha[:e], alpha[e:]
 
 
-def segment_attention_backward(n: int, senders, receivers, mask, negative_slope: float, src, dst, alpha, g):
-    """``(d_raw (E, H), d_dst (N, H))`` for the cotangent g (E, H) of ``alpha = segment_attention(...)``."""
+def segment_attention_backward(n: int, senders, receivers, mask, negative_slope: float, src, dst, alpha, g,
+                               alpha_self=None, g_self=None):
+    """``(d_raw (E, H), d_dst (N, H), d_self (N, H) or None)`` for the cotangents g (E, H) of ``alpha``
+    and, with self loops, ``g_self`` (N, H) of ``alpha_self``."""
     live = jnp.ones(senders.shape, bool) if mask is None else mask
     weighted = jnp.where(live[:, None], alpha * g, jnp.zeros((), g.dtype))
     per_node = jax.ops.segment_sum(weighted, receivers, num_segments=n)
+    if alpha_self is not None:
+        per_node = per_node + alpha_self * g_self
+    slope = lambda raw: jnp.where(raw >= 0, jnp.ones((), raw.dtype), jnp.asarray(negative_slope, raw.dtype))  # noqa: E731
     raw = src[senders] + dst[receivers]
-    slope = jnp.where(raw >= 0, jnp.ones((), raw.dtype), jnp.asarray(negative_slope, raw.dtype))
-    d_raw = jnp.where(live[:, None], alpha * (g - per_node[receivers]) * slope, jnp.zeros((), g.dtype))
-    return d_raw, jax.ops.segment_sum(d_raw, receivers, num_segments=n)
+    d_raw = jnp.where(live[:, None], alpha * (g - per_node[receivers]) * slope(raw), jnp.zeros((), g.dtype))
+    d_dst = jax.ops.segment_sum(d_raw, receivers, num_segments=n)
+    if alpha_self is None:
+        return d_raw, d_dst, None
+    d_self = alpha_self * (g_self - per_node) * slope(src + dst)
+    return d_raw, d_dst + d_self, d_self

@@ -170,13 +170,15 @@ _PLAN_SOFTMAX = Op("jgrad_plan_softmax", _softmax_on_plan, saves=(0, 1, 2),
 # GAT attention: scores, leaky ReLU and softmax in one op.
 # --------------------------------------------------------------------------------------------------
 def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
-                  negative_slope: float = 0.2) -> jax.Array:
+                  negative_slope: float = 0.2, *, self_loops: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """GAT's attention: the softmax over each receiver's incoming edges of the leaky ReLU of the
     sender's plus the receiver's score.
 
     Semantics: ``edge_softmax(graph, leaky_relu(score_src[senders] + score_dst[receivers],
     negative_slope))``, with the same handling of padding edges (weight 0), receivers whose logits are
-    all ``-inf`` (0) and NaN or ``+inf`` scores (NaN at their receiver) as `edge_softmax`.
+    all ``-inf`` (0) and NaN or ``+inf`` scores (NaN at their receiver) as `edge_softmax`. With
+    ``self_loops`` every node also attends to itself, as on ``graph.add_self_loops()``: its softmax
+    has one more term, ``leaky_relu(score_src[v] + score_dst[v])``, whose weight is returned apart.
 
     Args:
       graph: the graph.
@@ -184,9 +186,13 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
       score_dst: the same shape, each node's score as a receiver.
       negative_slope: slope of the leaky ReLU for negative scores (a number; an array, even a traced
         one, runs the three-op formulation).
+      self_loops: also give every node a self loop (padding nodes get none: weight 0).
 
     Returns:
       (E,) or (E, H): for every receiver with live incoming edges, its edges' weights sum to 1 per head.
+      With ``self_loops``, ``(alpha, alpha_self)``: the edges' weights and the loops' (N,) or (N, H),
+      which together sum to 1 at every (non-padding) node; equal to ``gat_attention(graph.add_self_loops(),
+      ...)`` split after the E-th edge.
 
     Raises:
       ValueError: scores of different shapes, or without one row per node. TypeError: non-float scores.
@@ -194,15 +200,19 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
     Notes:
       On a graph whose plan's backend has a fused attention kernel (native, on CPU) and for (N,) or
       (N, H) scores, the weights and their gradients take one walk over the graph each way, with no
-      (E, H) intermediates but the result and the backward's score cotangent. Values and gradients
-      equal the three-op formulation's up to float rounding. Reverse mode to any order, forward mode
-      (the three ops), ``jit`` and ``vmap`` all work.
+      (E, H) intermediates but the result and the backward's score cotangent; the self loops are
+      terms of the same walks (no looped graph is built). Values and gradients equal the three-op
+      formulation's up to float rounding. Reverse mode to any order, forward mode (the three ops),
+      ``jit`` and ``vmap`` all work.
 
     Example:
       >>> import jax.numpy as jnp, jgrad
       >>> g = jgrad.Graph.from_edges([0, 1, 2], [2, 2, 0], n_nodes=3)
       >>> jgrad.ops.gat_attention(g, jnp.array([0.0, 0.0, 1.0]), jnp.zeros(3)).tolist()
       [0.5, 0.5, 1.0]
+      >>> alpha, alpha_self = jgrad.ops.gat_attention(g, jnp.zeros(3), jnp.zeros(3), self_loops=True)
+      >>> alpha.tolist(), alpha_self.tolist()
+      ([0.3333333432674408, 0.3333333432674408, 0.5], [0.5, 1.0, 0.3333333432674408])
     """
     where = "gat_attention"
     check_graph(where, graph)
@@ -215,12 +225,18 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
     dtype = jnp.result_type(src, dst)
     src, dst = src.astype(dtype), dst.astype(dtype)
     plan = resolve(graph)
-    if plan is not None and _kernels.KERNELS[plan.backend].attention is not None and src.ndim <= 2 \
-            and isinstance(negative_slope, numbers.Real):
+    fused = plan is not None and _kernels.KERNELS[plan.backend].attention is not None and src.ndim <= 2 \
+        and isinstance(negative_slope, numbers.Real)
+    if fused and not (self_loops and graph.node_mask is not None):  # padding nodes' loops: the looped graph
         rows = lambda x: x.reshape(x.shape[0], -1)  # (N,) -> (N, 1)
-        alpha = _plan_attention(float(negative_slope), plan, graph.senders, graph.receivers, graph.edge_mask,
-                                rows(src), rows(dst))
-        return alpha.reshape((graph.n_edges,) + src.shape[1:])
+        out = _plan_attention(float(negative_slope), plan, graph.senders, graph.receivers, graph.edge_mask,
+                              rows(src), rows(dst), self_loops)
+        if self_loops:
+            return out[0].reshape((graph.n_edges,) + src.shape[1:]), out[1].reshape(src.shape)
+        return out.reshape((graph.n_edges,) + src.shape[1:])
+    if self_loops:
+        alpha = gat_attention(graph.add_self_loops(), src, dst, negative_slope)
+        return alpha[:graph.n_edges], alpha[graph.n_edges:]
     scores = gsddmm(graph, "add", src, dst, "u", "v")
     return edge_softmax(graph, jax.nn.leaky_relu(scores, negative_slope))
 
@@ -235,25 +251,32 @@ def _check_score(where, graph, name, value):
     return value
 
 
-def _plan_attention(negative_slope: float, plan: Plan, senders, receivers, mask, src, dst):
-    """(E, H) attention weights of (N, H) scores by the plan's backend kernel."""
-    return _PLAN_ATTENTION(plan, senders, receivers, mask, src, dst, negative_slope=negative_slope)
+def _plan_attention(negative_slope: float, plan: Plan, senders, receivers, mask, src, dst, self_loops: bool):
+    """(E, H) attention weights of (N, H) scores by the plan's backend kernel; with ``self_loops``,
+    ``(alpha, alpha_self (N, H))``."""
+    return _PLAN_ATTENTION(plan, senders, receivers, mask, src, dst, negative_slope=negative_slope,
+                           self_loops=self_loops)
 
 
-def _attention_kernel(plan, senders, receivers, mask, src, dst, *, negative_slope):
+def _attention_kernel(plan, senders, receivers, mask, src, dst, *, negative_slope, self_loops):
     kernel = _kernels.KERNELS[plan.backend].attention
-    return kernel(plan.forward, senders, receivers, mask, negative_slope, src, dst)
+    alpha, alpha_self = kernel(plan.forward, senders, receivers, mask, negative_slope, src, dst, self_loops)
+    return (alpha, alpha_self) if self_loops else alpha
 
 
-def _attention_reference(plan, senders, receivers, mask, src, dst, *, negative_slope):
-    return segment_attention(plan.n_nodes, senders, receivers, mask, negative_slope, src, dst)
+def _attention_reference(plan, senders, receivers, mask, src, dst, *, negative_slope, self_loops):
+    alpha, alpha_self = segment_attention(plan.n_nodes, senders, receivers, mask, negative_slope, src, dst,
+                                          self_loops)
+    return (alpha, alpha_self) if self_loops else alpha
 
 
-def _plan_attention_backward(operands, alpha, g, wanted, *, negative_slope):
+def _plan_attention_backward(operands, outputs, cotangents, wanted, *, negative_slope, self_loops):
     plan, senders, receivers, mask, src, dst = operands
-    d_raw, d_dst = _attention_backward(negative_slope, plan, senders, receivers, mask, src, dst, alpha, g)
+    (alpha, alpha_self), (g, g_self) = (outputs, cotangents) if self_loops else ((outputs, None), (cotangents, None))
+    d_raw, d_dst, d_self = _attention_backward(negative_slope, plan, senders, receivers, mask, src, dst, alpha, g,
+                                               alpha_self, g_self)
     d_src = _kernels.layout_edge_sum(plan.transpose(), senders, d_raw)
-    return None, None, None, None, d_src, d_dst
+    return None, None, None, None, d_src if d_self is None else d_src + d_self, d_dst
 
 
 # Forward mode differentiates the XLA reference (`jgrad.ops._attention`), which computes the same map.
@@ -261,21 +284,32 @@ _PLAN_ATTENTION = Op("jgrad_attention", _attention_kernel, tangent=tangent_of(_a
                      backward=_plan_attention_backward)
 
 
-def _attention_backward(negative_slope: float, plan: Plan, senders, receivers, mask, src, dst, alpha, g):
-    """``(d_raw, d_dst)`` by the plan's backend kernel; differentiable as `segment_attention_backward`."""
-    return _ATTENTION_BACKWARD(plan, senders, receivers, mask, src, dst, alpha, g, negative_slope=negative_slope)
+def _attention_backward(negative_slope: float, plan: Plan, senders, receivers, mask, src, dst, alpha, g,
+                        alpha_self, g_self):
+    """``(d_raw, d_dst, d_self or None)`` by the plan's backend kernel; differentiable as
+    `segment_attention_backward`."""
+    out = _ATTENTION_BACKWARD(plan, senders, receivers, mask, src, dst, alpha, g, alpha_self, g_self,
+                              negative_slope=negative_slope)
+    return out if alpha_self is not None else (*out, None)
 
 
-def _attention_backward_kernel(plan, senders, receivers, mask, src, dst, alpha, g, *, negative_slope):
+def _attention_backward_kernel(plan, senders, receivers, mask, src, dst, alpha, g, alpha_self, g_self, *,
+                               negative_slope):
     kernel = _kernels.KERNELS[plan.backend].attention_backward
-    return kernel(plan.forward, senders, receivers, mask, negative_slope, src, dst, alpha, g)
+    d_raw, d_dst, d_self = kernel(plan.forward, senders, receivers, mask, negative_slope, src, dst, alpha, g,
+                                  alpha_self, g_self)
+    return (d_raw, d_dst) if d_self is None else (d_raw, d_dst, d_self)
 
 
-def _attention_backward_reference(plan, senders, receivers, mask, src, dst, alpha, g, *, negative_slope):
-    return segment_attention_backward(plan.n_nodes, senders, receivers, mask, negative_slope, src, dst, alpha, g)
+def _attention_backward_reference(plan, senders, receivers, mask, src, dst, alpha, g, alpha_self, g_self, *,
+                                  negative_slope):
+    d_raw, d_dst, d_self = segment_attention_backward(plan.n_nodes, senders, receivers, mask, negative_slope, src,
+                                                      dst, alpha, g, alpha_self, g_self)
+    return (d_raw, d_dst) if d_self is None else (d_raw, d_dst, d_self)
 
 
-# Differentiated as the XLA reference (`jgrad.ops._attention`) in both modes: src, dst, alpha and g.
+# Differentiated as the XLA reference (`jgrad.ops._attention`) in both modes: src, dst, alpha and g (and
+# the self loops' alpha_self and g_self; None without loops).
 _ATTENTION_BACKWARD = Op("jgrad_attention_backward", _attention_backward_kernel,
                          tangent=tangent_of(_attention_backward_reference),
-                         backward=backward_of(_attention_backward_reference, over=(4, 5, 6, 7)))
+                         backward=backward_of(_attention_backward_reference, over=(4, 5, 6, 7, 8, 9)))

@@ -127,25 +127,30 @@ def _native_routed(side: Side, u: jax.Array, w: jax.Array | None, live: jax.Arra
     return _extremum.segment_routed(side, u, w, live, top, share)
 
 
-def _native_attention(side: Side, senders, receivers, mask, negative_slope: float, src, dst):
-    """GAT's attention weights (E, H) of (N, H) scores by the native kernel on CPU, else with XLA ops
-    (`jgrad.ops._attention.segment_attention`, which documents the arguments)."""
+def _native_attention(side: Side, senders, receivers, mask, negative_slope: float, src, dst, self_loops: bool):
+    """GAT's attention ``(alpha (E, H), alpha_self (N, H) or None)`` of (N, H) scores by the native
+    kernel on CPU, else with XLA ops (`jgrad.ops._attention.segment_attention`, which documents the
+    arguments)."""
     n = side.in_degree.shape[0]
-    xla = lambda src, dst: _attention.segment_attention(n, senders, receivers, mask, negative_slope, src, dst)
+    xla = lambda src, dst: _attention.segment_attention(n, senders, receivers, mask, negative_slope, src, dst,
+                                                        self_loops)
     if not _use_native(src, dst):
         return xla(src, dst)
-    native = lambda src, dst: _native.csr_attention(side.csr, src, dst, mask, negative_slope, senders.shape[0])
+    native = lambda src, dst: _native.csr_attention(side.csr, src, dst, mask, negative_slope, senders.shape[0],
+                                                    self_loops)
     return jax.lax.platform_dependent(src, dst, cpu=native, default=xla)
 
 
-def _native_attention_backward(side: Side, senders, receivers, mask, negative_slope: float, src, dst, alpha, g):
-    """``(d_raw, d_dst)`` by the native kernel on CPU, else `jgrad.ops._attention.segment_attention_backward`."""
+def _native_attention_backward(side: Side, senders, receivers, mask, negative_slope: float, src, dst, alpha, g,
+                               alpha_self, g_self):
+    """``(d_raw, d_dst, d_self or None)`` by the native kernel on CPU, else
+    `jgrad.ops._attention.segment_attention_backward`."""
     n = side.in_degree.shape[0]
     xla = lambda *args: _attention.segment_attention_backward(n, senders, receivers, mask, negative_slope, *args)
     if not _use_native(src, dst, alpha, g):
-        return xla(src, dst, alpha, g)
-    native = lambda *args: _native.csr_attention_backward(side.csr, args[0], args[1], mask, negative_slope, *args[2:])
-    return jax.lax.platform_dependent(src, dst, alpha, g, cpu=native, default=xla)
+        return xla(src, dst, alpha, g, alpha_self, g_self)
+    native = lambda src, dst, *rest: _native.csr_attention_backward(side.csr, src, dst, mask, negative_slope, *rest)
+    return jax.lax.platform_dependent(src, dst, alpha, g, alpha_self, g_self, cpu=native, default=xla)
 
 
 def _edge_sum_by_rows(side: Side, rows: jax.Array, e: jax.Array) -> jax.Array:
@@ -370,11 +375,12 @@ class Kernels(NamedTuple):
       routed: optional ``(reverse side, u, w, live, top, share) -> (du, dw)``, the backward of max/min
         at ties (see `jgrad.ops._extremum.segment_routed`, which serves when None).
       attention: optional ``(forward side, senders, receivers, live, negative_slope, src (N, H), dst
-        (N, H)) -> alpha (E, H)``, GAT's attention fused (`jgrad.ops._attention.segment_attention`);
-        None runs `jgrad.ops.gat_attention` as gsddmm, leaky ReLU and edge softmax.
+        (N, H), self_loops) -> (alpha (E, H), alpha_self (N, H) or None)``, GAT's attention fused,
+        optionally with a self loop per receiver (`jgrad.ops._attention.segment_attention`); None runs
+        `jgrad.ops.gat_attention` as gsddmm, leaky ReLU and edge softmax (on a looped graph).
       attention_backward: ``(forward side, senders, receivers, live, negative_slope, src, dst, alpha,
-        g) -> (d_raw (E, H), d_dst (N, H))``, required with ``attention``
-        (`jgrad.ops._attention.segment_attention_backward`).
+        g, alpha_self, g_self) -> (d_raw (E, H), d_dst (N, H), d_self (N, H) or None)``, required with
+        ``attention`` (`jgrad.ops._attention.segment_attention_backward`).
     """
 
     side_sum: Callable

@@ -183,7 +183,7 @@ def csr_routed(csr: Csr, u: jax.Array, w: jax.Array | None, live: jax.Array | No
 
 
 def csr_attention(csr: Csr, src: jax.Array, dst: jax.Array, live: jax.Array | None, negative_slope: float,
-                  n_edges: int) -> jax.Array:
+                  n_edges: int, self_loops: bool = False) -> tuple[jax.Array, jax.Array | None]:
     """GAT's attention: ``alpha[e, h]``, the softmax over each row's live slots of
     ``leaky_relu(src[cols[k], h] + dst[r, h], negative_slope)``.
 
@@ -193,33 +193,49 @@ def csr_attention(csr: Csr, src: jax.Array, dst: jax.Array, live: jax.Array | No
       live: (E,) bool, edges that take part, or None (all).
       negative_slope: the leaky ReLU's slope (static).
       n_edges: E.
+      self_loops: give every row a self loop too, one more term ``leaky_relu(src[r] + dst[r])`` of its
+        softmax (static).
 
-    Returns (E, H) in src's dtype, with the plain path's rules for dead edges (0), rows whose logits
-    are all ``-inf`` (0) and NaN or ``+inf`` logits (NaN in their row). Forward only.
+    Returns ``(alpha, alpha_self)``: (E, H) in src's dtype, with the plain path's rules for dead edges
+    (0), rows whose logits are all ``-inf`` (0) and NaN or ``+inf`` logits (NaN in their row); and the
+    self loops' weights (N, H), or None without them. Forward only.
     """
     _require()
-    call = jax.ffi.ffi_call("jgrad_csr_attention", jax.ShapeDtypeStruct((n_edges, src.shape[1]), src.dtype),
-                            vmap_method="sequential")
-    return call(csr.row_ptr, csr.cols, csr.edge_ids, src, dst, _optional_edge_data(src, None, live)[1],
-                negative_slope=np.float64(negative_slope))
+    heads = src.shape[1]
+    shapes = (jax.ShapeDtypeStruct((n_edges, heads), src.dtype),
+              jax.ShapeDtypeStruct((src.shape[0], heads) if self_loops else (0,), src.dtype))
+    call = jax.ffi.ffi_call("jgrad_csr_attention", shapes, vmap_method="sequential")
+    alpha, alpha_self = call(csr.row_ptr, csr.cols, csr.edge_ids, src, dst, _optional_edge_data(src, None, live)[1],
+                             negative_slope=np.float64(negative_slope))
+    return alpha, alpha_self if self_loops else None
 
 
 def csr_attention_backward(csr: Csr, src: jax.Array, dst: jax.Array, live: jax.Array | None,
-                           negative_slope: float, alpha: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The backward of `csr_attention` for the cotangent ``g`` (E, H) of its result ``alpha``.
+                           negative_slope: float, alpha: jax.Array, g: jax.Array, alpha_self: jax.Array | None = None,
+                           g_self: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """The backward of `csr_attention` for the cotangents ``g`` (E, H) of ``alpha`` and, with self loops,
+    ``g_self`` (N, H) of ``alpha_self``.
 
-    Returns ``(d_raw, d_dst)``: (E, H) cotangents of the raw scores ``src[sender] + dst[receiver]``
-    (0 at dead edges) and their sums at the receivers (N, H); the senders' ``d_src`` is the sum of
-    ``d_raw`` at the senders. ``d_raw`` is written over ``g``'s buffer (each slot reads its ``g``
-    before writing), which XLA then need not allocate: a fresh (E, H) buffer is page-faulted in on
-    every step, which cost the 4-head GAT layer's step 5-7 ms at 10^5 nodes.
+    Returns ``(d_raw, d_dst, d_self)``: (E, H) cotangents of the raw scores ``src[sender] +
+    dst[receiver]`` (0 at dead edges), their sums at the receivers (N, H) with the self loops' terms,
+    and the self loops' own raw-score cotangents (N, H), or None without them; the senders' ``d_src``
+    is the sum of ``d_raw`` at the senders plus ``d_self``. ``d_raw`` is written over ``g``'s buffer
+    (each slot reads its ``g`` before writing), which XLA then need not allocate: a fresh (E, H) buffer
+    is page-faulted in on every step, which cost the 4-head GAT layer's step 5-7 ms at 10^5 nodes.
     """
     _require()
-    shapes = (jax.ShapeDtypeStruct(alpha.shape, src.dtype), jax.ShapeDtypeStruct(dst.shape, src.dtype))
+    loops = alpha_self is not None
+    self_shape = dst.shape if loops else (0,)
+    shapes = (jax.ShapeDtypeStruct(alpha.shape, src.dtype), jax.ShapeDtypeStruct(dst.shape, src.dtype),
+              jax.ShapeDtypeStruct(self_shape, src.dtype))
     call = jax.ffi.ffi_call("jgrad_csr_attention_backward", shapes, vmap_method="sequential",
                             input_output_aliases={7: 0})
-    return call(csr.row_ptr, csr.cols, csr.edge_ids, src, dst, _optional_edge_data(src, None, live)[1],
-                alpha.astype(src.dtype), g.astype(src.dtype), negative_slope=np.float64(negative_slope))
+    empty = jnp.zeros((0,), src.dtype)
+    d_raw, d_dst, d_self = call(csr.row_ptr, csr.cols, csr.edge_ids, src, dst, _optional_edge_data(src, None, live)[1],
+                                alpha.astype(src.dtype), g.astype(src.dtype),
+                                alpha_self.astype(src.dtype) if loops else empty,
+                                g_self.astype(src.dtype) if loops else empty, negative_slope=np.float64(negative_slope))
+    return d_raw, d_dst, d_self if loops else None
 
 
 def _optional_edge_data(u, w, live):

@@ -20,7 +20,7 @@
 //   jgrad_csr_routed:   the backward of max/min at ties, "split" rule, on the reversed graph (CsrRouted)
 //   jgrad_csr_attention: GAT's attention over each row's live slots, per head,
 //                       alpha[e, h] = softmax_k(leaky_relu(src[cols[k], h] + dst[r, h])) (CsrAttention),
-//                       and its backward (CsrAttentionBackward)
+//                       optionally with a self loop per row, and its backward (CsrAttentionBackward)
 //
 // Every head is done in the same walk over the CSR: each gathered row is read once for all heads.
 //
@@ -32,6 +32,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cmath>
 #include <atomic>
 #include <memory>
@@ -503,10 +504,12 @@ struct AttentionLanes<T, std::integral_constant<int64_t, kH>> {
 // alpha[edge_ids[k], h] for every slot k of every row r: the softmax over the row's live slots of
 // leaky_relu(src[cols[k], h] + dst[r, h]), with the same steps as the XLA path (jgrad.ops._attention):
 // the row maximum is subtracted where it is finite; a row whose live logits are all -inf gets 0; a NaN
-// or +inf logit makes the row NaN; dead slots get 0.
+// or +inf logit makes the row NaN; dead slots get 0. With alpha_self (N, H), each row also has a self
+// loop, one more term leaky_relu(src[r, h] + dst[r, h]) of its softmax, whose weight goes to alpha_self[r, h].
 template <typename T>
 void CsrAttention(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
-                  const T* src, const T* dst, const bool* live, T slope, int64_t n_rows, int64_t heads, T* alpha) {
+                  const T* src, const T* dst, const bool* live, T slope, int64_t n_rows, int64_t heads, T* alpha,
+                  T* alpha_self) {
   WithHeadCount(heads, [&](auto head_count) {
     using Lanes = AttentionLanes<T, decltype(head_count)>;
     const int64_t H = head_count;
@@ -516,10 +519,12 @@ void CsrAttention(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* 
       HeadScratch<T> shift_scratch(H), total_scratch(H);
       T* __restrict__ shift = shift_scratch.get();
       T* __restrict__ total = total_scratch.get();
+      const bool loops = alpha_self != nullptr;
       for (int64_t r = first; r < last; ++r) {
         const int64_t begin = row_ptr[r], end = row_ptr[r + 1], n = (end - begin) * H;
-        if (n == 0) continue;
-        logits.resize(n);
+        const int64_t terms = loops ? n + H : n;  // the self loop's logits follow the slots'
+        if (terms == 0) continue;
+        logits.resize(terms);
         T* __restrict__ row = logits.data();
         const T* own = dst + r * H;
         for (int64_t h = 0; h < H; ++h) shift[h] = kMinusInf;
@@ -527,13 +532,14 @@ void CsrAttention(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* 
           const bool dead = live != nullptr && !live[edge_ids[k]];
           Lanes::Logits(src + static_cast<int64_t>(cols[k]) * H, own, slope, dead, row + (k - begin) * H, shift, H);
         }
+        if (loops) Lanes::Logits(src + r * H, own, slope, false, row + n, shift, H);
         for (int64_t h = 0; h < H; ++h) shift[h] = std::isfinite(shift[h]) ? shift[h] : T(0);
-        for (int64_t j = 0; j < n; j += H) {
+        for (int64_t j = 0; j < terms; j += H) {
           for (int64_t h = 0; h < H; ++h) row[j + h] -= shift[h];
         }
-        ExpInPlace(row, n);  // dead slots: exp(-inf) = 0
+        ExpInPlace(row, terms);  // dead slots: exp(-inf) = 0
         for (int64_t h = 0; h < H; ++h) total[h] = T(0);
-        for (int64_t j = 0; j < n; j += H) {
+        for (int64_t j = 0; j < terms; j += H) {
           for (int64_t h = 0; h < H; ++h) total[h] += row[j + h];
         }
         for (int64_t h = 0; h < H; ++h) total[h] = total[h] != T(0) ? T(1) / total[h] : T(0);  // 0: no live share
@@ -543,6 +549,9 @@ void CsrAttention(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* 
           const T* exps = row + (k - begin) * H;
           for (int64_t h = 0; h < H; ++h) out[h] = dead ? T(0) : exps[h] * total[h];
         }
+        if (loops) {
+          for (int64_t h = 0; h < H; ++h) alpha_self[r * H + h] = row[n + h] * total[h];
+        }
       }
     });
   });
@@ -551,11 +560,14 @@ void CsrAttention(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* 
 // The backward of CsrAttention for its output cotangent g (E, H): per row r and head h, with
 // s = sum over live slots of alpha * g, every live slot's d_raw = alpha * (g - s) * (raw >= 0 ? 1 : slope)
 // (raw = src[cols[k], h] + dst[r, h]) goes to d_raw[edge_ids[k], h] and is summed into d_dst[r, h];
-// dead slots get 0. d_src is the sum of d_raw at the senders (left to the caller).
+// dead slots get 0. d_src is the sum of d_raw at the senders (left to the caller). With self loops
+// (alpha_self, its cotangent g_self and d_self (N, H)) the loop is one more term of s and of d_dst[r],
+// and its own d_raw goes to d_self[r] (the caller adds it to d_src[r] too).
 template <typename T>
 void CsrAttentionBackward(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
                           const T* src, const T* dst, const bool* live, T slope, const T* alpha, const T* g,
-                          int64_t n_rows, int64_t heads, T* d_raw, T* d_dst) {
+                          const T* alpha_self, const T* g_self, int64_t n_rows, int64_t heads, T* d_raw, T* d_dst,
+                          T* d_self) {
   WithHeadCount(heads, [&](auto head_count) {
     using Lanes = AttentionLanes<T, decltype(head_count)>;
     const int64_t H = head_count;
@@ -563,6 +575,7 @@ void CsrAttentionBackward(ffi::ThreadPool& pool, const int32_t* row_ptr, const i
       HeadScratch<T> weighted_scratch(H), sum_scratch(H);
       T* __restrict__ weighted = weighted_scratch.get();
       T* __restrict__ sum = sum_scratch.get();
+      const bool loops = d_self != nullptr;
       for (int64_t r = first; r < last; ++r) {
         const int64_t begin = row_ptr[r], end = row_ptr[r + 1];
         const T* own = dst + r * H;
@@ -572,6 +585,9 @@ void CsrAttentionBackward(ffi::ThreadPool& pool, const int32_t* row_ptr, const i
           const bool alive = live == nullptr || live[edge_ids[k]];
           for (int64_t h = 0; h < H; ++h) weighted[h] += alive ? alpha[e + h] * g[e + h] : T(0);
         }
+        if (loops) {
+          for (int64_t h = 0; h < H; ++h) weighted[h] += alpha_self[r * H + h] * g_self[r * H + h];
+        }
         for (int64_t k = begin; k < end; ++k) {
           const int64_t e = static_cast<int64_t>(edge_ids[k]) * H;
           if (live != nullptr && !live[edge_ids[k]]) {
@@ -580,6 +596,9 @@ void CsrAttentionBackward(ffi::ThreadPool& pool, const int32_t* row_ptr, const i
           }
           Lanes::Backward(src + static_cast<int64_t>(cols[k]) * H, own, alpha + e, g + e, weighted, slope, d_raw + e,
                           sum, H);
+        }
+        if (loops) {
+          Lanes::Backward(src + r * H, own, alpha_self + r * H, g_self + r * H, weighted, slope, d_self + r * H, sum, H);
         }
         for (int64_t h = 0; h < H; ++h) d_dst[r * H + h] = sum[h];
       }
@@ -799,28 +818,46 @@ ffi::Error ReadAttention(const char* kernel, const ffi::AnyBuffer& cols, const f
   return ffi::Error::Success();
 }
 
+// Self-loop data of the attention kernels (alpha_self, g_self, d_self): (N, H) like dst, or (0,) without loops.
+ffi::Error ReadSelfLoops(const char* kernel, const ffi::AnyBuffer& dst, std::initializer_list<const ffi::AnyBuffer*> loop_data,
+                         bool& loops) {
+  loops = (*loop_data.begin())->element_count() > 0;
+  for (const ffi::AnyBuffer* buffer : loop_data) {
+    if (buffer->element_count() != (loops ? dst.element_count() : 0)) {
+      return Invalid(kernel, "the self loops' data must all have dst's shape (N, H), or all be empty");
+    }
+  }
+  return ffi::Error::Success();
+}
+
+template <typename T>
+T* DataOrNull(ffi::AnyBuffer& buffer, bool present) { return present ? buffer.typed_data<T>() : nullptr; }
+
 ffi::Error CsrAttentionImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
                             ffi::AnyBuffer src, ffi::AnyBuffer dst, ffi::AnyBuffer live, double negative_slope,
-                            ffi::Result<ffi::AnyBuffer> alpha) {
+                            ffi::Result<ffi::AnyBuffer> alpha, ffi::Result<ffi::AnyBuffer> alpha_self) {
   constexpr const char* kKernel = "jgrad_csr_attention";
   const int64_t n_rows = Rows(dst), n_edges = Rows(*alpha), heads = RowWidth(*alpha);
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
   if (auto error = ReadAttention(kKernel, cols, src, dst, live, n_rows, n_edges, heads); error.failure()) return error;
+  bool loops = false;
+  if (auto error = ReadSelfLoops(kKernel, dst, {&*alpha_self}, loops); error.failure()) return error;
   const bool masked = live.element_count() > 0;
   return ForFloatType(kKernel, {src.element_type(), dst.element_type(), alpha->element_type()}, [&](auto zero) {
     using T = decltype(zero);
     CsrAttention(pool, csr.row_ptr, csr.cols, csr.edge_ids, src.typed_data<T>(), dst.typed_data<T>(),
                  masked ? live.typed_data<bool>() : nullptr, static_cast<T>(negative_slope), n_rows, heads,
-                 alpha->typed_data<T>());
+                 alpha->typed_data<T>(), DataOrNull<T>(*alpha_self, loops));
     ZeroUnslotted(csr, n_rows, cols.element_count(), heads, alpha->typed_data<T>());
   });
 }
 
 ffi::Error CsrAttentionBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols,
                                     ffi::AnyBuffer edge_ids, ffi::AnyBuffer src, ffi::AnyBuffer dst, ffi::AnyBuffer live,
-                                    ffi::AnyBuffer alpha, ffi::AnyBuffer g, double negative_slope,
-                                    ffi::Result<ffi::AnyBuffer> d_raw, ffi::Result<ffi::AnyBuffer> d_dst) {
+                                    ffi::AnyBuffer alpha, ffi::AnyBuffer g, ffi::AnyBuffer alpha_self,
+                                    ffi::AnyBuffer g_self, double negative_slope, ffi::Result<ffi::AnyBuffer> d_raw,
+                                    ffi::Result<ffi::AnyBuffer> d_dst, ffi::Result<ffi::AnyBuffer> d_self) {
   constexpr const char* kKernel = "jgrad_csr_attention_backward";
   const int64_t n_rows = Rows(dst), n_edges = Rows(alpha), heads = RowWidth(alpha);
   CsrIndices csr;
@@ -830,15 +867,19 @@ ffi::Error CsrAttentionBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr
       d_dst->element_count() != dst.element_count()) {
     return Invalid(kKernel, "g and d_raw must have alpha's shape and d_dst dst's");
   }
+  bool loops = false;
+  if (auto error = ReadSelfLoops(kKernel, dst, {&alpha_self, &g_self, &*d_self}, loops); error.failure()) return error;
   const bool masked = live.element_count() > 0;
-  const std::vector<ffi::DataType> types = {src.element_type(), dst.element_type(), alpha.element_type(),
-                                            g.element_type(), d_raw->element_type(), d_dst->element_type()};
+  std::vector<ffi::DataType> types = {src.element_type(), dst.element_type(), alpha.element_type(),
+                                      g.element_type(), d_raw->element_type(), d_dst->element_type()};
+  if (loops) types.insert(types.end(), {alpha_self.element_type(), g_self.element_type(), d_self->element_type()});
   return ForFloatType(kKernel, types, [&](auto zero) {
     using T = decltype(zero);
     CsrAttentionBackward(pool, csr.row_ptr, csr.cols, csr.edge_ids, src.typed_data<T>(), dst.typed_data<T>(),
                          masked ? live.typed_data<bool>() : nullptr, static_cast<T>(negative_slope),
-                         alpha.typed_data<T>(), g.typed_data<T>(), n_rows, heads, d_raw->typed_data<T>(),
-                         d_dst->typed_data<T>());
+                         alpha.typed_data<T>(), g.typed_data<T>(), DataOrNull<T>(alpha_self, loops),
+                         DataOrNull<T>(g_self, loops), n_rows, heads, d_raw->typed_data<T>(), d_dst->typed_data<T>(),
+                         DataOrNull<T>(*d_self, loops));
     ZeroUnslotted(csr, n_rows, cols.element_count(), heads, d_raw->typed_data<T>());
   });
 }
@@ -911,7 +952,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrAttention, CsrAttentionImpl,
                                   .Arg<ffi::AnyBuffer>()  // dst (N, H), the receivers' scores
                                   .Arg<ffi::AnyBuffer>()  // live (E,) bool or (0,)
                                   .Attr<double>("negative_slope")
-                                  .Ret<ffi::AnyBuffer>());  // alpha (E, H)
+                                  .Ret<ffi::AnyBuffer>()  // alpha (E, H)
+                                  .Ret<ffi::AnyBuffer>());  // alpha_self (N, H) with self loops, else (0,)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrAttentionBackward, CsrAttentionBackwardImpl,
                               ffi::Ffi::Bind()
@@ -924,9 +966,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrAttentionBackward, CsrAttentionBackwardImp
                                   .Arg<ffi::AnyBuffer>()  // live (E,) bool or (0,)
                                   .Arg<ffi::AnyBuffer>()  // alpha (E, H), the forward's result
                                   .Arg<ffi::AnyBuffer>()  // g (E, H), its cotangent
+                                  .Arg<ffi::AnyBuffer>()  // alpha_self (N, H) with self loops, else (0,)
+                                  .Arg<ffi::AnyBuffer>()  // g_self, its cotangent, the same shape
                                   .Attr<double>("negative_slope")
                                   .Ret<ffi::AnyBuffer>()  // d_raw (E, H)
-                                  .Ret<ffi::AnyBuffer>());  // d_dst (N, H)
+                                  .Ret<ffi::AnyBuffer>()  // d_dst (N, H)
+                                  .Ret<ffi::AnyBuffer>());  // d_self (N, H) with self loops, else (0,)
 #endif  // JGRAD_IN_PART(1)
 
 #if JGRAD_IN_PART(2)
