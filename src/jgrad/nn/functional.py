@@ -608,6 +608,9 @@ def gat_conv(
     else:
         if loops_in_attention:
             alpha, alpha_self = gat_attention(graph, score_src, score_dst, negative_slope, self_loops=True)
+            # The attention is 0 on the masked-out loops, so the aggregation needs only the graph's own
+            # mask: masking alpha again would cost an (E, H) select each way.
+            graph = dataclasses.replace(graph, edge_mask=original.edge_mask)
         else:
             alpha = gat_attention(graph, score_src, score_dst, negative_slope)  # (E, H)
         if graph.edge_weight is not None:
