@@ -313,7 +313,7 @@ def test_transforms_of_a_planned_graph_run_on_the_engine(x64):
 def test_the_plan_is_part_of_the_pytree():
     graph = planned(TINY, "native")
     paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(graph)[0]]
-    assert ".senders" in paths and ".plan.forward.csr.row_ptr" in paths
+    assert ".senders" in paths and ".plan.forward.edge_csr.row_ptr" in paths
     rebuilt = jax.tree.map(lambda leaf: leaf, graph)
     assert rebuilt.plan is not graph.plan and _plan.is_bound(rebuilt.plan, rebuilt)
 

@@ -198,7 +198,12 @@ def test_the_kernels_refuse_inconsistent_buffers_with_a_message():
     call = jax.ffi.ffi_call("jgrad_csr_sum", jax.ShapeDtypeStruct((3, 2), jnp.float32))
     index = jnp.zeros(2, jnp.int32)
     with pytest.raises(Exception, match="jgrad_csr_sum: row_ptr must have one entry per output row plus one"):
-        jax.block_until_ready(call(index, index, index, jnp.ones((3, 2), jnp.float32), jnp.ones(2, jnp.float32)))
+        jax.block_until_ready(call(index, index, index, jnp.ones((3, 2), jnp.float32), jnp.ones(2, jnp.float32),
+                                   loop_base=np.int64(-1)))
     row_ptr = jnp.asarray([0, 1, 2, 2], jnp.int32)
     with pytest.raises(Exception, match="jgrad_csr_sum: all float operands and results must share one dtype"):
-        jax.block_until_ready(call(row_ptr, index, index, jnp.ones((3, 2), jnp.float64), jnp.ones(2, jnp.float32)))
+        jax.block_until_ready(call(row_ptr, index, index, jnp.ones((3, 2), jnp.float64), jnp.ones(2, jnp.float32),
+                                   loop_base=np.int64(-1)))
+    with pytest.raises(Exception, match="jgrad_csr_sum: the edge data must have an entry for every self loop"):
+        jax.block_until_ready(call(row_ptr, index, index, jnp.ones((3, 2), jnp.float32), jnp.ones(2, jnp.float32),
+                                   loop_base=np.int64(2)))

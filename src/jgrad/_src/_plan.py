@@ -118,8 +118,8 @@ class Side:
     """The plan of one direction of a graph (rows = the receivers of this direction).
 
     Attributes:
-      csr: the edges in CSR order (`Csr`).
-      in_degree: (N,) int32 count of incoming edges (padding edges included).
+      edge_csr: the graph's edges in CSR order (`Csr`), without the self loops of ``self_loops``.
+      in_degree: (N,) int32 count of incoming edges (padding edges and self loops included).
       buckets: tuple of `Bucket` by increasing width; empty unless the backend is ``"bucket"``.
       output_position: (N,) int32 row of each node in the concatenated bucket outputs (bucket only).
       slot_of_edge: (E,) int32 position of each edge among the flattened bucket slots (bucket only).
@@ -128,14 +128,31 @@ class Side:
         it): a walk over this side then reads and writes per-edge data in order, not at random. Being
         static, it is part of ``jax.jit``'s cache key, like the sizes: graphs padded to one size
         compile once per edge order (sorted by receiver, by sender, or neither).
+      self_loops: static; True when the graph also has the loops ``v -> v`` as edges E..E+N-1
+        (`with_self_loops`), kept out of ``edge_csr``: each is one more slot at the end of its row, and
+        the sums and edge dots take them as a term of their own (`jgrad.ops._kernels`).
     """
 
-    csr: Csr
+    edge_csr: Csr
     in_degree: jax.Array
     buckets: tuple = ()
     output_position: jax.Array | None = None
     slot_of_edge: jax.Array | None = None
     in_edge_order: bool = False
+    self_loops: bool = False
+
+    @property
+    def csr(self) -> Csr:
+        """Every edge in CSR order, the self loops included: ``edge_csr`` itself, or with the loops
+        inserted in closed form (jit-safe XLA ops, a pass over every slot), for the kernels that walk
+        them as slots."""
+        if not self.self_loops:
+            return self.edge_csr
+        return _csr_with_loops(self.edge_csr, self.in_degree.shape[0])
+
+    def without_loops(self) -> Side:
+        """This side without its self loops: the graph's own E edges."""
+        return dataclasses.replace(self, in_degree=self.in_degree - 1, self_loops=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +182,8 @@ class Plan:
 
 jax.tree_util.register_dataclass(Bucket, data_fields=["neighbours", "edge_ids", "row_nodes"],
                                  meta_fields=["n_receivers", "split"])
-jax.tree_util.register_dataclass(Side, data_fields=["csr", "in_degree", "buckets", "output_position",
-                                                    "slot_of_edge"], meta_fields=["in_edge_order"])
+jax.tree_util.register_dataclass(Side, data_fields=["edge_csr", "in_degree", "buckets", "output_position",
+                                                    "slot_of_edge"], meta_fields=["in_edge_order", "self_loops"])
 jax.tree_util.register_dataclass(Plan, data_fields=["forward", "reverse"],
                                  meta_fields=["backend", "n_nodes", "n_edges"])
 
@@ -256,9 +273,10 @@ def is_bound(plan: Any, graph: Any) -> bool:
 def with_self_loops(graph: Any) -> Any:
     """The plan of ``graph`` with the loops ``v -> v`` appended as edges E..E+N-1 (`add_self_loops`).
 
-    A CSR plan (``"native"``) is extended in closed form with gathers (jit-safe: it works on traced plans,
-    so a graph that gets its loops inside ``jit`` keeps running on the engine); each loop becomes
-    the last slot of its row in both directions. A graph not planned yet is planned first when its
+    A CSR plan (``"native"``) is extended by a flag, `Side.self_loops`, with no new tables (jit-safe:
+    it works on traced plans, so a graph that gets its loops inside ``jit`` keeps running on the
+    engine, and a GCN normalisation inside a jitted step builds nothing per call); each loop is the
+    last slot of its row in both directions. A graph not planned yet is planned first when its
     backend keeps CSR tables: one closed over by a jitted function meets its first op here, and the
     looped indices, traced there, could no longer be planned. A ``"bucket"`` plan goes back to
     ``AUTO`` (its static table shapes change), ``None`` stays ``None``.
@@ -271,7 +289,7 @@ def with_self_loops(graph: Any) -> Any:
     if _TABLES.get(plan.backend) != "csr":
         return AUTO
     n, e = plan.n_nodes, plan.n_edges
-    return Plan(forward=_side_with_loops(plan.forward, n, e), reverse=_side_with_loops(plan.reverse, n, e),
+    return Plan(forward=_side_with_loops(plan.forward), reverse=_side_with_loops(plan.reverse),
                 backend=plan.backend, n_nodes=n, n_edges=e + n)
 
 
@@ -289,19 +307,24 @@ def slot_rows(row_ptr: jax.Array, n_slots: int) -> jax.Array:
     return jnp.cumsum(ends, dtype=row_ptr.dtype)
 
 
-def _side_with_loops(side: Side, n: int, e: int) -> Side:
-    row_ptr = side.csr.row_ptr + jnp.arange(n + 1, dtype=side.csr.row_ptr.dtype)
+def _side_with_loops(side: Side) -> Side:
+    """``side`` with a self loop appended to every row, as edges E..E+N-1: a flag, no new tables."""
+    base = side if not side.self_loops else dataclasses.replace(side, edge_csr=side.csr, self_loops=False)
+    return dataclasses.replace(base, in_degree=base.in_degree + 1, self_loops=True)
+
+
+def _csr_with_loops(csr: Csr, n: int) -> Csr:
+    """``csr`` (E slots) with the loop of row r as the last slot of its row, edge id E + r."""
+    e = csr.cols.shape[0]
+    row_ptr = csr.row_ptr + jnp.arange(n + 1, dtype=csr.row_ptr.dtype)
     slots = jnp.arange(e + n, dtype=row_ptr.dtype)
     row = slot_rows(row_ptr, e + n)
     is_loop = slots == row_ptr[jnp.minimum(row + 1, n)] - 1
     old = jnp.clip(slots - row, 0, max(e - 1, 0))
     if e == 0:
-        cols, edge_ids = row, e + row
-    else:
-        cols = jnp.where(is_loop, row, side.csr.cols[old])
-        edge_ids = jnp.where(is_loop, e + row, side.csr.edge_ids[old])
-    return Side(csr=Csr(row_ptr=row_ptr, cols=cols, edge_ids=edge_ids), in_degree=side.in_degree + 1,
-                in_edge_order=side.in_edge_order)
+        return Csr(row_ptr=row_ptr, cols=row, edge_ids=e + row)
+    return Csr(row_ptr=row_ptr, cols=jnp.where(is_loop, row, csr.cols[old]),
+               edge_ids=jnp.where(is_loop, e + row, csr.edge_ids[old]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -364,7 +387,7 @@ def _plan_side(rows, cols, n, n_edges, with_buckets, max_width, chunk_edges) -> 
     row_ptr = np.zeros(n + 1, np.int64)
     np.cumsum(degree, out=row_ptr[1:])
     csr = Csr(row_ptr=_device(row_ptr), cols=_device(cols[order]), edge_ids=_device(order))
-    side = Side(csr=csr, in_degree=_device(degree), in_edge_order=in_order)
+    side = Side(edge_csr=csr, in_degree=_device(degree), in_edge_order=in_order)
     if not with_buckets:
         return side
     return _add_buckets(side, order, degree, row_ptr, cols, n, n_edges, max_width, chunk_edges)

@@ -33,6 +33,7 @@ sums (one pass over their tables per head).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -87,13 +88,44 @@ def _csr_segment_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
 
 def _side_sum(backend: str, side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
     """``out[v] = sum over slots of v of w[slot] * u[neighbour]``: u (N, M) with w (E,) or None, or
-    u (N, H, F) with w (E, H) or None (per head)."""
+    u (N, H, F) with w (E, H) or None (per head). A side's self loops are a term of their own."""
+    if side.self_loops and not KERNELS[backend].self_loops:
+        edge_w, loop_w = _split_loops(side, w)
+        return KERNELS[backend].side_sum(side.without_loops(), u, edge_w) + _loop_term(u, loop_w)
     return KERNELS[backend].side_sum(side, u, w)
 
 
 def _side_edge_dot(backend: str, side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
     """``out[edge_ids[k]] = <v[r], u[cols[k]]>`` for every slot k of row r; (E,), or (E, H) per head."""
+    if side.self_loops and not KERNELS[backend].self_loops:
+        edge_dots = KERNELS[backend].edge_dot(side.without_loops(), u, v)
+        return jnp.concatenate([edge_dots, _loop_dots(u, v).astype(edge_dots.dtype)])
     return KERNELS[backend].edge_dot(side, u, v)
+
+
+# A side's self loops (`Side.self_loops`) are edges E..E+N-1, the loop of node v the last slot of row v,
+# kept out of its CSR so that adding them inside `jit` builds nothing (a looped CSR of both sides cost a
+# GCN training step whose `gcn_norm` adds them about 10 ms and (E + N) copies of the tables at 10^5
+# nodes). Backends whose kernels walk them as one more slot per row say so (`Kernels.self_loops`); for
+# the others the sums and edge dots take them as elementwise terms around the walk over the own edges.
+def _split_loops(side: Side, w: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
+    """(E + N, ...) edge data as the graph's own edges' (E, ...) and the loops' (N, ...)."""
+    if w is None:
+        return None, None
+    e = side.edge_csr.cols.shape[0]
+    return w[:e], w[e:]
+
+
+def _loop_term(u: jax.Array, loop_w: jax.Array | None) -> jax.Array:
+    """``loop_w[v] * u[v]``: u (N, M) with loop_w (N,), or u (N, H, F) with loop_w (N, H); u if None."""
+    if loop_w is None:
+        return u
+    return loop_w.astype(u.dtype).reshape(loop_w.shape + (1,) * (u.ndim - loop_w.ndim)) * u
+
+
+def _loop_dots(u: jax.Array, v: jax.Array) -> jax.Array:
+    """``<v[n], u[n]>`` per node: (N,) for (N, M) operands, (N, H) for (N, H, F)."""
+    return jnp.sum(u * v, axis=-1)
 
 
 def _native_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
@@ -101,8 +133,8 @@ def _native_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
 
     Either form: every head of (N, H, F) ``u`` with (E, H) ``w`` in one pass."""
     if _use_native(u, w):
-        return jax.lax.platform_dependent(u, w, cpu=lambda u, w: _native.csr_sum(side.csr, u, w),
-                                          default=lambda u, w: _csr_segment_sum(side, u, w))
+        native = lambda u, w: _native.csr_sum(side.edge_csr, u, w, self_loops=side.self_loops)  # noqa: E731
+        return jax.lax.platform_dependent(u, w, cpu=native, default=lambda u, w: _csr_segment_sum(side, u, w))
     return _csr_segment_sum(side, u, w)
 
 
@@ -216,9 +248,9 @@ _EDGE_DOT = Op("jgrad_layout_edge_dot", lambda layout, u, v: _side_edge_dot(layo
 
 def _native_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
     if _use_native(u, v) and u.dtype == v.dtype:
-        n_edges = side.csr.edge_ids.shape[0]
-        return jax.lax.platform_dependent(u, v, cpu=lambda u, v: _native.csr_edge_dot(side.csr, u, v, n_edges),
-                                          default=lambda u, v: _csr_segment_edge_dot(side, u, v))
+        n_edges = side.edge_csr.edge_ids.shape[0] + (side.in_degree.shape[0] if side.self_loops else 0)
+        native = lambda u, v: _native.csr_edge_dot(side.edge_csr, u, v, n_edges, self_loops=side.self_loops)  # noqa: E731
+        return jax.lax.platform_dependent(u, v, cpu=native, default=lambda u, v: _csr_segment_edge_dot(side, u, v))
     return _csr_segment_edge_dot(side, u, v)
 
 
@@ -235,8 +267,9 @@ def _native_sum_dot(plan: Plan, g: jax.Array, w: jax.Array, u: jax.Array) -> tup
     if not plan.reverse.in_edge_order:
         return _separate_backward(plan, g, w, u)
     if _use_native(g, w, u) and g.dtype == w.dtype == u.dtype:
-        return jax.lax.platform_dependent(g, w, u, cpu=lambda g, w, u: _native.csr_sum_dot(plan.reverse.csr, g, u, w),
-                                          default=lambda g, w, u: _separate_backward(plan, g, w, u))
+        native = lambda g, w, u: _native.csr_sum_dot(plan.reverse.edge_csr, g, u, w,
+                                                          self_loops=plan.reverse.self_loops)  # noqa: E731
+        return jax.lax.platform_dependent(g, w, u, cpu=native, default=lambda g, w, u: _separate_backward(plan, g, w, u))
     return _separate_backward(plan, g, w, u)
 
 
@@ -322,7 +355,15 @@ def layout_sum_backward(layout: Plan, g: jax.Array, w: jax.Array, u: jax.Array) 
 
 def _fused_backward(layout, g, w, u):
     fused = KERNELS[layout.backend].sum_dot
-    return _separate_backward(layout, g, w, u) if fused is None else fused(layout, g, w, u)
+    if fused is None:
+        return _separate_backward(layout, g, w, u)
+    if layout.forward.self_loops and not KERNELS[layout.backend].self_loops:  # terms around the fused pass
+        edge_w, loop_w = _split_loops(layout.forward, w)
+        base = dataclasses.replace(layout, forward=layout.forward.without_loops(),
+                                   reverse=layout.reverse.without_loops(), n_edges=layout.n_edges - layout.n_nodes)
+        du, dw = fused(base, g, edge_w, u)
+        return du + _loop_term(g, loop_w), jnp.concatenate([dw, _loop_dots(u, g).astype(dw.dtype)])
+    return fused(layout, g, w, u)
 
 
 def _separate_backward(layout, g, w, u):
@@ -381,6 +422,9 @@ class Kernels(NamedTuple):
       attention_backward: ``(forward side, senders, receivers, live, negative_slope, src, dst, alpha,
         g, alpha_self, g_self) -> (d_raw (E, H), d_dst (N, H), d_self (N, H) or None)``, required with
         ``attention`` (`jgrad.ops._attention.segment_attention_backward`).
+      self_loops: whether ``side_sum``, ``edge_dot`` and ``sum_dot`` take sides with
+        `Side.self_loops` themselves (read ``edge_csr`` and walk the loop as one more slot per row);
+        False gives them the side without its loops and adds the loops' terms around them.
     """
 
     side_sum: Callable
@@ -392,6 +436,7 @@ class Kernels(NamedTuple):
     routed: Callable | None = None
     attention: Callable | None = None
     attention_backward: Callable | None = None
+    self_loops: bool = False
 
 
 def _per_head(kernels: Kernels) -> Kernels:
@@ -444,7 +489,8 @@ def register(name: str, kernels: Kernels, *, tables: str) -> None:
 # GAT's attention: fused on native plans; the other backends compose gsddmm, leaky ReLU and edge softmax.
 register("native", Kernels(_native_sum, _native_edge_dot, _native_sum_dot, multi_head=True,
                            edge_sum=_edge_sum_by_rows, extremum=_native_extremum, routed=_native_routed,
-                           attention=_native_attention, attention_backward=_native_attention_backward),
+                           attention=_native_attention, attention_backward=_native_attention_backward,
+                           self_loops=True),
          tables="csr")
 register("bucket", Kernels(_bucket_sum, _bucket_edge_dot, extremum=_extremum.segment_extremum), tables="buckets")
 register("pallas", Kernels(_pallas.side_sum, _pallas.edge_dot, _pallas.sum_dot, extremum=_extremum.segment_extremum),

@@ -18,6 +18,9 @@ through the XLA FFI:
 Each kernel also takes a weight per head: node data (N, H, F) with edge data (E, H) (``out[r, h] =
 sum_k w[edge_ids[k], h] * u[cols[k], h]``, per-head dots of shape (E, H)). All H heads are done in
 one walk over the CSR, each gathered row read once; node data (N, M) with edge data (E,) is H = 1.
+The sum, the edge dot, the fused backward and the attention also take ``self_loops``: every row r has
+one more slot after its own, the loop ``r -> r`` (edge E + r for the sums and dots), which a graph's
+plan keeps out of its CSR (`jgrad._src._plan.Side.self_loops`).
 
 The source is compiled with the system C++ compiler on first use (``$CXX``, else ``c++``/``g++``), as
 two translation units in parallel, against the XLA FFI headers that ship with jaxlib, for this
@@ -79,7 +82,7 @@ def _require() -> None:
                            "check jgrad.ops.native_available() before calling them.")
 
 
-def csr_sum(csr: Csr, u: jax.Array, w: jax.Array | None) -> jax.Array:
+def csr_sum(csr: Csr, u: jax.Array, w: jax.Array | None, self_loops: bool = False) -> jax.Array:
     """``out[r] = sum over slots k of row r of w[edge_ids[k]] * u[cols[k]]``, for every head at once.
 
     Args:
@@ -87,6 +90,8 @@ def csr_sum(csr: Csr, u: jax.Array, w: jax.Array | None) -> jax.Array:
       u: (N, M), or (N, H, F) with per-head weights.
       w: (E,) with u (N, M); (E, H) with u (N, H, F) (``out[r, h] = sum_k w[edge_ids[k], h] *
         u[cols[k], h]``); or None (no weights, any u).
+      self_loops: every row r also has a self loop, edge E + r (E = the CSR's slots), one more term
+        ``w[E + r] * u[r]``; w then has E + N entries (static).
 
     Returns (R,) + u.shape[1:] in u's dtype. Forward only: differentiate through
     `jgrad.ops._kernels.layout_sum`.
@@ -96,17 +101,19 @@ def csr_sum(csr: Csr, u: jax.Array, w: jax.Array | None) -> jax.Array:
     w = jnp.zeros((0,), u.dtype) if w is None else w.astype(u.dtype)
     call = jax.ffi.ffi_call("jgrad_csr_sum", jax.ShapeDtypeStruct((n_rows,) + u.shape[1:], u.dtype),
                             vmap_method="sequential")
-    return call(csr.row_ptr, csr.cols, csr.edge_ids, u, w)
+    return call(csr.row_ptr, csr.cols, csr.edge_ids, u, w, loop_base=_loop_base(csr, self_loops))
 
 
-def csr_edge_dot(csr: Csr, u: jax.Array, v: jax.Array, n_edges: int) -> jax.Array:
+def csr_edge_dot(csr: Csr, u: jax.Array, v: jax.Array, n_edges: int, self_loops: bool = False) -> jax.Array:
     """``out[edge_ids[k]] = <v[r], u[cols[k]]>`` for every slot k of row r, per head.
 
     Args:
       csr: one side of a plan.
       u: (N, M), or (N, H, F) for one dot per head.
       v: (R, M), or (R, H, F) like u.
-      n_edges: E, the number of edges.
+      n_edges: E, the number of edges (the self loops included).
+      self_loops: every row r also has a self loop, edge ``S + r`` after the CSR's S slots, whose dot
+        is ``<v[r], u[r]>`` (static).
 
     Returns (E,) for (N, M) operands, (E, H) with ``out[edge_ids[k], h] = <v[r, h], u[cols[k], h]>``
     for (N, H, F) ones; edges in no slot (padding) get 0.
@@ -114,23 +121,31 @@ def csr_edge_dot(csr: Csr, u: jax.Array, v: jax.Array, n_edges: int) -> jax.Arra
     _require()
     shape = (n_edges,) + u.shape[1:-1]
     call = jax.ffi.ffi_call("jgrad_csr_edge_dot", jax.ShapeDtypeStruct(shape, u.dtype), vmap_method="sequential")
-    return call(csr.row_ptr, csr.cols, csr.edge_ids, u, v.astype(u.dtype))
+    return call(csr.row_ptr, csr.cols, csr.edge_ids, u, v.astype(u.dtype), loop_base=_loop_base(csr, self_loops))
 
 
-def csr_sum_dot(csr: Csr, g: jax.Array, u: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+def csr_sum_dot(csr: Csr, g: jax.Array, u: jax.Array, w: jax.Array, self_loops: bool = False) -> tuple[jax.Array, jax.Array]:
     """``(out, dots)`` with ``out[r] = sum_k w[edge_ids[k]] g[cols[k]]`` and ``dots[edge_ids[k]] = <u[r], g[cols[k]]>``.
 
     g (N, M) is gathered, u (R, M) has one row per CSR row, w (E,); or, per head, g (N, H, F), u (R, H,
     F), w (E, H) with ``out[r, h] = sum_k w[edge_ids[k], h] g[cols[k], h]`` and ``dots[edge_ids[k], h] =
     <u[r, h], g[cols[k], h]>``. Returns (R,) + g.shape[1:] and w's shape in g's dtype; edges in no slot
-    get a dot of 0. Each gathered row of g is read once for both results and every head.
+    get a dot of 0. Each gathered row of g is read once for both results and every head. With
+    ``self_loops`` (static) row r also has the loop ``S + r`` (S = the CSR's slots): ``w[S + r] g[r]``
+    and ``dots[S + r] = <u[r], g[r]>``.
     """
     _require()
     n_rows = csr.row_ptr.shape[0] - 1
     shapes = (jax.ShapeDtypeStruct((n_rows,) + g.shape[1:], g.dtype), jax.ShapeDtypeStruct(w.shape, g.dtype))
     call = jax.ffi.ffi_call("jgrad_csr_sum_dot", shapes, vmap_method="sequential")
-    out, dots = call(csr.row_ptr, csr.cols, csr.edge_ids, g, u.astype(g.dtype), w.astype(g.dtype))
+    out, dots = call(csr.row_ptr, csr.cols, csr.edge_ids, g, u.astype(g.dtype), w.astype(g.dtype),
+                     loop_base=_loop_base(csr, self_loops))
     return out, dots
+
+
+def _loop_base(csr: Csr, self_loops: bool) -> np.int64:
+    """The kernels' ``loop_base`` attribute: the edge id of row 0's self loop (the CSR's slot count), or -1."""
+    return np.int64(csr.cols.shape[0] if self_loops else -1)
 
 
 def csr_extremum(csr: Csr, reduce: str, u: jax.Array, w: jax.Array | None,

@@ -211,9 +211,11 @@ inline void AddScaled(T* __restrict__ acc, const T* __restrict__ row, const T* _
   }
 }
 
+// With loop_base >= 0 every row r also has a self loop, edge id loop_base + r, after its slots (a
+// graph's loops kept out of its CSR, jgrad._src._plan.Side.self_loops); loop_base = -1: none.
 template <typename T>
 void CsrSum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids, const T* u,
-            const T* w, bool weighted, int64_t n_rows, int64_t m, int64_t heads, T* out) {
+            const T* w, bool weighted, int64_t n_rows, int64_t m, int64_t heads, int64_t loop_base, T* out) {
   WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
       const int64_t last_slot = row_ptr[last];
@@ -226,6 +228,14 @@ void CsrSum(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, 
           const T* __restrict__ row = u + static_cast<int64_t>(cols[k]) * m;
           if (weighted) {
             AddScaled(acc, row, w + static_cast<int64_t>(edge_ids[k]) * heads, heads, f);
+          } else {
+            for (int64_t j = 0; j < m; ++j) acc[j] += row[j];
+          }
+        }
+        if (loop_base >= 0) {
+          const T* __restrict__ row = u + r * m;
+          if (weighted) {
+            AddScaled(acc, row, w + (loop_base + r) * heads, heads, f);
           } else {
             for (int64_t j = 0; j < m; ++j) acc[j] += row[j];
           }
@@ -269,7 +279,8 @@ inline void HeadDots(const T* own, const T* row, int64_t heads, std::integral_co
 
 template <typename T>
 void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
-                const T* u, const T* v, int64_t n_rows, int64_t m, int64_t heads, int64_t n_edges, T* out) {
+                const T* u, const T* v, int64_t n_rows, int64_t m, int64_t heads, int64_t n_edges, int64_t loop_base,
+                T* out) {
   std::fill(out, out + n_edges * heads, T(0));
   WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
@@ -282,6 +293,7 @@ void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* co
           const T* row = u + static_cast<int64_t>(cols[k]) * m;
           HeadDots(own, row, heads, f, out + static_cast<int64_t>(edge_ids[k]) * heads);
         }
+        if (loop_base >= 0) HeadDots(own, u + r * m, heads, f, out + (loop_base + r) * heads);
       }
     });
   });
@@ -290,7 +302,7 @@ void CsrEdgeDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* co
 template <typename T>
 void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
                const T* g, const T* u, const T* w, int64_t n_rows, int64_t m, int64_t heads, int64_t n_edges,
-               T* out, T* dots) {
+               int64_t loop_base, T* out, T* dots) {
   std::fill(dots, dots + n_edges * heads, T(0));
   WithHeadWidth(m / heads, [&](auto f) {
     ParallelRows(pool, row_ptr, n_rows, static_cast<int64_t>(row_ptr[n_rows]) * m, [&](int64_t first, int64_t last) {
@@ -304,6 +316,12 @@ void CsrSumDot(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* col
           PrefetchAhead(cols, edge_ids, k, last_slot, g, m, heads, w);
           const T* __restrict__ row = g + static_cast<int64_t>(cols[k]) * m;
           const int64_t edge = static_cast<int64_t>(edge_ids[k]) * heads;
+          HeadDots(own, row, heads, f, dots + edge);
+          AddScaled(acc, row, w + edge, heads, f);
+        }
+        if (loop_base >= 0) {
+          const T* __restrict__ row = g + r * m;
+          const int64_t edge = (loop_base + r) * heads;
           HeadDots(own, row, heads, f, dots + edge);
           AddScaled(acc, row, w + edge, heads, f);
         }
@@ -664,14 +682,26 @@ ffi::Error ForFloatType(const char* kernel, const std::vector<ffi::DataType>& ty
   return ffi::Error::Success();
 }
 
+// A self loop per row (loop_base >= 0, see CsrSum) reads u's row r and edge data at loop_base + r.
+ffi::Error ReadLoops(const char* kernel, int64_t loop_base, int64_t n_rows, int64_t node_rows,
+                     const ffi::AnyBuffer* edge_data) {
+  if (loop_base < 0) return ffi::Error::Success();
+  if (node_rows != n_rows) return Invalid(kernel, "self loops need node data with one row per output row");
+  if (edge_data != nullptr && edge_data->element_count() > 0 && Rows(*edge_data) < loop_base + n_rows) {
+    return Invalid(kernel, "the edge data must have an entry for every self loop");
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error CsrSumImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
-                      ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out) {
+                      ffi::AnyBuffer u, ffi::AnyBuffer w, int64_t loop_base, ffi::Result<ffi::AnyBuffer> out) {
   constexpr const char* kKernel = "jgrad_csr_sum";
   const int64_t n_rows = Rows(*out), m = RowWidth(*out);
   const bool weighted = w.element_count() > 0;
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
   if (RowWidth(u) != m) return Invalid(kKernel, "u and out must have the same row width");
+  if (auto error = ReadLoops(kKernel, loop_base, n_rows, Rows(u), &w); error.failure()) return error;
   int64_t heads = 1;
   if (weighted) {
     if (auto error = ReadHeads(kKernel, w, m, heads); error.failure()) return error;
@@ -681,29 +711,30 @@ ffi::Error CsrSumImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuff
   return ForFloatType(kKernel, types, [&](auto zero) {
     using T = decltype(zero);
     CsrSum(pool, csr.row_ptr, csr.cols, csr.edge_ids, u.typed_data<T>(), weighted ? w.typed_data<T>() : nullptr,
-           weighted, n_rows, m, heads, out->typed_data<T>());
+           weighted, n_rows, m, heads, loop_base, out->typed_data<T>());
   });
 }
 
 ffi::Error CsrEdgeDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
-                          ffi::AnyBuffer u, ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out) {
+                          ffi::AnyBuffer u, ffi::AnyBuffer v, int64_t loop_base, ffi::Result<ffi::AnyBuffer> out) {
   constexpr const char* kKernel = "jgrad_csr_edge_dot";
   const int64_t n_rows = Rows(v), m = RowWidth(v), n_edges = Rows(*out);
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
   if (RowWidth(u) != m) return Invalid(kKernel, "u and v must have the same row width");
+  if (auto error = ReadLoops(kKernel, loop_base, n_rows, Rows(u), &*out); error.failure()) return error;
   int64_t heads = 1;
   if (auto error = ReadHeads(kKernel, *out, m, heads); error.failure()) return error;
   return ForFloatType(kKernel, {u.element_type(), v.element_type(), out->element_type()}, [&](auto zero) {
     using T = decltype(zero);
     CsrEdgeDot(pool, csr.row_ptr, csr.cols, csr.edge_ids, u.typed_data<T>(), v.typed_data<T>(), n_rows, m, heads,
-               n_edges, out->typed_data<T>());
+               n_edges, loop_base, out->typed_data<T>());
   });
 }
 
 ffi::Error CsrSumDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyBuffer cols, ffi::AnyBuffer edge_ids,
-                         ffi::AnyBuffer g, ffi::AnyBuffer u, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> out,
-                         ffi::Result<ffi::AnyBuffer> dots) {
+                         ffi::AnyBuffer g, ffi::AnyBuffer u, ffi::AnyBuffer w, int64_t loop_base,
+                         ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> dots) {
   constexpr const char* kKernel = "jgrad_csr_sum_dot";
   const int64_t n_rows = Rows(*out), m = RowWidth(*out), n_edges = Rows(*dots);
   CsrIndices csr;
@@ -714,6 +745,7 @@ ffi::Error CsrSumDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyB
   if (w.element_count() != dots->element_count() || Rows(w) != n_edges) {
     return Invalid(kKernel, "w and dots must have one entry per edge and head");
   }
+  if (auto error = ReadLoops(kKernel, loop_base, n_rows, Rows(g), &w); error.failure()) return error;
   int64_t heads = 1;
   if (auto error = ReadHeads(kKernel, *dots, m, heads); error.failure()) return error;
   const std::vector<ffi::DataType> types = {g.element_type(), u.element_type(), w.element_type(),
@@ -721,7 +753,7 @@ ffi::Error CsrSumDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::AnyB
   return ForFloatType(kKernel, types, [&](auto zero) {
     using T = decltype(zero);
     CsrSumDot(pool, csr.row_ptr, csr.cols, csr.edge_ids, g.typed_data<T>(), u.typed_data<T>(), w.typed_data<T>(),
-              n_rows, m, heads, n_edges, out->typed_data<T>(), dots->typed_data<T>());
+              n_rows, m, heads, n_edges, loop_base, out->typed_data<T>(), dots->typed_data<T>());
   });
 }
 
@@ -904,6 +936,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSum, CsrSumImpl,
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
                                   .Arg<ffi::AnyBuffer>()  // u (N, M), M = H * F
                                   .Arg<ffi::AnyBuffer>()  // w (E,), (E, H) or (0,)
+                                  .Attr<int64_t>("loop_base")  // E with a self loop per row, else -1
                                   .Ret<ffi::AnyBuffer>());  // out (R, M)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrEdgeDot, CsrEdgeDotImpl,
@@ -914,7 +947,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrEdgeDot, CsrEdgeDotImpl,
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
                                   .Arg<ffi::AnyBuffer>()  // u (N, M), M = H * F
                                   .Arg<ffi::AnyBuffer>()  // v (R, M)
-                                  .Ret<ffi::AnyBuffer>());  // out (E,) or (E, H)
+                                  .Attr<int64_t>("loop_base")  // E with a self loop per row, else -1
+                                  .Ret<ffi::AnyBuffer>());  // out (E,) or (E, H); (E + R, ...) with loops
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSumDot, CsrSumDotImpl,
                               ffi::Ffi::Bind()
@@ -924,9 +958,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrSumDot, CsrSumDotImpl,
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
                                   .Arg<ffi::AnyBuffer>()  // g (N, M), gathered; M = H * F
                                   .Arg<ffi::AnyBuffer>()  // u (R, M), one row per output row
-                                  .Arg<ffi::AnyBuffer>()  // w (E,) or (E, H)
+                                  .Arg<ffi::AnyBuffer>()  // w (E,) or (E, H); (E + R, ...) with loops
+                                  .Attr<int64_t>("loop_base")  // E with a self loop per row, else -1
                                   .Ret<ffi::AnyBuffer>()  // out (R, M)
-                                  .Ret<ffi::AnyBuffer>());  // dots (E,) or (E, H)
+                                  .Ret<ffi::AnyBuffer>());  // dots like w
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrRouted, CsrRoutedImpl,
                               ffi::Ffi::Bind()
