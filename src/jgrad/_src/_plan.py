@@ -17,7 +17,8 @@ Life cycle (see `resolve`):
 * A plan is bound to the index arrays it was planned from (by identity). A graph rebuilt with other
   ``senders`` or ``receivers`` (``dataclasses.replace``, a transform) loses it and goes back to
   ``AUTO``, so a plan can never describe another structure; ``reverse`` transposes it and
-  ``add_self_loops`` extends it in closed form (jit-safe, `with_self_loops`).
+  ``add_self_loops`` extends it by a flag, with no new tables (jit-safe, `with_self_loops`,
+  `Side.self_loops`).
 * A plan covers every edge, padding edges included: the ops fold ``edge_mask`` into the edge weights
   when they run, so masking edges (padding, GAT's removal of existing loops) keeps the plan.
 """

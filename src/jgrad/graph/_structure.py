@@ -68,7 +68,7 @@ def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:
         edge_mask=edge_mask,
         n_edge_per_graph=n_edge_per_graph,
     )
-    return _plan.attach(looped, _plan.with_self_loops(graph))  # the plan extended, also under jit
+    return _plan.attach(looped, _plan.with_self_loops(graph))  # the plan kept, loops as a flag, also under jit
 
 
 def _is_one(fill: float) -> bool:
