@@ -79,18 +79,21 @@ def test_the_kernels_do_every_head_in_one_call_as_numpy(native_available, n, n_e
     np.testing.assert_allclose(dots, expected_dots, **tol)
 
 
+NO_LOOPS = np.int64(-1)  # the kernels' loop_base attribute without self loops
+
+
 def test_the_kernels_refuse_edge_data_that_does_not_fit_the_heads(native_available):
     row_ptr, index = jnp.asarray([0, 1, 2], jnp.int32), jnp.asarray([0, 1], jnp.int32)
     csr_sum = jax.ffi.ffi_call("jgrad_csr_sum", jax.ShapeDtypeStruct((2, 4), jnp.float64))
     with pytest.raises(Exception, match="jgrad_csr_sum: the heads H of the edge data must divide the row width"):
-        jax.block_until_ready(csr_sum(row_ptr, index, index, jnp.ones((2, 4)), jnp.ones((2, 3)), loop_base=np.int64(-1)))
+        jax.block_until_ready(csr_sum(row_ptr, index, index, jnp.ones((2, 4)), jnp.ones((2, 3)), loop_base=NO_LOOPS))
     with pytest.raises(Exception, match=r"jgrad_csr_sum: edge data must have shape \(E,\) or \(E, H\)"):
-        jax.block_until_ready(csr_sum(row_ptr, index, index, jnp.ones((2, 4)), jnp.ones((2, 2, 1)), loop_base=np.int64(-1)))
+        jax.block_until_ready(csr_sum(row_ptr, index, index, jnp.ones((2, 4)), jnp.ones((2, 2, 1)), loop_base=NO_LOOPS))
     shapes = (jax.ShapeDtypeStruct((2, 4), jnp.float64), jax.ShapeDtypeStruct((2, 4), jnp.float64))
     sum_dot = jax.ffi.ffi_call("jgrad_csr_sum_dot", shapes)
     with pytest.raises(Exception, match="jgrad_csr_sum_dot: w and dots must have one entry per edge and head"):
         jax.block_until_ready(sum_dot(row_ptr, index, index, jnp.ones((2, 4)), jnp.ones((2, 4)), jnp.ones((2, 2)),
-                                      loop_base=np.int64(-1)))
+                                      loop_base=NO_LOOPS))
 
 
 def _operands(graph, heads, weight_rank, seed=0, features=4):

@@ -48,7 +48,10 @@ def segment_attention_backward(n: int, senders, receivers, mask, negative_slope:
     per_node = jax.ops.segment_sum(weighted, receivers, num_segments=n)
     if alpha_self is not None:
         per_node = per_node + alpha_self * g_self
-    slope = lambda raw: jnp.where(raw >= 0, jnp.ones((), raw.dtype), jnp.asarray(negative_slope, raw.dtype))  # noqa: E731
+
+    def slope(raw):  # the leaky ReLU's derivative
+        return jnp.where(raw >= 0, jnp.ones((), raw.dtype), jnp.asarray(negative_slope, raw.dtype))
+
     raw = src[senders] + dst[receivers]
     d_raw = jnp.where(live[:, None], alpha * (g - per_node[receivers]) * slope(raw), jnp.zeros((), g.dtype))
     d_dst = jax.ops.segment_sum(d_raw, receivers, num_segments=n)

@@ -15,8 +15,8 @@ Adding a backend is one module plus one registry line: the module writes the raw
 kernels on one side of a plan (a sum over each row's slots, one dot per edge, optionally the fused
 backward; see `jgrad.ops._kernels.Kernels`), and ``register(name, Kernels(...), tables="csr")`` in
 `jgrad.ops._kernels` makes ``name`` a backend whose plans hold CSR tables (or ``"buckets"``). The
-differentiable ops (`jgrad._src._op.Op`), the plan's life cycle and `use_backend` / `with_backend` then serve it; to make
-it the default somewhere, change the rule in `jgrad._src._plan.choose_backend`.
+differentiable ops (`jgrad._src._op.Op`), the plan's life cycle and `use_backend` / `with_backend`
+then serve it; to make it the default somewhere, change the rule in `jgrad._src._plan.choose_backend`.
 """
 
 from __future__ import annotations

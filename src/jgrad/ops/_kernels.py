@@ -133,7 +133,7 @@ def _native_sum(side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
 
     Either form: every head of (N, H, F) ``u`` with (E, H) ``w`` in one pass."""
     if _use_native(u, w):
-        native = lambda u, w: _native.csr_sum(side.edge_csr, u, w, self_loops=side.self_loops)  # noqa: E731
+        native = lambda u, w: _native.csr_sum(side.edge_csr, u, w, self_loops=side.self_loops)
         return jax.lax.platform_dependent(u, w, cpu=native, default=lambda u, w: _csr_segment_sum(side, u, w))
     return _csr_segment_sum(side, u, w)
 
@@ -249,7 +249,7 @@ _EDGE_DOT = Op("jgrad_layout_edge_dot", lambda layout, u, v: _side_edge_dot(layo
 def _native_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
     if _use_native(u, v) and u.dtype == v.dtype:
         n_edges = side.edge_csr.edge_ids.shape[0] + (side.in_degree.shape[0] if side.self_loops else 0)
-        native = lambda u, v: _native.csr_edge_dot(side.edge_csr, u, v, n_edges, self_loops=side.self_loops)  # noqa: E731
+        native = lambda u, v: _native.csr_edge_dot(side.edge_csr, u, v, n_edges, self_loops=side.self_loops)
         return jax.lax.platform_dependent(u, v, cpu=native, default=lambda u, v: _csr_segment_edge_dot(side, u, v))
     return _csr_segment_edge_dot(side, u, v)
 
@@ -267,9 +267,10 @@ def _native_sum_dot(plan: Plan, g: jax.Array, w: jax.Array, u: jax.Array) -> tup
     if not plan.reverse.in_edge_order:
         return _separate_backward(plan, g, w, u)
     if _use_native(g, w, u) and g.dtype == w.dtype == u.dtype:
-        native = lambda g, w, u: _native.csr_sum_dot(plan.reverse.edge_csr, g, u, w,
-                                                          self_loops=plan.reverse.self_loops)  # noqa: E731
-        return jax.lax.platform_dependent(g, w, u, cpu=native, default=lambda g, w, u: _separate_backward(plan, g, w, u))
+        reverse = plan.reverse
+        native = lambda g, w, u: _native.csr_sum_dot(reverse.edge_csr, g, u, w, self_loops=reverse.self_loops)
+        separate = lambda g, w, u: _separate_backward(plan, g, w, u)
+        return jax.lax.platform_dependent(g, w, u, cpu=native, default=separate)
     return _separate_backward(plan, g, w, u)
 
 

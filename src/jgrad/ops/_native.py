@@ -124,7 +124,8 @@ def csr_edge_dot(csr: Csr, u: jax.Array, v: jax.Array, n_edges: int, self_loops:
     return call(csr.row_ptr, csr.cols, csr.edge_ids, u, v.astype(u.dtype), loop_base=_loop_base(csr, self_loops))
 
 
-def csr_sum_dot(csr: Csr, g: jax.Array, u: jax.Array, w: jax.Array, self_loops: bool = False) -> tuple[jax.Array, jax.Array]:
+def csr_sum_dot(csr: Csr, g: jax.Array, u: jax.Array, w: jax.Array,
+                self_loops: bool = False) -> tuple[jax.Array, jax.Array]:
     """``(out, dots)`` with ``out[r] = sum_k w[edge_ids[k]] g[cols[k]]`` and ``dots[edge_ids[k]] = <u[r], g[cols[k]]>``.
 
     g (N, M) is gathered, u (R, M) has one row per CSR row, w (E,); or, per head, g (N, H, F), u (R, H,
