@@ -121,6 +121,24 @@ def test_a_sum_over_loops_added_inside_jit_builds_no_looped_tables():
     assert "cumsum" in str(jax.make_jaxpr(lambda g: g.add_self_loops().plan.forward.csr)(graph))
 
 
+def test_gcn_norm_reads_no_looped_indices_and_equals_the_sums_over_the_looped_edges():
+    """`gcn_norm` sums the degrees and scales the weights over the graph's own edges, then the loops':
+    bitwise the values of the same maths over the looped edges, and a compiled GCN step keeps none of
+    the looped graph's (E + N) index arrays (XLA drops them)."""
+    from jgrad._src._degree import safe_inverse_power
+
+    graph, x = with_backend(GRAPH, "native"), _operands()[0]
+    for fill in (1.0, 2.5):
+        looped = graph.add_self_loops(fill)
+        weights = looped.weights(jnp.float64)
+        degree = jgrad.ops.segment_sum(weights, looped.receivers, looped.n_nodes)
+        scale = safe_inverse_power(degree, 0.5)
+        np.testing.assert_array_equal(gcn_norm(graph, fill=fill).edge_weight,
+                                      scale[looped.receivers] * weights * scale[looped.senders])
+    step = jax.jit(jax.grad(lambda x, g: jnp.sum(spmm(gcn_norm(g), x) ** 2))).lower(x, graph).compile().as_text()
+    assert f"s32[{graph.n_edges + graph.n_nodes}]" not in step
+
+
 @pytest.mark.parametrize("heads", [None, 1, 3])
 def test_the_native_kernels_walk_a_loop_per_row_as_one_more_slot(heads):
     """`csr_sum`, `csr_edge_dot` and `csr_sum_dot` with ``self_loops`` against the same kernels on the

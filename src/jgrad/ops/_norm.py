@@ -125,10 +125,18 @@ def gcn_norm(
     if add_self_loops:
         _check_fill(fill)
     looped = base.add_self_loops(fill) if add_self_loops else base
-    all_weights = looped.weights(weight.dtype)
-    degree = segment_sum(all_weights, unfolded(looped.receivers), looped.n_nodes)
+    # The degrees and weights of the graph's own edges, then of the loops (node-sized, the loops of
+    # padding nodes weigh 0): the same sums and products as over the looped edges, in the same order,
+    # without reading the looped graph's (E + N) index arrays, which XLA can then drop.
+    edge_weights = base.weights(weight.dtype)
+    degree = segment_sum(edge_weights, unfolded(base.receivers), base.n_nodes)
+    if add_self_loops:
+        loop_weights = looped.weights(weight.dtype)[base.n_edges:]
+        degree = degree + loop_weights
     inv_sqrt = safe_inverse_power(_taps.mark(base, "degree", degree, weight, base.receivers), 0.5)
-    normalised = inv_sqrt[looped.receivers] * all_weights * inv_sqrt[looped.senders]
+    normalised = inv_sqrt[base.receivers] * edge_weights * inv_sqrt[base.senders]
+    if add_self_loops:
+        normalised = jnp.concatenate([normalised, inv_sqrt * loop_weights * inv_sqrt])
     return looped.with_edge_weight(_mark_scaled(base, looped, weight, normalised, inv_sqrt, inv_sqrt))
 
 
