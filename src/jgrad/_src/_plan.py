@@ -153,6 +153,8 @@ class Side:
 
     def without_loops(self) -> Side:
         """This side without its self loops: the graph's own E edges."""
+        if not self.self_loops:
+            return self
         return dataclasses.replace(self, in_degree=self.in_degree - 1, self_loops=False)
 
 
