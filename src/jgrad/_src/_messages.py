@@ -62,20 +62,19 @@ def check_broadcast(where: str, edge_name: str, edge_shape: tuple, node_name: st
         )
 
 
+# The elementwise arithmetic of both kinds of op: gsddmm's "add" ... "div", and gspmm's "u_add_e" ...
+# "u_div_e" (the same operation between the gathered u and e).
+_ARITHMETIC = {"add": jnp.add, "sub": jnp.subtract, "mul": jnp.multiply, "div": jnp.divide}
+_MESSAGE_ARITHMETIC = {f"u_{name}_e": fn for name, fn in _ARITHMETIC.items()}
+
+
 def message(op: str, u_edge: jax.Array | None, e: jax.Array | None) -> jax.Array:
     """The per-edge message ``op(u[senders[e]], e[e])``; ``u_edge`` is already gathered, (E, ...)."""
     if op == "copy_u":
         return u_edge
     if op == "copy_e":
         return e
-    e = align_edge(e, u_edge.ndim)
-    if op == "u_add_e":
-        return u_edge + e
-    if op == "u_sub_e":
-        return u_edge - e
-    if op == "u_mul_e":
-        return u_edge * e
-    return u_edge / e  # u_div_e
+    return _MESSAGE_ARITHMETIC[op](u_edge, align_edge(e, u_edge.ndim))
 
 
 def message_cotangents(op: str, d_msg: jax.Array, u_edge: jax.Array | None, e: jax.Array | None, *,
@@ -121,15 +120,9 @@ def edge_binary(op: str, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
         return rhs
     rank = max(lhs.ndim, rhs.ndim)
     lhs, rhs = align_edge(lhs, rank), align_edge(rhs, rank)
-    if op == "add":
-        return lhs + rhs
-    if op == "sub":
-        return lhs - rhs
-    if op == "mul":
-        return lhs * rhs
-    if op == "div":
-        return lhs / rhs
-    return jnp.sum(lhs * rhs, axis=-1, keepdims=True)  # dot
+    if op == "dot":
+        return jnp.sum(lhs * rhs, axis=-1, keepdims=True)
+    return _ARITHMETIC[op](lhs, rhs)
 
 
 def check_operands(where: str, op: str, u, e, n_nodes: int, edge_problem):
