@@ -592,12 +592,13 @@ def gat_conv(
     # edges of a looped graph, whose plan would be rebuilt on every call. Structure gradients trace the
     # looped graph, whose taps they read.
     loops_in_attention = add_self_loops and edge_weight_mode == "after_softmax" and not original.tapped
+    attended = graph  # the graph the attention runs over; `graph` is the one aggregated over
     if add_self_loops:  # replace any existing loop by one fresh loop per node (masking is jit-safe)
         not_loop = graph.senders != graph.receivers
         edge_mask = not_loop if graph.edge_mask is None else graph.edge_mask & not_loop
-        graph = dataclasses.replace(graph, edge_mask=edge_mask)
+        attended = dataclasses.replace(graph, edge_mask=edge_mask)
         if not loops_in_attention:
-            graph = graph.add_self_loops(1.0)
+            graph = attended = attended.add_self_loops(1.0)
     h = (x @ kernel).reshape(graph.n_nodes, heads, out_features)
     score_src = jnp.sum(h * att_src[None], axis=-1)  # (N, H)
     score_dst = jnp.sum(h * att_dst[None], axis=-1)
@@ -606,13 +607,12 @@ def gat_conv(
         logits = jax.nn.leaky_relu(gsddmm(graph, "add", score_src, score_dst, "u", "v"), negative_slope)  # (E, H)
         alpha, log_normaliser = _weighted_softmax(graph, logits)
     else:
+        # With loops as attention terms the aggregation keeps the graph's own mask: alpha is already 0
+        # on the masked-out existing loops, and masking it again would cost an (E, H) select each way.
         if loops_in_attention:
-            alpha, alpha_self = gat_attention(graph, score_src, score_dst, negative_slope, self_loops=True)
-            # The attention is 0 on the masked-out loops, so the aggregation needs only the graph's own
-            # mask: masking alpha again would cost an (E, H) select each way.
-            graph = dataclasses.replace(graph, edge_mask=original.edge_mask)
+            alpha, alpha_self = gat_attention(attended, score_src, score_dst, negative_slope, self_loops=True)
         else:
-            alpha = gat_attention(graph, score_src, score_dst, negative_slope)  # (E, H)
+            alpha = gat_attention(attended, score_src, score_dst, negative_slope)  # (E, H)
         if graph.edge_weight is not None:
             alpha = _taps.refuse(original, "after_softmax", alpha * _column(graph.edge_weight),
                                  original.edge_weight)

@@ -89,7 +89,7 @@ def _csr_segment_edge_dot(side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
 def _side_sum(backend: str, side: Side, u: jax.Array, w: jax.Array | None) -> jax.Array:
     """``out[v] = sum over slots of v of w[slot] * u[neighbour]``: u (N, M) with w (E,) or None, or
     u (N, H, F) with w (E, H) or None (per head). A side's self loops are a term of their own."""
-    if side.self_loops and not KERNELS[backend].self_loops:
+    if _loops_as_terms(backend, side):
         edge_w, loop_w = _split_loops(side, w)
         return KERNELS[backend].side_sum(side.without_loops(), u, edge_w) + _loop_term(u, loop_w)
     return KERNELS[backend].side_sum(side, u, w)
@@ -97,7 +97,7 @@ def _side_sum(backend: str, side: Side, u: jax.Array, w: jax.Array | None) -> ja
 
 def _side_edge_dot(backend: str, side: Side, u: jax.Array, v: jax.Array) -> jax.Array:
     """``out[edge_ids[k]] = <v[r], u[cols[k]]>`` for every slot k of row r; (E,), or (E, H) per head."""
-    if side.self_loops and not KERNELS[backend].self_loops:
+    if _loops_as_terms(backend, side):
         edge_dots = KERNELS[backend].edge_dot(side.without_loops(), u, v)
         return jnp.concatenate([edge_dots, _loop_dots(u, v).astype(edge_dots.dtype)])
     return KERNELS[backend].edge_dot(side, u, v)
@@ -108,6 +108,11 @@ def _side_edge_dot(backend: str, side: Side, u: jax.Array, v: jax.Array) -> jax.
 # GCN training step whose `gcn_norm` adds them about 10 ms and (E + N) copies of the tables at 10^5
 # nodes). Backends whose kernels walk them as one more slot per row say so (`Kernels.self_loops`); for
 # the others the sums and edge dots take them as elementwise terms around the walk over the own edges.
+def _loops_as_terms(backend: str, side: Side) -> bool:
+    """Whether ``side``'s self loops are added around ``backend``'s kernels rather than walked by them."""
+    return side.self_loops and not KERNELS[backend].self_loops
+
+
 def _split_loops(side: Side, w: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
     """(E + N, ...) edge data as the graph's own edges' (E, ...) and the loops' (N, ...)."""
     if w is None:
@@ -358,7 +363,7 @@ def _fused_backward(layout, g, w, u):
     fused = KERNELS[layout.backend].sum_dot
     if fused is None:
         return _separate_backward(layout, g, w, u)
-    if layout.forward.self_loops and not KERNELS[layout.backend].self_loops:  # terms around the fused pass
+    if _loops_as_terms(layout.backend, layout.forward):  # the loops' terms around the fused pass
         edge_w, loop_w = _split_loops(layout.forward, w)
         base = dataclasses.replace(layout, forward=layout.forward.without_loops(),
                                    reverse=layout.reverse.without_loops(), n_edges=layout.n_edges - layout.n_nodes)
