@@ -600,8 +600,7 @@ def gat_conv(
         if not loops_in_attention:
             graph = attended = attended.add_self_loops(1.0)
     h = (x @ kernel).reshape(graph.n_nodes, heads, out_features)
-    score_src = jnp.sum(h * att_src[None], axis=-1)  # (N, H)
-    score_dst = jnp.sum(h * att_dst[None], axis=-1)
+    score_src, score_dst = _attention_scores(h, att_src, att_dst)  # (N, H) each
     alpha_self = None  # (N, H): the self loops' weights, when they are terms of the attention
     if edge_weight_mode == "normalise":
         logits = jax.nn.leaky_relu(gsddmm(graph, "add", score_src, score_dst, "u", "v"), negative_slope)  # (E, H)
@@ -636,6 +635,28 @@ def gat_conv(
                          original.receivers)
     out = out.reshape(graph.n_nodes, heads * out_features) if concat else jnp.mean(out, axis=1)
     return _bias(params, out)
+
+
+def _attention_scores(h: jax.Array, att_src: jax.Array, att_dst: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """GAT's per-head scores of every node as a sender and as a receiver, ``<h[n, k], att[k]>`` for
+    h (N, H, F) and att_src, att_dst (H, F): two (N, H) arrays.
+
+    One matmul of h, viewed as (N, H·F), with a block-diagonal (H·F, 2H) matrix of both attention
+    vectors: h is read once for both scores, and nothing of h's size is built, where
+    ``(h * att).sum(-1)`` made XLA materialise an (N, H, F) broadcast of att in the forward and of the
+    scores' cotangent in the backward (a 4-head `jgrad.nn.GAT` training step at 1e5 nodes went from
+    180-195 to 158-178 ms, the same temp buffer). ``Precision.HIGHEST`` keeps float32 sums on
+    platforms whose default matmul rounds its inputs. A non-finite feature makes its node's scores
+    non-finite in every head (0 * inf), not only in its own.
+    """
+    heads, width = att_src.shape
+    dtype = jnp.result_type(h, att_src, att_dst)
+    block = jnp.eye(heads, dtype=dtype)[:, None, :]  # (H, 1, H): head k's rows feed column k only
+    vectors = jnp.concatenate([(att.astype(dtype)[:, :, None] * block).reshape(heads * width, heads)
+                               for att in (att_src, att_dst)], axis=1)  # (H·F, 2H)
+    rows = h.reshape(h.shape[0], heads * width).astype(dtype)
+    scores = jnp.matmul(rows, vectors, precision=jax.lax.Precision.HIGHEST)
+    return scores[:, :heads], scores[:, heads:]
 
 
 def _weighted_softmax(graph: Graph, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
