@@ -644,8 +644,8 @@ def _attention_scores(h: jax.Array, att_src: jax.Array, att_dst: jax.Array) -> t
     One matmul of h, viewed as (N, H·F), with a block-diagonal (H·F, 2H) matrix of both attention
     vectors: h is read once for both scores, and nothing of h's size is built, where
     ``(h * att).sum(-1)`` made XLA materialise an (N, H, F) broadcast of att in the forward and of the
-    scores' cotangent in the backward (a 4-head `jgrad.nn.GAT` training step at 1e5 nodes went from
-    180-195 to 158-178 ms, the same temp buffer). ``Precision.HIGHEST`` keeps float32 sums on
+    scores' cotangent in the backward (a 4-head `jgrad.nn.GAT` training step at 1e5 nodes 10% faster,
+    the same temp buffer; docs/performance.md). ``Precision.HIGHEST`` keeps float32 sums on
     platforms whose default matmul rounds its inputs. A non-finite feature makes its node's scores
     non-finite in every head (0 * inf), not only in its own.
     """
