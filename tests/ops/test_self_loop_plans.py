@@ -160,3 +160,40 @@ def test_the_native_kernels_walk_a_loop_per_row_as_one_more_slot(heads):
     for a, b in zip(_native.csr_sum_dot(own.edge_csr, u, v, w, self_loops=True),
                     _native.csr_sum_dot(full.edge_csr, u, v, w), strict=True):
         np.testing.assert_allclose(a, b, **TOL)
+
+
+def _unpadded_graph() -> Graph:
+    """GRAPH's edges without its padding: no edge or node mask, so loops added to it all take part."""
+    live = np.asarray(GRAPH.edge_mask)
+    return Graph.from_edges(np.asarray(GRAPH.senders)[live], np.asarray(GRAPH.receivers)[live], 24)
+
+
+@pytest.mark.parametrize("heads", [(), (3,)])
+def test_gat_attention_over_loops_added_inside_jit_attends_to_them_as_terms(heads):
+    """`gat_attention` on ``graph.add_self_loops()`` (no masks) runs the fused kernels with the loops as
+    terms, builds no looped CSR, and gives the plain path's values and gradients to second order."""
+    graph = with_backend(_unpadded_graph(), "native")
+    rng = np.random.default_rng(6)
+    src, dst = (jnp.asarray(rng.standard_normal((graph.n_nodes,) + heads) * 2) for _ in range(2))
+    weights = jnp.asarray(rng.standard_normal((graph.n_edges + graph.n_nodes,) + heads))
+
+    def loss(g, src, dst):
+        return jnp.sum(weights * jnp.sin(jgrad.ops.gat_attention(g.add_self_loops(), src, dst, 0.3)))
+
+    def orders(g):
+        value, grads = jax.jit(jax.value_and_grad(loss, (1, 2)))(g, src, dst)
+        second = jax.jit(jax.grad(lambda s, d: jnp.sum(jax.grad(loss, 1)(g, s, d) ** 2), (0, 1)))(src, dst)
+        return value, grads, second
+
+    for a, b in zip(jax.tree.leaves(orders(graph)), jax.tree.leaves(orders(with_backend(graph, "xla"))), strict=True):
+        np.testing.assert_allclose(a, b, **TOL)
+    step = jax.jit(jax.grad(loss, 1))
+    lowered = step.lower(graph, src, dst)
+    assert lowered.as_text().count("@jgrad_csr_attention(") == 1
+    assert lowered.as_text().count("@jgrad_csr_attention_backward(") == 1
+    looped_edges = f"s32[{graph.n_edges + graph.n_nodes}]"
+    assert looped_edges not in lowered.compile().as_text()  # no looped CSR: XLA drops the looped indices
+    padded = with_backend(jgrad.pad(_unpadded_graph(), n_nodes=26, n_edges=85), "native")
+    masked = jax.jit(lambda g, s, d: jgrad.ops.gat_attention(g.add_self_loops(), s, d)).lower(
+        padded, jnp.zeros((26,) + heads), jnp.zeros((26,) + heads)).compile().as_text()
+    assert "s32[111]" in masked  # masks (a loop could be left out): the looped CSR, as before

@@ -179,6 +179,14 @@ class Plan:
         """The plan of the reversed graph: forward and reverse swapped."""
         return dataclasses.replace(self, forward=self.reverse, reverse=self.forward)
 
+    def without_loops(self) -> Plan:
+        """The plan of the graph's own edges, without the self loops its sides are marked with
+        (`Side.self_loops`: edges E - N .. E - 1, one per node)."""
+        if not self.forward.self_loops:
+            return self
+        return dataclasses.replace(self, forward=self.forward.without_loops(), reverse=self.reverse.without_loops(),
+                                   n_edges=self.n_edges - self.n_nodes)
+
     def __repr__(self) -> str:
         return f"Plan(backend={self.backend!r}, n_nodes={self.n_nodes}, n_edges={self.n_edges})"
 

@@ -201,8 +201,9 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
       On a graph whose plan's backend has a fused attention kernel (native, on CPU) and for (N,) or
       (N, H) scores, the weights and their gradients take one walk over the graph each way, with no
       (E, H) intermediates but the result and the backward's score cotangent; the self loops are
-      terms of the same walks (no looped graph is built). Values and gradients equal the three-op
-      formulation's up to float rounding. Reverse mode to any order, forward mode (the three ops),
+      terms of the same walks (no looped graph is built), and so are those of a graph from
+      ``add_self_loops`` (inside ``jit`` too) without edge or node masks. Values and gradients equal
+      the three-op formulation's up to float rounding. Reverse mode to any order, forward mode (the three ops),
       ``jit`` and ``vmap`` all work.
 
     Example:
@@ -227,8 +228,16 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
     plan = resolve(graph)
     fused = plan is not None and _kernels.KERNELS[plan.backend].attention is not None and src.ndim <= 2 \
         and isinstance(negative_slope, numbers.Real)
+    rows = lambda x: x.reshape(x.shape[0], -1)  # (N,) -> (N, 1)
+    if fused and not self_loops and _loops_as_attention_terms(graph, plan):
+        # Loops added by `add_self_loops` (inside jit too) are edges E - N .. E - 1 and a flag of the plan:
+        # they are attended to as terms of the walks over the own edges, as with ``self_loops=True``,
+        # instead of over a looped CSR built on every call.
+        own = graph.n_edges - graph.n_nodes
+        alpha, alpha_self = _plan_attention(float(negative_slope), plan.without_loops(), graph.senders[:own],
+                                            graph.receivers[:own], None, rows(src), rows(dst), True)
+        return jnp.concatenate([alpha, alpha_self]).reshape((graph.n_edges,) + src.shape[1:])
     if fused and not (self_loops and graph.node_mask is not None):  # padding nodes' loops: the looped graph
-        rows = lambda x: x.reshape(x.shape[0], -1)  # (N,) -> (N, 1)
         out = _plan_attention(float(negative_slope), plan, graph.senders, graph.receivers, graph.edge_mask,
                               rows(src), rows(dst), self_loops)
         if self_loops:
@@ -239,6 +248,13 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
         return alpha[:graph.n_edges], alpha[graph.n_edges:]
     scores = gsddmm(graph, "add", src, dst, "u", "v")
     return edge_softmax(graph, jax.nn.leaky_relu(scores, negative_slope))
+
+
+def _loops_as_attention_terms(graph: Graph, plan: Plan) -> bool:
+    """Whether ``graph``'s last N edges are self loops marked on its plan that all take part: added by
+    `add_self_loops` to a graph without edge or node masks (a mask could leave a loop out, which a
+    loop term cannot), and not traced for structure gradients."""
+    return plan.forward.self_loops and graph.edge_mask is None and graph.node_mask is None and not graph.tapped
 
 
 def _check_score(where, graph, name, value):

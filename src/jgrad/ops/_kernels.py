@@ -33,7 +33,6 @@ sums (one pass over their tables per head).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -365,9 +364,7 @@ def _fused_backward(layout, g, w, u):
         return _separate_backward(layout, g, w, u)
     if _loops_as_terms(layout.backend, layout.forward):  # the loops' terms around the fused pass
         edge_w, loop_w = _split_loops(layout.forward, w)
-        base = dataclasses.replace(layout, forward=layout.forward.without_loops(),
-                                   reverse=layout.reverse.without_loops(), n_edges=layout.n_edges - layout.n_nodes)
-        du, dw = fused(base, g, edge_w, u)
+        du, dw = fused(layout.without_loops(), g, edge_w, u)
         return du + _loop_term(g, loop_w), jnp.concatenate([dw, _loop_dots(u, g).astype(dw.dtype)])
     return fused(layout, g, w, u)
 
