@@ -203,8 +203,8 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
       (E, H) intermediates but the result and the backward's score cotangent; the self loops are
       terms of the same walks (no looped graph is built), and so are those of a graph from
       ``add_self_loops`` (inside ``jit`` too) without edge or node masks. Values and gradients equal
-      the three-op formulation's up to float rounding. Reverse mode to any order, forward mode (the three ops),
-      ``jit`` and ``vmap`` all work.
+      the three-op formulation's up to float rounding. Reverse mode to any order, forward mode (the
+      three ops), ``jit`` and ``vmap`` all work.
 
     Example:
       >>> import jax.numpy as jnp, jgrad
