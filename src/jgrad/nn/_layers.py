@@ -1,6 +1,8 @@
 """Flax NNX graph layers: each owns its parameters (``nnx.Param``) and calls `jgrad.nn.functional`.
 
-Every layer is called as ``layer(graph, x, *, key=None)`` and returns new node features. Layers are
+Every layer is called as ``layer(graph, x, *, key=None)`` and returns new node features; PyG's
+``conv(x, edge_index, edge_weight)`` and its ``edge_weight=`` / ``edge_attr=`` / ``edge_index=`` keywords
+raise a TypeError that names jgrad's equivalent (the edge weights belong to the graph). Layers are
 stateless: nothing is mutated in ``__call__``, randomness comes only from ``key`` (dropout is active
 only when a key is given), so a layer is a plain pytree usable directly under ``jax.jit``,
 ``jax.grad`` and ``jax.vmap``, and splits with ``nnx.split(layer) -> (graphdef, state)``.
@@ -16,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .._src import _pyg_names
 from .._src._types import REDUCERS, check_choice
 from ..graph import Graph
 from ..ops import gspmm
@@ -29,6 +32,13 @@ def _check_sizes(where: str, **sizes: Any) -> None:
            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0)]
     if bad:
         raise ValueError(f"{where}: feature sizes must be positive ints; got {', '.join(bad)}.")
+
+
+def _refuse_extra(layer: nnx.Module, graph: Any, extra: tuple, unexpected: dict) -> None:
+    """Layers take ``(graph, x, *, key=None)``: anything else (PyG's ``edge_weight``, ``edge_attr``,
+    ``edge_index``) raises a TypeError that names jgrad's equivalent."""
+    if extra or unexpected:
+        raise _pyg_names.layer_call(type(layer).__name__, graph, extra, unexpected)
 
 
 def _value(param: nnx.Param | None) -> jax.Array | None:
@@ -106,9 +116,11 @@ class GCNConv(nnx.Module):
                              norm=self.norm)
 
     def __call__(
-        self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None, scaling: jax.Array | None = None,
+        self, graph: Graph, x: jax.Array, *extra: Any, key: jax.Array | None = None,
+        scaling: jax.Array | None = None, **unexpected: Any,
     ) -> jax.Array:
         """(N, in_features) -> (N, out_features). ``key`` is unused (the layer has no dropout)."""
+        _refuse_extra(self, graph, extra, unexpected)
         del key
         if self.cached and self.norm is not None and scaling is None:
             raise ValueError("GCNConv: cached=True needs the precomputed normalisation; got scaling=None, "
@@ -140,8 +152,10 @@ class GraphConv(nnx.Module):
         self.root_kernel = _kernel(rngs, (in_features, out_features), param_dtype)
         self.bias = _bias(use_bias, out_features, param_dtype)
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, graph: Graph, x: jax.Array, *extra: Any, key: jax.Array | None = None,
+                 **unexpected: Any) -> jax.Array:
         """(N, in_features) -> (N, out_features). ``key`` is unused."""
+        _refuse_extra(self, graph, extra, unexpected)
         del key
         params = {"neighbour_kernel": self.neighbour_kernel[...], "root_kernel": self.root_kernel[...],
                   "bias": _value(self.bias)}
@@ -172,8 +186,10 @@ class SAGEConv(nnx.Module):
         self.root_kernel = _kernel(rngs, (in_features, out_features), param_dtype)
         self.bias = _bias(use_bias, out_features, param_dtype)
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, graph: Graph, x: jax.Array, *extra: Any, key: jax.Array | None = None,
+                 **unexpected: Any) -> jax.Array:
         """(N, in_features) -> (N, out_features). ``key`` is unused."""
+        _refuse_extra(self, graph, extra, unexpected)
         del key
         params = {"neighbour_kernel": self.neighbour_kernel[...], "root_kernel": self.root_kernel[...],
                   "bias": _value(self.bias)}
@@ -230,7 +246,9 @@ class GATConv(nnx.Module):
         self.att_dst = _kernel(rngs, (heads, out_features), param_dtype)
         self.bias = _bias(use_bias, heads * out_features if concat else out_features, param_dtype)
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, graph: Graph, x: jax.Array, *extra: Any, key: jax.Array | None = None,
+                 **unexpected: Any) -> jax.Array:
+        _refuse_extra(self, graph, extra, unexpected)
         params = {"kernel": self.kernel[...], "att_src": self.att_src[...], "att_dst": self.att_dst[...],
                   "bias": _value(self.bias)}
         return F.gat_conv(params, graph, x, concat=self.concat, negative_slope=self.negative_slope,
@@ -266,8 +284,10 @@ class GINConv(nnx.Module):
             nnx.Linear(hidden, out_features, rngs=rngs, param_dtype=param_dtype, kernel_init=_glorot),
         ])
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, graph: Graph, x: jax.Array, *extra: Any, key: jax.Array | None = None,
+                 **unexpected: Any) -> jax.Array:
         """(N, in_features) -> (N, out_features). ``key`` is unused."""
+        _refuse_extra(self, graph, extra, unexpected)
         del key
         eps = self.eps[...] if self.train_eps else self.eps
         mlp = [{"kernel": dense.kernel[...], "bias": _value(dense.bias)} for dense in self.mlp]
@@ -312,13 +332,15 @@ class MessagePassing(nnx.Module):
         del x
         return aggregated
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, graph: Graph, x: jax.Array, *extra: Any, key: jax.Array | None = None,
+                 **unexpected: Any) -> jax.Array:
         """Runs message, aggregation and update. ``key`` is unused by the base class.
 
         With the default `message` and array features, message and aggregation are one `jgrad.ops.gspmm`
         (``u_mul_e``, or ``copy_u`` when unweighted): no (E, F) messages, the graph's backend, and a
         model `jgrad.adjacency_grad` can follow.
         """
+        _refuse_extra(self, graph, extra, unexpected)
         del key
         if type(self).message is MessagePassing.message and isinstance(x, jax.Array):
             op = "copy_u" if graph.edge_weight is None else "u_mul_e"
