@@ -303,3 +303,23 @@ def test_gat_layers_give_the_plain_paths_values_gradients_and_dropout_on_every_b
         assert not np.allclose(got[1], got[0])  # the dropout is active
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_gat_layer_on_a_padded_graph_equals_it_unpadded_and_builds_no_looped_graph(x64):
+    """Padding nodes (loud features) get no self loop: the real nodes' outputs and gradients are the
+    unpadded layer's, the padding nodes' the bias, and the native step attends to the loops as terms."""
+    graph, x = jgrad.ops.with_backend(make_graph(np.float64), "native"), make_x(np.float64)
+    padded = jgrad.ops.with_backend(jgrad.pad(graph, n_nodes=N + 2, n_edges=len(SENDERS) + 3), "native")
+    x_padded = jnp.concatenate([x, jnp.full((2, F_IN), 1e3)])
+    layer = GATConv(F_IN, 4, heads=3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    run = jax.jit(lambda layer, graph, x: (layer(graph, x), jax.grad(
+        lambda layer, x: jnp.sum(jnp.sin(layer(graph, x)[:N])), (0, 1))(layer, x)))
+    (out, grads), (out_padded, grads_padded) = run(layer, graph, x), run(layer, padded, x_padded)
+    np.testing.assert_allclose(out_padded[:N], out, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out_padded[N:], np.broadcast_to(p(layer.bias), (2, 12)), rtol=1e-12)
+    np.testing.assert_allclose(grads_padded[1][:N], grads[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(grads_padded[1][N:], 0.0)
+    for a, b in zip(jax.tree.leaves(grads_padded[0]), jax.tree.leaves(grads[0]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    compiled = run.lower(layer, padded, x_padded).compile().as_text()
+    assert f"s32[{padded.n_edges + padded.n_nodes}]" not in compiled, "a looped graph was built"

@@ -86,15 +86,20 @@ def test_the_native_plan_runs_the_fused_kernels_and_the_others_the_three_ops():
 
 
 def test_the_native_kernels_equal_their_xla_reference_on_shuffled_edges_with_dead_ones():
-    """Edges in random order (random edge ids along the CSR), a quarter of them dead, 1 to 8 heads."""
+    """Edges in random order (random edge ids along the CSR), a quarter of them dead, 1 to 8 heads; with
+    self loops, every loop live ((E,) mask) or a third of them dead ((E + N,) mask)."""
     rng = np.random.default_rng(11)
     n, n_edges = 60, 700
     senders, receivers = rng.integers(0, n, n_edges), rng.integers(0, n - 5, n_edges)  # 5 nodes receive nothing
     graph = Graph.from_edges(senders, receivers, n)
     plan = resolve(with_backend(graph, "native"))
-    live = jnp.asarray(rng.random(n_edges) > 0.25)
+    edges_live = jnp.asarray(rng.random(n_edges) > 0.25)
+    loops_live = jnp.concatenate([edges_live, jnp.asarray(rng.random(n) > 0.33)])
     s, r = graph.senders, graph.receivers
-    for heads, self_loops in ((1, False), (2, False), (3, False), (8, False), (1, True), (4, True), (3, True)):
+    for heads, self_loops, live in ((1, False, edges_live), (2, False, edges_live), (3, False, edges_live),
+                                    (8, False, edges_live), (1, True, edges_live), (4, True, edges_live),
+                                    (3, True, edges_live), (1, True, loops_live), (4, True, loops_live),
+                                    (3, True, loops_live)):
         src, dst = (jnp.asarray(rng.standard_normal((n, heads)) * 3) for _ in range(2))
         g, g_self = jnp.asarray(rng.standard_normal((n_edges, heads))), jnp.asarray(rng.standard_normal((n, heads)))
         got = _native.csr_attention(plan.forward.csr, src, dst, live, -0.4, n_edges, self_loops)
@@ -159,7 +164,7 @@ def test_other_slopes_a_traced_slope_vmap_and_forward_mode_equal_the_three_ops()
         np.testing.assert_allclose(x, y, **TOL)
 
 
-# Self loops as terms of the attention: no padding nodes (those take the looped graph), a dead edge,
+# Self loops as terms of the attention (padded too: a padding node's loop is a dead term), a dead edge,
 # duplicate edges, an existing self loop (3 -> 3, kept: the loop is one more term) and nodes that
 # receive nothing (5, 6), whose only term is their loop.
 UNPADDED = Graph.from_edges([0, 0, 1, 2, 2, 3, 3, 4, 1, 6], [1, 1, 2, 0, 1, 3, 1, 0, 4, 2], 7)
@@ -176,20 +181,25 @@ def _with_loops(graph, src, dst, slope=SLOPE):
     return jnp.concatenate(gat_attention(graph, src, dst, slope, self_loops=True))
 
 
-@pytest.mark.parametrize("backend,trailing", [("native", ()), ("native", (4,)), ("native", (3,)), ("xla", (2,)),
-                                              ("bucket", (2,))])
-def test_self_loops_equal_the_looped_graph_to_second_order(backend, trailing):
-    graph = with_backend(UNPADDED, backend)
+@pytest.mark.parametrize("backend,trailing,padded", [
+    ("native", (), False), ("native", (4,), False), ("native", (3,), False), ("xla", (2,), False),
+    ("bucket", (2,), False), ("native", (), True), ("native", (4,), True), ("xla", (2,), True)])
+def test_self_loops_equal_the_looped_graph_to_second_order(backend, trailing, padded):
+    """Padded: 2 padding nodes, whose loops are dead terms, and 2 padding edges."""
+    graph = with_backend(jgrad.pad(UNPADDED, n_nodes=9, n_edges=12) if padded else UNPADDED, backend)
     src, dst, _ = _operands(trailing, seed=7, graph=graph)
     weights = jnp.asarray(np.random.default_rng(8).standard_normal((graph.n_edges + graph.n_nodes,) + trailing))
     got = _all_orders(_with_loops, graph, src, dst, weights)
-    expected = _all_orders(_looped, with_backend(UNPADDED, "xla"), src, dst, weights)
+    expected = _all_orders(_looped, with_backend(graph, "xla"), src, dst, weights)
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(x, y, **TOL)
     alpha, alpha_self = gat_attention(graph, src, dst, SLOPE, self_loops=True)
     assert alpha.shape == (graph.n_edges,) + trailing and alpha_self.shape == (graph.n_nodes,) + trailing
     assert np.all(np.asarray(alpha_self)[5] == 1.0), "a node that receives nothing attends only to itself"
     assert np.all(np.asarray(alpha)[4] == 0.0), "a dead edge got a weight"
+    if padded:
+        assert np.all(np.asarray(alpha_self)[UNPADDED.n_nodes:] == 0.0), "a padding node attended to itself"
+        assert np.all(np.asarray(alpha)[UNPADDED.n_edges:] == 0.0), "a padding edge got a weight"
     lowered = jax.jit(jax.grad(lambda s, d: _loss(_with_loops, graph, s, d, weights))).lower(src, dst).as_text()
     assert (f"tensor<{graph.n_edges + graph.n_nodes}xi32>" not in lowered) == (backend == "native"), \
         "the native kernels build no looped graph; the other backends attend over one"

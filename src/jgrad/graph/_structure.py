@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._src import _checks, _plan, _taps
+from .._src import _checks, _loops, _plan, _taps
 from .._src._checks import check_graph
 from .._src._types import default_float_dtype
 from . import _limits
@@ -45,11 +45,6 @@ def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:
     if edge_weight is not None:
         loop_weight = jnp.full((n,) + edge_weight.shape[1:], fill, edge_weight.dtype)
         edge_weight = jnp.concatenate([edge_weight, loop_weight])
-    edge_mask = graph.edge_mask
-    if edge_mask is not None or graph.node_mask is not None:
-        old = jnp.ones((graph.n_edges,), bool) if edge_mask is None else edge_mask
-        new = jnp.ones((n,), bool) if graph.node_mask is None else graph.node_mask
-        edge_mask = jnp.concatenate([old, new])
     n_edge_per_graph = graph.n_edge_per_graph
     if n_edge_per_graph is not None:
         # Loops go after all edges; `unbatch` assigns edges to graphs by receiver, so counts suffice.
@@ -65,7 +60,7 @@ def add_self_loops(graph: Graph, fill: float = 1.0) -> Graph:
         senders=senders,
         receivers=receivers,
         edge_weight=edge_weight,
-        edge_mask=edge_mask,
+        edge_mask=_loops.looped_edge_mask(graph),
         n_edge_per_graph=n_edge_per_graph,
     )
     return _plan.attach(looped, _plan.with_self_loops(graph))  # the plan kept, loops as a flag, also under jit

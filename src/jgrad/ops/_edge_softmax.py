@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .._src import _taps
+from .._src._loops import looped_edge_mask
 from .._src._checks import check_graph, check_graph_indices
 from .._src._messages import align_edge
 from .._src._op import Op, backward_of, tangent_of
@@ -201,8 +202,8 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
       On a graph whose plan's backend has a fused attention kernel (native, on CPU) and for (N,) or
       (N, H) scores, the weights and their gradients take one walk over the graph each way, with no
       (E, H) intermediates but the result and the backward's score cotangent; the self loops are
-      terms of the same walks (no looped graph is built), and so are those of a graph from
-      ``add_self_loops`` (inside ``jit`` too) without edge or node masks. Values and gradients equal
+      terms of the same walks (no looped graph is built), padded graphs' included, and so are those
+      of a graph from ``add_self_loops`` (inside ``jit`` too). Values and gradients equal
       the three-op formulation's up to float rounding. Reverse mode to any order, forward mode (the
       three ops), ``jit`` and ``vmap`` all work.
 
@@ -232,14 +233,16 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
     if fused and not self_loops and _loops_as_attention_terms(graph, plan):
         # Loops added by `add_self_loops` (inside jit too) are edges E - N .. E - 1 and a flag of the plan:
         # they are attended to as terms of the walks over the own edges, as with ``self_loops=True``,
-        # instead of over a looped CSR built on every call.
+        # instead of over a looped CSR built on every call. The (E,) edge mask covers the loops too.
         own = graph.n_edges - graph.n_nodes
         alpha, alpha_self = _plan_attention(float(negative_slope), plan.without_loops(), graph.senders[:own],
-                                            graph.receivers[:own], None, rows(src), rows(dst), True)
+                                            graph.receivers[:own], graph.edge_mask, rows(src), rows(dst), True)
         return jnp.concatenate([alpha, alpha_self]).reshape((graph.n_edges,) + src.shape[1:])
-    if fused and not (self_loops and graph.node_mask is not None):  # padding nodes' loops: the looped graph
-        out = _plan_attention(float(negative_slope), plan, graph.senders, graph.receivers, graph.edge_mask,
-                              rows(src), rows(dst), self_loops)
+    if fused:
+        # With self loops, a padding node's loop is masked out as `add_self_loops` masks it.
+        live = looped_edge_mask(graph) if self_loops and graph.node_mask is not None else graph.edge_mask
+        out = _plan_attention(float(negative_slope), plan, graph.senders, graph.receivers, live, rows(src),
+                              rows(dst), self_loops)
         if self_loops:
             return out[0].reshape((graph.n_edges,) + src.shape[1:]), out[1].reshape(src.shape)
         return out.reshape((graph.n_edges,) + src.shape[1:])
@@ -251,10 +254,9 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
 
 
 def _loops_as_attention_terms(graph: Graph, plan: Plan) -> bool:
-    """Whether ``graph``'s last N edges are self loops marked on its plan that all take part: added by
-    `add_self_loops` to a graph without edge or node masks (a mask could leave a loop out, which a
-    loop term cannot), and not traced for structure gradients."""
-    return plan.forward.self_loops and graph.edge_mask is None and graph.node_mask is None and not graph.tapped
+    """Whether ``graph``'s last N edges are self loops marked on its plan (added by `add_self_loops`;
+    the edge mask, if any, says which take part) and it is not traced for structure gradients."""
+    return plan.forward.self_loops and not graph.tapped
 
 
 def _check_score(where, graph, name, value):

@@ -420,7 +420,8 @@ class Kernels(NamedTuple):
         at ties (see `jgrad.ops._extremum.segment_routed`, which serves when None).
       attention: optional ``(forward side, senders, receivers, live, negative_slope, src (N, H), dst
         (N, H), self_loops) -> (alpha (E, H), alpha_self (N, H) or None)``, GAT's attention fused,
-        optionally with a self loop per receiver (`jgrad.ops._attention.segment_attention`); None runs
+        optionally with a self loop per receiver (live then (E,) or (E + N,), the loops' after the
+        edges'; `jgrad.ops._attention.segment_attention`); None runs
         `jgrad.ops.gat_attention` as gsddmm, leaky ReLU and edge softmax (on a looped graph).
       attention_backward: ``(forward side, senders, receivers, live, negative_slope, src, dst, alpha,
         g, alpha_self, g_self) -> (d_raw (E, H), d_dst (N, H), d_self (N, H) or None)``, required with

@@ -206,7 +206,8 @@ def csr_attention(csr: Csr, src: jax.Array, dst: jax.Array, live: jax.Array | No
     Args:
       csr: the forward side of a plan (rows = receivers).
       src, dst: (N, H) scores of the senders and of the receivers, one dtype.
-      live: (E,) bool, edges that take part, or None (all).
+      live: (E,) bool, edges that take part, or None (all); with ``self_loops`` also (E + N,), the
+        loops' after the edges' (a dead loop gets weight 0).
       negative_slope: the leaky ReLU's slope (static).
       n_edges: E.
       self_loops: give every row a self loop too, one more term ``leaky_relu(src[r] + dst[r])`` of its
@@ -230,7 +231,7 @@ def csr_attention_backward(csr: Csr, src: jax.Array, dst: jax.Array, live: jax.A
                            negative_slope: float, alpha: jax.Array, g: jax.Array, alpha_self: jax.Array | None = None,
                            g_self: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """The backward of `csr_attention` for the cotangents ``g`` (E, H) of ``alpha`` and, with self loops,
-    ``g_self`` (N, H) of ``alpha_self``.
+    ``g_self`` (N, H) of ``alpha_self``; ``live`` as in `csr_attention`.
 
     Returns ``(d_raw, d_dst, d_self)``: (E, H) cotangents of the raw scores ``src[sender] +
     dst[receiver]`` (0 at dead edges), their sums at the receivers (N, H) with the self loops' terms,

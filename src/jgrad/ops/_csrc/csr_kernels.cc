@@ -20,7 +20,8 @@
 //   jgrad_csr_routed:   the backward of max/min at ties, "split" rule, on the reversed graph (CsrRouted)
 //   jgrad_csr_attention: GAT's attention over each row's live slots, per head,
 //                       alpha[e, h] = softmax_k(leaky_relu(src[cols[k], h] + dst[r, h])) (CsrAttention),
-//                       optionally with a self loop per row, and its backward (CsrAttentionBackward)
+//                       optionally with a self loop per row, and its backward (CsrAttentionBackward);
+//                       live (E,) marks the edges that take part, or (E + N,) the loops' too, after them
 //
 // Every head is done in the same walk over the CSR: each gathered row is read once for all heads.
 //
@@ -549,11 +550,12 @@ struct AttentionLanes<T, std::integral_constant<int64_t, kH>> {
 // leaky_relu(src[cols[k], h] + dst[r, h]), with the same steps as the XLA path (jgrad.ops._attention):
 // the row maximum is subtracted where it is finite; a row whose live logits are all -inf gets 0; a NaN
 // or +inf logit makes the row NaN; dead slots get 0. With alpha_self (N, H), each row also has a self
-// loop, one more term leaky_relu(src[r, h] + dst[r, h]) of its softmax, whose weight goes to alpha_self[r, h].
+// loop, one more term leaky_relu(src[r, h] + dst[r, h]) of its softmax, whose weight goes to alpha_self[r, h];
+// loop_live (N,) or null (every loop live) says which loops take part (a dead loop gets 0, like a dead slot).
 template <typename T>
 void CsrAttention(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
-                  const T* src, const T* dst, const bool* live, T slope, int64_t n_rows, int64_t heads, T* alpha,
-                  T* alpha_self) {
+                  const T* src, const T* dst, const bool* live, const bool* loop_live, T slope, int64_t n_rows,
+                  int64_t heads, T* alpha, T* alpha_self) {
   WithHeadCount(heads, [&](auto head_count) {
     using Lanes = AttentionLanes<T, decltype(head_count)>;
     const int64_t H = head_count;
@@ -576,7 +578,8 @@ void CsrAttention(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* 
           const bool dead = live != nullptr && !live[edge_ids[k]];
           Lanes::Logits(src + static_cast<int64_t>(cols[k]) * H, own, slope, dead, row + (k - begin) * H, shift, H);
         }
-        if (loops) Lanes::Logits(src + r * H, own, slope, false, row + n, shift, H);
+        const bool loop_dead = loops && loop_live != nullptr && !loop_live[r];
+        if (loops) Lanes::Logits(src + r * H, own, slope, loop_dead, row + n, shift, H);
         for (int64_t h = 0; h < H; ++h) shift[h] = std::isfinite(shift[h]) ? shift[h] : T(0);
         for (int64_t j = 0; j < terms; j += H) {
           for (int64_t h = 0; h < H; ++h) row[j + h] -= shift[h];
@@ -594,7 +597,7 @@ void CsrAttention(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* 
           for (int64_t h = 0; h < H; ++h) out[h] = dead ? T(0) : exps[h] * total[h];
         }
         if (loops) {
-          for (int64_t h = 0; h < H; ++h) alpha_self[r * H + h] = row[n + h] * total[h];
+          for (int64_t h = 0; h < H; ++h) alpha_self[r * H + h] = loop_dead ? T(0) : row[n + h] * total[h];
         }
       }
     });
@@ -606,12 +609,12 @@ void CsrAttention(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* 
 // (raw = src[cols[k], h] + dst[r, h]) goes to d_raw[edge_ids[k], h] and is summed into d_dst[r, h];
 // dead slots get 0. d_src is the sum of d_raw at the senders (left to the caller). With self loops
 // (alpha_self, its cotangent g_self and d_self (N, H)) the loop is one more term of s and of d_dst[r],
-// and its own d_raw goes to d_self[r] (the caller adds it to d_src[r] too).
+// and its own d_raw goes to d_self[r] (the caller adds it to d_src[r] too); a dead loop (loop_live) gets 0.
 template <typename T>
 void CsrAttentionBackward(ffi::ThreadPool& pool, const int32_t* row_ptr, const int32_t* cols, const int32_t* edge_ids,
-                          const T* src, const T* dst, const bool* live, T slope, const T* alpha, const T* g,
-                          const T* alpha_self, const T* g_self, int64_t n_rows, int64_t heads, T* d_raw, T* d_dst,
-                          T* d_self) {
+                          const T* src, const T* dst, const bool* live, const bool* loop_live, T slope, const T* alpha,
+                          const T* g, const T* alpha_self, const T* g_self, int64_t n_rows, int64_t heads, T* d_raw,
+                          T* d_dst, T* d_self) {
   WithHeadCount(heads, [&](auto head_count) {
     using Lanes = AttentionLanes<T, decltype(head_count)>;
     const int64_t H = head_count;
@@ -629,7 +632,8 @@ void CsrAttentionBackward(ffi::ThreadPool& pool, const int32_t* row_ptr, const i
           const bool alive = live == nullptr || live[edge_ids[k]];
           for (int64_t h = 0; h < H; ++h) weighted[h] += alive ? alpha[e + h] * g[e + h] : T(0);
         }
-        if (loops) {
+        const bool loop_alive = loops && (loop_live == nullptr || loop_live[r]);
+        if (loop_alive) {
           for (int64_t h = 0; h < H; ++h) weighted[h] += alpha_self[r * H + h] * g_self[r * H + h];
         }
         for (int64_t k = begin; k < end; ++k) {
@@ -641,8 +645,10 @@ void CsrAttentionBackward(ffi::ThreadPool& pool, const int32_t* row_ptr, const i
           Lanes::Backward(src + static_cast<int64_t>(cols[k]) * H, own, alpha + e, g + e, weighted, slope, d_raw + e,
                           sum, H);
         }
-        if (loops) {
+        if (loop_alive) {
           Lanes::Backward(src + r * H, own, alpha_self + r * H, g_self + r * H, weighted, slope, d_self + r * H, sum, H);
+        } else if (loops) {
+          std::fill(d_self + r * H, d_self + r * H + H, T(0));
         }
         for (int64_t h = 0; h < H; ++h) d_dst[r * H + h] = sum[h];
       }
@@ -867,16 +873,21 @@ void ZeroUnslotted(const CsrIndices& csr, int64_t n_rows, int64_t n_slots, int64
   }
 }
 
-// The operands of both attention kernels: src and dst (N, H) or (N,), live (E,) bool or (0,), one slot per edge.
+// The operands of both attention kernels: src and dst (N, H) or (N,), one slot per edge, and live: (0,),
+// (E,) bool, or with self loops (E + N,), the loops' liveness after the edges' (loop_live points to it).
 ffi::Error ReadAttention(const char* kernel, const ffi::AnyBuffer& cols, const ffi::AnyBuffer& src,
                          const ffi::AnyBuffer& dst, const ffi::AnyBuffer& live, int64_t n_rows, int64_t n_edges,
-                         int64_t heads) {
+                         int64_t heads, bool loops, const bool*& edge_live, const bool*& loop_live) {
   if (src.element_count() != dst.element_count() || Rows(dst) != n_rows || RowWidth(src) != heads) {
     return Invalid(kernel, "src and dst must both have shape (N, H), with H as in the edge data");
   }
-  if (live.element_count() > 0 && (live.element_type() != ffi::DataType::PRED || Rows(live) != n_edges)) {
-    return Invalid(kernel, "live must be bool with one entry per edge");
+  const int64_t entries = live.element_count();
+  if (entries > 0 && (live.element_type() != ffi::DataType::PRED ||
+                      !(entries == n_edges || (loops && entries == n_edges + n_rows)))) {
+    return Invalid(kernel, "live must be bool with one entry per edge (and, with self loops, one per loop after them)");
   }
+  edge_live = entries > 0 ? live.typed_data<bool>() : nullptr;
+  loop_live = entries > n_edges ? edge_live + n_edges : nullptr;
   if (static_cast<int64_t>(cols.element_count()) != n_edges) return Invalid(kernel, "the CSR must have one slot per edge");
   return ffi::Error::Success();
 }
@@ -904,15 +915,18 @@ ffi::Error CsrAttentionImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::A
   const int64_t n_rows = Rows(dst), n_edges = Rows(*alpha), heads = RowWidth(*alpha);
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
-  if (auto error = ReadAttention(kKernel, cols, src, dst, live, n_rows, n_edges, heads); error.failure()) return error;
   bool loops = false;
   if (auto error = ReadSelfLoops(kKernel, dst, {&*alpha_self}, loops); error.failure()) return error;
-  const bool masked = live.element_count() > 0;
+  const bool *edge_live = nullptr, *loop_live = nullptr;
+  if (auto error = ReadAttention(kKernel, cols, src, dst, live, n_rows, n_edges, heads, loops, edge_live, loop_live);
+      error.failure()) {
+    return error;
+  }
   return ForFloatType(kKernel, {src.element_type(), dst.element_type(), alpha->element_type()}, [&](auto zero) {
     using T = decltype(zero);
-    CsrAttention(pool, csr.row_ptr, csr.cols, csr.edge_ids, src.typed_data<T>(), dst.typed_data<T>(),
-                 masked ? live.typed_data<bool>() : nullptr, static_cast<T>(negative_slope), n_rows, heads,
-                 alpha->typed_data<T>(), DataOrNull<T>(*alpha_self, loops));
+    CsrAttention(pool, csr.row_ptr, csr.cols, csr.edge_ids, src.typed_data<T>(), dst.typed_data<T>(), edge_live,
+                 loop_live, static_cast<T>(negative_slope), n_rows, heads, alpha->typed_data<T>(),
+                 DataOrNull<T>(*alpha_self, loops));
     ZeroUnslotted(csr, n_rows, cols.element_count(), heads, alpha->typed_data<T>());
   });
 }
@@ -926,21 +940,24 @@ ffi::Error CsrAttentionBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr
   const int64_t n_rows = Rows(dst), n_edges = Rows(alpha), heads = RowWidth(alpha);
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
-  if (auto error = ReadAttention(kKernel, cols, src, dst, live, n_rows, n_edges, heads); error.failure()) return error;
   if (g.element_count() != alpha.element_count() || d_raw->element_count() != alpha.element_count() ||
       d_dst->element_count() != dst.element_count()) {
     return Invalid(kKernel, "g and d_raw must have alpha's shape and d_dst dst's");
   }
   bool loops = false;
   if (auto error = ReadSelfLoops(kKernel, dst, {&alpha_self, &g_self, &*d_self}, loops); error.failure()) return error;
-  const bool masked = live.element_count() > 0;
+  const bool *edge_live = nullptr, *loop_live = nullptr;
+  if (auto error = ReadAttention(kKernel, cols, src, dst, live, n_rows, n_edges, heads, loops, edge_live, loop_live);
+      error.failure()) {
+    return error;
+  }
   std::vector<ffi::DataType> types = {src.element_type(), dst.element_type(), alpha.element_type(),
                                       g.element_type(), d_raw->element_type(), d_dst->element_type()};
   if (loops) types.insert(types.end(), {alpha_self.element_type(), g_self.element_type(), d_self->element_type()});
   return ForFloatType(kKernel, types, [&](auto zero) {
     using T = decltype(zero);
     CsrAttentionBackward(pool, csr.row_ptr, csr.cols, csr.edge_ids, src.typed_data<T>(), dst.typed_data<T>(),
-                         masked ? live.typed_data<bool>() : nullptr, static_cast<T>(negative_slope),
+                         edge_live, loop_live, static_cast<T>(negative_slope),
                          alpha.typed_data<T>(), g.typed_data<T>(), DataOrNull<T>(alpha_self, loops),
                          DataOrNull<T>(g_self, loops), n_rows, heads, d_raw->typed_data<T>(), d_dst->typed_data<T>(),
                          DataOrNull<T>(*d_self, loops));
@@ -1017,7 +1034,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrAttention, CsrAttentionImpl,
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
                                   .Arg<ffi::AnyBuffer>()  // src (N, H), the senders' scores
                                   .Arg<ffi::AnyBuffer>()  // dst (N, H), the receivers' scores
-                                  .Arg<ffi::AnyBuffer>()  // live (E,) bool or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // live (E,) or (E + N,) with loops, bool; or (0,)
                                   .Attr<double>("negative_slope")
                                   .Ret<ffi::AnyBuffer>()  // alpha (E, H)
                                   .Ret<ffi::AnyBuffer>());  // alpha_self (N, H) with self loops, else (0,)
@@ -1030,7 +1047,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JgradCsrAttentionBackward, CsrAttentionBackwardImp
                                   .Arg<ffi::AnyBuffer>()  // edge_ids (S,)
                                   .Arg<ffi::AnyBuffer>()  // src (N, H)
                                   .Arg<ffi::AnyBuffer>()  // dst (N, H)
-                                  .Arg<ffi::AnyBuffer>()  // live (E,) bool or (0,)
+                                  .Arg<ffi::AnyBuffer>()  // live (E,) or (E + N,) with loops, bool; or (0,)
                                   .Arg<ffi::AnyBuffer>()  // alpha (E, H), the forward's result
                                   .Arg<ffi::AnyBuffer>()  // g (E, H), its cotangent
                                   .Arg<ffi::AnyBuffer>()  // alpha_self (N, H) with self loops, else (0,)
