@@ -425,3 +425,29 @@ def test_unweighted_weights_and_degrees_are_float64_under_x64(x64):
         assert value.dtype == jnp.float64
     assert jax.jit(lambda graph: graph.in_degree())(g).dtype == jnp.float64
     assert g.weights(jnp.float32).dtype == jnp.float32  # an explicit dtype still wins
+
+
+# --------------------------------------------------------------------------------------------------
+# repr of a stacked graph (leading batch axes on every array)
+# --------------------------------------------------------------------------------------------------
+def test_repr_of_a_stacked_graph_gives_the_batch_shape_and_the_per_graph_edge_count():
+    rng = np.random.default_rng(3)
+    graphs = [_random_graph(rng, n_nodes=10, n_edges=30) for _ in range(4)]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *graphs)
+    assert stacked.senders.shape == (4, 30)
+    assert repr(stacked) == "Graph(stacked (4,) graphs, each: n_nodes=10, n_edges=30, weighted=True)"
+    assert stacked.n_edges == 4  # n_edges keeps reading senders.shape[0]; only the repr changed
+    # The output of jax.vmap is the same stacked graph; inside the vmapped function each graph is one graph.
+    seen = []
+
+    def reweight(graph, scale):
+        seen.append(repr(graph))
+        return graph.with_edge_weight(graph.edge_weight * scale)
+
+    out = jax.vmap(reweight)(stacked, jnp.arange(4.0))
+    assert seen == ["Graph(n_nodes=10, n_edges=30, weighted=True)"]
+    assert repr(out) == "Graph(stacked (4,) graphs, each: n_nodes=10, n_edges=30, weighted=True)"
+    batched = jgrad.batch([_cycle(True), _cycle(True)])
+    twice = jax.tree.map(lambda *leaves: jnp.stack(leaves), batched, batched)
+    assert repr(twice) == "Graph(stacked (2,) graphs, each: n_nodes=6, n_edges=6, weighted=True, n_graphs=2)"
+    assert repr(graphs[0]) == "Graph(n_nodes=10, n_edges=30, weighted=True)"

@@ -369,11 +369,17 @@ class Graph(_checks.GraphBase):
         raise _pyg_names.missing_attribute(self, name, _pyg_names.GRAPH)
 
     def __repr__(self) -> str:
-        parts = [f"n_nodes={self.n_nodes}", f"n_edges={self.n_edges}", f"weighted={self.is_weighted}"]
+        # A graph stacked along leading axes (the output of jax.vmap, or jax.tree.map(jnp.stack) over graphs)
+        # has senders of shape (*batch, E): its repr gives the batch shape and the per-graph sizes, where
+        # n_edges (senders.shape[0]) would read the batch size.
+        batch = tuple(self.senders.shape[:-1])
+        parts = [f"n_nodes={self.n_nodes}", f"n_edges={self.senders.shape[-1]}", f"weighted={self.is_weighted}"]
         if self.n_node_per_graph is not None:
-            parts.append(f"n_graphs={self.n_graphs}")
+            parts.append(f"n_graphs={self.n_node_per_graph.shape[-1]}")
         if self.edge_mask is not None or self.node_mask is not None:
             parts.append("padded=True")
+        if batch:
+            return f"Graph(stacked {batch} graphs, each: {', '.join(parts)})"
         return f"Graph({', '.join(parts)})"
 
 
