@@ -38,6 +38,26 @@ def test_unweighted_graph_is_differentiated_at_ones():
     np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)  # compiled vs eager float32 rounding
 
 
+def _copy_u_model(graph, x):
+    return jnp.sum(jnp.tanh(jgrad.ops.gspmm(graph, "copy_u", "sum", x)) ** 2)
+
+
+def test_a_model_that_ignores_an_unweighted_graphs_unit_weights_raises_instead_of_zeros():
+    graph, x = _graph_and_features(weighted=False)
+    with pytest.raises(ValueError, match=r"fn does not use the graph's edge weights.*gspmm\(op='copy_u'\)"):
+        edge_grad(_copy_u_model, graph, x)
+    with pytest.raises(ValueError, match="fn does not use the graph's edge weights"):
+        jax.jit(lambda g, x: edge_grad(_copy_u_model, g, x))(graph, x)
+    with pytest.raises(ValueError, match=r"gspmm\(op='copy_u'\) aggregates the messages without the edge weights"):
+        jgrad.adjacency_grad(_copy_u_model, graph, x)
+    # The weighted form of the same model: the same values, and a gradient
+    weighted = lambda g, x: jnp.sum(jnp.tanh(jgrad.ops.spmm(g, x)) ** 2)
+    np.testing.assert_allclose(weighted(graph, x), _copy_u_model(graph, x), rtol=1e-6)
+    assert np.abs(np.asarray(edge_grad(weighted, graph, x))).min() > 0
+    # On a weighted graph copy_u ignores the user's weights: the gradient is exactly 0, not an error
+    np.testing.assert_array_equal(edge_grad(_copy_u_model, *_graph_and_features()), 0.0)
+
+
 def test_edge_grad_under_jit_and_vmap():
     graph, x = _graph_and_features()
     eager = edge_grad(_model, graph, x)

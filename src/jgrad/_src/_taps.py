@@ -46,6 +46,12 @@ REFUSALS = {
         "by the weighted degree instead (jgrad.ops.row_norm, or propagate(norm='row')), or use "
         "jgrad.edge_grad for the existing edges."
     ),
+    "copy_u": (
+        "adjacency_grad: gspmm(op='copy_u') aggregates the messages without the edge weights; got a model "
+        "in which only which edges exist enters, not the entries of A, so dL/dA would be 0 at every pair. "
+        "Weigh the messages by the graph's weights, which gives the same values on an unweighted graph: "
+        "jgrad.ops.spmm(graph, x), or gspmm(graph, 'u_mul_e', reduce, x, graph.edge_weight)."
+    ),
     "message_op": (
         "adjacency_grad: gspmm combines the tracked edge weights with node data by addition, subtraction "
         "or division; got a model in which a missing pair (weight 0) would still send a message, so it is "

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jex_core
 
 from .._src._checks import check_graph
 from ..graph import Graph
@@ -119,18 +120,47 @@ def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any, symmetric:
 
 def _edge_build(graph: Graph, weight: jax.Array, arrays: list, *, call: Call) -> jax.Array:
     """`_weight_grad` of ``call.fn`` with the args rebuilt from their arrays (compiled by `run_cached`)."""
-    return _weight_grad(call.fn, graph, weight, rebuild_args(call, arrays))
+    args = rebuild_args(call, arrays)
+    if graph.edge_weight is None:
+        _check_weights_used(_loss_of_weights(call.fn, graph, args), weight)
+    return _weight_grad(call.fn, graph, weight, args)
 
 
-def _weight_grad(fn, graph: Graph, weight: jax.Array, args: tuple) -> jax.Array:
-    """dL/dw at ``weight`` by one ``jax.grad`` of ``fn(graph.with_edge_weight(w), *args)``."""
+def _loss_of_weights(fn, graph: Graph, args: tuple) -> Callable[[jax.Array], jax.Array]:
+    """``w -> fn(graph.with_edge_weight(w), *args)``, checked to be a scalar."""
 
     def loss(w: jax.Array) -> jax.Array:
         value = fn(graph.with_edge_weight(w), *args)
         check_scalar("edge_grad", value)
         return value
 
-    return jax.grad(loss)(weight)
+    return loss
+
+
+def _weight_grad(fn, graph: Graph, weight: jax.Array, args: tuple) -> jax.Array:
+    """dL/dw at ``weight`` by one ``jax.grad`` of ``fn(graph.with_edge_weight(w), *args)``."""
+    return jax.grad(_loss_of_weights(fn, graph, args))(weight)
+
+
+def _check_weights_used(loss: Callable[[jax.Array], jax.Array], weight: jax.Array) -> None:
+    """Raises if ``loss`` does not depend on its weights at all (an unweighted graph's unit weights,
+    which ops such as ``gspmm(op='copy_u')`` ignore): its gradient would be 0 on every edge.
+
+    Dependence is followed forward through the traced program; an equation with a dependent operand
+    counts as dependent in all its outputs, so a loss is never wrongly said to ignore its weights.
+    """
+    jaxpr = jax.make_jaxpr(loss)(weight).jaxpr
+    dependent = {jaxpr.invars[0]}
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, jex_core.Literal) and v in dependent for v in eqn.invars):
+            dependent.update(eqn.outvars)
+    if not any(not isinstance(v, jex_core.Literal) and v in dependent for v in jaxpr.outvars):
+        raise ValueError(
+            "edge_grad: fn does not use the graph's edge weights; got an unweighted graph, which edge_grad "
+            "differentiates at weights of ones, and a model whose ops ignore them (e.g. gspmm(op='copy_u')), "
+            "so the gradient would be 0 on every edge. Weigh the messages by the graph's weights, which gives "
+            "the same values: jgrad.ops.spmm(graph, x), or gspmm(graph, 'u_mul_e', reduce, x, graph.edge_weight)."
+        )
 
 
 def pair_sums(graph: Graph, values: jax.Array) -> PairGrad:

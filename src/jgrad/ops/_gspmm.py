@@ -114,7 +114,11 @@ def gspmm(
         out = _kernels.plan_gspmm(plan, op, reduce, tie, u, e, graph.edge_mask, graph.senders, graph.receivers)
     else:
         out = raw_gspmm(op, reduce, tie, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, u, e)
-    return _mark(graph, op, reduce, u, tracked, out) if graph.tapped and tracked is not None else out
+    if not graph.tapped:
+        return out
+    if tracked is None:  # copy_u on a graph with (tracked) weights: the messages ignore them
+        return out if graph.edge_weight is None else _taps.refuse(graph, "copy_u", out, graph.edge_weight)
+    return _mark(graph, op, reduce, u, tracked, out)
 
 
 def spmm(
