@@ -49,10 +49,18 @@ def _range(default: Any, low: float, high: float, *, high_open: bool = False) ->
 _MAX_SEED = 2**32 - 1
 
 
+PLANETOID_FILES_ONLY = ("pubmed",)
+"""The dataset names whose files do not ship with jgrad: they are read from Planetoid files
+(`jgrad.data.load_planetoid`), so they need ``data.root``, ``--data-dir`` or ``JGRAD_DATA``."""
+_PLANETOID = ("cora", "citeseer", "pubmed")  # the names `jgrad.data.load_planetoid` reads from a folder
+_GENERATED = ("karate", "csbm")  # built in code; data.root is not read
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which dataset: one that ships with jgrad (`jgrad.data.DATASETS`), ``"csbm"``, or a Planetoid name
-    read from ``root`` (else ``--data-dir``, else the ``JGRAD_DATA`` folder; needed only for ``pubmed``).
+    read from ``root`` (else ``--data-dir``, else the ``JGRAD_DATA`` folder; needed only for ``pubmed``,
+    whose files do not ship: see `check_data_source`).
 
     ``seed`` draws the random split of the graphs without a standard one (``cora_npz``, ``citeseer_npz``,
     ``cora_ml``, ``polblogs``) and the ``csbm`` graph; the ``csbm`` fields parametrise `jgrad.data.csbm`
@@ -478,3 +486,34 @@ def save_config(config: Config, path: str | os.PathLike) -> None:
     with os.fdopen(handle, "w") as file:
         yaml.safe_dump(config_to_dict(config), file, sort_keys=False)
     os.replace(tmp, path)
+
+
+def check_data_source(data: DataConfig, data_dir: str | os.PathLike | None = None) -> None:
+    """Raises `ConfigError` if the dataset ``data`` names cannot be read, before anything is written.
+
+    A name that ships with jgrad needs no files; with ``data_dir`` (``--data-dir``) or ``data.root`` the
+    Planetoid files of ``cora``, ``citeseer`` or ``pubmed`` are read from that folder (or its ``planetoid``
+    subfolder), and ``pubmed``, which does not ship, needs one of them or the ``JGRAD_DATA`` variable.
+    """
+    if data.name in _GENERATED:
+        return
+    if data_dir is not None:
+        origin, root = "--data-dir", data_dir
+    elif data.root is not None:
+        origin, root = "data.root", data.root
+    elif data.name in PLANETOID_FILES_ONLY and os.environ.get("JGRAD_DATA"):
+        origin, root = "JGRAD_DATA", os.environ["JGRAD_DATA"]
+    elif data.name in PLANETOID_FILES_ONLY:
+        raise ConfigError(f"config: data.name={data.name} is read from the Planetoid files, which do not ship with "
+                          f"jgrad; set data.root (or pass --data-dir, or set JGRAD_DATA) to a folder holding "
+                          f"ind.{data.name}.x and the other ind.{data.name}.* files.")
+    else:
+        return  # a dataset that ships with jgrad
+    if data.name not in _PLANETOID:
+        raise ConfigError(f"config: {origin} is read only for the Planetoid names {', '.join(_PLANETOID)}; got "
+                          f"data.name={data.name}, which ships with jgrad: leave {origin} unset.")
+    folder = Path(root).expanduser()
+    if not any((place / f"ind.{data.name}.x").is_file() for place in (folder, folder / "planetoid")):
+        raise ConfigError(f"config: {origin}={str(folder)!r} does not hold ind.{data.name}.x; expected a folder "
+                          f"(or its planetoid subfolder) with the Planetoid files ind.{data.name}.x, .y, .tx, .ty, "
+                          ".allx, .ally, .graph and .test.index.")

@@ -1,5 +1,6 @@
 """YAML configs: typed loading, errors that name the key, --set overrides, the saved resolved config."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,80 @@ def test_differences_between_configs_are_dotted_paths():
     second = load_config(None, ["model.name=gat", "train.progress=false"])
     assert config_differences(first, second, ignore=["train.progress"]) == [
         ("model.name", "gcn", "gat"), ("model.hidden", 8, 16)]
+
+
+# --------------------------------------------------------------------------------------------------
+# check_data_source: a dataset that cannot be read is refused before anything is written
+# --------------------------------------------------------------------------------------------------
+def test_every_dataset_name_ships_is_generated_or_needs_planetoid_files():
+    from jgrad.config import PLANETOID_FILES_ONLY, DataConfig
+    from jgrad.data import DATASETS, PLANETOID_NAMES
+
+    names = {f.name: f for f in dataclasses.fields(DataConfig)}["name"].metadata["choices"]
+    for name in names:
+        assert name in DATASETS or name == "csbm" or name in PLANETOID_FILES_ONLY, name
+    assert set(PLANETOID_FILES_ONLY) <= set(PLANETOID_NAMES) - set(DATASETS)
+
+
+def test_pubmed_without_a_folder_is_refused_with_where_its_files_go(monkeypatch):
+    from jgrad.config import check_data_source
+
+    monkeypatch.delenv("JGRAD_DATA", raising=False)
+    with pytest.raises(ConfigError) as error:
+        check_data_source(load_config(None, ["data.name=pubmed"]).data)
+    assert str(error.value) == (
+        "config: data.name=pubmed is read from the Planetoid files, which do not ship with jgrad; set data.root "
+        "(or pass --data-dir, or set JGRAD_DATA) to a folder holding ind.pubmed.x and the other ind.pubmed.* files.")
+    for name in ("karate", "cora", "citeseer", "cora_npz", "polblogs", "csbm"):  # shipped or generated: no files
+        check_data_source(load_config(None, [f"data.name={name}"]).data)
+
+
+def test_a_planetoid_folder_must_hold_the_files_of_the_named_dataset(tmp_path, monkeypatch):
+    from jgrad.config import check_data_source
+
+    monkeypatch.delenv("JGRAD_DATA", raising=False)
+    data = load_config(None, ["data.name=pubmed"]).data
+    for origin, call in (("--data-dir", lambda: check_data_source(data, tmp_path)),
+                         ("data.root", lambda: check_data_source(dataclasses.replace(data, root=str(tmp_path))))):
+        with pytest.raises(ConfigError) as error:
+            call()
+        assert str(error.value) == (
+            f"config: {origin}={str(tmp_path)!r} does not hold ind.pubmed.x; expected a folder (or its planetoid "
+            "subfolder) with the Planetoid files ind.pubmed.x, .y, .tx, .ty, .allx, .ally, .graph and .test.index.")
+    monkeypatch.setenv("JGRAD_DATA", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^config: JGRAD_DATA=.* does not hold ind\.pubmed\.x;"):
+        check_data_source(data)
+    (tmp_path / "planetoid").mkdir()
+    (tmp_path / "planetoid" / "ind.pubmed.x").write_bytes(b"")
+    check_data_source(data)  # JGRAD_DATA, files in its planetoid subfolder
+    check_data_source(data, tmp_path)
+    monkeypatch.delenv("JGRAD_DATA")
+    check_data_source(dataclasses.replace(data, root=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"^config: data\.root=.* does not hold ind\.cora\.x;"):
+        check_data_source(dataclasses.replace(data, name="cora", root=str(tmp_path)))
+
+
+def test_a_folder_for_a_shipped_non_planetoid_graph_is_refused(tmp_path):
+    from jgrad.config import check_data_source
+
+    with pytest.raises(ConfigError) as error:
+        check_data_source(load_config(None, ["data.name=cora_ml"]).data, tmp_path)
+    assert str(error.value) == ("config: --data-dir is read only for the Planetoid names cora, citeseer, pubmed; got "
+                                "data.name=cora_ml, which ships with jgrad: leave --data-dir unset.")
+    check_data_source(load_config(None, ["data.name=karate"]).data, tmp_path)  # generated: the folder is not read
+
+
+def test_train_with_pubmed_and_no_folder_fails_before_writing(tmp_path, monkeypatch, capsys):
+    from jgrad.cli import main
+
+    monkeypatch.delenv("JGRAD_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "pubmed.yaml"
+    path.write_text("name: pubmed\ndata: {name: pubmed}\n")
+    assert main(["train", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no "writing to ..." for a run that cannot start
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("jgrad train: config: data.name=pubmed is read from the Planetoid files, which do "
+                                   "not ship with jgrad; set data.root (or pass --data-dir, or set JGRAD_DATA)")
+    assert not (tmp_path / "runs").exists()

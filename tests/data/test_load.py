@@ -118,9 +118,9 @@ def test_random_split_masks_refuses_bad_fractions():
 
 
 def test_bad_names_and_options_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"load: unknown dataset name; got 'pubmed', expected one of cora, citeseer, "
+    with pytest.raises(ValueError, match=r"load: unknown dataset name; got 'reddit', expected one of cora, citeseer, "
                                          r"cora_npz, citeseer_npz, cora_ml, polblogs, karate\."):
-        load("pubmed")
+        load("reddit")
     with pytest.raises(ValueError, match=r"load: unknown split; got 'full', expected one of public, random or None"):
         load("cora", split="full")
     with pytest.raises(ValueError, match=r"load: polblogs has no public split; got split='public'"):
@@ -213,3 +213,15 @@ def test_a_config_selects_a_shipped_robustness_graph_and_its_split_seed(name):
     expected = load(name)
     assert first.n_nodes == expected.n_nodes and (first.train_mask == expected.train_mask).all()
     assert (other.train_mask != first.train_mask).any()
+
+
+def test_pubmed_which_does_not_ship_names_load_planetoid_and_its_files():
+    from jgrad.data import PLANETOID_NAMES
+
+    assert "pubmed" in PLANETOID_NAMES and "pubmed" not in DATASETS
+    with pytest.raises(ValueError) as error:
+        load("PubMed")
+    assert str(error.value) == (
+        "load: pubmed does not ship with jgrad; read it from the Planetoid files with "
+        "jgrad.data.load_planetoid('pubmed', root), root being a folder holding ind.pubmed.x, .y, .tx, .ty, "
+        ".allx, .ally, .graph and .test.index (or set JGRAD_DATA and omit root).")

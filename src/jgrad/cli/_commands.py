@@ -38,9 +38,10 @@ def files_of(args: argparse.Namespace) -> list[tuple[str, object]]:
 
 
 def train(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..config import check_data_source, load_config
 
     config = load_config(args.config, _overrides(args))
+    check_data_source(config.data, args.data_dir)  # a dataset that cannot be read fails before "writing to"
     if args.workdir is None:
         args.workdir = default_workdir(args.config)
     workdir = Path(args.workdir)

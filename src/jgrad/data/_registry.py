@@ -26,6 +26,7 @@ from jgrad.graph import Graph
 
 from ._dataset import NodeDataset, symmetric_edges
 from ._karate import karate_club
+from ._planetoid import PLANETOID_NAMES
 from ._preprocess import largest_component as restrict_to_largest_component
 from ._preprocess import normalize_rows, random_split_masks, undirected_pairs
 from ._store import read_npz
@@ -132,7 +133,8 @@ def load(
       unweighted symmetric graph without self loops, edges sorted by receiver, then sender.
 
     Raises:
-      ValueError: for an unknown name (the message lists the valid ones), an unknown ``split``, a
+      ValueError: for an unknown name (the message lists the valid ones; for ``"pubmed"``, whose files do
+        not ship, it says to call `load_planetoid` with the folder of its files), an unknown ``split``, a
         public split requested where none exists, or invalid fractions.
 
     Example:
@@ -151,6 +153,10 @@ def load_from(folder: Any, name: str, *, normalize_features: bool = True, larges
               split: str | None = None, seed: int = 0, train: float = 0.1, val: float = 0.1) -> NodeDataset:
     """`load` reading the ``.npz`` files from ``folder`` (a path; None: the package's own files)."""
     key = name.lower() if isinstance(name, str) else name
+    if key in PLANETOID_NAMES and key not in _ENTRIES:
+        raise ValueError(f"load: {key} does not ship with jgrad; read it from the Planetoid files with "
+                         f"jgrad.data.load_planetoid({key!r}, root), root being a folder holding ind.{key}.x, .y, "
+                         ".tx, .ty, .allx, .ally, .graph and .test.index (or set JGRAD_DATA and omit root).")
     if key not in _ENTRIES:
         raise ValueError(f"load: unknown dataset name; got {name!r}, expected one of {', '.join(_ENTRIES)}.")
     entry = _ENTRIES[key]
