@@ -81,3 +81,38 @@ def test_short_steps_get_more_rounds_up_to_the_cap(monkeypatch):
     assert rounds(min_step_seconds=0.055, max_repeats=10) == 6  # 0.055 s of 10 ms calls
     assert rounds(min_step_seconds=0.055, max_repeats=4) == 4
     assert rounds(min_step_seconds=0.01, max_repeats=10) == 3  # never fewer than asked
+
+
+def test_a_run_without_peers_says_so_and_the_report_gives_the_installed_versions(tmp_path, monkeypatch, capsys):
+    import importlib.metadata
+
+    from jgrad.bench import _timing, main
+
+    monkeypatch.setattr(_timing.time, "sleep", lambda seconds: None)
+    code = main(["--quick", "--sizes", "300", "--repeats", "1", "--no-cora", "--no-recompile-check",
+                 "--impls", "jgrad", "jgrad_xla", "--workloads", "gcn_fwdbwd", "--out", str(tmp_path)])
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if " gcn_fwdbwd " in line]
+    assert len(lines) == 2 and all("no peer measured  check ok" in line for line in lines), lines
+    assert not any("nan" in line for line in lines)
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert all(row["vs_best_peer"] is None for row in results["problems"][0]["rows"])
+    report = (tmp_path / "bench.md").read_text()
+    for name in ("jraph", "torch", "torch_geometric"):  # recorded although no peer ran
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        assert results["versions"][name] == (None if version == "not installed" else version)
+        assert f"{name} {version}" in report
+    assert "None" not in report.split("\n")[2]
+
+
+def test_the_report_names_missing_packages_and_leaves_out_unrecorded_ones():
+    from jgrad.bench import _report
+
+    results = {"date": "d", "machine": {"cpu": "c", "cores": 2, "memory_gib": 1.0}, "stream_gbs": 1.0,
+               "repeats": 1, "problems": [], "versions": {"jax": "0.1", "torch": None}}
+    assert "; jax 0.1, torch not installed. STREAM" in _report.markdown(results)
+    results["versions"] = {"jax": "0.1"}  # written before the peers' versions were recorded
+    assert "; jax 0.1. STREAM" in _report.markdown(results)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import os
 from pathlib import Path
 
@@ -21,6 +22,17 @@ from . import _peers, _report, _stream, _timing, _workloads
 QUICK_SIZES = (2000,)
 FULL_SIZES = (10_000, 100_000)
 MEMORY_WORKLOADS = ("gcn_fwdbwd", "gat_fwdbwd")
+
+
+_VERSIONED = ("jraph", "torch", "torch_geometric")  # the peers' packages whose versions the report gives
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` from its metadata (nothing is imported); None if absent."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def load_problem(spec: dict) -> _workloads.Problem:
@@ -65,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    versions = {"jax": jax.__version__}
+    # The installed versions, whether or not a peer runs (torch was recorded only with "pyg" in the run).
+    versions = {"jax": jax.__version__, **{name: installed_version(name) for name in _VERSIONED}}
     if "pyg" in impls:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)
-        versions["torch"] = torch.__version__
     stream = _stream.stream_triad(n=4_000_000 if args.quick else 20_000_000)
     print(f"STREAM triad: {stream / 1e9:.1f} GB/s")
 
@@ -159,8 +171,8 @@ def _run_workload(problem, workload, impls, repeats, stream) -> list[dict]:
         row["median_ms"] = median * 1e3
         row["vs_best_peer"] = median / best_peer if best_peer else None
         row["stream_percent"] = 100 * moved / median / stream if moved else None
-        print(f"{problem.name} {workload:13s} {impl:13s} {median * 1e3:9.2f} ms  "
-              f"x{row['vs_best_peer'] or float('nan'):.2f} vs best peer  check {row['check']}")
+        ratio = "no peer measured" if row["vs_best_peer"] is None else f"x{row['vs_best_peer']:.2f} vs best peer"
+        print(f"{problem.name} {workload:13s} {impl:13s} {median * 1e3:9.2f} ms  {ratio}  check {row['check']}")
     return list(rows.values())
 
 

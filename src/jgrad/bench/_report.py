@@ -57,18 +57,24 @@ def _fmt(value, spec):
     return "–" if value is None else format(value, spec)
 
 
+def _versions(versions: dict) -> str:
+    """``jax 0.7.1, torch 2.13.0+cpu, ...``; a package recorded as None is "not installed". Older results
+    record torch only when PyG ran, and nothing for jraph and PyG: what is not recorded is left out."""
+    return ", ".join(f"{name} {version or 'not installed'}" for name, version in versions.items())
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
         f"# jgrad benchmark, {results['date']}",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; jax {results['versions'].get('jax')}, "
-        f"torch {results['versions'].get('torch')}. STREAM triad (numpy, {m['cores']} threads): "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; {_versions(results['versions'])}. "
+        f"STREAM triad (numpy, {m['cores']} threads): "
         f"{results['stream_gbs']:.1f} GB/s. Repeats: {results['repeats']} (median, interleaved). Huge pages for "
         f"malloc: {m.get('malloc_huge_pages', 'not recorded')}.",
         "",
         "`vs best peer` is the median time divided by the fastest peer's (plain_jax, jraph, bcoo, pyg) in",
-        "the same run, < 1 is faster. `% STREAM` is a lower bound on the bytes the message passing must move",
+        "the same run, < 1 is faster (– where no peer was measured). `% STREAM` is a lower bound on the bytes the message passing must move",
         "divided by the time and the triad bandwidth. `check` compares values and gradients with the",
         "jgrad default path (allclose).",
         "",
