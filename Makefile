@@ -1,8 +1,11 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# `make demo` (and `make install`) install jgrad with its runtime dependencies only; `make test`,
+# `make test-fast` and `make bench` add the dev extras (pytest, torch CPU, PyG, jraph, ...) on top.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
 
 .PHONY: demo test test-fast bench install clean
 
@@ -10,17 +13,21 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e ".[dev]"
+$(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
 	$(PY) -c "import jgrad.ops; print('native CPU kernels built:', jgrad.ops.native_available())"
-	touch $(STAMP)
+	touch $(RUNTIME_STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(RUNTIME_STAMP) pyproject.toml
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(DEV_STAMP)
 
-demo: $(STAMP)
+install: $(RUNTIME_STAMP)
+
+demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/jgrad demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(PY) -m pytest -n 2 --dist worksteal -q
 
 # A quick subset for development (under 2 minutes on 2 cores): every package's core behaviour, no
@@ -32,10 +39,10 @@ FAST_TESTS := tests/test_imports.py tests/graph/test_graph.py tests/graph/test_s
 	tests/nn/test_models.py tests/train/test_step.py tests/train/test_workdir.py tests/cli/test_config.py \
 	tests/reliability/test_untrusted_files.py
 
-test-fast: $(STAMP)
+test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -n 2 -q -m "not slow" $(FAST_TESTS)
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) -m pip install -q -e ".[dev,bench]"
 	$(VENV)/bin/jgrad bench
 
