@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from .._src._checks import is_concrete, label_checks
@@ -23,24 +24,49 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) 
 
     Args:
       logits: shape (N, C), float.
-      labels: shape (N,), int in ``[0, C)``.
+      labels: shape (N,), int in ``[0, C)`` where ``mask`` is True (any value elsewhere, e.g. -1).
       mask: shape (N,), bool.
 
     Returns:
-      ``(loss, accuracy)``, float32 scalars; both are 0 when the mask is empty (no NaN, zero gradient).
-      Labels outside ``[0, C)`` where ``mask`` is True (e.g. -1) are reported under `jgrad.checked`.
+      ``(loss, accuracy)``, scalars computed and returned in the logits' dtype promoted to at least
+      float32: float32 for float32, bfloat16 or float16 logits, float64 for float64 logits (under
+      ``jax_enable_x64``, e.g. to compare gradients with float64 finite differences). Both are 0 when the
+      mask is empty (no NaN, zero gradient).
+
+    Raises:
+      ValueError: concrete (not traced) inputs with a label outside ``[0, C)`` where ``mask`` is True
+        (e.g. -1); the message names the first such node. Traced labels are checked under
+        `jgrad.checked` only.
     """
-    if not is_concrete(logits, labels, mask):
-        label_checks("masked_cross_entropy", labels, logits.shape[-1], mask)
-    weight = mask.astype(jnp.float32)
+    n_classes = logits.shape[-1]
+    if is_concrete(logits, labels, mask):
+        _check_labels("masked_cross_entropy", labels, n_classes, mask)
+    else:
+        label_checks("masked_cross_entropy", labels, n_classes, mask)
+    dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    weight = mask.astype(dtype)
     count = jnp.maximum(jnp.sum(weight), 1.0)
-    logits32 = logits.astype(jnp.float32)
-    # optax.softmax_cross_entropy_with_integer_labels, bit for bit, with a plain gather in place of
-    # take_along_axis, whose gradient checkify's index checks cannot process (see jgrad.checked).
-    rows = jnp.arange(logits32.shape[0])
-    losses = jax.nn.logsumexp(logits32, axis=-1) - logits32[rows, labels]
-    hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    logits = logits.astype(dtype)
+    # optax.softmax_cross_entropy_with_integer_labels, bit for bit (in float32 and float64), with a
+    # plain gather in place of take_along_axis, whose gradient checkify's index checks cannot process
+    # (see jgrad.checked).
+    rows = jnp.arange(logits.shape[0])
+    losses = jax.nn.logsumexp(logits, axis=-1) - logits[rows, labels]
+    hits = (jnp.argmax(logits, axis=-1) == labels).astype(dtype)
     return jnp.sum(losses * weight) / count, jnp.sum(hits * weight) / count
+
+
+def _check_labels(where: str, labels: Any, n_classes: int, mask: Any) -> None:
+    """Raises a ValueError naming the first label outside ``[0, n_classes)`` where ``mask`` is True.
+
+    The eager counterpart of `label_checks` (a debug check, which runs under `jgrad.checked` only).
+    """
+    labels = np.asarray(labels)
+    bad = np.asarray(mask, bool) & ((labels < 0) | (labels >= n_classes))
+    if bad.any():
+        node = int(np.flatnonzero(bad)[0])
+        label = np.broadcast_to(labels, bad.shape).reshape(-1)[node]
+        raise ValueError(f"{where}: labels must be in [0, {n_classes}) where mask is True; got {label} at node {node}.")
 
 
 def node_classification_loss(
@@ -106,8 +132,9 @@ def evaluate(model_def: ModelDef, params: Params, dataset: Any) -> Metrics:
       dataset: a `jgrad.data.NodeDataset` (pytree; may be passed into ``jax.jit``).
 
     Returns:
-      ``{"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"}``, float32
-      scalars; an empty mask gives 0 for its loss and accuracy.
+      ``{"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"}``, scalars in
+      `masked_cross_entropy`'s dtype (float32, or float64 for float64 logits); an empty mask gives 0 for
+      its loss and accuracy.
     """
     logits = model_def.apply(params, dataset.graph, dataset.features)
     metrics = {}
@@ -153,7 +180,13 @@ class EarlyStopping(NamedTuple):
         return int(self.patience) if self.criterion == "window" else 1
 
     def update(self, state: TrainState, val_loss: jax.Array, val_acc: jax.Array) -> TrainState:
-        """The state after an epoch whose model (``state.params``) scored ``val_loss`` / ``val_acc``."""
+        """The state after an epoch whose model (``state.params``) scored ``val_loss`` / ``val_acc``.
+
+        Both are cast to the dtypes of ``state.best_val_loss`` / ``best_val_acc`` (float32), so that the
+        state keeps its dtypes when `masked_cross_entropy` returns float64 (float64 logits under x64).
+        """
+        val_loss = jnp.asarray(val_loss, state.best_val_loss.dtype)
+        val_acc = jnp.asarray(val_acc, state.best_val_acc.dtype)
         epoch = state.step
         if self.criterion == "window":
             size = state.val_loss_window.shape[0]
