@@ -489,11 +489,15 @@ def save_config(config: Config, path: str | os.PathLike) -> None:
 
 
 def check_data_source(data: DataConfig, data_dir: str | os.PathLike | None = None) -> None:
-    """Raises `ConfigError` if the dataset ``data`` names cannot be read, before anything is written.
+    """Raises if the dataset ``data`` names cannot be read, before anything is written.
 
     A name that ships with jgrad needs no files; with ``data_dir`` (``--data-dir``) or ``data.root`` the
     Planetoid files of ``cora``, ``citeseer`` or ``pubmed`` are read from that folder (or its ``planetoid``
     subfolder), and ``pubmed``, which does not ship, needs one of them or the ``JGRAD_DATA`` variable.
+
+    Raises:
+      ConfigError: ``pubmed`` without a folder, or a folder given for a dataset that is not a Planetoid one.
+      FileNotFoundError: the folder or one of its eight files is missing (`load_planetoid`'s message).
     """
     if data.name in _GENERATED:
         return
@@ -512,8 +516,6 @@ def check_data_source(data: DataConfig, data_dir: str | os.PathLike | None = Non
     if data.name not in _PLANETOID:
         raise ConfigError(f"config: {origin} is read only for the Planetoid names {', '.join(_PLANETOID)}; got "
                           f"data.name={data.name}, which ships with jgrad: leave {origin} unset.")
-    folder = Path(root).expanduser()
-    if not any((place / f"ind.{data.name}.x").is_file() for place in (folder, folder / "planetoid")):
-        raise ConfigError(f"config: {origin}={str(folder)!r} does not hold ind.{data.name}.x; expected a folder "
-                          f"(or its planetoid subfolder) with the Planetoid files ind.{data.name}.x, .y, .tx, .ty, "
-                          ".allx, .ally, .graph and .test.index.")
+    from .data._planetoid import check_planetoid_folder  # imports jax: only once a folder is to be read
+
+    check_planetoid_folder(data.name, None if origin == "JGRAD_DATA" else root)  # load_planetoid's errors

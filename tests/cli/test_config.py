@@ -267,23 +267,29 @@ def test_a_planetoid_folder_must_hold_the_files_of_the_named_dataset(tmp_path, m
 
     monkeypatch.delenv("JGRAD_DATA", raising=False)
     data = load_config(None, ["data.name=pubmed"]).data
-    for origin, call in (("--data-dir", lambda: check_data_source(data, tmp_path)),
-                         ("data.root", lambda: check_data_source(dataclasses.replace(data, root=str(tmp_path))))):
-        with pytest.raises(ConfigError) as error:
+    missing = (f"load_planetoid: ind.pubmed.x not found in {str(tmp_path)!r}; the folder must hold the Planetoid "
+               "files ind.pubmed.{x,y,tx,ty,allx,ally,graph,test.index}.")
+    for call in (lambda: check_data_source(data, tmp_path),
+                 lambda: check_data_source(dataclasses.replace(data, root=str(tmp_path)))):
+        with pytest.raises(FileNotFoundError) as error:
             call()
-        assert str(error.value) == (
-            f"config: {origin}={str(tmp_path)!r} does not hold ind.pubmed.x; expected a folder (or its planetoid "
-            "subfolder) with the Planetoid files ind.pubmed.x, .y, .tx, .ty, .allx, .ally, .graph and .test.index.")
-    monkeypatch.setenv("JGRAD_DATA", str(tmp_path))
-    with pytest.raises(ConfigError, match=r"^config: JGRAD_DATA=.* does not hold ind\.pubmed\.x;"):
+        assert str(error.value) == missing  # load_planetoid's own message, raised before anything is read
+    monkeypatch.setenv("JGRAD_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"^load_planetoid: JGRAD_DATA is not a folder; got '.*nowhere'\.$"):
         check_data_source(data)
+    monkeypatch.setenv("JGRAD_DATA", str(tmp_path))
     (tmp_path / "planetoid").mkdir()
-    (tmp_path / "planetoid" / "ind.pubmed.x").write_bytes(b"")
+    parts = ("x", "y", "tx", "ty", "allx", "ally", "graph", "test.index")
+    for part in parts[:-1]:
+        (tmp_path / "planetoid" / f"ind.pubmed.{part}").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"^load_planetoid: ind\.pubmed\.test\.index not found in '.*planetoid'"):
+        check_data_source(data)  # every one of the eight files is checked
+    (tmp_path / "planetoid" / "ind.pubmed.test.index").write_bytes(b"")
     check_data_source(data)  # JGRAD_DATA, files in its planetoid subfolder
     check_data_source(data, tmp_path)
     monkeypatch.delenv("JGRAD_DATA")
     check_data_source(dataclasses.replace(data, root=str(tmp_path)))
-    with pytest.raises(ConfigError, match=r"^config: data\.root=.* does not hold ind\.cora\.x;"):
+    with pytest.raises(FileNotFoundError, match=r"^load_planetoid: ind\.cora\.x not found in "):
         check_data_source(dataclasses.replace(data, name="cora", root=str(tmp_path)))
 
 

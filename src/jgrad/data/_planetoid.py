@@ -129,6 +129,16 @@ def _planetoid_dir(name: str, root: str | os.PathLike | None) -> Path:
     return folder
 
 
+def check_planetoid_folder(name: str, root: str | os.PathLike | None = None) -> Path:
+    """The folder `load_planetoid` would read ``name`` from, once it is known to hold the eight files;
+    raises the errors `load_planetoid` raises for a missing folder or file, without reading anything."""
+    key = _check_name(name)
+    folder = _planetoid_dir(key, root)
+    for part in (*_PICKLED_PARTS, "test.index"):
+        _require_file(folder / f"ind.{key}.{part}", key)
+    return folder
+
+
 def _planetoid_arrays(folder: Path, name: str) -> PlanetoidArrays:
     """Reads and processes the files of dataset ``name`` in ``folder`` (see `load_planetoid`)."""
     folder = Path(folder)
@@ -268,12 +278,16 @@ def _planetoid_edges(adjacency: Mapping[Any, Any], n_nodes: int, source: str) ->
     return symmetric_edges(senders, receivers, n_nodes)
 
 
-def _read_pickle(path: Path, name: str) -> Any:
+def _require_file(path: Path, name: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(
             f"load_planetoid: {path.name} not found in {str(path.parent)!r}; the folder must hold the Planetoid "
             f"files ind.{name}.{{x,y,tx,ty,allx,ally,graph,test.index}}."
         )
+
+
+def _read_pickle(path: Path, name: str) -> Any:
+    _require_file(path, name)
     try:
         with path.open("rb") as file:
             value = load_restricted(file, source=path.name)
@@ -294,11 +308,7 @@ def _read_pickle(path: Path, name: str) -> Any:
 
 
 def _read_test_index(path: Path, name: str) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"load_planetoid: {path.name} not found in {str(path.parent)!r}; the folder must hold the Planetoid "
-            f"files ind.{name}.{{x,y,tx,ty,allx,ally,graph,test.index}}."
-        )
+    _require_file(path, name)
     if path.stat().st_size > _MAX_TEST_INDEX_BYTES:
         raise ValueError(
             f"load_planetoid: {path.name} is too large for a list of test nodes; got {path.stat().st_size} bytes, "
