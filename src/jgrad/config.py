@@ -420,6 +420,29 @@ def _schema_depth(cls: type) -> int:
                    for f in dataclasses.fields(cls))
 
 
+def _example_configs() -> Path | None:
+    """The ``configs/`` folder of the source checkout jgrad is imported from (an editable install), if any:
+    the example configs are in the repository, not in the installed package."""
+    folder = Path(__file__).resolve().parents[2] / "configs"
+    return folder if folder.is_dir() and any(folder.glob("*.yaml")) else None
+
+
+def _where_configs_are(path: Path) -> str:
+    """The end of the message for a missing config file: where the example configs are."""
+    place = f" (relative to {Path.cwd()})" if not path.is_absolute() else ""
+    folder = _example_configs()
+    if folder is not None and (folder / path.name).is_file():
+        return f"{place}; the example config of that name is {folder / path.name}: pass that path."
+    if folder is not None:
+        names = sorted(p.name for p in folder.glob("*.yaml"))
+        listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        return (f"{place}; the example configs are in {folder} ({listed}), and docs/training.md (\"Configs\") "
+                "lists every key.")
+    return (f"{place}; the example configs (gcn_cora.yaml, gat_cora.yaml, ...) are in the configs/ folder of the "
+            "jgrad source repository, not installed with the package: copy one, or write a YAML file with the "
+            "sections data, model, optim and train, every key optional (docs/training.md, \"Configs\").")
+
+
 def read_yaml(path: str | os.PathLike, cls: type = Config) -> dict[str, Any]:
     """Reads a YAML config file into a dict with the restricted loader (see `parse_yaml`).
 
@@ -427,12 +450,13 @@ def read_yaml(path: str | os.PathLike, cls: type = Config) -> dict[str, Any]:
     deeper than ``cls``'s sections, so that a list where a number belongs is reported by its key.
 
     Raises:
-      FileNotFoundError: ``path`` is not a file.
+      FileNotFoundError: ``path`` is not a file; the message says where the example configs are (the
+        ``configs/`` folder of the source repository; not installed with the package).
       ConfigError: the file cannot be read or parsed; the message names the file (and the line).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config: no config file at {path}.")
+        raise FileNotFoundError(f"config: no config file at {path}{_where_configs_are(path)}")
     try:
         with open(path, "rb") as file:
             data = file.read(_MAX_FILE_BYTES + 1)

@@ -357,3 +357,29 @@ def test_a_usage_error_is_one_line_with_status_2(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == ("jgrad train: argument --seeds: invalid int value: 'many' "
                                        "(see jgrad train --help).\n")
+
+
+def test_a_missing_config_says_where_the_example_configs_are(tmp_path, monkeypatch, capsys):
+    import jgrad.config
+
+    monkeypatch.chdir(tmp_path)  # outside the repository
+    assert main(["train", "configs/gcn_cora.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"jgrad train: config: no config file at configs/gcn_cora.yaml (relative to {tmp_path}); the "
+                   f"example config of that name is {CONFIGS / 'gcn_cora.yaml'}: pass that path.\n")
+    assert main(["train", str(tmp_path / "mine.yaml")]) == 2
+    err = capsys.readouterr().err
+    first = ", ".join(sorted(path.name for path in CONFIGS.glob("*.yaml"))[:4])
+    assert first.startswith("gat_cora.yaml, gcn_citeseer.yaml")
+    assert err == (f"jgrad train: config: no config file at {tmp_path / 'mine.yaml'}; the example configs are in "
+                   f"{CONFIGS} ({first}, ...), and "
+                   "docs/training.md (\"Configs\") lists every key.\n")
+    assert not (tmp_path / "runs").exists()
+    # Installed from a wheel, without the repository beside the package.
+    monkeypatch.setattr(jgrad.config, "_example_configs", lambda: None)
+    assert main(["train", "configs/gcn_cora.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"jgrad train: config: no config file at configs/gcn_cora.yaml (relative to {tmp_path}); the "
+                   "example configs (gcn_cora.yaml, gat_cora.yaml, ...) are in the configs/ folder of the jgrad source "
+                   "repository, not installed with the package: copy one, or write a YAML file with the sections "
+                   "data, model, optim and train, every key optional (docs/training.md, \"Configs\").\n")
