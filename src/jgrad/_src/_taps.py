@@ -20,6 +20,9 @@ the op ran on):
 - ``attention`` / ``attention_fixed (out, values, score_src, score_dst, log_normaliser, slope, w, s, r)``:
   a normalised-attention aggregation (see `jgrad.gradients._attention`); ``_fixed`` when the layer
   replaces A's diagonal by its own self loops.
+- ``inverse_degree__row`` / ``__sym (inverse, degree, w)``: ``inverse = degree ** -1`` (a row
+  normalisation) or ``** -1/2`` (a symmetric one), 0 where the degree is 0; where the degree, a
+  function of A through ``w``, is 0 at a real node the model is not differentiable in A.
 - ``refuse__<reason> (out, w)``: ``w`` enters the model in a way that has no gradient w.r.t. missing
   pairs; the interpreter raises `REFUSALS[reason]` if ``w`` is the tracked adjacency.
 """

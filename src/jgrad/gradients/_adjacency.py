@@ -479,6 +479,10 @@ def adjacency_grad(
       check: compare with `edge_grad` at the existing edges (in dense mode also the loss values) and
         raise on disagreement; when the values are traced (``adjacency_grad`` inside ``jit``) a
         disagreement makes every entry NaN instead. ``edge_error`` always holds the measured error.
+        In factored mode, also raise (inside ``jit``: NaN in the node's row) when a normalisation
+        divides by a real node's zero degree (a mean at a node with no incoming weight), where the
+        model is not differentiable in A; ``check=False`` gives 0 in such rows, right when the loss
+        does not depend on those nodes.
       force: allow ``mode="dense"`` above 2048 nodes.
 
     Returns:
@@ -488,7 +492,8 @@ def adjacency_grad(
     Raises:
       ValueError: non-scalar output, weights with trailing dimensions, unknown mode, a dense request
         above the size limit, a model that traces differently twice, and, in factored mode, a
-        disagreement with `edge_grad` (a non-linear use of the adjacency).
+        disagreement with `edge_grad` (a non-linear use of the adjacency) or a normalisation by a
+        zero degree (see ``check``).
       TypeError: non-Graph input, non-float weights, a non-callable fn, non-bool flags.
 
     Example:
@@ -516,7 +521,8 @@ def adjacency_grad(
     return result.symmetric() if symmetric else result
 
 
-def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> AdjacencyGrad:
+def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> tuple[AdjacencyGrad, dict]:
+    """The factored gradient, and the real nodes at which it does not exist (see `_raise_if_undefined`)."""
     where = "adjacency_grad"
     args = rebuild_args(call, arrays)
     n = graph.n_nodes
@@ -528,11 +534,11 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> 
 
     def run(probes, w):
         graph_w = tracked(w)
-        interpreter = _recording.Interpreter(n, probes)
+        interpreter = _recording.Interpreter(n, probes, node_mask=graph.node_mask)
         inputs = _recording.array_leaves(graph_w, args)
         (value,) = interpreter.run(closed, inputs, graph_w.edge_weight, graph_w.senders, graph_w.receivers)
         check_scalar(where, value)
-        return value, interpreter.terms
+        return value, interpreter.terms, interpreter.undefined
 
     # pass 1: which taps, of which shapes (abstract evaluation, no FLOPs)
     discovered: list = []
@@ -541,20 +547,58 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> 
     probes = [jnp.zeros(term.shape, term.dtype) for term in terms]
 
     def objective(probes, w):
-        value, found = run(probes, w)
-        return value, [term.data for term in found]
+        value, found, undefined = run(probes, w)
+        return value, ([term.data for term in found], undefined)
 
     # pass 2: dL/dprobe = G for every term, and dL/dw for the check, in one backward pass
-    (probe_grads, weight_grad), data = jax.grad(objective, argnums=(0, 1), has_aux=True)(probes, w)
+    (probe_grads, weight_grad), (data, undefined) = jax.grad(objective, argnums=(0, 1), has_aux=True)(probes, w)
     result = _assemble([term.kind for term in terms], probe_grads, data, graph, w.dtype)
-    return dataclasses.replace(result, edge_error=_edge_error(result, weight_grad, graph.edge_mask))
+    result = dataclasses.replace(result, edge_error=_edge_error(result, weight_grad, graph.edge_mask))
+    none = jnp.zeros((n,), bool)
+    return result, {norm: none if nodes is None else nodes for norm, nodes in undefined.items()}
+
+
+def _raise_if_undefined(rows: dict) -> None:
+    """Raises when a normalisation of the adjacency divided by a zero degree at a real node (``rows``:
+    ``{"row": (N,) bool, "sym": (N,) bool}``, from the `_recording.Interpreter`): an edge added into
+    such a node makes the model jump, so dL/dA has no value in its row. Every such node counts, as
+    the interpreter cannot tell whether the loss reaches it. Traced rows are left to `_poisoned_rows`.
+    """
+    for norm, mask in rows.items():
+        try:
+            nodes = np.flatnonzero(np.asarray(mask))
+        except jax.errors.TracerArrayConversionError:
+            return
+        if nodes.size == 0:
+            continue
+        how = ("takes a mean over its incoming edges (row_norm, mean_aggregate, SAGEConv(aggregator='mean'), "
+               "propagate(norm='row')), which jumps as soon as an edge into it is added" if norm == "row" else
+               "scales by its degree ** -1/2 (gcn_norm, propagate(norm='sym') without self loops), whose "
+               "derivative is unbounded at 0")
+        more = f" ({nodes.size - 1} more such nodes)" if nodes.size > 1 else ""
+        raise ValueError(
+            f"adjacency_grad: node {int(nodes[0])} has no incoming weight and the model {how}; got a model "
+            f"that is not differentiable in A in that node's row{more}. Add self loops "
+            "(graph.add_self_loops(), or add_self_loops=True), use jgrad.edge_grad for the existing edges, or pass "
+            "check=False if the loss does not depend on those nodes (their rows are then 0)."
+        )
+
+
+def _poisoned_rows(result: AdjacencyGrad, rows: dict) -> AdjacencyGrad:
+    """``result`` with NaN in the rows of `_undefined_rows` (under ``jit``, where they cannot raise)."""
+    if not isinstance(rows["row"], jax.core.Tracer) or result.left.shape[1] == 0:
+        return result
+    bad = (rows["row"] | rows["sym"])[:, None]
+    return dataclasses.replace(result, left=jnp.where(bad, jnp.asarray(jnp.nan, result.left.dtype), result.left))
 
 
 def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> AdjacencyGrad:
-    result = run_cached(_factored_build, fn, args, ("factored",), graph, weight)
-    if check:
-        _raise_if_nonlinear(result.edge_error, weight.dtype)
-    return _poisoned_if_wrong(result, weight.dtype) if check else result
+    result, undefined_rows = run_cached(_factored_build, fn, args, ("factored",), graph, weight)
+    if not check:
+        return result
+    _raise_if_undefined(undefined_rows)
+    _raise_if_nonlinear(result.edge_error, weight.dtype)
+    return _poisoned_rows(_poisoned_if_wrong(result, weight.dtype), undefined_rows)
 
 
 def _assemble(kinds, probe_grads, data, graph: Graph, dtype) -> AdjacencyGrad:

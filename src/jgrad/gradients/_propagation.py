@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from .._src._checks import check_graph
-from .._src._degree import safe_inverse_power
+from .._src._degree import inverse_degree
 from .._src._types import check_choice
 from ..graph import Graph
 from ..ops import spmm
@@ -99,13 +99,13 @@ def propagate(
         return out + loop * x if add_self_loops else out
     degree = graph.in_degree().astype(x.dtype) + loop
     if norm == "sym":
-        scale = as_column(safe_inverse_power(degree, 0.5))
+        scale = as_column(inverse_degree(graph, degree, 0.5, graph.edge_weight))
         scaled = scale * x
         out = spmm(graph, scaled)
         if add_self_loops:
             out = out + loop * scaled
         return scale * out
-    scale = as_column(safe_inverse_power(degree, 1.0))
+    scale = as_column(inverse_degree(graph, degree, 1.0, graph.edge_weight))
     out = spmm(graph, x)
     if add_self_loops:
         out = out + loop * x

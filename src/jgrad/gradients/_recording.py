@@ -93,11 +93,18 @@ class Interpreter:
       n_nodes: N of the tracked graph.
       probes: one array per term, added to the tapped outputs; ``None`` to discover the terms (the
         outputs are then left as they are).
+      node_mask: (N,) bool of the tracked graph's real nodes, or None (all real).
+
+    Attributes:
+      undefined: ``{"row": (N,) bool or None, "sym": ...}``, the real nodes at which a row or
+        symmetric normalisation divided by a zero degree of the tracked adjacency.
     """
 
-    def __init__(self, n_nodes: int, probes: list | None = None):
+    def __init__(self, n_nodes: int, probes: list | None = None, *, node_mask: Any = None):
         self.n_nodes = n_nodes
         self.probes = probes
+        self.node_mask = node_mask
+        self.undefined: dict[str, Any] = {"row": None, "sym": None}
         self.terms: list[Term] = []
         self._tags: dict[int, tuple[Any, Any]] = {}
         self._index_tags: dict[int, tuple[Any, set]] = {}
@@ -197,6 +204,8 @@ class Interpreter:
         if kind == "scaled":
             self._declare_scaled(*inputs)
             return out
+        if kind.startswith("inverse_degree__"):
+            return self._inverse_degree(kind[len("inverse_degree__"):], *inputs)
         if kind == "aggregate":
             _, u, weight, senders, receivers = inputs
         elif kind == "degree":
@@ -221,6 +230,17 @@ class Interpreter:
             return self._probe(Term(kind, tuple(out.shape), out.dtype, data), out)
         kind = "aggregate" if direction == "direct" else "aggregate_t"
         return self._probe(Term(kind, tuple(out.shape), out.dtype, (u, tag.left, tag.right)), out)
+
+    def _inverse_degree(self, norm: str, inverse, degree, weight):
+        """A normalisation's power of a degree of the tracked adjacency: records the real nodes whose
+        degree is 0, where the model jumps as soon as an edge into them is added."""
+        if self._weights_tag(weight) is not None:
+            zero = degree <= 0
+            if self.node_mask is not None:
+                zero = zero & self.node_mask
+            previous = self.undefined[norm]
+            self.undefined[norm] = zero if previous is None else previous | zero
+        return inverse
 
     def _declare_scaled(self, out, weight, senders_in, receivers_in, left, right, senders_out, receivers_out):
         """Tags ``out`` as the weights of a new edge set ``diag(left) W diag(right)``, W the tagged input.

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from .._src import _taps
 from .._src._checks import check_graph
-from .._src._degree import safe_inverse_power
+from .._src._degree import inverse_degree
 from .._src._types import REDUCERS, check_choice
 from ..gradients import propagate
 from ..graph import Graph
@@ -310,7 +310,7 @@ def gcn_scaling(
     degree = _in_degree(graph, dtype)
     if add_self_loops:
         degree = degree + fill
-    return safe_inverse_power(degree, 0.5 if norm == "sym" else 1.0)
+    return inverse_degree(graph, degree, 0.5 if norm == "sym" else 1.0, graph.edge_weight)
 
 
 GCN_NORMS: tuple[str | None, ...] = ("sym", "row", None)

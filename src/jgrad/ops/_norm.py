@@ -21,7 +21,7 @@ from jax.experimental import checkify
 
 from .._src import _taps
 from .._src._checks import check_graph, check_graph_indices, debug_checks_on, is_concrete
-from .._src._degree import safe_inverse_power, unfolded
+from .._src._degree import inverse_degree, unfolded
 from .._src._types import default_float_dtype
 from ..graph import Graph
 from ._segment import segment_sum
@@ -133,7 +133,7 @@ def gcn_norm(
     if add_self_loops:
         loop_weights = looped.weights(weight.dtype)[base.n_edges:]
         degree = degree + loop_weights
-    inv_sqrt = safe_inverse_power(_taps.mark(base, "degree", degree, weight, base.receivers), 0.5)
+    inv_sqrt = inverse_degree(base, _taps.mark(base, "degree", degree, weight, base.receivers), 0.5, weight)
     normalised = inv_sqrt[base.receivers] * edge_weights * inv_sqrt[base.senders]
     if add_self_loops:
         normalised = jnp.concatenate([normalised, inv_sqrt * loop_weights * inv_sqrt])
@@ -166,7 +166,7 @@ def row_norm(graph: Graph, edge_weight: ArrayLike | None = None) -> Graph:
     weight = _scalar_weights("row_norm", graph, edge_weight)
     base = graph.with_edge_weight(weight)
     degree = segment_sum(base.weights(weight.dtype), unfolded(base.receivers), base.n_nodes)
-    inverse = safe_inverse_power(_taps.mark(base, "degree", degree, weight, base.receivers), 1.0)
+    inverse = inverse_degree(base, _taps.mark(base, "degree", degree, weight, base.receivers), 1.0, weight)
     normalised = inverse[base.receivers] * base.weights(weight.dtype)
     return base.with_edge_weight(_mark_scaled(base, base, weight, normalised, inverse, jnp.ones_like(inverse)))
 
