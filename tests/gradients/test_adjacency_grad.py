@@ -338,3 +338,12 @@ def test_works_under_jit(x64):
     dense, error = dense_grad(graph.edge_weight)
     np.testing.assert_allclose(dense, jax.grad(_gcn_dense)(graph.to_dense(), params), rtol=1e-10, atol=1e-13)
     assert float(error) < 1e-12
+
+
+def test_repr_gives_the_sizes_not_the_factors():
+    graph, params = _random_graph(dtype=np.float32), jax.tree.map(lambda a: a.astype(jnp.float32), _params())
+    grad = adjacency_grad(_gcn, graph, params)
+    text = repr(grad)
+    assert text.startswith(f"AdjacencyGrad(n_nodes={N}, rank={grad.rank}, n_edges={graph.n_edges}")
+    assert "edge_error=" in text and "dtype=float32" in text and "[" not in text and len(text) < 160
+    assert "symmetric=True" in repr(grad.symmetric())

@@ -94,6 +94,17 @@ class AdjacencyGrad:
         """R, the number of factor columns (an upper bound on the rank of dL/dA)."""
         return int(self.left.shape[1])
 
+    def __repr__(self) -> str:
+        # The sizes, not the factors' values (pages of numbers for any real graph).
+        parts = [f"n_nodes={self.n_nodes}", f"rank={self.rank}", f"n_edges={self.senders.shape[-1]}"]
+        if self.attention:
+            parts.append(f"attention_terms={len(self.attention)}")
+        if self.is_symmetric:
+            parts.append("symmetric=True")
+        if not isinstance(self.edge_error, jax.core.Tracer) and jnp.ndim(self.edge_error) == 0:
+            parts.append(f"edge_error={float(self.edge_error):.3g}")
+        return f"AdjacencyGrad({', '.join(parts)}, dtype={self.left.dtype})"
+
     def dense(self) -> jax.Array:
         """The full (N, N) gradient. O(N^2 R) time and O(N^2) memory (O(N^2 H) with attention terms)."""
         value = self.left @ self.right.T - jnp.diag(self.diagonal_offset)
