@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from .._src import _taps
-from .._src._loops import looped_edge_mask
 from .._src._checks import check_graph, check_graph_indices
+from .._src._loops import looped_edge_mask
 from .._src._messages import align_edge
 from .._src._op import Op, backward_of, tangent_of
 from .._src._plan import Plan, resolve
