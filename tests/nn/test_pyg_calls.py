@@ -1,4 +1,4 @@
-"""PyG's call forms on the jgrad.nn layers, ``conv(graph, x, edge_weight)`` and the ``edge_weight=`` /
+"""PyG's call forms on the jgrad.nn layers and models, ``conv(graph, x, edge_weight)`` and the ``edge_weight=`` /
 ``edge_attr=`` / ``edge_index=`` keywords, raise one TypeError line naming jgrad's equivalent."""
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ LAYERS = {
     "GINConv": lambda: GINConv(3, 2, rngs=nnx.Rngs(0)),
     "GATConv": lambda: GATConv(3, 2, rngs=nnx.Rngs(0)),
     "MessagePassing": lambda: MessagePassing(),
+    "GCN": lambda: jgrad.nn.GCN(3, 4, 2, rngs=nnx.Rngs(0)),
+    "GAT": lambda: jgrad.nn.GAT(3, 4, 2, heads=2, rngs=nnx.Rngs(0)),
+    "GraphSAGE": lambda: jgrad.nn.GraphSAGE(3, 4, 2, rngs=nnx.Rngs(0)),
+    "GIN": lambda: jgrad.nn.GIN(3, 4, 2, rngs=nnx.Rngs(0)),
 }
 G = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
 X = jnp.ones((3, 3))

@@ -64,7 +64,7 @@ from .._src._checks import check_graph
 from .._src._types import check_choice
 from ..graph import Graph
 from . import functional as F
-from ._layers import GATConv, GCNConv, GINConv, SAGEConv
+from ._layers import GATConv, GCNConv, GINConv, SAGEConv, _refuse_extra
 
 
 def _split(key: jax.Array | None, n: int) -> list[jax.Array | None]:
@@ -127,8 +127,10 @@ class GCN(nnx.Module):
         self.layers = nnx.List([GCNConv(i, o, rngs=rngs, norm=norm, use_bias=use_bias, param_dtype=param_dtype)
                                 for i, o in _widths(in_features, hidden_features, out_features, n_layers)])
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, graph: Graph, x: jax.Array, *extra: Any, key: jax.Array | None = None,
+                 **unexpected: Any) -> jax.Array:
         """(N, in_features) -> (N, out_features) logits."""
+        _refuse_extra(self, graph, extra, unexpected)
         check_graph(type(self).__name__, graph)
         keys = _split(key, len(self.layers))
         scaling = self.layers[0].prepare(graph)
@@ -175,8 +177,10 @@ class GAT(nnx.Module):
                     edge_weight_mode=edge_weight_mode),
         ])
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, graph: Graph, x: jax.Array, *extra: Any, key: jax.Array | None = None,
+                 **unexpected: Any) -> jax.Array:
         """(N, in_features) -> (N, out_features) logits."""
+        _refuse_extra(self, graph, extra, unexpected)
         check_graph(type(self).__name__, graph)
         keys = _split(key, 2 * len(self.layers))
         for i, layer in enumerate(self.layers):
@@ -211,8 +215,10 @@ class GraphSAGE(nnx.Module):
             for i, o in _widths(in_features, hidden_features, out_features, n_layers)
         ])
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, graph: Graph, x: jax.Array, *extra: Any, key: jax.Array | None = None,
+                 **unexpected: Any) -> jax.Array:
         """(N, in_features) -> (N, out_features) logits."""
+        _refuse_extra(self, graph, extra, unexpected)
         check_graph(type(self).__name__, graph)
         keys = _split(key, len(self.layers))
         for i, layer in enumerate(self.layers):
@@ -267,8 +273,10 @@ class GIN(nnx.Module):
         ])
         self.head = nnx.Linear(hidden_features, out_features, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, graph: Graph, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, graph: Graph, x: jax.Array, *extra: Any, key: jax.Array | None = None,
+                 **unexpected: Any) -> jax.Array:
         """(N, in_features) -> (N, out_features), or (G, out_features) with a readout."""
+        _refuse_extra(self, graph, extra, unexpected)
         check_graph(type(self).__name__, graph)
         for layer in self.layers:
             x = jax.nn.relu(layer(graph, x))
