@@ -6,6 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP     := $(VENV)/.installed-dev
+BENCH_STAMP   := $(VENV)/.installed-bench
 
 .PHONY: demo test test-fast bench install clean
 
@@ -21,6 +22,10 @@ $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 $(DEV_STAMP): $(RUNTIME_STAMP) pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(DEV_STAMP)
+
+$(BENCH_STAMP): $(DEV_STAMP) pyproject.toml
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
 
 install: $(RUNTIME_STAMP)
 
@@ -42,8 +47,7 @@ FAST_TESTS := tests/test_imports.py tests/graph/test_graph.py tests/graph/test_s
 test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -n 2 -q -m "not slow" $(FAST_TESTS)
 
-bench: $(DEV_STAMP)
-	$(PY) -m pip install -q -e ".[dev,bench]"
+bench: $(BENCH_STAMP)
 	$(VENV)/bin/jgrad bench
 
 clean:
