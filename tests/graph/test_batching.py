@@ -311,3 +311,159 @@ def test_unbatch_refuses_edges_between_graphs_and_counts_that_do_not_add_up():
     with pytest.raises(ValueError, match=r"^unbatch: n_node_per_graph must be non-negative and add up to n_nodes; "
                                          r"got sum 3 over 2 graphs, expected 4\.$"):
         jgrad.unbatch(miscounted)
+
+
+# --------------------------------------------------------------------------------------------------
+# pad with a fixed graph count (n_graphs)
+# --------------------------------------------------------------------------------------------------
+def _triangles(count: int) -> Graph:
+    """A batch of ``count`` directed triangles: 3 nodes and 3 edges each."""
+    return jgrad.batch([Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)] * count)
+
+
+@pytest.mark.parametrize("count", [8, 16])
+def test_pad_with_n_graphs_gives_exactly_n_graphs_for_partial_and_full_batches(count):
+    b = _triangles(count)
+    p = jgrad.pad(b, n_nodes=64, n_edges=64, n_graphs=17)
+    assert (p.n_nodes, p.n_edges, p.n_graphs) == (64, 64, 17)
+    padding = 17 - count
+    # The first padding graph holds the padding nodes and edges, the others are empty, as in jraph.
+    np.testing.assert_array_equal(p.n_node_per_graph, [3] * count + [64 - 3 * count] + [0] * (padding - 1))
+    np.testing.assert_array_equal(p.n_edge_per_graph, [3] * count + [64 - 3 * count] + [0] * (padding - 1))
+    np.testing.assert_array_equal(p.graph_mask, [True] * count + [False] * padding)
+    np.testing.assert_array_equal(p.node_mask, np.arange(64) < 3 * count)
+    np.testing.assert_array_equal(p.edge_mask, np.arange(64) < 3 * count)
+    np.testing.assert_array_equal(p.senders[3 * count:], 3 * count)  # self loops on the first padding node
+    np.testing.assert_array_equal(p.node_graph_index()[3 * count:], count)
+    assert p.n_node_per_graph.dtype == jnp.int32 and p.n_edge_per_graph.dtype == jnp.int32
+
+
+def test_pad_with_n_graphs_keeps_g_when_the_batch_exactly_fills_n_nodes():
+    b = _triangles(7)  # 21 nodes, 21 edges
+    # Without n_graphs G depends on whether a padding node is needed (kept for compatibility).
+    assert jgrad.pad(b, n_nodes=21, n_edges=21).n_graphs == 7
+    assert jgrad.pad(b, n_nodes=22, n_edges=28).n_graphs == 8
+    full = jgrad.pad(b, n_nodes=21, n_edges=21, n_graphs=9)
+    partial = jgrad.pad(b, n_nodes=22, n_edges=28, n_graphs=9)
+    assert full.n_graphs == partial.n_graphs == 9
+    np.testing.assert_array_equal(full.n_node_per_graph, [3] * 7 + [0, 0])
+    np.testing.assert_array_equal(full.n_edge_per_graph, [3] * 7 + [0, 0])
+    np.testing.assert_array_equal(full.graph_mask, [True] * 7 + [False, False])
+    assert bool(full.node_mask.all()) and bool(full.edge_mask.all())
+    np.testing.assert_array_equal(partial.n_node_per_graph, [3] * 7 + [1, 0])
+    np.testing.assert_array_equal(partial.n_edge_per_graph, [3] * 7 + [7, 0])
+    np.testing.assert_array_equal(partial.graph_mask, [True] * 7 + [False, False])
+
+
+def test_pad_with_n_graphs_of_a_single_graph_and_of_a_padded_batch():
+    g1, g2 = _pair()
+    single = jgrad.pad(g1, n_nodes=2, n_edges=2, n_graphs=3)
+    np.testing.assert_array_equal(single.n_node_per_graph, [2, 0, 0])
+    np.testing.assert_array_equal(single.graph_mask, [True, False, False])
+    np.testing.assert_array_equal(single.to_dense(), g1.to_dense())
+    once = jgrad.pad(jgrad.batch([g1, g2]), n_nodes=7, n_edges=8)  # G = 3, one padding graph
+    twice = jgrad.pad(once, n_nodes=9, n_edges=10, n_graphs=6)
+    np.testing.assert_array_equal(twice.n_node_per_graph, [2, 3, 2, 2, 0, 0])
+    np.testing.assert_array_equal(twice.graph_mask, [True, True, False, False, False, False])
+    assert [p.n_nodes for p in jgrad.unbatch(twice)] == [2, 3]
+
+
+def test_pad_with_n_graphs_under_jit_matches_eager():
+    b = _triangles(3)
+    eager = jgrad.pad(b, 12, 15, n_graphs=6)
+    traced = jax.jit(lambda g: jgrad.pad(g, 12, 15, n_graphs=6))(b)
+    for name in ("senders", "receivers", "node_mask", "edge_mask", "graph_mask", "n_node_per_graph",
+                 "n_edge_per_graph"):
+        np.testing.assert_array_equal(np.asarray(getattr(traced, name)), np.asarray(getattr(eager, name)))
+    assert traced.n_graphs == 6
+
+
+def test_a_jitted_readout_step_traces_once_across_batches_of_8_and_16_graphs():
+    rng = np.random.default_rng(0)
+    batches = [_triangles(count) for count in (16, 8, 16, 8)]
+    traces = []
+
+    def make_step():  # a new function each time: jit's trace cache is keyed by the function
+        def step(g, x):
+            traces.append(g.n_graphs)  # runs only while tracing
+            return jgrad.nn.readout(g, x, "sum")
+        return jax.jit(step)
+
+    jitted = make_step()
+    for b in batches:
+        p = jgrad.pad(b, n_nodes=64, n_edges=64, n_graphs=17)
+        x = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
+        out = jitted(p, x)
+        assert out.shape == (17, 4)
+        np.testing.assert_allclose(out[:b.n_graphs], jgrad.nn.readout(b, x[:b.n_nodes], "sum"), rtol=1e-6)
+        np.testing.assert_array_equal(out[b.n_graphs:], 0.0)
+    assert traces == [17]
+    # Without n_graphs the two graph counts are two shapes: G = 17 and G = 9.
+    traces.clear()
+    jitted = make_step()
+    for b in batches:
+        jitted(jgrad.pad(b, n_nodes=64, n_edges=64), jnp.zeros((64, 4)))
+    assert traces == [17, 9]
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+def test_readout_of_real_graphs_is_unchanged_and_empty_padding_graphs_give_zeros(reduce):
+    g1, g2 = _pair()
+    b = jgrad.batch([g1, g2, g1])
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(7, 3)), jnp.float32) - 5.0  # all negative
+    for n_nodes, n_edges in ((7, 7), (10, 12)):  # exact fill (all padding graphs empty), then padding
+        p = jgrad.pad(b, n_nodes=n_nodes, n_edges=n_edges, n_graphs=6)
+        xp = jnp.concatenate([x, jnp.full((n_nodes - 7, 3), 100.0)])  # padding nodes must not leak in
+        out = jgrad.nn.readout(p, xp, reduce)
+        assert out.shape == (6, 3)
+        np.testing.assert_allclose(out[:3], jgrad.nn.readout(b, x, reduce), rtol=1e-6)
+        np.testing.assert_array_equal(out[3:], 0.0)  # neither NaN (mean) nor -inf (max)
+        np.testing.assert_array_equal(jax.jit(jgrad.nn.readout, static_argnums=2)(p, xp, reduce), out)
+        grad = jax.grad(lambda h: jnp.sum(jgrad.nn.readout(p, h, reduce) ** 2))(xp)
+        assert bool(jnp.isfinite(grad).all())
+        np.testing.assert_array_equal(grad[7:], 0.0)
+
+
+def test_unbatch_drops_empty_padding_graphs():
+    g1, g2 = _pair()
+    for n_nodes, n_edges in ((5, 5), (8, 9)):
+        p = jgrad.pad(jgrad.batch([g1, g2]), n_nodes=n_nodes, n_edges=n_edges, n_graphs=5)
+        parts = jgrad.unbatch(p)
+        assert len(parts) == 2
+        for part, g in zip(parts, (g1, g2)):
+            np.testing.assert_array_equal(part.to_dense(), g.to_dense())
+
+
+def test_pad_to_bucket_rounds_or_fixes_the_graph_count():
+    b = _triangles(3)  # 9 nodes, 9 edges, 3 graphs
+    default = pad_to_bucket(b)
+    assert (default.n_nodes, default.n_edges, default.n_graphs) == (16, 16, 4)
+    fixed = pad_to_bucket(b, n_graphs=9)
+    assert (fixed.n_nodes, fixed.n_edges, fixed.n_graphs) == (16, 16, 9)
+    np.testing.assert_array_equal(fixed.n_node_per_graph, [3, 3, 3, 7, 0, 0, 0, 0, 0])
+    bucketed = pad_to_bucket(b, n_graphs="bucket")
+    assert bucketed.n_graphs == 16
+    assert pad_to_bucket(_triangles(20), n_graphs="bucket").n_graphs == 32  # 21 -> 32
+    assert pad_to_bucket(b, n_graphs="bucket", growth=2.0, minimum=4).n_graphs == 4
+    np.testing.assert_array_equal(bucketed.graph_mask, np.arange(16) < 3)
+
+
+def test_pad_to_bucket_with_a_graph_count_bounds_recompiles_of_the_graph_axis():
+    traces = []
+
+    def make_step():  # a new function each time: jit's trace cache is keyed by the function
+        def per_graph_sum(g, x):
+            traces.append((g.n_nodes, g.n_edges, g.n_graphs))  # runs only while tracing
+            return jgrad.nn.readout(g, x, "sum")
+        return jax.jit(per_graph_sum)
+
+    counts = [6, 7, 8, 9, 10, 6, 8, 10, 7, 9, 6, 8, 10]  # 13 batches, 18-30 nodes and edges: bucket 32
+    for n_graphs, expected in ((None, 5), ("bucket", 1), (11, 1)):  # G: 7-11 graphs, 16, 11
+        traces.clear()
+        jitted = make_step()
+        for count in counts:
+            p = pad_to_bucket(_triangles(count), n_graphs=n_graphs)
+            out = jitted(p, jnp.ones((p.n_nodes, 1)))
+            np.testing.assert_array_equal(out[:count, 0], 3.0)
+            np.testing.assert_array_equal(out[count:, 0], 0.0)
+        assert len(traces) == expected, (n_graphs, traces)

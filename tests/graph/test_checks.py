@@ -171,7 +171,8 @@ def test_pad_to_smaller_sizes_reports_both_problems():
 def test_pad_edges_without_a_padding_node():
     g = Graph.from_edges([0], [1], n_nodes=2)
     with pytest.raises(ValueError, match=r"padding 2 edges needs at least one padding node; got n_nodes=2, "
-                                         r"expected > 2\. Use pad_to_bucket"):
+                                         r"expected > 2\. Use jgrad\.graph\.pad_to_bucket, which "
+                                         r"reserves one\.$"):
         jgrad.pad(g, n_nodes=2, n_edges=3)
 
 
@@ -181,6 +182,34 @@ def test_pad_names_the_bad_argument():
         jgrad.pad(g, n_nodes=3, n_edges=3.0)
     with pytest.raises(ValueError, match=r"pad: n_nodes must be non-negative; got -3"):
         jgrad.pad(g, n_nodes=-3, n_edges=3)
+
+
+def test_pad_n_graphs_must_leave_room_for_a_padding_graph():
+    b = jgrad.batch([Graph.from_edges([0], [1], n_nodes=2)] * 3)
+    for n_graphs in (3, 2, 0):
+        with pytest.raises(ValueError, match=rf"^pad: n_graphs={n_graphs} leaves no room for a padding graph after "
+                                             rf"the graph's 3 graph\(s\); expected n_graphs > 3\.$"):
+            jgrad.pad(b, n_nodes=8, n_edges=8, n_graphs=n_graphs)
+    with pytest.raises(ValueError, match=r"^pad: n_nodes=5 is smaller than the graph's 6 nodes\. n_graphs=1 leaves "
+                                         r"no room"):
+        jgrad.pad(b, n_nodes=5, n_edges=8, n_graphs=1)
+    with pytest.raises(ValueError, match=r"^pad: padding 2 edges needs at least one padding node"):
+        jgrad.pad(b, n_nodes=6, n_edges=5, n_graphs=5)  # empty padding graphs cannot hold edges
+    with pytest.raises(TypeError, match=r"^pad: n_graphs must be an int; got float 5\.0"):
+        jgrad.pad(b, n_nodes=8, n_edges=8, n_graphs=5.0)
+    with pytest.raises(TypeError, match=r"^pad: n_graphs must be an int; got bool True"):
+        jgrad.pad(b, n_nodes=8, n_edges=8, n_graphs=True)
+    with pytest.raises(TypeError, match=r"positional"):
+        jgrad.pad(b, 8, 8, 5)  # keyword-only
+
+
+def test_pad_to_bucket_names_a_bad_graph_count():
+    g = jgrad.batch([Graph.from_edges([0], [1], n_nodes=2)] * 3)
+    with pytest.raises(ValueError, match=r"^pad_to_bucket: n_graphs must be None, an int or 'bucket'; "
+                                         r"got 'buckets'\.$"):
+        jgrad.graph.pad_to_bucket(g, n_graphs="buckets")
+    with pytest.raises(ValueError, match=r"^pad: n_graphs=3 leaves no room for a padding graph"):
+        jgrad.graph.pad_to_bucket(g, n_graphs=3)
 
 
 def test_batch_of_nothing():

@@ -79,6 +79,16 @@ def test_jraph_padding_maps_to_jgrad_masks_and_back():
     assert [p.n_nodes for p in jgrad.unbatch(g)] == [3, 2]
 
 
+def test_pad_with_n_graphs_lays_out_the_empty_graphs_of_jraph_pad_with_graphs():
+    batched = jraph.batch([_tuple(10, n=3, e=4), _tuple(11, n=2, e=3)])
+    expected = jraph.pad_with_graphs(batched, n_node=8, n_edge=10, n_graph=5)
+    ours = jgrad.pad(from_jraph(batched), n_nodes=8, n_edges=10, n_graphs=5)
+    _assert_same_tuple(to_jraph(ours, nodes=expected.nodes, globals=expected.globals), expected)
+    back = from_jraph(expected, padded=True)
+    for name in ("graph_mask", "node_mask", "edge_mask", "n_node_per_graph", "n_edge_per_graph"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(ours, name), err_msg=name)
+
+
 def test_to_jraph_regroups_edges_appended_after_batching():
     b = jgrad.batch([Graph.from_edges([0], [1], n_nodes=2), Graph.from_edges([1], [0], n_nodes=2)])
     looped = b.add_self_loops()  # the 4 loops are appended after both graphs' edges

@@ -1,8 +1,9 @@
 """Many graphs as one: disjoint-union batches, padding to fixed sizes, and size buckets.
 
-A jit-compiled function recompiles for every new ``(n_nodes, n_edges)``. Padding each batch up to a
-bucket size (`bucket_size`, `pad_to_bucket`) bounds the number of distinct shapes, and so the number of
-compilations, by the number of buckets. (A graph large enough to carry a native plan adds one more
+A jit-compiled function recompiles for every new ``(n_nodes, n_edges)``, and for every new graph count
+when it has per-graph arrays (readouts, labels). Padding each batch up to a bucket size (`bucket_size`,
+`pad_to_bucket`), and to a fixed or bucketed graph count (``n_graphs``), bounds the number of distinct
+shapes, and so the number of compilations, by the number of buckets. (A graph large enough to carry a native plan adds one more
 static fact, whether its edges come sorted by receiver, by sender or neither: batches of one
 generator or loader share it.)
 """
@@ -172,24 +173,40 @@ def _take(values, index: np.ndarray):
     return jnp.asarray(values)[index]
 
 
-def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
-    """Pads ``graph`` to exactly ``n_nodes`` nodes and ``n_edges`` edges, with masks.
+def pad(graph: Graph, n_nodes: int, n_edges: int, *, n_graphs: int | None = None) -> Graph:
+    """Pads ``graph`` to exactly ``n_nodes`` nodes and ``n_edges`` edges (and ``n_graphs`` graphs), with masks.
 
     Padding nodes are appended after the real ones; padding edges are self loops on the first padding
-    node, so at least one padding node is needed when edges are padded. The padding forms one extra
-    graph in the batch (``graph_mask`` False), so graph-level readouts keep their real graphs intact.
-    Every jgrad op ignores padding edges; padding nodes receive nothing and output 0.
+    node, so at least one padding node is needed when edges are padded. The padding nodes and edges form
+    one extra graph in the batch (``graph_mask`` False), so graph-level readouts keep their real graphs
+    intact. jgrad's ops send nothing along padding edges and padding nodes receive nothing, but layers
+    may still give padding nodes non-zero rows (a bias, or a term of the node's own features, as in
+    GCNConv, SAGEConv, GraphConv, GINConv and GATConv): readouts and losses should mask them
+    (``node_mask``, ``graph_mask``); `jgrad.nn.readout` does.
+
+    Without ``n_graphs`` the number of graphs G of the result depends on the input: the input's graphs,
+    plus one padding graph when nodes are padded (none when the graph already has ``n_nodes`` nodes).
+    Under ``jax.jit`` every G is a new shape for per-graph arrays (``n_node_per_graph``, ``graph_mask``,
+    a readout's (G, F) output, labels), so batches with different graph counts compile again. With
+    ``n_graphs`` G is fixed, as in ``jraph.pad_with_graphs``: the real graphs, then the padding graph
+    with the padding nodes and edges, then empty padding graphs (0 nodes, 0 edges) up to ``n_graphs``.
+    Readouts give 0 for the empty graphs, and `unbatch` drops them. Unlike jraph, a batch that already
+    has ``n_nodes`` nodes is accepted: its padding graphs are all empty.
 
     Args:
       graph: the graph or batch to pad.
       n_nodes: target N (>= graph.n_nodes, and > graph.n_nodes if edges are padded), at most
         ``2**31 - 1``.
       n_edges: target E (>= graph.n_edges), at most ``2**31 - 1``.
+      n_graphs: target G, keyword-only: more than ``graph.n_graphs`` (at least one padding graph), for
+        example ``batch_size + 1`` for batches of at most ``batch_size`` graphs. ``None`` (the
+        default): at most one padding graph, as described above.
 
     Raises:
       TypeError: sizes that are not Python ints (floats such as ``1e9`` included).
-      ValueError: sizes smaller than the graph's, above ``2**31 - 1`` (int32 indexing; checked before
-        anything is allocated), or edge padding without a padding node.
+      ValueError: sizes smaller than the graph's (``n_graphs`` not above its graph count), above
+        ``2**31 - 1`` (int32 indexing; checked before anything is allocated), or edge padding without a
+        padding node.
 
     Returns:
       A padded `Graph` with ``node_mask``, ``edge_mask`` and ``graph_mask`` set.
@@ -199,10 +216,15 @@ def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
       >>> g = jgrad.pad(jgrad.Graph.from_edges([0], [1], n_nodes=2), n_nodes=4, n_edges=3)
       >>> g.node_mask.tolist(), g.edge_mask.tolist(), g.senders.tolist()
       ([True, True, False, False], [True, False, False], [0, 2, 2])
+      >>> b = jgrad.pad(jgrad.Graph.from_edges([0], [1], n_nodes=2), n_nodes=4, n_edges=3, n_graphs=4)
+      >>> b.n_node_per_graph.tolist(), b.n_edge_per_graph.tolist(), b.graph_mask.tolist()
+      ([2, 2, 0, 0], [1, 2, 0, 0], [True, False, False, False])
     """
     check_graph("pad", graph)
     n_nodes = _limits.check_size("pad", n_nodes)
     n_edges = _limits.check_size("pad", n_edges, name="n_edges")
+    if n_graphs is not None:
+        n_graphs = _limits.check_size("pad", n_graphs, name="n_graphs")
     extra_nodes = n_nodes - graph.n_nodes
     extra_edges = n_edges - graph.n_edges
     problems = []
@@ -213,7 +235,12 @@ def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
     if extra_edges > 0 and extra_nodes == 0:
         problems.append(
             f"padding {extra_edges} edges needs at least one padding node; got n_nodes={n_nodes}, "
-            f"expected > {graph.n_nodes}. Use pad_to_bucket, which reserves one."
+            f"expected > {graph.n_nodes}. Use jgrad.graph.pad_to_bucket, which reserves one."
+        )
+    if n_graphs is not None and n_graphs <= graph.n_graphs:
+        problems.append(
+            f"n_graphs={n_graphs} leaves no room for a padding graph after the graph's {graph.n_graphs} "
+            f"graph(s); expected n_graphs > {graph.n_graphs}."
         )
     if problems:
         raise ValueError("pad: " + " ".join(problems))
@@ -234,10 +261,17 @@ def pad(graph: Graph, n_nodes: int, n_edges: int) -> Graph:
     old_graph_mask = ones(graph.n_graphs) if graph.graph_mask is None else xp.asarray(graph.graph_mask)
     n_node_per_graph = _node_counts(graph, xp)
     n_edge_per_graph = _edge_counts(graph, xp)
-    if extra_nodes:
-        n_node_per_graph = xp.append(n_node_per_graph, extra_nodes)
-        n_edge_per_graph = xp.append(n_edge_per_graph, extra_edges)
-        old_graph_mask = xp.concatenate([old_graph_mask, xp.zeros((1,), bool)])
+    if n_graphs is None:
+        n_padding_graphs = 1 if extra_nodes else 0
+    else:
+        n_padding_graphs = n_graphs - graph.n_graphs
+    if n_padding_graphs:
+        empty = xp.zeros((n_padding_graphs - 1,), np.int32)
+        n_node_per_graph = xp.concatenate([xp.asarray(n_node_per_graph, np.int32),
+                                           xp.asarray([extra_nodes], np.int32), empty])
+        n_edge_per_graph = xp.concatenate([xp.asarray(n_edge_per_graph, np.int32),
+                                           xp.asarray([extra_edges], np.int32), empty])
+        old_graph_mask = xp.concatenate([old_graph_mask, xp.zeros((n_padding_graphs,), bool)])
     return Graph(
         senders=jnp.asarray(xp.concatenate([xp.asarray(graph.senders), pad_index]), jnp.int32),
         receivers=jnp.asarray(xp.concatenate([xp.asarray(graph.receivers), pad_index]), jnp.int32),
@@ -273,13 +307,36 @@ def bucket_size(size: int, *, growth: float = 2.0, minimum: int = 16) -> int:
     return int(math.ceil(minimum * growth**steps))
 
 
-def pad_to_bucket(graph: Graph, *, growth: float = 2.0, minimum: int = 16) -> Graph:
-    """Pads to the next bucket sizes (`bucket_size`), reserving one padding node for padding edges."""
+def pad_to_bucket(
+    graph: Graph, *, growth: float = 2.0, minimum: int = 16, n_graphs: int | str | None = None
+) -> Graph:
+    """Pads to the next bucket sizes (`bucket_size`), reserving one padding node for padding edges.
+
+    N is rounded up from ``graph.n_nodes + 1`` and E from ``graph.n_edges``, both on the ladder of
+    `bucket_size` with ``growth`` and ``minimum``. The graph count G is set by ``n_graphs``, as in `pad`:
+
+    - ``None`` (the default): one padding graph is appended, so G = ``graph.n_graphs + 1`` and changes
+      with the number of graphs in the batch (a last, smaller batch compiles again).
+    - an int: exactly that many graphs, e.g. ``batch_size + 1`` for batches of at most ``batch_size``
+      graphs, so all of them share one G.
+    - ``"bucket"``: G rounded up from ``graph.n_graphs + 1`` on the same ladder as N and E.
+
+    Example:
+      >>> import jgrad
+      >>> g = jgrad.batch([jgrad.Graph.from_edges([0], [1], n_nodes=2)] * 3)
+      >>> [jgrad.graph.pad_to_bucket(g, n_graphs=k).n_graphs for k in (None, 9, "bucket")]
+      [4, 9, 16]
+    """
     check_graph("pad_to_bucket", graph)
+    if isinstance(n_graphs, str):
+        if n_graphs != "bucket":
+            raise ValueError(f"pad_to_bucket: n_graphs must be None, an int or 'bucket'; got {n_graphs!r}.")
+        n_graphs = bucket_size(graph.n_graphs + 1, growth=growth, minimum=minimum)
     return pad(
         graph,
         n_nodes=bucket_size(graph.n_nodes + 1, growth=growth, minimum=minimum),
         n_edges=bucket_size(graph.n_edges, growth=growth, minimum=minimum),
+        n_graphs=n_graphs,
     )
 
 
