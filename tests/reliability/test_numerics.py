@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jgrad
 from jgrad import Graph, ops
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -179,11 +180,17 @@ def test_bf16_features_with_float32_accumulation_meet_the_documented_bound(star)
     # Rounding x and w to bfloat16 costs u16 each; the float32 sum adds at most deg * u32 (worst case).
     bound = 2 * U16 + U16**2 + star["hub_degree"] * U32
     assert error <= bound, (error, bound)
-    # Without float32 accumulation the hub's sum stalls: once it reaches 2^8 times a term, adding the
-    # term rounds it away. That is the failure the keyword exists for.
-    plain = np.asarray(ops.spmm(star["graph"], x16, w16), np.float64)
-    MEASURED["bf16 inputs, bf16 accumulation (hub)"] = float(np.max(np.abs(plain[0] - exact[0]) / scale[0]))
-    assert np.max(np.abs(plain[0] - exact[0]) / scale[0]) > 0.5
+    # Without the keyword the sum is accumulated in float32 too, and the output rounded to bfloat16
+    # (one more u16). A bfloat16 running sum would stall at the hub: once it reaches 2^8 times a
+    # term, adding the term rounds it away (the positive control below shows it).
+    plain = ops.spmm(star["graph"], x16, w16)
+    assert plain.dtype == jnp.bfloat16
+    error = _normwise(np.asarray(plain, np.float64), exact, scale)
+    MEASURED["bf16 inputs, default (f32 accumulation, bf16 output)"] = error
+    assert error <= bound + U16, (error, bound + U16)
+    stalled = np.asarray(jax.ops.segment_sum((x16[star["senders"]] * w16[:, None]), star["receivers"], N), np.float64)
+    MEASURED["bf16 inputs, bf16 accumulation (hub)"] = float(np.max(np.abs(stalled[0] - exact[0]) / scale[0]))
+    assert np.max(np.abs(stalled[0] - exact[0]) / scale[0]) > 0.5
 
 
 def test_bf16_gradients_are_bf16_accumulated_in_float32_and_within_the_bound(star):
@@ -240,3 +247,33 @@ def test_report_measured_errors():
     """Prints the table that docs/numerics.md quotes (run with ``pytest -s``)."""
     for name, value in MEASURED.items():
         print(f"{name:40s} {value:.3e}")
+
+
+def test_every_sum_of_bfloat16_values_accumulates_in_float32():
+    """A hub of 2000 in-edges: a bfloat16 running sum stalls at 256 terms. Every jgrad reduction sums in
+    float32 and returns bfloat16, values within bfloat16 rounding of the exact ones, gradients too."""
+    n = 2001
+    graph = jgrad.Graph.from_edges(np.arange(1, n), np.zeros(n - 1, int), n_nodes=n)
+    ones = jnp.ones((n, 2), jnp.bfloat16)
+    close = dict(rtol=2 * U16)
+    cases = {
+        "spmm": (ops.spmm(graph, ones)[0, 0], 2000.0),
+        "gspmm mean": (ops.gspmm(graph, "copy_u", "mean", 3 * ones)[0, 0], 3.0),
+        "segment_sum": (ops.segment_sum(ones[1:, 0], graph.receivers, n)[0], 2000.0),
+        "segment_mean": (ops.segment_mean(3 * ones[1:, 0], graph.receivers, n)[0], 3.0),
+        "segment_std": (ops.segment_std(jnp.arange(n - 1, dtype=jnp.bfloat16), graph.receivers, n)[0],
+                        float(np.std(np.arange(n - 1)))),
+        "in_degree": (graph.with_edge_weight(jnp.ones(n - 1, jnp.bfloat16)).in_degree()[0], 2000.0),
+        "edge_softmax": (jnp.sum(ops.edge_softmax(graph, jnp.zeros(n - 1, jnp.bfloat16)).astype(jnp.float32)), 1.0),
+        "gat_attention": (jnp.sum(ops.gat_attention(graph, ones[:, 0], ones[:, 0]).astype(jnp.float32)), 1.0),
+        "gsddmm dot": (ops.gsddmm(graph, "dot", jnp.ones((n, 2000), jnp.bfloat16), ones[:, :1].repeat(2000, 1))[0, 0],
+                       2000.0),
+        "readout": (jgrad.nn.readout(jgrad.Graph.from_edges([], [], n_nodes=n), ones, "sum")[0, 0], float(n)),
+        "spmm gradient": (jax.grad(lambda x: ops.spmm(graph.reverse(), x).astype(jnp.float32).sum())(ones)[0, 0],
+                          2000.0),
+    }
+    for name, (value, expected) in cases.items():
+        assert value.dtype == jnp.bfloat16 or name in ("edge_softmax", "gat_attention"), name
+        np.testing.assert_allclose(float(value), expected, err_msg=name, **close)
+    stalled = jax.ops.segment_sum(ones[1:, 0], graph.receivers, n)[0]  # the failure the rule prevents
+    assert float(stalled) == 256.0

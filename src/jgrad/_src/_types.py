@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal, TypeAlias
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 Array: TypeAlias = jax.Array
@@ -22,6 +23,16 @@ ArrayLike: TypeAlias = jax.typing.ArrayLike
 def default_float_dtype() -> np.dtype:
     """float64 under ``jax.enable_x64``, float32 otherwise (read at call time, so contexts apply)."""
     return jax.dtypes.canonicalize_dtype(np.float64)
+
+
+def accumulation_dtype(dtype: Any) -> np.dtype:
+    """The dtype in which jgrad sums values of ``dtype``: float32 for narrower floats (bfloat16,
+    float16), whose running sums stop growing once they reach 2^8 (bfloat16) or 2^11 (float16) times
+    a term; ``dtype`` itself otherwise. Results are cast back to ``dtype``."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return dtype
 
 
 Reducer: TypeAlias = Literal["sum", "mean", "max", "min"]

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._src import _checks, _plan, _pyg_names, _taps
 from .._src._degree import unfolded
-from .._src._types import default_float_dtype
+from .._src._types import accumulation_dtype, default_float_dtype
 from . import _limits, _structure
 
 ArrayLike = jax.typing.ArrayLike
@@ -414,7 +414,9 @@ jax.tree_util.register_pytree_with_keys(Graph, _flatten_with_keys, _unflatten, _
 
 def _degree(graph: Graph, index: jax.Array, weighted: bool) -> jax.Array:
     weight = graph.weights() if weighted else graph.with_edge_weight(None).weights()
-    degree = jax.ops.segment_sum(weight, unfolded(index), num_segments=graph.n_nodes)
+    wide = accumulation_dtype(weight.dtype)  # bfloat16 weights: summed in float32
+    degree = jax.ops.segment_sum(weight.astype(wide), unfolded(index), num_segments=graph.n_nodes)
+    degree = degree.astype(weight.dtype)
     if weighted and graph.edge_weight is not None:
         degree = _taps.mark(graph, "degree", degree, graph.edge_weight, index)
     return degree

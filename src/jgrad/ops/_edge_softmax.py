@@ -25,6 +25,7 @@ from .._src._loops import looped_edge_mask
 from .._src._messages import align_edge
 from .._src._op import Op, backward_of, tangent_of
 from .._src._plan import Plan, resolve
+from .._src._types import accumulation_dtype
 from ..graph import Graph
 from . import _kernels
 from ._attention import segment_attention, segment_attention_backward
@@ -79,11 +80,13 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
             f"expected ({graph.n_edges}, ...)."
         )
     check_graph_indices("edge_softmax", graph)
+    out_dtype, logits = logits.dtype, logits.astype(accumulation_dtype(logits.dtype))  # bfloat16: sums in float32
     plan = resolve(graph)
     if plan is not None and _kernels.edge_width(logits) is not None:
         out = _plan_softmax(plan, graph.receivers, graph.edge_mask, _kernels.as_rows(logits)).reshape(logits.shape)
     else:
         out = _edge_softmax(graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, logits)
+    out = out.astype(out_dtype)
     return _taps.refuse(graph, "edge_data", out, given) if graph.tapped else out
 
 
@@ -224,8 +227,15 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
         raise ValueError(f"{where}: score_src and score_dst must have the same shape; got {tuple(src.shape)} "
                          f"and {tuple(dst.shape)}.")
     check_graph_indices(where, graph)
-    dtype = jnp.result_type(src, dst)
-    src, dst = src.astype(dtype), dst.astype(dtype)
+    out_dtype = jnp.result_type(src, dst)
+    wide = accumulation_dtype(out_dtype)  # bfloat16 / float16 scores: the softmax's sums in float32
+    weights = _attention_weights(graph, src.astype(wide), dst.astype(wide), negative_slope, self_loops)
+    return jax.tree.map(lambda weight: weight.astype(out_dtype), weights)
+
+
+def _attention_weights(graph: Graph, src: jax.Array, dst: jax.Array, negative_slope, self_loops: bool):
+    """`gat_attention` of checked scores of one dtype: on the plan's fused kernels where it has them,
+    else as gsddmm, leaky ReLU and edge softmax (over the looped graph with ``self_loops``)."""
     plan = resolve(graph)
     fused = plan is not None and _kernels.KERNELS[plan.backend].attention is not None and src.ndim <= 2 \
         and isinstance(negative_slope, numbers.Real)
@@ -247,7 +257,7 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
             return out[0].reshape((graph.n_edges,) + src.shape[1:]), out[1].reshape(src.shape)
         return out.reshape((graph.n_edges,) + src.shape[1:])
     if self_loops:
-        alpha = gat_attention(graph.add_self_loops(), src, dst, negative_slope)
+        alpha = _attention_weights(graph.add_self_loops(), src, dst, negative_slope, False)
         return alpha[:graph.n_edges], alpha[graph.n_edges:]
     scores = gsddmm(graph, "add", src, dst, "u", "v")
     return edge_softmax(graph, jax.nn.leaky_relu(scores, negative_slope))

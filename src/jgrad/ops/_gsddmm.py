@@ -19,7 +19,7 @@ from .._src import _taps
 from .._src._checks import check_graph, check_graph_indices
 from .._src._messages import EDGE_OPS, TARGETS
 from .._src._plan import resolve
-from .._src._types import check_choice
+from .._src._types import accumulation_dtype, check_choice
 from ..graph import Graph
 from . import _kernels
 from ._primitives import raw_gsddmm
@@ -89,6 +89,9 @@ def gsddmm(
     if lhs is not None and rhs is not None:
         _check_pair(where, lhs.shape, rhs.shape)
     check_graph_indices(where, graph)
+    out_dtype = jnp.result_type(*(value for value in (lhs, rhs) if value is not None))
+    wide = accumulation_dtype(out_dtype)  # bfloat16 / float16: the dots and the backward's sums in float32
+    lhs, rhs = (None if value is None else value.astype(wide) for value in (lhs, rhs))
     plan = resolve(graph)
     if plan is not None and _kernels.covers_gsddmm(op, lhs, rhs, lhs_target, rhs_target):
         out = _kernels.plan_gsddmm(plan, op, lhs, rhs, lhs_target, rhs_target, graph.edge_mask, graph.senders,
@@ -96,6 +99,7 @@ def gsddmm(
     else:
         out = raw_gsddmm(op, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, lhs, rhs,
                          lhs_target, rhs_target)
+    out = out.astype(out_dtype)
     for value, target in given if graph.tapped else ():
         if value is not None and target == "e":  # edge weights used per existing edge
             out = _taps.refuse(graph, "edge_data", out, value)

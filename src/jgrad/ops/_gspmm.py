@@ -22,7 +22,7 @@ from .._src import _taps
 from .._src._checks import check_graph, check_graph_indices
 from .._src._messages import MESSAGE_OPS, check_broadcast, check_operands
 from .._src._plan import resolve
-from .._src._types import REDUCERS, TIE_RULES, check_choice
+from .._src._types import REDUCERS, TIE_RULES, accumulation_dtype, check_choice
 from ..graph import Graph
 from . import _kernels
 from ._primitives import raw_gspmm
@@ -60,8 +60,9 @@ def gspmm(
         formed and reduced, e.g. ``jnp.float32`` for bfloat16 ``u``: u and e are converted to it
         before the gather, so every product and every partial sum is in float32, and the output has
         this dtype. The backward pass accumulates in it too, and the cotangents come back in the
-        operands' own dtypes. ``None`` uses the operands' common dtype (summing a bfloat16 hub of
-        degree 10^5 in bfloat16 stalls at 256; see docs/numerics.md for the bounds).
+        operands' own dtypes. ``None`` uses the operands' common dtype, accumulated in float32 when
+        it is bfloat16 or float16 (a bfloat16 sum of a hub of degree 10^5 would stall at 256) with
+        the output in the common dtype; see docs/numerics.md for the bounds.
 
     Returns:
       (N, ...) with u's trailing shape (e's for ``copy_e``), dtype ``accumulate_dtype`` or the
@@ -107,13 +108,14 @@ def gspmm(
     check_choice(where, "tie rule", tie, TIE_RULES)
     tracked = e  # the caller's weights, before any cast: the tap names what the model passed
     u, e = _check_operands(where, graph, op, u, e)
-    u, e = _common_dtype(where, u, e, accumulate_dtype)
+    u, e, out_dtype = _common_dtype(where, u, e, accumulate_dtype)
     check_graph_indices(where, graph)
     plan = resolve(graph)
     if plan is not None and _kernels.covers_gspmm(plan, op, reduce, u, e):
         out = _kernels.plan_gspmm(plan, op, reduce, tie, u, e, graph.edge_mask, graph.senders, graph.receivers)
     else:
         out = raw_gspmm(op, reduce, tie, graph.n_nodes, graph.senders, graph.receivers, graph.edge_mask, u, e)
+    out = out.astype(out_dtype)  # bfloat16 / float16 operands were summed in float32
     if not graph.tapped:
         return out
     if tracked is None:  # copy_u on a graph with (tracked) weights: the messages ignore them
@@ -182,14 +184,17 @@ def _check_operands(where: str, graph: Graph, op: str, u, e):
 
 
 def _common_dtype(where: str, u, e, accumulate_dtype):
-    """Converts u and e to ``accumulate_dtype`` (or their common dtype) before any message is formed.
+    """``(u, e, out_dtype)``: u and e converted to ``accumulate_dtype`` before any message is formed, and
+    the output's dtype. Without it, to their common dtype, or float32 when that is narrower (bfloat16,
+    float16: `accumulation_dtype`), the output then being cast back to the common dtype.
 
     The conversion is differentiable, so autodiff returns each cotangent in its operand's own dtype
     (a bfloat16 u gets a bfloat16 gradient even though it was accumulated in float32).
     """
     operands = [value for value in (u, e) if value is not None]
+    out_dtype = target = jnp.result_type(*operands)
     if accumulate_dtype is None:
-        target = jnp.result_type(*operands)
+        target = accumulation_dtype(target)
     else:
         try:
             target = jnp.dtype(accumulate_dtype)
@@ -203,5 +208,6 @@ def _common_dtype(where: str, u, e, accumulate_dtype):
         if narrower:
             raise ValueError(f"{where}: accumulate_dtype is narrower than the operands; got {target.name}, "
                              f"expected at least as wide as {', '.join(narrower)}.")
+        out_dtype = target
     cast = lambda value: value if value is None or value.dtype == target else value.astype(target)
-    return cast(u), cast(e)
+    return cast(u), cast(e), out_dtype

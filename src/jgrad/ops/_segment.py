@@ -35,6 +35,7 @@ gradient can become NaN.
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import jax
@@ -44,7 +45,7 @@ from jax import lax
 
 from jgrad._src._checks import index_range_check, is_concrete
 from jgrad._src._limits import MAX_SIZE
-from jgrad._src._types import REDUCERS, TIE_RULES, Array, ArrayLike, Reducer, TieRule, check_choice
+from jgrad._src._types import REDUCERS, TIE_RULES, Array, ArrayLike, Reducer, TieRule, accumulation_dtype, check_choice
 
 __all__ = [
     "segment_logsumexp",
@@ -56,6 +57,20 @@ __all__ = [
     "segment_std",
     "segment_sum",
 ]
+
+
+def _accumulated(reduction):
+    """``reduction`` run in float32 on bfloat16 / float16 data (`accumulation_dtype`: their running sums
+    stall), its result cast back to the data's dtype; other data passes through."""
+
+    @functools.wraps(reduction)
+    def run(data, *args, **kwargs):
+        dtype = getattr(data, "dtype", None)
+        if dtype is None or accumulation_dtype(dtype) == dtype:
+            return reduction(data, *args, **kwargs)
+        return reduction(data.astype(accumulation_dtype(dtype)), *args, **kwargs).astype(dtype)
+
+    return run
 
 
 def segment_sum(
@@ -97,6 +112,7 @@ def segment_sum(
     return _sum(_zero_masked(data, mask), ids, num_segments, indices_are_sorted, mask is not None)
 
 
+@_accumulated
 def segment_mean(
     data: ArrayLike,
     segment_ids: ArrayLike,
@@ -233,6 +249,7 @@ def segment_min(
     return _extremum("segment_min", data, segment_ids, num_segments, mask, tie, indices_are_sorted)
 
 
+@_accumulated
 def segment_logsumexp(
     data: ArrayLike,
     segment_ids: ArrayLike,
@@ -286,6 +303,7 @@ def segment_logsumexp(
     return jnp.where(nonempty, value, 0)
 
 
+@_accumulated
 def segment_softmax(
     logits: ArrayLike,
     segment_ids: ArrayLike,
@@ -343,6 +361,7 @@ def segment_softmax(
     return jnp.where(live, exps / jnp.where(live, total, 1), 0)
 
 
+@_accumulated
 def segment_std(
     data: ArrayLike,
     segment_ids: ArrayLike,
@@ -464,6 +483,7 @@ def segment_reduce(
 
 
 # --- validation -----------------------------------------------------------------------------------------
+
 
 
 def _check_inputs(
@@ -655,7 +675,11 @@ def _reduce(reduce, data: Array, ids: Array, num_segments: int, indices_are_sort
 
 
 def _sum(data: Array, ids: Array, num_segments: int, indices_are_sorted: bool, bucket: bool = False) -> Array:
-    return _reduce(jax.ops.segment_sum, data, ids, num_segments, indices_are_sorted, bucket)
+    """The segment sum, accumulated in float32 for bfloat16 / float16 data (`accumulation_dtype`) and
+    returned in data's dtype."""
+    wide = accumulation_dtype(data.dtype)
+    total = _reduce(jax.ops.segment_sum, data.astype(wide), ids, num_segments, indices_are_sorted, bucket)
+    return total.astype(data.dtype)
 
 
 def _count(
