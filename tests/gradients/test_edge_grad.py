@@ -42,20 +42,29 @@ def _copy_u_model(graph, x):
     return jnp.sum(jnp.tanh(jgrad.ops.gspmm(graph, "copy_u", "sum", x)) ** 2)
 
 
-def test_a_model_that_ignores_an_unweighted_graphs_unit_weights_raises_instead_of_zeros():
+def test_a_loss_that_ignores_the_weights_raises_instead_of_giving_zeros():
+    """copy_u ignores an unweighted graph's unit weights; a closure over another graph ignores the
+    argument: their gradients would be 0 on every edge. edge_grad and adjacency_grad raise."""
     graph, x = _graph_and_features(weighted=False)
-    with pytest.raises(ValueError, match=r"fn does not use the graph's edge weights.*gspmm\(op='copy_u'\)"):
+    ignores = "fn does not use the edge weights of the graph it is given"
+    with pytest.raises(ValueError, match=ignores + r".*gspmm\(op='copy_u'\)"):
         edge_grad(_copy_u_model, graph, x)
-    with pytest.raises(ValueError, match="fn does not use the graph's edge weights"):
+    with pytest.raises(ValueError, match=ignores):
         jax.jit(lambda g, x: edge_grad(_copy_u_model, g, x))(graph, x)
     with pytest.raises(ValueError, match=r"gspmm\(op='copy_u'\) aggregates the messages without the edge weights"):
         jgrad.adjacency_grad(_copy_u_model, graph, x)
-    # The weighted form of the same model: the same values, and a gradient
-    weighted = lambda g, x: jnp.sum(jnp.tanh(jgrad.ops.spmm(g, x)) ** 2)
-    np.testing.assert_allclose(weighted(graph, x), _copy_u_model(graph, x), rtol=1e-6)
-    assert np.abs(np.asarray(edge_grad(weighted, graph, x))).min() > 0
-    # On a weighted graph copy_u ignores the user's weights: the gradient is exactly 0, not an error
-    np.testing.assert_array_equal(edge_grad(_copy_u_model, *_graph_and_features()), 0.0)
+    weighted, _ = _graph_and_features()
+    with pytest.raises(ValueError, match=ignores):
+        edge_grad(_copy_u_model, weighted, x)
+    closure = lambda g, x: _model(weighted, x)  # reads another graph than its argument
+    for call in (lambda: edge_grad(closure, weighted, x), lambda: jgrad.adjacency_grad(closure, weighted, x),
+                 lambda: jgrad.adjacency_grad(closure, weighted, x, mode="dense")):
+        with pytest.raises(ValueError, match=ignores + ".*closure"):
+            call()
+    # The weighted form of the copy_u model: the same values, and a gradient
+    spmm_model = lambda g, x: jnp.sum(jnp.tanh(jgrad.ops.spmm(g, x)) ** 2)
+    np.testing.assert_allclose(spmm_model(graph, x), _copy_u_model(graph, x), rtol=1e-6)
+    assert np.abs(np.asarray(edge_grad(spmm_model, graph, x))).min() > 0
 
 
 def test_edge_grad_under_jit_and_vmap():
@@ -113,3 +122,48 @@ def test_edge_grad_compiles_once_per_model_and_runs_eagerly_when_fn_reads_values
         return (2.0 if float(jnp.sum(x)) > -1e9 else 1.0) * _model(g, x)
 
     np.testing.assert_allclose(edge_grad(reads_a_value, graph, x), 2.0 * first, rtol=1e-5, atol=1e-7)
+
+
+def test_symmetric_on_a_directed_graph_raises_naming_an_edge():
+    import dataclasses
+
+    graph = jgrad.Graph.from_edges([0, 1, 2, 3, 3], [1, 0, 3, 3, 1], 5)  # 2 -> 3 and 3 -> 1 have no reverse
+    x = jnp.ones((5, 2), jnp.float32)
+    with pytest.raises(ValueError, match=r"got edge 2 -> 3 without 3 -> 2 \(1 more such edges\).*"
+                                         r"graph\.to_undirected\(\).*adjacency_grad\(\.\.\., symmetric=True\)"):
+        edge_grad(_model, graph, x, symmetric=True)
+    # a masked (padding) edge needs no reverse, nor does the self loop 3 -> 3; a real edge does
+    masked = dataclasses.replace(graph, edge_mask=jnp.array([True, True, False, True, False]))
+    pairs = edge_grad(_model, masked, x, symmetric=True)
+    np.testing.assert_array_equal(pairs.rows, [0, 3])
+    np.testing.assert_array_equal(pairs.cols, [1, 3])
+    with pytest.raises(ValueError, match="got edge 3 -> 1 without 1 -> 3"):
+        edge_grad(_model, dataclasses.replace(graph, edge_mask=jnp.array([True, True, False, True, True])), x,
+                  symmetric=True)
+
+
+def test_symmetric_on_undirected_and_padded_graphs_equals_adjacency_grad(x64):
+    graph, _ = _graph_and_features()
+    undirected = graph.to_undirected(reduce="mean")
+    undirected = undirected.with_edge_weight(jnp.asarray(undirected.edge_weight, jnp.float64))
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((6, 3)))
+    pairs = edge_grad(_model, undirected, x, symmetric=True)
+    full = jgrad.adjacency_grad(_model, undirected, x, symmetric=True)
+    np.testing.assert_allclose(full.at(pairs.rows, pairs.cols), pairs.values, rtol=1e-10, atol=1e-14)
+    # padding edges are self loops on a padding node: no reverse needed, no pair, same values
+    padded = jgrad.pad(undirected, n_nodes=8, n_edges=undirected.n_edges + 5)
+    x_padded = jnp.concatenate([x, jnp.ones((2, 3))])
+    padded_pairs = edge_grad(_model, padded, x_padded, symmetric=True)
+    np.testing.assert_array_equal(padded_pairs.rows, pairs.rows)
+    np.testing.assert_array_equal(padded_pairs.cols, pairs.cols)
+    np.testing.assert_allclose(padded_pairs.values, pairs.values, rtol=1e-10, atol=1e-14)
+
+
+def test_symmetric_under_jit_cannot_check_and_gives_the_stored_direction(x64):
+    graph = jgrad.Graph.from_edges([0, 1, 2], [1, 0, 3], 4)  # 2 -> 3 has no reverse
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((4, 3)))
+    pairs = jax.jit(lambda g, x: edge_grad(_model, g, x, symmetric=True))(graph, x)
+    per_edge = edge_grad(_model, graph, x)
+    np.testing.assert_array_equal(pairs.rows, [0, 2, -1])
+    np.testing.assert_array_equal(pairs.cols, [1, 3, -1])
+    np.testing.assert_allclose(pairs.values[:2], [per_edge[0] + per_edge[1], per_edge[2]], rtol=1e-12)

@@ -30,7 +30,7 @@ from ..graph import Graph
 from . import _recording
 from ._attention import AttentionTerm, attention_term
 from ._compile import Call, rebuild_args, run_cached
-from ._edge import check_scalar, tracked_weights
+from ._edge import check_scalar, check_weights_used, tracked_weights
 
 AMONG = ("non_edges", "edges", "all")
 MODES = ("factored", "dense")
@@ -555,6 +555,8 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> 
     discovered: list = []
     jax.eval_shape(lambda w: discovered.append(run(None, w)[1]) or 0.0, w)
     terms = discovered[-1]
+    if not terms:  # no use of the adjacency that adjacency_grad follows: does the loss use it at all?
+        check_weights_used(where, jax.make_jaxpr(lambda w: call.fn(tracked(w), *args))(w))
     probes = [jnp.zeros(term.shape, term.dtype) for term in terms]
 
     def objective(probes, w):
@@ -730,6 +732,7 @@ def _dense_build(graph: Graph, weight: jax.Array, arrays: list, *, call: Call):
     """
     n, dtype = graph.n_nodes, weight.dtype
     args = rebuild_args(call, arrays)
+    check_weights_used("adjacency_grad", jax.make_jaxpr(lambda w: call.fn(graph.with_edge_weight(w), *args))(weight))
     dense = graph.with_edge_weight(weight).to_dense().astype(dtype)  # A[v, u]; padding edges count 0
     nodes = jnp.arange(n, dtype=jnp.int32)
     complete = dataclasses.replace(

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from .._src._checks import check_graph
+from .._src._checks import check_graph, is_concrete
 from ..graph import Graph
 from ._compile import Call, rebuild_args, run_cached
 
@@ -84,7 +84,12 @@ def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any, symmetric:
 
     Raises:
       TypeError: ``graph`` is not a Graph or has non-float weights.
-      ValueError: ``fn`` does not return a scalar; ``symmetric`` with weights of shape other than (E,).
+      ValueError: ``fn`` does not return a scalar; ``symmetric`` with weights of shape other than (E,);
+        ``symmetric`` on a directed graph: a real edge ``u -> v`` (``u != v``) without a real
+        ``v -> u``, whose pair value would hold only the stored direction while
+        ``adjacency_grad(..., symmetric=True)`` adds both. Checked on the host when the edge indices
+        (and ``edge_mask``) are concrete; under ``jit`` (traced indices) it cannot be checked, and such
+        a pair gets the stored direction's gradient.
 
     Notes:
       Plain reverse mode through jgrad's backward passes: one forward and one backward pass, O(N·F + E)
@@ -110,6 +115,8 @@ def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any, symmetric:
     if symmetric and weight.ndim != 1:
         raise ValueError(f"{where}: symmetric=True needs one scalar weight per edge; got edge_weight of "
                          f"shape {tuple(weight.shape)}, expected ({graph.n_edges},).")
+    if symmetric:
+        _raise_if_directed(where, graph)
 
     try:
         grad = run_cached(_edge_build, fn, args, ("edge",), graph, weight)
@@ -121,9 +128,9 @@ def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any, symmetric:
 def _edge_build(graph: Graph, weight: jax.Array, arrays: list, *, call: Call) -> jax.Array:
     """`_weight_grad` of ``call.fn`` with the args rebuilt from their arrays (compiled by `run_cached`)."""
     args = rebuild_args(call, arrays)
-    if graph.edge_weight is None:
-        _check_weights_used(_loss_of_weights(call.fn, graph, args), weight)
-    return _weight_grad(call.fn, graph, weight, args)
+    traced = jax.make_jaxpr(_loss_of_weights(call.fn, graph, args))(weight)  # fn traced once, for both
+    check_weights_used("edge_grad", traced)
+    return jax.grad(lambda w: jex_core.jaxpr_as_fun(traced)(w)[0])(weight)
 
 
 def _loss_of_weights(fn, graph: Graph, args: tuple) -> Callable[[jax.Array], jax.Array]:
@@ -142,25 +149,57 @@ def _weight_grad(fn, graph: Graph, weight: jax.Array, args: tuple) -> jax.Array:
     return jax.grad(_loss_of_weights(fn, graph, args))(weight)
 
 
-def _check_weights_used(loss: Callable[[jax.Array], jax.Array], weight: jax.Array) -> None:
-    """Raises if ``loss`` does not depend on its weights at all (an unweighted graph's unit weights,
-    which ops such as ``gspmm(op='copy_u')`` ignore): its gradient would be 0 on every edge.
+def check_weights_used(where: str, traced: jex_core.ClosedJaxpr) -> None:
+    """Raises if the traced loss of the weights, ``w -> L``, does not depend on them at all, so that its
+    gradient would be 0 on every edge (or pair): the loss reads another graph than its argument (a
+    closure over ``data.graph``), or only ops that ignore the weights (``gspmm(op='copy_u')``).
 
-    Dependence is followed forward through the traced program; an equation with a dependent operand
-    counts as dependent in all its outputs, so a loss is never wrongly said to ignore its weights.
+    Dependence is followed forward through the program; an equation with a dependent operand counts
+    as dependent in all its outputs, so a loss is never wrongly said to ignore its weights.
     """
-    jaxpr = jax.make_jaxpr(loss)(weight).jaxpr
+    jaxpr = traced.jaxpr
     dependent = {jaxpr.invars[0]}
     for eqn in jaxpr.eqns:
         if any(not isinstance(v, jex_core.Literal) and v in dependent for v in eqn.invars):
             dependent.update(eqn.outvars)
     if not any(not isinstance(v, jex_core.Literal) and v in dependent for v in jaxpr.outvars):
         raise ValueError(
-            "edge_grad: fn does not use the graph's edge weights; got an unweighted graph, which edge_grad "
-            "differentiates at weights of ones, and a model whose ops ignore them (e.g. gspmm(op='copy_u')), "
-            "so the gradient would be 0 on every edge. Weigh the messages by the graph's weights, which gives "
-            "the same values: jgrad.ops.spmm(graph, x), or gspmm(graph, 'u_mul_e', reduce, x, graph.edge_weight)."
+            f"{where}: fn does not use the edge weights of the graph it is given; got a loss whose gradient "
+            "would be 0 everywhere. Either it reads another graph than its argument (e.g. a closure over "
+            "data.graph: use the graph fn receives), or its ops ignore the weights, as gspmm(op='copy_u') "
+            "does (an unweighted graph is differentiated at weights of ones): weigh the messages by the "
+            "graph's weights, jgrad.ops.spmm(graph, x) or gspmm(graph, 'u_mul_e', reduce, x, graph.edge_weight)."
         )
+
+
+def _raise_if_directed(where: str, graph: Graph) -> None:
+    """Raises if a real edge ``u -> v`` (``u != v``) has no real ``v -> u``; O(E log E) on the host.
+
+    Does nothing when the indices or the edge mask are traced (under ``jit``). Padding edges (and
+    self loops, such as `jgrad.pad`'s on a padding node) need no counterpart.
+    """
+    if not is_concrete(graph.senders, graph.receivers, graph.edge_mask):
+        return
+    senders, receivers = np.asarray(graph.senders, np.int64), np.asarray(graph.receivers, np.int64)
+    keep = senders != receivers
+    if graph.edge_mask is not None:
+        keep &= np.asarray(graph.edge_mask, bool)
+    senders, receivers = senders[keep], receivers[keep]
+    n = max(int(graph.n_nodes), 1)
+    forward = np.unique(senders * n + receivers)  # sorted: the reverse lookups are binary searches
+    backward = receivers * n + senders
+    if backward.size == 0:
+        return
+    missing = np.flatnonzero(forward[np.minimum(np.searchsorted(forward, backward), forward.size - 1)] != backward)
+    if missing.size == 0:
+        return
+    u, v = int(senders[missing[0]]), int(receivers[missing[0]])
+    more = f" ({missing.size - 1} more such edges)" if missing.size > 1 else ""
+    raise ValueError(
+        f"{where}: symmetric=True needs an undirected graph; got edge {u} -> {v} without {v} -> {u}{more}, "
+        "so its pair would hold one direction's gradient only. Use graph.to_undirected(), or "
+        "adjacency_grad(..., symmetric=True) for dL/dA[u, v] + dL/dA[v, u] of a directed graph."
+    )
 
 
 def pair_sums(graph: Graph, values: jax.Array) -> PairGrad:
