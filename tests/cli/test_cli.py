@@ -3,8 +3,13 @@
 import contextlib
 import io
 import json
+import os
 import re
+import shlex
+import signal
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -197,7 +202,8 @@ def test_rerunning_a_finished_run_says_so_instead_of_training(default_run, monke
     assert len((folder / run / "metrics.jsonl").read_text().splitlines()) == 10
 
 
-def test_an_interrupted_run_resumes_and_says_from_which_epoch(tmp_path, monkeypatch, capsys):
+def _interrupt_after_the_first_chunk(monkeypatch):
+    """Makes `jgrad train` raise KeyboardInterrupt after its first chunk and checkpoint; returns the real fit."""
     from jgrad.train import _experiment
 
     real_fit = _experiment.fit
@@ -208,16 +214,117 @@ def test_an_interrupted_run_resumes_and_says_from_which_epoch(tmp_path, monkeypa
 
         return real_fit(*args, on_chunk=stop, **kwargs)
 
-    workdir = str(tmp_path / "run")
     monkeypatch.setattr(_experiment, "fit", interrupted_fit)
+    return lambda: monkeypatch.setattr(_experiment, "fit", real_fit)
+
+
+def test_an_interrupted_run_resumes_and_says_from_which_epoch(tmp_path, monkeypatch, capsys):
+    workdir = str(tmp_path / "run")
+    restore_fit = _interrupt_after_the_first_chunk(monkeypatch)
     assert main(["train", TINY, *FAST, "--workdir", workdir]) == 130
-    assert capsys.readouterr().err == "jgrad train: interrupted.\n"
-    monkeypatch.setattr(_experiment, "fit", real_fit)
-    assert main(["train", TINY, *FAST, "--workdir", workdir]) == 0
-    out = capsys.readouterr().out
-    assert "(it exists: a run there resumes or reports that it finished)" in out
-    assert "gcn_karate_tiny: resumed from epoch 5; 1 seed(s), 10 epochs (5 in this call), " in out and "ms/epoch" in out
+    command = shlex.join(["jgrad", "train", TINY, *FAST, "--workdir", workdir])
+    assert capsys.readouterr().err == (
+        f"jgrad train: interrupted (Ctrl-C); the last checkpoint in {workdir} holds epoch 5 (later epochs are "
+        "trained again).\n"
+        f"jgrad train: to resume from it, run the same command: {command}\n")
+    restore_fit()
+    assert main(shlex.split(command)[1:]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"gcn_karate_tiny: writing to {workdir} (it exists: a run there resumes or reports that "
+                        "it finished)")
+    assert lines[1] == f"gcn_karate_tiny: resuming from the checkpoint at epoch 5 in {workdir}"
+    assert lines[2].startswith("gcn_karate_tiny: resumed from epoch 5; 1 seed(s), 10 epochs (5 in this call), ")
+    assert "ms/epoch" in lines[2]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 10
+
+
+def test_an_interrupted_default_workdir_run_prints_a_command_with_its_workdir(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    restore_fit = _interrupt_after_the_first_chunk(monkeypatch)
+    assert main(["train", TINY, *FAST]) == 130
+    (run,) = Path("runs").iterdir()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"jgrad train: interrupted (Ctrl-C); the last checkpoint in {run} holds epoch 5 (later "
+                      "epochs are trained again).")
+    command = shlex.join(["jgrad", "train", TINY, *FAST, "--workdir", str(run)])
+    assert err[1:] == [f"jgrad train: to resume from it, run the same command: {command}"]
+    restore_fit()
+    assert main(shlex.split(command)[1:]) == 0
+    out = capsys.readouterr().out
+    assert f"gcn_karate_tiny: resuming from the checkpoint at epoch 5 in {tmp_path / run}\n" in out
+    assert "resumed from epoch 5; 1 seed(s), 10 epochs (5 in this call)" in out
+    assert list(Path("runs").iterdir()) == [run]  # the command resumed the run instead of starting another
+
+
+def test_a_resume_may_change_checkpoint_every_and_reaches_the_uninterrupted_result(default_run, tmp_path,
+                                                                                   monkeypatch, capsys):
+    workdir = str(tmp_path / "run")
+    restore_fit = _interrupt_after_the_first_chunk(monkeypatch)
+    assert main(["train", TINY, *FAST, "--workdir", workdir]) == 130  # checkpoint_every=5: epoch 5 saved
+    restore_fit()
+    capsys.readouterr()
+    # log_every sets the compiled chunks (the epochs_run of an early-stopped run, where checkpoints can
+    # fall): a resume may not change it.
+    assert main(["train", TINY, *FAST, "--set", "train.log_every=10", "--set", "train.checkpoint_every=10",
+                 "--workdir", workdir]) == 2
+    assert "train.log_every (5 in the run, 10 now)" in capsys.readouterr().err
+    assert main(["train", TINY, *FAST, "--set", "train.checkpoint_every=10", "--workdir", workdir]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming from the checkpoint at epoch 5 in {workdir}\n" in out
+    table = lambda text: text[text.index(" seed "):text.index("scores above")]
+    assert table(out) == table(default_run[2])  # the same scores as the run trained in one go
+    assert "checkpoint_every: 10" in (tmp_path / "run" / "config.yaml").read_text()
+    # eval takes the run's config as first given (checkpoint_every 5) as well as its saved one.
+    assert main(["eval", TINY, *FAST[:-2], "--set", "train.seeds=1", "--workdir", workdir]) == 0
+    test_acc = json.loads((tmp_path / "run" / "results.json").read_text())["test_acc"]["mean"]
+    assert f"best checkpoint in {workdir}" in (evaluated := capsys.readouterr().out) and f"{test_acc:.4f}" in evaluated
+
+
+def _start_training(workdir, *settings):
+    """`python -m jgrad.cli train` on the karate club for many epochs, a checkpoint every 100."""
+    argv = ["train", TINY, "--workdir", str(workdir), "--set", "model.hidden=4", "--set", "train.epochs=1000000",
+            "--set", "train.log_every=100", "--set", "train.checkpoint_every=100", *settings]
+    process = subprocess.Popen([sys.executable, "-m", "jgrad.cli", *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return process, argv
+
+
+def _wait_for(condition, process, seconds=60.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_training_says_which_checkpoint_is_kept_and_how_to_resume(signum, tmp_path):
+    manifest = tmp_path / "run" / "checkpoints" / "manifest.json"
+    process, argv = _start_training(tmp_path / "run")
+    _wait_for(manifest.exists, process)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, err
+    epoch = max(entry["epoch"] for entry in json.loads(manifest.read_text())["checkpoints"])
+    how = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}[signum]
+    assert err.splitlines() == [
+        f"jgrad train: interrupted ({how}); the last checkpoint in {tmp_path / 'run'} holds epoch {epoch} (later "
+        "epochs are trained again).",
+        f"jgrad train: to resume from it, run the same command: {shlex.join(['jgrad', *argv])}"]
+    assert out.splitlines() == [f"gcn_karate_tiny: writing to {tmp_path / 'run'}"]
+
+
+def test_sigterm_before_the_first_checkpoint_says_a_rerun_starts_from_epoch_0(tmp_path):
+    process, argv = _start_training(tmp_path / "run", "--set", "train.checkpoint_every=500000")
+    _wait_for(lambda: (tmp_path / "run").exists(), process)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert not (tmp_path / "run" / "checkpoints" / "manifest.json").exists()
+    assert err.splitlines() == [
+        f"jgrad train: interrupted (SIGTERM); the run in {tmp_path / 'run'} wrote no checkpoint yet, so a rerun "
+        "starts from epoch 0.",
+        f"jgrad train: to start it again: {shlex.join(['jgrad', *argv])}"]
 
 
 def _saved_run(tmp_path, *overrides: str) -> Path:
@@ -383,3 +490,21 @@ def test_a_missing_config_says_where_the_example_configs_are(tmp_path, monkeypat
                    "example configs (gcn_cora.yaml, gat_cora.yaml, ...) are in the configs/ folder of the jgrad source "
                    "repository, not installed with the package: copy one, or write a YAML file with the sections "
                    "data, model, optim and train, every key optional (docs/training.md, \"Configs\").\n")
+
+
+def test_an_interrupt_dropped_where_it_cannot_propagate_is_raised_again():
+    from jgrad.cli import Interrupted, _Interrupts
+
+    class SignalledDuringCleanup:
+        def __del__(self):  # Python drops (reports as unraisable) an exception raised here
+            signal.raise_signal(signal.SIGTERM)
+
+    outside, dropped = sys.unraisablehook, []
+    with pytest.raises(Interrupted) as info:
+        with _Interrupts():
+            hook = sys.unraisablehook
+            sys.unraisablehook = lambda unraisable: (dropped.append(unraisable.exc_value), hook(unraisable))
+            SignalledDuringCleanup()
+            time.sleep(5)  # the signal comes again within 0.05 s and raises here
+    assert info.value.signum == signal.SIGTERM and len(dropped) == 1 and isinstance(dropped[0], Interrupted)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and sys.unraisablehook is outside

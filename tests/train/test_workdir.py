@@ -131,3 +131,26 @@ def test_a_failed_checkpoint_write_is_one_line_and_leaves_the_previous_checkpoin
         assert sorted(p.name for p in (tmp_path / "last").iterdir()) == ["20", "30"]
     finally:
         checkpointer.close()
+
+
+def test_a_save_cut_short_leaves_a_temporary_folder_that_the_next_save_removes_quietly(tmp_path, caplog):
+    checkpointer = Checkpointer(tmp_path)
+    try:
+        checkpointer.save(10, _tiny_state(1.0))
+        # What a process interrupted inside orbax's write of epoch 20 leaves: its temporary folders, which
+        # no manifest names. The resumed run writes epoch 20 again.
+        for part in ("last", "best"):
+            leftover = tmp_path / part / "20.orbax-checkpoint-tmp"
+            leftover.mkdir()
+            (leftover / "_CHECKPOINT_METADATA").write_text("{}")
+        with caplog.at_level(logging.WARNING):
+            checkpointer.save(20, _tiny_state(2.0))
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert sorted(p.name for p in (tmp_path / "last").iterdir()) == ["10", "20"]
+        assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["10", "20"]
+        assert checkpointer.check(20) is None
+        epoch, state = checkpointer.restore_last(_tiny_state(0.0))
+        assert epoch == 20
+        np.testing.assert_array_equal(state.params["w"], np.full((2, 3), 2.0))
+    finally:
+        checkpointer.close()

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import json
+import logging
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
 
-_IGNORED_BY_EVAL = ("train.progress",)  # display only: does not change what a checkpoint holds
+# Neither changes what a checkpoint holds: the progress bar, and how often checkpoints are written (which a
+# resumed run may change, see jgrad.train._experiment.RESUMABLE_CHANGES).
+_IGNORED_BY_EVAL = ("train.progress", "train.checkpoint_every")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -50,7 +56,8 @@ def train(args: argparse.Namespace) -> int:
 
     from ..train import train_and_evaluate
 
-    result = train_and_evaluate(config, workdir, data_dir=args.data_dir)
+    with _announcements(config.name):
+        result = train_and_evaluate(config, workdir, data_dir=args.data_dir)
     resumed = result.resumed_from_epoch
     seeds = f"{len(result.seeds)} seed(s), {result.epochs_run} epochs"
     if result.already_finished:
@@ -66,6 +73,67 @@ def train(args: argparse.Namespace) -> int:
     print(f"scores above saved in {workdir / 'results.json'}; per-epoch metrics in {workdir / 'metrics.jsonl'}")
     print(f"{workdir}: {_listing(workdir)}")
     return 0
+
+
+class _PrintInfo(logging.Filter):
+    """Prints the ``jgrad.train`` logger's INFO records (a resumed run's starting checkpoint) to stdout as
+    ``<name>: <message>`` lines and keeps them from other handlers; warnings pass on unchanged."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.prefix = name
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        print(f"{self.prefix}: {record.getMessage()}", flush=True)
+        return False
+
+
+@contextlib.contextmanager
+def _announcements(name: str):
+    """While the block runs, ``jgrad.train`` INFO messages are lines of the command's output."""
+    logger = logging.getLogger("jgrad.train")
+    level, printer = logger.level, _PrintInfo(name)
+    logger.addFilter(printer)
+    if not logger.isEnabledFor(logging.INFO):
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeFilter(printer)
+        logger.setLevel(level)
+
+
+def interrupted(args: argparse.Namespace, argv: list[str], workdir_given: bool, how: str) -> list[str]:
+    """The lines printed when a command is interrupted (``how``: "Ctrl-C", "SIGTERM"): for ``train`` with
+    a workdir, the epoch of its last committed checkpoint (or that there is none yet), and the command that
+    resumes it: the same one, with ``--workdir`` added if the run chose its own."""
+    stopped = f"interrupted ({how})" if how else "interrupted"
+    workdir = getattr(args, "workdir", None)
+    if args.command != "train" or workdir is None:
+        return [f"{stopped}."]
+    workdir = Path(workdir)
+    command = shlex.join(["jgrad", *argv] + ([] if workdir_given else ["--workdir", str(workdir)]))
+    entry = _last_checkpoint(workdir / "checkpoints" / "manifest.json")
+    if entry is None:
+        written = "wrote no checkpoint yet" if workdir.exists() else "had written nothing yet"
+        return [f"{stopped}; the run in {workdir} {written}, so a rerun starts from epoch 0.",
+                f"to start it again: {command}"]
+    if entry.get("info", {}).get("finished") is True:
+        return [f"{stopped}; {workdir} holds the finished run (last checkpoint: epoch {entry['epoch']}).",
+                f"to print its results: {command}"]
+    return [f"{stopped}; the last checkpoint in {workdir} holds epoch {entry['epoch']} (later epochs are "
+            "trained again).", f"to resume from it, run the same command: {command}"]
+
+
+def _last_checkpoint(manifest: Path) -> dict | None:
+    """The newest checkpoint the manifest commits, or None (no manifest, or not one jgrad wrote)."""
+    try:
+        entries = json.loads(manifest.read_text())["checkpoints"]
+        return max((e for e in entries if isinstance(e.get("epoch"), int)), key=lambda e: e["epoch"], default=None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _listing(workdir: Path, most: int = 8) -> str:

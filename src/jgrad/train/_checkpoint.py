@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from ._state import TrainState
 
 MANIFEST = "manifest.json"
+_ORBAX_TMP = ".orbax-checkpoint-tmp"  # the suffix of the folder orbax writes a save into before renaming it
 _FORMAT = 1
 logger = logging.getLogger("jgrad.train")
 
@@ -217,6 +218,11 @@ class Checkpointer:
         self._remove_unlisted({e["epoch"] for e in kept})
 
     def _write(self, path: Path, tree: dict[str, Any]) -> None:
+        # A save cut short (Ctrl-C, SIGTERM, SIGKILL) can leave orbax's temporary folder for ``path``. No
+        # manifest names it, and this process holds the workdir, so it is removed here, as orbax would
+        # remove it (with a warning on every resume) before writing the same folder again.
+        for leftover in path.parent.glob(f"{path.name}{_ORBAX_TMP}*") if path.parent.is_dir() else ():
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
         try:
             self._io.save(path, args=ocp.args.StandardSave(tree), force=True)
         except Exception as error:  # a full disk surfaces as a long tensorstore error naming no file

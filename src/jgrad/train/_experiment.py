@@ -26,6 +26,11 @@ from ._step import EarlyStopping, evaluate
 from ._workdir import lock_workdir
 
 
+RESUMABLE_CHANGES = ("train.progress", "train.checkpoint_every")
+"""Config keys a resumed run may change: the progress bar, and how often checkpoints are written (the
+epochs still run in the same ``log_every`` chunks, so the run reaches the same state)."""
+
+
 def load_dataset(config: DataConfig, data_dir: str | os.PathLike | None = None) -> NodeDataset:
     """The dataset ``config`` names. With ``data_dir`` or ``config.root`` the Planetoid files are read from
     that folder; otherwise a dataset that ships with jgrad (`jgrad.data.load`) is used, and any other
@@ -89,7 +94,7 @@ def train_and_evaluate(
         workdir = Path(workdir)
         saved = workdir / "config.yaml"
         if saved.exists():
-            differences = config_differences(load_config(saved), config, ignore=("train.progress",))
+            differences = config_differences(load_config(saved), config, ignore=RESUMABLE_CHANGES)
             if differences:
                 raise ValueError(f"train: {workdir} holds a run with a different config ({saved}): "
                                  f"{format_differences(differences, 'in the run', 'now')}; use a new --workdir "

@@ -229,6 +229,8 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
             raise
         resumed = saved_info is not None
         saved_info = saved_info or {}
+        if resumed and start < epochs and not bool(np.all(jax.device_get(state.stopped))):
+            logger.info("resuming from the checkpoint at epoch %d in %s", start, workdir)
         # A restored state is committed to its device. Where that is the fresh state's device and
         # sharding, the loop is lowered from the fresh signature (the same program); otherwise from its own.
         if resumed and _placement(state) != placement:
