@@ -112,3 +112,102 @@ def test_largest_component_and_stratified_split():
         assert abs(masks[0][members].sum() - 0.25 * members.sum()) <= 0.5
     with pytest.raises(ValueError, match="random_split: need 0 < train"):
         attacks.random_split(big, train=0.9, val=0.2, seed=0)
+
+
+def _fixed_target(graph, key):
+    """A GCN with random fixed weights on ``graph`` (no training): enough to score flips."""
+    n = graph.n_nodes
+    x = jax.random.normal(key, (n, 3))
+    return attacks.Target(params={"w1": jnp.eye(3)[:, :2], "w2": jnp.eye(2)},
+                          config=attacks.GCNConfig(hidden=2, relu=False, bias=False), x=x,
+                          pseudo_labels=jnp.arange(n) % 2, unlabeled_mask=jnp.ones(n, bool))
+
+
+def _ring(n):
+    return attacks.graph_from_pairs(np.stack([np.arange(n), (np.arange(n) + 1) % n], axis=1), n)
+
+
+def _untraced(*args):
+    raise AssertionError("the attack scored a graph before checking its budget")
+
+
+BAD_BUDGETS = [
+    (-1, ValueError, r"budget=-1 is negative; expected 0 <= budget <= 780\.$"),
+    (785, ValueError, r"budget=785 exceeds the 780 node pairs that can be flipped on this graph \(N=40\); "
+                      r"expected 0 <= budget <= 780\.$"),
+    (10**6, ValueError, r"budget=1000000 exceeds the 780 node pairs"),
+    (5.0, TypeError, r"budget must be an int; got float 5\.0, expected 0 <= budget <= 780\.$"),
+    (np.float32(5), TypeError, r"budget must be an int; got float32 \S*5\.0\S*, expected 0 <= budget <= 780\.$"),
+    (True, TypeError, r"budget must be an int; got bool True"),
+    ("5", TypeError, r"budget must be an int; got str '5'"),
+]
+
+
+@pytest.mark.parametrize("budget, error, message", BAD_BUDGETS)
+def test_greedy_attacks_check_the_budget_before_any_work(budget, error, message):
+    graph = _ring(40)  # 780 unordered pairs, 40 of them edges
+    target = _fixed_target(graph, jax.random.key(0))
+    with pytest.raises(error, match=r"^greedy_flips: " + message):
+        attacks.greedy_flips(_untraced, graph, budget)
+    with pytest.raises(error, match=r"^gradient_attack: " + message):
+        attacks.gradient_attack(target._replace(params=None), graph, budget)  # no weights: nothing may run
+
+
+PGD_LIMIT = r"the 780 candidate pairs of this graph \(40 edges to remove, 740 non-edges to add with n_candidates=1000\)"
+
+
+@pytest.mark.parametrize("budget, error, message", [
+    (-1, ValueError, r"budget=-1 is negative; expected 0 <= budget <= 780\.$"),
+    (785, ValueError, r"budget=785 exceeds " + PGD_LIMIT + r"; expected 0 <= budget <= 780\.$"),
+    (5.0, TypeError, r"budget must be an int; got float 5\.0, expected 0 <= budget <= 780\.$"),
+    (True, TypeError, r"budget must be an int; got bool True"),
+])
+def test_pgd_checks_the_budget_against_its_candidate_pairs(budget, error, message):
+    graph = _ring(40)
+    target = _fixed_target(graph, jax.random.key(0))._replace(params=None)  # no weights: nothing may run
+    with pytest.raises(error, match=r"^pgd_attack: " + message):
+        attacks.pgd_attack(target, graph, budget, key=jax.random.key(1), n_candidates=1000)
+
+
+def test_pgd_limit_counts_its_candidate_additions_and_checks_n_candidates():
+    graph = _ring(40)
+    target = _fixed_target(graph, jax.random.key(0))._replace(params=None)
+    with pytest.raises(ValueError, match=r"^pgd_attack: budget=51 exceeds the 50 candidate pairs of this graph "
+                                         r"\(40 edges to remove, 10 non-edges to add with n_candidates=10\); "
+                                         r"expected 0 <= budget <= 50\.$"):
+        attacks.pgd_attack(target, graph, 51, key=jax.random.key(1), n_candidates=10)
+    with pytest.raises(ValueError, match=r"^pgd_attack: budget=41 exceeds the 40 candidate pairs .* n_candidates=0\)"):
+        attacks.pgd_attack(target, graph, 41, key=jax.random.key(1), n_candidates=0)
+    with pytest.raises(TypeError, match=r"^pgd_attack: n_candidates must be an int; got float 10\.0"):
+        attacks.pgd_attack(target, graph, 5, key=jax.random.key(1), n_candidates=10.0)
+    with pytest.raises(ValueError, match=r"^pgd_attack: n_candidates=-1 is negative"):
+        attacks.pgd_attack(target, graph, 5, key=jax.random.key(1), n_candidates=-1)
+
+
+def test_budget_zero_returns_no_flips_without_scoring(monkeypatch):
+    graph = _ring(12)
+    target = _fixed_target(graph, jax.random.key(0))
+    clean = float(target.loss(graph))
+    monkeypatch.setattr(attacks.Target, "adjacency_grad", _untraced)
+    for result in (attacks.greedy_flips(_untraced, graph, 0), attacks.gradient_attack(target, graph, 0),
+                   attacks.greedy_flips(_untraced, graph, np.int64(0))):
+        assert result.flips.shape == (0, 2) and result.flips.dtype == np.int64 and result.steps == 0
+    pgd = attacks.pgd_attack(target, graph, 0, key=jax.random.key(1), n_candidates=5)
+    assert pgd.flips.shape == (0, 2) and pgd.flips.dtype == np.int64
+    assert pgd.candidates == 12 + 5
+    assert pgd.loss == pytest.approx(clean, rel=1e-6)
+
+
+def test_greedy_budget_up_to_every_pair():
+    # A 6-node path: its complement has no node without neighbours, so all 15 pairs can be flipped in any order.
+    graph, target = _path_graph(6), _fixed_target(_path_graph(6), jax.random.key(2))
+    result = attacks.gradient_attack(target, graph, 15, flips_per_step=4)
+    assert result.flips.shape == (15, 2) and len({tuple(f) for f in result.flips.tolist()}) == 15
+    complement = 1 - np.eye(6) - np.asarray(graph.to_dense())
+    np.testing.assert_array_equal(attacks.perturbed_graph(graph, result.flips).to_dense(), complement)
+    with pytest.raises(ValueError, match=r"budget=16 exceeds the 15 node pairs .* \(N=6\)"):
+        attacks.gradient_attack(target, graph, 16)
+    # A star's complement leaves its centre without neighbours: the last flip is refused, after the others.
+    star = attacks.graph_from_pairs(np.array([[0, 1], [0, 2], [0, 3]]), 4)
+    with pytest.raises(RuntimeError, match=r"^gradient_attack: no allowed flip left after 5 of budget=6 flips"):
+        attacks.gradient_attack(_fixed_target(star, jax.random.key(3)), star, 6)

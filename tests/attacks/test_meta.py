@@ -288,3 +288,27 @@ def test_repeated_meta_gradients_of_one_problem_compile_once():
     second = attacks.meta_gradient(counted, data.graph, check=False)
     assert next(traces) == 1  # traced by the first call only: the second reuses its compiled program
     np.testing.assert_array_equal(first.dense(), second.dense())
+
+
+@pytest.mark.parametrize("budget, error, message", [
+    (-1, ValueError, r"budget=-1 is negative; expected 0 <= budget <= 276\.$"),
+    (277, ValueError, r"budget=277 exceeds the 276 node pairs that can be flipped on this graph \(N=24\); "
+                      r"expected 0 <= budget <= 276\.$"),
+    (10**6, ValueError, r"budget=1000000 exceeds the 276 node pairs .*; expected 0 <= budget <= 276\.$"),
+    (2.0, TypeError, r"budget must be an int; got float 2\.0, expected 0 <= budget <= 276\.$"),
+    (False, TypeError, r"budget must be an int; got bool False"),
+])
+def test_metattack_checks_the_budget_before_any_work(budget, error, message, monkeypatch):
+    data, _, problem = _small_problem("auto")
+    monkeypatch.setattr(attacks.MetaProblem, "loss", lambda self, g: pytest.fail("scored before the check"))
+    for key in (None, jax.random.key(0)):
+        with pytest.raises(error, match=r"^metattack: " + message):
+            attacks.metattack(problem, data.graph, budget, key=key)
+
+
+def test_metattack_budget_zero_returns_no_flips_without_a_meta_gradient(monkeypatch):
+    data, _, problem = _small_problem("auto")
+    monkeypatch.setattr(attacks.MetaProblem, "loss", lambda self, g: pytest.fail("computed a meta-gradient"))
+    for key in (None, jax.random.key(0)):
+        result = attacks.metattack(problem, data.graph, 0, key=key)
+        assert result.flips.shape == (0, 2) and result.steps == 0

@@ -18,7 +18,8 @@ import numpy as np
 from ..gradients import AdjacencyGrad, adjacency_grad
 from ..graph import Graph
 from ._features import Features
-from ._flips import FlipSet, GreedyResult, greedy_flips, perturbed_graph
+from ._data import undirected_pairs
+from ._flips import FlipSet, GreedyResult, _greedy_flips, check_budget, node_pairs, perturbed_graph
 from ._models import VICTIM, GCNConfig, gcn_logits, masked_cross_entropy, train_gcn
 
 
@@ -61,8 +62,14 @@ class Target(NamedTuple):
 
 def gradient_attack(target: Target, graph: Graph, budget: int, *, flips_per_step: int = 1,
                     log: Callable[[str], None] | None = None) -> GreedyResult:
-    """Greedy flips by the factored all-pairs gradient of a fixed model, re-evaluated after every step."""
-    return greedy_flips(target.adjacency_grad, graph, budget, flips_per_step=flips_per_step, log=log)
+    """Greedy flips by the factored all-pairs gradient of a fixed model, re-evaluated after every step.
+
+    ``budget`` is an int with ``0 <= budget <= N (N - 1) / 2``, checked before any work (TypeError or
+    ValueError otherwise); 0 returns no flips without scoring. ``log`` (default None: silent) receives
+    one progress line per step, see `greedy_flips`.
+    """
+    return _greedy_flips("gradient_attack", target.adjacency_grad, graph, budget, flips_per_step=flips_per_step,
+                         dtype=jnp.float32, key=None, log=log)
 
 
 class PGDResult(NamedTuple):
@@ -114,16 +121,38 @@ def pgd_attack(target: Target, graph: Graph, budget: int, *, key: jax.Array, n_c
     budget are scored by the loss, and the best one is kept; removals that would leave a node without
     neighbours are dropped from it.
 
+    ``budget`` is an int with ``0 <= budget <=`` the number of candidate pairs (the edges plus
+    ``min(n_candidates, non-edges)``), checked before any work (TypeError or ValueError otherwise);
+    0 returns no flips and the clean graph's loss without running the optimisation. ``n_candidates``
+    is an int >= 0 (0: removals only). ``log`` (default None: silent) receives one line at the end.
+
     Returns:
       `PGDResult`.
     """
     start = time.perf_counter()
+    where = "pgd_attack"
+    if isinstance(n_candidates, (bool, np.bool_)) or not isinstance(n_candidates, (int, np.integer)):
+        raise TypeError(f"{where}: n_candidates must be an int; got {type(n_candidates).__name__} "
+                        f"{n_candidates!r:.60}, expected an int >= 0.")
+    if n_candidates < 0:
+        raise ValueError(f"{where}: n_candidates={n_candidates} is negative; expected n_candidates >= 0.")
+    edges = undirected_pairs(graph)
+    n_additions = min(int(n_candidates), node_pairs(int(graph.n_nodes)) - len(edges))
+    budget = check_budget(where, budget, len(edges) + n_additions,
+                          f"candidate pairs of this graph ({len(edges)} edges to remove, {n_additions} non-edges "
+                          f"to add with n_candidates={n_candidates})")
+    if budget == 0:
+        loss = float(jax.jit(target.loss)(perturbed_graph(graph, np.zeros((0, 2), np.int64))))
+        if log is not None:
+            log(f"pgd: budget 0, no flips, loss {loss:.4f}")
+        return PGDResult(np.zeros((0, 2), np.int64), len(edges) + n_additions, loss, time.perf_counter() - start)
     flip_set = FlipSet(graph, budget)
-    edges = flip_set.pairs
-    grad = jax.jit(target.adjacency_grad)(graph)
-    top = jax.device_get(grad.topk(n_candidates, among="non_edges", sign=1))
-    keep = top.rows >= 0
-    additions = np.stack([top.rows[keep], top.cols[keep]], axis=1).astype(np.int64)
+    additions = np.zeros((0, 2), np.int64)
+    if n_additions:
+        grad = jax.jit(target.adjacency_grad)(graph)
+        top = jax.device_get(grad.topk(n_additions, among="non_edges", sign=1))
+        keep = top.rows >= 0
+        additions = np.stack([top.rows[keep], top.cols[keep]], axis=1).astype(np.int64)
     pairs = np.concatenate([edges, additions])
     base = np.concatenate([np.ones(len(edges)), np.zeros(len(additions))]).astype(np.float32)
     relaxed = Graph(

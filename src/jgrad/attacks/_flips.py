@@ -39,6 +39,40 @@ class FlipScores(NamedTuple):
     remove_index: jax.Array
 
 
+def node_pairs(n_nodes: int) -> int:
+    """The number of unordered pairs ``{i, j}``, ``i < j`` (no self loops) of an ``n_nodes``-node graph."""
+    return n_nodes * (n_nodes - 1) // 2
+
+
+def check_budget(where: str, budget: Any, limit: int, pairs: str) -> int:
+    """``budget`` as a Python int, checked before an attack does any work; raises one-line errors.
+
+    Args:
+      where: the public function, named in the message.
+      budget: the caller's budget: an int (Python or NumPy), not a bool or a float.
+      limit: the most pairs the attack may flip.
+      pairs: what ``limit`` counts, e.g. ``"node pairs that can be flipped on this graph (N=40)"``.
+
+    Raises:
+      TypeError: ``budget`` is not an int (bools and floats included).
+      ValueError: ``budget`` is negative or above ``limit``.
+    """
+    expected = f"expected 0 <= budget <= {limit}"
+    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, np.integer)):
+        raise TypeError(f"{where}: budget must be an int; got {type(budget).__name__} {budget!r:.60}, {expected}.")
+    if budget < 0:
+        raise ValueError(f"{where}: budget={budget} is negative; {expected}.")
+    if budget > limit:
+        raise ValueError(f"{where}: budget={budget} exceeds the {limit} {pairs}; {expected}.")
+    return int(budget)
+
+
+def check_graph_budget(where: str, graph: Graph, budget: Any) -> int:
+    """`check_budget` against every unordered pair of ``graph`` without self loops, ``N (N - 1) / 2``."""
+    n = int(graph.n_nodes)
+    return check_budget(where, budget, node_pairs(n), f"node pairs that can be flipped on this graph (N={n})")
+
+
 class FlipSet:
     """An undirected graph under attack: the original pairs, the flips made so far, and degree bookkeeping.
 
@@ -52,6 +86,11 @@ class FlipSet:
     """
 
     def __init__(self, graph: Graph, capacity: int, dtype: Any = jnp.float32):
+        if isinstance(capacity, (bool, np.bool_)) or not isinstance(capacity, (int, np.integer)):
+            raise TypeError(f"FlipSet: capacity must be an int; got {type(capacity).__name__} {capacity!r:.60}, "
+                            "expected an int >= 0.")
+        if capacity < 0:
+            raise ValueError(f"FlipSet: capacity={capacity} is negative; expected capacity >= 0.")
         self.n_nodes = int(graph.n_nodes)
         self.pairs = undirected_pairs(graph)
         self.capacity = int(capacity)
@@ -227,7 +266,8 @@ def greedy_flips(
         adjacency of the perturbed graph (made symmetric here); traced once under ``jax.jit``. With
         ``key``, ``score_fn(graph, step_key)`` instead.
       graph: the clean undirected graph.
-      budget: number of pairs to flip.
+      budget: number of pairs to flip, an int with ``0 <= budget <= N (N - 1) / 2`` (checked before any
+        work; TypeError or ValueError otherwise). 0 returns no flips without scoring.
       flips_per_step: flips taken from each scoring step (keyword-only).
       dtype: edge-weight dtype of the scored graphs.
       key: optional PRNG key; scoring step ``s`` (from 0) receives `step_key` ``(key, s)``, an argument
@@ -236,8 +276,21 @@ def greedy_flips(
 
     Returns:
       `GreedyResult`.
+
+    Raises:
+      RuntimeError: no allowed flip is left before ``budget`` flips are made (every remaining pair was
+        flipped already or is a removal that would leave a node without neighbours).
     """
-    flip_set = FlipSet(graph, budget, dtype)
+    return _greedy_flips("greedy_flips", score_fn, graph, budget, flips_per_step=flips_per_step, dtype=dtype,
+                         key=key, log=log)
+
+
+def _greedy_flips(where, score_fn, graph, budget, *, flips_per_step, dtype, key, log) -> GreedyResult:
+    """`greedy_flips`, with errors naming the public function ``where``."""
+    budget = check_graph_budget(where, graph, budget)
+    # No more addition slots than non-edges: the scored graph carries one edge slot per possible addition.
+    non_edges = node_pairs(int(graph.n_nodes)) - len(undirected_pairs(graph))
+    flip_set = FlipSet(graph, min(budget, non_edges), dtype)
     pairs = jnp.asarray(flip_set.pairs, jnp.int32)
     k = max(2 * flips_per_step, 8)
 
@@ -255,7 +308,9 @@ def greedy_flips(
         times.append(time.perf_counter() - t0)
         steps += 1
         if not chosen:
-            raise RuntimeError("greedy_flips: no allowed flip left among the scored candidates.")
+            raise RuntimeError(f"{where}: no allowed flip left after {len(flip_set.flips)} of budget={budget} "
+                               "flips (the other pairs were flipped already or would leave a node without "
+                               "neighbours).")
         if log is not None:
             log(f"step {steps}: {len(flip_set.flips)}/{budget} flips, {times[-1]:.2f} s")
     per_step = float(np.median(times[1:])) if len(times) > 1 else float(times[0]) if times else 0.0

@@ -36,7 +36,7 @@ from .._src._types import check_choice
 from ..gradients import AdjacencyGrad, adjacency_grad, propagate
 from ..graph import Graph
 from ._features import Features, SparseFeatures, features_matmul, features_rmatmul, n_features
-from ._flips import GreedyResult, greedy_flips
+from ._flips import GreedyResult, _greedy_flips
 from ._models import SURROGATE, GCNConfig, gcn_logits, init_gcn, masked_cross_entropy, train_gcn
 
 FORMS = ("auto", "train", "features")
@@ -328,10 +328,14 @@ def metattack(problem: MetaProblem, graph: Graph, budget: int, *, flips_per_step
     ``s`` (from 0) trains it from ``problem.initial_params(step_key(key, s))``, fresh weights at every
     meta-step as the reference implementation does; the key is an argument of the jitted step (one
     compilation) and the attack is deterministic given ``key``.
+
+    ``budget`` is an int with ``0 <= budget <= N (N - 1) / 2``, checked before any work (TypeError or
+    ValueError otherwise); 0 returns no flips without computing a meta-gradient. ``log`` (default None:
+    silent) receives one progress line per meta-step, see `greedy_flips`.
     """
     dtype = problem.params["w1"].dtype
     if key is None:
-        return greedy_flips(lambda g: meta_gradient(problem, g), graph, budget,
-                            flips_per_step=flips_per_step, dtype=dtype, log=log)
-    return greedy_flips(lambda g, k: meta_gradient(problem.with_initial_params(k), g), graph,
-                        budget, flips_per_step=flips_per_step, dtype=dtype, key=key, log=log)
+        return _greedy_flips("metattack", lambda g: meta_gradient(problem, g), graph, budget,
+                             flips_per_step=flips_per_step, dtype=dtype, key=None, log=log)
+    return _greedy_flips("metattack", lambda g, k: meta_gradient(problem.with_initial_params(k), g), graph,
+                         budget, flips_per_step=flips_per_step, dtype=dtype, key=key, log=log)
