@@ -23,11 +23,11 @@ class GraphBatch:
     """A padded disjoint-union batch of graphs with one label per graph; a JAX pytree.
 
     Attributes:
-      graph: the padded batch (`jgrad.batch` then `jgrad.graph.pad_to_bucket`), G graphs including the
-        padding graph.
+      graph: the padded batch (`jgrad.batch` then `jgrad.graph.pad_to_bucket`), G graphs: the real
+        graphs, then padding graphs (``graph_mask`` False) up to G = ``batch_size + 1`` in every batch.
       features: node features, shape (N, F); zeros on padding nodes.
-      labels: class of each graph, shape (G,), int32; 0 for the padding graph.
-      label_mask: shape (G,), bool; False for the padding graph, which the loss ignores.
+      labels: class of each graph, shape (G,), int32; 0 for the padding graphs.
+      label_mask: shape (G,), bool; False for the padding graphs, which the loss and accuracy ignore.
     """
 
     graph: Graph
@@ -51,9 +51,10 @@ def make_graph_batches(
     """Groups graphs into batches of ``batch_size`` and pads each to bucket sizes. Eager, host-side.
 
     Graphs are first sorted by node count so that a batch holds graphs of similar size and wastes little
-    padding. Each batch's node and edge counts are rounded up by `jgrad.graph.bucket_size`, so the number
-    of distinct batch shapes, and of compilations of a jitted step, is at most (number of node buckets)
-    x (number of edge buckets) x 2 (a last, smaller batch has fewer graphs).
+    padding. Each batch's node and edge counts are rounded up by `jgrad.graph.bucket_size`, and every
+    batch has ``batch_size + 1`` graphs (a last, smaller batch gets more empty padding graphs), so the
+    number of distinct batch shapes, and of compilations of a jitted step, is at most (number of node
+    buckets) x (number of edge buckets).
 
     Args:
       graphs: the graphs.
@@ -75,7 +76,8 @@ def make_graph_batches(
     batches = []
     for begin in range(0, len(order), batch_size):
         members = order[begin:begin + batch_size]
-        padded = pad_to_bucket(batch([graphs[i] for i in members]), growth=growth, minimum=minimum)
+        padded = pad_to_bucket(batch([graphs[i] for i in members]), growth=growth, minimum=minimum,
+                               n_graphs=batch_size + 1)
         x = np.concatenate([np.asarray(features[i], np.float32) for i in members])
         x = np.concatenate([x, np.zeros((padded.n_nodes - x.shape[0], x.shape[1]), np.float32)])
         n_graphs = padded.n_graphs
