@@ -237,6 +237,11 @@ def _copy_u(g, x):
     return jnp.tanh(jgrad.ops.gspmm(g, "copy_u", "sum", x)).sum()
 
 
+def _edge_counts(g, x):
+    scale = (g.in_degree(weighted=False) + 1.0)[:, None] ** -0.5
+    return jnp.tanh(scale * jgrad.ops.spmm(g, scale * x)).sum()
+
+
 def _while(g, x):
     return jax.lax.while_loop(lambda c: c[0] < 2, lambda c: (c[0] + 1, jgrad.ops.spmm(g, c[1])), (0, x))[1].sum()
 
@@ -253,10 +258,11 @@ def _squared(g, x):
     (_sage_max, r"max/min \(e.g. SAGEConv\(aggregator='max'\), MessagePassing\(aggregate='max'\)"),
     (_mean_messages, r"reduce='mean'\) divides by the number of incoming edges"),
     (_copy_u, r"gspmm\(op='copy_u'\) aggregates the messages without the edge weights"),
+    (_edge_counts, r"the model counts edges \(in_degree\(weighted=False\)"),
     (_while, r"inside lax.while_loop \(or lax.fori_loop with traced bounds\)"),
     (_cond, r"inside lax.cond / lax.switch"),
     (_squared, r"uses the edge weights outside the operations adjacency_grad follows"),
-], ids=["sage_max", "mean", "copy_u", "while_loop", "cond", "squared_weights"])
+], ids=["sage_max", "mean", "copy_u", "edge_counts", "while_loop", "cond", "squared_weights"])
 def test_models_without_an_exact_structure_gradient_raise_naming_the_cause(model, message):
     graph = _graph(weighted=True)
     x = jnp.ones((N, F_IN), jnp.float32)

@@ -55,6 +55,13 @@ REFUSALS = {
         "Weigh the messages by the graph's weights, which gives the same values on an unweighted graph: "
         "jgrad.ops.spmm(graph, x), or gspmm(graph, 'u_mul_e', reduce, x, graph.edge_weight)."
     ),
+    "edge_count": (
+        "adjacency_grad: the model counts edges (in_degree(weighted=False) or out_degree(weighted=False)); "
+        "got a model that uses which edges exist, not the entries of A, so dL/dA at missing pairs is not "
+        "defined (an unweighted graph is differentiated at weights of ones, which the counts ignore). Use the "
+        "weighted degree, graph.in_degree(), which equals the counts on an unweighted graph, or jgrad.edge_grad "
+        "for the existing edges."
+    ),
     "message_op": (
         "adjacency_grad: gspmm combines the tracked edge weights with node data by addition, subtraction "
         "or division; got a model in which a missing pair (weight 0) would still send a message, so it is "

@@ -419,6 +419,8 @@ def _degree(graph: Graph, index: jax.Array, weighted: bool) -> jax.Array:
     degree = degree.astype(weight.dtype)
     if weighted and graph.edge_weight is not None:
         degree = _taps.mark(graph, "degree", degree, graph.edge_weight, index)
+    elif graph.edge_weight is not None:  # counts of a weighted (or tracked) graph: its structure, not A
+        degree = _taps.refuse(graph, "edge_count", degree, graph.edge_weight)
     return degree
 
 
