@@ -347,3 +347,73 @@ def test_repr_gives_the_sizes_not_the_factors():
     assert text.startswith(f"AdjacencyGrad(n_nodes={N}, rank={grad.rank}, n_edges={graph.n_edges}")
     assert "edge_error=" in text and "dtype=float32" in text and "[" not in text and len(text) < 160
     assert "symmetric=True" in repr(grad.symmetric())
+
+
+def _padded_problem():
+    """_random_graph padded to 12 nodes (3 padding nodes with non-zero features) and 30 edges."""
+    graph = _random_graph()
+    padded = jgrad.pad(graph, n_nodes=12, n_edges=30)
+    rng = np.random.default_rng(5)
+    params = _params()
+    padded_params = dict(params, x=jnp.concatenate([params["x"], jnp.asarray(rng.standard_normal((3, F)))]),
+                         c=jnp.concatenate([params["c"], jnp.zeros((3, params["c"].shape[1]))]))
+    return graph, params, padded, padded_params
+
+
+def _gcn_any(g, p):  # _gcn for any number of nodes
+    h = jax.nn.relu(propagate(g, p["x"] @ p["w1"]))
+    return jnp.sum(jnp.tanh(propagate(g, h @ p["w2"])) * p["c"])
+
+
+def test_pairs_touching_padding_nodes_are_zero_and_never_ranked(x64):
+    graph, params, padded, padded_params = _padded_problem()
+    real = np.asarray(padded.node_mask)
+    assert real.tolist() == [True] * N + [False] * 3
+    for symmetric in (False, True):
+        own = adjacency_grad(_gcn_any, graph, params, symmetric=symmetric)
+        grad = adjacency_grad(_gcn_any, padded, padded_params, symmetric=symmetric)
+        assert grad.node_mask is not None and grad.is_symmetric == symmetric
+        dense = np.asarray(grad.dense())
+        np.testing.assert_array_equal(dense[N:], 0.0)
+        np.testing.assert_array_equal(dense[:, N:], 0.0)
+        np.testing.assert_allclose(dense[:N, :N], own.dense(), rtol=1e-10, atol=1e-13)
+        for v in range(12):
+            row = np.asarray(grad.row(v))
+            np.testing.assert_array_equal(row[N:], 0.0)
+            np.testing.assert_allclose(row, dense[v], rtol=1e-12, atol=1e-16)
+        rows, cols = np.meshgrid(np.arange(12), np.arange(12), indexing="ij")
+        values = np.asarray(grad.at(rows.ravel(), cols.ravel()))
+        np.testing.assert_allclose(values, dense.ravel(), rtol=1e-12, atol=1e-16)
+        np.testing.assert_array_equal(values[~(real[rows] & real[cols]).ravel()], 0.0)
+        for among, k in (("non_edges", 60), ("all", 81), ("edges", 30)):
+            for sign in (1, -1):
+                top = grad.topk(k, among=among, sign=sign, block_size=5)
+                found = np.asarray(top.rows) >= 0
+                assert np.all(real[np.asarray(top.rows)[found]]) and np.all(real[np.asarray(top.cols)[found]])
+                # the same candidates as the unpadded graph, in the same order
+                expected = own.topk(k, among=among, sign=sign, block_size=5)
+                np.testing.assert_array_equal(top.rows, expected.rows)
+                np.testing.assert_array_equal(top.cols, expected.cols)
+                np.testing.assert_allclose(top.values, expected.values, rtol=1e-10, atol=1e-13)
+    # the "all" candidates of the padded symmetric gradient are exactly the 45 unordered real pairs
+    assert int(np.sum(np.asarray(grad.topk(144, among="all").rows) >= 0)) == N * (N + 1) // 2
+
+
+def test_padding_mask_survives_jit_and_dense_mode(x64):
+    graph, params, padded, padded_params = _padded_problem()
+    expected = np.asarray(adjacency_grad(_gcn_any, graph, params).dense())
+
+    dense = np.asarray(jax.jit(lambda g, p: adjacency_grad(_gcn_any, g, p).dense())(padded, padded_params))
+    np.testing.assert_array_equal(dense[N:], 0.0)
+    np.testing.assert_array_equal(dense[:, N:], 0.0)
+    np.testing.assert_allclose(dense[:N, :N], expected, rtol=1e-10, atol=1e-13)
+
+    traced = jax.jit(lambda g, p: adjacency_grad(_gcn_any, g, p, symmetric=True))(padded, padded_params)
+    np.testing.assert_array_equal(traced.node_mask, padded.node_mask)
+    top = traced.topk(50, among="non_edges", sign=-1)
+    assert np.all(np.asarray(top.cols)[np.asarray(top.rows) >= 0] < N)
+
+    dense_mode = np.asarray(adjacency_grad(_gcn_any, padded, padded_params, mode="dense").dense())
+    np.testing.assert_array_equal(dense_mode[N:], 0.0)
+    np.testing.assert_array_equal(dense_mode[:, N:], 0.0)
+    np.testing.assert_allclose(dense_mode[:N, :N], expected, rtol=1e-10, atol=1e-13)

@@ -73,6 +73,9 @@ class AdjacencyGrad:
         (i, j) is ``dL/dA[i, j] + dL/dA[j, i]`` off the diagonal and ``dL/dA[i, i]`` on it.
       attention: one `AttentionTerm` per attention aggregation that normalises the weights inside
         its softmax (``GATConv(edge_weight_mode="normalise")``); empty for other models.
+      node_mask: (N,) bool or ``None`` (all nodes real), the graph's ``node_mask``. A pair that touches
+        a padding node (``node_mask`` False, as `jgrad.pad` appends) is no pair of the graph: `dense`,
+        `row` and `at` give 0 there and `topk` never returns it, for every candidate set.
 
     A pytree (jit- and vmap-friendly). Every accessor costs O(R + sum_t H_t·F_t) per entry; nothing
     builds the N x N matrix except `dense`.
@@ -88,6 +91,7 @@ class AdjacencyGrad:
     n_nodes: int
     is_symmetric: bool = False
     attention: tuple[AttentionTerm, ...] = ()
+    node_mask: jax.Array | None = None
 
     @property
     def rank(self) -> int:
@@ -110,7 +114,10 @@ class AdjacencyGrad:
         value = self.left @ self.right.T - jnp.diag(self.diagonal_offset)
         if self.attention:
             value = value + self._attention_block(jnp.arange(self.n_nodes))
-        return value
+        if self.node_mask is None:
+            return value
+        real = self.node_mask[:, None] & self.node_mask[None, :]
+        return jnp.where(real, value, jnp.zeros((), value.dtype))
 
     def at(self, rows: jax.typing.ArrayLike, cols: jax.typing.ArrayLike) -> jax.Array:
         """dL/dA[rows[p], cols[p]] for P pairs (receiver v, sender u); shape (P,). O(P·R).
@@ -126,7 +133,11 @@ class AdjacencyGrad:
         rows, cols = _pair_indices("AdjacencyGrad.at", rows, cols, self.n_nodes)
         value = jnp.sum(self.left[rows] * self.right[cols], axis=-1)
         value = value - jnp.where(rows == cols, self.diagonal_offset[rows], jnp.zeros((), value.dtype))
-        return value + self._attention_pairs(rows, cols) if self.attention else value
+        if self.attention:
+            value = value + self._attention_pairs(rows, cols)
+        if self.node_mask is None:
+            return value
+        return jnp.where(self.node_mask[rows] & self.node_mask[cols], value, jnp.zeros((), value.dtype))
 
     def row(self, v: jax.typing.ArrayLike) -> jax.Array:
         """dL/dA[v, :], the gradient w.r.t. every possible incoming edge of node v; shape (N,). O(N·R).
@@ -140,7 +151,11 @@ class AdjacencyGrad:
         value = self.right @ self.left[v]
         value = value - jnp.where(jnp.arange(self.n_nodes) == v, self.diagonal_offset[v],
                                   jnp.zeros((), value.dtype))
-        return value + self._attention_block(jnp.reshape(v, (1,)))[0] if self.attention else value
+        if self.attention:
+            value = value + self._attention_block(jnp.reshape(v, (1,)))[0]
+        if self.node_mask is None:
+            return value
+        return jnp.where(self.node_mask[v] & self.node_mask, value, jnp.zeros((), value.dtype))
 
     def symmetric(self) -> AdjacencyGrad:
         """The gradient w.r.t. an undirected adjacency: ``S = G + G^T`` with the diagonal counted once.
@@ -173,7 +188,8 @@ class AdjacencyGrad:
         Candidates: ``"non_edges"``, pairs (v, u) with ``v != u`` and no edge ``u -> v``; ``"edges"``,
         the existing edges (each pair once, padding edges excluded); ``"all"``, all N^2 pairs. For a
         symmetric gradient each unordered pair is reported once, as ``rows <= cols``, and a pair is an
-        edge if either direction is.
+        edge if either direction is. Pairs that touch a padding node (`node_mask` False) are never
+        candidates.
 
         Args:
           k: how many pairs (a positive Python int).
@@ -240,6 +256,8 @@ class AdjacencyGrad:
         """(rows, cols, valid) of the existing edges; both directions for a symmetric gradient."""
         rows, cols = self.receivers, self.senders
         valid = jnp.ones(rows.shape, bool) if self.edge_mask is None else self.edge_mask
+        if self.node_mask is not None:  # an edge touching a padding node is no edge of the graph
+            valid = valid & self.node_mask[rows] & self.node_mask[cols]
         if self.is_symmetric:
             rows, cols = jnp.minimum(rows, cols), jnp.maximum(rows, cols)
         return rows, cols, valid
@@ -277,6 +295,9 @@ class AdjacencyGrad:
             scores = sign * jnp.pad(scores, ((0, 0), (0, n_cols - n)))
             same = row_ids[:, None] == col_ids[None, :]
             invalid = (row_ids[:, None] >= n) | (col_ids[None, :] >= n)
+            if self.node_mask is not None:  # pairs touching a padding node are no pairs of the graph
+                real = jnp.pad(self.node_mask, (0, n_cols - n))
+                invalid = invalid | ~real[jnp.minimum(row_ids, n_cols - 1)][:, None] | ~real[None, :]
             if self.is_symmetric:
                 invalid = invalid | (col_ids[None, :] < row_ids[:, None])
             if non_edges:
@@ -309,7 +330,7 @@ class AdjacencyGrad:
 jax.tree_util.register_dataclass(
     AdjacencyGrad,
     data_fields=["left", "right", "diagonal_offset", "senders", "receivers", "edge_mask", "edge_error",
-                 "attention"],
+                 "attention", "node_mask"],
     meta_fields=["n_nodes", "is_symmetric"],
 )
 
@@ -657,6 +678,7 @@ def _directed_grad(graph: Graph, left: jax.Array, right: jax.Array) -> Adjacency
         edge_mask=graph.edge_mask,
         edge_error=jnp.zeros((), dtype),
         n_nodes=n,
+        node_mask=graph.node_mask,
     )
 
 
