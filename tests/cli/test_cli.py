@@ -508,3 +508,41 @@ def test_an_interrupt_dropped_where_it_cannot_propagate_is_raised_again():
             time.sleep(5)  # the signal comes again within 0.05 s and raises here
     assert info.value.signum == signal.SIGTERM and len(dropped) == 1 and isinstance(dropped[0], Interrupted)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and sys.unraisablehook is outside
+
+
+def test_a_signal_during_a_checkpoint_save_is_raised_after_it_and_a_second_one_at_once(tmp_path, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jgrad.cli import Interrupted, _Interrupts
+    from jgrad.train import Checkpointer, TrainState
+
+    state = TrainState.create({"w": jnp.ones((2, 3))}, optax.sgd(0.1), jax.random.key(0))
+    checkpointer = Checkpointer(tmp_path)
+    real_write, signals = checkpointer._write, []
+
+    def write(path, tree):  # the signals arrive inside the save, before orbax writes
+        while signals:
+            signal.raise_signal(signals.pop(0))
+        real_write(path, tree)
+
+    monkeypatch.setattr(checkpointer, "_write", write)
+    inside_save = lambda info: any(entry.name == "save" for entry in info.traceback)
+    try:
+        signals.append(signal.SIGTERM)
+        with pytest.raises(Interrupted) as info:
+            with _Interrupts():
+                checkpointer.save(10, state)
+                time.sleep(5)  # raised here, within 0.02 s of the save's return
+        assert info.value.signum == signal.SIGTERM and not inside_save(info)
+        assert [entry["epoch"] for entry in checkpointer.entries()] == [10] and checkpointer.check(10) is None
+
+        signals.extend([signal.SIGINT, signal.SIGINT])
+        with pytest.raises(Interrupted) as info:
+            with _Interrupts():
+                checkpointer.save(20, state)
+        assert info.value.signum == signal.SIGINT and inside_save(info)
+        assert [entry["epoch"] for entry in checkpointer.entries()] == [10]  # the save cut short is not committed
+    finally:
+        checkpointer.close()

@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from . import _commands
@@ -93,8 +94,10 @@ class _Interrupts:
     `Interrupted` in the main thread.
 
     The command then unwinds as after Ctrl-C: ``finally`` blocks close the checkpointer and the workdir
-    lock, and a checkpoint save cut short is never committed (its manifest is the commit point, see
-    `jgrad.train.Checkpointer`), so the previous checkpoint stays the one a rerun resumes from.
+    lock. A signal that arrives while `jgrad.train.Checkpointer.save` runs in the main thread is raised
+    when the save returns (a thread looks every 20 ms), so the checkpoint is written whole and is the one
+    a rerun resumes from; a second signal during that save is raised at once (a save cut short is never
+    committed, its manifest being the commit point, so the previous checkpoint stays).
 
     Python drops an exception raised where it cannot propagate, such as a garbage-collection callback
     (jax runs one) that the signal happened to interrupt, and reports it to `sys.unraisablehook`; for an
@@ -108,6 +111,7 @@ class _Interrupts:
         self._active = False
         self._previous: dict[int, object] = {}
         self._hook = None
+        self._deferred: int | None = None  # a signal held until the checkpoint save running now returns
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
@@ -130,8 +134,23 @@ class _Interrupts:
         return False
 
     def _raise(self, signum, frame):
-        if self._active:
-            raise Interrupted(signum)
+        if not self._active:
+            return
+        if self._deferred is None and _in_checkpoint_save(frame):
+            self._deferred = signum
+            threading.Thread(target=self._after_save, args=(signum,), daemon=True).start()
+            return
+        self._deferred = None
+        raise Interrupted(signum)
+
+    def _after_save(self, signum):
+        main = threading.main_thread().ident
+        while _in_checkpoint_save(sys._current_frames().get(main)):
+            time.sleep(0.02)
+        with self._lock:
+            if self._active and self._deferred == signum:
+                self._deferred = None
+                os.kill(os.getpid(), signum)
 
     def _unraisable(self, unraisable):
         if isinstance(unraisable.exc_value, Interrupted):
@@ -145,14 +164,25 @@ class _Interrupts:
                 os.kill(os.getpid(), signum)
 
 
+def _in_checkpoint_save(frame) -> bool:
+    """Whether ``frame`` (a thread's current frame, or None) is inside `jgrad.train.Checkpointer.save`."""
+    module = sys.modules.get("jgrad.train._checkpoint")
+    save = getattr(getattr(module, "Checkpointer", None), "save", None)
+    while frame is not None and save is not None:
+        if frame.f_code is save.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _exit_now(status: int) -> None:
     """Ends the process with ``status`` after flushing its output, without the interpreter's shutdown.
 
     After an interrupt that shutdown is not safe: interrupted in its first seconds (while jax is imported
     and compiles), the process crashed in a native thread during shutdown (SIGSEGV, status 139 instead of
-    130) in 4 of 10 such test runs, and the threads of a checkpoint save cut short print errors as they fail.
-    Nothing is lost by skipping it: ``finally`` blocks have run, and a checkpoint counts only once its
-    manifest is on disk (fsync), as for a process killed with SIGKILL.
+    130) in 4 of 10 such test runs, and the threads of a checkpoint save cut short (by a second signal)
+    print errors as they fail. Nothing is lost by skipping it: ``finally`` blocks have run, and a
+    checkpoint counts only once its manifest is on disk (fsync), as for a process killed with SIGKILL.
     """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
