@@ -493,7 +493,7 @@ def test_a_missing_config_says_where_the_example_configs_are(tmp_path, monkeypat
 
 
 def test_an_interrupt_dropped_where_it_cannot_propagate_is_raised_again():
-    from jgrad.cli import Interrupted, _Interrupts
+    from jgrad.cli._interrupts import Interrupted, Interrupts
 
     class SignalledDuringCleanup:
         def __del__(self):  # Python drops (reports as unraisable) an exception raised here
@@ -501,7 +501,7 @@ def test_an_interrupt_dropped_where_it_cannot_propagate_is_raised_again():
 
     outside, dropped = sys.unraisablehook, []
     with pytest.raises(Interrupted) as info:
-        with _Interrupts():
+        with Interrupts():
             hook = sys.unraisablehook
             sys.unraisablehook = lambda unraisable: (dropped.append(unraisable.exc_value), hook(unraisable))
             SignalledDuringCleanup()
@@ -515,7 +515,7 @@ def test_a_signal_during_a_checkpoint_save_is_raised_after_it_and_a_second_one_a
     import jax.numpy as jnp
     import optax
 
-    from jgrad.cli import Interrupted, _Interrupts
+    from jgrad.cli._interrupts import Interrupted, Interrupts
     from jgrad.train import Checkpointer, TrainState
 
     state = TrainState.create({"w": jnp.ones((2, 3))}, optax.sgd(0.1), jax.random.key(0))
@@ -532,7 +532,7 @@ def test_a_signal_during_a_checkpoint_save_is_raised_after_it_and_a_second_one_a
     try:
         signals.append(signal.SIGTERM)
         with pytest.raises(Interrupted) as info:
-            with _Interrupts():
+            with Interrupts():
                 checkpointer.save(10, state)
                 time.sleep(5)  # raised here, within 0.02 s of the save's return
         assert info.value.signum == signal.SIGTERM and not inside_save(info)
@@ -540,7 +540,7 @@ def test_a_signal_during_a_checkpoint_save_is_raised_after_it_and_a_second_one_a
 
         signals.extend([signal.SIGINT, signal.SIGINT])
         with pytest.raises(Interrupted) as info:
-            with _Interrupts():
+            with Interrupts():
                 checkpointer.save(20, state)
         assert info.value.signum == signal.SIGINT and inside_save(info)
         assert [entry["epoch"] for entry in checkpointer.entries()] == [10]  # the save cut short is not committed
