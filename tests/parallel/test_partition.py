@@ -110,3 +110,16 @@ def test_stack_graphs_pads_to_common_sizes():
     assert np.asarray(stacked.edge_mask).sum(axis=1).tolist() == [1, 3]
     out = jax.jit(jax.vmap(lambda g: jgrad.ops.spmm(g, jnp.ones((4, 1)))))(stacked)  # one compilation
     assert out[:, :, 0].tolist() == [[0, 1, 0, 0], [1, 1, 1, 0]]
+
+
+def test_bfloat16_sums_run_in_float32_like_the_plain_ops():
+    """A hub of 2000 in-edges: a bfloat16 running sum stalls at 256; the sharded ops sum in float32
+    and return bfloat16, as jgrad.ops does."""
+    graph = jgrad.Graph.from_edges(np.arange(1, 2001), np.zeros(2000, int), n_nodes=2001)
+    mesh, sharded = make_mesh(1), partition_edges(graph, 1)
+    out = jax.jit(sharded_spmm, static_argnums=0)(mesh, sharded, jnp.ones((2001, 2), jnp.bfloat16))
+    assert out.dtype == jnp.bfloat16 and float(out[0, 0]) == 2000.0
+    logits = sharded.shard_edge_data(jnp.zeros(2000, jnp.bfloat16))
+    weights = sharded.unshard_edge_data(jax.jit(sharded_edge_softmax, static_argnums=0)(mesh, sharded, logits))
+    assert weights.dtype == jnp.bfloat16
+    np.testing.assert_allclose(float(jnp.sum(weights.astype(jnp.float32))), 1.0, rtol=2 ** -7)

@@ -29,7 +29,7 @@ from .._src._messages import (
     sum_to_shape,
 )
 from .._src._op import Op
-from .._src._types import REDUCERS, TIE_RULES, check_choice
+from .._src._types import REDUCERS, TIE_RULES, accumulation_dtype, check_choice
 from ..graph import Graph
 from ..ops import gspmm
 from ._mesh import EDGE_AXIS, FEATURE_AXIS, shard_map
@@ -102,6 +102,9 @@ def sharded_gspmm(
     check_choice(where, "tie rule", tie, TIE_RULES)
     check_mesh(where, mesh, graph)
     u, e = _check_operands(where, graph, op, u, e)
+    out_dtype = jnp.result_type(*(value for value in (u, e) if value is not None))
+    wide = accumulation_dtype(out_dtype)  # bfloat16 / float16: summed in float32, as jgrad.ops.gspmm does
+    u, e = (None if value is None else value.astype(wide) for value in (u, e))
     out_ndim = u.ndim if u is not None else e.ndim - 1
     feature_split = _feature_split(where, mesh, u, e, op)
 
@@ -123,7 +126,7 @@ def sharded_gspmm(
     # then a partial sum per feature shard, to be added up over that axis.
     widen_e = feature_split and e is not None and e_spec == edge_spec
     local = functools.partial(_local_gspmm, op, reduce, tie, graph.n_nodes, widen_e)
-    return shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=out_spec)(args)
+    return shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=out_spec)(args).astype(out_dtype)
 
 
 def sharded_spmm(mesh: Mesh, graph: ShardedGraph, x: ArrayLike, edge_weight: ArrayLike | None = None) -> jax.Array:
@@ -197,8 +200,9 @@ def sharded_edge_softmax(mesh: Mesh, graph: ShardedGraph, logits: ArrayLike) -> 
                          "graph.shard_edge_data(logits).")
     spec = P(EDGE_AXIS)
     local = functools.partial(_local_edge_softmax, graph.n_nodes)
+    wide = accumulation_dtype(logits.dtype)  # bfloat16 / float16: the sums in float32
     return shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec)(
-        graph.receivers, graph.edge_mask, logits)
+        graph.receivers, graph.edge_mask, logits.astype(wide)).astype(logits.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
