@@ -153,6 +153,13 @@ def test_greedy_attacks_check_the_budget_before_any_work(budget, error, message)
         attacks.gradient_attack(target._replace(params=None), graph, budget)  # no weights: nothing may run
 
 
+@pytest.mark.parametrize("flips_per_step", [0, -2, 1.5, True])
+def test_greedy_attacks_check_flips_per_step_before_any_work(flips_per_step):
+    graph = _ring(40)
+    with pytest.raises(ValueError, match=r"^greedy_flips: flips_per_step must be a positive int; got "):
+        attacks.greedy_flips(_untraced, graph, 3, flips_per_step=flips_per_step)
+
+
 PGD_LIMIT = r"the 780 candidate pairs of this graph \(40 edges to remove, 740 non-edges to add with n_candidates=1000\)"
 
 

@@ -288,6 +288,10 @@ def greedy_flips(
 def _greedy_flips(where, score_fn, graph, budget, *, flips_per_step, dtype, key, log) -> GreedyResult:
     """`greedy_flips`, with errors naming the public function ``where``."""
     budget = check_graph_budget(where, graph, budget)
+    if isinstance(flips_per_step, (bool, np.bool_)) or not isinstance(flips_per_step, (int, np.integer)) \
+            or flips_per_step < 1:
+        raise ValueError(f"{where}: flips_per_step must be a positive int; got {flips_per_step!r:.60}, "
+                         "expected 1 or more flips taken from each scoring step.")
     # No more addition slots than non-edges: the scored graph carries one edge slot per possible addition.
     non_edges = node_pairs(int(graph.n_nodes)) - len(undirected_pairs(graph))
     flip_set = FlipSet(graph, min(budget, non_edges), dtype)
