@@ -594,9 +594,10 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> 
 
 def _raise_if_undefined(rows: dict) -> None:
     """Raises when a normalisation of the adjacency divided by a zero degree at a real node (``rows``:
-    ``{"row": (N,) bool, "sym": (N,) bool}``, from the `_recording.Interpreter`): an edge added into
-    such a node makes the model jump, so dL/dA has no value in its row. Every such node counts, as
-    the interpreter cannot tell whether the loss reaches it. Traced rows are left to `_poisoned_rows`.
+    ``{"row": ..., "sym": ..., "attention": ...}``, (N,) bool each, from the `_recording.Interpreter`):
+    an edge added into such a node makes the model jump, so dL/dA has no value in its row. Every such
+    node counts, as the interpreter cannot tell whether the loss reaches it. Traced rows are left to
+    `_poisoned_rows`.
     """
     for norm, mask in rows.items():
         try:
@@ -605,10 +606,13 @@ def _raise_if_undefined(rows: dict) -> None:
             return
         if nodes.size == 0:
             continue
-        how = ("takes a mean over its incoming edges (row_norm, mean_aggregate, SAGEConv(aggregator='mean'), "
-               "propagate(norm='row')), which jumps as soon as an edge into it is added" if norm == "row" else
-               "scales by its degree ** -1/2 (gcn_norm, propagate(norm='sym') without self loops), whose "
-               "derivative is unbounded at 0")
+        how = {"row": "takes a mean over its incoming edges (row_norm, mean_aggregate, SAGEConv(aggregator='mean'), "
+                      "propagate(norm='row')), which jumps as soon as an edge into it is added",
+               "sym": "scales by its degree ** -1/2 (gcn_norm, propagate(norm='sym') without self loops), whose "
+                      "derivative is unbounded at 0",
+               "attention": "normalises its attention by the node's total incoming weight (GATConv with "
+                            "edge_weight_mode='normalise' and no self loops), which jumps as soon as an edge "
+                            "into it is added"}[norm]
         more = f" ({nodes.size - 1} more such nodes)" if nodes.size > 1 else ""
         raise ValueError(
             f"adjacency_grad: node {int(nodes[0])} has no incoming weight and the model {how}; got a model "
@@ -622,7 +626,7 @@ def _poisoned_rows(result: AdjacencyGrad, rows: dict) -> AdjacencyGrad:
     """``result`` with NaN in the rows of `_undefined_rows` (under ``jit``, where they cannot raise)."""
     if not isinstance(rows["row"], jax.core.Tracer) or result.left.shape[1] == 0:
         return result
-    bad = (rows["row"] | rows["sym"])[:, None]
+    bad = (rows["row"] | rows["sym"] | rows["attention"])[:, None]
     return dataclasses.replace(result, left=jnp.where(bad, jnp.asarray(jnp.nan, result.left.dtype), result.left))
 
 

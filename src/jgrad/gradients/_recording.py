@@ -96,15 +96,16 @@ class Interpreter:
       node_mask: (N,) bool of the tracked graph's real nodes, or None (all real).
 
     Attributes:
-      undefined: ``{"row": (N,) bool or None, "sym": ...}``, the real nodes at which a row or
-        symmetric normalisation divided by a zero degree of the tracked adjacency.
+      undefined: ``{"row": (N,) bool or None, "sym": ..., "attention": ...}``, the real nodes at which
+        a row or symmetric normalisation, or an attention normalised inside its softmax, divided by a
+        zero degree (total weight) of the tracked adjacency.
     """
 
     def __init__(self, n_nodes: int, probes: list | None = None, *, node_mask: Any = None):
         self.n_nodes = n_nodes
         self.probes = probes
         self.node_mask = node_mask
-        self.undefined: dict[str, Any] = {"row": None, "sym": None}
+        self.undefined: dict[str, Any] = {"row": None, "sym": None, "attention": None}
         self.terms: list[Term] = []
         self._tags: dict[int, tuple[Any, Any]] = {}
         self._index_tags: dict[int, tuple[Any, set]] = {}
@@ -227,6 +228,8 @@ class Interpreter:
             if tag.key != 0 or direction != "direct":
                 return out
             data = (inputs[1], inputs[2], inputs[3], inputs[4], out, inputs[5])
+            log_normaliser = inputs[4]  # (N, H): +inf where the node's total incoming weight is 0
+            self._record_undefined("attention", jnp.any(log_normaliser == jnp.inf, axis=-1))
             return self._probe(Term(kind, tuple(out.shape), out.dtype, data), out)
         kind = "aggregate" if direction == "direct" else "aggregate_t"
         return self._probe(Term(kind, tuple(out.shape), out.dtype, (u, tag.left, tag.right)), out)
@@ -235,12 +238,15 @@ class Interpreter:
         """A normalisation's power of a degree of the tracked adjacency: records the real nodes whose
         degree is 0, where the model jumps as soon as an edge into them is added."""
         if self._weights_tag(weight) is not None:
-            zero = degree <= 0
-            if self.node_mask is not None:
-                zero = zero & self.node_mask
-            previous = self.undefined[norm]
-            self.undefined[norm] = zero if previous is None else previous | zero
+            self._record_undefined(norm, degree <= 0)
         return inverse
+
+    def _record_undefined(self, kind: str, zero) -> None:
+        """Adds the real nodes among ``zero`` (N,) bool to ``undefined[kind]``."""
+        if self.node_mask is not None:
+            zero = zero & self.node_mask
+        previous = self.undefined[kind]
+        self.undefined[kind] = zero if previous is None else previous | zero
 
     def _declare_scaled(self, out, weight, senders_in, receivers_in, left, right, senders_out, receivers_out):
         """Tags ``out`` as the weights of a new edge set ``diag(left) W diag(right)``, W the tagged input.
