@@ -233,3 +233,20 @@ def test_bad_scores_get_one_clear_line(src_shape, dst_shape, error, words):
         gat_attention(SMALL, jnp.ones(src_shape), jnp.ones(dst_shape))
     with pytest.raises(TypeError, match="float"):
         gat_attention(SMALL, jnp.ones(8, jnp.int32), jnp.ones(8))
+
+
+@pytest.mark.parametrize("trailing", [(), (2,)])
+@pytest.mark.parametrize("self_loops", [False, True])
+def test_an_edgeless_graph_runs_the_native_kernels_like_the_plain_path(trailing, self_loops):
+    """(0, H) edge data: the kernels read H from the shape, not from rows that do not exist."""
+    graph = Graph.from_edges(np.zeros(0, int), np.zeros(0, int), n_nodes=3)
+    rng = np.random.default_rng(3)
+    src, dst = (jnp.asarray(rng.standard_normal((3,) + trailing)) for _ in range(2))
+
+    def loss(graph, src, dst):
+        return sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(gat_attention(graph, src, dst, SLOPE,
+                                                                              self_loops=self_loops)))
+
+    results = [jax.value_and_grad(loss, (1, 2))(with_backend(graph, backend), src, dst) for backend in ("native", "xla")]
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+        np.testing.assert_allclose(a, b, **TOL)

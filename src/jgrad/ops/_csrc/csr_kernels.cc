@@ -663,6 +663,15 @@ int64_t RowWidth(const ffi::AnyBuffer& buffer) {
   return rows ? static_cast<int64_t>(buffer.element_count()) / rows : 0;
 }
 
+// The product of the trailing dimensions (1 for a vector), read from the shape, so that it is also
+// known for a buffer of 0 rows (an edgeless graph's (0, H) edge data).
+int64_t TrailingWidth(const ffi::AnyBuffer& buffer) {
+  int64_t width = 1;
+  const auto dims = buffer.dimensions();
+  for (size_t i = 1; i < dims.size(); ++i) width *= dims[i];
+  return width;
+}
+
 ffi::Error Invalid(const char* kernel, const char* problem) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, std::string(kernel) + ": " + problem);
 }
@@ -878,7 +887,7 @@ void ZeroUnslotted(const CsrIndices& csr, int64_t n_rows, int64_t n_slots, int64
 ffi::Error ReadAttention(const char* kernel, const ffi::AnyBuffer& cols, const ffi::AnyBuffer& src,
                          const ffi::AnyBuffer& dst, const ffi::AnyBuffer& live, int64_t n_rows, int64_t n_edges,
                          int64_t heads, bool loops, const bool*& edge_live, const bool*& loop_live) {
-  if (src.element_count() != dst.element_count() || Rows(dst) != n_rows || RowWidth(src) != heads) {
+  if (src.element_count() != dst.element_count() || Rows(dst) != n_rows || TrailingWidth(src) != heads) {
     return Invalid(kernel, "src and dst must both have shape (N, H), with H as in the edge data");
   }
   const int64_t entries = live.element_count();
@@ -912,7 +921,7 @@ ffi::Error CsrAttentionImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr, ffi::A
                             ffi::Result<ffi::AnyBuffer> alpha, ffi::Result<ffi::AnyBuffer> alpha_self) {
   constexpr const char* kKernel = "jgrad_csr_attention";
   AskForHugePages({&*alpha, &*alpha_self});
-  const int64_t n_rows = Rows(dst), n_edges = Rows(*alpha), heads = RowWidth(*alpha);
+  const int64_t n_rows = Rows(dst), n_edges = Rows(*alpha), heads = TrailingWidth(*alpha);
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
   bool loops = false;
@@ -937,7 +946,7 @@ ffi::Error CsrAttentionBackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer row_ptr
                                     ffi::AnyBuffer g_self, double negative_slope, ffi::Result<ffi::AnyBuffer> d_raw,
                                     ffi::Result<ffi::AnyBuffer> d_dst, ffi::Result<ffi::AnyBuffer> d_self) {
   constexpr const char* kKernel = "jgrad_csr_attention_backward";
-  const int64_t n_rows = Rows(dst), n_edges = Rows(alpha), heads = RowWidth(alpha);
+  const int64_t n_rows = Rows(dst), n_edges = Rows(alpha), heads = TrailingWidth(alpha);
   CsrIndices csr;
   if (auto error = ReadIndices(kKernel, row_ptr, cols, edge_ids, n_rows, csr); error.failure()) return error;
   if (g.element_count() != alpha.element_count() || d_raw->element_count() != alpha.element_count() ||
