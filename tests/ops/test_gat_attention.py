@@ -247,6 +247,7 @@ def test_an_edgeless_graph_runs_the_native_kernels_like_the_plain_path(trailing,
         return sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(gat_attention(graph, src, dst, SLOPE,
                                                                               self_loops=self_loops)))
 
-    results = [jax.value_and_grad(loss, (1, 2))(with_backend(graph, backend), src, dst) for backend in ("native", "xla")]
+    results = [jax.value_and_grad(loss, (1, 2))(with_backend(graph, backend), src, dst)
+               for backend in ("native", "xla")]
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
         np.testing.assert_allclose(a, b, **TOL)
