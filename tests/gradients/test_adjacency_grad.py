@@ -417,3 +417,18 @@ def test_padding_mask_survives_jit_and_dense_mode(x64):
     np.testing.assert_array_equal(dense_mode[N:], 0.0)
     np.testing.assert_array_equal(dense_mode[:, N:], 0.0)
     np.testing.assert_allclose(dense_mode[:N, :N], expected, rtol=1e-10, atol=1e-13)
+
+
+def test_a_gradient_that_is_zero_at_every_edge_is_not_mistaken_for_a_non_linear_use():
+    """The only edge is a self loop the loss does not feel (dL/dw = 0 there, rounding aside): the check
+    against edge_grad measures against the gradient's size, so it neither raises nor, inside jit,
+    turns every entry to NaN; the entries equal dense mode's."""
+    kernel = jnp.ones((3, 2))
+    loss = lambda g, x: jnp.sum(jnp.tanh(jgrad.nn.functional.gcn_conv({"kernel": kernel, "bias": None}, g, x)) ** 2)
+    graph, x = jgrad.Graph.from_edges([0], [0], n_nodes=2), jnp.ones((2, 3))
+    eager = adjacency_grad(loss, graph, x).dense()
+    inside = jax.jit(lambda g, x: adjacency_grad(loss, g, x).dense())(graph, x)
+    reference = adjacency_grad(loss, graph, x, mode="dense").dense()
+    assert np.abs(np.asarray(reference)).max() > 1e-2  # the missing pairs do matter
+    for got in (eager, inside):
+        np.testing.assert_allclose(got, reference, rtol=0, atol=1e-6)
