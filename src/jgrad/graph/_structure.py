@@ -185,7 +185,9 @@ def to_undirected(graph: Graph, *, reduce: str | None = None) -> Graph:
       * ``"mean"``, ``"max"``, ``"min"``: both directions get ``reduce(A[v, u], A[u, v])``
         (elementwise for (E, ...) weights).
 
-    An unweighted graph has nothing to combine. A graph that is already symmetric comes back coalesced
+    An unweighted graph without duplicate edges has nothing to combine; duplicates count as a weight
+    (``u -> v`` twice and ``v -> u`` once weigh 2 and 1, so they need ``reduce``, or `coalesce` with
+    the weights dropped first). A graph that is already symmetric comes back coalesced
     and otherwise unchanged. Padding edges are dropped; the result is sorted by (receiver, sender).
 
     Args:

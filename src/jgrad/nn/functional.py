@@ -396,8 +396,10 @@ def gcn_conv(
         (``x @ kernel`` is then a sparse product; see `dropout` for sparse features).
       norm: ``"sym"`` (symmetric, the paper's), ``"row"`` (``D̂^-1``, a weighted mean) or ``None``.
       normalize: ``False`` is the older spelling of ``norm=None`` (it overrides ``norm``).
-      add_self_loops: add a self loop of weight ``fill`` to every (non-padding) node. Existing self
-        loops are kept, so a node that already has one ends up with both.
+      add_self_loops: add a self loop of weight ``fill`` to every node. Existing self loops are kept,
+        so a node that already has one ends up with both. Padding nodes get one too (their rows are
+        then their own features' terms, not 0; real nodes are unaffected, and readouts and losses mask
+        padding rows).
       fill: weight of the added self loops.
       scaling: optional precomputed ``gcn_scaling(graph, add_self_loops=..., fill=..., norm=norm)``,
         (N,); ignored for ``norm=None``.

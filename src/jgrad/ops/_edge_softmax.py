@@ -51,9 +51,10 @@ def edge_softmax(graph: Graph, logits: ArrayLike) -> jax.Array:
 
     Notes:
       Stable for scores of any magnitude (the per-receiver maximum is subtracted; no inf or NaN in
-      value or gradient for scores up to 1e4 and beyond). A NaN (or ``+inf``) score makes every value
-      and gradient of its receiver's incoming edges NaN, so `jgrad.checked` reports it; other receivers
-      are unaffected. Its backward is built from gspmm and gsddmm (`jgrad._src._op.Op`);
+      value or gradient for scores up to 1e4 and beyond). A NaN score makes every value and gradient
+      of its receiver's incoming edges NaN, so `jgrad.checked` reports it; a ``+inf`` score makes its
+      own edge's value NaN and the receiver's other edges 0, with NaN gradients. Other receivers are
+      unaffected. Its backward is built from gspmm and gsddmm (`jgrad._src._op.Op`);
       reverse mode to any order, forward mode, ``jit`` and ``vmap`` all work.
 
       On a graph with a plan (``graph.plan``) and logits of shape (E,), (E, H) or (E, H, 1), the
@@ -180,7 +181,8 @@ def gat_attention(graph: Graph, score_src: ArrayLike, score_dst: ArrayLike,
 
     Semantics: ``edge_softmax(graph, leaky_relu(score_src[senders] + score_dst[receivers],
     negative_slope))``, with the same handling of padding edges (weight 0), receivers whose logits are
-    all ``-inf`` (0) and NaN or ``+inf`` scores (NaN at their receiver) as `edge_softmax`. With
+    all ``-inf`` (0), NaN scores (NaN at their receiver) and ``+inf`` scores (NaN on the edge) as
+    `edge_softmax`. With
     ``self_loops`` every node also attends to itself, as on ``graph.add_self_loops()``: its softmax
     has one more term, ``leaky_relu(score_src[v] + score_dst[v])``, whose weight is returned apart.
 
