@@ -167,3 +167,17 @@ def test_symmetric_under_jit_cannot_check_and_gives_the_stored_direction(x64):
     np.testing.assert_array_equal(pairs.rows, [0, 2, -1])
     np.testing.assert_array_equal(pairs.cols, [1, 3, -1])
     np.testing.assert_allclose(pairs.values[:2], [per_edge[0] + per_edge[1], per_edge[2]], rtol=1e-12)
+
+
+def test_an_nnx_jit_wrapped_loss_gives_the_plain_gradient():
+    """edge_grad traces fn with the module's arrays as inputs of the same trace, so an nnx.jit-wrapped
+    loss (which updates its module's variables) runs, and equals the unwrapped loss's gradient."""
+    from flax import nnx
+
+    data = jgrad.data.karate_club()
+    model = jgrad.nn.GCN(data.features.shape[1], 4, 2, rngs=nnx.Rngs(0))
+    plain = lambda g, m, x: jnp.sum(jnp.tanh(m(g, x)))
+    wrapped = nnx.jit(plain)
+    np.testing.assert_allclose(edge_grad(wrapped, data.graph, model, data.features),
+                               edge_grad(plain, data.graph, model, data.features), rtol=1e-5, atol=1e-7)
+    assert model(data.graph, data.features).shape == (data.graph.n_nodes, 2)  # the module still works
