@@ -125,3 +125,20 @@ def test_many_seeds_train_in_one_jit_and_give_edge_gradients_together():
         one = jax.tree.map(lambda leaf: leaf[s], params)
         np.testing.assert_allclose(edge_grads[s], edge_grad(_gcn_loss, graph, one, x, labels), rtol=1e-4, atol=1e-6)
     assert not np.allclose(edge_grads[0], edge_grads[1])  # the seeds are different models
+
+
+def test_saliency_of_an_nnx_jit_wrapped_model_and_of_one_that_reads_values():
+    """fn is traced with the module's arrays as inputs of the same trace (an nnx.jit-wrapped fn runs);
+    a fn with Python control flow on array values still runs as it is."""
+    from flax import nnx
+
+    data = jgrad.data.karate_club()
+    model = jgrad.nn.GCN(data.features.shape[1], 4, 2, rngs=nnx.Rngs(0))
+    plain = lambda g, m, x: m(g, x)[:, 0]
+    targets = jnp.arange(3)
+    expected = saliency(plain, data.graph, model, data.features, targets=targets)
+    np.testing.assert_allclose(saliency(nnx.jit(plain), data.graph, model, data.features, targets=targets),
+                               expected, rtol=1e-5, atol=1e-7)
+    reads = lambda g, m, x: (2.0 if float(jnp.sum(x)) > -1e9 else 1.0) * plain(g, m, x)
+    np.testing.assert_allclose(saliency(reads, data.graph, model, data.features, targets=targets), 2 * expected,
+                               rtol=1e-5, atol=1e-7)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from ..graph import Graph
-from ._edge import edge_grad, tracked_weights
+from ._edge import edge_grad, trace_of_weights, tracked_weights
 
 
 def saliency(
@@ -60,9 +60,11 @@ def saliency(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"{where}: chunk_size must be a positive int or None; got {chunk_size!r}.")
 
-    def outputs(w):
-        return fn(graph.with_edge_weight(w), *args)
-
+    try:
+        _, outputs = trace_of_weights(fn, graph, args, weight)  # an nnx.jit-wrapped fn too
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        def outputs(w):  # fn reads concrete values: differentiate it as it runs
+            return fn(graph.with_edge_weight(w), *args)
     out, pullback = jax.vjp(outputs, weight)
     if out.shape != (graph.n_nodes,):
         raise ValueError(f"{where}: fn must return one scalar per node; got shape {tuple(out.shape)}, "

@@ -128,21 +128,35 @@ def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any, symmetric:
 def _edge_build(graph: Graph, weight: jax.Array, arrays: list, *, call: Call) -> jax.Array:
     """`_weight_grad` of ``call.fn`` with the args rebuilt from their arrays (compiled by `run_cached`)."""
     args = rebuild_args(call, arrays)
-    # fn traced once, for the check and the gradient, with the weights first and the array leaves of
-    # args as inputs of the same trace (an nnx.jit-wrapped fn updates its module's variables, which
-    # flax allows only at the level they were made at); other leaves stay Python values.
+    def scalar_fn(graph, *args):
+        value = call.fn(graph, *args)
+        check_scalar("edge_grad", value)
+        return value
+
+    traced, loss = trace_of_weights(scalar_fn, graph, args, weight)  # fn traced once, for both uses
+    check_weights_used("edge_grad", traced)
+    return jax.grad(loss)(weight)
+
+
+def trace_of_weights(fn, graph: Graph, args: tuple, weight: jax.Array):
+    """``(traced, f)``: the jaxpr of ``w -> fn(graph.with_edge_weight(w), *args)`` and ``f`` evaluating
+    it, a function of w alone.
+
+    The array leaves of args are inputs of the same trace, after w (other leaves stay Python values):
+    an ``nnx.jit``-wrapped fn updates its module's variables, which flax allows only at the trace
+    level they were made at, so a closure over them inside a new trace fails.
+    """
     leaves, treedef = jax.tree.flatten(args)
     lifted = [isinstance(leaf, (jax.Array, np.ndarray, np.generic)) for leaf in leaves]
 
-    def loss(w, *inputs):
+    def of_inputs(w, *inputs):
         it = iter(inputs)
         rebuilt = jax.tree.unflatten(treedef, [next(it) if lift else leaf for leaf, lift in zip(leaves, lifted)])
-        return _loss_of_weights(call.fn, graph, rebuilt)(w)
+        return fn(graph.with_edge_weight(w), *rebuilt)
 
     inputs = [leaf for leaf, lift in zip(leaves, lifted) if lift]
-    traced = jax.make_jaxpr(loss)(weight, *inputs)
-    check_weights_used("edge_grad", traced)
-    return jax.grad(lambda w: jex_core.jaxpr_as_fun(traced)(w, *inputs)[0])(weight)
+    traced = jax.make_jaxpr(of_inputs)(weight, *inputs)
+    return traced, lambda w: jex_core.jaxpr_as_fun(traced)(w, *inputs)[0]
 
 
 def _loss_of_weights(fn, graph: Graph, args: tuple) -> Callable[[jax.Array], jax.Array]:
