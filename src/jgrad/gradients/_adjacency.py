@@ -30,7 +30,7 @@ from ..graph import Graph
 from . import _recording
 from ._attention import AttentionTerm, attention_term
 from ._compile import Call, rebuild_args, run_cached
-from ._edge import check_scalar, check_weights_used, tracked_weights
+from ._edge import check_scalar, check_weights_used, trace_of_weights, tracked_weights
 
 AMONG = ("non_edges", "edges", "all")
 MODES = ("factored", "dense")
@@ -577,7 +577,7 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> 
     jax.eval_shape(lambda w: discovered.append(run(None, w)[1]) or 0.0, w)
     terms = discovered[-1]
     if not terms:  # no use of the adjacency that adjacency_grad follows: does the loss use it at all?
-        check_weights_used(where, jax.make_jaxpr(lambda w: call.fn(tracked(w), *args))(w))
+        check_weights_used(where, trace_of_weights(call.fn, tracked(w), args, w)[0])
     probes = [jnp.zeros(term.shape, term.dtype) for term in terms]
 
     def objective(probes, w):
@@ -606,8 +606,9 @@ def _raise_if_undefined(rows: dict) -> None:
             return
         if nodes.size == 0:
             continue
-        how = {"row": "takes a mean over its incoming edges (row_norm, mean_aggregate, SAGEConv(aggregator='mean'), "
-                      "propagate(norm='row')), which jumps as soon as an edge into it is added",
+        how = {"row": "takes a mean over its incoming edges (row_norm, mean_aggregate, "
+                      "SAGEConv(aggregator='mean'), propagate(norm='row')), which jumps as soon as an edge "
+                      "into it is added",
                "sym": "scales by its degree ** -1/2 (gcn_norm, propagate(norm='sym') without self loops), whose "
                       "derivative is unbounded at 0",
                "attention": "normalises its attention by the node's total incoming weight (GATConv with "
@@ -617,13 +618,14 @@ def _raise_if_undefined(rows: dict) -> None:
         raise ValueError(
             f"adjacency_grad: node {int(nodes[0])} has no incoming weight and the model {how}; got a model "
             f"that is not differentiable in A in that node's row{more}. Add self loops "
-            "(graph.add_self_loops(), or add_self_loops=True), use jgrad.edge_grad for the existing edges, or pass "
-            "check=False if the loss does not depend on those nodes (their rows are then 0)."
+            "(graph.add_self_loops(), or add_self_loops=True), use jgrad.edge_grad for the existing edges, or "
+            "pass check=False if the loss does not depend on those nodes (their rows are then 0)."
         )
 
 
 def _poisoned_rows(result: AdjacencyGrad, rows: dict) -> AdjacencyGrad:
-    """``result`` with NaN in the rows of `_undefined_rows` (under ``jit``, where they cannot raise)."""
+    """``result`` with NaN in the rows of the nodes in ``rows`` (see `_raise_if_undefined`), under
+    ``jit``, where they cannot raise."""
     if not isinstance(rows["row"], jax.core.Tracer) or result.left.shape[1] == 0:
         return result
     bad = (rows["row"] | rows["sym"] | rows["attention"])[:, None]
@@ -769,7 +771,7 @@ def _dense_build(graph: Graph, weight: jax.Array, arrays: list, *, call: Call):
     """
     n, dtype = graph.n_nodes, weight.dtype
     args = rebuild_args(call, arrays)
-    check_weights_used("adjacency_grad", jax.make_jaxpr(lambda w: call.fn(graph.with_edge_weight(w), *args))(weight))
+    check_weights_used("adjacency_grad", trace_of_weights(call.fn, graph, args, weight)[0])
     dense = graph.with_edge_weight(weight).to_dense().astype(dtype)  # A[v, u]; padding edges count 0
     nodes = jnp.arange(n, dtype=jnp.int32)
     complete = dataclasses.replace(

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 
-def _split_arrays(args: tuple) -> tuple[list, Callable[[list], tuple]]:
+def split_arrays(args: Any) -> tuple[list, Callable[[list], Any]]:
     """The array leaves of ``args`` (passed through ``jit``) and a function rebuilding ``args`` from them.
 
     Non-array leaves (Python numbers, strings, callables) stay as they are, closed over as constants.
@@ -159,7 +159,7 @@ def run_cached(builder, fn, args: tuple, options: tuple, *operands):
     """``builder(call, *operands, arrays)`` under ``jax.jit``, compiled once per equal `Call` key."""
     key, arrays = _call_key(fn, args, options)
     if key is None:  # fn or args hold a tracer (inside the caller's jit): compile for this call only
-        _, rebuild = _split_arrays(args)
+        _, rebuild = split_arrays(args)
         key = Call(fn, None, (), _Same(rebuild), options)
         return jax.jit(functools.partial(builder, call=key))(*operands, arrays)
     return _jitted(builder)(*operands, arrays, call=key)

@@ -12,7 +12,7 @@ from jax.extend import core as jex_core
 
 from .._src._checks import check_graph, is_concrete
 from ..graph import Graph
-from ._compile import Call, rebuild_args, run_cached
+from ._compile import Call, rebuild_args, run_cached, split_arrays
 
 
 def float_dtype() -> Any:
@@ -127,14 +127,8 @@ def edge_grad(fn: Callable[..., jax.Array], graph: Graph, *args: Any, symmetric:
 
 def _edge_build(graph: Graph, weight: jax.Array, arrays: list, *, call: Call) -> jax.Array:
     """`_weight_grad` of ``call.fn`` with the args rebuilt from their arrays (compiled by `run_cached`)."""
-    args = rebuild_args(call, arrays)
-    def scalar_fn(graph, *args):
-        value = call.fn(graph, *args)
-        check_scalar("edge_grad", value)
-        return value
-
-    traced, loss = trace_of_weights(scalar_fn, graph, args, weight)  # fn traced once, for both uses
-    check_weights_used("edge_grad", traced)
+    traced, loss = trace_of_weights(_scalar(call.fn), graph, rebuild_args(call, arrays), weight)
+    check_weights_used("edge_grad", traced)  # fn traced once, for the check and the gradient
     return jax.grad(loss)(weight)
 
 
@@ -146,24 +140,20 @@ def trace_of_weights(fn, graph: Graph, args: tuple, weight: jax.Array):
     an ``nnx.jit``-wrapped fn updates its module's variables, which flax allows only at the trace
     level they were made at, so a closure over them inside a new trace fails.
     """
-    leaves, treedef = jax.tree.flatten(args)
-    lifted = [isinstance(leaf, (jax.Array, np.ndarray, np.generic)) for leaf in leaves]
+    inputs, rebuild = split_arrays(args)
 
     def of_inputs(w, *inputs):
-        it = iter(inputs)
-        rebuilt = jax.tree.unflatten(treedef, [next(it) if lift else leaf for leaf, lift in zip(leaves, lifted)])
-        return fn(graph.with_edge_weight(w), *rebuilt)
+        return fn(graph.with_edge_weight(w), *rebuild(list(inputs)))
 
-    inputs = [leaf for leaf, lift in zip(leaves, lifted) if lift]
     traced = jax.make_jaxpr(of_inputs)(weight, *inputs)
     return traced, lambda w: jex_core.jaxpr_as_fun(traced)(w, *inputs)[0]
 
 
-def _loss_of_weights(fn, graph: Graph, args: tuple) -> Callable[[jax.Array], jax.Array]:
-    """``w -> fn(graph.with_edge_weight(w), *args)``, checked to be a scalar."""
+def _scalar(fn) -> Callable[..., jax.Array]:
+    """``fn(graph, *args)``, checked to return a scalar."""
 
-    def loss(w: jax.Array) -> jax.Array:
-        value = fn(graph.with_edge_weight(w), *args)
+    def loss(graph: Graph, *args: Any) -> jax.Array:
+        value = fn(graph, *args)
         check_scalar("edge_grad", value)
         return value
 
@@ -171,8 +161,8 @@ def _loss_of_weights(fn, graph: Graph, args: tuple) -> Callable[[jax.Array], jax
 
 
 def _weight_grad(fn, graph: Graph, weight: jax.Array, args: tuple) -> jax.Array:
-    """dL/dw at ``weight`` by one ``jax.grad`` of ``fn(graph.with_edge_weight(w), *args)``."""
-    return jax.grad(_loss_of_weights(fn, graph, args))(weight)
+    """dL/dw at ``weight`` by one ``jax.grad`` of ``fn(graph.with_edge_weight(w), *args)``, run as it is."""
+    return jax.grad(lambda w: _scalar(fn)(graph.with_edge_weight(w), *args))(weight)
 
 
 def check_weights_used(where: str, traced: jex_core.ClosedJaxpr) -> None:

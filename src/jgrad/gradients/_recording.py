@@ -27,10 +27,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.extend import core as jex_core
 
 from .._src._taps import PREFIX, REFUSALS
+from ._compile import split_arrays
 
 _CALLS = ("pjit", "jit", "closed_call", "core_call", "remat", "remat2", "checkpoint")
 
@@ -65,25 +65,18 @@ class _Weights:
 def trace(fn, graph, args) -> jex_core.ClosedJaxpr:
     """The jaxpr of ``fn(graph, *args)`` with the array leaves of ``(graph, args)`` as its inputs, in the
     order of `array_leaves`; other leaves (Python numbers, flags) are constants of the trace."""
-    leaves, treedef = jax.tree.flatten((graph, args))
-    is_array = [_is_array(leaf) for leaf in leaves]
+    arrays, rebuild = split_arrays((graph, args))
 
     def model(*arrays):
-        it = iter(arrays)
-        rebuilt = [next(it) if flag else leaf for leaf, flag in zip(leaves, is_array)]
-        graph, args = jax.tree.unflatten(treedef, rebuilt)
+        graph, args = rebuild(list(arrays))
         return fn(graph, *args)
 
-    return jax.make_jaxpr(model)(*array_leaves(graph, args))
+    return jax.make_jaxpr(model)(*arrays)
 
 
 def array_leaves(graph, args) -> list:
     """The array leaves of ``(graph, args)``: the inputs of the jaxpr `trace` made."""
-    return [leaf for leaf in jax.tree.leaves((graph, args)) if _is_array(leaf)]
-
-
-def _is_array(leaf) -> bool:
-    return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+    return split_arrays((graph, args))[0]
 
 
 class Interpreter:
