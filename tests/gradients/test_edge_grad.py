@@ -57,10 +57,13 @@ def test_a_loss_that_ignores_the_weights_raises_instead_of_giving_zeros():
     with pytest.raises(ValueError, match=ignores):
         edge_grad(_copy_u_model, weighted, x)
     closure = lambda g, x: _model(weighted, x)  # reads another graph than its argument
-    for call in (lambda: edge_grad(closure, weighted, x), lambda: jgrad.adjacency_grad(closure, weighted, x),
-                 lambda: jgrad.adjacency_grad(closure, weighted, x, mode="dense")):
-        with pytest.raises(ValueError, match=ignores + ".*closure"):
-            call()
+    jitted = jax.jit(closure)  # the graph is an argument of the jitted call, unused inside it
+    for loss in (closure, jitted):
+        for call in (lambda: edge_grad(loss, weighted, x), lambda: jgrad.adjacency_grad(loss, weighted, x),
+                     lambda: jgrad.adjacency_grad(loss, weighted, x, mode="dense")):
+            with pytest.raises(ValueError, match=ignores + ".*closure"):
+                call()
+    np.testing.assert_allclose(edge_grad(jax.jit(_model), weighted, x), edge_grad(_model, weighted, x), rtol=1e-6)
     # The weighted form of the copy_u model: the same values, and a gradient
     spmm_model = lambda g, x: jnp.sum(jnp.tanh(jgrad.ops.spmm(g, x)) ** 2)
     np.testing.assert_allclose(spmm_model(graph, x), _copy_u_model(graph, x), rtol=1e-6)

@@ -170,15 +170,12 @@ def check_weights_used(where: str, traced: jex_core.ClosedJaxpr) -> None:
     gradient would be 0 on every edge (or pair): the loss reads another graph than its argument (a
     closure over ``data.graph``), or only ops that ignore the weights (``gspmm(op='copy_u')``).
 
-    Dependence is followed forward through the program; an equation with a dependent operand counts
-    as dependent in all its outputs, so a loss is never wrongly said to ignore its weights.
+    Dependence is followed forward through the program, into the bodies of calls (``jit``,
+    ``nnx.jit``, custom derivatives), whose arguments are passed whole (a loss wrapped in ``jit`` gets
+    the graph as an argument even when it reads another one); any other equation with a dependent
+    operand counts as dependent in all its outputs, so a loss is never wrongly said to ignore them.
     """
-    jaxpr = traced.jaxpr
-    dependent = {jaxpr.invars[0]}
-    for eqn in jaxpr.eqns:
-        if any(not isinstance(v, jex_core.Literal) and v in dependent for v in eqn.invars):
-            dependent.update(eqn.outvars)
-    if not any(not isinstance(v, jex_core.Literal) and v in dependent for v in jaxpr.outvars):
+    if not _depends(traced.jaxpr, [True] + [False] * (len(traced.jaxpr.invars) - 1))[0]:
         raise ValueError(
             f"{where}: fn does not use the edge weights of the graph it is given; got a loss whose gradient "
             "would be 0 everywhere. Either it reads another graph than its argument (e.g. a closure over "
@@ -186,6 +183,35 @@ def check_weights_used(where: str, traced: jex_core.ClosedJaxpr) -> None:
             "does (an unweighted graph is differentiated at weights of ones): weigh the messages by the "
             "graph's weights, jgrad.ops.spmm(graph, x) or gspmm(graph, 'u_mul_e', reduce, x, graph.edge_weight)."
         )
+
+
+def _depends(jaxpr, dependent_inputs: list[bool]) -> list[bool]:
+    """Which outputs of ``jaxpr`` depend on the inputs flagged in ``dependent_inputs`` (see
+    `check_weights_used`)."""
+    dependent = {var for var, flag in zip(jaxpr.invars, dependent_inputs) if flag}
+    is_dependent = lambda v: not isinstance(v, jex_core.Literal) and v in dependent
+    for eqn in jaxpr.eqns:
+        flags = [is_dependent(v) for v in eqn.invars]
+        if not any(flags):
+            continue
+        body = _call_body(eqn)
+        if body is None:
+            dependent.update(eqn.outvars)
+        else:
+            dependent.update(v for v, flag in zip(eqn.outvars, _depends(body, flags)) if flag)
+    return [is_dependent(v) for v in jaxpr.outvars]
+
+
+def _call_body(eqn):
+    """The jaxpr an equation calls with its own operands and results one for one (``jit``, ``nnx.jit``,
+    custom derivatives), or None."""
+    for name in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        body = eqn.params.get(name)
+        body = getattr(body, "jaxpr", body)  # a ClosedJaxpr's jaxpr
+        if isinstance(body, jex_core.Jaxpr) and len(body.invars) == len(eqn.invars) and \
+                len(body.outvars) == len(eqn.outvars):
+            return body  # its constants (constvars) depend on nothing
+    return None
 
 
 def _raise_if_directed(where: str, graph: Graph) -> None:
