@@ -112,6 +112,32 @@ def test_stack_graphs_pads_to_common_sizes():
     assert out[:, :, 0].tolist() == [[0, 1, 0, 0], [1, 1, 1, 0]]
 
 
+@pytest.mark.parametrize("backend", ["native", "bucket"])
+def test_stack_graphs_of_planned_graphs_whose_plans_differ(backend, x64):
+    """One graph's edges sorted by receiver, the others' not (CSR plans with another static flag), or
+    bucket tables of other shapes: the graphs still stack (native plans kept, bucket ones dropped for
+    the plain path), and the vmapped sum and its gradient are each graph's own."""
+    rng = np.random.default_rng(0)
+
+    def graph(sort):
+        s, r = rng.integers(0, 30, 120), rng.integers(0, 30, 120)
+        order = np.lexsort((s, r)) if sort else np.arange(120)
+        return jgrad.Graph.from_edges(s[order], r[order], n_nodes=30, edge_weight=rng.random(120))
+
+    with jgrad.ops.use_backend(backend):
+        graphs = [graph(True), graph(False), graph(False)]
+        stacked = stack_graphs(graphs)
+    assert (stacked.plan is not None) == (backend == "native")
+    x = jnp.asarray(rng.normal(size=(3, 31, 4)))
+    loss = lambda g, x: jnp.sum(jgrad.ops.spmm(g, x) ** 2)
+    out, grad = jax.vmap(lambda g, x: (jgrad.ops.spmm(g, x), jax.grad(loss, 1)(g, x)))(stacked, x)
+    for i, g in enumerate(graphs):
+        dense = np.zeros((31, 31))
+        np.add.at(dense, (np.asarray(g.receivers), np.asarray(g.senders)), np.asarray(g.edge_weight))
+        np.testing.assert_allclose(out[i], dense @ x[i], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(grad[i], 2 * dense.T @ dense @ x[i], rtol=1e-12, atol=1e-12)
+
+
 def test_bfloat16_sums_run_in_float32_like_the_plain_ops():
     """A hub of 2000 in-edges: a bfloat16 running sum stalls at 256; the sharded ops sum in float32
     and return bfloat16, as jgrad.ops does."""

@@ -304,6 +304,31 @@ def with_self_loops(graph: Any) -> Any:
                 backend=plan.backend, n_nodes=n, n_edges=e + n)
 
 
+def stackable(plans: list) -> list:
+    """The plans of graphs of one size (N, E), made to share one pytree structure, so that the graphs
+    stack along a new leading axis (``jgrad.parallel.stack_graphs``, then ``jax.vmap``).
+
+    Plans of one structure are returned as they are. CSR plans that differ only in `Side.in_edge_order`
+    (one graph's edges were sorted by receiver, another's not) all get False, which every kernel
+    handles (the edge data are then read and written through the edge ids). Bucket tables differ in
+    shape from graph to graph, as do plans for different backends: those graphs get None, the plain
+    XLA path, which runs any stack.
+    """
+    if len({jax.tree.structure(plan) for plan in plans}) <= 1:
+        return plans
+    same_csr = (all(isinstance(plan, Plan) for plan in plans) and len({plan.backend for plan in plans}) == 1
+                and _TABLES.get(plans[0].backend) == "csr")
+    if not same_csr:
+        return [None] * len(plans)
+
+    def unordered(side: Side) -> Side:
+        return dataclasses.replace(side, in_edge_order=False)
+
+    plans = [dataclasses.replace(plan, forward=unordered(plan.forward), reverse=unordered(plan.reverse))
+             for plan in plans]
+    return plans if len({jax.tree.structure(plan) for plan in plans}) == 1 else [None] * len(plans)
+
+
 def slot_rows(row_ptr: jax.Array, n_slots: int) -> jax.Array:
     """(n_slots,) the row of every CSR slot, ``searchsorted(row_ptr, slot, "right") - 1``; slots at or
     after ``row_ptr[-1]`` get R, the number of rows (out of range).

@@ -46,6 +46,8 @@ class Graph(_checks.GraphBase):
         (``jit``, ``vmap``, ``tree.map``) with concrete indices; ``None`` runs the plain XLA path (small
         graphs, graphs built from traced indices inside ``jit``). Rebuilding a graph with other
         indices re-plans it; see `jgrad.ops.use_backend` and `jgrad.ops.with_backend` to choose.
+        Plans of large graphs differ in structure from graph to graph, so stack graphs for ``vmap``
+        with `jgrad.parallel.stack_graphs`, not ``jax.tree.map(jnp.stack, ...)``.
       tapped: static; True only on the graph `jgrad.adjacency_grad` passes to the model, on which jgrad's
         ops mark their uses of the adjacency (see ``jgrad._src._taps``). Transforms keep it.
 

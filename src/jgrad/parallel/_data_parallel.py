@@ -18,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from .._src import _plan
 from ..graph import Graph, pad
 from ._mesh import DATA_AXIS, shard_map
 
@@ -34,7 +35,10 @@ def stack_graphs(graphs: Sequence[Graph], *, n_nodes: int | None = None, n_edges
     Returns:
       A `Graph` whose ``senders``, ``receivers``, ``edge_mask`` (and ``edge_weight``) have shape (B, E)
       and ``node_mask`` (B, N); per-graph counts and ``graph_mask`` are dropped. Use it under
-      ``jax.vmap(fn, in_axes=(0, ...))``, where each slice is an ordinary padded graph.
+      ``jax.vmap(fn, in_axes=(0, ...))``, where each slice is an ordinary padded graph. The graphs'
+      plans are stacked too, so a stack of large graphs runs on the native kernels; graphs planned
+      for the ``"bucket"`` backend (the default on GPU) have tables of different shapes, and the
+      stack runs the plain XLA path instead (`jgrad._src._plan.stackable`).
 
     Raises:
       ValueError: an empty sequence, or sizes too small for some graph (from `jgrad.pad`).
@@ -56,6 +60,8 @@ def stack_graphs(graphs: Sequence[Graph], *, n_nodes: int | None = None, n_edges
                             n_edge_per_graph=None)
         for g in graphs
     ]
+    plans = _plan.stackable([_plan.resolve(g) for g in padded])
+    padded = [_plan.attach(g, plan) for g, plan in zip(padded, plans)]
     return jax.tree.map(lambda *leaves: jnp.asarray(np.stack([np.asarray(x) for x in leaves])), *padded)
 
 
