@@ -209,6 +209,32 @@ def test_a_failed_build_warns_once_and_reports_unavailable(monkeypatch, tmp_path
     assert _native.available()
 
 
+def test_a_build_says_on_stderr_that_the_compiler_runs(monkeypatch, tmp_path, capsys):
+    """The first lowering of a native op waits 20-60 s for the compiler: one line says so before, one after."""
+    assert _native.available()
+    built = _native._library_path(_native._compiler())  # this session's library, standing in for a build
+    monkeypatch.setenv("JGRAD_CACHE_DIR", str(tmp_path))
+    # a link, not a copy: the same loaded library, whose kernels are registered already
+    monkeypatch.setattr(_native, "_build", lambda compiler, target: (target.parent.mkdir(parents=True),
+                                                                       target.symlink_to(built)))
+    _native._load.cache_clear()
+    capsys.readouterr()
+    try:
+        assert _native.available()
+        first = capsys.readouterr().err
+        assert _native.available()  # cached: nothing more
+        again = capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        _native._load.cache_clear()
+    assert _native.available()
+    lines = first.strip().splitlines()
+    assert len(lines) == 2, first
+    assert "compiling the native CPU kernels" in lines[0] and str(tmp_path / "native") in lines[0]
+    assert lines[1].startswith("jgrad: native CPU kernels built in ")
+    assert again == ""
+
+
 def test_the_kernels_refuse_inconsistent_buffers_with_a_message():
     _native.available()
     call = jax.ffi.ffi_call("jgrad_csr_sum", jax.ShapeDtypeStruct((3, 2), jnp.float32))

@@ -44,7 +44,9 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -315,6 +317,16 @@ def _build(compiler: str, target: Path) -> None:
         os.replace(output, target)
 
 
+def _build_and_say(compiler: str, target: Path) -> None:
+    """`_build`, with one line on stderr before and one after: the first call that lowers a native op
+    waits for the compiler (20-60 s on two cores), which would otherwise look like a hang."""
+    print(f"jgrad: compiling the native CPU kernels with {compiler} into {target.parent} (once per machine "
+          "and jaxlib version; 20-60 s)...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    _build(compiler, target)
+    print(f"jgrad: native CPU kernels built in {time.perf_counter() - start:.1f} s.", file=sys.stderr, flush=True)
+
+
 def _check(command: list[str], returncode: int, stderr: str) -> None:
     if returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{stderr.strip()[-2000:]}")
@@ -330,7 +342,7 @@ def _load() -> ctypes.CDLL | None:
     try:
         path = _library_path(compiler)
         if not path.exists():
-            _build(compiler, path)
+            _build_and_say(compiler, path)
         library = ctypes.cdll.LoadLibrary(str(path))
         for name, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
