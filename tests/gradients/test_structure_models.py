@@ -254,6 +254,22 @@ def _squared(g, x):
     return jgrad.ops.spmm(g, x, g.edge_weight ** 2).sum()
 
 
+def _hand_written_sum(g, x):
+    """A weighted jgrad sum plus an aggregation written by hand that ignores the weights."""
+    by_hand = jax.ops.segment_sum(x[g.senders], g.receivers, num_segments=g.n_nodes)
+    return jnp.tanh(jgrad.ops.spmm(g, x) + by_hand).sum()
+
+
+def _degree_feature(g, x):
+    """The edge count of every node, counted by hand, as a feature."""
+    count = jax.ops.segment_sum(jnp.ones(g.senders.shape), g.receivers, num_segments=g.n_nodes)
+    return jnp.sin(jgrad.ops.spmm(g, x * count[:, None])).sum()
+
+
+def _per_edge_mean(g, x):
+    return jnp.tanh(jgrad.ops.spmm(g, x)).sum() / g.n_edges
+
+
 @pytest.mark.parametrize("model, message", [
     (_sage_max, r"max/min \(e.g. SAGEConv\(aggregator='max'\), MessagePassing\(aggregate='max'\)"),
     (_mean_messages, r"reduce='mean'\) divides by the number of incoming edges"),
@@ -262,12 +278,51 @@ def _squared(g, x):
     (_while, r"inside lax.while_loop \(or lax.fori_loop with traced bounds\)"),
     (_cond, r"inside lax.cond / lax.switch"),
     (_squared, r"uses the edge weights outside the operations adjacency_grad follows"),
-], ids=["sage_max", "mean", "copy_u", "edge_counts", "while_loop", "cond", "squared_weights"])
+    (_hand_written_sum, r"reads which edges exist, not only their weights: one more edge of weight 0"),
+    (_degree_feature, r"reads which edges exist, not only their weights"),
+    (_per_edge_mean, r"reads which edges exist, not only their weights"),
+], ids=["sage_max", "mean", "copy_u", "edge_counts", "while_loop", "cond", "squared_weights", "hand_written_sum",
+        "degree_feature", "n_edges"])
 def test_models_without_an_exact_structure_gradient_raise_naming_the_cause(model, message):
     graph = _graph(weighted=True)
     x = jnp.ones((N, F_IN), jnp.float32)
     with pytest.raises(ValueError, match=message):
         adjacency_grad(model, graph.with_edge_weight(graph.edge_weight.astype(jnp.float32)), x)
+
+
+def test_a_model_reading_the_structure_gives_nan_inside_jit_and_is_probed_once_when_it_passes(monkeypatch):
+    """Inside the caller's jit the structure probe cannot raise: every entry is NaN. A model that passes
+    is not probed again for the same shapes; check=False does not probe."""
+    from jgrad.gradients import _structure
+    graph = _graph(weighted=True)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((N, F_IN)))
+    dense = jax.jit(lambda g, x: adjacency_grad(_hand_written_sum, g, x).dense())(graph, x)
+    assert np.isnan(np.asarray(dense)).all()
+    probes = []
+    monkeypatch.setattr(_structure, "run_cached", lambda *a: probes.append(a[0]) or _structure_probe(*a))
+    _structure_probe = jgrad.gradients._compile.run_cached
+
+    def model(g, x):
+        return jnp.tanh(jgrad.ops.spmm(g, x)).sum()
+    first, second = adjacency_grad(model, graph, x), adjacency_grad(model, graph, 2 * x)
+    assert len(probes) == 1 and float(first.edge_error) <= 1e-4
+    reference = adjacency_grad(model, graph, 2 * x, mode="dense").dense()
+    np.testing.assert_allclose(second.dense(), reference, rtol=1e-4, atol=1e-5)
+    adjacency_grad(_hand_written_sum, graph, x, check=False)
+    assert len(probes) == 1
+
+
+def test_the_structure_probe_adds_one_edge_into_every_real_node_from_its_own_graph():
+    from jgrad.gradients._structure import _one_more_edge_per_node
+    graphs = [jgrad.Graph.from_edges([0], [1], 3), jgrad.Graph.from_edges([], [], 1),
+              jgrad.Graph.from_edges([0, 1], [1, 0], 2)]
+    padded = jgrad.pad(jgrad.batch(graphs), 9, 5)
+    senders, receivers, live = (np.asarray(a) for a in _one_more_edge_per_node(padded))
+    graph_of = np.asarray(padded.node_graph_index())
+    real = np.asarray(padded.node_mask)
+    assert sorted(receivers[live].tolist()) == [0, 1, 2, 4, 5]  # not the 1-node graph's node 3, nor padding
+    assert (graph_of[senders[live]] == graph_of[receivers[live]]).all() and real[senders[live]].all()
+    assert (senders[live] != receivers[live]).all()
 
 
 def _row_mean_model(g, x):

@@ -27,7 +27,7 @@ import numpy as np
 from .._src._checks import index_range_check, is_concrete
 from .._src._types import check_callable, check_choice, check_flags
 from ..graph import Graph
-from . import _recording
+from . import _recording, _structure
 from ._attention import AttentionTerm, attention_term
 from ._compile import Call, rebuild_args, run_cached
 from ._edge import check_scalar, check_weights_used, trace_of_weights, tracked_weights
@@ -482,7 +482,11 @@ def adjacency_grad(
 
     The result is checked: the factors evaluated at the existing edges must equal `edge_grad`
     (relative error <= 1e-4 in float32, 1e-8 in float64), which catches any other use of the weights
-    (arithmetic on ``graph.edge_weight``, weights built from it): the call raises.
+    (arithmetic on ``graph.edge_weight``, weights built from it): the call raises. Uses of the
+    structure that touch no weight (an aggregation written by hand over ``graph.senders``, edge
+    counts, ``n_edges``) are caught by running the model once more with one extra edge of weight 0
+    into every real node: the loss must not change (first call per model and shapes; see
+    ``jgrad.gradients._structure``).
 
     Attention: `jgrad.nn.GATConv` / `GAT` / ``gat_conv`` with ``edge_weight_mode="normalise"``
     (``alpha[v,u] = A[v,u] exp(s[v,u]) / sum_k A[v,k] exp(s[v,k])``) add one exact attention term per
@@ -553,8 +557,9 @@ def adjacency_grad(
     return result.symmetric() if symmetric else result
 
 
-def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> tuple[AdjacencyGrad, dict]:
-    """The factored gradient, and the real nodes at which it does not exist (see `_raise_if_undefined`)."""
+def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> tuple[AdjacencyGrad, dict, jax.Array]:
+    """The factored gradient, the real nodes at which it does not exist (see `_raise_if_undefined`),
+    and the loss."""
     where = "adjacency_grad"
     args = rebuild_args(call, arrays)
     n = graph.n_nodes
@@ -582,14 +587,14 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> 
 
     def objective(probes, w):
         value, found, undefined = run(probes, w)
-        return value, ([term.data for term in found], undefined)
+        return value, ([term.data for term in found], undefined, value)
 
     # pass 2: dL/dprobe = G for every term, and dL/dw for the check, in one backward pass
-    (probe_grads, weight_grad), (data, undefined) = jax.grad(objective, argnums=(0, 1), has_aux=True)(probes, w)
+    (probe_grads, weight_grad), (data, undefined, value) = jax.grad(objective, argnums=(0, 1), has_aux=True)(probes, w)
     result = _assemble([term.kind for term in terms], probe_grads, data, graph, w.dtype)
     result = dataclasses.replace(result, edge_error=_edge_error(result, weight_grad, graph.edge_mask))
     none = jnp.zeros((n,), bool)
-    return result, {norm: none if nodes is None else nodes for norm, nodes in undefined.items()}
+    return result, {norm: none if nodes is None else nodes for norm, nodes in undefined.items()}, value
 
 
 def _raise_if_undefined(rows: dict) -> None:
@@ -633,11 +638,15 @@ def _poisoned_rows(result: AdjacencyGrad, rows: dict) -> AdjacencyGrad:
 
 
 def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> AdjacencyGrad:
-    result, undefined_rows = run_cached(_factored_build, fn, args, ("factored",), graph, weight)
+    result, undefined_rows, value = run_cached(_factored_build, fn, args, ("factored",), graph, weight)
     if not check:
         return result
     _raise_if_undefined(undefined_rows)
     _raise_if_nonlinear(result.edge_error, weight.dtype)
+    structure_error = _structure.structure_error(fn, graph, args, weight, value)
+    _structure.raise_if_structural(structure_error, weight.dtype)
+    if structure_error is not None:  # measured: edge_error holds it too (inside jit: NaN when too large)
+        result = dataclasses.replace(result, edge_error=jnp.maximum(result.edge_error, structure_error))
     return _poisoned_rows(_poisoned_if_wrong(result, weight.dtype), undefined_rows)
 
 

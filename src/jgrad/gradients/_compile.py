@@ -131,7 +131,9 @@ class Call:
     leaves: tuple = dataclasses.field(default=(), compare=False)  # the non-array leaves themselves
 
 
-def _call_key(fn, args: tuple, options: tuple) -> tuple[Call | None, list]:
+def call_key(fn, args: tuple, options: tuple) -> tuple[Call | None, list]:
+    """The `Call` that identifies ``fn`` with ``args`` (None when they hold tracers or values that
+    cannot be fingerprinted), and the array leaves of ``args``."""
     leaves, treedef = jax.tree.flatten(args)
     arrays = [leaf for leaf in leaves if isinstance(leaf, (jax.Array, np.ndarray, np.generic))]
     statics = []
@@ -157,7 +159,7 @@ def _call_key(fn, args: tuple, options: tuple) -> tuple[Call | None, list]:
 
 def run_cached(builder, fn, args: tuple, options: tuple, *operands):
     """``builder(call, *operands, arrays)`` under ``jax.jit``, compiled once per equal `Call` key."""
-    key, arrays = _call_key(fn, args, options)
+    key, arrays = call_key(fn, args, options)
     if key is None:  # fn or args hold a tracer (inside the caller's jit): compile for this call only
         _, rebuild = split_arrays(args)
         key = Call(fn, None, (), _Same(rebuild), options)

@@ -1,0 +1,104 @@
+"""Whether a model reads only the weights of its graph, not which edges exist: the factored
+`jgrad.adjacency_grad`'s check for uses of the structure that have no taps.
+
+The factored gradient follows the weights. A model that also reads the edge *structure*, e.g. an
+aggregation written by hand as ``jax.ops.segment_sum(x[graph.senders], graph.receivers, n)``, an edge
+count or ``graph.n_edges``, is not a function of A: adding an edge changes it by a jump, so dL/dA has
+no value at the missing pairs, and the factors, which do not see those uses, agree with `edge_grad`
+at the existing edges all the same. A function of A does not change when edges of weight 0 are
+added, so the check adds one: every real node gets one more incoming edge, from the next real node
+of its own graph, with weight 0, and the loss must stay the same (up to float rounding).
+
+A use whose effect the loss does not feel at the current values (behind a saturated ``tanh``) is not
+seen; nor is it by ``mode="dense"``, which compares loss values the same way.
+
+It runs once per model and graph shapes: a model that passed is not probed again (`_PASSED`); the
+probe is one more forward pass of the model, compared with the loss the gradient's pass computed. Inside the caller's ``jit`` it runs on every call, and a
+failure makes the result NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from ..graph import Graph
+from ._compile import Call, call_key, rebuild_args, run_cached
+from ._edge import check_scalar
+
+_PASSED: set = set()
+"""Keys (model, args, graph shapes) whose model passed the probe."""
+
+
+def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.Array) -> jax.Array | None:
+    """Relative change of ``loss = fn(graph, *args)`` (weights ``weight``) when every real node gets one
+    more incoming edge of weight 0: a scalar (traced inside the caller's jit), or None when this model
+    and these shapes passed before."""
+    key, _ = call_key(fn, args, ("structure",))
+    signature = None if key is None else (key, jax.tree.structure(graph), weight.dtype,
+                                          tuple((leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(graph)))
+    if signature in _PASSED:
+        return None
+    error = run_cached(_structure_build, fn, args, ("structure",), graph, weight, loss)
+    if signature is not None and not isinstance(error, jax.core.Tracer) and float(error) <= tolerance(weight.dtype):
+        _PASSED.add(signature)
+    return error
+
+
+def tolerance(dtype) -> float:
+    """The largest relative change of the loss accepted as float rounding."""
+    return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-4
+
+
+def raise_if_structural(error: jax.Array | None, dtype) -> None:
+    """Raises when `structure_error` measured a change above float rounding (concrete values only)."""
+    if error is None or isinstance(error, jax.core.Tracer):
+        return
+    value = float(error)
+    if not value <= tolerance(dtype):
+        raise ValueError(
+            "adjacency_grad: the model reads which edges exist, not only their weights: one more edge of "
+            f"weight 0 into every node changed the loss (relative change {value:.3g}, tolerance "
+            f"{tolerance(dtype):g}), so it is not a function of A and dL/dA has no value at the missing "
+            "pairs. Typical causes: an aggregation written by hand that ignores the weights "
+            "(jax.ops.segment_sum(x[graph.senders], graph.receivers, ...): use jgrad.ops.spmm), edge "
+            "counts or graph.n_edges, random numbers per edge (dropout with a key). Use jgrad.edge_grad "
+            "for the existing edges, or pass check=False if those uses are constants by design."
+        )
+
+
+def _structure_build(graph: Graph, weight: jax.Array, loss: jax.Array, arrays: list, *, call: Call) -> jax.Array:
+    args = rebuild_args(call, arrays)
+    senders, receivers, live = _one_more_edge_per_node(graph)
+    own_mask = jnp.ones(graph.senders.shape, bool) if graph.edge_mask is None else graph.edge_mask
+    probed = dataclasses.replace(
+        graph,
+        senders=jnp.concatenate([graph.senders, senders]),
+        receivers=jnp.concatenate([graph.receivers, receivers]),
+        edge_weight=jnp.concatenate([weight, jnp.zeros(senders.shape, weight.dtype)]),
+        edge_mask=jnp.concatenate([own_mask, live]),
+        n_edge_per_graph=None,
+    )
+    more = call.fn(probed, *args)
+    check_scalar("adjacency_grad", more)
+    own, more = jnp.asarray(loss, weight.dtype), jnp.asarray(more, weight.dtype)
+    tiny = jnp.finfo(weight.dtype).tiny
+    return jnp.abs(more - own) / jnp.maximum(jnp.maximum(jnp.abs(own), jnp.abs(more)), tiny)
+
+
+def _one_more_edge_per_node(graph: Graph) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(senders, receivers, live), (N,) each: an edge into every real node from the next real node of
+    its own graph (cyclically); padding nodes and graphs of one node get a dead edge. jit-safe."""
+    n = graph.n_nodes
+    real = jnp.ones((n,), bool) if graph.node_mask is None else graph.node_mask
+    group = jnp.where(real, graph.node_graph_index(), n)  # padding nodes after every graph
+    order = jnp.argsort(group, stable=True).astype(jnp.int32)
+    grouped = group[order]
+    position = jnp.arange(n)
+    first = jnp.searchsorted(grouped, grouped, side="left")  # where each node's group starts
+    following = jnp.minimum(position + 1, n - 1)
+    successor = jnp.where((position + 1 < n) & (grouped[following] == grouped), position + 1, first)
+    senders, receivers = order[successor], order
+    return senders, receivers, real[order] & (senders != receivers)
