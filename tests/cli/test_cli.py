@@ -110,6 +110,39 @@ def test_bench_without_the_module_says_it_is_unavailable(monkeypatch, capsys):
     assert "unavailable" in capsys.readouterr().err
 
 
+def _fake_bench(monkeypatch, main_function):
+    fake = types.ModuleType("jgrad.bench")
+    fake.main = main_function
+    monkeypatch.setitem(sys.modules, "jgrad.bench", fake)
+
+
+def test_bench_missing_a_package_is_one_line_naming_it_and_how_to_install(monkeypatch, capsys):
+    def needs_matplotlib(argv):  # what jgrad.bench does after `make demo`, which installs no matplotlib
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    _fake_bench(monkeypatch, needs_matplotlib)
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("jgrad bench: needs matplotlib, which is not installed; `make bench` (or "
+                   "`pip install -e \".[bench]\"`) installs what the benchmark uses.\n")
+
+
+def test_bench_errors_and_interrupts_are_handled_like_the_other_commands(monkeypatch, capsys):
+    def fails(argv):
+        raise ValueError("bench: --sizes must be positive; got -1.")
+
+    _fake_bench(monkeypatch, fails)
+    assert main(["bench", "--sizes", "-1"]) == 2
+    assert capsys.readouterr().err == "jgrad bench: bench: --sizes must be positive; got -1.\n"
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    _fake_bench(monkeypatch, interrupted)
+    assert main(["bench"]) == 128 + signal.SIGINT
+    assert capsys.readouterr().err == "jgrad bench: interrupted (Ctrl-C).\n"
+
+
 def test_workdir_that_is_a_file_prints_one_line_and_exits_2(tmp_path, capsys):
     blocker = tmp_path / "afile"
     blocker.write_text("")

@@ -80,13 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``jgrad`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     whole_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:
-        return _commands.bench(argv[1:])
-    args = _parser().parse_args(argv)
+    if argv[:1] == ["bench"]:  # jgrad.bench parses its own arguments; errors and signals are handled here
+        args = argparse.Namespace(command="bench")
+        command = lambda: _commands.bench(argv[1:])  # noqa: E731
+    else:
+        args = _parser().parse_args(argv)
+        command = lambda: _commands.COMMANDS[args.command](args)  # noqa: E731
     workdir_given = getattr(args, "workdir", None) is not None
     try:
         with Interrupts():
-            return _commands.COMMANDS[args.command](args)
+            return command()
     except KeyboardInterrupt as interrupt:
         signum = getattr(interrupt, "signum", signal.SIGINT)
         for line in _commands.interrupted(args, argv, workdir_given, SIGNAL_NAMES.get(signum, "")):

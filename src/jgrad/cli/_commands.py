@@ -191,7 +191,14 @@ def bench(argv: list[str]) -> int:
             raise
         print("jgrad bench: unavailable; this installation has no jgrad.bench module.", file=sys.stderr)
         return 2
-    status = module.main(argv)
+    try:
+        status = module.main(argv)
+    except ModuleNotFoundError as error:  # a package the benchmark needs that `make demo` does not install
+        if not error.name or error.name.startswith("jgrad"):
+            raise
+        print(f"jgrad bench: needs {error.name}, which is not installed; `make bench` (or "
+              "`pip install -e \".[bench]\"`) installs what the benchmark uses.", file=sys.stderr)
+        return 2
     return 0 if status is None else int(status)
 
 
