@@ -310,6 +310,10 @@ def test_a_model_reading_the_structure_gives_nan_inside_jit_and_is_probed_once_w
     np.testing.assert_allclose(second.dense(), reference, rtol=1e-4, atol=1e-5)
     adjacency_grad(_hand_written_sum, graph, x, check=False)
     assert len(probes) == 1
+    monkeypatch.setattr(_structure, "_REMEMBERED", 1)  # the memory of passed models is bounded
+    other = lambda g, x: model(g, x) + 1.0  # noqa: E731
+    adjacency_grad(other, graph, x), adjacency_grad(model, graph, x)
+    assert len(probes) == 3
 
 
 def test_the_structure_probe_adds_one_edge_into_every_real_node_from_its_own_graph():

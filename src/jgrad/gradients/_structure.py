@@ -19,6 +19,7 @@ failure makes the result NaN.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import jax
@@ -28,8 +29,10 @@ from ..graph import Graph
 from ._compile import Call, call_key, rebuild_args, run_cached
 from ._edge import check_scalar
 
-_PASSED: set = set()
-"""Keys (model, args, graph shapes) whose model passed the probe."""
+_PASSED: collections.OrderedDict = collections.OrderedDict()
+"""Keys (model, args, graph shapes) whose model passed the probe, most recent last; at most
+`_REMEMBERED` (a key holds the arrays the model closes over)."""
+_REMEMBERED = 256
 
 
 def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.Array) -> jax.Array | None:
@@ -40,10 +43,13 @@ def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.
     signature = None if key is None else (key, jax.tree.structure(graph), weight.dtype,
                                           tuple((leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(graph)))
     if signature in _PASSED:
+        _PASSED.move_to_end(signature)
         return None
     error = run_cached(_structure_build, fn, args, ("structure",), graph, weight, loss)
     if signature is not None and not isinstance(error, jax.core.Tracer) and float(error) <= tolerance(weight.dtype):
-        _PASSED.add(signature)
+        _PASSED[signature] = True
+        if len(_PASSED) > _REMEMBERED:
+            _PASSED.popitem(last=False)
     return error
 
 
