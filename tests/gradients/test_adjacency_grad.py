@@ -432,3 +432,33 @@ def test_a_gradient_that_is_zero_at_every_edge_is_not_mistaken_for_a_non_linear_
     assert np.abs(np.asarray(reference)).max() > 1e-2  # the missing pairs do matter
     for got in (eager, inside):
         np.testing.assert_allclose(got, reference, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_at_over_many_pairs_holds_a_chunk_of_gathered_factor_rows_not_all(monkeypatch, attention):
+    """The check against edge_grad and topk(among="edges") evaluate `at` at every edge: the (P, R)
+    gathered factor rows must not all be in memory at once (1.2 GB each at 1.2e7 edges and R = 25)."""
+    from jgrad.gradients import _adjacency
+    from flax import nnx
+
+    n, n_edges, width = 300, 3000, 64
+    rng = np.random.default_rng(0)
+    graph = jgrad.Graph.from_edges(rng.integers(0, n, n_edges), rng.integers(0, n, n_edges), n)
+    x = jnp.asarray(rng.standard_normal((n, width)), jnp.float32)
+    if attention:
+        layer = jgrad.nn.GATConv(width, 8, heads=2, edge_weight_mode="normalise", rngs=nnx.Rngs(0))
+        loss = lambda g, x: jnp.sum(jnp.tanh(layer(g, x)) ** 2)
+    else:
+        loss = lambda g, x: jnp.sum(jnp.tanh(jgrad.ops.spmm(g, x)) ** 2)  # R = 64
+    monkeypatch.setattr(_adjacency, "PAIR_CHUNK_ELEMENTS", 100 * width)
+    grad = adjacency_grad(loss, graph, x)  # its own check runs `at` in chunks too
+    assert float(grad.edge_error) < 1e-4
+    at_edges = jax.jit(lambda grad: grad.at(grad.receivers, grad.senders))
+    temp = at_edges.lower(grad).compile().memory_analysis().temp_size_in_bytes
+    one_gathered_factor = n_edges * width * 4
+    assert temp < one_gathered_factor / 2, (temp, one_gathered_factor)
+    dense = np.asarray(grad.dense())
+    np.testing.assert_allclose(at_edges(grad), dense[graph.receivers, graph.senders], rtol=1e-5, atol=1e-6)
+    rows, cols = rng.integers(0, n, (50, 41)), rng.integers(0, n, (50, 41))  # any shape, 2050 pairs
+    np.testing.assert_allclose(grad.at(rows, cols), dense[rows, cols], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad.at(3, 7), dense[3, 7], rtol=1e-5, atol=1e-6)

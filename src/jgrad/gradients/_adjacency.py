@@ -35,6 +35,10 @@ from ._edge import check_scalar, check_weights_used, trace_of_weights, tracked_w
 AMONG = ("non_edges", "edges", "all")
 MODES = ("factored", "dense")
 DENSE_NODE_LIMIT = 2048
+PAIR_CHUNK_ELEMENTS = 2**20
+"""`AdjacencyGrad.at` gathers the factor rows of at most about this many entries (pairs x (R + H·F))
+at once: the check against `edge_grad` and ``topk(among="edges")`` evaluate every edge, and E x R
+gathered values (1.2 GB per factor at 1.2·10^7 edges and R = 25) would otherwise all be held."""
 
 
 class AdjacencyTopK(NamedTuple):
@@ -120,7 +124,8 @@ class AdjacencyGrad:
         return jnp.where(real, value, jnp.zeros((), value.dtype))
 
     def at(self, rows: jax.typing.ArrayLike, cols: jax.typing.ArrayLike) -> jax.Array:
-        """dL/dA[rows[p], cols[p]] for P pairs (receiver v, sender u); shape (P,). O(P·R).
+        """dL/dA[rows[p], cols[p]] for P pairs (receiver v, sender u); shape (P,). O(P·R) time, O(P)
+        memory besides the factors (many pairs are taken in chunks, see `PAIR_CHUNK_ELEMENTS`).
 
         ``at(graph.receivers, graph.senders)`` equals `edge_grad` for a model using A linearly.
 
@@ -131,6 +136,21 @@ class AdjacencyGrad:
             indices are checked under `jgrad.checked`.
         """
         rows, cols = _pair_indices("AdjacencyGrad.at", rows, cols, self.n_nodes)
+        shape, rows, cols = rows.shape, rows.reshape(-1), cols.reshape(-1)
+        n_pairs = rows.shape[0]
+        width = self.rank + sum(int(np.prod(term.values.shape[1:])) for term in self.attention)
+        chunk = max(1, PAIR_CHUNK_ELEMENTS // max(width, 1))
+        if n_pairs <= chunk:
+            return self._pairs(rows, cols).reshape(shape)
+        # chunks of pairs in a loop: the gathered (P, R) rows of the factors are never all in memory
+        n_chunks = -(-n_pairs // chunk)
+        pad = n_chunks * chunk - n_pairs  # padded with pair (0, 0) and cut off again
+        rows, cols = (jnp.pad(index, (0, pad)).reshape(n_chunks, chunk) for index in (rows, cols))
+        value = jax.lax.map(lambda pair: self._pairs(*pair), (rows, cols))
+        return value.reshape(-1)[:n_pairs].reshape(shape)
+
+    def _pairs(self, rows: jax.Array, cols: jax.Array) -> jax.Array:
+        """`at` for (P,) checked indices, in one piece."""
         value = jnp.sum(self.left[rows] * self.right[cols], axis=-1)
         value = value - jnp.where(rows == cols, self.diagonal_offset[rows], jnp.zeros((), value.dtype))
         if self.attention:
