@@ -289,6 +289,26 @@ def test_an_interrupted_default_workdir_run_prints_a_command_with_its_workdir(tm
     assert list(Path("runs").iterdir()) == [run]  # the command resumed the run instead of starting another
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_corrected_config(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    # optim.decay is checked against the model's parameters, after config.yaml is written.
+    assert main(["train", TINY, *FAST, "--set", "optim.decay=nomatch", "--workdir", str(workdir)]) == 2
+    assert "'nomatch' selects no weight matrix" in capsys.readouterr().err
+    assert "decay: nomatch" in (workdir / "config.yaml").read_text()
+
+    assert main(["train", TINY, *FAST, "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert (f"gcn_karate_tiny: {workdir} holds no checkpoint of the config saved there ({workdir / 'config.yaml'}); "
+            "this config replaces it, training from epoch 0\n") in out
+    assert "gcn_karate_tiny: 1 seed(s), 10 epochs" in out and "resumed" not in out
+    assert "decay: first_layer" in (workdir / "config.yaml").read_text()
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 10
+
+    # Once a checkpoint is committed, another config is refused as before.
+    assert main(["train", TINY, *FAST, "--set", "optim.decay=all", "--workdir", str(workdir)]) == 2
+    assert "holds a run with a different config" in capsys.readouterr().err
+
+
 def test_a_resume_may_change_checkpoint_every_and_reaches_the_uninterrupted_result(default_run, tmp_path,
                                                                                    monkeypatch, capsys):
     workdir = str(tmp_path / "run")

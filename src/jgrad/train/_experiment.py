@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,13 +19,14 @@ from .. import nn
 from ..config import (Config, DataConfig, ModelConfig, OptimConfig, config_differences, format_differences,
                       load_config, save_config)
 from ..data import DATASETS, NodeDataset, csbm, karate_club, load, load_planetoid
-from ._checkpoint import Checkpointer
+from ._checkpoint import MANIFEST, Checkpointer
 from ._fit import FitResult, _seed_array, fit
 from ._model import init_params
 from ._optim import l2_penalty, make_optimizer
 from ._step import EarlyStopping, evaluate
 from ._workdir import lock_workdir
 
+logger = logging.getLogger("jgrad.train")
 
 RESUMABLE_CHANGES = ("train.progress", "train.checkpoint_every")
 """Config keys a resumed run may change: the progress bar, and how often checkpoints are written (the
@@ -80,11 +82,13 @@ def train_and_evaluate(
 
     With a ``workdir``, the resolved config is saved as ``workdir/config.yaml`` next to the checkpoints,
     ``metrics.jsonl`` and ``results.json``; a workdir that already holds a run resumes it, provided the
-    config is the same. The dataset is loaded before anything is written, so a missing dataset leaves
+    config is the same. A workdir whose run wrote no checkpoint (it failed or was stopped before its first)
+    takes a different config and trains from epoch 0. The dataset is loaded before anything is written, so a missing dataset leaves
     no workdir behind.
 
     Raises:
-      ValueError: the workdir holds a run with a different config (the message lists the differing keys).
+      ValueError: the workdir holds a checkpointed run with a different config (the message lists the
+        differing keys).
       FileNotFoundError: the dataset's files are missing.
     """
     dataset = load_dataset(config.data, data_dir)
@@ -93,14 +97,27 @@ def train_and_evaluate(
     with lock_workdir(workdir, where="train"):  # one writer from the config check to the last save
         workdir = Path(workdir)
         saved = workdir / "config.yaml"
-        if saved.exists():
+        if saved.exists() and (workdir / "checkpoints" / MANIFEST).exists():
             differences = config_differences(load_config(saved), config, ignore=RESUMABLE_CHANGES)
             if differences:
                 raise ValueError(f"train: {workdir} holds a run with a different config ({saved}): "
                                  f"{format_differences(differences, 'in the run', 'now')}; use a new --workdir "
                                  "or the same config to resume.")
+        elif saved.exists() and _config_differs(saved, config):
+            # A run that failed or was stopped before its first checkpoint left only its config: a rerun
+            # starts from epoch 0 whatever the config, so a corrected one takes its place.
+            logger.info("%s holds no checkpoint of the config saved there (%s); this config replaces it, "
+                        "training from epoch 0", workdir, saved)
         save_config(config, saved)
         return _fit_config(config, dataset, workdir, progress)
+
+
+def _config_differs(saved: Path, config: Config) -> bool:
+    """Whether the config file ``saved`` differs from ``config`` (or cannot be read as a config)."""
+    try:
+        return bool(config_differences(load_config(saved), config))
+    except (OSError, ValueError):
+        return True
 
 
 def _fit_config(config: Config, dataset: NodeDataset, workdir: Path | None, progress: bool | None) -> FitResult:
