@@ -462,3 +462,19 @@ def test_at_over_many_pairs_holds_a_chunk_of_gathered_factor_rows_not_all(monkey
     rows, cols = rng.integers(0, n, (50, 41)), rng.integers(0, n, (50, 41))  # any shape, 2050 pairs
     np.testing.assert_allclose(grad.at(rows, cols), dense[rows, cols], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad.at(3, 7), dense[3, 7], rtol=1e-5, atol=1e-6)
+
+
+def test_dense_mode_refuses_more_pairs_than_int32_indexes_even_when_forced(monkeypatch):
+    """N^2 edges of the complete graph above 2**31 - 1 (N > 46340) would wrap int32 edge indices, and
+    allocate N^2 weights first: refused before anything is built, force=True or not."""
+    from jgrad.gradients import _adjacency
+
+    monkeypatch.setattr(_adjacency, "MAX_SIZE", 99)  # stands for 2**31 - 1: 10 nodes are 100 pairs
+    loss = lambda g: jgrad.ops.spmm(g, jnp.ones((g.n_nodes, 1))).sum()
+    for force in (False, True):
+        with pytest.raises(ValueError, match=r"n_nodes=10, 100 edges, expected at most .* even with force=True") as error:
+            adjacency_grad(loss, jgrad.Graph.from_edges([0], [1], n_nodes=10), mode="dense", force=force)
+        assert "\n" not in str(error.value)
+    small = adjacency_grad(loss, jgrad.Graph.from_edges([0], [1], n_nodes=9), mode="dense")  # 81 pairs
+    np.testing.assert_allclose(small.dense(), np.ones((9, 9)))
+

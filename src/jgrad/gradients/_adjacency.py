@@ -17,6 +17,7 @@ in O(H·F) from node quantities (see `jgrad.gradients._attention`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._src._checks import index_range_check, is_concrete
+from .._src._limits import MAX_SIZE
 from .._src._types import check_callable, check_choice, check_flags
 from ..graph import Graph
 from . import _recording, _structure
@@ -539,7 +541,7 @@ def adjacency_grad(
         divides by a real node's zero degree (a mean at a node with no incoming weight), where the
         model is not differentiable in A; ``check=False`` gives 0 in such rows, right when the loss
         does not depend on those nodes.
-      force: allow ``mode="dense"`` above 2048 nodes.
+      force: allow ``mode="dense"`` above 2048 nodes (never above 46340: N^2 edges need int32 indices).
 
     Returns:
       `AdjacencyGrad` (in the weights' dtype). Factors have R = sum_c F_c + (number of degree calls)
@@ -780,6 +782,12 @@ def _raise_if_nonlinear(error: jax.Array, dtype) -> None:
 
 def _dense_grad(fn, graph: Graph, args, weight: jax.Array, force: bool, check: bool) -> AdjacencyGrad:
     n = graph.n_nodes
+    if n * n > MAX_SIZE:  # even with force: the complete graph's edges are indexed with int32
+        raise ValueError(
+            f"adjacency_grad: mode='dense' builds a complete graph of N^2 edges, indexed with int32; got "
+            f"n_nodes={n}, {n * n} edges, expected at most 2**31 - 1 = {MAX_SIZE} (n_nodes <= "
+            f"{math.isqrt(MAX_SIZE)}), even with force=True. Use mode='factored' with a linear model."
+        )
     if n > DENSE_NODE_LIMIT and not force:
         raise ValueError(
             f"adjacency_grad: mode='dense' builds a complete graph of N^2 edges; got n_nodes={n}, "
