@@ -478,3 +478,21 @@ def test_dense_mode_refuses_more_pairs_than_int32_indexes_even_when_forced(monke
     small = adjacency_grad(loss, jgrad.Graph.from_edges([0], [1], n_nodes=9), mode="dense")  # 81 pairs
     np.testing.assert_allclose(small.dense(), np.ones((9, 9)))
 
+
+def test_topk_cuts_blocks_whose_entries_int32_cannot_number(monkeypatch, x64):
+    """A block's B x N entries are numbered in int32: B = 256 rows wrap from 8.4e6 nodes on (and a larger
+    block_size sooner), naming wrong pairs. Blocks are cut to (2**31 - 1) // N rows; the result is the same."""
+    from jgrad.gradients import _adjacency
+
+    graph, params = _random_graph(), _params()
+    grad = adjacency_grad(_gcn, graph, params)
+    expected = {among: grad.topk(7, among=among) for among in ("non_edges", "all")}
+    seen = []
+    blocks = _adjacency._TOPK_BLOCKS
+    monkeypatch.setattr(_adjacency, "_TOPK_BLOCKS", lambda *args: seen.append(args[4]) or blocks(*args))
+    monkeypatch.setattr(_adjacency, "MAX_SIZE", 3 * N)  # stands for 2**31 - 1: three rows of N entries
+    for among, want in expected.items():
+        got = grad.topk(7, among=among, block_size=256)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    assert seen == [3, 3]

@@ -219,7 +219,8 @@ class AdjacencyGrad:
           sign: ``+1`` for the largest gradients (adding weight raises the loss most), ``-1`` for the
             most negative (adding weight lowers the loss most).
           block_size: rows per block B; peak memory is O(B·N + E) (the (B, N) block of scores), and
-            O(B·N·H) with attention terms of H heads (lower it for very large graphs).
+            O(B·N·H) with attention terms of H heads (lower it for very large graphs). Cut to at most
+            ``(2**31 - 1) // N`` rows (a block's entries are numbered in int32).
 
         Returns:
           `AdjacencyTopK` of shape (k,) each, ordered best first; where fewer than k candidates exist
@@ -242,11 +243,11 @@ class AdjacencyGrad:
                              f"n_nodes**2={self.n_nodes ** 2}.")
         if among == "edges":
             return _TOPK_EDGES(self, k, sign)
+        block = _block_rows(block_size, self.n_nodes)
         window = None
         if among == "non_edges":  # with concrete indices, the static number of edges per row block
-            block = max(1, min(block_size, self.n_nodes))
             window = _block_window(self, block, -(-self.n_nodes // block))
-        return _TOPK_BLOCKS(self, k, sign, among == "non_edges", block_size, window)
+        return _TOPK_BLOCKS(self, k, sign, among == "non_edges", block, window)
 
     # ----------------------------------------------------------------------------------------------
     def _block_scores(self, rows: jax.Array) -> jax.Array:
@@ -373,6 +374,16 @@ def _finish(best: jax.Array, rows: jax.Array, cols: jax.Array, sign: int, k: int
         rows = jnp.concatenate([rows, jnp.full((pad,), -1, jnp.int32)])
         cols = jnp.concatenate([cols, jnp.full((pad,), -1, jnp.int32)])
     return AdjacencyTopK(values, rows, cols)
+
+
+def _block_rows(block_size: int, n: int) -> int:
+    """The rows per block of `AdjacencyGrad.topk`: ``block_size``, at most N, and at most as many as keep
+    a block's B x N' entries (N' = N rounded up to whole chunks) within int32 positions: the entries of a
+    block are numbered in int32, and B x N' above ``2**31 - 1`` (B = 256 from 8.4·10^6 nodes on) would
+    wrap to wrong pairs."""
+    chunk = max(1, min(128, n))
+    n_cols = max(1, -(-n // chunk) * chunk)
+    return max(1, min(block_size, n, MAX_SIZE // n_cols))
 
 
 def _block_window(grad: AdjacencyGrad, block: int, n_blocks: int) -> int | None:
