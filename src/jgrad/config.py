@@ -89,7 +89,7 @@ class ModelConfig:
     dropout: float = _range(0.5, 0, 1, high_open=True)
     heads: int = _range(8, 1, 256)
     out_heads: int = _range(1, 1, 256)
-    aggregator: str = "mean"
+    aggregator: str = _choice("mean", ("mean", "max", "sum"))  # GraphSAGE's
     use_bias: bool = True
 
 
@@ -165,6 +165,10 @@ def config_from_dict(values: Mapping[str, Any] | None, cls: type = Config, prefi
         if last_seed > _MAX_SEED:
             problems.append(f"config: train.seed + train.seeds - 1 must be <= {_MAX_SEED}; got "
                             f"{config.train.seed} + {config.train.seeds} - 1 = {last_seed}.")
+        if config.train.checkpoint_every % config.train.log_every:
+            problems.append(f"config: train.checkpoint_every must be a multiple of train.log_every (the epochs "
+                            f"run in chunks of log_every); got {config.train.checkpoint_every} and "
+                            f"{config.train.log_every}.")
     if problems:
         extra = len(problems) - _MAX_PROBLEMS
         listed = problems[:_MAX_PROBLEMS] + ([f"config: ... and {extra} more problems."] if extra > 0 else [])

@@ -57,6 +57,32 @@ def test_value_outside_its_choices_lists_them():
         config_from_dict({"model": {"name": "mlp"}})
 
 
+def test_checkpoint_every_must_be_a_multiple_of_log_every():
+    # Checked when the config loads, so `jgrad train` stops before it writes the workdir (fit checked it
+    # only after config.yaml was saved there).
+    with pytest.raises(ConfigError, match=r"^config: train\.checkpoint_every must be a multiple of train\.log_every "
+                                          r"\(the epochs run in chunks of log_every\); got 30 and 20\.$"):
+        config_from_dict({"train": {"log_every": 20, "checkpoint_every": 30}})
+    assert config_from_dict({"train": {"log_every": 20, "checkpoint_every": 40}}).train.checkpoint_every == 40
+
+
+def test_sage_aggregator_is_one_of_its_choices():
+    with pytest.raises(ConfigError, match=r"^config: model\.aggregator must be one of mean, max, sum; got 'median'\.$"):
+        config_from_dict({"model": {"name": "sage", "aggregator": "median"}})
+    assert config_from_dict({"model": {"aggregator": "max"}}).model.aggregator == "max"
+
+
+def test_train_stops_on_a_checkpoint_every_that_log_every_does_not_divide_before_writing(tmp_path, capsys):
+    from jgrad.cli import main
+
+    workdir = tmp_path / "run"
+    assert main(["train", str(CONFIG_DIR / "gat_cora.yaml"), "--set", "train.checkpoint_every=30",
+                 "--workdir", str(workdir)]) == 2
+    captured = capsys.readouterr()
+    assert "train.checkpoint_every must be a multiple of train.log_every" in captured.err
+    assert captured.out == "" and not workdir.exists()
+
+
 def test_set_overrides_convert_types():
     config = load_config(None, ["model.hidden=64", "optim.learning_rate=1e-3", "train.progress=false",
                                 "data.root=/data/planetoid", "name=run1", "optim.weight_decay=0"])
