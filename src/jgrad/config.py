@@ -494,16 +494,51 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     Raises:
       FileNotFoundError: if ``path`` does not exist.
       ConfigError: for an unreadable or invalid file (see `read_yaml`), unknown keys, mistyped or
-        out-of-range values; a problem in the file's values names the file.
+        out-of-range values; a problem in the file's values names the file, one that an override
+        brings in names the override (``override model.hidden=abc: ...``).
     """
-    values = {} if path is None else read_yaml(path)
+    overrides = list(overrides)
+    if path is None:
+        return config_from_dict(apply_overrides({}, overrides))
+    values = merged = read_yaml(path)
+    for override in overrides:  # one at a time, so that an error names the override, not the file
+        try:
+            merged = apply_overrides(merged, [override])
+        except ConfigError as error:
+            text = str(error)
+            named = "--set" in text or "override must" in text  # the message quotes the override already
+            raise ConfigError(text if named else _blame(text, f"override {_cut(override, 60)}")) from None
     try:
-        return config_from_dict(apply_overrides(values, overrides))
+        return config_from_dict(merged)
     except ConfigError as error:
-        if path is None:
-            raise
-        lines = str(error).split("\n")
-        raise ConfigError("\n".join(line.replace("config: ", f"config: {path}: ", 1) for line in lines)) from None
+        problems = str(error).split("\n")
+    # A problem the file alone also has is the file's; any other comes from an override.
+    in_file = set() if not overrides else _problems(values)
+    keys = {override.partition("=")[0].strip(): override for override in overrides}
+    blamed = []
+    for line in problems:
+        key = next((k for k in keys if line.startswith(f"config: {k} ")), None)
+        if line in in_file or not overrides or line.startswith("config: ... and"):
+            blamed.append(_blame(line, str(path)))
+        elif key is not None:
+            blamed.append(_blame(line, f"override {_cut(keys[key], 60)}"))
+        else:
+            blamed.append(_blame(line, f"{path} with the overrides"))
+    raise ConfigError("\n".join(blamed))
+
+
+def _blame(line: str, source: str) -> str:
+    """``"config: <problem>"`` as ``"config: <source>: <problem>"``."""
+    return line.replace("config: ", f"config: {source}: ", 1)
+
+
+def _problems(values: Mapping[str, Any]) -> set[str]:
+    """The problem lines of the config ``values`` describe (empty if it is valid)."""
+    try:
+        config_from_dict(values)
+    except ConfigError as error:
+        return set(str(error).split("\n"))
+    return set()
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:

@@ -1,6 +1,7 @@
 """YAML configs: typed loading, errors that name the key, --set overrides, the saved resolved config."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,25 @@ def test_set_with_unknown_key_or_bad_value_fails():
         load_config(None, ["model.hidden=big"])
     with pytest.raises(ConfigError, match=r"override must look like section\.key=value; got 'model\.hidden'"):
         load_config(None, ["model.hidden"])
+
+
+def test_a_problem_an_override_brings_in_names_the_override_not_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  hidden: 8\ntrain:\n  seeds: 0\n")
+    with pytest.raises(ConfigError, match=r"^config: override model\.hiden=3: unknown key 'model\.hiden'; valid keys "
+                                          r"in model: name, hidden"):
+        load_config(path, ["model.hiden=3"])
+    with pytest.raises(ConfigError) as error:  # the file's own problem stays the file's
+        load_config(path, ["model.hidden=abc"])
+    assert str(error.value).split("\n") == [
+        "config: override model.hidden=abc: model.hidden must be int; got 'abc' (str), expected a value in [1, 65536].",
+        f"config: {path}: train.seeds is out of range; got 0, expected a value in [1, 4096]."]
+    with pytest.raises(ConfigError, match=r"^config: override train\.seeds=5000: train\.seeds is out of range; got 5000"):
+        load_config(path, ["train.seeds=5000"])
+    with pytest.raises(ConfigError, match=rf"^config: {re.escape(str(path))} with the overrides: train\.checkpoint_every "
+                                          r"must be a multiple of train\.log_every"):
+        load_config(path, ["train.seeds=1", "train.log_every=7"])
+    assert load_config(path, ["train.seeds=2"]).train.seeds == 2  # an override may correct the file
 
 
 def test_saved_config_loads_back_to_the_same_value(tmp_path):
