@@ -48,7 +48,7 @@ def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.
     error = run_cached(_structure_build, fn, args, ("structure",), graph, weight, loss)
     if signature is not None and not isinstance(error, jax.core.Tracer) and float(error) <= tolerance(weight.dtype):
         _PASSED[signature] = True
-        if len(_PASSED) > _REMEMBERED:
+        while len(_PASSED) > _REMEMBERED:
             _PASSED.popitem(last=False)
     return error
 
