@@ -150,6 +150,35 @@ def test_workdir_that_is_a_file_prints_one_line_and_exits_2(tmp_path, capsys):
     assert "jgrad train:" in capsys.readouterr().err
 
 
+def test_a_workdir_that_is_or_lies_in_a_file_is_named_before_writing_to_is_said(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    assert main(["train", TINY, "--workdir", str(blocker)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"jgrad train: workdir {blocker} is a file, not a folder; give --workdir a new folder "
+                            f"or a run's. (config {TINY})\n")
+    assert main(["train", TINY, "--workdir", str(blocker / "run")]) == 2
+    assert capsys.readouterr().err == (f"jgrad train: workdir {blocker / 'run'}: {blocker} is a file, not a folder; "
+                                       f"give --workdir a new folder or a run's. (config {TINY})\n")
+
+
+def test_writing_to_says_whether_an_existing_workdir_holds_a_run(tmp_path, capsys):
+    empty, other = tmp_path / "empty", tmp_path / "other"
+    empty.mkdir()
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["train", TINY, *FAST, "--workdir", str(empty)]) == 0
+    assert capsys.readouterr().out.startswith(f"gcn_karate_tiny: writing to {empty}\n")
+    assert main(["train", TINY, *FAST, "--workdir", str(other)]) == 0
+    assert capsys.readouterr().out.startswith(f"gcn_karate_tiny: writing to {other} (it exists and holds no run; "
+                                              "the files in it stay)\n")
+    assert (other / "notes.txt").read_text() == "mine"
+    assert main(["train", TINY, *FAST, "--workdir", str(other)]) == 0
+    assert capsys.readouterr().out.startswith(f"gcn_karate_tiny: writing to {other} (it exists: a run there resumes "
+                                              "or reports that it finished)\n")
+
+
 def test_negative_seed_is_a_clear_error(capsys):
     assert main(["demo", "--seed", "-1"]) == 2
     assert "seeds must be integers in [0, 2**32); got [-1]" in capsys.readouterr().err

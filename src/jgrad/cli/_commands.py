@@ -51,8 +51,7 @@ def train(args: argparse.Namespace) -> int:
     if args.workdir is None:
         args.workdir = default_workdir(args.config)
     workdir = Path(args.workdir)
-    existing = " (it exists: a run there resumes or reports that it finished)" if workdir.exists() else ""
-    print(f"{config.name}: writing to {workdir}{existing}", flush=True)
+    print(f"{config.name}: writing to {workdir}{_what_is_there(workdir)}", flush=True)
 
     from ..train import train_and_evaluate
 
@@ -73,6 +72,23 @@ def train(args: argparse.Namespace) -> int:
     print(f"scores above saved in {workdir / 'results.json'}; per-epoch metrics in {workdir / 'metrics.jsonl'}")
     print(f"{workdir}: {_listing(workdir)}")
     return 0
+
+
+def _what_is_there(workdir: Path) -> str:
+    """What the "writing to" line says about a workdir that exists already ("" for a new or empty one).
+
+    Raises:
+      NotADirectoryError: the workdir, or a folder above it, is a file.
+    """
+    existing = next((path for path in (workdir, *workdir.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = f"workdir {workdir}" if existing == workdir else f"workdir {workdir}: {existing}"
+        raise NotADirectoryError(f"{where} is a file, not a folder; give --workdir a new folder or a run's.")
+    if existing != workdir or not any(workdir.iterdir()):
+        return ""
+    if (workdir / "config.yaml").exists():
+        return " (it exists: a run there resumes or reports that it finished)"
+    return " (it exists and holds no run; the files in it stay)"
 
 
 class _PrintInfo(logging.Filter):
