@@ -190,6 +190,14 @@ def test_demo_rejects_a_non_positive_top_before_printing(capsys):
     assert "--top must be at least 1; got 0" in captured.err and captured.out == ""
 
 
+@pytest.mark.parametrize("node", ["34", "-1"])
+def test_demo_rejects_a_node_outside_the_club_before_training(node, capsys):
+    assert main(["demo", "--node", node]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no training run and reported first
+    assert captured.err == f"jgrad demo: demo: --node must be a member of the karate club, in [0, 34); got {node}.\n"
+
+
 def test_tampered_dataset_pickle_is_a_one_line_error(tmp_path, planetoid_dir, capsys):
     import os
     import pickle as pickle_module

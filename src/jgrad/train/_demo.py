@@ -44,6 +44,9 @@ def run_demo(*, node: int | None = None, k: int = 5, seed: int = 0, epochs: int 
     if int(k) < 1:
         raise ValueError(f"demo: --top must be at least 1; got {k}.")
     data = karate_club()
+    if node is not None and not 0 <= node < data.graph.n_nodes:  # before training, not after it
+        raise ValueError(f"demo: --node must be a member of the karate club, in [0, {data.graph.n_nodes}); "
+                         f"got {node}.")
     make_model = lambda rngs: nn.GCN(data.n_features, 16, data.n_classes, dropout=0.5, rngs=rngs)
     result = fit(make_model, data, make_optimizer(0.01, 5e-4, "first_layer"), seeds=(seed,), epochs=epochs,
                  early_stopping=EarlyStopping("none"), progress=False)
@@ -60,8 +63,6 @@ def run_demo(*, node: int | None = None, k: int = 5, seed: int = 0, epochs: int 
         test = np.flatnonzero(data.test_mask)
         correct = probability[test, labels[test]]
         node = int(test[np.argmin(np.abs(correct - 0.5))])
-    if not 0 <= node < data.graph.n_nodes:
-        raise ValueError(f"demo: node must be in [0, {data.graph.n_nodes}); got {node}.")
     label = int(labels[node])
 
     def loss(graph, x):
