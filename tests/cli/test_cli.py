@@ -450,6 +450,18 @@ def test_eval_with_set_on_the_runs_own_config_refuses_too(tmp_path, capsys):
     assert "--set differs from the run's config" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("config", [[], [TINY]], ids=["own config", "given config"])
+def test_eval_of_a_workdir_that_does_not_exist_says_so(config, tmp_path, capsys):
+    missing = tmp_path / "no_such_run"
+    assert main(["eval", *config, "--workdir", str(missing)]) == 2
+    given = f" (config {TINY})" if config else ""
+    assert capsys.readouterr().err == (f"jgrad eval: workdir {missing} does not exist; give --workdir the folder of "
+                                       f"a `jgrad train` run.{given}\n")
+    (tmp_path / "afile").write_text("")
+    assert main(["eval", *config, "--workdir", str(tmp_path / "afile")]) == 2
+    assert f"workdir {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+
+
 def test_eval_without_config_needs_the_runs_config(tmp_path, capsys):
     assert main(["eval", "--workdir", str(tmp_path)]) == 2
     assert f"jgrad eval: {tmp_path} has no config.yaml; give the config the run was trained with" in capsys.readouterr().err

@@ -171,6 +171,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
     workdir = Path(args.workdir)
     saved = workdir / "config.yaml"
+    if not workdir.is_dir():
+        state = "is a file, not a folder" if workdir.exists() else "does not exist"
+        raise FileNotFoundError(f"workdir {workdir} {state}; give --workdir the folder of a `jgrad train` run.")
     if args.config is None and not saved.is_file():
         raise FileNotFoundError(f"{workdir} has no config.yaml; give the config the run was trained with.")
     config = load_config(saved if args.config is None else args.config, _overrides(args))
