@@ -365,6 +365,25 @@ def test_a_normalisation_by_a_zero_degree_raises_naming_the_node(x64, model, wor
     adjacency_grad(model, padded, x)  # 7, 8 and 9 as padding nodes, their edges masked
 
 
+def test_zero_degree_nodes_that_the_loss_does_not_reach_get_exact_zeros(x64):
+    """Nodes 7, 8 and 9 receive nothing. A loss over nodes 0..6 of one mean layer does not depend on
+    their means: no error, and dL/dA equals the dense model's (0 in their rows), inside jit too. Through
+    a second layer node 7's mean reaches nodes 0, 3 and 4 (7 sends to them): that raises."""
+    graph, x = _graph(), jnp.asarray(np.random.default_rng(2).standard_normal((N, F_IN)))
+    mean = jgrad.nn.functional.mean_aggregate
+
+    def one_layer(g, x):
+        return jnp.tanh(mean(g, x))[:7].sum()
+
+    reference = adjacency_grad(one_layer, graph, x, mode="dense").dense()
+    for result in (adjacency_grad(one_layer, graph, x).dense(),
+                   jax.jit(lambda w: adjacency_grad(one_layer, graph.with_edge_weight(w), x).dense())(graph.edge_weight)):
+        np.testing.assert_allclose(result, reference, rtol=0, atol=1e-10 * np.abs(reference).max())
+        np.testing.assert_array_equal(np.asarray(result)[7:], 0.0)
+    with pytest.raises(ValueError, match="node 7 has no incoming weight .* a loss that depends on such nodes"):
+        adjacency_grad(lambda g, x: jnp.tanh(mean(g, jnp.tanh(mean(g, x))))[:7].sum(), graph, x)
+
+
 def test_inside_jit_a_failed_check_gives_nan_instead_of_a_wrong_gradient():
     graph = _graph()
     x = jnp.ones((N, F_IN), jnp.float32)

@@ -550,8 +550,8 @@ def adjacency_grad(
         disagreement makes every entry NaN instead. ``edge_error`` always holds the measured error.
         In factored mode, also raise (inside ``jit``: NaN in the node's row) when a normalisation
         divides by a real node's zero degree (a mean at a node with no incoming weight), where the
-        model is not differentiable in A; ``check=False`` gives 0 in such rows, right when the loss
-        does not depend on those nodes.
+        model is not differentiable in A, and the loss depends on such nodes (one more edge into
+        each changes it; if not, their rows are 0); ``check=False`` gives 0 in such rows.
       force: allow ``mode="dense"`` above 2048 nodes (never above 46340: N^2 edges need int32 indices).
 
     Returns:
@@ -630,12 +630,24 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> 
     return result, {norm: none if nodes is None else nodes for norm, nodes in undefined.items()}, value
 
 
+def _felt_by_the_loss(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.Array, rows: dict) -> dict:
+    """``rows`` (see `_raise_if_undefined`) if the loss changes when one edge of weight 1 goes into each
+    of their nodes, else no rows: a loss that does not depend on those nodes has dL/dA = 0 there."""
+    nodes = rows["row"] | rows["sym"] | rows["attention"]
+    if is_concrete(nodes) and not np.asarray(nodes).any():
+        return rows
+    change = _structure.loss_change(fn, graph, args, weight, loss, nodes, 1.0)
+    felt = ~(change <= _structure.tolerance(weight.dtype))
+    if is_concrete(felt):
+        return rows if bool(felt) else {kind: jnp.zeros_like(mask) for kind, mask in rows.items()}
+    return {kind: mask & felt for kind, mask in rows.items()}
+
+
 def _raise_if_undefined(rows: dict) -> None:
     """Raises when a normalisation of the adjacency divided by a zero degree at a real node (``rows``:
-    ``{"row": ..., "sym": ..., "attention": ...}``, (N,) bool each, from the `_recording.Interpreter`):
-    an edge added into such a node makes the model jump, so dL/dA has no value in its row. Every such
-    node counts, as the interpreter cannot tell whether the loss reaches it. Traced rows are left to
-    `_poisoned_rows`.
+    ``{"row": ..., "sym": ..., "attention": ...}``, (N,) bool each, from the `_recording.Interpreter`)
+    that the loss depends on (`_felt_by_the_loss`): an edge added into such a node makes the model
+    jump, so dL/dA has no value in its row. Traced rows are left to `_poisoned_rows`.
     """
     for norm, mask in rows.items():
         try:
@@ -655,9 +667,10 @@ def _raise_if_undefined(rows: dict) -> None:
         more = f" ({nodes.size - 1} more such nodes)" if nodes.size > 1 else ""
         raise ValueError(
             f"adjacency_grad: node {int(nodes[0])} has no incoming weight and the model {how}; got a model "
-            f"that is not differentiable in A in that node's row{more}. Add self loops "
-            "(graph.add_self_loops(), or add_self_loops=True), use jgrad.edge_grad for the existing edges, or "
-            "pass check=False if the loss does not depend on those nodes (their rows are then 0)."
+            f"that is not differentiable in A in that node's row{more}, and a loss that depends on such "
+            "nodes (one more edge into each changes it). Add self loops (graph.add_self_loops(), or "
+            "add_self_loops=True), leave those nodes out of the loss, use jgrad.edge_grad for the existing "
+            "edges, or pass check=False to take 0 in their rows."
         )
 
 
@@ -674,6 +687,7 @@ def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> Ad
     result, undefined_rows, value = run_cached(_factored_build, fn, args, ("factored",), graph, weight)
     if not check:
         return result
+    undefined_rows = _felt_by_the_loss(fn, graph, args, weight, value, undefined_rows)
     _raise_if_undefined(undefined_rows)
     _raise_if_nonlinear(result.edge_error, weight.dtype)
     structure_error = _structure.structure_error(fn, graph, args, weight, value)

@@ -1,20 +1,24 @@
-"""Whether a model reads only the weights of its graph, not which edges exist: the factored
-`jgrad.adjacency_grad`'s check for uses of the structure that have no taps.
+"""Probes of a model with one more edge into some nodes: the factored `jgrad.adjacency_grad`'s checks of
+what the jaxpr cannot show.
 
-The factored gradient follows the weights. A model that also reads the edge *structure*, e.g. an
-aggregation written by hand as ``jax.ops.segment_sum(x[graph.senders], graph.receivers, n)``, an edge
-count or ``graph.n_edges``, is not a function of A: adding an edge changes it by a jump, so dL/dA has
-no value at the missing pairs, and the factors, which do not see those uses, agree with `edge_grad`
-at the existing edges all the same. A function of A does not change when edges of weight 0 are
-added, so the check adds one: every real node gets one more incoming edge, from the next real node
-of its own graph, with weight 0, and the loss must stay the same (up to float rounding).
+* **Uses of the structure** (`structure_error`). The factored gradient follows the weights. A model
+  that also reads which edges exist, e.g. an aggregation written by hand as
+  ``jax.ops.segment_sum(x[graph.senders], graph.receivers, n)``, an edge count or ``graph.n_edges``,
+  is not a function of A: adding an edge changes it by a jump, so dL/dA has no value at the missing
+  pairs, and the factors, which do not see those uses, agree with `edge_grad` at the existing edges
+  all the same. A function of A does not change when edges of weight 0 are added, so every real
+  node gets one more incoming edge of weight 0 and the loss must stay the same (up to rounding). It
+  runs once per model and graph shapes: a model that passed is not probed again (`_PASSED`).
+* **Whether the loss feels the nodes where a normalisation divided by a zero degree**
+  (`loss_change` with edges of weight 1 into those nodes only). There a mean jumps as soon as an edge
+  comes in, so dL/dA has no value in their rows unless the loss does not depend on them (a loss over
+  the training nodes, say, and isolated nodes elsewhere): then those rows are 0, exactly.
 
-A use whose effect the loss does not feel at the current values (behind a saturated ``tanh``) is not
-seen; nor is it by ``mode="dense"``, which compares loss values the same way.
-
-It runs once per model and graph shapes: a model that passed is not probed again (`_PASSED`); the
-probe is one more forward pass of the model, compared with the loss the gradient's pass computed. Inside the caller's ``jit`` it runs on every call, and a
-failure makes the result NaN.
+Each probe is one more forward pass of the model, compared with the loss the gradient's pass
+computed; the added edge into node v comes from the next real node of v's own graph. A dependence
+the loss does not feel at the current values (behind a saturated ``tanh``) is not seen; nor is it by
+``mode="dense"``, which compares loss values the same way. Inside the caller's ``jit`` the probes run
+on every call, and a failure makes the result NaN.
 """
 
 from __future__ import annotations
@@ -45,12 +49,21 @@ def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.
     if signature in _PASSED:
         _PASSED.move_to_end(signature)
         return None
-    error = run_cached(_structure_build, fn, args, ("structure",), graph, weight, loss)
+    real = jnp.ones((graph.n_nodes,), bool) if graph.node_mask is None else graph.node_mask
+    error = loss_change(fn, graph, args, weight, loss, real, 0.0)
     if signature is not None and not isinstance(error, jax.core.Tracer) and float(error) <= tolerance(weight.dtype):
         _PASSED[signature] = True
         while len(_PASSED) > _REMEMBERED:
             _PASSED.popitem(last=False)
     return error
+
+
+def loss_change(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.Array, into: jax.Array,
+                extra_weight: float) -> jax.Array:
+    """Relative change of ``loss = fn(graph, *args)`` (weights ``weight``) when every real node in
+    ``into`` (N,) bool gets one more incoming edge of weight ``extra_weight``; a scalar."""
+    return run_cached(_probe_build, fn, args, ("probe",), graph, weight, loss, into,
+                      jnp.asarray(extra_weight, weight.dtype))
 
 
 def tolerance(dtype) -> float:
@@ -75,15 +88,17 @@ def raise_if_structural(error: jax.Array | None, dtype) -> None:
         )
 
 
-def _structure_build(graph: Graph, weight: jax.Array, loss: jax.Array, arrays: list, *, call: Call) -> jax.Array:
+def _probe_build(graph: Graph, weight: jax.Array, loss: jax.Array, into: jax.Array, extra_weight: jax.Array,
+                 arrays: list, *, call: Call) -> jax.Array:
     args = rebuild_args(call, arrays)
     senders, receivers, live = _one_more_edge_per_node(graph)
+    live = live & into[receivers]
     own_mask = jnp.ones(graph.senders.shape, bool) if graph.edge_mask is None else graph.edge_mask
     probed = dataclasses.replace(
         graph,
         senders=jnp.concatenate([graph.senders, senders]),
         receivers=jnp.concatenate([graph.receivers, receivers]),
-        edge_weight=jnp.concatenate([weight, jnp.zeros(senders.shape, weight.dtype)]),
+        edge_weight=jnp.concatenate([weight, jnp.broadcast_to(extra_weight, senders.shape)]),
         edge_mask=jnp.concatenate([own_mask, live]),
         n_edge_per_graph=None,
     )
