@@ -163,6 +163,27 @@ def test_a_workdir_that_is_or_lies_in_a_file_is_named_before_writing_to_is_said(
                                        f"give --workdir a new folder or a run's. (config {TINY})\n")
 
 
+def test_a_read_only_workdir_is_named_before_writing_to_is_said(tmp_path, monkeypatch, capsys):
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    (read_only / "config.yaml").write_text("name: x\n")
+    read_only.chmod(0o555)
+    real_access = os.access  # root may write anyway: the check sees the folder as a user would
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != read_only and real_access(path, mode))
+    try:
+        assert main(["train", TINY, "--workdir", str(read_only / "run")]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == (
+            f"jgrad train: workdir {read_only / 'run'}: {read_only} is not writable (permission denied); give "
+            f"--workdir a folder you can write to. (config {TINY})\n")
+        assert main(["train", TINY, "--workdir", str(read_only)]) == 2
+        assert capsys.readouterr().err == (
+            f"jgrad train: workdir {read_only} is not writable (permission denied); give --workdir a folder you can "
+            f"write to (`jgrad eval --workdir` reads a run without writing). (config {TINY})\n")
+    finally:
+        read_only.chmod(0o755)
+
+
 def test_writing_to_says_whether_an_existing_workdir_holds_a_run(tmp_path, capsys):
     empty, other = tmp_path / "empty", tmp_path / "other"
     empty.mkdir()

@@ -8,6 +8,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -79,11 +80,17 @@ def _what_is_there(workdir: Path) -> str:
 
     Raises:
       NotADirectoryError: the workdir, or a folder above it, is a file.
+      PermissionError: the workdir, or the folder it would be made in, is not writable.
     """
     existing = next((path for path in (workdir, *workdir.parents) if path.exists()), None)
+    shown = f"{existing.resolve()} (the current folder)" if existing == Path(".") else existing
+    where = f"workdir {workdir}" if existing == workdir else f"workdir {workdir}: {shown}"
     if existing is not None and not existing.is_dir():
-        where = f"workdir {workdir}" if existing == workdir else f"workdir {workdir}: {existing}"
         raise NotADirectoryError(f"{where} is a file, not a folder; give --workdir a new folder or a run's.")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        run = existing == workdir and (workdir / "config.yaml").is_file()
+        raise PermissionError(f"{where} is not writable (permission denied); give --workdir a folder you can write "
+                              "to" + (" (`jgrad eval --workdir` reads a run without writing)." if run else "."))
     if existing != workdir or not any(workdir.iterdir()):
         return ""
     if (workdir / "config.yaml").exists():
