@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import time
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -37,6 +39,12 @@ from ._edge import check_scalar, check_weights_used, trace_of_weights, tracked_w
 AMONG = ("non_edges", "edges", "all")
 MODES = ("factored", "dense")
 DENSE_NODE_LIMIT = 2048
+TOPK_CALL_WORK = 2**35
+"""`AdjacencyGrad.topk` among non-edges or all pairs computes N^2 entries of R + H·F products each. Above
+about this many products (some 5-10 s on two cores) and with concrete indices it runs its row blocks in
+several compiled calls of about this much work, so that it can report progress and be interrupted."""
+TOPK_PROGRESS_AFTER = 10.0
+"""Seconds after which, and between which, a `topk` run in several calls prints a progress line."""
 PAIR_CHUNK_ELEMENTS = 2**20
 """`AdjacencyGrad.at` gathers the factor rows of at most about this many entries (pairs x (R + H·F))
 at once: the check against `edge_grad` and ``topk(among="edges")`` evaluate every edge, and E x R
@@ -140,8 +148,7 @@ class AdjacencyGrad:
         rows, cols = _pair_indices("AdjacencyGrad.at", rows, cols, self.n_nodes)
         shape, rows, cols = rows.shape, rows.reshape(-1), cols.reshape(-1)
         n_pairs = rows.shape[0]
-        width = self.rank + sum(int(np.prod(term.values.shape[1:])) for term in self.attention)
-        chunk = max(1, PAIR_CHUNK_ELEMENTS // max(width, 1))
+        chunk = max(1, PAIR_CHUNK_ELEMENTS // self._entry_width())
         if n_pairs <= chunk:
             return self._pairs(rows, cols).reshape(shape)
         # chunks of pairs in a loop: the gathered (P, R) rows of the factors are never all in memory
@@ -150,6 +157,10 @@ class AdjacencyGrad:
         rows, cols = (jnp.pad(index, (0, pad)).reshape(n_chunks, chunk) for index in (rows, cols))
         value = jax.lax.map(lambda pair: self._pairs(*pair), (rows, cols))
         return value.reshape(-1)[:n_pairs].reshape(shape)
+
+    def _entry_width(self) -> int:
+        """The products per entry, R + sum_t H_t·F_t (at least 1)."""
+        return max(1, self.rank + sum(int(np.prod(term.values.shape[1:])) for term in self.attention))
 
     def _pairs(self, rows: jax.Array, cols: jax.Array) -> jax.Array:
         """`at` for (P,) checked indices, in one piece."""
@@ -231,6 +242,9 @@ class AdjacencyGrad:
           top-k kept across blocks), O(E·R) for ``"edges"``; attention terms add O(H·F) per entry.
           Compiled once per gradient structure and (k, sign, among, block_size). Works under ``jit``; with concrete edge
           indices each block scans only its own edges, under ``jit`` every block scans all E edges.
+          With concrete indices, a search of more than `TOPK_CALL_WORK` products (N^2·R above 3.4·10^10:
+          about 3.7·10^4 nodes at R = 25) runs its blocks in several compiled calls: after 10 s it prints
+          a progress line to stderr every 10 s, and it can be interrupted between calls.
         """
         where = "AdjacencyGrad.topk"
         check_choice(where, "candidate set", among, AMONG)
@@ -247,6 +261,10 @@ class AdjacencyGrad:
         window = None
         if among == "non_edges":  # with concrete indices, the static number of edges per row block
             window = _block_window(self, block, -(-self.n_nodes // block))
+        per_call = max(1, TOPK_CALL_WORK // (block * max(self.n_nodes, 1) * self._entry_width()))
+        if per_call * block < self.n_nodes and not isinstance(self.left, jax.core.Tracer):
+            if among == "all" or window is not None:
+                return self._topk_in_calls(k, sign, among == "non_edges", block, window, per_call)
         return _TOPK_BLOCKS(self, k, sign, among == "non_edges", block, window)
 
     # ----------------------------------------------------------------------------------------------
@@ -300,14 +318,23 @@ class AdjacencyGrad:
 
     def _topk_blocks(self, k: int, sign: int, non_edges: bool, block_size: int,
                      window: int | None = None) -> AdjacencyTopK:
+        block = max(1, min(block_size, self.n_nodes))
+        n_blocks = -(-self.n_nodes // block)
+        edges = None
+        if non_edges:
+            *edges, window = _edges_by_block(self, block, n_blocks, window)
+        carry = _topk_start(k, self.left.dtype)
+        best, rows, cols = self._topk_scan(k, sign, block, window, edges, jnp.arange(n_blocks), carry)
+        return _finish(best, rows, cols, sign, k)
+
+    def _topk_scan(self, k: int, sign: int, block: int, window: int | None, edges, blocks: jax.Array, carry):
+        """The running top-k ``carry`` (values, rows, cols) updated with the row blocks ``blocks`` (blocks
+        past the last row add nothing); for non-edges ``edges`` and ``window`` from `_edges_by_block`,
+        else None."""
         n = self.n_nodes
-        dtype = self.left.dtype
-        block = max(1, min(block_size, n))
-        n_blocks = -(-n // block)
         chunk = min(128, n)
         n_cols = -(-n // chunk) * chunk
-        if non_edges:
-            edge_rows, edge_cols, starts, window = _edges_by_block(self, block, n_blocks, window)
+        n_blocks = -(-n // block)
         col_ids = jnp.arange(n_cols)
         per_block = min(k, block * n_cols // chunk)
 
@@ -323,12 +350,14 @@ class AdjacencyGrad:
                 invalid = invalid | ~real[jnp.minimum(row_ids, n_cols - 1)][:, None] | ~real[None, :]
             if self.is_symmetric:
                 invalid = invalid | (col_ids[None, :] < row_ids[:, None])
-            if non_edges:
+            if edges is not None:
                 invalid = invalid | same
             scores = jnp.where(invalid, -jnp.inf, scores)
-            if non_edges:
-                er = jax.lax.dynamic_slice(edge_rows, (starts[b],), (window,)) - r0
-                ec = jax.lax.dynamic_slice(edge_cols, (starts[b],), (window,))
+            if edges is not None:
+                edge_rows, edge_cols, starts = edges
+                start = starts[jnp.minimum(b, n_blocks - 1)]
+                er = jax.lax.dynamic_slice(edge_rows, (start,), (window,)) - r0
+                ec = jax.lax.dynamic_slice(edge_cols, (start,), (window,))
                 er = jnp.where((er >= 0) & (er < block), er, block)  # other blocks' edges: to a spare row
                 spare = jnp.full((1, scores.shape[1]), -jnp.inf, scores.dtype)  # sliced off again, so no
                 scores = jnp.concatenate([scores, spare]).at[er, ec].set(-jnp.inf)[:block]  # scatter is OOB
@@ -345,9 +374,33 @@ class AdjacencyGrad:
             best, index = jax.lax.top_k(values, k)
             return (best, rows[index], cols[index]), None
 
-        init = (jnp.full((k,), -jnp.inf, dtype), jnp.full((k,), -1, jnp.int32), jnp.full((k,), -1, jnp.int32))
-        (best, rows, cols), _ = jax.lax.scan(body, init, jnp.arange(n_blocks))
-        return _finish(best, rows, cols, sign, k)
+        carry, _ = jax.lax.scan(body, carry, blocks)
+        return carry
+
+    def _topk_in_calls(self, k: int, sign: int, non_edges: bool, block: int, window: int | None,
+                       per_call: int) -> AdjacencyTopK:
+        """`_topk_blocks` as a Python loop of compiled calls of ``per_call`` blocks each (concrete
+        indices only): between calls a long search reports its progress on stderr and can be interrupted."""
+        n = self.n_nodes
+        n_blocks = -(-n // block)
+        per_call = -(-n_blocks // -(-n_blocks // per_call))  # as many calls, as even as can be
+        edges = None
+        if non_edges:
+            edges = _EDGES_BY_BLOCK(self, block, n_blocks, window)
+            window = max(window, 1)  # as `_edges_by_block` has it
+        carry = _topk_start(k, self.left.dtype)
+        start = last = time.perf_counter()
+        for first in range(0, n_blocks, per_call):
+            carry = _TOPK_SCAN(self, k, sign, block, window, edges, jnp.arange(first, first + per_call), carry)
+            jax.block_until_ready(carry)
+            now = time.perf_counter()
+            done = min(n, (first + per_call) * block)
+            if now - start >= TOPK_PROGRESS_AFTER and (now - last >= TOPK_PROGRESS_AFTER or done == n):
+                left = (now - start) * (n - done) / done
+                print(f"jgrad: AdjacencyGrad.topk: rows {done}/{n} ({100 * done / n:.0f}%) in {now - start:.0f} s, "
+                      f"about {left:.0f} s left", file=sys.stderr, flush=True)
+                last = now
+        return _finish(*carry, sign, k)
 
 
 jax.tree_util.register_dataclass(
@@ -361,6 +414,14 @@ jax.tree_util.register_dataclass(
 # topk compiled once per (gradient structure, k, sign, candidates, block size, window)
 _TOPK_EDGES = jax.jit(AdjacencyGrad._topk_edges, static_argnums=(1, 2))
 _TOPK_BLOCKS = jax.jit(AdjacencyGrad._topk_blocks, static_argnums=(1, 2, 3, 4, 5))
+_TOPK_SCAN = jax.jit(AdjacencyGrad._topk_scan, static_argnums=(1, 2, 3, 4))
+_EDGES_BY_BLOCK = jax.jit(lambda grad, block, n_blocks, window: _edges_by_block(grad, block, n_blocks, window)[:3],
+                          static_argnums=(1, 2, 3))
+
+
+def _topk_start(k: int, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The empty running top-k: values -inf, rows and cols -1."""
+    return jnp.full((k,), -jnp.inf, dtype), jnp.full((k,), -1, jnp.int32), jnp.full((k,), -1, jnp.int32)
 
 
 def _finish(best: jax.Array, rows: jax.Array, cols: jax.Array, sign: int, k: int) -> AdjacencyTopK:
