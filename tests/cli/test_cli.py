@@ -356,6 +356,8 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_correc
 
     assert main(["train", TINY, *FAST, "--workdir", str(workdir)]) == 0
     out = capsys.readouterr().out
+    assert out.startswith(f"gcn_karate_tiny: writing to {workdir} (it exists; the run there wrote no checkpoint, so "
+                          "training starts from epoch 0)\n")
     assert (f"gcn_karate_tiny: {workdir} holds no checkpoint of the config saved there ({workdir / 'config.yaml'}); "
             "this config replaces it, training from epoch 0\n") in out
     assert "gcn_karate_tiny: 1 seed(s), 10 epochs" in out and "resumed" not in out

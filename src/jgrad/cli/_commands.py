@@ -93,8 +93,10 @@ def _what_is_there(workdir: Path) -> str:
                               "to" + (" (`jgrad eval --workdir` reads a run without writing)." if run else "."))
     if existing != workdir or not any(workdir.iterdir()):
         return ""
-    if (workdir / "config.yaml").exists():
+    if (workdir / "checkpoints" / "manifest.json").exists():
         return " (it exists: a run there resumes or reports that it finished)"
+    if (workdir / "config.yaml").exists():
+        return " (it exists; the run there wrote no checkpoint, so training starts from epoch 0)"
     return " (it exists and holds no run; the files in it stay)"
 
 
