@@ -299,6 +299,18 @@ def test_non_linear_use_is_detected_in_float32():
         adjacency_grad(_squared_weights_model, graph, params)
 
 
+@pytest.mark.parametrize("mode", ["factored", "dense"])
+def test_a_non_finite_loss_or_gradient_is_named_as_such(mode):
+    """A NaN feature made the checks blame the model ('uses the edge weights outside...', 'looks at
+    the edge structure'); the error now says what is not finite."""
+    graph = jgrad.Graph.from_edges([0, 1, 2], [1, 2, 0], n_nodes=3)
+    loss = lambda g, x: jgrad.ops.spmm(g, x).sum()  # noqa: E731
+    for x, what in ((jnp.array([[1.0], [jnp.nan], [2.0]]), "a loss of nan" if mode == "factored" else "NaN"),
+                    (jnp.array([[1.0], [jnp.inf], [2.0]]), "a loss of inf" if mode == "factored" else "NaN")):
+        with pytest.raises(ValueError, match=f"adjacency_grad: got .*{what}.*expected finite values"):
+            adjacency_grad(loss, graph, x, mode=mode)
+
+
 def test_dense_mode_handles_a_non_linear_model(x64):
     graph, params = _random_graph(), _params()
     grad = adjacency_grad(_gcn_norm_model, graph, params, mode="dense")

@@ -748,6 +748,7 @@ def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> Ad
     result, undefined_rows, value = run_cached(_factored_build, fn, args, ("factored",), graph, weight)
     if not check:
         return result
+    _raise_if_not_finite(value, result.edge_error)
     undefined_rows = _felt_by_the_loss(fn, graph, args, weight, value, undefined_rows)
     _raise_if_undefined(undefined_rows)
     _raise_if_nonlinear(result.edge_error, weight.dtype)
@@ -922,11 +923,32 @@ def _dense_build(graph: Graph, weight: jax.Array, arrays: list, *, call: Call):
     return dataclasses.replace(result, edge_error=edge_error), value_error
 
 
+def _raise_if_not_finite(loss: jax.Array, edge_error: jax.Array) -> None:
+    """Raises when the loss, or the gradient at the existing edges (``edge_error`` is then NaN), is NaN
+    or infinite, before the checks that would blame the model for it (concrete values only)."""
+    if not is_concrete(loss, edge_error):
+        return
+    loss = float(loss)
+    if np.isfinite(loss) and not np.isnan(float(edge_error)):
+        return
+    what = f"a loss of {loss}" if not np.isfinite(loss) else "a gradient at the existing edges that is NaN or infinite"
+    raise ValueError(
+        f"adjacency_grad: got {what}; expected finite values. Check the features, parameters and edge "
+        "weights for NaN or infinite values (jnp.isfinite), and the model for divisions by 0."
+    )
+
+
 def _raise_if_structural(error: jax.Array, value_error: jax.Array, dtype) -> None:
     try:
         value, loss_error = float(error), float(value_error)
     except jax.errors.ConcretizationTypeError:
         return  # traced: the caller reads edge_error
+    if np.isnan(loss_error) or np.isnan(value):
+        raise ValueError(
+            "adjacency_grad: got a loss or a gradient at the existing edges that is NaN or infinite, on the "
+            "graph or on the complete graph; expected finite values. Check the features, parameters and "
+            "edge weights for NaN or infinite values (jnp.isfinite), and the model for divisions by 0."
+        )
     tolerance = _edge_tolerance(dtype)
     if not value <= tolerance:
         raise ValueError(
