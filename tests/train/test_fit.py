@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -255,3 +256,23 @@ def test_the_score_table_marks_a_split_without_nodes():
     assert [row[-3:] for row in rows] == [["-", "-", "0.0000"]] * 4  # seeds 0 and 1, mean, std
     assert lines[-1] == '"-" in the val columns: the dataset has no validation nodes'
     assert "no " not in format_table([0], {"val_loss": np.array([0.5]), "val_acc": np.array([0.0])})
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_writes_plain_lines_where_stderr_is_not_a_terminal(monkeypatch, capsys, terminal):
+    """In a log file or a pipe the progress is one line per tenth of the run, without carriage returns;
+    on a terminal (here without tqdm) one status line is rewritten in place."""
+    from jgrad.train._logging import Progress
+    monkeypatch.setattr("sys.stderr.isatty", lambda: terminal)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # the plain status line, not tqdm's bar
+    bar = Progress(100, description="train")
+    for _ in range(100):
+        bar.update(1, {"loss": 0.5})
+    bar.close()
+    err = capsys.readouterr().err
+    if terminal:
+        assert err.count("\r") == 100 and err.endswith("train 100/100 loss=0.5000\n")
+    else:
+        lines = err.splitlines()
+        assert "\r" not in err and len(lines) == 11 and lines[0] == "train 1/100 loss=0.5000"
+        assert lines[-1] == "train 100/100 loss=0.5000"

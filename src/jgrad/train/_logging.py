@@ -131,7 +131,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 class Progress:
-    """A progress bar over epochs with the latest mean loss and accuracies (tqdm, else a stderr line)."""
+    """A progress bar over epochs with the latest mean loss and accuracies on a terminal (tqdm, else a
+    status line); where stderr is not a terminal (a log file, a pipe), one plain line per tenth of
+    the run instead of carriage-return updates."""
 
     def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, description: str = "train"):
         self.enabled = enabled
@@ -139,7 +141,9 @@ class Progress:
         self._total = total
         self._description = description
         self._done = initial
-        if not enabled:
+        self._interactive = sys.stderr.isatty()
+        self._next_line = initial  # the epoch count at which the next plain line is due
+        if not enabled or not self._interactive:
             return
         try:
             from tqdm.auto import tqdm
@@ -156,13 +160,16 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n_epochs)
             self._bar.set_postfix_str(text, refresh=True)
-        else:
+        elif self._interactive:
             print(f"\r{self._description} {self._done}/{self._total} {text}", end="", file=sys.stderr, flush=True)
+        elif self._done >= self._next_line or self._done >= self._total:
+            print(f"{self._description} {self._done}/{self._total} {text}", file=sys.stderr, flush=True)
+            self._next_line = self._done + max(1, self._total // 10)
 
     def close(self) -> None:
         if not self.enabled:
             return
         if self._bar is not None:
             self._bar.close()
-        else:
+        elif self._interactive:
             print(file=sys.stderr)
