@@ -671,3 +671,19 @@ def test_a_signal_during_a_checkpoint_save_is_raised_after_it_and_a_second_one_a
         assert [entry["epoch"] for entry in checkpointer.entries()] == [10]  # the save cut short is not committed
     finally:
         checkpointer.close()
+
+
+def test_output_into_a_pipe_that_closes_early_ends_quietly_with_status_141(tmp_path):
+    """`jgrad ... | head`: the reader goes away while the command still writes to stdout. That ends the
+    command with status 141 (as SIGPIPE would) and nothing on stderr, where it printed
+    '[Errno 32] Broken pipe' and exited 2."""
+    script = ("import jgrad.cli as cli, jgrad.cli._commands as commands\n"
+              "commands.COMMANDS['eval'] = lambda args: [print('x' * 1000, flush=True) for _ in range(10000)]\n"
+              "raise SystemExit(cli.main())\n")
+    process = subprocess.Popen([sys.executable, "-c", script, "eval", "--workdir", str(tmp_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.read(10) == b"x" * 10
+    process.stdout.close()
+    with process.stderr:
+        assert process.wait(timeout=60) == 141
+        assert process.stderr.read() == b""

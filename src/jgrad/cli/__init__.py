@@ -11,7 +11,8 @@ Examples::
 Every error prints one line to stderr naming what is wrong and the file involved, and exits with
 status 2 (1 for a diverged run), without a traceback; set ``JGRAD_TRACEBACK=1`` to see one. Ctrl-C
 (SIGINT) and SIGTERM stop a command the same way, with status 130 and 143; ``jgrad train`` then says
-which epoch its last checkpoint holds and the command that resumes it. This module imports only the
+which epoch its last checkpoint holds and the command that resumes it. Output into a pipe that closes
+early (``jgrad train ... | head``) ends the command quietly with status 141, as SIGPIPE would. This module imports only the
 standard library, so ``jgrad --help`` starts fast; the commands import the training stack when they run.
 """
 
@@ -97,8 +98,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if whole_process:
             exit_now(128 + signum)
         return 128 + signum
+    except BrokenPipeError:  # the reader of stdout went away (`jgrad train ... | head`): nothing to report
+        _stdout_to_devnull()
+        return 128 + signal.SIGPIPE
     except Exception as error:  # noqa: BLE001 - every failure becomes one line and an exit status
         if os.environ.get("JGRAD_TRACEBACK"):
             raise
         print(f"jgrad {args.command}: {one_line(error, _commands.files_of(args))}", file=sys.stderr)
         return exit_status(error)
+
+
+def _stdout_to_devnull() -> None:
+    """Points the process's stdout at /dev/null, so that the flush at exit does not fail on the closed
+    pipe again (Python would print "Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # a stdout without a file descriptor (captured output)
+        pass
