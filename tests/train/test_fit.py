@@ -276,3 +276,14 @@ def test_progress_writes_plain_lines_where_stderr_is_not_a_terminal(monkeypatch,
         lines = err.splitlines()
         assert "\r" not in err and len(lines) == 11 and lines[0] == "train 1/100 loss=0.5000"
         assert lines[-1] == "train 100/100 loss=0.5000"
+
+
+def test_progress_leaves_out_a_split_without_nodes(monkeypatch, capsys):
+    """The karate club has no validation nodes: the bar showed val_acc=0.0000 where the table reads "-"."""
+    data = karate_club()
+    assert not np.any(np.asarray(data.val_mask)) and np.any(np.asarray(data.test_mask))
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    fit(make_model(data), data, make_optimizer(0.01), seeds=1, epochs=4, log_every=2,
+        early_stopping=EarlyStopping("none"), progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train ")]
+    assert lines and all("loss=" in line and "test_acc=" in line and "val_acc" not in line for line in lines)

@@ -253,6 +253,9 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
     run_seconds = 0.0
     saved_epoch = start if resumed else None
     bar = Progress(epochs, initial=start, enabled=progress)
+    # the split accuracies the bar shows: not those of a split without nodes (0, read as "-" in the table)
+    shown = ["loss"] + [f"{split}_acc" for split in ("val", "test")
+                        if np.any(np.asarray(getattr(dataset, f"{split}_mask", True)))]
     try:
         while epoch < epochs and not bool(np.all(jax.device_get(state.stopped))):
             length = min(log_every, epochs - epoch)
@@ -265,9 +268,7 @@ def _fit(make_model, dataset, optimizer, seeds, epochs, early_stopping, log_ever
             if log is not None:
                 log.append(epoch + 1, metrics)
             epoch += length
-            bar.update(length, {"loss": float(np.mean(metrics["loss"][-1])),
-                                "val_acc": float(np.mean(metrics["val_acc"][-1])),
-                                "test_acc": float(np.mean(metrics["test_acc"][-1]))})
+            bar.update(length, {name: float(np.mean(metrics[name][-1])) for name in shown})
             finished = epoch >= epochs or bool(np.all(metrics["stopped"][-1]))
             if checkpointer is not None and (epoch % checkpoint_every == 0 or finished):
                 checkpointer.save(epoch, state, **run_info, finished=finished, metrics_bytes=log.size(),
