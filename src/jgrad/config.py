@@ -158,6 +158,9 @@ def config_from_dict(values: Mapping[str, Any] | None, cls: type = Config, prefi
       ConfigError: naming every unknown key (with the valid ones) and every mistyped or out-of-range
         value, one per line (at most ten, then how many more).
     """
+    if cls is Config and isinstance(values, Mapping) and "attack" in values:  # not a list of seven unknown keys
+        raise ConfigError("config: has an 'attack' section: it is a structure-attack experiment config, not a "
+                          "training config; run it with python experiments/structure_attack.py --config <this file>.")
     problems: list[str] = []
     config = _build(values, cls, prefix, problems)
     if not problems and cls is Config:

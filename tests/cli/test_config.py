@@ -40,6 +40,13 @@ def test_unknown_section_is_named_with_the_valid_sections():
         config_from_dict({"trian": {}})
 
 
+def test_a_structure_attack_config_is_named_as_such():
+    """It gave seven 'unknown key' problems; it is one line saying which script reads it."""
+    with pytest.raises(ConfigError, match=r"^config: .*structure_attack.yaml: has an 'attack' section: it is a structure-attack experiment "
+                       r"config, not a training config; run it with python experiments/structure_attack.py"):
+        load_config(CONFIG_DIR / "structure_attack.yaml")
+
+
 def test_mistyped_value_names_the_key_and_type():
     with pytest.raises(ConfigError, match=r"config: model\.hidden must be int; got '16' \(str\), expected a value in \[1, 65536\]\."):
         config_from_dict({"model": {"hidden": "16"}})
