@@ -256,7 +256,10 @@ class AdjacencyGrad:
             raise ValueError(f"{where}: k is larger than the number of pairs; got k={k}, expected k <= "
                              f"n_nodes**2={self.n_nodes ** 2}.")
         if among == "edges":
-            return _TOPK_EDGES(self, k, sign)
+            pairs = _distinct_edges(self)
+            if pairs is None:  # traced indices: the pairs are found with XLA's sort
+                return _TOPK_EDGES(self, k, sign)
+            return _TOPK_PAIRS(self, k, sign, *pairs)
         block = _block_rows(block_size, self.n_nodes)
         window = None
         if among == "non_edges":  # with concrete indices, the static number of edges per row block
@@ -314,6 +317,11 @@ class AdjacencyGrad:
         score = jnp.where(keep, score, -jnp.inf)
         count = min(k, int(score.shape[0]))
         best, index = jax.lax.top_k(score, count)
+        return _finish(best, rows[index], cols[index], sign, k)
+
+    def _topk_pairs(self, k: int, sign: int, rows: jax.Array, cols: jax.Array) -> AdjacencyTopK:
+        """The top k of ``sign * dL/dA`` among the distinct pairs ``(rows, cols)``, sorted by row, then col."""
+        best, index = jax.lax.top_k(sign * self.at(rows, cols), min(k, int(rows.shape[0])))
         return _finish(best, rows[index], cols[index], sign, k)
 
     def _topk_blocks(self, k: int, sign: int, non_edges: bool, block_size: int,
@@ -413,6 +421,7 @@ jax.tree_util.register_dataclass(
 
 # topk compiled once per (gradient structure, k, sign, candidates, block size, window)
 _TOPK_EDGES = jax.jit(AdjacencyGrad._topk_edges, static_argnums=(1, 2))
+_TOPK_PAIRS = jax.jit(AdjacencyGrad._topk_pairs, static_argnums=(1, 2))
 _TOPK_BLOCKS = jax.jit(AdjacencyGrad._topk_blocks, static_argnums=(1, 2, 3, 4, 5))
 _TOPK_SCAN = jax.jit(AdjacencyGrad._topk_scan, static_argnums=(1, 2, 3, 4))
 _EDGES_BY_BLOCK = jax.jit(lambda grad, block, n_blocks, window: _edges_by_block(grad, block, n_blocks, window)[:3],
@@ -435,6 +444,32 @@ def _finish(best: jax.Array, rows: jax.Array, cols: jax.Array, sign: int, k: int
         rows = jnp.concatenate([rows, jnp.full((pad,), -1, jnp.int32)])
         cols = jnp.concatenate([cols, jnp.full((pad,), -1, jnp.int32)])
     return AdjacencyTopK(values, rows, cols)
+
+
+def _distinct_edges(grad: AdjacencyGrad) -> tuple[jax.Array, jax.Array] | None:
+    """The distinct existing pairs of `AdjacencyGrad._edge_pairs` (padding edges and edges touching a
+    padding node left out), sorted by row, then col, found on the host; None when the indices are traced.
+
+    One numpy sort of int64 keys: 0.5 s for 1.2·10^7 edges, where the three-key sort in XLA that
+    `_topk_edges` runs under ``jit`` takes 5.6 s.
+    """
+    try:
+        rows, cols = np.asarray(grad.receivers, np.int64), np.asarray(grad.senders, np.int64)
+        if grad.edge_mask is not None:
+            valid = np.asarray(grad.edge_mask, bool)
+            rows, cols = rows[valid], cols[valid]
+        if grad.node_mask is not None:
+            real = np.asarray(grad.node_mask, bool)
+            valid = real[rows] & real[cols]
+            rows, cols = rows[valid], cols[valid]
+    except jax.errors.TracerArrayConversionError:
+        return None
+    if grad.is_symmetric:
+        rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
+    n = max(grad.n_nodes, 1)
+    keys = np.sort(rows * n + cols)  # np.unique took 13 s for 1.2·10^7 keys (numpy 2.4), the sort 0.5 s
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
+    return jnp.asarray(keys // n, jnp.int32), jnp.asarray(keys % n, jnp.int32)
 
 
 def _block_rows(block_size: int, n: int) -> int:
