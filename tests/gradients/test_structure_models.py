@@ -401,3 +401,78 @@ def test_no_tap_is_left_in_a_model_outside_adjacency_grad():
     tapped = jax.make_jaxpr(lambda g, x: _pyg_gcn(g, x))(jgrad.Graph(**{**graph.__dict__, "tapped": True}),
                                                          _params())
     assert "jgrad_tap_aggregate" in str(tapped) and "jgrad_tap_scaled" in str(tapped)
+
+
+# --------------------------------------------------------------------------------------------------
+# The probes compare two losses computed on the same code path
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("model_name", ["gin", "gcn"])
+def test_a_loss_that_is_zero_up_to_rounding_passes_the_structure_probe(dtype, model_name):
+    """A margin at the decision boundary, or the output's change from the clean output along a fixed
+    direction, is 0 up to rounding at the clean graph. Compared with the loss of the gradient's pass
+    (another program, on the graph without an edge mask), the probed loss changed by up to 100% of
+    itself: the call raised, and inside jit every entry was NaN. Both losses now come from one
+    program, on one code path."""
+    with jax.enable_x64(dtype == "float64"):
+        graph = _graph()
+        graph = graph.with_edge_weight(graph.edge_weight.astype(dtype))
+        params = _params()
+        x = params["x"].astype(dtype)
+        options = dict(dropout=0.0, rngs=nnx.Rngs(0), param_dtype=jnp.dtype(dtype))
+        model = (jgrad.nn.GIN(F_IN, HIDDEN, CLASSES, **options) if model_name == "gin"
+                 else jgrad.nn.GCN(F_IN, HIDDEN, CLASSES, **options))
+        clean = model(graph, x)
+
+        def margin(g, x):  # node 5's margin against its clean value
+            out = model(g, x)
+            return out[5, 0] - out[5, 1] - (clean[5, 0] - clean[5, 1])
+
+        def shift(g, x):  # the output's change from the clean output, along a fixed direction
+            return jnp.sum((model(g, x) - clean) * params["c"].astype(dtype))
+
+        for loss in (margin, shift):
+            factored = adjacency_grad(loss, graph, x)
+            # dense mode's own check compares loss values across two programs: it raises for these losses
+            dense = adjacency_grad(loss, graph, x, mode="dense", check=False)
+            scale = np.abs(np.asarray(dense.dense())).max()
+            np.testing.assert_allclose(factored.dense(), dense.dense(), rtol=0,
+                                       atol=(1e-5 if dtype == "float32" else 1e-12) * max(scale, 1.0))
+            inside = jax.jit(lambda w: adjacency_grad(loss, graph.with_edge_weight(w), x).dense())(graph.edge_weight)
+            assert np.isfinite(np.asarray(inside)).all()
+
+
+def test_a_loss_that_is_zero_up_to_rounding_passes_the_zero_degree_probe(x64):
+    """Nodes 7, 8 and 9 receive nothing; one mean plus one GIN layer, over nodes 0..6, does not depend
+    on their means (nor on the edges into them): their rows are 0, also when the loss is the output's
+    change from the clean output along a fixed direction, 0 up to rounding at the clean graph. It
+    raised, as if the loss depended on them."""
+    graph, params = _graph(), _params()
+    x = params["x"]
+    mean = jgrad.nn.functional.mean_aggregate
+    gin = jgrad.nn.GINConv(F_IN, F_IN, eps=0.3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    clean = jnp.tanh(mean(graph, x) + gin(graph, x))[:7]
+
+    def shift(g, x):
+        return jnp.sum((jnp.tanh(mean(g, x) + gin(g, x))[:7] - clean) * params["c"][:7, :1])
+
+    reference = adjacency_grad(shift, graph, x, mode="dense", check=False).dense()
+    result = adjacency_grad(shift, graph, x).dense()
+    np.testing.assert_allclose(result, reference, rtol=0, atol=1e-10 * np.abs(reference).max())
+    np.testing.assert_array_equal(np.asarray(result)[7:], 0.0)
+
+
+def test_a_model_reading_the_edge_count_of_each_graph_of_a_batch_raises_naming_the_cause():
+    """``n_edge_per_graph`` counts the probe's added edges: the probe sees the model read it (it was
+    None in the probed graph, and the model failed with a TypeError)."""
+    rng = np.random.default_rng(0)
+    graphs = [jgrad.Graph.from_edges(rng.integers(0, n, 3 * n), rng.integers(0, n, 3 * n), n) for n in (6, 9, 4)]
+    x = jnp.asarray(rng.standard_normal((19, 3)), jnp.float32)
+
+    def per_graph_mean(g, x):  # a readout divided by each graph's edge count
+        out = jgrad.nn.functional.readout(g, jnp.tanh(jgrad.ops.spmm(g, x)), "sum")
+        return jnp.sum(out / g.n_edge_per_graph[:, None])
+
+    for graph in (jgrad.batch(graphs), jgrad.pad(jgrad.batch(graphs), 25, 80)):
+        with pytest.raises(ValueError, match="reads which edges exist, not only their weights"):
+            adjacency_grad(per_graph_mean, graph, jnp.zeros((graph.n_nodes, 3)).at[:19].set(x))
