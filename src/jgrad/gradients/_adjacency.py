@@ -367,8 +367,8 @@ class AdjacencyGrad:
                 er = jax.lax.dynamic_slice(edge_rows, (start,), (window,)) - r0
                 ec = jax.lax.dynamic_slice(edge_cols, (start,), (window,))
                 er = jnp.where((er >= 0) & (er < block), er, block)  # other blocks' edges: to a spare row
-                spare = jnp.full((1, scores.shape[1]), -jnp.inf, scores.dtype)  # sliced off again, so no
-                scores = jnp.concatenate([scores, spare]).at[er, ec].set(-jnp.inf)[:block]  # scatter is OOB
+                spare = jnp.full((1, scores.shape[1]), -jnp.inf, scores.dtype)  # so no scatter is OOB
+                scores = jnp.concatenate([scores, spare]).at[er, ec].set(-jnp.inf)
             # exact top-k in two steps: the best k chunks by their maximum hold the best k entries
             chunks = scores.reshape(-1, chunk)
             _, chunk_index = jax.lax.top_k(chunks.max(axis=1), per_block)
