@@ -239,6 +239,28 @@ def test_to_undirected_reduce_is_elementwise_for_multi_head_weights():
     np.testing.assert_array_equal(u.edge_weight, [[1.0, 4.0], [1.0, 4.0]])
 
 
+def test_to_undirected_looks_up_the_reverse_edges_in_sorted_order(monkeypatch):
+    """The reverse keys of a graph sorted by receiver are in random order; searched as they come, every
+    step of every binary search missed the cache: to_undirected of a 1e6-node graph with 1.2e7 random
+    edges took 26.7 s, 13.8 s of it in np.searchsorted (1.8 s with the needles sorted first)."""
+    searchsorted = np.searchsorted
+
+    def sorted_needles_only(keys, needles, *args, **kwargs):
+        assert np.all(np.diff(needles) >= 0), "np.searchsorted called with unsorted needles"
+        return searchsorted(keys, needles, *args, **kwargs)
+
+    rng = np.random.default_rng(0)
+    senders, receivers = rng.integers(0, 30, 200), rng.integers(0, 30, 200)
+    g = Graph.from_edges(senders, receivers, n_nodes=30, edge_weight=rng.random(200).astype(np.float32))
+    expected = to_undirected(g, reduce="max")
+    monkeypatch.setattr(np, "searchsorted", sorted_needles_only)
+    got = to_undirected(g, reduce="max")
+    for name in ("senders", "receivers", "edge_weight"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+    dense = np.asarray(g.coalesce().to_dense())
+    np.testing.assert_array_equal(got.to_dense(), np.where(dense.T != 0, np.maximum(dense, dense.T), dense))
+
+
 def test_to_undirected_rejects_an_unknown_reduce():
     g = Graph.from_edges([0], [1], n_nodes=2)
     with pytest.raises(ValueError, match=r"to_undirected: unknown reduce 'sum'; expected None or one of 'mean'"):
