@@ -166,6 +166,27 @@ def test_the_directed_check_sorts_its_keys_instead_of_calling_plain_np_unique(mo
     np.testing.assert_array_equal(pairs.cols, [1, 4])
 
 
+def test_the_directed_check_looks_up_reverse_edges_in_sorted_order(monkeypatch):
+    """For edges not sorted by receiver the reverse keys come in random order, and searching them as
+    they come missed the cache at every step: the check took 16.6 s on a shuffled 1e6-node graph with
+    1.2e7 edges, 1.7 s with the needles sorted first."""
+    searchsorted = np.searchsorted
+
+    def sorted_needles_only(keys, needles, *args, **kwargs):
+        assert np.all(np.diff(needles) >= 0), "np.searchsorted called with unsorted needles"
+        return searchsorted(keys, needles, *args, **kwargs)
+
+    monkeypatch.setattr(np, "searchsorted", sorted_needles_only)
+    x = jnp.ones((6, 2), jnp.float32)
+    shuffled = jgrad.Graph.from_edges([3, 0, 5, 1, 4, 2, 0, 5], [0, 1, 2, 0, 5, 5, 3, 4], 6)  # undirected
+    pairs = edge_grad(_model, shuffled, x, symmetric=True)
+    np.testing.assert_array_equal(pairs.rows, [0, 0, 2, 4])
+    np.testing.assert_array_equal(pairs.cols, [1, 3, 5, 5])
+    directed = jgrad.Graph.from_edges([3, 0, 5, 1, 4, 2, 0], [0, 1, 2, 0, 5, 5, 3], 6)  # 5 -> 4 missing
+    with pytest.raises(ValueError, match="got edge 4 -> 5 without 5 -> 4"):
+        edge_grad(_model, directed, x, symmetric=True)
+
+
 def test_symmetric_on_undirected_and_padded_graphs_equals_adjacency_grad(x64):
     graph, _ = _graph_and_features()
     undirected = graph.to_undirected(reduce="mean")
