@@ -114,7 +114,13 @@ def sort_by_receiver(graph: Graph) -> tuple[Graph, jax.Array]:
     """
     check_graph("sort_by_receiver", graph)
     _checks.check_graph_indices("sort_by_receiver", graph)
-    perm = jnp.lexsort((graph.senders, graph.receivers)).astype(jnp.int32)
+    if _checks.is_concrete(graph.senders, graph.receivers):
+        # the same stable order from one numpy sort of int64 keys: 1.2·10^7 edges in 1-2 s, where
+        # XLA's two-key sort takes 5-6 s
+        key = np.asarray(graph.receivers, np.int64) * max(graph.n_nodes, 1) + np.asarray(graph.senders, np.int64)
+        perm = jnp.asarray(np.argsort(key, kind="stable"), jnp.int32)
+    else:
+        perm = jnp.lexsort((graph.senders, graph.receivers)).astype(jnp.int32)
     take = lambda a: None if a is None else a[perm]
     sorted_graph = dataclasses.replace(
         graph,
