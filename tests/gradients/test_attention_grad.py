@@ -169,6 +169,29 @@ def test_gat_module_with_normalise_mode_is_exact(x64):
     np.testing.assert_allclose(grad.dense(), reference, rtol=0, atol=1e-10 * np.abs(reference).max())
 
 
+def test_a_weight_zero_edge_changes_neither_the_normalised_attention_nor_its_rounding(x64):
+    """An edge of weight 0 is a missing one: the layer's output is the same to the last bit, even when its
+    logit is far above the others (the softmax shift used to include it: with features scaled x100 the
+    real terms lost their digits and adjacency_grad's probe, one weight-0 edge per node, saw a change).
+    Its derivative is the dense model's at that pair."""
+    graph, (params, x, _) = _graph(), _problem()
+    params = params[0]
+    layer = lambda g, x: F.gat_conv(params, g, x, edge_weight_mode="normalise", add_self_loops=False)  # noqa: E731
+    big = 100 * x
+    extra = jgrad.Graph.from_edges(np.concatenate([np.asarray(graph.senders), np.arange(N)]),  # u -> 0, weight 0
+                                   np.concatenate([np.asarray(graph.receivers), np.zeros(N, int)]), N,
+                                   edge_weight=jnp.concatenate([graph.edge_weight, jnp.zeros(N)]))
+    for features in (x, big):
+        np.testing.assert_array_equal(layer(extra, features), layer(graph, features))
+    at_zero = jax.grad(lambda w: jnp.sum(jnp.tanh(layer(extra.with_edge_weight(w), x))))(extra.edge_weight)
+    dense = jax.grad(lambda a: jnp.sum(jnp.tanh(_dense_layer(params, a, x, True, False))))(graph.to_dense())
+    missing = np.flatnonzero(np.asarray(graph.to_dense())[0] == 0)
+    np.testing.assert_allclose(at_zero[-N:][missing], dense[0, missing], rtol=1e-10)
+    looped = lambda g, x: F.gat_conv(params, g, x, edge_weight_mode="normalise")  # noqa: E731
+    scaled = jgrad.adjacency_grad(lambda g, x: jnp.sum(jnp.tanh(looped(g, 100 * x))), graph, x)  # no false alarm
+    assert float(scaled.edge_error) <= 1e-8
+
+
 def test_normalise_equals_after_softmax_on_an_unweighted_graph():
     graph = jgrad.Graph.from_edges([0, 1, 2, 2, 3], [1, 2, 0, 3, 3], 4)
     params = jax.tree.map(lambda a: a.astype(jnp.float32), _layer_params(2, 2, 3, 0, 6))

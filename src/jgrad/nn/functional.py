@@ -666,11 +666,17 @@ def _weighted_softmax(graph: Graph, logits: jax.Array) -> tuple[jax.Array, jax.A
 
     logits (E, H); returns alpha (E, H) and the log-normaliser (N, H) of ``Z[v] = sum w exp(logits)``
     (``+inf`` where ``Z[v] = 0``: such nodes get alpha 0, with finite gradients). The max shift is a
-    constant (the ratio does not depend on it).
+    constant (the ratio does not depend on it): the largest logit of the edges of positive weight, the
+    terms of Z, unless an edge of weight 0 (no term, but a derivative ``exp(logit - shift) / Z``) has a
+    logit more than ``C = log(float max) / 2`` above it; then that logit minus C. So weight-0 edges
+    change neither the values nor their rounding (an edge of weight 0 acts as a missing one, also
+    for `jgrad.adjacency_grad`'s probe), and their derivatives stay below ``exp(C)``.
     """
     n, receivers, mask = graph.n_nodes, graph.receivers, graph.edge_mask
     weight = _column(graph.weights(logits.dtype).astype(logits.dtype))  # padding edges weigh 0
-    shift = jax.lax.stop_gradient(segment_max(logits, receivers, n, mask=mask))  # (N, H)
+    headroom = math.log(jnp.finfo(logits.dtype).max) / 2
+    candidates = jnp.where(weight > 0, logits, logits - headroom)
+    shift = jax.lax.stop_gradient(segment_max(candidates, receivers, n, mask=mask))  # (N, H)
     exponent = logits - shift[receivers]
     if mask is not None:
         exponent = jnp.where(mask[:, None], exponent, -jnp.inf)
