@@ -384,6 +384,64 @@ def test_zero_degree_nodes_that_the_loss_does_not_reach_get_exact_zeros(x64):
         adjacency_grad(lambda g, x: jnp.tanh(mean(g, jnp.tanh(mean(g, x))))[:7].sum(), graph, x)
 
 
+def test_a_training_loss_of_a_mean_model_is_exact_with_isolated_nodes_outside_the_training_set(x64):
+    """The robustness setting: a two-layer SAGE (mean) with jgrad.train's masked cross-entropy over the
+    training nodes; nodes 8 and 9 are isolated and not training nodes (as Citeseer's 48 isolated nodes).
+    That raised for every such node; their rows are 0, exactly, as the dense model's. (Node 7, also
+    without incoming edges, sends to training nodes: with it, the call raises.)"""
+    base = _graph()
+    graph = jgrad.Graph.from_edges(np.append(np.asarray(base.senders), 0), np.append(np.asarray(base.receivers), 7),
+                                   N, edge_weight=np.append(np.asarray(base.edge_weight), 1.0))
+    rng = np.random.default_rng(7)
+    x, labels = jnp.asarray(rng.standard_normal((N, F_IN))), jnp.asarray(rng.integers(0, CLASSES, N))
+    train = jnp.arange(N) < 6
+    model = jgrad.nn.GraphSAGE(F_IN, HIDDEN, CLASSES, aggregator="mean", dropout=0.0, rngs=nnx.Rngs(0),
+                               param_dtype=jnp.float64)
+
+    def loss(g, x):
+        return jgrad.train.masked_cross_entropy(model(g, x), labels, train)[0]
+
+    reference = adjacency_grad(loss, graph, x, mode="dense").dense()
+    result = adjacency_grad(loss, graph, x).dense()
+    np.testing.assert_allclose(result, reference, rtol=0, atol=1e-10 * np.abs(reference).max())
+    np.testing.assert_array_equal(np.asarray(result)[8:], 0.0)
+    with pytest.raises(ValueError, match="node 7 has no incoming weight"):
+        adjacency_grad(loss, base, x)
+
+
+def test_a_zero_degree_node_the_loss_depends_on_raises_even_where_an_added_edge_would_carry_nothing(x64):
+    """Nodes 0 and 9 receive nothing; the loss covers 9 but not 0. An edge 0 -> 9 would leave the loss
+    as it is (node 0's features are 0: the mean at 9 'jumps' from 0 to 0), an edge from any other node
+    would not: the loss depends on node 9, which a probe with one added edge per node missed. NaN in
+    what the zero degrees leave undefined reaches the loss: that raises, and inside jit those rows are
+    NaN."""
+    graph = jgrad.Graph.from_edges([1, 2, 3, 4, 5, 6, 7, 8], [2, 3, 4, 5, 6, 7, 8, 1], N)
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((N, F_IN))).at[0].set(0.0)
+    model = lambda g, x: jnp.tanh(jgrad.nn.functional.mean_aggregate(g, x))[1:].sum()  # noqa: E731
+    with pytest.raises(ValueError, match=r"node 0 has no incoming weight .*\(1 more such nodes\), and a loss that depends"):
+        adjacency_grad(model, graph, x)
+    inside = jax.jit(lambda w: adjacency_grad(model, graph.with_edge_weight(w), x).dense())(jnp.ones(8))
+    assert np.flatnonzero(np.isnan(np.asarray(inside)).any(axis=1)).tolist() == [0, 9]
+
+
+def test_a_smooth_dependence_on_a_zero_degree_node_is_not_taken_for_a_jump(x64):
+    """Node 0 receives nothing (a directed graph). A GCN layer (with self loops: smooth in A everywhere)
+    then a mean, with the loss over every node but 0: the mean at 0 does not reach the loss, but an edge
+    into 0 changes node 0's GCN output, which reaches others. A probe edge of weight 1 saw that smooth
+    change and raised; the derivative exists, and equals the dense model's."""
+    graph = jgrad.Graph.from_edges([0, 0, 1, 2, 3, 4], [1, 2, 2, 3, 4, 1], 5)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((5, F_IN)))
+    w1 = jnp.asarray(np.random.default_rng(6).standard_normal((F_IN, 3)))
+
+    def model(g, x):
+        h = jnp.tanh(jgrad.ops.spmm(jgrad.ops.gcn_norm(g), x @ w1))
+        return jnp.tanh(jgrad.nn.functional.mean_aggregate(g, h))[1:].sum()
+
+    reference = adjacency_grad(model, graph, x, mode="dense").dense()
+    np.testing.assert_allclose(adjacency_grad(model, graph, x).dense(), reference, rtol=0,
+                               atol=1e-10 * np.abs(reference).max())
+
+
 def test_inside_jit_a_failed_check_gives_nan_instead_of_a_wrong_gradient():
     graph = _graph()
     x = jnp.ones((N, F_IN), jnp.float32)

@@ -646,8 +646,8 @@ def adjacency_grad(
         disagreement makes every entry NaN instead. ``edge_error`` always holds the measured error.
         In factored mode, also raise (inside ``jit``: NaN in the node's row) when a normalisation
         divides by a real node's zero degree (a mean at a node with no incoming weight), where the
-        model is not differentiable in A, and the loss depends on such nodes (one more edge into
-        each changes it; if not, their rows are 0); ``check=False`` gives 0 in such rows.
+        model is not differentiable in A, and the loss depends on such nodes (NaN in their outputs
+        reaches it; if not, their rows are 0); ``check=False`` gives 0 in such rows.
       force: allow ``mode="dense"`` above 2048 nodes (never above 46340: N^2 edges need int32 indices).
 
     Returns:
@@ -686,9 +686,10 @@ def adjacency_grad(
     return result.symmetric() if symmetric else result
 
 
-def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> tuple[AdjacencyGrad, dict, jax.Array]:
-    """The factored gradient, the real nodes at which it does not exist (see `_raise_if_undefined`),
-    and the loss."""
+def _factored_build(graph: Graph, w: jax.Array, arrays: list, *,
+                    call: Call) -> tuple[AdjacencyGrad, dict, jax.Array, jax.Array]:
+    """The factored gradient, the real nodes at which it may not exist (see `_raise_if_undefined`), the
+    loss, and whether the loss depends on those nodes (a scalar bool)."""
     where = "adjacency_grad"
     args = rebuild_args(call, arrays)
     n = graph.n_nodes
@@ -698,9 +699,9 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> 
 
     closed = _recording.trace(call.fn, tracked(w), args)
 
-    def run(probes, w):
+    def run(probes, w, poison=False):
         graph_w = tracked(w)
-        interpreter = _recording.Interpreter(n, probes, node_mask=graph.node_mask)
+        interpreter = _recording.Interpreter(n, probes, node_mask=graph.node_mask, poison=poison)
         inputs = _recording.array_leaves(graph_w, args)
         (value,) = interpreter.run(closed, inputs, graph_w.edge_weight, graph_w.senders, graph_w.receivers)
         check_scalar(where, value)
@@ -723,20 +724,27 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *, call: Call) -> 
     result = _assemble([term.kind for term in terms], probe_grads, data, graph, w.dtype)
     result = dataclasses.replace(result, edge_error=_edge_error(result, weight_grad, graph.edge_mask))
     none = jnp.zeros((n,), bool)
-    return result, {norm: none if nodes is None else nodes for norm, nodes in undefined.items()}, value
+    rows = {norm: none if nodes is None else nodes for norm, nodes in undefined.items()}
+    # pass 3, only if a normalisation divided by a zero degree: the loss with NaN in what that left
+    # undefined (`_felt_by_the_loss`)
+    depends = jax.lax.cond(jnp.any(rows["row"] | rows["sym"] | rows["attention"]),
+                           lambda w: jnp.isnan(run(None, w, poison=True)[0]), lambda w: jnp.zeros((), bool), w)
+    return result, rows, value, depends
 
 
-def _felt_by_the_loss(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.Array, rows: dict) -> dict:
-    """``rows`` (see `_raise_if_undefined`) if the loss changes when one edge of weight 1 goes into each
-    of their nodes, else no rows: a loss that does not depend on those nodes has dL/dA = 0 there."""
-    nodes = rows["row"] | rows["sym"] | rows["attention"]
-    if is_concrete(nodes) and not np.asarray(nodes).any():
-        return rows
-    change = _structure.loss_change(fn, graph, args, weight, loss, nodes, 1.0)
-    felt = ~(change <= _structure.tolerance(weight.dtype))
-    if is_concrete(felt):
-        return rows if bool(felt) else {kind: jnp.zeros_like(mask) for kind, mask in rows.items()}
-    return {kind: mask & felt for kind, mask in rows.items()}
+def _felt_by_the_loss(rows: dict, depends: jax.Array) -> dict:
+    """``rows`` (see `_raise_if_undefined`) if the loss depends on their nodes, else no rows: a loss that
+    does not depend on them has dL/dA = 0 there, exactly.
+
+    ``depends``: whether the loss is NaN with NaN in everything a zero degree leaves undefined (the
+    scaled outputs at those nodes and, with a symmetric scaling, their messages; their attention rows;
+    `_recording.Interpreter`'s ``poison``). A loss that is not NaN then never computed with those
+    values, so no jump of theirs reaches it. NaN can reach a loss that does not depend on them, by a
+    product with 0 (``(per_node * mask).sum()`` rather than ``jnp.where``): then it raises, to be safe.
+    """
+    if is_concrete(depends):
+        return rows if bool(depends) else {kind: jnp.zeros_like(mask) for kind, mask in rows.items()}
+    return {kind: mask & depends for kind, mask in rows.items()}
 
 
 def _raise_if_undefined(rows: dict) -> None:
@@ -764,7 +772,7 @@ def _raise_if_undefined(rows: dict) -> None:
         raise ValueError(
             f"adjacency_grad: node {int(nodes[0])} has no incoming weight and the model {how}; got a model "
             f"that is not differentiable in A in that node's row{more}, and a loss that depends on such "
-            "nodes (one more edge into each changes it). Add self loops (graph.add_self_loops(), or "
+            "nodes (NaN in their outputs reaches it). Add self loops (graph.add_self_loops(), or "
             "add_self_loops=True), leave those nodes out of the loss, use jgrad.edge_grad for the existing "
             "edges, or pass check=False to take 0 in their rows."
         )
@@ -780,14 +788,14 @@ def _poisoned_rows(result: AdjacencyGrad, rows: dict) -> AdjacencyGrad:
 
 
 def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> AdjacencyGrad:
-    result, undefined_rows, value = run_cached(_factored_build, fn, args, ("factored",), graph, weight)
+    result, undefined_rows, value, depends = run_cached(_factored_build, fn, args, ("factored",), graph, weight)
     if not check:
         return result
     _raise_if_not_finite(value, result.edge_error)
-    undefined_rows = _felt_by_the_loss(fn, graph, args, weight, value, undefined_rows)
+    undefined_rows = _felt_by_the_loss(undefined_rows, depends)
     _raise_if_undefined(undefined_rows)
     _raise_if_nonlinear(result.edge_error, weight.dtype)
-    structure_error = _structure.structure_error(fn, graph, args, weight, value)
+    structure_error = _structure.structure_error(fn, graph, args, weight)
     _structure.raise_if_structural(structure_error, weight.dtype)
     if structure_error is not None:  # measured: edge_error holds it too (inside jit: NaN when too large)
         result = dataclasses.replace(result, edge_error=jnp.maximum(result.edge_error, structure_error))

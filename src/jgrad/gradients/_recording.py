@@ -87,6 +87,9 @@ class Interpreter:
       probes: one array per term, added to the tapped outputs; ``None`` to discover the terms (the
         outputs are then left as they are).
       node_mask: (N,) bool of the tracked graph's real nodes, or None (all real).
+      poison: make NaN what a zero degree leaves undefined: the inverse degrees at those nodes (so the
+        scaled outputs there, and with a symmetric scaling the messages they send), and the attention
+        rows there. Whether the loss is then NaN tells whether it depends on those nodes at all.
 
     Attributes:
       undefined: ``{"row": (N,) bool or None, "sym": ..., "attention": ...}``, the real nodes at which
@@ -94,10 +97,11 @@ class Interpreter:
         zero degree (total weight) of the tracked adjacency.
     """
 
-    def __init__(self, n_nodes: int, probes: list | None = None, *, node_mask: Any = None):
+    def __init__(self, n_nodes: int, probes: list | None = None, *, node_mask: Any = None, poison: bool = False):
         self.n_nodes = n_nodes
         self.probes = probes
         self.node_mask = node_mask
+        self.poison = poison
         self.undefined: dict[str, Any] = {"row": None, "sym": None, "attention": None}
         self.terms: list[Term] = []
         self._tags: dict[int, tuple[Any, Any]] = {}
@@ -222,8 +226,9 @@ class Interpreter:
                 return out
             data = (inputs[1], inputs[2], inputs[3], inputs[4], out, inputs[5])
             log_normaliser = inputs[4]  # (N, H): +inf where the node's total incoming weight is 0
-            self._record_undefined("attention", jnp.any(log_normaliser == jnp.inf, axis=-1))
-            return self._probe(Term(kind, tuple(out.shape), out.dtype, data), out)
+            zero = jnp.any(log_normaliser == jnp.inf, axis=-1)
+            self._record_undefined("attention", zero)
+            return self._poisoned(zero, self._probe(Term(kind, tuple(out.shape), out.dtype, data), out))
         kind = "aggregate" if direction == "direct" else "aggregate_t"
         return self._probe(Term(kind, tuple(out.shape), out.dtype, (u, tag.left, tag.right)), out)
 
@@ -232,7 +237,16 @@ class Interpreter:
         degree is 0, where the model jumps as soon as an edge into them is added."""
         if self._weights_tag(weight) is not None:
             self._record_undefined(norm, degree <= 0)
+            return self._poisoned(degree <= 0, inverse)
         return inverse
+
+    def _poisoned(self, zero, out):
+        """``out`` with NaN in the rows of the real nodes among ``zero`` (N,) bool, if ``poison``."""
+        if not self.poison:
+            return out
+        if self.node_mask is not None:
+            zero = zero & self.node_mask
+        return jnp.where(zero.reshape(zero.shape + (1,) * (out.ndim - 1)), jnp.asarray(jnp.nan, out.dtype), out)
 
     def _record_undefined(self, kind: str, zero) -> None:
         """Adds the real nodes among ``zero`` (N,) bool to ``undefined[kind]``."""

@@ -1,30 +1,24 @@
-"""Probes of a model with one more edge into some nodes: the factored `jgrad.adjacency_grad`'s checks of
-what the jaxpr cannot show.
+"""The structure probe: the factored `jgrad.adjacency_grad`'s check for uses of which edges exist.
 
-* **Uses of the structure** (`structure_error`). The factored gradient follows the weights. A model
-  that also reads which edges exist, e.g. an aggregation written by hand as
-  ``jax.ops.segment_sum(x[graph.senders], graph.receivers, n)``, an edge count or ``graph.n_edges``,
-  is not a function of A: adding an edge changes it by a jump, so dL/dA has no value at the missing
-  pairs, and the factors, which do not see those uses, agree with `edge_grad` at the existing edges
-  all the same. A function of A does not change when edges of weight 0 are added, so every real
-  node gets one more incoming edge of weight 0 and the loss must stay the same (up to rounding). It
-  runs once per model and graph shapes: a model that passed is not probed again (`_PASSED`).
-* **Whether the loss feels the nodes where a normalisation divided by a zero degree**
-  (`loss_change` with edges of weight 1 into those nodes only). There a mean jumps as soon as an edge
-  comes in, so dL/dA has no value in their rows unless the loss does not depend on them (a loss over
-  the training nodes, say, and isolated nodes elsewhere): then those rows are 0, exactly.
+The factored gradient follows the weights. A model that also reads which edges exist, e.g. an
+aggregation written by hand as ``jax.ops.segment_sum(x[graph.senders], graph.receivers, n)``, an edge
+count or ``graph.n_edges``, is not a function of A: adding an edge changes it by a jump, so dL/dA has
+no value at the missing pairs, and the factors, which do not see those uses, agree with `edge_grad`
+at the existing edges all the same. A function of A does not change when edges of weight 0 are added,
+so every real node gets one more incoming edge of weight 0 (from the next real node of its own graph)
+and the loss must stay the same up to rounding (`structure_error`). It runs once per model and graph
+shapes: a model that passed is not probed again (`_PASSED`). Inside the caller's ``jit`` it runs on
+every call, and a failure makes the result NaN.
 
-Each probe runs the model twice in one compiled function, on the graph with the added edges and on
+The probe runs the model twice in one compiled function, on the graph with the added edges and on
 the graph without them, both in the form the added edges need (an edge mask, no plan: the plain
 path), so that a sum or normalised model gives the same loss to the last bit even where the loss is
 0 up to rounding (a margin at the decision boundary, the output's change from a clean output):
 compared with the loss of the gradient's pass, another program on the graph as given, such a loss
-changed by up to 100% of itself. (A GAT's softmax shift, a maximum over every edge, still sees edges
-of weight 0: there the last bits can differ.) The probed graph's ``n_edge_per_graph`` counts the
-added edges. The added edge into node v comes from the next real node of v's own graph. A dependence
-the loss does not feel at the current values (behind a saturated ``tanh``) is not seen; nor is it by
-``mode="dense"``, which compares loss values the same way. Inside the caller's ``jit`` the probes run
-on every call, and a failure makes the result NaN.
+changed by up to 100% of itself. The probed graph's ``n_edge_per_graph`` counts the added edges. A use
+of the structure that the loss does not feel at the current values (behind a saturated ``tanh``), or
+only through another sender than the one added, is not seen; nor is it by ``mode="dense"``, which
+compares loss values the same way.
 """
 
 from __future__ import annotations
@@ -45,8 +39,8 @@ _PASSED: collections.OrderedDict = collections.OrderedDict()
 _REMEMBERED = 256
 
 
-def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.Array) -> jax.Array | None:
-    """Relative change of ``loss = fn(graph, *args)`` (weights ``weight``) when every real node gets one
+def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array) -> jax.Array | None:
+    """Relative change of ``fn(graph, *args)`` (weights ``weight``) when every real node gets one
     more incoming edge of weight 0: a scalar (traced inside the caller's jit), or None when this model
     and these shapes passed before."""
     key, _ = call_key(fn, args, ("structure",))
@@ -56,7 +50,7 @@ def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.
         _PASSED.move_to_end(signature)
         return None
     real = jnp.ones((graph.n_nodes,), bool) if graph.node_mask is None else graph.node_mask
-    error = loss_change(fn, graph, args, weight, loss, real, 0.0)
+    error = loss_change(fn, graph, args, weight, real, 0.0)
     if signature is not None and not isinstance(error, jax.core.Tracer) and float(error) <= tolerance(weight.dtype):
         _PASSED[signature] = True
         while len(_PASSED) > _REMEMBERED:
@@ -64,13 +58,10 @@ def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.
     return error
 
 
-def loss_change(fn, graph: Graph, args: tuple, weight: jax.Array, loss: jax.Array, into: jax.Array,
-                extra_weight: float) -> jax.Array:
+def loss_change(fn, graph: Graph, args: tuple, weight: jax.Array, into: jax.Array, extra_weight: float) -> jax.Array:
     """Relative change of ``fn(graph, *args)`` (weights ``weight``) when every real node in ``into``
     (N,) bool gets one more incoming edge of weight ``extra_weight``; a scalar. Both losses are computed
-    here, in one compiled function (see the module docstring): ``loss``, the value of the gradient's
-    pass, is not used."""
-    del loss  # the reference is recomputed next to the probed loss, on the same code path
+    here, in one compiled function (see the module docstring)."""
     return run_cached(_probe_build, fn, args, ("probe",), graph, weight, into,
                       jnp.asarray(extra_weight, weight.dtype))
 
