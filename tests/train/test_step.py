@@ -214,3 +214,15 @@ def test_epoch_steps_scan_over_float64_features(x64):
     assert jax.tree.map(lambda x: x.dtype, final) == jax.tree.map(lambda x: x.dtype, state)
     assert metrics["loss"].dtype == metrics["test_loss"].dtype == jnp.float64
     assert int(final.step) == 3 and float(final.best_val_loss) < np.inf
+
+
+def test_masked_cross_entropy_ignores_non_finite_rows_outside_the_mask():
+    """Rows outside the mask do not enter the loss, the accuracy or the gradient, even NaN or infinite
+    ones (a product with the mask made them NaN); inside the mask the values are unchanged."""
+    logits = jnp.array([[2.0, 0.5], [jnp.nan, 1.0], [0.1, jnp.inf]])
+    labels, mask = jnp.array([0, 1, 0]), jnp.array([True, False, False])
+    loss, accuracy = masked_cross_entropy(logits, labels, mask)
+    expected, _ = masked_cross_entropy(logits[:1], labels[:1], mask[:1])
+    assert float(loss) == float(expected) and float(accuracy) == 1.0
+    grad = jax.grad(lambda z: masked_cross_entropy(z, labels, mask)[0])(logits)
+    assert np.isfinite(np.asarray(grad)).all() and not np.asarray(grad)[1:].any()

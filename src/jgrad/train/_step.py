@@ -46,14 +46,18 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) 
     dtype = jnp.promote_types(logits.dtype, jnp.float32)
     weight = mask.astype(dtype)
     count = jnp.maximum(jnp.sum(weight), 1.0)
-    logits = logits.astype(dtype)
+    zero = jnp.zeros((), dtype)
+    # rows outside the mask are replaced before any arithmetic and left out with where, not a product
+    # with the mask: they do not enter the loss or its gradient even when they are NaN or infinite (which
+    # also tells jgrad.adjacency_grad that the loss does not depend on them)
+    logits = jnp.where(mask[:, None], logits.astype(dtype), zero)
     # optax.softmax_cross_entropy_with_integer_labels, bit for bit (in float32 and float64), with a
     # plain gather in place of take_along_axis, whose gradient checkify's index checks cannot process
     # (see jgrad.checked).
     rows = jnp.arange(logits.shape[0])
     losses = jax.nn.logsumexp(logits, axis=-1) - logits[rows, labels]
     hits = (jnp.argmax(logits, axis=-1) == labels).astype(dtype)
-    return jnp.sum(losses * weight) / count, jnp.sum(hits * weight) / count
+    return jnp.sum(jnp.where(mask, losses, zero)) / count, jnp.sum(jnp.where(mask, hits, zero)) / count
 
 
 def _check_labels(where: str, labels: Any, n_classes: int, mask: Any) -> None:
