@@ -709,8 +709,8 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *,
 
     # pass 1: which taps, of which shapes (abstract evaluation, no FLOPs)
     discovered: list = []
-    jax.eval_shape(lambda w: discovered.append(run(None, w)[1]) or 0.0, w)
-    terms = discovered[-1]
+    jax.eval_shape(lambda w: discovered.append(run(None, w)[1:]) or 0.0, w)
+    terms, normalised = discovered[-1][0], any(nodes is not None for nodes in discovered[-1][1].values())
     if not terms:  # no use of the adjacency that adjacency_grad follows: does the loss use it at all?
         check_weights_used(where, trace_of_weights(call.fn, tracked(w), args, w)[0])
     probes = [jnp.zeros(term.shape, term.dtype) for term in terms]
@@ -726,9 +726,11 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *,
     none = jnp.zeros((n,), bool)
     rows = {norm: none if nodes is None else nodes for norm, nodes in undefined.items()}
     # pass 3, only if a normalisation divided by a zero degree: the loss with NaN in what that left
-    # undefined (`_felt_by_the_loss`)
-    depends = jax.lax.cond(jnp.any(rows["row"] | rows["sym"] | rows["attention"]),
-                           lambda w: jnp.isnan(run(None, w, poison=True)[0]), lambda w: jnp.zeros((), bool), w)
+    # undefined (`_felt_by_the_loss`); not even compiled for a model without degree normalisations
+    depends = jnp.zeros((), bool)
+    if normalised:
+        depends = jax.lax.cond(jnp.any(rows["row"] | rows["sym"] | rows["attention"]),
+                               lambda w: jnp.isnan(run(None, w, poison=True)[0]), lambda w: depends, w)
     return result, rows, value, depends
 
 
