@@ -12,7 +12,7 @@ from jax.extend import core as jex_core
 
 from .._src._checks import check_graph, is_concrete
 from ..graph import Graph
-from ..graph._structure import sorted_lookup
+from .._src._search import sorted_lookup
 from ._compile import Call, rebuild_args, run_cached, split_arrays
 
 

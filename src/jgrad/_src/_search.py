@@ -1,0 +1,19 @@
+"""Host-side searches in sorted numpy arrays, shared by the graph transforms and the gradients' checks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sorted_lookup(keys: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(keys, needles)`` for sorted ``keys``, the needles searched in sorted order.
+
+    Needles in random order make every step of every binary search a cache miss: 1.2·10^7 reverse-edge
+    keys of a 10^6-node graph took 14 s, sorted first 1.8 s with the sort.
+    """
+    if needles.size < 2 or np.all(needles[1:] >= needles[:-1]):
+        return np.searchsorted(keys, needles)
+    order = np.argsort(needles)
+    position = np.empty(needles.shape, np.intp)
+    position[order] = np.searchsorted(keys, needles[order])
+    return position
