@@ -176,15 +176,15 @@ def test_a_weight_zero_edge_changes_neither_the_normalised_attention_nor_its_rou
     Its derivative is the dense model's at that pair."""
     graph, (params, x, _) = _graph(), _problem()
     params = params[0]
-    layer = lambda g, x: F.gat_conv(params, g, x, edge_weight_mode="normalise", add_self_loops=False)  # noqa: E731
+    layer = jax.jit(lambda g, x: F.gat_conv(params, g, x, edge_weight_mode="normalise", add_self_loops=False))
     big = 100 * x
     extra = jgrad.Graph.from_edges(np.concatenate([np.asarray(graph.senders), np.arange(N)]),  # u -> 0, weight 0
                                    np.concatenate([np.asarray(graph.receivers), np.zeros(N, int)]), N,
                                    edge_weight=jnp.concatenate([graph.edge_weight, jnp.zeros(N)]))
     for features in (x, big):
         np.testing.assert_array_equal(layer(extra, features), layer(graph, features))
-    at_zero = jax.grad(lambda w: jnp.sum(jnp.tanh(layer(extra.with_edge_weight(w), x))))(extra.edge_weight)
-    dense = jax.grad(lambda a: jnp.sum(jnp.tanh(_dense_layer(params, a, x, True, False))))(graph.to_dense())
+    at_zero = jax.jit(jax.grad(lambda w: jnp.sum(jnp.tanh(layer(extra.with_edge_weight(w), x)))))(extra.edge_weight)
+    dense = jax.jit(jax.grad(lambda a: jnp.sum(jnp.tanh(_dense_layer(params, a, x, True, False)))))(graph.to_dense())
     missing = np.flatnonzero(np.asarray(graph.to_dense())[0] == 0)
     np.testing.assert_allclose(at_zero[-N:][missing], dense[0, missing], rtol=1e-10)
     looped = lambda g, x: F.gat_conv(params, g, x, edge_weight_mode="normalise")  # noqa: E731
