@@ -450,7 +450,7 @@ def test_a_gradient_that_is_zero_at_every_edge_is_not_mistaken_for_a_non_linear_
 def test_at_over_many_pairs_holds_a_chunk_of_gathered_factor_rows_not_all(monkeypatch, attention):
     """The check against edge_grad and topk(among="edges") evaluate `at` at every edge: the (P, R)
     gathered factor rows must not all be in memory at once (1.2 GB each at 1.2e7 edges and R = 25)."""
-    from jgrad.gradients import _adjacency
+    from jgrad.gradients import _adjacency_result
     from flax import nnx
 
     n, n_edges, width = 300, 3000, 64
@@ -462,7 +462,7 @@ def test_at_over_many_pairs_holds_a_chunk_of_gathered_factor_rows_not_all(monkey
         loss = lambda g, x: jnp.sum(jnp.tanh(layer(g, x)) ** 2)
     else:
         loss = lambda g, x: jnp.sum(jnp.tanh(jgrad.ops.spmm(g, x)) ** 2)  # R = 64
-    monkeypatch.setattr(_adjacency, "PAIR_CHUNK_ELEMENTS", 100 * width)
+    monkeypatch.setattr(_adjacency_result, "PAIR_CHUNK_ELEMENTS", 100 * width)
     grad = adjacency_grad(loss, graph, x)  # its own check runs `at` in chunks too
     assert float(grad.edge_error) < 1e-4
     at_edges = jax.jit(lambda grad: grad.at(grad.receivers, grad.senders))
@@ -494,15 +494,15 @@ def test_dense_mode_refuses_more_pairs_than_int32_indexes_even_when_forced(monke
 def test_topk_cuts_blocks_whose_entries_int32_cannot_number(monkeypatch, x64):
     """A block's B x N entries are numbered in int32: B = 256 rows wrap from 8.4e6 nodes on (and a larger
     block_size sooner), naming wrong pairs. Blocks are cut to (2**31 - 1) // N rows; the result is the same."""
-    from jgrad.gradients import _adjacency
+    from jgrad.gradients import _adjacency_result
 
     graph, params = _random_graph(), _params()
     grad = adjacency_grad(_gcn, graph, params)
     expected = {among: grad.topk(7, among=among) for among in ("non_edges", "all")}
     seen = []
-    blocks = _adjacency._TOPK_BLOCKS
-    monkeypatch.setattr(_adjacency, "_TOPK_BLOCKS", lambda *args: seen.append(args[4]) or blocks(*args))
-    monkeypatch.setattr(_adjacency, "MAX_SIZE", 3 * N)  # stands for 2**31 - 1: three rows of N entries
+    blocks = _adjacency_result._TOPK_BLOCKS
+    monkeypatch.setattr(_adjacency_result, "_TOPK_BLOCKS", lambda *args: seen.append(args[4]) or blocks(*args))
+    monkeypatch.setattr(_adjacency_result, "MAX_SIZE", 3 * N)  # stands for 2**31 - 1: three rows of N entries
     for among, want in expected.items():
         got = grad.topk(7, among=among, block_size=256)
         for a, b in zip(got, want):
@@ -516,14 +516,14 @@ def test_a_long_topk_runs_in_calls_that_report_progress(monkeypatch, capsys, x64
     """topk among N^2 pairs took 16.5 s at 1e5 nodes (R = 25) and would take about half an hour at 1e6,
     in one compiled call: silent, and deaf to Ctrl-C. Above TOPK_CALL_WORK products it runs its row
     blocks in several calls and prints progress on stderr; the result is the same."""
-    from jgrad.gradients import _adjacency
+    from jgrad.gradients import _adjacency_result
 
     graph, params = _random_graph(), _params()
     grad = adjacency_grad(_gcn, graph, params, symmetric=symmetric)
     want = grad.topk(7, among=among, block_size=2)
     assert capsys.readouterr().err == ""  # small: one call, nothing said
-    monkeypatch.setattr(_adjacency, "TOPK_CALL_WORK", 1)  # one block of 2 rows per call: 5 calls
-    monkeypatch.setattr(_adjacency, "TOPK_PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(_adjacency_result, "TOPK_CALL_WORK", 1)  # one block of 2 rows per call: 5 calls
+    monkeypatch.setattr(_adjacency_result, "TOPK_PROGRESS_AFTER", 0.0)
     got = grad.topk(7, among=among, block_size=2)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
@@ -544,7 +544,7 @@ def test_topk_among_edges_finds_the_distinct_pairs_on_the_host(monkeypatch, x64,
     the result is the traced path's, duplicate and padding edges included."""
     import dataclasses
 
-    from jgrad.gradients import _adjacency
+    from jgrad.gradients import _adjacency_result
 
     _, _, padded, padded_params = _padded_problem()
     senders, receivers = np.asarray(padded.senders), np.asarray(padded.receivers)
@@ -555,7 +555,7 @@ def test_topk_among_edges_finds_the_distinct_pairs_on_the_host(monkeypatch, x64,
     grad = adjacency_grad(_gcn_any, doubled, padded_params, symmetric=symmetric)
     traced = {(k, sign): jax.jit(lambda grad, k=k, sign=sign: grad.topk(k, among="edges", sign=sign))(grad)
               for k in (5, 100) for sign in (1, -1)}
-    monkeypatch.setattr(_adjacency, "_TOPK_EDGES", None)  # the XLA sort is not called eagerly
+    monkeypatch.setattr(_adjacency_result, "_TOPK_EDGES", None)  # the XLA sort is not called eagerly
     for (k, sign), want in traced.items():
         got = grad.topk(k, among="edges", sign=sign)
         for a, b in zip(got, want):

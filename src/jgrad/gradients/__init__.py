@@ -15,8 +15,8 @@ reductions, weights used as per-edge data and other arithmetic on the weights ra
 cause. Any model that is a function of the weighted adjacency can use ``mode="dense"`` on small graphs.
 """
 
-from ._adjacency import AdjacencyGrad as AdjacencyGrad
-from ._adjacency import AdjacencyTopK as AdjacencyTopK
+from ._adjacency_result import AdjacencyGrad as AdjacencyGrad
+from ._adjacency_result import AdjacencyTopK as AdjacencyTopK
 from ._adjacency import adjacency_grad as adjacency_grad
 from ._attribution import integrated_gradients as integrated_gradients
 from ._attribution import saliency as saliency
