@@ -561,3 +561,18 @@ def test_topk_among_edges_finds_the_distinct_pairs_on_the_host(monkeypatch, x64,
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
     assert 0 < int(np.sum(np.asarray(traced[100, 1].rows) >= 0)) < 100  # fewer pairs than k: padded
+
+
+def test_a_float32_model_with_float64_weights_is_checked_at_float32_rounding(x64):
+    """Under x64 an unweighted graph's weights are float64 while the model computes in float32: the
+    edge check allowed float64 rounding (1e-8) and raised 'uses the edge weights outside...' on float32
+    rounding (about 1e-7); it now allows the coarser of the two dtypes."""
+    rng = np.random.default_rng(0)
+    graph = jgrad.Graph.from_edges(*rng.integers(0, 30, (2, 120)), n_nodes=30)
+    x = jnp.asarray(rng.normal(size=(30, 8)), jnp.float32)
+    params = {name: jnp.asarray(rng.normal(size=shape), jnp.float32)
+              for name, shape in (("kernel", (8, 8)), ("att_src", (2, 4)), ("att_dst", (2, 4)))}
+    gat = lambda g, x: jgrad.nn.functional.gat_conv(params, g, x, edge_weight_mode="normalise")  # noqa: E731
+    loss = lambda g, x: jnp.sum(jnp.tanh(gat(g, x)))  # noqa: E731
+    result = adjacency_grad(loss, graph, x)
+    assert loss(graph, x).dtype == jnp.float32 and 0 < float(result.edge_error) <= 1e-4

@@ -256,12 +256,15 @@ def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> Ad
     _raise_if_not_finite(value, result.edge_error)
     undefined_rows = _felt_by_the_loss(undefined_rows, depends)
     _raise_if_undefined(undefined_rows)
-    _raise_if_nonlinear(result.edge_error, weight.dtype)
+    # the rounding the checks allow for: the coarser of the weights' and the loss's dtype (float64 weights
+    # of a float32 model, under x64, still round as float32)
+    dtype = weight.dtype if jnp.finfo(weight.dtype).eps >= jnp.finfo(value.dtype).eps else value.dtype
+    _raise_if_nonlinear(result.edge_error, dtype)
     structure_error = _structure.structure_error(fn, graph, args, weight)
-    _structure.raise_if_structural(structure_error, weight.dtype)
+    _structure.raise_if_structural(structure_error, dtype)
     if structure_error is not None:  # measured: edge_error holds it too (inside jit: NaN when too large)
         result = dataclasses.replace(result, edge_error=jnp.maximum(result.edge_error, structure_error))
-    return _poisoned_rows(_poisoned_if_wrong(result, weight.dtype), undefined_rows)
+    return _poisoned_rows(_poisoned_if_wrong(result, dtype), undefined_rows)
 
 
 def _assemble(kinds, probe_grads, data, graph: Graph, dtype) -> AdjacencyGrad:
