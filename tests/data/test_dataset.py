@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jgrad.data import NodeDataset
-from jgrad.data._dataset import sorted_unique, symmetric_edges
+from jgrad._src._search import sorted_unique
+from jgrad.data._dataset import symmetric_edges
 from jgrad.graph import Graph
 
 

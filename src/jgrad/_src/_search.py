@@ -1,4 +1,5 @@
-"""Host-side searches in sorted numpy arrays, shared by the graph transforms and the gradients' checks."""
+"""Host-side sorting and searching of numpy keys, shared by the data loaders, graph transforms, gradients
+and attacks."""
 
 from __future__ import annotations
 
@@ -17,3 +18,14 @@ def sorted_lookup(keys: np.ndarray, needles: np.ndarray) -> np.ndarray:
     position = np.empty(needles.shape, np.intp)
     position[order] = np.searchsorted(keys, needles[order])
     return position
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """The distinct values of a 1-D array, sorted; a sort-based `np.unique` that stays fast for 10^7 keys."""
+    values = np.sort(values)
+    if values.size == 0:
+        return values
+    keep = np.empty(values.shape, dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]

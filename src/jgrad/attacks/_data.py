@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import data
+from .._src._search import sorted_unique
 from ..data import NodeDataset
 from ..graph import Graph
 
@@ -20,7 +21,7 @@ def undirected_pairs(graph: Graph) -> np.ndarray:
         keep &= np.asarray(graph.edge_mask)
     low = np.minimum(senders[keep], receivers[keep]).astype(np.int64)
     high = np.maximum(senders[keep], receivers[keep]).astype(np.int64)
-    codes = np.unique(low * graph.n_nodes + high)
+    codes = sorted_unique(low * graph.n_nodes + high)
     return np.stack([codes // graph.n_nodes, codes % graph.n_nodes], axis=1)
 
 

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from jgrad._src import _pyg_names
+from jgrad._src._search import sorted_unique
 from jgrad.graph import Graph
 
 
@@ -175,14 +176,3 @@ def symmetric_edges(senders: np.ndarray, receivers: np.ndarray, n_nodes: int) ->
     keep = both_senders != both_receivers
     key = sorted_unique(both_receivers[keep] * n_nodes + both_senders[keep])
     return (key % n_nodes).astype(np.int32), (key // n_nodes).astype(np.int32)
-
-
-def sorted_unique(values: np.ndarray) -> np.ndarray:
-    """The distinct values of a 1-D array, sorted; a sort-based `np.unique` that stays fast for 10^7 keys."""
-    values = np.sort(values)
-    if values.size == 0:
-        return values
-    keep = np.empty(values.shape, dtype=bool)
-    keep[0] = True
-    np.not_equal(values[1:], values[:-1], out=keep[1:])
-    return values[keep]

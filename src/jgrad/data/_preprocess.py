@@ -6,7 +6,8 @@ import numpy as np
 
 from jgrad.graph import Graph
 
-from ._dataset import NodeDataset, sorted_unique, symmetric_edges
+from .._src._search import sorted_unique
+from ._dataset import NodeDataset, symmetric_edges
 
 
 def normalize_rows(features: np.ndarray) -> np.ndarray:

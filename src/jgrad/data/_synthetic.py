@@ -13,7 +13,8 @@ import numpy as np
 
 from jgrad.graph import Graph
 
-from ._dataset import NodeDataset, sorted_unique, symmetric_edges
+from .._src._search import sorted_unique
+from ._dataset import NodeDataset, symmetric_edges
 
 # A seed for numpy.random.default_rng: an int, a SeedSequence or a Generator.
 Seed = Any
