@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -287,3 +288,13 @@ def test_progress_leaves_out_a_split_without_nodes(monkeypatch, capsys):
         early_stopping=EarlyStopping("none"), progress=True)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train ")]
     assert lines and all("loss=" in line and "test_acc=" in line and "val_acc" not in line for line in lines)
+
+
+def test_progress_keeps_tqdm_in_a_notebook(monkeypatch):
+    """A notebook's stderr is no terminal, but tqdm shows its widget there: the bar stays."""
+    from jgrad.train._logging import Progress
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    bar = Progress(10)
+    assert bar._bar is not None
+    bar.close()

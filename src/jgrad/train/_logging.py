@@ -131,9 +131,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 class Progress:
-    """A progress bar over epochs with the latest mean loss and accuracies on a terminal (tqdm, else a
-    status line); where stderr is not a terminal (a log file, a pipe), one plain line per tenth of
-    the run instead of carriage-return updates."""
+    """A progress bar over epochs with the latest mean loss and accuracies on a terminal or in a notebook
+    (tqdm, else a status line); where stderr is neither (a log file, a pipe), one plain line per tenth
+    of the run instead of carriage-return updates."""
 
     def __init__(self, total: int, *, initial: int = 0, enabled: bool = True, description: str = "train"):
         self.enabled = enabled
@@ -141,7 +141,8 @@ class Progress:
         self._total = total
         self._description = description
         self._done = initial
-        self._interactive = sys.stderr.isatty()
+        # a terminal, or a notebook (whose stderr is no terminal but shows tqdm's widget)
+        self._interactive = getattr(sys.stderr, "isatty", lambda: False)() or "ipykernel" in sys.modules
         self._next_line = initial  # the epoch count at which the next plain line is due
         if not enabled or not self._interactive:
             return
