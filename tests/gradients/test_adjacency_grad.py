@@ -576,3 +576,19 @@ def test_a_float32_model_with_float64_weights_is_checked_at_float32_rounding(x64
     loss = lambda g, x: jnp.sum(jnp.tanh(gat(g, x)))  # noqa: E731
     result = adjacency_grad(loss, graph, x)
     assert loss(graph, x).dtype == jnp.float32 and 0 < float(result.edge_error) <= 1e-4
+
+
+@pytest.mark.parametrize("mode", ["factored", "dense"])
+def test_a_loss_that_is_zero_at_the_graph_passes_the_loss_value_checks(x64, mode):
+    """A loss that is 0 at the graph (as a margin at the decision boundary): rounding of the order of its
+    terms made dense mode's comparison with the complete graph 100% of the loss and raise 'looks at the
+    edge structure'. Changes are now measured against the loss's size, sum_e |w_e dL/dw_e|."""
+    rng = np.random.default_rng(0)
+    graph = jgrad.Graph.from_edges(*rng.integers(0, 20, (2, 60)), n_nodes=20, edge_weight=rng.random(60) + 0.5)
+    x = jnp.asarray(rng.normal(size=(20, 4)))
+    base = lambda g, x: jnp.sum(jnp.tanh(jgrad.ops.spmm(jgrad.ops.gcn_norm(g), x)))  # noqa: E731
+    at_graph = base(graph, x)
+    loss = lambda g, x: base(g, x) - at_graph  # noqa: E731
+    result = adjacency_grad(loss, graph, x, mode=mode)
+    reference = adjacency_grad(base, graph, x, mode=mode)
+    np.testing.assert_allclose(result.dense(), reference.dense(), rtol=1e-10, atol=1e-12)

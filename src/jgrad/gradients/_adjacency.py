@@ -147,9 +147,10 @@ def adjacency_grad(
 
 
 def _factored_build(graph: Graph, w: jax.Array, arrays: list, *,
-                    call: Call) -> tuple[AdjacencyGrad, dict, jax.Array, jax.Array]:
+                    call: Call) -> tuple[AdjacencyGrad, dict, jax.Array, jax.Array, jax.Array]:
     """The factored gradient, the real nodes at which it may not exist (see `_raise_if_undefined`), the
-    loss, and whether the loss depends on those nodes (a scalar bool)."""
+    loss, whether the loss depends on those nodes (a scalar bool), and the loss's size
+    (`_structure.loss_scale`)."""
     where = "adjacency_grad"
     args = rebuild_args(call, arrays)
     n = graph.n_nodes
@@ -191,7 +192,7 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *,
     if normalised:
         depends = jax.lax.cond(jnp.any(rows["row"] | rows["sym"] | rows["attention"]),
                                lambda w: jnp.isnan(run(None, w, poison=True)[0]), lambda w: depends, w)
-    return result, rows, value, depends
+    return result, rows, value, depends, _structure.loss_scale(w, weight_grad, graph.edge_mask)
 
 
 def _felt_by_the_loss(rows: dict, depends: jax.Array) -> dict:
@@ -250,7 +251,8 @@ def _poisoned_rows(result: AdjacencyGrad, rows: dict) -> AdjacencyGrad:
 
 
 def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> AdjacencyGrad:
-    result, undefined_rows, value, depends = run_cached(_factored_build, fn, args, ("factored",), graph, weight)
+    result, undefined_rows, value, depends, scale = run_cached(_factored_build, fn, args, ("factored",), graph,
+                                                               weight)
     if not check:
         return result
     _raise_if_not_finite(value, result.edge_error)
@@ -260,7 +262,7 @@ def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> Ad
     # of a float32 model, under x64, still round as float32)
     dtype = weight.dtype if jnp.finfo(weight.dtype).eps >= jnp.finfo(value.dtype).eps else value.dtype
     _raise_if_nonlinear(result.edge_error, dtype)
-    structure_error = _structure.structure_error(fn, graph, args, weight)
+    structure_error = _structure.structure_error(fn, graph, args, weight, scale)
     _structure.raise_if_structural(structure_error, dtype)
     if structure_error is not None:  # measured: edge_error holds it too (inside jit: NaN when too large)
         result = dataclasses.replace(result, edge_error=jnp.maximum(result.edge_error, structure_error))
@@ -423,10 +425,8 @@ def _dense_build(graph: Graph, weight: jax.Array, arrays: list, *, call: Call):
     complete_value, grad = jax.value_and_grad(lambda w: loss(complete, w))(dense.reshape(-1))
     own_value, weight_grad = jax.value_and_grad(lambda w: loss(graph, w))(weight)
     result = _directed_grad(graph, grad.reshape(n, n), jnp.eye(n, dtype=grad.dtype))
-    tiny = jnp.finfo(dtype).tiny
-    value_error = jnp.abs(complete_value - own_value) / jnp.maximum(
-        jnp.maximum(jnp.abs(complete_value), jnp.abs(own_value)), tiny)
-    value_error = value_error.astype(dtype)
+    scale = _structure.loss_scale(weight, weight_grad, graph.edge_mask)
+    value_error = _structure.relative_change(own_value, complete_value, scale).astype(dtype)
     edge_error = jnp.maximum(_edge_error(result, weight_grad, graph.edge_mask), value_error)
     return dataclasses.replace(result, edge_error=edge_error), value_error
 

@@ -39,7 +39,7 @@ _PASSED: collections.OrderedDict = collections.OrderedDict()
 _REMEMBERED = 256
 
 
-def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array) -> jax.Array | None:
+def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array, scale: jax.Array) -> jax.Array | None:
     """Relative change of ``fn(graph, *args)`` (weights ``weight``) when every real node gets one
     more incoming edge of weight 0: a scalar (traced inside the caller's jit), or None when this model
     and these shapes passed before."""
@@ -50,7 +50,7 @@ def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array) -> jax.Arr
         _PASSED.move_to_end(signature)
         return None
     real = jnp.ones((graph.n_nodes,), bool) if graph.node_mask is None else graph.node_mask
-    error = loss_change(fn, graph, args, weight, real, 0.0)
+    error = loss_change(fn, graph, args, weight, real, 0.0, scale)
     if signature is not None and not isinstance(error, jax.core.Tracer) and float(error) <= tolerance(weight.dtype):
         _PASSED[signature] = True
         while len(_PASSED) > _REMEMBERED:
@@ -58,12 +58,28 @@ def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array) -> jax.Arr
     return error
 
 
-def loss_change(fn, graph: Graph, args: tuple, weight: jax.Array, into: jax.Array, extra_weight: float) -> jax.Array:
-    """Relative change of ``fn(graph, *args)`` (weights ``weight``) when every real node in ``into``
-    (N,) bool gets one more incoming edge of weight ``extra_weight``; a scalar. Both losses are computed
-    here, in one compiled function (see the module docstring)."""
+def loss_change(fn, graph: Graph, args: tuple, weight: jax.Array, into: jax.Array, extra_weight: float,
+                scale: jax.Array) -> jax.Array:
+    """Change of ``fn(graph, *args)`` (weights ``weight``) when every real node in ``into`` (N,) bool gets
+    one more incoming edge of weight ``extra_weight``, relative to the loss's size (`relative_change`,
+    with ``scale`` from `loss_scale`); a scalar. Both losses are computed here, in one compiled function
+    (see the module docstring)."""
     return run_cached(_probe_build, fn, args, ("probe",), graph, weight, into,
-                      jnp.asarray(extra_weight, weight.dtype))
+                      jnp.asarray(extra_weight, weight.dtype), jnp.asarray(scale, weight.dtype))
+
+
+def loss_scale(weight: jax.Array, weight_grad: jax.Array, edge_mask) -> jax.Array:
+    """``sum_e |w_e dL/dw_e|`` over the live edges: how large the loss's dependence on the weights is,
+    a size against which to measure a change of the loss that is itself near 0 (a margin at the
+    decision boundary), where its rounding is of the order of its terms, not of its value."""
+    terms = jnp.abs(weight * weight_grad)
+    return jnp.sum(terms if edge_mask is None else jnp.where(edge_mask, terms, 0))
+
+
+def relative_change(own: jax.Array, other: jax.Array, scale: jax.Array) -> jax.Array:
+    """``|other - own| / max(|own|, |other|, scale)``: a change of the loss relative to its size."""
+    size = jnp.maximum(jnp.maximum(jnp.abs(own), jnp.abs(other)), jnp.abs(scale))
+    return jnp.abs(other - own) / jnp.maximum(size, jnp.finfo(size.dtype).tiny)
 
 
 def tolerance(dtype) -> float:
@@ -88,7 +104,7 @@ def raise_if_structural(error: jax.Array | None, dtype) -> None:
         )
 
 
-def _probe_build(graph: Graph, weight: jax.Array, into: jax.Array, extra_weight: jax.Array,
+def _probe_build(graph: Graph, weight: jax.Array, into: jax.Array, extra_weight: jax.Array, scale: jax.Array,
                  arrays: list, *, call: Call) -> jax.Array:
     args = rebuild_args(call, arrays)
     senders, receivers, live = _one_more_edge_per_node(graph)
@@ -108,8 +124,7 @@ def _probe_build(graph: Graph, weight: jax.Array, into: jax.Array, extra_weight:
     own, more = call.fn(same, *args), call.fn(probed, *args)
     check_scalar("adjacency_grad", more)
     own, more = jnp.asarray(own, weight.dtype), jnp.asarray(more, weight.dtype)
-    tiny = jnp.finfo(weight.dtype).tiny
-    return jnp.abs(more - own) / jnp.maximum(jnp.maximum(jnp.abs(own), jnp.abs(more)), tiny)
+    return relative_change(own, more, scale)
 
 
 def _counted(graph: Graph, receivers: jax.Array, live: jax.Array) -> jax.Array | None:
