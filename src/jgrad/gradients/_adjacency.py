@@ -147,10 +147,9 @@ def adjacency_grad(
 
 
 def _factored_build(graph: Graph, w: jax.Array, arrays: list, *,
-                    call: Call) -> tuple[AdjacencyGrad, dict, jax.Array, jax.Array, jax.Array]:
+                    call: Call) -> tuple[AdjacencyGrad, dict, jax.Array, jax.Array]:
     """The factored gradient, the real nodes at which it may not exist (see `_raise_if_undefined`), the
-    loss, whether the loss depends on those nodes (a scalar bool), and the loss's size
-    (`_structure.loss_scale`)."""
+    loss, and whether the loss depends on those nodes (a scalar bool)."""
     where = "adjacency_grad"
     args = rebuild_args(call, arrays)
     n = graph.n_nodes
@@ -192,7 +191,7 @@ def _factored_build(graph: Graph, w: jax.Array, arrays: list, *,
     if normalised:
         depends = jax.lax.cond(jnp.any(rows["row"] | rows["sym"] | rows["attention"]),
                                lambda w: jnp.isnan(run(None, w, poison=True)[0]), lambda w: depends, w)
-    return result, rows, value, depends, _structure.loss_scale(w, weight_grad, graph.edge_mask)
+    return result, rows, value, depends
 
 
 def _felt_by_the_loss(rows: dict, depends: jax.Array) -> dict:
@@ -251,8 +250,7 @@ def _poisoned_rows(result: AdjacencyGrad, rows: dict) -> AdjacencyGrad:
 
 
 def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> AdjacencyGrad:
-    result, undefined_rows, value, depends, scale = run_cached(_factored_build, fn, args, ("factored",), graph,
-                                                               weight)
+    result, undefined_rows, value, depends = run_cached(_factored_build, fn, args, ("factored",), graph, weight)
     if not check:
         return result
     _raise_if_not_finite(value, result.edge_error)
@@ -262,7 +260,7 @@ def _factored_grad(fn, graph: Graph, args, weight: jax.Array, check: bool) -> Ad
     # of a float32 model, under x64, still round as float32)
     dtype = weight.dtype if jnp.finfo(weight.dtype).eps >= jnp.finfo(value.dtype).eps else value.dtype
     _raise_if_nonlinear(result.edge_error, dtype)
-    structure_error = _structure.structure_error(fn, graph, args, weight, scale)
+    structure_error = _structure.structure_error(fn, graph, args, weight)
     _structure.raise_if_structural(structure_error, dtype)
     if structure_error is not None:  # measured: edge_error holds it too (inside jit: NaN when too large)
         result = dataclasses.replace(result, edge_error=jnp.maximum(result.edge_error, structure_error))
