@@ -582,7 +582,8 @@ def test_a_float32_model_with_float64_weights_is_checked_at_float32_rounding(x64
 def test_a_loss_that_is_zero_at_the_graph_passes_the_loss_value_checks(x64, mode):
     """A loss that is 0 at the graph (as a margin at the decision boundary): rounding of the order of its
     terms made dense mode's comparison with the complete graph 100% of the loss and raise 'looks at the
-    edge structure'. Changes are now measured against the loss's size, sum_e |w_e dL/dw_e|."""
+    edge structure'; it now measures against the loss's size, sum_e |w_e dL/dw_e|. The factored mode's
+    structure probe compares two losses of one code path, equal to the last bit."""
     rng = np.random.default_rng(0)
     graph = jgrad.Graph.from_edges(*rng.integers(0, 20, (2, 60)), n_nodes=20, edge_weight=rng.random(60) + 0.5)
     x = jnp.asarray(rng.normal(size=(20, 4)))
