@@ -339,15 +339,10 @@ def _edge_error(result: AdjacencyGrad, weight_grad: jax.Array, edge_mask) -> jax
     return jnp.max(difference) / jnp.maximum(jnp.maximum(jnp.max(scale), bound), tiny)
 
 
-def _edge_tolerance(dtype) -> float:
-    """The largest relative disagreement with `edge_grad` accepted as float rounding."""
-    return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-4
-
-
 def _poisoned_if_wrong(result: AdjacencyGrad, dtype) -> AdjacencyGrad:
     """``result``, or NaN in every entry when its check failed: under ``jit`` the check cannot raise."""
     if isinstance(result.edge_error, jax.core.Tracer):
-        bad = ~(result.edge_error <= _edge_tolerance(dtype))
+        bad = ~(result.edge_error <= _structure.tolerance(dtype))
         poison = lambda value: jnp.where(bad, jnp.asarray(jnp.nan, value.dtype), value)
         left, right = result.left, result.right
         if left.shape[1] == 0:  # no factor columns to carry the NaN: one column that is 0 unless bad
@@ -363,7 +358,7 @@ def _raise_if_nonlinear(error: jax.Array, dtype) -> None:
         value = float(error)
     except jax.errors.ConcretizationTypeError:
         return  # traced: the caller reads edge_error
-    tolerance = _edge_tolerance(dtype)
+    tolerance = _structure.tolerance(dtype)
     if not value <= tolerance:
         raise ValueError(
             "adjacency_grad: the model uses the edge weights outside the operations adjacency_grad follows "
@@ -455,7 +450,7 @@ def _raise_if_structural(error: jax.Array, value_error: jax.Array, dtype) -> Non
             "graph or on the complete graph; expected finite values. Check the features, parameters and "
             "edge weights for NaN or infinite values (jnp.isfinite), and the model for divisions by 0."
         )
-    tolerance = _edge_tolerance(dtype)
+    tolerance = _structure.tolerance(dtype)
     if not value <= tolerance:
         raise ValueError(
             "adjacency_grad: mode='dense' disagrees with the model on its own graph; got relative error "

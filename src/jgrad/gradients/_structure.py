@@ -49,25 +49,12 @@ def structure_error(fn, graph: Graph, args: tuple, weight: jax.Array) -> jax.Arr
     if signature in _PASSED:
         _PASSED.move_to_end(signature)
         return None
-    real = jnp.ones((graph.n_nodes,), bool) if graph.node_mask is None else graph.node_mask
-    # relative to the loss alone (no `loss_scale`): the two losses take one code path and agree to the
-    # last bit for a function of A, so the probe can be as sensitive as the loss's own size allows
-    error = loss_change(fn, graph, args, weight, real, 0.0, 0.0)
+    error = run_cached(_probe_build, fn, args, ("probe",), graph, weight)
     if signature is not None and not isinstance(error, jax.core.Tracer) and float(error) <= tolerance(weight.dtype):
         _PASSED[signature] = True
         while len(_PASSED) > _REMEMBERED:
             _PASSED.popitem(last=False)
     return error
-
-
-def loss_change(fn, graph: Graph, args: tuple, weight: jax.Array, into: jax.Array, extra_weight: float,
-                scale: jax.Array) -> jax.Array:
-    """Change of ``fn(graph, *args)`` (weights ``weight``) when every real node in ``into`` (N,) bool gets
-    one more incoming edge of weight ``extra_weight``, relative to the loss's size (`relative_change`;
-    ``scale`` 0 for the loss's value alone); a scalar. Both losses are computed here, in one compiled function
-    (see the module docstring)."""
-    return run_cached(_probe_build, fn, args, ("probe",), graph, weight, into,
-                      jnp.asarray(extra_weight, weight.dtype), jnp.asarray(scale, weight.dtype))
 
 
 def loss_scale(weight: jax.Array, weight_grad: jax.Array, edge_mask) -> jax.Array:
@@ -85,7 +72,8 @@ def relative_change(own: jax.Array, other: jax.Array, scale: jax.Array) -> jax.A
 
 
 def tolerance(dtype) -> float:
-    """The largest relative change of the loss accepted as float rounding."""
+    """The largest relative disagreement that `jgrad.adjacency_grad`'s checks accept as float rounding
+    (with `edge_grad` at the existing edges, and between loss values)."""
     return 1e-8 if jnp.dtype(dtype) == jnp.float64 else 1e-4
 
 
@@ -106,11 +94,10 @@ def raise_if_structural(error: jax.Array | None, dtype) -> None:
         )
 
 
-def _probe_build(graph: Graph, weight: jax.Array, into: jax.Array, extra_weight: jax.Array, scale: jax.Array,
-                 arrays: list, *, call: Call) -> jax.Array:
+def _probe_build(graph: Graph, weight: jax.Array, arrays: list, *, call: Call) -> jax.Array:
+    """The loss's change (`relative_change`) when every real node gets one more edge of weight 0."""
     args = rebuild_args(call, arrays)
     senders, receivers, live = _one_more_edge_per_node(graph)
-    live = live & into[receivers]
     own_mask = jnp.ones(graph.senders.shape, bool) if graph.edge_mask is None else graph.edge_mask
     # The reference: the graph itself, in the probed graph's form (an edge mask, no plan), so that
     # both losses take the same code path and differ only by the added edges.
@@ -119,14 +106,16 @@ def _probe_build(graph: Graph, weight: jax.Array, into: jax.Array, extra_weight:
         same,
         senders=jnp.concatenate([graph.senders, senders]),
         receivers=jnp.concatenate([graph.receivers, receivers]),
-        edge_weight=jnp.concatenate([weight, jnp.broadcast_to(extra_weight, senders.shape)]),
+        edge_weight=jnp.concatenate([weight, jnp.zeros(senders.shape, weight.dtype)]),
         edge_mask=jnp.concatenate([own_mask, live]),
         n_edge_per_graph=_counted(graph, receivers, live),
     )
     own, more = call.fn(same, *args), call.fn(probed, *args)
     check_scalar("adjacency_grad", more)
     own, more = jnp.asarray(own, weight.dtype), jnp.asarray(more, weight.dtype)
-    return relative_change(own, more, scale)
+    # relative to the loss alone (no `loss_scale`): the two losses take one code path and agree to the
+    # last bit for a function of A, so the probe is as sensitive as the loss's own size allows
+    return relative_change(own, more, 0.0)
 
 
 def _counted(graph: Graph, receivers: jax.Array, live: jax.Array) -> jax.Array | None:
