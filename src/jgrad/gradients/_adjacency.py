@@ -432,8 +432,13 @@ def _raise_if_not_finite(loss: jax.Array, edge_error: jax.Array) -> None:
     loss = float(loss)
     if np.isfinite(loss) and not np.isnan(float(edge_error)):
         return
-    what = f"a loss of {loss}" if not np.isfinite(loss) else "a gradient at the existing edges that is NaN or infinite"
-    raise ValueError(
+    raise _not_finite(f"a loss of {loss}" if not np.isfinite(loss) else
+                      "a gradient at the existing edges that is NaN or infinite")
+
+
+def _not_finite(what: str) -> ValueError:
+    """The error for a non-finite ``what`` (loss, gradient), which the other checks would blame on the model."""
+    return ValueError(
         f"adjacency_grad: got {what}; expected finite values. Check the features, parameters and edge "
         "weights for NaN or infinite values (jnp.isfinite), and the model for divisions by 0."
     )
@@ -445,11 +450,8 @@ def _raise_if_structural(error: jax.Array, value_error: jax.Array, dtype) -> Non
     except jax.errors.ConcretizationTypeError:
         return  # traced: the caller reads edge_error
     if np.isnan(loss_error) or np.isnan(value):
-        raise ValueError(
-            "adjacency_grad: got a loss or a gradient at the existing edges that is NaN or infinite, on the "
-            "graph or on the complete graph; expected finite values. Check the features, parameters and "
-            "edge weights for NaN or infinite values (jnp.isfinite), and the model for divisions by 0."
-        )
+        raise _not_finite("a loss or a gradient at the existing edges that is NaN or infinite, on the graph "
+                          "or on the complete graph")
     tolerance = _structure.tolerance(dtype)
     if not value <= tolerance:
         raise ValueError(
