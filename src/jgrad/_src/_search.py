@@ -29,3 +29,12 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     keep[0] = True
     np.not_equal(values[1:], values[:-1], out=keep[1:])
     return values[keep]
+
+
+def sorted_find(keys: np.ndarray, needles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(position, found)`` of each needle in the sorted ``keys`` (`sorted_lookup`): a valid index into
+    ``keys`` (0 when it is empty) and whether ``keys`` holds the needle there."""
+    if keys.size == 0:
+        return np.zeros(needles.shape, np.intp), np.zeros(needles.shape, bool)
+    position = np.minimum(sorted_lookup(keys, needles), keys.size - 1)
+    return position, keys[position] == needles

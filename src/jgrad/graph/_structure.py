@@ -15,7 +15,7 @@ import numpy as np
 
 from .._src import _checks, _loops, _plan, _taps
 from .._src._checks import check_graph
-from .._src._search import sorted_lookup
+from .._src._search import sorted_find
 from .._src._types import default_float_dtype
 from . import _limits
 
@@ -227,8 +227,7 @@ def to_undirected(graph: Graph, *, reduce: str | None = None) -> Graph:
     n = max(graph.n_nodes, 1)
     key = receivers * n + senders
     reverse_key = senders * n + receivers
-    position = np.minimum(sorted_lookup(key, reverse_key), max(key.shape[0] - 1, 0))
-    has_reverse = (key[position] == reverse_key) if key.size else np.zeros(0, bool)
+    position, has_reverse = sorted_find(key, reverse_key)
     missing = ~has_reverse
     edge_weight = graph.edge_weight
     if edge_weight is not None:
