@@ -266,6 +266,12 @@ def _degree_feature(g, x):
     return jnp.sin(jgrad.ops.spmm(g, x * count[:, None])).sum()
 
 
+def _weighted_in_message(g, x):
+    """A message function that multiplies by the weights itself (the maths of the default message)."""
+    weighted = lambda x_sender, x_receiver, w: x_sender * w[:, None]  # noqa: E731
+    return jnp.tanh(jgrad.nn.functional.message_passing(g, x, weighted)).sum()
+
+
 def _per_edge_mean(g, x):
     return jnp.tanh(jgrad.ops.spmm(g, x)).sum() / g.n_edges
 
@@ -278,11 +284,12 @@ def _per_edge_mean(g, x):
     (_while, r"inside lax.while_loop \(or lax.fori_loop with traced bounds\)"),
     (_cond, r"inside lax.cond / lax.switch"),
     (_squared, r"uses the edge weights outside the operations adjacency_grad follows"),
+    (_weighted_in_message, r"a message function that multiplies by the weights itself \(jgrad.nn.MessagePassing"),
     (_hand_written_sum, r"reads which edges exist, not only their weights: one more edge of weight 0"),
     (_degree_feature, r"reads which edges exist, not only their weights"),
     (_per_edge_mean, r"reads which edges exist, not only their weights"),
-], ids=["sage_max", "mean", "copy_u", "edge_counts", "while_loop", "cond", "squared_weights", "hand_written_sum",
-        "degree_feature", "n_edges"])
+], ids=["sage_max", "mean", "copy_u", "edge_counts", "while_loop", "cond", "squared_weights", "message_fn",
+        "hand_written_sum", "degree_feature", "n_edges"])
 def test_models_without_an_exact_structure_gradient_raise_naming_the_cause(model, message):
     graph = _graph(weighted=True)
     x = jnp.ones((N, F_IN), jnp.float32)

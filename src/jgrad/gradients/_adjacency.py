@@ -363,10 +363,12 @@ def _raise_if_nonlinear(error: jax.Array, dtype) -> None:
         raise ValueError(
             "adjacency_grad: the model uses the edge weights outside the operations adjacency_grad follows "
             "(spmm and gspmm sums, in/out degrees, gcn_norm, row_norm, add_self_loops, propagate, "
-            "normalised attention), e.g. arithmetic on graph.edge_weight or weights built from it; the "
-            "factored gradient disagrees with dL/dw at the existing edges (max relative error "
-            f"{value:.3g}, tolerance {tolerance:g}). Pass the weights to those operations unchanged, or use "
-            "mode='dense' for small graphs."
+            "normalised attention), e.g. arithmetic on graph.edge_weight or weights built from it, or a "
+            "message function that multiplies by the weights itself (jgrad.nn.MessagePassing.message, "
+            "message_passing); the factored gradient disagrees with dL/dw at the existing edges (max "
+            f"relative error {value:.3g}, tolerance {tolerance:g}). Pass the weights to those operations "
+            "unchanged (MessagePassing's default message is gspmm(graph, 'u_mul_e', ...): transform the "
+            "features before the layer instead of inside message), or use mode='dense' for small graphs."
         )
 
 
