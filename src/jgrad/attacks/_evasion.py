@@ -17,8 +17,9 @@ import numpy as np
 
 from ..gradients import AdjacencyGrad, adjacency_grad
 from ..graph import Graph
-from ._features import Features
+from ._checks import check_node_inputs, check_undirected
 from ._data import undirected_pairs
+from ._features import Features
 from ._flips import FlipSet, GreedyResult, _greedy_flips, check_budget, node_pairs, perturbed_graph
 from ._models import VICTIM, GCNConfig, gcn_logits, masked_cross_entropy, train_gcn
 
@@ -43,7 +44,13 @@ class Target(NamedTuple):
     @classmethod
     def fit(cls, graph: Graph, x: Features, labels: Any, train_mask: Any, val_mask: Any, *, key: jax.Array,
             n_classes: int, config: GCNConfig = VICTIM) -> Target:
-        """Trains the model on the clean graph and derives the self-training labels."""
+        """Trains the model on the clean graph and derives the self-training labels.
+
+        ``graph`` must be undirected, ``labels`` (N,) ints in ``[0, n_classes)``, ``train_mask`` and
+        ``val_mask`` (N,) bool, each selecting a node, and ``train_mask`` must leave unlabelled nodes
+        (one-line TypeError or ValueError otherwise).
+        """
+        check_node_inputs("Target.fit", graph, labels, train_mask, val_mask, n_classes)
         labels, train_mask = jnp.asarray(labels), jnp.asarray(train_mask)
         params = jax.jit(lambda k: train_gcn(graph, x, labels, train_mask, jnp.asarray(val_mask), key=k,
                                              n_classes=n_classes, config=config))(key)
@@ -124,7 +131,8 @@ def pgd_attack(target: Target, graph: Graph, budget: int, *, key: jax.Array, n_c
     ``budget`` is an int with ``0 <= budget <=`` the number of candidate pairs (the edges plus
     ``min(n_candidates, non-edges)``), checked before any work (TypeError or ValueError otherwise);
     0 returns no flips and the clean graph's loss without running the optimisation. ``n_candidates``
-    is an int >= 0 (0: removals only). ``log`` (default None: silent) receives one line at the end.
+    is an int >= 0 (0: removals only). ``graph`` must be undirected (ValueError otherwise). ``log``
+    (default None: silent) receives one line at the end.
 
     Returns:
       `PGDResult`.
@@ -136,6 +144,7 @@ def pgd_attack(target: Target, graph: Graph, budget: int, *, key: jax.Array, n_c
                         f"{n_candidates!r:.60}, expected an int >= 0.")
     if n_candidates < 0:
         raise ValueError(f"{where}: n_candidates={n_candidates} is negative; expected n_candidates >= 0.")
+    check_undirected(where, graph)
     edges = undirected_pairs(graph)
     n_additions = min(int(n_candidates), node_pairs(int(graph.n_nodes)) - len(edges))
     budget = check_budget(where, budget, len(edges) + n_additions,

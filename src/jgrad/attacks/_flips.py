@@ -19,6 +19,7 @@ import numpy as np
 
 from ..gradients import AdjacencyGrad
 from ..graph import Graph
+from ._checks import check_undirected
 from ._data import graph_from_pairs, undirected_pairs
 
 
@@ -166,13 +167,18 @@ class FlipSet:
 def perturbed_graph(graph: Graph, flips: np.ndarray, *, n_edges: int | None = None) -> Graph:
     """The unweighted undirected graph after flipping each pair of ``flips`` (shape (P, 2)) once.
 
+    ``flips``: (P, 2) int node pairs ``(i, j)`` in either order, ``i != j``, each unordered pair at most
+    once (a one-line ValueError or TypeError otherwise). The result holds both directions of every
+    pair; the edge weights and self loops of ``graph`` are dropped (`undirected_pairs`).
+
     With ``n_edges`` the edge arrays are padded to that length with masked edges (``edge_mask`` False),
     so graphs perturbed by different flips share one shape and one compilation.
     """
     n = graph.n_nodes
+    flips = _checked_flips("perturbed_graph", flips, n)
     codes = set((undirected_pairs(graph) @ np.array([n, 1])).tolist())
-    for i, j in np.asarray(flips, np.int64).reshape(-1, 2):
-        codes ^= {int(min(i, j)) * n + int(max(i, j))}
+    for i, j in flips:
+        codes ^= {int(i) * n + int(j)}
     codes = np.array(sorted(codes), np.int64)
     result = graph_from_pairs(np.stack([codes // n, codes % n], axis=1), n)
     if n_edges is None:
@@ -184,6 +190,34 @@ def perturbed_graph(graph: Graph, flips: np.ndarray, *, n_edges: int | None = No
     return Graph(senders=jnp.concatenate([result.senders, zeros]),
                  receivers=jnp.concatenate([result.receivers, zeros]), n_nodes=n,
                  edge_mask=jnp.arange(n_edges) < result.n_edges)
+
+
+def _checked_flips(where: str, flips: Any, n_nodes: int) -> np.ndarray:
+    """``flips`` as (P, 2) int64 pairs ``(min, max)``; raises unless they are distinct node pairs without self loops."""
+    array = np.asarray(flips)
+    if array.size == 0:
+        return np.zeros((0, 2), np.int64)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(f"{where}: flips must be int node pairs; got dtype {array.dtype}, expected an integer dtype.")
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(f"{where}: flips must have shape (P, 2); got {array.shape}.")
+    pairs = np.sort(array.astype(np.int64), axis=1)
+    shown = lambda k: tuple(int(v) for v in array[k])
+    for bad, what, rule in [((pairs[:, 0] < 0) | (pairs[:, 1] >= n_nodes), "is out of range",
+                             f"0 <= node < n_nodes={n_nodes}"),
+                            (pairs[:, 0] == pairs[:, 1], "is a self loop", "i != j")]:
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{where}: flips[{k}]={shown(k)} {what} ({int(bad.sum())} of {len(pairs)} flips); "
+                             f"expected {rule}.")
+    codes = pairs[:, 0] * n_nodes + pairs[:, 1]
+    order = np.argsort(codes, kind="stable")
+    repeated = order[1:][codes[order][1:] == codes[order][:-1]]
+    if repeated.size:
+        k = int(repeated.min())
+        raise ValueError(f"{where}: flips[{k}]={shown(k)} repeats an earlier pair; "
+                         "expected each unordered pair at most once (a second flip would undo the first).")
+    return pairs
 
 
 def flip_scores(grad: AdjacencyGrad, pairs: jax.Array, removable: jax.Array, k: int) -> FlipScores:
@@ -265,7 +299,7 @@ def greedy_flips(
       score_fn: ``score_fn(graph) -> AdjacencyGrad``, the gradient of the attacker's loss w.r.t. the
         adjacency of the perturbed graph (made symmetric here); traced once under ``jax.jit``. With
         ``key``, ``score_fn(graph, step_key)`` instead.
-      graph: the clean undirected graph.
+      graph: the clean undirected graph (ValueError if an edge has no reverse edge; checked when concrete).
       budget: number of pairs to flip, an int with ``0 <= budget <= N (N - 1) / 2`` (checked before any
         work; TypeError or ValueError otherwise). 0 returns no flips without scoring.
       flips_per_step: flips taken from each scoring step (keyword-only).
@@ -288,6 +322,7 @@ def greedy_flips(
 def _greedy_flips(where, score_fn, graph, budget, *, flips_per_step, dtype, key, log) -> GreedyResult:
     """`greedy_flips`, with errors naming the public function ``where``."""
     budget = check_graph_budget(where, graph, budget)
+    check_undirected(where, graph)
     if isinstance(flips_per_step, (bool, np.bool_)) or not isinstance(flips_per_step, (int, np.integer)) \
             or flips_per_step < 1:
         raise ValueError(f"{where}: flips_per_step must be a positive int; got {flips_per_step!r:.60}, "

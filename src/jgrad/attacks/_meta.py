@@ -35,6 +35,7 @@ import optax
 from .._src._types import check_choice
 from ..gradients import AdjacencyGrad, adjacency_grad, propagate
 from ..graph import Graph
+from ._checks import check_node_inputs, check_undirected
 from ._features import Features, SparseFeatures, features_matmul, features_rmatmul, n_features
 from ._flips import GreedyResult, _greedy_flips
 from ._models import SURROGATE, GCNConfig, gcn_logits, init_gcn, masked_cross_entropy, train_gcn
@@ -242,12 +243,17 @@ class MetaProblem:
                dtype: Any = jnp.float32, inits: int = 1) -> MetaProblem:
         """Trains the self-training surrogate on the clean graph and draws the fixed inner initialisation.
 
+        ``graph`` must be undirected, ``labels`` (N,) ints in ``[0, n_classes)``, ``train_mask`` and
+        ``val_mask`` (N,) bool, each selecting a node, and ``train_mask`` must leave unlabelled nodes
+        (one-line TypeError or ValueError otherwise).
+
         With ``inits`` > 1 it draws an ensemble of that many initialisations (leaves (K, ...)); the
         attacker loss is then the mean over them (see `meta_self_loss`). The first member is the single
         initialisation ``inits=1`` would draw.
         """
         if not isinstance(inits, int) or inits < 1:
             raise ValueError(f"MetaProblem.create: inits must be a positive int; got {inits!r}.")
+        check_node_inputs("MetaProblem.create", graph, labels, train_mask, val_mask, n_classes)
         label_key, init_key = jax.random.split(key)
         labels, train_mask = jnp.asarray(labels), jnp.asarray(train_mask)
         pseudo = self_training_labels(graph, x, labels, train_mask, jnp.asarray(val_mask), key=label_key,
@@ -310,9 +316,12 @@ def meta_gradient(problem: MetaProblem, graph: Graph, *, mode: Literal["factored
 
     Exactly the gradient of the attacker loss after T inner training steps, w.r.t. the undirected
     adjacency (`AdjacencyGrad.symmetric`); ``mode="dense"`` runs the same computation on the complete
-    graph (small graphs only, for checking). Jit the call, not the loss. Under ``jit`` the check
-    against `jgrad.edge_grad` cannot raise: a failed check makes every entry NaN.
+    graph (small graphs only, for checking). ``graph`` must be undirected, since `meta_self_loss` relies
+    on a symmetric ``Â`` (ValueError, checked when its indices are concrete). Jit the call, not the
+    loss. Under ``jit`` the check against `jgrad.edge_grad` cannot raise: a failed check makes every
+    entry NaN.
     """
+    check_undirected("meta_gradient", graph)
     # The bound method compares equal for the same problem, so repeated calls reuse one compiled program.
     return adjacency_grad(problem.loss, graph, symmetric=True, mode=mode, check=check)
 

@@ -22,6 +22,7 @@ from .._src._checks import is_concrete
 from .._src._types import check_choice
 from ..gradients import propagate
 from ..graph import Graph
+from ._checks import check_labels, check_mask
 from ._features import Features, features_matmul, n_features
 
 Params = dict[str, jax.Array]
@@ -110,8 +111,14 @@ def train_gcn(graph: Graph, x: Features, labels: jax.Array, train_mask: jax.Arra
     """Trains a GCN for ``config.epochs`` full-batch steps; returns the parameters `GCNConfig.selection` picks.
 
     Pure and jit-able (``config`` and ``n_classes`` static); ``jax.vmap`` over ``key`` trains several
-    initialisations at once.
+    initialisations at once. ``labels``: (N,) ints in ``[0, n_classes)``; ``train_mask``, ``val_mask``:
+    (N,) bool; shapes and dtypes are checked always, values (label range, an empty ``train_mask``) when
+    concrete.
     """
+    n = int(graph.n_nodes)
+    check_labels("train_gcn", labels, n, n_classes)
+    check_mask("train_gcn", "train_mask", train_mask, n)
+    check_mask("train_gcn", "val_mask", val_mask, n, nonempty=False)
     if config.selection != "last" and is_concrete(val_mask) and not np.any(np.asarray(val_mask)):
         raise ValueError(f"train_gcn: val_mask selects no node, so selection={config.selection!r} has nothing to "
                          "select by; pass validation nodes or use GCNConfig(selection='last').")
@@ -147,8 +154,13 @@ def train_gcn(graph: Graph, x: Features, labels: jax.Array, train_mask: jax.Arra
 
 def victim_accuracy(graph: Graph, x: Features, labels: jax.Array, masks: tuple[jax.Array, jax.Array, jax.Array],
                     keys: jax.Array, *, n_classes: int, config: GCNConfig = VICTIM) -> jax.Array:
-    """Test accuracy of GCNs trained on ``graph`` (poisoning), one per key; shape (K,). Jit with static config."""
+    """Test accuracy of GCNs trained on ``graph`` (poisoning), one per key; shape (K,). Jit with static config.
+
+    ``masks`` are the (N,) bool train, val and test masks; an empty ``test_mask`` is a ValueError when
+    concrete (its accuracy would read 0).
+    """
     train_mask, val_mask, test_mask = masks
+    check_mask("victim_accuracy", "test_mask", test_mask, int(graph.n_nodes))
 
     def one(key):
         params = train_gcn(graph, x, labels, train_mask, val_mask, key=key, n_classes=n_classes, config=config)
