@@ -124,7 +124,24 @@ def load_config(path: str | None, overrides: list[str]) -> AttackConfig:
     if config.eval.selection not in SELECTIONS:
         raise SystemExit(f"structure_attack: eval.selection must be one of {', '.join(SELECTIONS)}; "
                          f"got {config.eval.selection!r}.")
+    budget_fractions(config.attack.budgets)
     return config
+
+
+def budget_fractions(budgets: str) -> list[float]:
+    """The fractions of ``attack.budgets``, each in (0, 1]; a SystemExit naming the first bad one otherwise."""
+    expected = "expected comma-separated fractions of the undirected edges, each in (0, 1], e.g. '0.05,0.10'"
+    values = []
+    for text in budgets.split(","):
+        try:
+            value = float(text)
+        except ValueError:
+            raise SystemExit(f"structure_attack: attack.budgets has {text.strip()!r}, not a number; "
+                             f"{expected}.") from None
+        if not 0 < value <= 1:
+            raise SystemExit(f"structure_attack: attack.budgets has {value:g}, outside (0, 1]; {expected}.")
+        values.append(value)
+    return values
 
 
 def load_dataset(config: AttackConfig):
@@ -147,8 +164,7 @@ def features_of(dataset):
 
 
 def budgets_of(config: AttackConfig, n_pairs: int) -> list[tuple[float, int]]:
-    fractions = [float(f) for f in config.attack.budgets.split(",") if f.strip()]
-    return [(f, int(f * n_pairs)) for f in fractions]
+    return [(f, int(f * n_pairs)) for f in budget_fractions(config.attack.budgets)]
 
 
 def run_attack(name: str, config: AttackConfig) -> dict:

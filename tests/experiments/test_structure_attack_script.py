@@ -56,3 +56,19 @@ def test_bad_selection_rule_and_missing_results_are_named(script, tmp_path):
         script.main(["--config", config, "--set", "eval.selection=best"])
     with pytest.raises(SystemExit, match="--evaluate needs"):
         script.main(["--config", config, "--evaluate", "--only", "meta", "--set", f"output={tmp_path / 'none'}"])
+
+
+@pytest.mark.parametrize("budgets, message", [
+    ("1.5", r"attack\.budgets has 1\.5, outside \(0, 1\]; expected comma-separated fractions of the undirected "
+            r"edges, each in \(0, 1\], e\.g\. '0\.05,0\.10'\.$"),
+    ("-0.05", r"attack\.budgets has -0\.05, outside \(0, 1\]"),
+    ("0.05,abc", r"attack\.budgets has 'abc', not a number; expected comma-separated fractions"),
+    ("", r"attack\.budgets has '', not a number"),
+])
+def test_budget_fractions_outside_zero_one_are_named_before_any_work(script, tmp_path, budgets, message):
+    # Before, 1.5 ran an attack on 150% of the edges and -0.05 failed inside the attack with budget=-14.
+    config = str(ROOT / "configs" / "structure_attack_tiny.yaml")
+    with pytest.raises(SystemExit, match=r"^structure_attack: " + message):
+        script.main(["--config", config, "--only", "meta", "--set", f"attack.budgets={budgets}",
+                     "--set", f"output={tmp_path / 'sa'}"])
+    assert not list(tmp_path.iterdir())  # nothing ran
