@@ -1,7 +1,9 @@
-"""The Pallas kernels in interpret mode: equal to segment sums on tiny graphs, drop-in for the native ones.
+"""The Pallas kernels: equal to segment sums on tiny graphs, drop-in for the native ones.
 
-Interpret mode is slow to compile, so every test runs a few tiny graphs only. The GPU (Triton) path is
-checked as far as a CPU-only machine allows: the kernels lower to Triton custom calls for CUDA.
+Every call leaves ``interpret`` to the platform: on CPU the kernels run in Pallas's interpreter, on a
+GPU the same tests run the compiled (Triton) kernels (`experiments/gpu_check.sh`). Interpret mode is
+slow to compile, so every test runs a few tiny graphs only. Without a GPU, the Triton path is checked
+as far as lowering goes: the kernels lower to Triton custom calls for CUDA.
 """
 
 import functools
@@ -57,7 +59,7 @@ def test_csr_sum_equals_segment_sums_on_both_sides(graph, block_rows, block_feat
     senders, receivers, n = GRAPHS[graph]
     plan = make_plan(senders, receivers, n, "native")
     u, _, w = _data(n, len(senders), width=5)
-    run = functools.partial(_pallas.csr_sum, interpret=True, block_rows=block_rows, block_features=block_features)
+    run = functools.partial(_pallas.csr_sum, block_rows=block_rows, block_features=block_features)
     cases = [(side, rows, cols, weights) for side, rows, cols in ((plan.forward, receivers, senders),
                                                                   (plan.reverse, senders, receivers))
              for weights in (w, None)]
@@ -79,10 +81,10 @@ def test_csr_edge_dot_and_csr_sum_dot_equal_the_plain_formulation(graph):
 
     @jax.jit  # the kernels and their references in one program
     def results(u, g, w):
-        return (_pallas.csr_edge_dot(plan.forward.csr, u, g, e, interpret=True, block_rows=4),
+        return (_pallas.csr_edge_dot(plan.forward.csr, u, g, e, block_rows=4),
                 _edge_dots(receivers, senders, u, g),
                 # The backward of a weighted sum: (A^T g, dw) from one pass over the reversed side.
-                _pallas.csr_sum_dot(plan.reverse.csr, g, u, w, interpret=True, block_rows=4),
+                _pallas.csr_sum_dot(plan.reverse.csr, g, u, w, block_rows=4),
                 (_segment_sum(senders, receivers, n, g, w), _edge_dots(senders, receivers, g, u)))
 
     dots, expected_dots, (out, dw), (expected_out, expected_dw) = results(u, v, w)
@@ -119,7 +121,7 @@ def test_jit_and_vmap():
     csr = make_plan(senders, receivers, n, "native").forward.csr
     u, _, w = _data(n, len(senders), width=2, seed=4)
     batch = jnp.stack([u, 2 * u])
-    got = jax.jit(jax.vmap(lambda x: _pallas.csr_sum(csr, x, w, interpret=True)))(batch)
+    got = jax.jit(jax.vmap(lambda x: _pallas.csr_sum(csr, x, w)))(batch)
     expected = _segment_sum(receivers, senders, n, u, w)
     np.testing.assert_allclose(got, jnp.stack([expected, 2 * expected]), **TOL)
 
@@ -129,9 +131,9 @@ def test_block_sizes_must_be_powers_of_two():
     csr = make_plan(senders, receivers, n, "native").forward.csr
     u, _, w = _data(n, len(senders), width=2)
     with pytest.raises(ValueError, match=r"^jgrad.ops._pallas: block_rows must be a power of two; got 3\.$"):
-        _pallas.csr_sum(csr, u, w, interpret=True, block_rows=3)
+        _pallas.csr_sum(csr, u, w, block_rows=3)
     with pytest.raises(ValueError, match=r"^jgrad.ops._pallas: block_features must be a power of two; got 6\.$"):
-        _pallas.csr_sum(csr, u, w, interpret=True, block_features=6)
+        _pallas.csr_sum(csr, u, w, block_features=6)
 
 
 def test_the_engine_interface_on_a_plan_casts_to_the_common_dtype():
@@ -169,7 +171,7 @@ def test_as_the_native_kernels_the_engine_gives_the_plain_gradients(swapped_kern
         def run(*args, self_loops=False):
             assert not self_loops  # the graph has none
             calls.append(kernel.__name__)
-            return kernel(*args, interpret=True)
+            return kernel(*args)
         return run
 
     for name in ("csr_sum", "csr_edge_dot", "csr_sum_dot"):
