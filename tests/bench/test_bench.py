@@ -116,3 +116,27 @@ def test_the_report_names_missing_packages_and_leaves_out_unrecorded_ones():
     assert "; jax 0.1, torch not installed. STREAM" in _report.markdown(results)
     results["versions"] = {"jax": "0.1"}  # written before the peers' versions were recorded
     assert "; jax 0.1. STREAM" in _report.markdown(results)
+
+
+def test_the_pallas_implementation_runs_on_a_gpu_only_and_then_on_the_pallas_backend(tmp_path, monkeypatch, capsys):
+    """Off a GPU `jgrad_pallas` is skipped with a notice and left out of the default implementations; on
+    one it is the graph planned for "pallas" (here faked: the kernels run in Pallas's interpreter)."""
+    import jgrad
+    from jgrad.bench import _peers, _timing, _workloads, main
+
+    monkeypatch.setattr(_timing.time, "sleep", lambda seconds: None)
+    assert "jgrad_pallas" not in _peers.default_impls()
+    code = main(["--quick", "--sizes", "300", "--repeats", "1", "--no-cora", "--no-recompile-check",
+                 "--impls", "jgrad", "jgrad_pallas", "--workloads", "sddmm_fwd", "--out", str(tmp_path)])
+    assert code == 0
+    assert "notice: skipped jgrad_pallas: needs a GPU" in capsys.readouterr().out
+
+    monkeypatch.setattr(_peers, "on_gpu", lambda: True)
+    assert "jgrad_pallas" in _peers.default_impls() and _peers.torch_device() in ("cuda", "cpu")
+    problem = _workloads.synthetic_problem(300)
+    assert jgrad.ops.backend_of(_peers._graph_arrays("jgrad_pallas", problem)["graph"]) == "pallas"
+    code = main(["--quick", "--sizes", "300", "--repeats", "1", "--no-cora", "--no-recompile-check",
+                 "--impls", "jgrad_xla", "jgrad_pallas", "--workloads", "gcn_fwdbwd", "--out", str(tmp_path)])
+    assert code == 0
+    rows = json.loads((tmp_path / "bench.json").read_text())["problems"][0]["rows"]
+    assert {row["impl"]: row["check"] for row in rows} == {"jgrad_xla": "ok", "jgrad_pallas": "ok"}

@@ -1,10 +1,10 @@
 """Benchmarks of jgrad's message-passing kernels against peers, run side by side in one process.
 
 ``jgrad bench`` (or `main`) times GCN, SAGE and GAT layers, a g-SDDMM and full GCN/GAT training steps
-on Cora and on synthetic power-law graphs, for jgrad (as users get it, and on its plain XLA path), plain JAX
-autodiff, jraph, ``jax.experimental.sparse`` (BCOO) and PyTorch Geometric. Every implementation's
-values and gradients are checked against jgrad's before timing; timings are medians of interleaved
-rounds after warm-up. Results go to ``<out>/bench.json``, ``bench.md`` and ``bench.png``.
+on Cora and on synthetic power-law graphs, for jgrad (as users get it, on its plain XLA path, and on a
+GPU with its Pallas kernels), plain JAX autodiff, jraph, ``jax.experimental.sparse`` (BCOO) and PyTorch
+Geometric (on the GPU too when JAX runs there). Every implementation's values and gradients are checked
+against jgrad's before timing; timings are medians of interleaved rounds after warm-up. Results go to ``<out>/bench.json``, ``bench.md`` and ``bench.png``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--sizes", type=int, nargs="+", help=f"synthetic graph sizes (default {FULL_SIZES})")
     parser.add_argument("--repeats", type=int, help="timed rounds per workload (default 10, quick 3)")
     parser.add_argument("--workloads", nargs="+", choices=_workloads.WORKLOADS, help="default: all")
-    parser.add_argument("--impls", nargs="+", choices=_peers.IMPLS, help="default: all available")
+    parser.add_argument("--impls", nargs="+", choices=_peers.IMPLS,
+                        help="default: all available (jgrad_pallas on a GPU only)")
     parser.add_argument("--out", default="results", help="output folder (default results/)")
     parser.add_argument("--data-dir", help="a Planetoid folder to read Cora from (default: the shipped copy)")
     parser.add_argument("--no-cora", action="store_true", help="skip Cora")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     notices: list[str] = []
     impls = []
-    for impl in args.impls or _peers.IMPLS:
+    for impl in args.impls or _peers.default_impls():
         why = _peers.available(impl)
         if why:
             notices.append(f"skipped {impl}: {why}")
@@ -113,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         failed |= any(row.get("check") == "MISMATCH" for row in rows)
         results["problems"].append({"name": problem.name, "n_nodes": problem.n_nodes,
                                     "n_edges": problem.n_edges, "spec": spec, "engine": engine, "rows": rows})
-    if not (args.quick or args.no_memory):
+    if _peers.on_gpu() and not (args.quick or args.no_memory):
+        notices.append("skipped the peak-memory runs: they measure host memory, not the GPU's")
+        print(f"notice: {notices[-1]}")
+    elif not (args.quick or args.no_memory):
         spec = specs[-1]
         for workload in [w for w in MEMORY_WORKLOADS if w in workloads]:
             for impl in impls:

@@ -15,17 +15,34 @@ import numpy as np
 
 from ._workloads import GAT_NEGATIVE_SLOPE, N_CLASSES, Primitives, Problem, layer_functions
 
-JAX_IMPLS = ("jgrad", "jgrad_xla", "plain_jax", "jraph", "bcoo")
+JAX_IMPLS = ("jgrad", "jgrad_xla", "jgrad_pallas", "plain_jax", "jraph", "bcoo")
 IMPLS = JAX_IMPLS + ("pyg",)
-OURS = ("jgrad", "jgrad_xla")
+OURS = ("jgrad", "jgrad_xla", "jgrad_pallas")
 """``jgrad``: a graph from ``Graph.from_edges``, no argument passed (the backend jgrad picks);
-``jgrad_xla``: the same graph with ``jgrad.ops.with_backend(graph, "xla")`` (the plain path)."""
+``jgrad_xla``: the same graph with ``jgrad.ops.with_backend(graph, "xla")`` (the plain path);
+``jgrad_pallas``: the same graph with ``with_backend(graph, "pallas")`` (the Triton kernels; GPU only)."""
+BACKEND_OF = {"jgrad_xla": "xla", "jgrad_pallas": "pallas"}
+"""The implementations that force a backend onto the graph, and which."""
 LEARNING_RATE = 0.1
 LAYER_PARAMS = {"gcn": ("w_layer",), "sage": ("w_layer",), "gat": ("a_dst", "a_src", "w_layer"), "sddmm": ()}
 
 
+def on_gpu() -> bool:
+    """Whether JAX's default device is a GPU."""
+    import jax
+
+    return jax.default_backend() == "gpu"
+
+
+def default_impls() -> tuple[str, ...]:
+    """What ``jgrad bench`` runs without ``--impls``: every implementation, ``jgrad_pallas`` on a GPU only."""
+    return tuple(impl for impl in IMPLS if impl != "jgrad_pallas" or on_gpu())
+
+
 def available(impl: str) -> str | None:
     """None if ``impl`` can run here, else why not."""
+    if impl == "jgrad_pallas" and not on_gpu():
+        return "needs a GPU (elsewhere the Pallas kernels run only in Pallas's interpreter, a reference)"
     module = {"jraph": "jraph", "pyg": "torch_geometric", "bcoo": "jax.experimental.sparse"}.get(impl)
     if module is None:
         return None
@@ -47,7 +64,7 @@ def _graph_arrays(impl: str, problem: Problem) -> dict:
     arrays = {"s": jnp.asarray(problem.senders), "r": jnp.asarray(problem.receivers), "degree": jnp.asarray(degree)}
     if impl in OURS:
         graph = jgrad.Graph.from_edges(problem.senders, problem.receivers, problem.n_nodes)
-        arrays["graph"] = jgrad.ops.with_backend(graph, "xla") if impl == "jgrad_xla" else graph
+        arrays["graph"] = jgrad.ops.with_backend(graph, BACKEND_OF[impl]) if impl in BACKEND_OF else graph
     return arrays
 
 
@@ -189,14 +206,23 @@ def _jax_step(impl: str, workload: str, problem: Problem):
 # --------------------------------------------------------------------------------------------------
 # PyTorch Geometric
 # --------------------------------------------------------------------------------------------------
+def torch_device() -> str:
+    """Where the PyG peer runs: on the GPU when JAX's default device is one (and torch sees it), else
+    on the CPU, so that every implementation of a run uses the same processor."""
+    import torch
+
+    return "cuda" if on_gpu() and torch.cuda.is_available() else "cpu"
+
+
 def _pyg_step(workload: str, problem: Problem):
     import torch
     from torch_geometric.utils import scatter, softmax
 
     torch.set_num_threads(os.cpu_count() or 1)
+    device = torch_device()
     n = problem.n_nodes
-    s = torch.as_tensor(problem.senders, dtype=torch.long)
-    r = torch.as_tensor(problem.receivers, dtype=torch.long)
+    s = torch.as_tensor(problem.senders, dtype=torch.long, device=device)
+    r = torch.as_tensor(problem.receivers, dtype=torch.long, device=device)
     prim = Primitives(
         aggregate=lambda h, w: scatter(h.index_select(0, s) * w.unsqueeze(-1), r, 0, n, reduce="sum"),
         mean=lambda h: scatter(h.index_select(0, s), r, 0, n, reduce="mean"),
@@ -205,7 +231,7 @@ def _pyg_step(workload: str, problem: Problem):
         at_senders=lambda v: v.index_select(0, s), at_receivers=lambda v: v.index_select(0, r))
     fns = layer_functions(torch, torch.relu, lambda v: torch.nn.functional.leaky_relu(v, GAT_NEGATIVE_SLOPE),
                           lambda v: torch.log_softmax(v, -1))
-    t = lambda a: torch.as_tensor(np.asarray(a))
+    t = lambda a: torch.as_tensor(np.asarray(a), device=device)
     x, w = t(problem.x), t(problem.weight)
     p = {k: t(v) for k, v in problem.params.items()}
     one_hot = torch.nn.functional.one_hot(t(problem.labels).long(), N_CLASSES).float()
@@ -264,12 +290,18 @@ def to_numpy(tree: Any) -> list[np.ndarray]:
     if isinstance(tree, (list, tuple)):
         return [a for item in tree for a in to_numpy(item)]
     if hasattr(tree, "detach"):
-        return [tree.detach().numpy()]
+        return [tree.detach().cpu().numpy()]
     return [np.asarray(tree)]
 
 
 def block(result: Any) -> Any:
-    """Waits for asynchronous JAX results."""
+    """Waits for asynchronous results: JAX's, and PyTorch's CUDA work when it has any."""
+    import sys
+
     import jax
 
-    return jax.block_until_ready(result)
+    result = jax.block_until_ready(result)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return result

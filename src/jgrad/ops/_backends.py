@@ -57,7 +57,8 @@ def with_backend(graph: Graph, name: str) -> Graph:
 
     Args:
       graph: a graph with concrete indices (eager only, unless ``name`` is ``"xla"``).
-      name: ``"auto"``, ``"xla"``, ``"bucket"`` or ``"native"``.
+      name: ``"auto"``, ``"xla"``, ``"bucket"``, ``"native"`` or ``"pallas"`` (the GPU kernels; elsewhere
+        Pallas's interpreter, a slow reference).
 
     Returns:
       A `Graph` sharing the arrays of ``graph`` with a new plan.
