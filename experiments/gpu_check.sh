@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks of the engine in one run, sized to finish within about 8 minutes on one GPU.
+# The GPU checks of the engine in one run. Its parts are cut off at 270 + 330 s, so it ends within about
+# 10 minutes; it has not yet run on a GPU, so how long each part takes there is not known.
 #
 #   bash experiments/gpu_check.sh [OUT]          # OUT: where logs and results go (default results/gpu)
 #   FULL=1 bash experiments/gpu_check.sh [OUT]   # also the whole test suite, to see what else a GPU changes
