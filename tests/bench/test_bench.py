@@ -132,7 +132,7 @@ def test_the_pallas_implementation_runs_on_a_gpu_only_and_then_on_the_pallas_bac
     assert "notice: skipped jgrad_pallas: needs a GPU" in capsys.readouterr().out
 
     monkeypatch.setattr(_peers, "on_gpu", lambda: True)
-    assert "jgrad_pallas" in _peers.default_impls() and _peers.torch_device() in ("cuda", "cpu")
+    assert "jgrad_pallas" in _peers.default_impls()
     problem = _workloads.synthetic_problem(300)
     assert jgrad.ops.backend_of(_peers._graph_arrays("jgrad_pallas", problem)["graph"]) == "pallas"
     code = main(["--quick", "--sizes", "300", "--repeats", "1", "--no-cora", "--no-recompile-check",
