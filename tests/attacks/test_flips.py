@@ -140,6 +140,8 @@ BAD_BUDGETS = [
     (np.float32(5), TypeError, r"budget must be an int; got float32 \S*5\.0\S*, expected 0 <= budget <= 780\.$"),
     (True, TypeError, r"budget must be an int; got bool True"),
     ("5", TypeError, r"budget must be an int; got str '5'"),
+    (0.05, TypeError, r"budget must be an int; got float 0\.05, expected 0 <= budget <= 780\. A fraction of the "
+                      r"edges\? Pass int\(fraction \* len\(jgrad\.attacks\.undirected_pairs\(graph\)\)\)\.$"),
 ]
 
 

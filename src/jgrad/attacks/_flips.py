@@ -60,7 +60,11 @@ def check_budget(where: str, budget: Any, limit: int, pairs: str) -> int:
     """
     expected = f"expected 0 <= budget <= {limit}"
     if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, np.integer)):
-        raise TypeError(f"{where}: budget must be an int; got {type(budget).__name__} {budget!r:.60}, {expected}.")
+        hint = ""
+        if isinstance(budget, (float, np.floating)) and 0 < budget < 1:
+            hint = " A fraction of the edges? Pass int(fraction * len(jgrad.attacks.undirected_pairs(graph)))."
+        raise TypeError(f"{where}: budget must be an int; got {type(budget).__name__} {budget!r:.60}, "
+                        f"{expected}.{hint}")
     if budget < 0:
         raise ValueError(f"{where}: budget={budget} is negative; {expected}.")
     if budget > limit:
