@@ -266,12 +266,15 @@ def evaluate_flips(config: AttackConfig, dataset, x, split, seed: int, flips: di
     by_rule = {rule: {} for rule in SELECTIONS}
     made, added = {}, {}
     for fraction, pairs in [("0", [])] + list(flips.items()):
+        start = time.perf_counter()
         pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
         graph = attacks.perturbed_graph(split.graph, pairs, n_edges=padded)
         for rule in by_rule:
             accuracy = evaluate(graph, x, labels, masks, victim_keys, n_classes=dataset.n_classes,
                                 config=victim_config(config, rule))
             by_rule[rule][fraction] = float(jnp.mean(accuracy))
+        log(f"seed {seed}: {config.eval.victim_runs} victims on {len(pairs)} flips (budget {fraction}): test "
+            f"accuracy {by_rule[config.eval.selection][fraction]:.4f} in {time.perf_counter() - start:.0f} s")
         made[fraction] = int(len(pairs))
         added[fraction] = int(sum(int(min(i, j)) * n + int(max(i, j)) not in edge_codes for i, j in pairs))
     return {"accuracy": by_rule[config.eval.selection], "accuracy_by_selection": by_rule,

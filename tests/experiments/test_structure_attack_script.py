@@ -27,6 +27,9 @@ def test_attack_saves_flips_and_both_selection_rules_then_reevaluates_and_report
     config = str(ROOT / "configs" / "structure_attack_tiny.yaml")
     output = tmp_path / "sa"
     script.main(["--config", config, "--only", "meta,gradient", "--set", f"output={output}"])
+    printed = capsys.readouterr().out  # victims are trained for minutes on Cora: one line per budget
+    assert "seed 0: 2 victims on 0 flips (budget 0): test accuracy " in printed
+    assert "seed 0: 2 victims on 29 flips (budget 0.1): test accuracy " in printed
     meta = json.loads(Path(f"{output}_meta.json").read_text())
     seed = meta["seeds"][0]
     budgets = meta["budgets"]
