@@ -61,6 +61,14 @@ def test_partition_drops_padding_edges_and_handles_zero_edges():
     np.testing.assert_array_equal(out, np.zeros((3, 2)))
 
 
+def test_partition_rejects_indices_out_of_range():
+    """A Graph built without Graph.from_edges is not validated; sender 5 of a 3-node graph used to be
+    clamped to node 2 by the sharded gather, a wrong result without an error."""
+    bad = jgrad.Graph(senders=jnp.array([0, 5]), receivers=jnp.array([1, 2]), n_nodes=3)
+    with pytest.raises(ValueError, match=r"partition_edges: the graph has indices out of range: .*senders\[1\]=5"):
+        partition_edges(bad, 1)
+
+
 def test_one_shard_matches_the_plain_ops():
     graph = _graph()
     mesh = make_mesh(1)

@@ -77,6 +77,13 @@ def test_sampler_rejects_bad_arguments():
         sampler.sample([0, 1, 2], np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"seed ids must lie in \[0, 40\); got min 0, max 40"):
         sampler.sample([0, 40], np.random.default_rng(0))
+    # A Graph built without from_edges is not validated: receiver 5 of a 3-node graph was dropped
+    # from the neighbour lists without an error.
+    bad = jgrad.Graph(senders=jnp.array([0, 1]), receivers=jnp.array([1, 5]), n_nodes=3)
+    with pytest.raises(ValueError, match=r"NeighborSampler: the graph has indices out of range: .*receivers\[1\]=5"):
+        NeighborSampler(bad, fanouts=[2], batch_size=2)
+    with pytest.raises(TypeError, match=r"NeighborSampler: graph must be a jgrad.Graph; got an array"):
+        NeighborSampler(jnp.zeros((2, 3), jnp.int32), fanouts=[2], batch_size=2)
 
 
 # --------------------------------------------------------------------------------------------------

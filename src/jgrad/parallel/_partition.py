@@ -160,7 +160,7 @@ def partition_edges(graph: Graph, n_shards: int, *, sort_by_receiver: bool = Tru
       A `ShardedGraph` with arrays of shape (D, E_shard) (a zero-edge graph gets E_shard = 1, all padding).
 
     Raises:
-      ValueError: if ``n_shards`` is not a positive int.
+      ValueError: if ``n_shards`` is not a positive int, or an index of a real edge is outside [0, N).
       TypeError: if ``graph`` is not a `jgrad.Graph`.
 
     Example:
@@ -176,6 +176,7 @@ def partition_edges(graph: Graph, n_shards: int, *, sort_by_receiver: bool = Tru
     if not isinstance(n_shards, int) or isinstance(n_shards, bool) or n_shards < 1:
         raise ValueError(f"{where}: n_shards must be a positive int; got {n_shards!r}.")
     _checks.require_concrete(where, graph.senders, graph.receivers)
+    _checks.check_graph_indices(where, graph)  # gathers would clamp an out-of-range index silently
     senders = np.asarray(graph.senders, np.int64)
     receivers = np.asarray(graph.receivers, np.int64)
     live = np.ones(senders.shape, bool) if graph.edge_mask is None else np.asarray(graph.edge_mask, bool)

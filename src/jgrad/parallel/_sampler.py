@@ -70,7 +70,9 @@ class NeighborSampler:
       batch_size: S_0, seeds per batch.
 
     Raises:
-      ValueError: an empty or non-positive fanout list, or a non-positive batch size.
+      ValueError: an empty or non-positive fanout list, a non-positive batch size, or an edge index
+        outside [0, N).
+      TypeError: if ``graph`` is not a `jgrad.Graph`.
 
     Example:
       >>> import jgrad, numpy as np
@@ -94,7 +96,9 @@ class NeighborSampler:
             problems.append(f"batch_size must be a positive int; got {batch_size!r}.")
         if problems:
             raise ValueError(f"{where}: " + " ".join(problems))
+        _checks.check_graph(where, graph)
         _checks.require_concrete(where, graph.senders, graph.receivers)
+        _checks.check_graph_indices(where, graph)
         senders = np.asarray(graph.senders, np.int64)
         receivers = np.asarray(graph.receivers, np.int64)
         if graph.edge_mask is not None:
