@@ -17,6 +17,7 @@ from jgrad.parallel import (
     sharded_gspmm,
     sharded_spmm,
     stack_graphs,
+    stack_node_data,
 )
 
 
@@ -109,6 +110,23 @@ def test_errors_name_the_problem():
         make_mesh(64)
     with pytest.raises(ValueError, match=r"shard_batch: every leaf needs the same leading batch size"):
         shard_batch({"a": jnp.ones((3,)), "b": jnp.ones((2,))}, make_data_mesh(1))
+    # These used to fail with an AttributeError or numpy's "all input arrays must have the same shape".
+    with pytest.raises(TypeError, match=r"sharded_gspmm: graph must be a ShardedGraph; got Graph. Partition it first"):
+        sharded_gspmm(mesh, graph, "copy_u", "sum", jnp.ones((9, 1)))
+    with pytest.raises(TypeError, match=r"sharded_edge_softmax: graph must be a ShardedGraph; got Graph"):
+        sharded_edge_softmax(mesh, graph, jnp.ones((1, 23)))
+    padded = jgrad.pad(graph, 10, 30)
+    with pytest.raises(ValueError, match=r"expected \(23, \.\.\.\)\. partition_edges drops the padding edges"):
+        partition_edges(padded, 1).shard_edge_data(padded.edge_weight)
+    unweighted = jgrad.Graph.from_edges([0], [1], 2)
+    with pytest.raises(ValueError, match=r"stack_graphs: graphs must be all weighted or all unweighted; graphs \[1\] have no"):
+        stack_graphs([graph, unweighted])
+    with pytest.raises(ValueError, match=r"stack_graphs: edge weights must have the same trailing shape; got \[\(\), \(2,\)\]"):
+        stack_graphs([graph, unweighted.with_edge_weight(jnp.ones((1, 2)))])
+    with pytest.raises(TypeError, match=r"stack_graphs \(graphs\[1\]\): graph must be a jgrad.Graph"):
+        stack_graphs([graph, jnp.zeros((2, 3), jnp.int32)])
+    with pytest.raises(ValueError, match=r"stack_node_data: arrays\[1\] has shape \(2, 4\); expected \(3,\) after axis 0"):
+        stack_node_data([np.ones((2, 3)), np.ones((2, 4))], 4)
 
 
 def test_stack_graphs_pads_to_common_sizes():

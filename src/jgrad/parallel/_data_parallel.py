@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .._src import _plan
+from .._src._checks import check_graph
 from ..graph import Graph, pad
 from ._mesh import DATA_AXIS, shard_map
 
@@ -41,7 +42,9 @@ def stack_graphs(graphs: Sequence[Graph], *, n_nodes: int | None = None, n_edges
       stack runs the plain XLA path instead (`jgrad._src._plan.stackable`).
 
     Raises:
-      ValueError: an empty sequence, or sizes too small for some graph (from `jgrad.pad`).
+      TypeError: an element that is not a `jgrad.Graph`.
+      ValueError: an empty sequence, weighted and unweighted graphs mixed, edge weights of different
+        trailing shapes, or sizes too small for some graph (from `jgrad.pad`).
 
     Example:
       >>> import jgrad
@@ -53,6 +56,17 @@ def stack_graphs(graphs: Sequence[Graph], *, n_nodes: int | None = None, n_edges
     graphs = list(graphs)
     if not graphs:
         raise ValueError("stack_graphs: needs at least one graph; got an empty sequence.")
+    for i, graph in enumerate(graphs):
+        check_graph(f"stack_graphs (graphs[{i}])", graph)
+    unweighted = [i for i, g in enumerate(graphs) if g.edge_weight is None]
+    if 0 < len(unweighted) < len(graphs):
+        raise ValueError(
+            f"stack_graphs: graphs must be all weighted or all unweighted; graphs {unweighted[:5]} have no "
+            "edge_weight. Give them weights of ones with g.with_edge_weight(jnp.ones(g.n_edges))."
+        )
+    trailing = {tuple(np.shape(g.edge_weight)[1:]) for g in graphs if g.edge_weight is not None}
+    if len(trailing) > 1:
+        raise ValueError(f"stack_graphs: edge weights must have the same trailing shape; got {sorted(trailing)}.")
     n_nodes = max(g.n_nodes for g in graphs) + 1 if n_nodes is None else n_nodes
     n_edges = max(g.n_edges for g in graphs) if n_edges is None else n_edges
     padded = [
@@ -68,19 +82,30 @@ def stack_graphs(graphs: Sequence[Graph], *, n_nodes: int | None = None, n_edges
 def stack_node_data(arrays: Sequence[Any], n_nodes: int) -> jax.Array:
     """Zero-pads each (N_i, ...) array to (n_nodes, ...) and stacks them: shape (B, n_nodes, ...).
 
+    Raises:
+      ValueError: no arrays, an array with more than ``n_nodes`` rows, or arrays whose shapes differ
+        after axis 0.
+
     Example:
       >>> import numpy as np
       >>> from jgrad.parallel import stack_node_data
       >>> stack_node_data([np.ones((2, 3)), np.ones((1, 3))], 4).shape
       (2, 4, 3)
     """
-    out = []
+    arrays = [np.asarray(a) for a in arrays]
+    if not arrays:
+        raise ValueError("stack_node_data: needs at least one array; got an empty sequence.")
+    problems = []
     for i, a in enumerate(arrays):
-        a = np.asarray(a)
         if a.ndim == 0 or a.shape[0] > n_nodes:
-            raise ValueError(f"stack_node_data: arrays[{i}] does not fit; got shape {a.shape}, expected "
-                             f"(N_i, ...) with N_i <= n_nodes={n_nodes}.")
-        out.append(np.concatenate([a, np.zeros((n_nodes - a.shape[0],) + a.shape[1:], a.dtype)]))
+            problems.append(f"arrays[{i}] does not fit; got shape {a.shape}, expected (N_i, ...) with "
+                            f"N_i <= n_nodes={n_nodes}.")
+        elif a.shape[1:] != arrays[0].shape[1:]:
+            problems.append(f"arrays[{i}] has shape {a.shape}; expected {arrays[0].shape[1:]} after axis 0, "
+                            "as arrays[0].")
+    if problems:
+        raise ValueError("stack_node_data: " + " ".join(problems))
+    out = [np.concatenate([a, np.zeros((n_nodes - a.shape[0],) + a.shape[1:], a.dtype)]) for a in arrays]
     return jnp.asarray(np.stack(out))
 
 

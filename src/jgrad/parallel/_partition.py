@@ -78,7 +78,8 @@ class ShardedGraph:
         if data.ndim == 0 or data.shape[0] != self.n_edges:
             raise ValueError(
                 f"ShardedGraph.shard_edge_data: data must have one row per edge; got shape "
-                f"{tuple(data.shape)}, expected ({self.n_edges}, ...)."
+                f"{tuple(data.shape)}, expected ({self.n_edges}, ...). partition_edges drops the padding "
+                "edges of a padded graph: pass the real edges' rows, data[graph.edge_mask]."
             )
         gathered = jnp.take(data, self.edge_id, axis=0) if self.n_edges else jnp.zeros(
             self.edge_id.shape + data.shape[1:], data.dtype)
@@ -132,6 +133,9 @@ def check_mesh(where: str, mesh: Mesh, graph: ShardedGraph) -> None:
     if not isinstance(mesh, Mesh):
         raise TypeError(f"{where}: mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}. "
                         "Build one with jgrad.parallel.make_mesh.")
+    if not isinstance(graph, ShardedGraph):
+        raise TypeError(f"{where}: graph must be a ShardedGraph; got {type(graph).__name__}. Partition it "
+                        f"first: partition_edges(graph, n_shards=mesh.shape[{EDGE_AXIS!r}]).")
     if EDGE_AXIS not in mesh.shape:
         raise ValueError(f"{where}: the mesh has no {EDGE_AXIS!r} axis; got axes {tuple(mesh.axis_names)}.")
     if mesh.shape[EDGE_AXIS] != graph.n_shards:
