@@ -195,6 +195,15 @@ def check_data_parallel():
 
     reference, ref_loss = train(jax.value_and_grad(loss_fn), batch)
     mesh = make_data_mesh(4)
+    six = jax.tree.map(lambda leaf: leaf[:6], batch)  # B = 6 on 4 devices: one line, before shard_map's 7
+    for run in (data_parallel_value_and_grad(loss_fn, mesh), jax.jit(data_parallel_value_and_grad(loss_fn, mesh))):
+        try:
+            run(init, six)
+        except ValueError as error:
+            assert str(error).startswith("data_parallel_value_and_grad: every leaf needs the same leading batch "
+                                         "size B divisible by 4 devices; got leading sizes 6 (batch"), error
+        else:
+            raise AssertionError("a batch of 6 on 4 devices was accepted")
     sharded = shard_batch(batch, mesh)
     assert len(sharded["x"].sharding.device_set) == 4
     via_shard_map, loss_a = train(data_parallel_value_and_grad(loss_fn, mesh), sharded)

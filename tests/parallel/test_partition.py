@@ -9,6 +9,7 @@ import pytest
 
 import jgrad
 from jgrad.parallel import (
+    data_parallel_value_and_grad,
     make_data_mesh,
     make_mesh,
     partition_edges,
@@ -108,8 +109,14 @@ def test_errors_name_the_problem():
         sharded_gspmm(mesh, sg, "copy_u", "sum", jnp.ones((9, 1), jnp.int32))
     with pytest.raises(ValueError, match=r"make_mesh: needs n_edge_shards \* n_feature_shards = 64 devices"):
         make_mesh(64)
-    with pytest.raises(ValueError, match=r"shard_batch: every leaf needs the same leading batch size"):
+    with pytest.raises(ValueError, match=r"shard_batch: every leaf needs the same leading batch size B divisible "
+                                         r"by 1 devices; got leading sizes 2 \(batch\['b'\]\), 3 \(batch\['a'\]\)"):
         shard_batch({"a": jnp.ones((3,)), "b": jnp.ones((2,))}, make_data_mesh(1))
+    # A scalar leaf: shard_map's 9-line error from inside the call before.
+    value_and_grad = jax.jit(data_parallel_value_and_grad(lambda w, b: jnp.mean(b["x"] * w), make_data_mesh(1)))
+    with pytest.raises(ValueError, match=r"data_parallel_value_and_grad: every leaf needs the same leading batch "
+                                         r"size .*got leading sizes 4 \(batch\['x'\]\), a scalar \(batch\['s'\]\)"):
+        value_and_grad(1.0, {"x": jnp.ones(4), "s": jnp.float32(1.0)})
     # These used to fail with an AttributeError or numpy's "all input arrays must have the same shape".
     with pytest.raises(TypeError, match=r"sharded_gspmm: graph must be a ShardedGraph; got Graph. Partition it first"):
         sharded_gspmm(mesh, graph, "copy_u", "sum", jnp.ones((9, 1)))

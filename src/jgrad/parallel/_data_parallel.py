@@ -125,13 +125,9 @@ def shard_batch(batch: Any, mesh: Mesh, *, axis: str = DATA_AXIS) -> Any:
     """
     if axis not in mesh.shape:
         raise ValueError(f"shard_batch: the mesh has no {axis!r} axis; got axes {tuple(mesh.axis_names)}.")
-    d = mesh.shape[axis]
-    sizes = {int(np.shape(leaf)[0]) if np.ndim(leaf) else -1 for leaf in jax.tree.leaves(batch)}
-    if len(sizes) != 1 or -1 in sizes or next(iter(sizes)) % d:
-        raise ValueError(
-            f"shard_batch: every leaf needs the same leading batch size B divisible by {d} devices; got "
-            f"leading sizes {sorted(sizes)}. Pad the batch with masked graphs to a multiple of {d}."
-        )
+    problem = _batch_problem(batch, mesh.shape[axis])
+    if problem:
+        raise ValueError(f"shard_batch: {problem}")
     sharding = NamedSharding(mesh, P(axis))
     return jax.tree.map(lambda leaf: jax.device_put(leaf, sharding), batch)
 
@@ -157,7 +153,9 @@ def data_parallel_value_and_grad(
 
     Returns:
       ``fn(params, batch) -> (loss, grads)``, with params and results replicated; jit it (with donation
-      if you like). Per device: one copy of params and grads, B/D graphs.
+      if you like). Per device: one copy of params and grads, B/D graphs. ``fn`` raises a ValueError
+      (also under ``jit``) if the batch's leaves disagree on B, B is not divisible by D, or a leaf is
+      a scalar.
 
     Example:
       >>> import jax.numpy as jnp
@@ -170,6 +168,7 @@ def data_parallel_value_and_grad(
     if axis not in mesh.shape:
         raise ValueError(f"data_parallel_value_and_grad: the mesh has no {axis!r} axis; got axes "
                          f"{tuple(mesh.axis_names)}.")
+    n_devices = mesh.shape[axis]
 
     def local(params, batch):
         # Per-device copies, so that the gradient is this device's own (not already summed over devices).
@@ -177,4 +176,28 @@ def data_parallel_value_and_grad(
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         return jax.lax.pmean(loss, axis), jax.tree.map(lambda g: jax.lax.pmean(g, axis), grads)
 
-    return shard_map(local, mesh=mesh, in_specs=(P(), P(axis)), out_specs=(P(), P()))
+    sharded = shard_map(local, mesh=mesh, in_specs=(P(), P(axis)), out_specs=(P(), P()))
+
+    def value_and_grad(params, batch):
+        problem = _batch_problem(batch, n_devices)  # shapes are static: checked under jit too
+        if problem:
+            raise ValueError(f"data_parallel_value_and_grad: {problem}")
+        return sharded(params, batch)
+
+    return value_and_grad
+
+
+def _batch_problem(batch: Any, n_devices: int) -> str | None:
+    """What is wrong with the leading (batch) axes of ``batch``'s leaves for ``n_devices``, or None."""
+    sizes, scalars = {}, []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
+        if np.ndim(leaf) == 0:
+            scalars.append(f"batch{jax.tree_util.keystr(path)}")
+        else:
+            sizes.setdefault(int(np.shape(leaf)[0]), f"batch{jax.tree_util.keystr(path)}")
+    if not scalars and len(sizes) == 1 and next(iter(sizes)) % n_devices == 0:
+        return None
+    got = [f"{size} ({path})" for size, path in sorted(sizes.items())]
+    got += [f"a scalar ({path})" for path in scalars[:3]]
+    return (f"every leaf needs the same leading batch size B divisible by {n_devices} devices; got leading "
+            f"sizes {', '.join(got)}. Pad the batch with masked graphs to a multiple of {n_devices}.")
