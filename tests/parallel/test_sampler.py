@@ -72,7 +72,21 @@ def test_sampler_rejects_bad_arguments():
     graph = _ring_plus_hub()
     with pytest.raises(ValueError, match=r"NeighborSampler: fanouts must be a non-empty list of positive ints; got \[0\]"):
         NeighborSampler(graph, fanouts=[0], batch_size=4)
+    with pytest.raises(ValueError, match=r"fanouts must be a non-empty list of positive ints; got \[2, True\]"):
+        NeighborSampler(graph, fanouts=[2, True], batch_size=4)  # a bool was taken as fanout 1
+    with pytest.raises(TypeError, match=r"NeighborSampler: fanouts must be a list of ints, one per hop; got the int 3\. "
+                                        r"For one hop, use fanouts=\[3\]"):  # 'int' object is not iterable before
+        NeighborSampler(graph, fanouts=3, batch_size=4)
     sampler = NeighborSampler(graph, fanouts=[2], batch_size=2)
+    # Float ids were truncated ([0.5, 1.7] sampled nodes 0 and 1); an int or None for rng was an AttributeError.
+    with pytest.raises(TypeError, match=r"NeighborSampler.sample: seeds must be integer node ids; got dtype float64"):
+        sampler.sample([0.5, 1.7], np.random.default_rng(0))
+    with pytest.raises(TypeError, match=r"NeighborSampler.sample: rng must be a numpy.random.Generator, e.g. "
+                                        r"np.random.default_rng\(0\); got int"):
+        sampler.sample([0], 0)
+    with pytest.raises(TypeError, match=r"NeighborSampler.batches: rng must be a numpy.random.Generator"):
+        next(sampler.batches([0, 1], None))
+    assert sampler.sample([], np.random.default_rng(0)).seed_mask.tolist() == [False, False]  # an empty list is float64
     with pytest.raises(ValueError, match=r"got 3 seeds, expected at most batch_size=2"):
         sampler.sample([0, 1, 2], np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"seed ids must lie in \[0, 40\); got min 0, max 40"):

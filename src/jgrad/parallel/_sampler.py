@@ -72,7 +72,7 @@ class NeighborSampler:
     Raises:
       ValueError: an empty or non-positive fanout list, a non-positive batch size, or an edge index
         outside [0, N).
-      TypeError: if ``graph`` is not a `jgrad.Graph`.
+      TypeError: if ``graph`` is not a `jgrad.Graph`, or ``fanouts`` is a single int.
 
     Example:
       >>> import jgrad, numpy as np
@@ -88,9 +88,12 @@ class NeighborSampler:
 
     def __init__(self, graph: Graph, fanouts: Sequence[int], batch_size: int):
         where = "NeighborSampler"
+        if isinstance(fanouts, (int, np.integer)):
+            raise TypeError(f"{where}: fanouts must be a list of ints, one per hop; got the int {fanouts!r}. "
+                            f"For one hop, use fanouts=[{fanouts!r}].")
         fanouts = tuple(fanouts)
         problems = []
-        if not fanouts or any(not isinstance(f, (int, np.integer)) or f < 1 for f in fanouts):
+        if not fanouts or any(not isinstance(f, (int, np.integer)) or isinstance(f, bool) or f < 1 for f in fanouts):
             problems.append(f"fanouts must be a non-empty list of positive ints; got {list(fanouts)}.")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             problems.append(f"batch_size must be a positive int; got {batch_size!r}.")
@@ -129,8 +132,13 @@ class NeighborSampler:
 
         Raises:
           ValueError: too many seeds, repeated seeds, or ids outside ``[0, N)``.
+          TypeError: seeds that are not integers, or ``rng`` that is not a ``numpy.random.Generator``.
         """
-        seeds = np.asarray(seeds, np.int64).reshape(-1)
+        _check_rng("NeighborSampler.sample", rng)
+        raw = np.asarray(seeds)
+        if raw.size and not np.issubdtype(raw.dtype, np.integer):
+            raise TypeError(f"NeighborSampler.sample: seeds must be integer node ids; got dtype {raw.dtype}.")
+        seeds = raw.astype(np.int64).reshape(-1)
         problems = []
         if seeds.size > self.batch_size:
             problems.append(f"got {seeds.size} seeds, expected at most batch_size={self.batch_size}.")
@@ -169,6 +177,7 @@ class NeighborSampler:
 
     def batches(self, nodes, rng: np.random.Generator, *, shuffle: bool = True) -> Iterator[SampledBlocks]:
         """Yields `SampledBlocks` covering ``nodes`` once, ``batch_size`` seeds at a time (the last padded)."""
+        _check_rng("NeighborSampler.batches", rng)
         nodes = np.asarray(nodes, np.int64).reshape(-1)
         if shuffle:
             nodes = rng.permutation(nodes)
@@ -187,6 +196,12 @@ class NeighborSampler:
         rank = np.arange(total) - np.repeat(np.cumsum(degree) - degree, degree)
         keep = order[rank < np.repeat(np.minimum(degree, fanout), degree)]
         return self._indices[begin[owner[keep]] + offset[keep]], owner[keep]
+
+
+def _check_rng(where: str, rng) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{where}: rng must be a numpy.random.Generator, e.g. np.random.default_rng(0); got "
+                        f"{type(rng).__name__}.")
 
 
 def _pad_to(values: np.ndarray, size: int) -> np.ndarray:
