@@ -130,3 +130,18 @@ def test_perturbed_graph_refuses_self_loops_out_of_range_and_repeated_pairs(spli
     # repeated pair undid the first flip, all silently.
     with pytest.raises(error, match=r"^perturbed_graph: " + message):
         attacks.perturbed_graph(split.graph, np.array(flips))
+
+
+def test_setup_trains_on_a_graph_large_enough_for_a_planned_backend():
+    # 32768 edges and more take a planned backend; training with the graph closed over in a scan or jit
+    # left the plan holding tracers, and the next eager use of the graph raised UnexpectedTracerError
+    # (polblogs, 33428 edges, could not be attacked).
+    data = csbm(2000, 3, avg_degree=20.0, feature_dim=4, seed=0)
+    assert data.graph.n_edges >= 32768
+    x = jnp.asarray(data.features)
+    args = (data.graph, x, data.labels, data.train_mask, data.val_mask)
+    problem = attacks.MetaProblem.create(*args, key=jax.random.key(0), n_classes=3,
+                                         config=attacks.MetaConfig(steps=2))
+    target = attacks.Target.fit(*args, key=jax.random.key(0), n_classes=3, config=attacks.GCNConfig(epochs=2))
+    assert problem.pseudo_labels.shape == target.pseudo_labels.shape == (2000,)
+    assert np.isfinite(float(target.loss(data.graph)))

@@ -52,8 +52,10 @@ class Target(NamedTuple):
         """
         check_node_inputs("Target.fit", graph, labels, train_mask, val_mask, n_classes)
         labels, train_mask = jnp.asarray(labels), jnp.asarray(train_mask)
-        params = jax.jit(lambda k: train_gcn(graph, x, labels, train_mask, jnp.asarray(val_mask), key=k,
-                                             n_classes=n_classes, config=config))(key)
+        # The graph is an argument of the jitted training, not a constant closed over: a graph of 32768+
+        # edges first used inside a trace kept a backend plan holding tracers.
+        params = jax.jit(lambda g, k: train_gcn(g, x, labels, train_mask, jnp.asarray(val_mask), key=k,
+                                                n_classes=n_classes, config=config))(graph, key)
         predicted = jnp.argmax(gcn_logits(params, graph, x, config), axis=-1)
         return cls(params, config, x, jnp.where(train_mask, labels, predicted).astype(jnp.int32), ~train_mask)
 
