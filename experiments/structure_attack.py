@@ -340,7 +340,9 @@ def run_scale(config: AttackConfig) -> dict:
     log(f"scale: {result.steps} meta-steps in {result.seconds:.1f} s ({result.seconds_per_step:.1f} s per step "
         f"after compilation), peak RSS {record['peak_memory_mib']:.0f} MiB; one dense float32 N x N array "
         f"would be {record['dense_adjacency_mib']:.0f} MiB")
-    Path(f"{config.output}_scale.json").write_text(json.dumps(record, indent=1))
+    output = Path(f"{config.output}_scale.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(record, indent=1))
     return record
 
 
@@ -527,7 +529,8 @@ def _plot(config: AttackConfig, table: dict, fractions: list[str], titles: dict[
     ax.set_ylabel("GCN test accuracy (%)")
     ax.set_title(f"Poisoning structure attacks on GCN, {config.data.name}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when only the scale entry has run
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(f"{config.output}.png", dpi=120)
 

@@ -75,3 +75,12 @@ def test_budget_fractions_outside_zero_one_are_named_before_any_work(script, tmp
         script.main(["--config", config, "--only", "meta", "--set", f"attack.budgets={budgets}",
                      "--set", f"output={tmp_path / 'sa'}"])
     assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_scale_alone_writes_its_result_into_a_new_folder(script, tmp_path):
+    # Only the attacks created the output folder: --only scale ran, then failed to write its result.
+    config = str(ROOT / "configs" / "structure_attack_tiny.yaml")
+    output = tmp_path / "new" / "sa"
+    script.main(["--config", config, "--only", "scale", "--set", f"output={output}"])
+    record = json.loads(Path(f"{output}_scale.json").read_text())
+    assert record["n_nodes"] == 400 and record["meta_steps"] == 2
