@@ -91,6 +91,22 @@ def test_one_shard_matches_the_plain_ops():
         np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=name)
 
 
+def test_edge_softmax_of_a_receiver_whose_logits_are_all_minus_inf_is_zero_like_the_plain_op():
+    """-inf logits mask edges out; node 2's two edges are both masked. The sharded softmax gave NaN
+    there (0 / 0) and NaN gradients; jgrad.ops.edge_softmax gives 0."""
+    graph = jgrad.Graph.from_edges([0, 1, 2, 0], [2, 2, 0, 0], n_nodes=3)
+    mesh, sg = make_mesh(1), partition_edges(graph, 1)
+    logits = jnp.array([-jnp.inf, -jnp.inf, 1.0, -jnp.inf])
+    weight = jnp.array([1.0, 2.0, 3.0, 4.0])
+    sharded = lambda l: sg.unshard_edge_data(sharded_edge_softmax(mesh, sg, sg.shard_edge_data(l)))
+    plain = lambda l: jgrad.ops.edge_softmax(graph, l)
+    got = jax.jit(lambda l: (sharded(l), jax.grad(lambda l: jnp.sum(sharded(l) * weight))(l)))(logits)
+    expected = plain(logits), jax.grad(lambda l: jnp.sum(plain(l) * weight))(logits)
+    np.testing.assert_array_equal(got[0], [0.0, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
 def test_errors_name_the_problem():
     graph = _graph()
     mesh = make_mesh(1)

@@ -172,13 +172,15 @@ def sharded_edge_softmax(mesh: Mesh, graph: ShardedGraph, logits: ArrayLike) -> 
       logits: edge scores in the shard layout, shape (D, E_shard) or (D, E_shard, H), float.
 
     Returns:
-      The softmax in the shard layout, shape of ``logits``; padding slots are 0. Bring it back to the
-      original edge order with ``graph.unshard_edge_data``.
+      The softmax in the shard layout, shape of ``logits``; padding slots are 0, and so are the edges of
+      a receiver whose logits are all ``-inf``. Bring it back to the original edge order with
+      ``graph.unshard_edge_data``.
 
     Notes:
-      Reverse mode (any order), ``jit``: the maximum is a shift held constant (softmax does not depend
-      on it), so gradients go only through the exponentials and the ``psum``; per device it saves
-      O(E_shard·H) residuals. Stable for scores of any magnitude.
+      Reverse mode (any order), forward mode, ``jit`` and ``vmap``: the maximum is a shift held
+      constant (softmax does not depend on it), so gradients go only through the exponentials and the
+      ``psum``; per device it saves O(E_shard·H) residuals. Stable for scores of any magnitude; NaN and
+      ``+inf`` scores give the NaNs of `jgrad.ops.edge_softmax`.
 
     Example:
       >>> import jax, jax.numpy as jnp, jgrad
@@ -346,6 +348,6 @@ def _local_edge_softmax(n, receivers, mask, logits):
     shift = jax.lax.stop_gradient(jax.lax.pmax(local_max, EDGE_AXIS))
     shift = jnp.where(jnp.isfinite(shift), shift, jnp.zeros((), shift.dtype))
     z = jnp.where(live, jnp.exp(safe - shift[receivers]), jnp.zeros((), logits.dtype))
-    denominator = jax.lax.psum(jax.ops.segment_sum(z, receivers, num_segments=n), EDGE_AXIS)
-    per_edge = jnp.where(live, denominator[receivers], jnp.ones((), logits.dtype))
-    return (z / per_edge)[None]
+    denominator = jax.lax.psum(jax.ops.segment_sum(z, receivers, num_segments=n), EDGE_AXIS)[receivers]
+    alive = live & (denominator != 0)  # a receiver whose logits are all -inf: 0, as jgrad.ops.edge_softmax
+    return jnp.where(alive, z / jnp.where(alive, denominator, jnp.ones((), logits.dtype)), 0)[None]
