@@ -303,7 +303,8 @@ def greedy_flips(
       score_fn: ``score_fn(graph) -> AdjacencyGrad``, the gradient of the attacker's loss w.r.t. the
         adjacency of the perturbed graph (made symmetric here); traced once under ``jax.jit``. With
         ``key``, ``score_fn(graph, step_key)`` instead.
-      graph: the clean undirected graph (ValueError if an edge has no reverse edge; checked when concrete).
+      graph: the clean undirected graph (ValueError if an edge has no reverse edge; checked when concrete);
+        its edge weights and self loops are ignored (every edge counts as 1).
       budget: number of pairs to flip, an int with ``0 <= budget <= N (N - 1) / 2`` (checked before any
         work; TypeError or ValueError otherwise). 0 returns no flips without scoring.
       flips_per_step: flips taken from each scoring step (keyword-only).
