@@ -57,7 +57,9 @@ def sharded_gspmm(
     Each device reduces the messages of its own edges into an (N, ...) partial result with jgrad's
     kernels; ``sum`` partials are added with ``psum``; ``mean`` adds sums and in-degree counts with
     ``psum`` and divides; ``max`` / ``min`` take the extremum of the partials with ``pmax`` / ``pmin``
-    (devices with no edge into v contribute -inf / +inf). Inside ``shard_map`` over `make_mesh`.
+    (devices with no edge into v contribute -inf / +inf), and a ``pmax`` of (N, ...) uint8 flags says
+    where any device has an edge into v (0 elsewhere) and where a partial is NaN (NaN there, which
+    ``pmax`` / ``pmin`` may drop). Inside ``shard_map`` over `make_mesh`.
 
     Args:
       mesh: a mesh with an ``"edges"`` axis of size D = ``graph.n_shards`` and optionally a
@@ -288,8 +290,12 @@ def _extremum_forward(senders, receivers, mask, edge_id, u, e, *, op, reduce, ti
     else:
         local = jax.ops.segment_min(jnp.where(live, msg, jnp.inf), receivers, num_segments=n)
         combined = jax.lax.pmin(local, EDGE_AXIS)
-    count = jax.lax.psum(jax.ops.segment_sum(mask.astype(msg.dtype), receivers, num_segments=n), EDGE_AXIS)
-    return jnp.where(align_edge(count > 0, combined.ndim), combined, jnp.zeros((), combined.dtype))
+    # One pmax of (N, ...) uint8 flags: 1 where some device has an edge into v (else the result is 0),
+    # 2 where some device's partial is NaN, which pmax / pmin may drop (pmax(NaN, -inf) is -inf on CPU).
+    has_edge = jax.ops.segment_max(mask.astype(jnp.uint8), receivers, num_segments=n)
+    flags = jax.lax.pmax(align_edge(has_edge, local.ndim) | (jnp.isnan(local).astype(jnp.uint8) << 1), EDGE_AXIS)
+    combined = jnp.where(flags == 1, combined, jnp.zeros((), combined.dtype))
+    return jnp.where(flags >= 2, jnp.full((), jnp.nan, combined.dtype), combined)
 
 
 def _shares(operands, out, *, op, tie, n):
