@@ -133,6 +133,46 @@ def check_ops():
     print("OK ops")
 
 
+def check_awkward_graphs():
+    """Float64 values and VJPs of every reducer, spmm and edge softmax on 3 shards, for a padded graph
+    with isolated nodes, duplicate edges and self loops (10 real edges: 4, 3, 3 per shard) and a graph
+    with no edges: equal to one device's up to float64 rounding."""
+    rng = np.random.default_rng(3)
+    senders, receivers = np.array([0, 1, 1, 1, 2, 3, 3, 5, 5, 0]), np.array([1, 2, 2, 1, 2, 0, 0, 5, 1, 5])
+    with jax.enable_x64(True):
+        awkward = jgrad.pad(jgrad.Graph.from_edges(senders, receivers, 8, edge_weight=rng.uniform(0.5, 1.5, 10)), 9, 13)
+        empty = jgrad.Graph.from_edges(np.zeros(0, int), np.zeros(0, int), 4, edge_weight=np.zeros(0))
+        mesh = make_mesh(3)
+        for name, graph in [("padded", awkward), ("no edges", empty)]:
+            sg = partition_edges(graph, 3).put(mesh)
+            real = np.flatnonzero(np.ones(graph.n_edges, bool) if graph.edge_mask is None else graph.edge_mask)
+            x = jnp.asarray(np.round(rng.normal(size=(graph.n_nodes, 2))))  # integers: ties in max/min
+            w = jnp.asarray(rng.uniform(0.5, 1.5, graph.n_edges))
+            logits = jnp.asarray(rng.normal(size=(graph.n_edges,)))
+
+            def outputs(x, w, logits, sharded):  # noqa: B023
+                if sharded:
+                    ws, ls = sg.shard_edge_data(w[real]), sg.shard_edge_data(logits[real])  # noqa: B023
+                    out = [sharded_gspmm(mesh, sg, "u_mul_e", r, x, ws) for r in ("sum", "mean", "max", "min")]  # noqa: B023
+                    return out + [sharded_spmm(mesh, sg, x), sg.unshard_edge_data(sharded_edge_softmax(mesh, sg, ls))]  # noqa: B023
+                out = [jgrad.ops.gspmm(graph, "u_mul_e", r, x, w) for r in ("sum", "mean", "max", "min")]  # noqa: B023
+                return out + [jgrad.ops.spmm(graph, x), jgrad.ops.edge_softmax(graph, logits)[real]]  # noqa: B023
+
+            def value_and_grads(sharded):
+                def loss(x, w, logits):
+                    return sum(jnp.sum(jnp.sin(out)) for out in outputs(x, w, logits, sharded))
+                return outputs(x, w, logits, sharded), jax.grad(loss, (0, 1, 2))(x, w, logits)  # noqa: B023
+
+            both = jax.jit(lambda: (value_and_grads(True), value_and_grads(False)))  # one compilation
+            (got, got_grads), (expected, expected_grads) = both()
+            for what, a, b in zip(["sum", "mean", "max", "min", "spmm", "edge_softmax"], got, expected):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"{name}: {what}")
+            for what, a, b in zip(["dx", "dw", "dlogits"], got_grads, expected_grads):  # real edges only
+                a, b = (a, b) if what == "dx" else (np.asarray(a)[real], np.asarray(b)[real])
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"{name}: {what}")
+    print("OK awkward_graphs")
+
+
 def check_gcn_params():
     """A 2-layer GCN with edge-sharded propagation: loss and grads w.r.t. params, features, weights."""
     rng = np.random.default_rng(1)
@@ -222,7 +262,8 @@ def check_data_parallel():
     print("OK data_parallel")
 
 
-CHECKS = {"ops": check_ops, "gcn_params": check_gcn_params, "data_parallel": check_data_parallel}
+CHECKS = {"ops": check_ops, "awkward_graphs": check_awkward_graphs, "gcn_params": check_gcn_params,
+          "data_parallel": check_data_parallel}
 
 if __name__ == "__main__":
     assert len(jax.devices()) == 8, jax.devices()

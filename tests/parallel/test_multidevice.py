@@ -35,9 +35,9 @@ def _run_checks(*names: str) -> str:
 
 
 def test_sharded_ops_gradients_and_data_parallel_training_match_one_device():
-    # One process for the three checks: a JAX start-up with 8 devices is paid once.
-    out = _run_checks("ops", "gcn_params", "data_parallel")
-    assert "OK ops" in out and "OK gcn_params" in out and "OK data_parallel" in out
+    # One process for the four checks: a JAX start-up with 8 devices is paid once.
+    out = _run_checks("ops", "awkward_graphs", "gcn_params", "data_parallel")
+    assert "OK ops" in out and "OK awkward_graphs" in out and "OK gcn_params" in out and "OK data_parallel" in out
 
 
 def _free_port() -> int:
