@@ -25,6 +25,17 @@ def test_sampler_sizes_follow_batch_size_and_fanouts():
     assert sampler.sizes == (4, 16, 40)  # 4 * (1 + 3) = 16; 16 * 3 = 48 capped at N = 40
 
 
+def test_fanouts_above_the_largest_in_degree_do_not_pad_blocks_further():
+    """A ring's nodes have 2 in-neighbours each: fanouts [10, 10] sample what [2, 2] does, and the blocks
+    had room for 10 per node (sizes (4, 40, 40), 40 and 400 edge slots)."""
+    ring = jgrad.Graph.from_edges(np.arange(40), (np.arange(40) + 1) % 40, n_nodes=40).to_undirected()
+    sampler = NeighborSampler(ring, fanouts=[10, 10], batch_size=4)
+    assert sampler.sizes == (4, 12, 36)
+    blocks = sampler.sample([0, 10, 20, 30], np.random.default_rng(0))
+    assert [b.n_edges for b in blocks.blocks] == [24, 8] and [b.n_nodes for b in blocks.blocks] == [36, 12]
+    assert [int(b.edge_mask.sum()) for b in blocks.blocks] == [24, 8]  # every in-edge of every node, no more
+
+
 def test_sampled_blocks_have_static_shapes_and_compile_once():
     graph = _ring_plus_hub()
     sampler = NeighborSampler(graph, fanouts=[3, 2], batch_size=4)

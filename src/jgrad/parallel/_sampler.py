@@ -3,8 +3,8 @@
 For a graph too large for one device, train on mini-batches: for a batch of seed nodes, sample at most
 ``fanouts[0]`` in-neighbours of each seed, at most ``fanouts[1]`` in-neighbours of each of those, and
 so on. Each hop is a small bipartite `Graph` (a *block*) whose nodes are the hop's source nodes, the
-destination nodes first. Every block is padded to sizes fixed by ``batch_size`` and ``fanouts`` alone,
-so a jitted train step sees the same shapes on every batch and compiles once.
+destination nodes first. Every block is padded to sizes fixed by ``batch_size``, ``fanouts`` and the
+graph's largest in-degree alone, so a jitted train step sees the same shapes on every batch and compiles once.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ jax.tree_util.register_dataclass(
 class NeighborSampler:
     """Samples fixed-fanout neighbourhoods of seed nodes (GraphSAGE), without replacement, on the host.
 
-    Static sizes: with ``S_0 = batch_size`` and ``S_{i+1} = min(S_i * (1 + fanouts[i]), max(N, S_i))``,
-    hop i has at most ``S_i`` destination nodes, ``S_{i+1}`` source nodes and
-    ``S_i * fanouts[i]`` edges; every block is padded to exactly those sizes.
+    Static sizes: with ``S_0 = batch_size``, ``f_i = min(fanouts[i], largest in-degree)`` and
+    ``S_{i+1} = min(S_i * (1 + f_i), max(N, S_i))``, hop i has at most ``S_i`` destination nodes,
+    ``S_{i+1}`` source nodes and ``S_i * f_i`` edges; every block is padded to exactly those sizes.
 
     Args:
       graph: the full graph (host-side; messages flow sender -> receiver, so a node's sampled neighbours
@@ -114,8 +114,11 @@ class NeighborSampler:
         self.n_nodes = graph.n_nodes
         self.fanouts = tuple(int(f) for f in fanouts)
         self.batch_size = int(batch_size)
+        # No node has more than the largest in-degree of neighbours to give: blocks need no room beyond it.
+        largest_in_degree = int(np.diff(self._indptr).max(initial=0))
+        self._widths = tuple(min(f, largest_in_degree) for f in self.fanouts)
         sizes = [self.batch_size]
-        for f in self.fanouts:
+        for f in self._widths:
             sizes.append(min(sizes[-1] * (1 + f), max(self.n_nodes, sizes[-1])))
         self.sizes: tuple[int, ...] = tuple(sizes)
         """(S_0, ..., S_L): seeds, then the padded node count of each hop's source side."""
@@ -163,7 +166,7 @@ class NeighborSampler:
         for i in reversed(range(len(self.fanouts))):
             source, src_local, dst_local = hops[i]
             blocks.append(_padded_block(src_local, dst_local, source.size, self.sizes[i + 1],
-                                        self.sizes[i] * self.fanouts[i]))
+                                        self.sizes[i] * self._widths[i]))
         input_nodes = hops[-1][0]
         n_in = self.sizes[-1]
         return SampledBlocks(
