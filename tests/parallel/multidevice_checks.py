@@ -150,13 +150,14 @@ def check_awkward_graphs():
             w = jnp.asarray(rng.uniform(0.5, 1.5, graph.n_edges))
             logits = jnp.asarray(rng.normal(size=(graph.n_edges,)))
 
-            def outputs(x, w, logits, sharded):  # noqa: B023
+            def outputs(x, w, logits, sharded, graph=graph, sg=sg, real=real):
+                reducers = ("sum", "mean", "max", "min")
                 if sharded:
-                    ws, ls = sg.shard_edge_data(w[real]), sg.shard_edge_data(logits[real])  # noqa: B023
-                    out = [sharded_gspmm(mesh, sg, "u_mul_e", r, x, ws) for r in ("sum", "mean", "max", "min")]  # noqa: B023
-                    return out + [sharded_spmm(mesh, sg, x), sg.unshard_edge_data(sharded_edge_softmax(mesh, sg, ls))]  # noqa: B023
-                out = [jgrad.ops.gspmm(graph, "u_mul_e", r, x, w) for r in ("sum", "mean", "max", "min")]  # noqa: B023
-                return out + [jgrad.ops.spmm(graph, x), jgrad.ops.edge_softmax(graph, logits)[real]]  # noqa: B023
+                    ws, ls = sg.shard_edge_data(w[real]), sg.shard_edge_data(logits[real])
+                    out = [sharded_gspmm(mesh, sg, "u_mul_e", r, x, ws) for r in reducers]
+                    return out + [sharded_spmm(mesh, sg, x), sg.unshard_edge_data(sharded_edge_softmax(mesh, sg, ls))]
+                out = [jgrad.ops.gspmm(graph, "u_mul_e", r, x, w) for r in reducers]
+                return out + [jgrad.ops.spmm(graph, x), jgrad.ops.edge_softmax(graph, logits)[real]]
 
             def value_and_grads(sharded):
                 def loss(x, w, logits):

@@ -142,13 +142,16 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match=r"expected \(23, \.\.\.\)\. partition_edges drops the padding edges"):
         partition_edges(padded, 1).shard_edge_data(padded.edge_weight)
     unweighted = jgrad.Graph.from_edges([0], [1], 2)
-    with pytest.raises(ValueError, match=r"stack_graphs: graphs must be all weighted or all unweighted; graphs \[1\] have no"):
+    with pytest.raises(ValueError, match=r"stack_graphs: graphs must be all weighted or all unweighted; "
+                                         r"graphs \[1\] have no"):
         stack_graphs([graph, unweighted])
-    with pytest.raises(ValueError, match=r"stack_graphs: edge weights must have the same trailing shape; got \[\(\), \(2,\)\]"):
+    with pytest.raises(ValueError, match=r"stack_graphs: edge weights must have the same trailing shape; "
+                                         r"got \[\(\), \(2,\)\]"):
         stack_graphs([graph, unweighted.with_edge_weight(jnp.ones((1, 2)))])
     with pytest.raises(TypeError, match=r"stack_graphs \(graphs\[1\]\): graph must be a jgrad.Graph"):
         stack_graphs([graph, jnp.zeros((2, 3), jnp.int32)])
-    with pytest.raises(ValueError, match=r"stack_node_data: arrays\[1\] has shape \(2, 4\); expected \(3,\) after axis 0"):
+    with pytest.raises(ValueError, match=r"stack_node_data: arrays\[1\] has shape \(2, 4\); "
+                                         r"expected \(3,\) after axis 0"):
         stack_node_data([np.ones((2, 3)), np.ones((2, 4))], 4)
 
 

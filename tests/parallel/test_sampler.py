@@ -85,8 +85,9 @@ def test_sampler_rejects_bad_arguments():
         NeighborSampler(graph, fanouts=[0], batch_size=4)
     with pytest.raises(ValueError, match=r"fanouts must be a non-empty list of positive ints; got \[2, True\]"):
         NeighborSampler(graph, fanouts=[2, True], batch_size=4)  # a bool was taken as fanout 1
-    with pytest.raises(TypeError, match=r"NeighborSampler: fanouts must be a list of ints, one per hop; got the int 3\. "
-                                        r"For one hop, use fanouts=\[3\]"):  # 'int' object is not iterable before
+    # "'int' object is not iterable" before:
+    with pytest.raises(TypeError, match=r"NeighborSampler: fanouts must be a list of ints, one per hop; "
+                                        r"got the int 3\. For one hop, use fanouts=\[3\]"):
         NeighborSampler(graph, fanouts=3, batch_size=4)
     sampler = NeighborSampler(graph, fanouts=[2], batch_size=2)
     # Float ids were truncated ([0.5, 1.7] sampled nodes 0 and 1); an int or None for rng was an AttributeError.
