@@ -79,6 +79,21 @@ def test_sampled_edges_are_real_edges_within_fanout():
     assert counts.tolist() == [3, 2, 2, 2]
 
 
+def test_sampled_edges_keep_their_weights():
+    """The blocks of a weighted graph were unweighted: spmm on a block summed with weights of 1."""
+    graph = _ring_plus_hub()
+    weight = np.arange(1, graph.n_edges + 1, dtype=np.float32)  # edge i has weight i + 1; no duplicate edges
+    weighted = jgrad.pad(graph.with_edge_weight(weight), n_nodes=41, n_edges=130)  # padding edges dropped
+    of_edge = dict(zip(zip(np.asarray(graph.senders).tolist(), np.asarray(graph.receivers).tolist()), weight))
+    blocks = NeighborSampler(weighted, fanouts=[3, 2], batch_size=4).sample([0, 7, 8, 20], np.random.default_rng(1))
+    ids = [np.asarray(blocks.input_nodes)] + [np.asarray(blocks.input_nodes)[:n] for n in blocks.n_dst]
+    for block, src_ids in zip(blocks.blocks, ids):
+        live = np.asarray(block.edge_mask)
+        s, r, w = (np.asarray(a)[live] for a in (block.senders, block.receivers, block.edge_weight))
+        assert w.tolist() == [of_edge[int(src_ids[a]), int(src_ids[b])] for a, b in zip(s, r)]
+        assert not np.asarray(block.edge_weight)[~live].any()
+
+
 def test_sampler_rejects_bad_arguments():
     graph = _ring_plus_hub()
     with pytest.raises(ValueError, match=r"NeighborSampler: fanouts must be a non-empty list of positive ints; got \[0\]"):

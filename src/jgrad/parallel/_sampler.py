@@ -34,7 +34,8 @@ class SampledBlocks:
       input_nodes: (S_L,) int32 ids, in the full graph, of block 0's source nodes (0 for padding);
         gather input features with ``x[input_nodes]``.
       input_mask: (S_L,) bool, False for padding nodes.
-      blocks: L padded `Graph` s (``node_mask`` and ``edge_mask`` set), input layer first.
+      blocks: L padded `Graph` s (``node_mask`` and ``edge_mask`` set), input layer first; if the graph
+        is weighted, each sampled edge keeps its ``edge_weight`` (0 on padding edges).
       seeds: (S_0,) int32 ids of the seed nodes (0 for padding); the output rows of the last block.
       seed_mask: (S_0,) bool, False for padding seeds (a short last batch); mask the loss with it.
       n_dst: static tuple, the destination count of each block (``blocks[l + 1].n_nodes`` and
@@ -104,11 +105,14 @@ class NeighborSampler:
         _checks.check_graph_indices(where, graph)
         senders = np.asarray(graph.senders, np.int64)
         receivers = np.asarray(graph.receivers, np.int64)
+        weight = None if graph.edge_weight is None else np.asarray(graph.edge_weight)
         if graph.edge_mask is not None:
             live = np.asarray(graph.edge_mask, bool)
             senders, receivers = senders[live], receivers[live]
+            weight = None if weight is None else weight[live]
         order = np.argsort(receivers, kind="stable")
         self._indices = senders[order]
+        self._weights = None if weight is None else weight[order]  # (E, ...) in the order of _indices
         self._indptr = np.concatenate([[0], np.cumsum(np.bincount(receivers, minlength=graph.n_nodes))])
         self._lookup = np.full(graph.n_nodes, -1, np.int64)
         self.n_nodes = graph.n_nodes
@@ -151,21 +155,22 @@ class NeighborSampler:
             problems.append("seeds must be distinct; got repeated ids.")
         if problems:
             raise ValueError("NeighborSampler.sample: " + " ".join(problems))
-        hops = []  # from the seeds outwards: (source node ids, local senders, local receivers)
+        hops = []  # from the seeds outwards: (source node ids, local senders, local receivers, weights)
         frontier = seeds
         for fanout in self.fanouts:
-            nbr, dst_local = self._sample_hop(frontier, fanout, rng)
+            position, dst_local = self._sample_hop(frontier, fanout, rng)
+            nbr = self._indices[position]
             fresh = np.setdiff1d(nbr, frontier, assume_unique=False)
             source = np.concatenate([frontier, fresh])
             self._lookup[source] = np.arange(source.size)
             src_local = self._lookup[nbr]
             self._lookup[source] = -1
-            hops.append((source, src_local, dst_local))
+            hops.append((source, src_local, dst_local, None if self._weights is None else self._weights[position]))
             frontier = source
         blocks = []
         for i in reversed(range(len(self.fanouts))):
-            source, src_local, dst_local = hops[i]
-            blocks.append(_padded_block(src_local, dst_local, source.size, self.sizes[i + 1],
+            source, src_local, dst_local, weight = hops[i]
+            blocks.append(_padded_block(src_local, dst_local, weight, source.size, self.sizes[i + 1],
                                         self.sizes[i] * self._widths[i]))
         input_nodes = hops[-1][0]
         n_in = self.sizes[-1]
@@ -188,7 +193,8 @@ class NeighborSampler:
             yield self.sample(nodes[start:start + self.batch_size], rng)
 
     def _sample_hop(self, dst: np.ndarray, fanout: int, rng: np.random.Generator):
-        """At most ``fanout`` distinct in-edges of every node of ``dst``, uniformly without replacement."""
+        """At most ``fanout`` distinct in-edges of every node of ``dst``, uniformly without replacement:
+        their positions in ``_indices`` and the index in ``dst`` of the node each was sampled for."""
         begin = self._indptr[dst]
         degree = self._indptr[dst + 1] - begin
         total = int(degree.sum())
@@ -198,7 +204,7 @@ class NeighborSampler:
         order = np.lexsort((rng.random(total), owner))
         rank = np.arange(total) - np.repeat(np.cumsum(degree) - degree, degree)
         keep = order[rank < np.repeat(np.minimum(degree, fanout), degree)]
-        return self._indices[begin[owner[keep]] + offset[keep]], owner[keep]
+        return begin[owner[keep]] + offset[keep], owner[keep]
 
 
 def _check_rng(where: str, rng) -> None:
@@ -211,8 +217,10 @@ def _pad_to(values: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([values, np.zeros(size - values.size, values.dtype)])
 
 
-def _padded_block(src_local, dst_local, n_real_nodes: int, n_nodes: int, n_edges: int) -> Graph:
+def _padded_block(src_local, dst_local, weight, n_real_nodes: int, n_nodes: int, n_edges: int) -> Graph:
     n_real_edges = src_local.size
+    if weight is not None:
+        weight = np.concatenate([weight, np.zeros((n_edges - n_real_edges,) + weight.shape[1:], weight.dtype)])
     fill = n_nodes - 1  # padding edges are masked self loops on the last node
     senders = np.full(n_edges, fill, np.int32)
     receivers = np.full(n_edges, fill, np.int32)
@@ -222,6 +230,7 @@ def _padded_block(src_local, dst_local, n_real_nodes: int, n_nodes: int, n_edges
         senders=jnp.asarray(senders),
         receivers=jnp.asarray(receivers),
         n_nodes=n_nodes,
+        edge_weight=None if weight is None else jnp.asarray(weight),
         node_mask=jnp.asarray(np.arange(n_nodes) < n_real_nodes),
         edge_mask=jnp.asarray(np.arange(n_edges) < n_real_edges),
     )
