@@ -363,6 +363,22 @@ def test_a_graph_closed_over_by_jit_keeps_the_engine_through_self_loops(x64):
         assert isinstance(graph.plan, _plan.Plan)  # planned once, on the graph object, for later traces
 
 
+@pytest.mark.parametrize("name", ["native", "bucket"])
+def test_a_graph_first_used_inside_a_scan_keeps_a_concrete_plan_for_later_calls(x64, name):
+    """The plan made on a graph's first op is cached on the graph: made inside a scan body, its tables
+    were that trace's tracers, and the next use of the graph raised UnexpectedTracerError."""
+    with use_backend(name):
+        graph = _skewed()
+        x = jnp.asarray(np.random.default_rng(1).standard_normal((graph.n_nodes, 2)))
+        scanned, _ = jax.lax.scan(lambda h, _: (spmm(graph, h), None), x, None, length=2)
+        assert backend_of(graph) == name
+        assert not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(graph.plan))
+        dense = _skewed().to_dense()
+        np.testing.assert_allclose(scanned, dense @ (dense @ x), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(spmm(graph, x), dense @ x, rtol=1e-12, atol=1e-12)  # raised before
+        np.testing.assert_allclose(jax.jit(spmm)(graph, x), dense @ x, rtol=1e-12, atol=1e-12)
+
+
 def test_a_graph_built_inside_jit_from_numpy_indices_runs_on_the_engine(x64):
     """Concrete indices are not traced: the graph can be planned (traced ones run the plain path, above)."""
     skewed = _skewed()

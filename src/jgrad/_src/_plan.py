@@ -254,7 +254,11 @@ def resolve(graph: Any) -> Plan | None:
         if _is_concrete(graph.senders, graph.receivers):
             backend = choose_backend(int(graph.senders.shape[0]))
             if backend != "xla":
-                plan = make_plan(graph.senders, graph.receivers, graph.n_nodes, backend)
+                # The first op may run inside a trace (a graph closed over by a scan or jit body): the
+                # tables must still be concrete arrays, since the plan is cached on the graph and
+                # outlives that trace.
+                with jax.ensure_compile_time_eval():
+                    plan = make_plan(graph.senders, graph.receivers, graph.n_nodes, backend)
                 bind(plan, graph)
         object.__setattr__(graph, "plan", plan)
     return plan
