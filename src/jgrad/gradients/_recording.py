@@ -182,8 +182,8 @@ class Interpreter:
     def _unroll(self, eqn, inputs: list) -> list:
         params = eqn.params
         body: jex_core.ClosedJaxpr = params["jaxpr"]
-        n_consts, n_carry, length = params["num_consts"], params["num_carry"], params["length"]
-        consts, carry, xs = inputs[:n_consts], inputs[n_consts:n_consts + n_carry], inputs[n_consts + n_carry:]
+        consts, carry, xs = _scan_inputs(params, inputs)
+        n_carry, length = len(carry), params["length"]
         steps: list[list] = [[] for _ in range(length)]
         for i in (reversed(range(length)) if params["reverse"] else range(length)):
             outs = self._eval(body.jaxpr, body.consts, consts + carry + [x[i] for x in xs])
@@ -296,6 +296,16 @@ def _unsupported(primitive: str) -> str:
     return (f"adjacency_grad: the model aggregates over the graph inside {construct}; got a construct "
             "whose steps cannot be followed one by one, expected propagation in plain code, jax.jit, "
             "jax.checkpoint, lax.scan or lax.fori_loop with static bounds (which adjacency_grad unrolls).")
+
+
+def _scan_inputs(params: dict, inputs: list) -> tuple[list, list, list]:
+    """A scan equation's inputs split into (consts, carry, xs): jax 0.10 counts them in ``num_consts`` /
+    ``num_carry``, jax 0.11 describes them by the flat tree ``ft_in``."""
+    if "ft_in" in params:
+        consts, carry, xs = params["ft_in"].update(inputs).unpack()
+        return list(consts), list(carry), list(xs)
+    n_consts, n_carry = params["num_consts"], params["num_carry"]
+    return inputs[:n_consts], inputs[n_consts:n_consts + n_carry], inputs[n_consts + n_carry:]
 
 
 def _has_tap_inside(eqn) -> bool:
