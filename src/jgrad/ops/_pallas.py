@@ -32,8 +32,10 @@ at 1e-12, and swapped in for the native kernels they give the engine's first and
 (tests/ops/test_pallas.py). For GPUs the kernels follow the Triton lowering's rules (power-of-two loaded
 blocks, scalar loads and stores through pointers, ``fori_loop`` with traced bounds) and ask for Triton
 explicitly (``pallas_call`` lowers to Mosaic GPU by default in jax 0.10); a test lowers them for CUDA
-on a CPU-only machine (Triton IR is made on the host). They have NOT been compiled to PTX or run on a
-GPU, nor tried with jax 0.11, and ``block_rows``/``block_features``/``NUM_WARPS`` are not tuned.
+on a CPU-only machine (Triton IR is made on the host). The same holds with jax 0.11 (tested on CPU),
+which deprecates Pallas's Triton backend: lowering warns, and a later JAX will need the kernels written
+for Mosaic GPU. They have NOT been compiled to PTX or run on a GPU (`experiments/gpu_check.sh` does
+both), and ``block_rows``/``block_features``/``NUM_WARPS`` are not tuned.
 """
 
 from __future__ import annotations
