@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._src._checks import is_concrete
-from .._src._search import sorted_find
+from .._src._search import edges_without_reverse
 from ..graph import Graph
 
 
@@ -27,16 +27,10 @@ def check_undirected(where: str, graph: Graph) -> None:
     """Raises ValueError if a real edge ``u -> v`` (``u != v``) has no real ``v -> u``; skipped under ``jit``."""
     if not is_concrete(graph.senders, graph.receivers, graph.edge_mask):
         return
-    senders, receivers = np.asarray(graph.senders, np.int64), np.asarray(graph.receivers, np.int64)
-    keep = senders != receivers
-    if graph.edge_mask is not None:
-        keep &= np.asarray(graph.edge_mask, bool)
-    senders, receivers = senders[keep], receivers[keep]
-    n = max(int(graph.n_nodes), 1)
-    missing = np.flatnonzero(~sorted_find(np.sort(senders * n + receivers), receivers * n + senders)[1])
-    if missing.size:
-        u, v = int(senders[missing[0]]), int(receivers[missing[0]])
-        more = f" ({missing.size - 1} more such edges)" if missing.size > 1 else ""
+    unmatched = edges_without_reverse(graph.senders, graph.receivers, graph.n_nodes, graph.edge_mask)
+    if unmatched is not None:
+        u, v, count = unmatched
+        more = f" ({count - 1} more such edges)" if count > 1 else ""
         raise ValueError(f"{where}: graph must be undirected; got edge {u} -> {v} without {v} -> {u}{more}, "
                          "expected both directions of every edge. Use graph.to_undirected().")
 
