@@ -4,7 +4,8 @@
 on Cora and on synthetic power-law graphs, for jgrad (as users get it, on its plain XLA path, and on a
 GPU with its Pallas kernels), plain JAX autodiff, jraph, ``jax.experimental.sparse`` (BCOO) and PyTorch
 Geometric (on the GPU too when JAX runs there). Every implementation's values and gradients are checked
-against jgrad's before timing; timings are medians of interleaved rounds after warm-up. Results go to ``<out>/bench.json``, ``bench.md`` and ``bench.png``.
+against jgrad's before timing; timings are medians of interleaved rounds after warm-up. Results go to
+``<out>/bench.json``, ``bench.md`` and ``bench.png``.
 """
 
 from __future__ import annotations
