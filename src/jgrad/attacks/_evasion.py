@@ -52,8 +52,7 @@ class Target(NamedTuple):
         """
         check_node_inputs("Target.fit", graph, labels, train_mask, val_mask, n_classes)
         labels, train_mask = jnp.asarray(labels), jnp.asarray(train_mask)
-        # The graph is an argument of the jitted training, not a constant closed over: a graph of 32768+
-        # edges first used inside a trace kept a backend plan holding tracers.
+        # The graph is an argument of the jitted training, not a constant baked into the program.
         params = jax.jit(lambda g, k: train_gcn(g, x, labels, train_mask, jnp.asarray(val_mask), key=k,
                                                 n_classes=n_classes, config=config))(graph, key)
         predicted = jnp.argmax(gcn_logits(params, graph, x, config), axis=-1)

@@ -202,8 +202,7 @@ def self_training_labels(graph: Graph, x: Features, labels: jax.Array, train_mas
                          config: GCNConfig = SURROGATE) -> jax.Array:
     """Labels for the Meta-Self loss: a linearised GCN trained on the clean graph predicts every node,
     and the training nodes keep their true labels. Shape (N,), int32."""
-    # The graph is an argument of the jitted training, not a constant closed over by its scan: a graph
-    # of 32768+ edges first used inside a trace kept a backend plan holding tracers.
+    # The graph is an argument of the jitted training, not a constant baked into the program.
     params = _train_gcn(graph, x, labels, train_mask, val_mask, key=key, n_classes=n_classes, config=config)
     predicted = jnp.argmax(gcn_logits(params, graph, x, config), axis=-1)
     return jnp.where(train_mask, labels, predicted).astype(jnp.int32)
