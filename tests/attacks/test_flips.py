@@ -86,7 +86,12 @@ def test_pgd_and_gradient_attacks_stay_within_budget():
     small = attacks.GCNConfig(hidden=4, epochs=20)
     target = attacks.Target.fit(data.graph, jnp.asarray(data.features), data.labels, data.train_mask,
                                 data.val_mask, key=jax.random.key(0), n_classes=2, config=small)
-    pgd = attacks.pgd_attack(target, data.graph, 5, key=jax.random.key(1), n_candidates=30, iterations=10, samples=4)
+    lines = []
+    pgd = attacks.pgd_attack(target, data.graph, 5, key=jax.random.key(1), n_candidates=30, iterations=10, samples=4,
+                             log=lines.append)
+    # progress from inside the compiled loop: a line every tenth of the iterations, then the result
+    assert [line.split(",")[0] for line in lines[:-1]] == [f"pgd: step {t}/10" for t in range(1, 11)]
+    assert lines[-1].startswith("pgd: ") and f"{len(pgd.flips)} flips" in lines[-1]
     greedy = attacks.gradient_attack(target, data.graph, 5)
     clean = float(target.loss(data.graph))
     for flips in (pgd.flips, greedy.flips):
