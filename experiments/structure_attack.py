@@ -477,12 +477,15 @@ def report(config: AttackConfig) -> str:
               f"graph (additions); {a.pgd_iterations} projected steps of size {a.pgd_learning_rate:g}/sqrt(t+1), "
               f"projection by bisection, best of {a.pgd_samples} Bernoulli samples within budget.",
               "- Features: each row divided by its sum, except in the runs marked \"raw 0/1 features\", "
-              "which use Cora's 0/1 bag-of-words features as the reference attack and Pro-GNN code do (victim and "
-              "surrogate alike); with them the clean accuracy matches the published one.",
+              f"which use {config.data.name}'s features as loaded, as the reference attack and Pro-GNN code do "
+              "(victim and surrogate alike)"
+              + ("; with them the clean accuracy matches the published one." if config.data.name == "cora" else "."),
               "- Victim: GCN, hidden 16, ReLU, dropout 0.5, Adam lr 0.01, weight decay 5e-4, "
               f"{config.eval.epochs} epochs, parameters of {SELECTION_TEXT[config.eval.selection]}.",
-              "- Published numbers: Pro-GNN (Jin et al., 2020) Table 2, GCN under Metattack on Cora; they evaluate "
-              "one pre-attacked graph per budget over 10 runs, here each seed attacks its own split.",
+              ("- Published numbers: Pro-GNN (Jin et al., 2020) Table 2, GCN under Metattack on Cora; they evaluate "
+               "one pre-attacked graph per budget over 10 runs, here each seed attacks its own split."
+               if config.data.name == "cora" else
+               f"- Published numbers: shown for Cora only; none are given here for {config.data.name}."),
               "- Times: each run is one call of the script, the runs one after another on the same machine, "
               "some of them beside other jobs; read them as upper bounds."]
     text = "\n".join(lines) + "\n"

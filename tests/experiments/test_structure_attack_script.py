@@ -45,6 +45,9 @@ def test_attack_saves_flips_and_both_selection_rules_then_reevaluates_and_report
 
     text = Path(f"{output}.md").read_text()
     assert "| 10% |" in text and "greedy gradient (fixed GCN)" in text
+    # the notes name the dataset run (CSBM here), not Cora's features or Cora's published table
+    assert "which use csbm's features as loaded" in text and "Cora's" not in text
+    assert "- Published numbers: shown for Cora only; none are given here for csbm." in text
     runs = text.split("| Metattack run |")[1].splitlines()  # the table of every Metattack run
     assert "(10%) | surrogate train loss |" in runs[0]
     row = runs[2].split(" | ")
