@@ -224,3 +224,24 @@ def test_sampled_graphsage_reaches_full_batch_accuracy_on_cora(planetoid_dir, op
     print(f"cora test accuracy: full-batch {full_acc:.1f}%, sampled [10, 10] {sampled_acc:.1f}%")
     assert full_acc > 74.0
     assert sampled_acc >= full_acc - 1.5, (full_acc, sampled_acc)
+
+
+def test_threads_sampling_at_once_get_the_blocks_of_sequential_calls():
+    """The sampler kept one node-id -> position map for every call: threads sampling at the same time
+    (a prefetcher) overwrote each other's entries and got wrong blocks, silently (1-5 of 32 here)."""
+    import concurrent.futures
+
+    graph = jgrad.data.power_law_graph(20000, avg_degree=16, seed=0)
+    sampler = NeighborSampler(graph, [10, 10], batch_size=512)
+    seeds = [np.random.default_rng(i).choice(graph.n_nodes, 512, replace=False) for i in range(8)]
+
+    def run(i):
+        blocks = sampler.sample(seeds[i], np.random.default_rng(i))
+        return [np.asarray(leaf) for block in blocks.blocks for leaf in (block.senders, block.receivers)]
+
+    expected = [run(i) for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for _ in range(4):
+            for got, want in zip(pool.map(run, range(8)), expected):
+                for a, b in zip(got, want, strict=True):
+                    np.testing.assert_array_equal(a, b)

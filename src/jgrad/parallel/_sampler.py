@@ -60,6 +60,8 @@ jax.tree_util.register_dataclass(
 class NeighborSampler:
     """Samples fixed-fanout neighbourhoods of seed nodes (GraphSAGE), without replacement, on the host.
 
+    The sampler keeps no state between calls: threads (a prefetcher) may sample at the same time.
+
     Static sizes: with ``S_0 = batch_size``, ``f_i = min(fanouts[i], largest in-degree)`` and
     ``S_{i+1} = min(S_i * (1 + f_i), max(N, S_i))``, hop i has at most ``S_i`` destination nodes,
     ``S_{i+1}`` source nodes and ``S_i * f_i`` edges; every block is padded to exactly those sizes.
@@ -114,7 +116,6 @@ class NeighborSampler:
         self._indices = senders[order]
         self._weights = None if weight is None else weight[order]  # (E, ...) in the order of _indices
         self._indptr = np.concatenate([[0], np.cumsum(np.bincount(receivers, minlength=graph.n_nodes))])
-        self._lookup = np.full(graph.n_nodes, -1, np.int64)
         self.n_nodes = graph.n_nodes
         self.fanouts = tuple(int(f) for f in fanouts)
         self.batch_size = int(batch_size)
@@ -162,9 +163,12 @@ class NeighborSampler:
             nbr = self._indices[position]
             fresh = np.setdiff1d(nbr, frontier, assume_unique=False)
             source = np.concatenate([frontier, fresh])
-            self._lookup[source] = np.arange(source.size)
-            src_local = self._lookup[nbr]
-            self._lookup[source] = -1
+            # A fresh map of node id -> position per call (np.empty: only the entries of `source` are
+            # written, and every id of `nbr` is among them), not one kept on the sampler: concurrent
+            # samples from several threads corrupted each other's blocks through a shared map.
+            position_of = np.empty(self.n_nodes, np.int64)
+            position_of[source] = np.arange(source.size)
+            src_local = position_of[nbr]
             hops.append((source, src_local, dst_local, None if self._weights is None else self._weights[position]))
             frontier = source
         blocks = []
