@@ -146,7 +146,7 @@ def test_errors_name_the_problem():
                                          r"graphs \[1\] have no"):
         stack_graphs([graph, unweighted])
     with pytest.raises(ValueError, match=r"stack_graphs: edge weights must have the same trailing shape; "
-                                         r"got \[\(\), \(2,\)\]"):
+                                         r"got graphs\[0\]: \(E,\), graphs\[1\]: \(E, 2\)\.$"):
         stack_graphs([graph, unweighted.with_edge_weight(jnp.ones((1, 2)))])
     with pytest.raises(TypeError, match=r"stack_graphs \(graphs\[1\]\): graph must be a jgrad.Graph"):
         stack_graphs([graph, jnp.zeros((2, 3), jnp.int32)])

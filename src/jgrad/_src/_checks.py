@@ -322,3 +322,21 @@ def check_graph(where: str, value: Any) -> None:
                         f"{tuple(value.shape)}. The graph comes first (op(graph, x), layer(graph, x)); a PyG "
                         "edge_index (2, E) becomes one with jgrad.Graph.from_edge_index(edge_index).")
     raise TypeError(f"{where}: graph must be a jgrad.Graph; got {type(value).__name__}.")
+
+
+def check_same_weighting(where: str, graphs: list) -> None:
+    """Raises unless ``graphs`` are all unweighted, or all weighted with edge weights of one trailing
+    shape: what combining them into one batch (`jgrad.batch`, `jgrad.parallel.stack_graphs`) needs."""
+    unweighted = [i for i, g in enumerate(graphs) if g.edge_weight is None]
+    if 0 < len(unweighted) < len(graphs):
+        raise ValueError(
+            f"{where}: graphs must be all weighted or all unweighted; graphs {unweighted[:5]} have no "
+            "edge_weight. Give them weights of ones with g.with_edge_weight(jnp.ones(g.n_edges))."
+        )
+    if unweighted:
+        return
+    shapes = [tuple(np.shape(g.edge_weight)[1:]) for g in graphs]
+    if len(set(shapes)) > 1:
+        listed = ", ".join(f"graphs[{i}]: (E, {', '.join(map(str, s))})" if s else f"graphs[{i}]: (E,)"
+                           for i, s in enumerate(shapes[:5]))
+        raise ValueError(f"{where}: edge weights must have the same trailing shape; got {listed}.")

@@ -64,25 +64,13 @@ def batch(graphs: Sequence[Graph]) -> Graph:
     _limits.check_total("batch", "n_edges", total_edges, f" (the sum over {len(graphs)} graphs)")
     for i, g in enumerate(graphs):
         _checks.check_graph_indices(f"batch: graphs[{i}]", g)
-    weighted = [g.edge_weight is not None for g in graphs]
-    if any(weighted) and not all(weighted):
-        unweighted = [i for i, w in enumerate(weighted) if not w]
-        raise ValueError(
-            f"batch: graphs must be all weighted or all unweighted; graphs {unweighted[:5]} have no "
-            "edge_weight. Give them weights of ones with g.with_edge_weight(jnp.ones(g.n_edges))."
-        )
-    if all(weighted):
-        shapes = [tuple(g.edge_weight.shape[1:]) for g in graphs]
-        if len(set(shapes)) > 1:
-            listed = ", ".join(f"graphs[{i}]: (E, {', '.join(map(str, s))})" if s else f"graphs[{i}]: (E,)"
-                               for i, s in enumerate(shapes[:5]))
-            raise ValueError(f"batch: edge weights must have the same trailing shape; got {listed}.")
+    _checks.check_same_weighting("batch", graphs)
     node_counts = np.concatenate([_node_counts(g) for g in graphs])
     edge_counts = np.concatenate([_edge_counts(g) for g in graphs])
     offsets = np.cumsum([0] + [g.n_nodes for g in graphs[:-1]], dtype=np.int64)
     senders = np.concatenate([np.asarray(g.senders) + o for g, o in zip(graphs, offsets)])
     receivers = np.concatenate([np.asarray(g.receivers) + o for g, o in zip(graphs, offsets)])
-    edge_weight = jnp.concatenate([g.edge_weight for g in graphs]) if all(weighted) else None
+    edge_weight = None if graphs[0].edge_weight is None else jnp.concatenate([g.edge_weight for g in graphs])
     return Graph(
         senders=jnp.asarray(senders, jnp.int32),
         receivers=jnp.asarray(receivers, jnp.int32),

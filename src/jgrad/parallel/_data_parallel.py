@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from .._src import _plan
-from .._src._checks import check_graph
+from .._src._checks import check_graph, check_same_weighting
 from ..graph import Graph, pad
 from ._mesh import DATA_AXIS, shard_map
 
@@ -58,15 +58,7 @@ def stack_graphs(graphs: Sequence[Graph], *, n_nodes: int | None = None, n_edges
         raise ValueError("stack_graphs: needs at least one graph; got an empty sequence.")
     for i, graph in enumerate(graphs):
         check_graph(f"stack_graphs (graphs[{i}])", graph)
-    unweighted = [i for i, g in enumerate(graphs) if g.edge_weight is None]
-    if 0 < len(unweighted) < len(graphs):
-        raise ValueError(
-            f"stack_graphs: graphs must be all weighted or all unweighted; graphs {unweighted[:5]} have no "
-            "edge_weight. Give them weights of ones with g.with_edge_weight(jnp.ones(g.n_edges))."
-        )
-    trailing = {tuple(np.shape(g.edge_weight)[1:]) for g in graphs if g.edge_weight is not None}
-    if len(trailing) > 1:
-        raise ValueError(f"stack_graphs: edge weights must have the same trailing shape; got {sorted(trailing)}.")
+    check_same_weighting("stack_graphs", graphs)
     n_nodes = max(g.n_nodes for g in graphs) + 1 if n_nodes is None else n_nodes
     n_edges = max(g.n_edges for g in graphs) if n_edges is None else n_edges
     padded = [
